@@ -1,0 +1,37 @@
+# hbcompile — every install step lives here so a fresh clone needs only `make demo` / `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_WORKERS ?= 2
+
+.PHONY: venv demo test test-fast bench lint docs clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	touch $(STAMP)
+
+demo: venv
+	cd examples/digits && ../../$(VENV)/bin/hb_compile -c digits.hb.yaml
+
+test: venv
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
+
+test-fast: venv
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "not slow"
+
+bench: venv
+	$(PY) bench/run.py
+
+lint: venv
+	$(VENV)/bin/ruff check engine hblsp tests bench docs
+
+docs: venv
+	$(PY) docs/gen_config_doc.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache examples/digits/model_output

@@ -1,0 +1,112 @@
+"""`hb_compile`: the command line, drop-in for hb_compile's flags and modes (reference §2.1).
+
+All user-facing failure handling is here: problems are printed one line each (file:line:col,
+hb_compile's wording), the exit code is non-zero, and no traceback reaches the console
+(it goes to hb_compile.log at DEBUG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from engine import __version__
+from engine.logsetup import copy_log, setup_logging
+from engine.problems import HbError, Problem, Severity
+
+log = logging.getLogger("hbcompile")
+SKIP_TO_UNTIL = {"export": "ptq", "convert": "ptq", "compile": "quantize"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hb_compile", description="Quantize and compile a float ONNX/Caffe model "
+                                "from an hb_compile YAML config.")
+    p.add_argument("-c", "--config", help="YAML config")
+    p.add_argument("-m", "--model", help="model file (.onnx, .caffemodel, or .bc to recompile)")
+    p.add_argument("--proto", help="Caffe prototxt (with -m x.caffemodel)")
+    p.add_argument("--march", help="target march; required in fast-perf and check modes")
+    p.add_argument("-i", "--input-shape", nargs=2, action="append", metavar=("NAME", "SHAPE"),
+                   help="override a model input shape, e.g. -i images 1x3x640x640 (repeatable)")
+    p.add_argument("--fast-perf", action="store_true", help="build a perf-only model without calibration data")
+    p.add_argument("--skip", choices=sorted(SKIP_TO_UNTIL), help="stop early")
+    p.add_argument("--until", help=argparse.SUPPRESS)  # stage name, for tests and tools
+    p.add_argument("--version", action="version", version=f"hb_compile (hbcompile) {__version__}")
+    return p
+
+
+def _print_problems(problems: list[Problem], min_severity: Severity = Severity.INFO) -> None:
+    for prob in problems:
+        if prob.severity <= min_severity:
+            (log.error if prob.is_error else log.warning if prob.severity == Severity.WARNING else log.info)(
+                prob.render())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log_path = setup_logging()
+    try:
+        return _main(args, log_path)
+    except HbError as exc:
+        _print_problems(exc.problems)
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    except Exception as exc:  # a bug: one line on the console, the traceback in the log
+        log.debug(traceback.format_exc())
+        log.error(f"internal error: {type(exc).__name__}: {exc} (details in {log_path})")
+        return 2
+
+
+def _main(args: argparse.Namespace, log_path: Path) -> int:
+    from engine.modes import config_for_mode
+
+    log.info("Start hb_compile...")
+    log.info(f"hb_compile version: {__version__}")
+    config_path, until = config_for_mode(args)
+    if args.skip:
+        until = SKIP_TO_UNTIL[args.skip]
+    if args.until:
+        until = args.until
+    return run_config(config_path, until, log_path)
+
+
+def run_config(config_path: Path, until: str | None, log_path: Path) -> int:
+    from engine.pipeline import run
+    from engine.report.console import print_run
+
+    stages = _available_stages()
+    if until is not None and until not in stages:
+        until = stages[-1]
+    report = run(config_path, until=until, progress=_progress)
+    print_run(report)
+    if report.config is not None:
+        try:
+            copy_log(log_path, report.config.working_dir)
+        except OSError:
+            pass
+    if not report.ok:
+        return 1
+    last = report.stages[-1].name
+    if until is None and last != "report":
+        log.info(f"hbcompile stopped after the {last} stage: the later stages are not built yet")
+    log.info("The hb_compile completes running")
+    return 0
+
+
+def _available_stages() -> list[str]:
+    from engine.stages import STAGES
+
+    return [s.name for s in STAGES]
+
+
+def _progress(stage: str, message: str, fraction: float | None) -> None:
+    if fraction in (0.0, None):
+        log.info(message)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Per-input specs resolved against the model, and the rules that need the model to check.
+
+`resolve_inputs` is the one place where the `;` lists of input_parameters / calibration become
+one `InputSpec` per model input (in `input_name` order). `check_with_model` holds the rules that
+need input names, shapes and node names; the CLI runs them in the parse stage, the language
+server as soon as it has read the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.config import values as V
+from engine.config.model import Config
+from engine.config.rules import CP, IP, MP, PER_INPUT_KEYS, derived_norm_type
+from engine.frontend.model_info import ModelInfo
+from engine.problems import ConfigError, Problem, error, errors, warning
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple[int, ...]
+    type_train: str
+    layout_train: str | None
+    type_rt: str
+    layout_rt: str | None
+    space_and_range: str
+    norm_type: str
+    mean: tuple[float, ...] | None
+    scale: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    cal_data_dir: Path | None
+    cal_data_type: str | None
+
+    @property
+    def is_image(self) -> bool:
+        return self.type_rt != "featuremap"
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "input_type_train": self.type_train,
+                "input_layout_train": self.layout_train, "input_type_rt": self.type_rt,
+                "input_layout_rt": self.layout_rt, "input_space_and_range": self.space_and_range,
+                "norm_type": self.norm_type, "mean_value": self.mean, "scale_value": self.scale,
+                "std_value": self.std}
+
+
+def _at(items, i):
+    return items[i] if i < len(items) else None
+
+
+def _names(data: dict, info: ModelInfo) -> list[str]:
+    given = [n for n in V.split_list(data.get(IP, {}).get("input_name"))]
+    return [n for n in given if n] or info.input_names
+
+
+def check_with_model(data: dict[str, dict[str, Any]], info: ModelInfo) -> list[Problem]:
+    return list(_model_rules(data, info))
+
+
+def _model_rules(data: dict[str, dict[str, Any]], info: ModelInfo) -> Iterator[Problem]:
+    ip = data.get(IP, {})
+    model_names = info.input_names
+    given = [n for n in V.split_list(ip.get("input_name")) if n]
+    if len(model_names) > 1 and not given:
+        yield error("input-names-required", "Model has more than one input! It is necessary to explicitly specify "
+                    "all the input_name to ensure the sequence is correct.", (IP,), data={"on_key": True,
+                                                                                           "inputs": model_names})
+        return
+    for i, name in enumerate(given):
+        if name not in model_names:
+            yield error("input-name-unknown", f"The input_name '{name}' is not an input of the model; the model's "
+                        f"inputs are {model_names}", (IP, "input_name"), data={"item": i, "allowed": model_names})
+    dupes = {n for n in given if given.count(n) > 1}
+    if dupes:
+        yield error("input-name-duplicate", f"Duplicate input_name {sorted(dupes)}", (IP, "input_name"))
+    expect = len(model_names)
+    if given and len(given) != expect:
+        yield error("list-count", f"Wrong input_name num received. Num of input_name given: {len(given)} is not "
+                    f"equal to input num {expect}", (IP, "input_name"))
+    for key in PER_INPUT_KEYS:
+        if key == "input_name" or key not in ip:
+            continue
+        n = len(V.split_list(ip[key]))
+        if n != expect:
+            yield error("list-count", f"Wrong {key} num received. Num of {key} given: {n} is not equal to input "
+                        f"num {expect}", (IP, key), data={"given": n, "expected": expect})
+    if "cal_data_dir" in data.get(CP, {}):
+        n = len(V.split_list(data[CP]["cal_data_dir"]))
+        if n != expect:
+            yield error("list-count", f"Wrong cal_dir num given, cal_dir num {n} is not equal to input num {expect}",
+                        (CP, "cal_data_dir"))
+    by_name = {t.name: t for t in info.inputs}
+    names = given or model_names
+    try:
+        shapes = [V.parse_shape(s) for s in V.split_list(ip.get("input_shape"))]
+    except V.ValueFormatError:
+        shapes = []
+    for i, name in enumerate(names):
+        t = by_name.get(name)
+        if t is None:
+            continue
+        shape = _at(shapes, i)
+        if shape is None and not t.is_static:
+            yield error("input-dynamic", "The model is a dynamically input model. Please specify the 'input_shape' "
+                        f"parameter in the 'input_parameters' (input '{name}' has shape {list(t.shape or [])})",
+                        (IP, "input_shape") if "input_shape" in ip else (IP,),
+                        data={"on_key": "input_shape" not in ip, "item": i})
+        elif shape is not None and t.shape is not None:
+            if len(shape) != len(t.shape):
+                yield error("input-shape-rank", f"input_shape {V.format_shape(shape)} of input '{name}' has "
+                            f"{len(shape)} dims but the model input has {len(t.shape)}: {list(t.shape)}",
+                            (IP, "input_shape"), data={"item": i})
+            elif any(isinstance(m, int) and m != s for m, s in zip(t.shape, shape)):
+                yield warning("input-shape-differs", f"input_shape {V.format_shape(shape)} of input '{name}' differs "
+                              f"from the model's {list(t.shape)}; the given shape is used", (IP, "input_shape"),
+                              data={"item": i})
+    known = set(info.node_names)
+    node_keys = [(MP, "output_nodes"), (MP, "remove_node_name"), (CP, "run_on_cpu"), (CP, "run_on_bpu")]
+    for section, key in node_keys:
+        for name in V.split_names(data.get(section, {}).get(key)):
+            if name not in known and not name.endswith("_HzCalibration"):
+                sev = error if key == "output_nodes" else warning
+                yield sev("node-unknown", f"The node '{name}' given in {key} is not a node of the model",
+                          (section, key), data={"name": name})
+    node_info = data.get(MP, {}).get("node_info")
+    names_in_info = list(node_info) if isinstance(node_info, dict) else [
+        item.rpartition(":")[0].strip() for item in V.split_names(node_info)]
+    for name in names_in_info:
+        if name and name not in known:
+            yield warning("node-unknown", f"The node '{name}' given in node_info is not a node of the model",
+                          (MP, "node_info", name) if isinstance(node_info, dict) else (MP, "node_info"),
+                          data={"name": name, "on_key": True})
+
+
+def resolve_inputs(config: Config, info: ModelInfo) -> list[InputSpec]:
+    """One InputSpec per model input; raises ConfigError when the config does not fit the model."""
+    problems = check_with_model(config.data, info)
+    if errors(problems):
+        raise ConfigError(errors(problems))
+    ip, cal = config.inputs, config.calibration
+    by_name = {t.name: t for t in info.inputs}
+    names = [n for n in ip.input_name if n] or info.input_names
+    specs = []
+    for i, name in enumerate(names):
+        t = by_name[name]
+        shape = _at(ip.input_shape, i) or tuple(int(d) for d in (t.shape or ()))
+        train = _at(ip.input_type_train, i) or "featuremap"
+        rt = _at(ip.input_type_rt, i) or train
+        mean, scale, std = _at(ip.mean_value, i), _at(ip.scale_value, i), _at(ip.std_value, i)
+        specs.append(InputSpec(
+            name=name, shape=tuple(shape), type_train=train, layout_train=_at(ip.input_layout_train, i),
+            type_rt=rt, layout_rt=_at(ip.input_layout_rt, i),
+            space_and_range=_at(ip.input_space_and_range, i) or "regular",
+            norm_type=derived_norm_type(mean, scale, std), mean=mean, scale=scale, std=std,
+            cal_data_dir=_at(cal.cal_data_dir, i), cal_data_type=_at(cal.cal_data_type, i)))
+    return specs
+
+
+__all__ = ["InputSpec", "check_with_model", "resolve_inputs"]

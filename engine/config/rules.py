@@ -1,0 +1,448 @@
+"""Semantic rules over a schema-valid config: the cross-key checks JSON Schema cannot say.
+
+Each rule is a small function registered with `@rule`, reading a `RuleContext` and yielding
+`Problem`s at key paths. The CLI and the language server run the same list. Rules that need the
+model (input names, shapes, node names) live in `engine.config.model_rules` and run once the
+model is known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine import schema
+from engine.config import values as V
+from engine.problems import Problem, error, warning
+
+MP, IP, CP, XP, CO = ("model_parameters", "input_parameters", "calibration_parameters",
+                      "compiler_parameters", "custom_op")
+
+PER_INPUT_KEYS = ("input_name", "input_type_train", "input_layout_train", "input_type_rt", "input_layout_rt",
+                  "input_space_and_range", "input_shape", "norm_type", "mean_value", "scale_value", "std_value")
+IMAGE_CHANNELS = {"rgb": 3, "bgr": 3, "yuv444": 3, "yuv444_128": 3, "yuv_bt601_full": 3, "yuv_bt601_video": 3,
+                  "gray": 1}
+_DEFAULT_PAIRS = {  # reference §9; the schema's x-hb-train-rt-pairs wins when present
+    "rgb": ["rgb", "bgr", "nv12", "yuv444", "yuv444_128", "yuv420sp_bt601_video"],
+    "bgr": ["bgr", "rgb", "nv12", "yuv444", "yuv444_128", "yuv420sp_bt601_video"],
+    "yuv444": ["yuv444", "yuv444_128", "nv12"],
+    "gray": ["gray"],
+    "featuremap": ["featuremap"],
+}
+
+
+@dataclass(frozen=True)
+class RuleContext:
+    data: dict[str, dict[str, Any]]
+    base_dir: Path
+    check_files: bool = True
+
+    def get(self, section: str, key: str, default: Any = None) -> Any:
+        return self.data.get(section, {}).get(key, default)
+
+    def has(self, section: str, key: str) -> bool:
+        return key in self.data.get(section, {})
+
+    def path(self, section: str, key: str) -> Path | None:
+        v = self.get(section, key)
+        if v is None:
+            return None
+        p = Path(str(v)).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    def per_input(self, key: str) -> list[str | None]:
+        return V.split_list(self.get(IP, key))
+
+
+Rule = Callable[[RuleContext], Iterable[Problem]]
+RULES: list[Rule] = []
+
+
+def rule(fn: Rule) -> Rule:
+    RULES.append(fn)
+    return fn
+
+
+def run_rules(ctx: RuleContext) -> list[Problem]:
+    out: list[Problem] = []
+    for fn in RULES:
+        out.extend(fn(ctx))
+    return out
+
+
+def legal_pairs() -> dict[str, list[str]]:
+    return schema.train_rt_pairs() or _DEFAULT_PAIRS
+
+
+# ---------------------------------------------------------------- model_parameters
+
+@rule
+def model_file(ctx: RuleContext) -> Iterator[Problem]:
+    has_onnx, has_caffe = ctx.has(MP, "onnx_model"), ctx.has(MP, "caffe_model") or ctx.has(MP, "prototxt")
+    if has_onnx and has_caffe:
+        yield error("model-both", "It is not supported to specify both onnx_model and caffe_model, please specify it "
+                    "based on the actual", (MP, "caffe_model" if ctx.has(MP, "caffe_model") else "prototxt"))
+        return
+    if not has_onnx and not has_caffe:
+        if MP in ctx.data:
+            yield error("model-missing", "The model file has not been correctly specified, please specify the "
+                        "caffe_model or the onnx_model in your yaml config file", (MP,), data={"on_key": True})
+        return
+    if has_caffe:
+        missing = [k for k in ("caffe_model", "prototxt") if not ctx.has(MP, k)]
+        if missing:
+            yield error("missing-key", "Key 'model_parameters' error: Missing keys: "
+                        + ", ".join(f"'{k}'" for k in missing), (MP,), data={"on_key": True, "missing": missing})
+    for key in ("onnx_model", "caffe_model", "prototxt"):
+        if not ctx.has(MP, key):
+            continue
+        p = ctx.path(MP, key)
+        suffix = (schema.key_schema(MP, key) or {}).get("x-hb-suffix") or {
+            "onnx_model": ".onnx", "caffe_model": ".caffemodel", "prototxt": ".prototxt"}[key]
+        if p.suffix.lower() != suffix:
+            yield error("model-suffix", f"The file invalid: {ctx.get(MP, key)}. It should be a '{suffix}' file",
+                        (MP, key))
+        elif ctx.check_files and not p.is_file():
+            yield error("file-missing", f"Can not find file specified: {ctx.get(MP, key)},please check the "
+                        "configuration", (MP, key), data={"resolved": str(p)})
+
+
+@rule
+def node_info_format(ctx: RuleContext) -> Iterator[Problem]:
+    v = ctx.get(MP, "node_info")
+    if isinstance(v, str):
+        for item in V.split_names(v):
+            name, sep, dtype = item.rpartition(":")
+            if not sep or not name.strip() or dtype.strip() not in ("int8", "int16"):
+                yield error("node-info-format", f"The format you gave is {v}, currently we only support the following "
+                            "format: Conv_0:int16;Conv_1:int16", (MP, "node_info"))
+                return
+
+
+@rule
+def remove_node_types(ctx: RuleContext) -> Iterator[Problem]:
+    allowed = schema.item_enum(MP, "remove_node_type") or ["Quantize", "Transpose", "Dequantize", "Cast",
+                                                           "Reshape", "Softmax", "DequantizeFilter"]
+    bad = [t for t in V.split_names(ctx.get(MP, "remove_node_type")) if t not in allowed]
+    if bad:
+        yield error("remove-node-type", f"Unsupport removing {bad} now", (MP, "remove_node_type"),
+                    data={"allowed": allowed})
+
+
+# ---------------------------------------------------------------- input_parameters
+
+def _item_enum_problems(ctx: RuleContext, section: str, key: str) -> Iterator[Problem]:
+    allowed = schema.item_enum(section, key)
+    if not allowed:
+        return
+    public = schema.item_enum(section, key, hidden=False)
+    for i, item in enumerate(V.split_list(ctx.get(section, key))):
+        if item is not None and item not in allowed:
+            yield error("invalid-enum", f"The specified {key} is invalid, the {key}: '{item}' can only be specified "
+                        f"as values in {public}", (section, key), data={"item": i, "allowed": public})
+
+
+@rule
+def per_input_enums(ctx: RuleContext) -> Iterator[Problem]:
+    for key in ("input_type_rt", "input_type_train", "input_layout_train", "input_layout_rt",
+                "input_space_and_range", "norm_type"):
+        yield from _item_enum_problems(ctx, IP, key)
+    yield from _item_enum_problems(ctx, CP, "cal_data_type")
+
+
+@rule
+def per_input_counts(ctx: RuleContext) -> Iterator[Problem]:
+    """Without the model, every given per-input list must agree with input_name (or each other)."""
+    counts = {k: len(ctx.per_input(k)) for k in PER_INPUT_KEYS if ctx.has(IP, k)}
+    if ctx.has(CP, "cal_data_dir"):
+        counts["cal_data_dir"] = len(V.split_list(ctx.get(CP, "cal_data_dir")))
+    if not counts:
+        return
+    expect = counts.get("input_name") or max(counts.values())
+    for key, n in counts.items():
+        if n != expect and n > 0:
+            section = CP if key == "cal_data_dir" else IP
+            if key == "cal_data_dir":
+                msg = f"Wrong cal_dir num given, cal_dir num {n} is not equal to input num {expect}"
+            else:
+                msg = f"Wrong {key} num received. Num of {key} given: {n} is not equal to input num {expect}"
+            yield error("list-count", msg, (section, key), data={"given": n, "expected": expect})
+
+
+def _shapes(ctx: RuleContext) -> tuple[list[tuple[int, ...] | None], list[Problem]]:
+    shapes, problems = [], []
+    for i, item in enumerate(ctx.per_input("input_shape")):
+        try:
+            shapes.append(V.parse_shape(item))
+        except V.ValueFormatError:
+            shapes.append(None)
+            problems.append(error("bad-format", f"Invalid input_shape format: '{item}', expected NxCxHxW such as "
+                                  "1x3x224x224", (IP, "input_shape"), data={"item": i}))
+    return shapes, problems
+
+
+def _at(items: list, i: int) -> Any:
+    return items[i] if i < len(items) else None
+
+
+def channel_axis(layout: str | None) -> int:
+    return 3 if layout == "NHWC" else 1
+
+
+@rule
+def input_shapes_and_types(ctx: RuleContext) -> Iterator[Problem]:
+    shapes, problems = _shapes(ctx)
+    yield from problems
+    rts, trains = ctx.per_input("input_type_rt"), ctx.per_input("input_type_train")
+    layouts = ctx.per_input("input_layout_train")
+    pairs = legal_pairs()
+    n = max(len(rts), len(trains), len(shapes))
+    for i in range(n):
+        rt, train, shape, layout = _at(rts, i), _at(trains, i), _at(shapes, i), _at(layouts, i)
+        name = _at(ctx.per_input("input_name"), i) or i
+        if rt and train and train in pairs and rt not in pairs[train] and rt != train:
+            yield error("input-illegal-conversion", f"The input_type_train '{train}' of the input {name} is not "
+                        f"supported to be transformed to input_type_rt '{rt}' now", (IP, "input_type_rt"),
+                        data={"item": i, "allowed": pairs[train]})
+        if train and train != "featuremap" and not layout and (ctx.has(IP, "input_type_train")):
+            yield error("missing-key", "Key 'input_parameters' error: Missing keys: 'input_layout_train'",
+                        (IP,), data={"on_key": True, "missing": ["input_layout_train"], "item": i})
+        if shape is None:
+            continue
+        if rt and rt != "featuremap" and len(shape) != 4:
+            yield error("input-not-4d", f"The specified input_type_rt is {rt}, but the input_shape is not "
+                        "four-dimensional, please set the input_type_rt and input_type_train to featuremap",
+                        (IP, "input_shape"), data={"item": i})
+            continue
+        if len(shape) == 4 and layout in ("NCHW", "NHWC"):
+            h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+            if rt == "nv12" and (h % 2 or w % 2):
+                yield error("input-nv12-odd-size", f"The input shape: {V.format_shape(shape)} is invalid, nv12 type "
+                            "does not support odd number input size", (IP, "input_shape"), data={"item": i})
+            want = IMAGE_CHANNELS.get(train or "")
+            if want is not None and shape[channel_axis(layout)] != want:
+                other = "NHWC" if layout == "NCHW" else "NCHW"
+                other_c = shape[channel_axis(other)]
+                if other_c == want:
+                    msg = (f"Input_layout_train says {layout} but seems like layout of input_shape is {other}: "
+                           f"{V.format_shape(shape)}, try use {other} in input_layout_train")
+                    fix = other
+                else:
+                    msg = (f"Input_type_train {train} input_layout_train {layout} and input_shape "
+                           f"{V.format_shape(shape)} does not seem right. Please double check.")
+                    fix = None
+                yield error("input-layout-shape", msg, (IP, "input_layout_train"),
+                            data={"item": i, "replace_item": fix})
+
+
+@rule
+def input_space(ctx: RuleContext) -> Iterator[Problem]:
+    rts = ctx.per_input("input_type_rt")
+    for i, space in enumerate(ctx.per_input("input_space_and_range")):
+        if space == "bt601_video" and _at(rts, i) != "nv12":
+            yield error("input-space-not-nv12", f"input_space_and_range 'bt601_video' is only valid with "
+                        f"input_type_rt 'nv12', but input {i} has '{_at(rts, i)}'", (IP, "input_space_and_range"),
+                        data={"item": i})
+
+
+@rule
+def normalization(ctx: RuleContext) -> Iterator[Problem]:
+    rts, trains = ctx.per_input("input_type_rt"), ctx.per_input("input_type_train")
+    shapes, _ = _shapes(ctx)
+    layouts = ctx.per_input("input_layout_train")
+    parsed: dict[str, list] = {}
+    for key in ("mean_value", "scale_value", "std_value"):
+        try:
+            parsed[key] = V.per_input_numbers(ctx.get(IP, key))
+        except V.ValueFormatError as exc:
+            yield error("bad-format", f"Wrong {key} format {exc}, please refer to user manual", (IP, key))
+            parsed[key] = []
+    n = max([len(v) for v in parsed.values()] + [len(rts), len(ctx.per_input("norm_type"))] or [0])
+    for i in range(n):
+        mean, scale, std = (_at(parsed[k], i) for k in ("mean_value", "scale_value", "std_value"))
+        if scale is not None and std is not None:
+            yield error("scale-and-std", "Only one of scale_value and std_value can be specified", (IP, "std_value"),
+                        data={"item": i})
+        if _at(rts, i) == "featuremap" and any(v is not None for v in (mean, scale, std)):
+            key = "mean_value" if mean is not None else ("scale_value" if scale is not None else "std_value")
+            yield error("featuremap-norm", f"Input_type_rt {_at(rts, i)} is featuremap, this input only support "
+                        "norm_type no_preprocess", (IP, key), data={"item": i})
+        if std is not None and any(s == 0 for s in std):
+            yield error("std-zero", "std_value must not contain 0", (IP, "std_value"), data={"item": i})
+        shape, layout, train = _at(shapes, i), _at(layouts, i), _at(trains, i)
+        channels = None
+        if shape is not None and len(shape) == 4 and layout in ("NCHW", "NHWC"):
+            channels = shape[channel_axis(layout)]
+        elif train in IMAGE_CHANNELS:
+            channels = IMAGE_CHANNELS[train]
+        for key, vals in (("mean_value", mean), ("scale_value", scale), ("std_value", std)):
+            if vals is not None and channels is not None and len(vals) not in (1, channels):
+                yield error("norm-channels", f"Wrong {key} format {' '.join(f'{v:g}' for v in vals)}: input {i} has "
+                            f"{channels} channels, so give 1 or {channels} values, found {len(vals)}",
+                            (IP, key), data={"item": i})
+    yield from _norm_type(ctx, parsed)
+
+
+_NORM_OF = {(False, False, False): "no_preprocess", (True, False, False): "data_mean",
+            (False, True, False): "data_scale", (True, True, False): "data_mean_and_scale",
+            (False, False, True): "data_std", (True, False, True): "data_mean_and_std"}
+
+
+def derived_norm_type(mean, scale, std) -> str:
+    return _NORM_OF.get((mean is not None, scale is not None, std is not None), "no_preprocess")
+
+
+def _norm_type(ctx: RuleContext, parsed: dict[str, list]) -> Iterator[Problem]:
+    if not ctx.has(IP, "norm_type"):
+        return
+    for i, given in enumerate(ctx.per_input("norm_type")):
+        if given is None:
+            continue
+        mean, scale, std = (_at(parsed[k], i) for k in ("mean_value", "scale_value", "std_value"))
+        derived = derived_norm_type(mean, scale, std)
+        needs_mean = "mean" in given
+        needs_scale = "scale" in given
+        if needs_mean and mean is None:
+            yield error("mean-missing", f"Mean value not given: input {i} norm type {given} require mean value "
+                        "input but not given", (IP, "norm_type"), data={"item": i})
+        elif needs_scale and scale is None and std is None:
+            yield error("scale-missing", f"Scale value not given: input {i} norm type {given} require scale value "
+                        "input but not given", (IP, "norm_type"), data={"item": i})
+        elif given != derived and not given.startswith("mean_file"):
+            yield warning("norm-type-mismatch", f"norm_type '{given}' of input {i} does not match the given "
+                          f"mean/scale/std values; using '{derived}'", (IP, "norm_type"), data={"item": i})
+
+
+@rule
+def input_batch(ctx: RuleContext) -> Iterator[Problem]:
+    if not ctx.has(IP, "input_batch"):
+        return
+    raw = ctx.get(IP, "input_batch")
+    try:
+        batch = int(str(raw).strip())
+    except ValueError:
+        yield error("bad-format", f"Invalid input_batch: '{raw}', expected one integer", (IP, "input_batch"))
+        return
+    march = ctx.get(MP, "march")
+    lo, hi = (schema.marches().get(march, {}).get("input_batch") or [1, 4096])[:2]
+    if not lo <= batch <= hi:
+        yield error("out-of-range", f"Invalid input_batch: {batch}, available range for march {march}: {lo}~{hi}",
+                    (IP, "input_batch"))
+    shapes, _ = _shapes(ctx)
+    for i, shape in enumerate(shapes):
+        if shape and shape[0] != 1 and batch != 1:
+            yield error("input-batch-shape", f"input_batch needs the first dim of input_shape to be 1, input {i} "
+                        f"has {V.format_shape(shape)}", (IP, "input_batch"))
+
+
+@rule
+def separate(ctx: RuleContext) -> Iterator[Problem]:
+    if ctx.get(IP, "separate_batch") is True and ctx.has(IP, "separate_name"):
+        yield error("separate-exclusive", "separate_batch and separate_name cannot be specified at the same time",
+                    (IP, "separate_name"))
+
+
+# ---------------------------------------------------------------- calibration_parameters
+
+@rule
+def calibration_dirs(ctx: RuleContext) -> Iterator[Problem]:
+    ctype = ctx.get(CP, "calibration_type", "default")
+    if not ctx.has(CP, "cal_data_dir"):
+        if ctype not in ("skip", "load") and MP in ctx.data:
+            yield warning("calibration-skip", "cal_data_dir is not given: calibration_type becomes 'skip' "
+                          "(random data; the model is only good for performance checks)", (CP,),
+                          data={"on_key": True})
+        return
+    if not ctx.check_files:
+        return
+    for i, d in enumerate(V.split_list(ctx.get(CP, "cal_data_dir"))):
+        if d is None:
+            continue
+        p = Path(d).expanduser()
+        p = p if p.is_absolute() else ctx.base_dir / p
+        if not p.is_dir():
+            yield error("cal-dir-missing", f"Cal_data_dir does not exist: {d}", (CP, "cal_data_dir"),
+                        data={"item": i, "resolved": str(p)})
+
+
+@rule
+def optimization_values(ctx: RuleContext) -> Iterator[Problem]:
+    import re
+    fixed = {"set_model_output_int8", "set_model_output_int16", "set_all_nodes_int16", "asymmetric",
+             "bias_correction", "lstm_batch_last", "run_fast"}
+    pattern = re.compile(r"^set_[A-Za-z0-9]+_(input|output)_int(8|16)$")
+    for item in V.split_comma(ctx.get(CP, "optimization")):
+        if item not in fixed and not pattern.match(item):
+            yield error("invalid-enum", f"The specified optimization is invalid, the optimization: '{item}' can only "
+                        f"be specified as values in {sorted(fixed) + ['set_{OpType}_input_int16', 'set_{OpType}_output_int16']}",
+                        (CP, "optimization"))
+
+
+# ---------------------------------------------------------------- compiler_parameters
+
+@rule
+def balance(ctx: RuleContext) -> Iterator[Problem]:
+    mode = ctx.get(XP, "compile_mode")
+    if mode == "balance" and not ctx.has(XP, "balance_factor"):
+        yield error("balance-factor", "Parameter compile_mode is set to balance, please set balance_factor to use "
+                    "this mode", (XP, "compile_mode"))
+    elif mode != "balance" and ctx.has(XP, "balance_factor"):
+        yield warning("balance-factor-unused", "balance_factor only takes effect with compile_mode: balance",
+                      (XP, "balance_factor"), data={"on_key": True})
+
+
+@rule
+def march_ranges(ctx: RuleContext) -> Iterator[Problem]:
+    march = ctx.get(MP, "march")
+    spec = schema.marches().get(march)
+    if not spec:
+        return
+    if ctx.has(XP, "core_num"):
+        lo, hi = spec.get("core_num", [1, 1])[:2]
+        v = ctx.get(XP, "core_num")
+        if isinstance(v, int) and not lo <= v <= hi:
+            yield error("out-of-range", f"Invalid core_num: {v}, march {march} supports {lo}~{hi}",
+                        (XP, "core_num"))
+    if ctx.has(XP, "optimize_level"):
+        allowed = spec.get("optimize_level") or []
+        v = ctx.get(XP, "optimize_level")
+        if allowed and v not in allowed:
+            yield warning("optimize-level-generation", f"optimize_level {v} is not available on march {march} "
+                          f"({allowed}); {max(allowed)} is used", (XP, "optimize_level"),
+                          data={"allowed": allowed})
+    if ctx.has(XP, "max_time_per_fc"):
+        v = ctx.get(XP, "max_time_per_fc")
+        lo, hi = (spec.get("max_time_per_fc") or [1000, 4294967295])[:2]
+        if isinstance(v, int) and v != 0 and not lo <= v <= hi:
+            yield error("out-of-range", f"Invalid max_time_per_fc: {v}, it should be 0 or in {lo}~{hi} for march "
+                        f"{march}", (XP, "max_time_per_fc"))
+    if ctx.get(XP, "max_l2m_size") and spec.get("max_l2m_size_supported") is False:
+        yield warning("l2m-unsupported", f"max_l2m_size is not supported on march {march}; it is ignored",
+                      (XP, "max_l2m_size"))
+
+
+@rule
+def cache(ctx: RuleContext) -> Iterator[Problem]:
+    mode = ctx.get(XP, "cache_mode")
+    if mode and mode != "disable" and not ctx.get(XP, "cache_path"):
+        yield error("cache-path", f"cache_mode is '{mode}' but cache_path is not given", (XP, "cache_mode"))
+
+
+# ---------------------------------------------------------------- custom_op
+
+@rule
+def custom_op(ctx: RuleContext) -> Iterator[Problem]:
+    if CO not in ctx.data:
+        return
+    if not ctx.has(CO, "custom_op_method"):
+        yield error("custom-op-method", "Custom_op_method is not specified", (CO,), data={"on_key": True})
+    folder = ctx.path(CO, "custom_op_dir") or ctx.base_dir
+    for f in V.split_names(ctx.get(CO, "op_register_files")):
+        if not f.endswith(".py"):
+            yield error("custom-op-file", f"File {f} is not a python file, please check op_register_files",
+                        (CO, "op_register_files"))
+        elif ctx.check_files and not (folder / f).is_file():
+            yield error("file-missing", f"Can not find file specified: {f},please check the configuration",
+                        (CO, "op_register_files"))

@@ -1,0 +1,127 @@
+"""JSON-Schema validation of the config, with each error told in hb_compile's words.
+
+jsonschema finds the problems; this module only turns each `ValidationError` into a `Problem`
+at the offending key path (reference §13 wording, "did you mean" for unknown keys).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from typing import Any
+
+from jsonschema.exceptions import ValidationError
+
+from engine import schema
+from engine.problems import Problem, error, warning
+
+_TYPE_WORDS = {"boolean": "bool", "integer": "int", "number": "float", "string": "str", "object": "dict",
+               "array": "list"}
+_PY_TYPE = {bool: "bool", int: "int", float: "float", str: "str", dict: "dict", list: "list"}
+
+
+def check_schema(data: dict[str, Any]) -> list[Problem]:
+    problems: list[Problem] = []
+    for err in sorted(schema.validator().iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        problems.extend(_translate(err, data))
+    problems.extend(_deprecations(data))
+    return _dedupe(problems)
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen, out = set(), []
+    for p in problems:
+        k = (p.code, p.message, p.path)
+        if k not in seen:
+            seen.add(k)
+            out.append(p)
+    return out
+
+
+def _name(path: tuple) -> str:
+    strs = [p for p in path if isinstance(p, str)]
+    return strs[-1] if strs else "config"
+
+
+def _translate(err: ValidationError, data: dict) -> Iterator[Problem]:
+    path = tuple(err.absolute_path)
+    v = err.validator
+    name = _name(path)
+    if v == "additionalProperties":
+        props = set(err.schema.get("properties", {}))
+        pattern_props = err.schema.get("patternProperties", {})
+        import re
+        extras = [k for k in err.instance if k not in props and not any(re.search(p, k) for p in pattern_props)]
+        where = ".".join(str(p) for p in path) or "the config"
+        for key in extras:
+            close = difflib.get_close_matches(str(key), sorted(props), n=1, cutoff=0.6)
+            hint = f", did you mean '{close[0]}'?" if close else f"; allowed keys: {', '.join(sorted(props))}"
+            fixes = ()
+            yield error("unknown-key", f"Wrong key '{key}' in {where}{hint}", path + (key,),
+                        data={"on_key": True, "did_you_mean": close[0] if close else None}, fixes=fixes)
+    elif v == "required":
+        present = set(err.instance) if isinstance(err.instance, dict) else set()
+        missing = [k for k in err.validator_value if k not in present]
+        where = _name(path) if path else "config"
+        yield error("missing-key", f"Key '{where}' error: Missing keys: " + ", ".join(f"'{k}'" for k in missing),
+                    path, data={"on_key": True, "missing": missing})
+    elif v == "dependentRequired":
+        present = set(err.instance)
+        for trigger, needed in err.validator_value.items():
+            if trigger in present:
+                missing = [k for k in needed if k not in present]
+                if missing:
+                    yield error("missing-key", f"Key '{name}' error: Missing keys: "
+                                + ", ".join(f"'{k}'" for k in missing), path + (trigger,),
+                                data={"on_key": True, "missing": missing})
+    elif v == "type":
+        expected = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+        words = " or ".join(_TYPE_WORDS.get(t, t) for t in expected)
+        got = _PY_TYPE.get(type(err.instance), type(err.instance).__name__)
+        yield error("wrong-type", f"Wrong parameter '{name}' specified, {words} value is required but get type "
+                    f"<class '{got}'>", path)
+    elif v == "enum":
+        allowed = err.validator_value
+        if name == "march":
+            msg = f"The specified march '{err.instance}' is invalid, the march parameter only supports values in {allowed}"
+        else:
+            msg = (f"The specified {name} is invalid, the {name}: '{err.instance}' can only be specified as "
+                   f"values in {allowed}")
+        close = difflib.get_close_matches(str(err.instance), [str(a) for a in allowed], n=len(allowed), cutoff=0)
+        yield error("invalid-enum", msg, path, data={"allowed": close})
+    elif v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        lo = err.schema.get("minimum", err.schema.get("exclusiveMinimum", ""))
+        hi = err.schema.get("maximum", err.schema.get("exclusiveMaximum", ""))
+        if name == "max_percentile":
+            msg = f"Invalid max_percentile: {err.instance}, avaliable range: {lo}~{hi}"
+        elif name == "balance_factor":
+            msg = f"Invalid balance_factor received: {err.instance}, value range is {lo}-{hi}"
+        else:
+            msg = f"Invalid {name}: {err.instance}, available range: {lo}~{hi}"
+        yield error("out-of-range", msg, path)
+    elif v == "pattern":
+        yield error("bad-format", f"Invalid {name} format: '{err.instance}' (expected to match "
+                    f"{err.validator_value})", path)
+    elif v in ("minLength",) and name == "output_model_file_prefix":
+        yield error("empty-prefix", "The output_model_file_prefix cannot be empty, please specify a valid prefix "
+                    "in your yaml config file", path)
+    elif v in ("not", "if", "then", "else", "allOf", "anyOf", "oneOf", "dependentSchemas"):
+        # Cross-key rules are told by engine.config.rules in hb_compile's words; the schema
+        # carries them for editors that only speak JSON Schema (yaml-language-server).
+        return
+    else:
+        yield error("schema", f"{'.'.join(map(str, path)) or 'config'}: {err.message}", path)
+
+
+def _deprecations(data: dict) -> Iterator[Problem]:
+    for section, body in data.items():
+        if not isinstance(body, dict):
+            continue
+        for key in body:
+            ks = schema.key_schema(section, key) or {}
+            if ks.get("deprecated"):
+                msg = ks.get("x-hb-deprecation") or (
+                    f"Please note that the parameter '{key}' has been deprecated. "
+                    "Specifying this parameter will have no effect")
+                yield warning("deprecated-key", msg, (section, key),
+                              data={"on_key": True, "replacement": ks.get("x-hb-replacement")})

@@ -1,0 +1,138 @@
+"""ONNX frontend: load and check a float model, bring it to a supported opset, make it static.
+
+The parse stage (`engine.stages.parse`) calls these; each failure is a `ModelError` whose one
+line names the file and says what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import version_converter
+
+from engine.problems import ModelError, error
+
+MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (DESIGN §5)
+TARGET_OPSET = 17  # what older models are converted to: widely supported by onnxruntime
+MAX_OPSET = 21  # newest default-domain opset we test against onnxruntime
+
+
+def load_onnx(path: Path, load_weights: bool = True, key: str = "onnx_model") -> onnx.ModelProto:
+    shown = str(path)
+    if not path.is_file():
+        raise ModelError(error("file-missing", f"Can not find file specified: {shown},please check the configuration",
+                               ("model_parameters", key), file=None))
+    try:
+        model = onnx.load(str(path), load_external_data=load_weights)
+    except DecodeError as exc:
+        raise ModelError(_bad(shown, key, f"it is not an ONNX protobuf ({exc})")) from None
+    except (OSError, ValueError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:  # type: ignore[attr-defined]
+        raise ModelError(_bad(shown, key, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)) from None
+    if not model.graph.node and not model.graph.output:
+        raise ModelError(_bad(shown, key, "it holds no graph (empty or truncated file)"))
+    return model
+
+
+def _bad(shown: str, key: str, why: str):
+    return error("model-invalid", f"Onnx file invalid: '{shown}': {why}", ("model_parameters", key))
+
+
+def check(model: onnx.ModelProto, shown: str, key: str = "onnx_model") -> None:
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelError(_bad(shown, key, f"onnx.checker: {first}")) from None
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def upgrade_opset(model: onnx.ModelProto, shown: str, key: str = "onnx_model") -> onnx.ModelProto:
+    """Opset < 13 → 17 with onnx's version converter (ORT's quantizer writes broken files otherwise)."""
+    opset = default_opset(model)
+    if opset > MAX_OPSET:
+        raise ModelError(error("model-opset", f"The opset version of the onnx model is {opset}, only models with "
+                               f"opset_version {MIN_OPSET}~{MAX_OPSET} (older ones are converted) are supported",
+                               ("model_parameters", key)))
+    if opset >= MIN_OPSET:
+        return model
+    try:
+        return version_converter.convert_version(model, TARGET_OPSET)
+    except Exception as exc:  # the converter raises bare RuntimeErrors with C++ text
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(_bad(shown, key, f"cannot convert opset {opset} to {TARGET_OPSET}: {first}")) from None
+
+
+def name_nodes(model: onnx.ModelProto) -> int:
+    """Give every unnamed or duplicate-named node a stable `OpType_index` name (hb style)."""
+    used = Counter(n.name for n in model.graph.node if n.name)
+    taken = set(used)
+    renamed = 0
+    seen: set[str] = set()
+    for index, node in enumerate(model.graph.node):
+        if node.name and node.name not in seen and used[node.name] >= 1:
+            seen.add(node.name)
+            continue
+        base = f"{node.op_type}_{index}"
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        node.name = name
+        taken.add(name)
+        seen.add(name)
+        renamed += 1
+    return renamed
+
+
+def set_input_shape(model: onnx.ModelProto, name: str, shape: tuple[int, ...]) -> None:
+    for vi in model.graph.input:
+        if vi.name == name:
+            dims = vi.type.tensor_type.shape.dim
+            del dims[:]
+            for d in shape:
+                dims.add().dim_value = int(d)
+            return
+    raise KeyError(name)
+
+
+def clear_inferred_shapes(model: onnx.ModelProto) -> None:
+    """Drop value_info and output dims so shape inference recomputes them from the new inputs."""
+    del model.graph.value_info[:]
+    for out in model.graph.output:
+        if out.type.HasField("tensor_type"):
+            out.type.tensor_type.ClearField("shape")
+
+
+def infer_shapes(model: onnx.ModelProto, shown: str, key: str = "onnx_model") -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(error("model-shape", f"model conversion faild: {first}", ("model_parameters", key))) from None
+
+
+def add_outputs(model: onnx.ModelProto, node_names: list[str]) -> None:
+    """`output_nodes`: make the outputs of these nodes graph outputs (keeping existing ones)."""
+    by_name = {n.name: n for n in model.graph.node}
+    present = {o.name for o in model.graph.output}
+    vi = {v.name: v for v in model.graph.value_info}
+    for name in node_names:
+        node = by_name[name]
+        for out in node.output:
+            if out and out not in present:
+                model.graph.output.append(vi[out] if out in vi else onnx.helper.make_empty_tensor_value_info(out))
+                present.add(out)
+
+
+def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
+    existing = {p.key: p for p in model.metadata_props}
+    for k, v in values.items():
+        if k in existing:
+            existing[k].value = v
+        else:
+            model.metadata_props.add(key=k, value=v)

@@ -1,0 +1,202 @@
+"""The warm engine: runs the stage list over a config, reusing every stage whose key is unchanged.
+
+One `Engine` lives as long as its process: the CLI makes one per run, the language server and
+the daemon keep one, so file hashes, parsed models and onnxruntime sessions stay warm. State
+kept here is only a speed-up; every result is a pure function of the stage keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine.config import Config, read_config
+from engine.config.loader import LoadResult, locate
+from engine.pipeline.cache import StageCache, atomic_copy
+from engine.pipeline.hashing import HashMemo
+from engine.pipeline.report import RunReport, StageRun
+from engine.pipeline.stage import Cancelled, KeyParts, Stage, StageContext, explain
+from engine.problems import HbError, error
+
+log = logging.getLogger("hbcompile")
+Progress = Callable[[str, str, float | None], None]  # (stage, message, fraction)
+
+
+class Engine:
+    def __init__(self) -> None:
+        self.hashes = HashMemo()
+        self.warm: dict[str, Any] = {}  # stage-owned warm state (sessions, parsed models)
+        self.lock = threading.Lock()  # one run at a time per engine
+
+    def cache_root(self, config: Config) -> Path:
+        return config.working_dir / ".hb_cache"
+
+    def stages(self) -> list[Stage]:
+        from engine.stages import STAGES
+
+        return STAGES
+
+    def key_parts(self, stage: Stage, config: Config, upstream: dict[str, str]) -> KeyParts:
+        files = {}
+        for p in stage.files(config):
+            files[str(p)] = self.hashes.file(p)
+        return KeyParts(stage.name, stage.version, config.slice(*stage.reads), files,
+                        {u: upstream[u] for u in stage.after}, stage.extra(config))
+
+    def run(self, config_path: str | Path, until: str | None = None, progress: Progress | None = None,
+            cancel: threading.Event | None = None, loaded: LoadResult | None = None) -> RunReport:
+        with self.lock:
+            return self._run(Path(config_path), until, progress, cancel, loaded)
+
+    def _run(self, config_path: Path, until: str | None, progress: Progress | None,
+             cancel: threading.Event | None, loaded: LoadResult | None) -> RunReport:
+        t0 = time.perf_counter()
+        report = RunReport(config_path, until=until)
+        result = loaded or read_config(config_path)
+        report.problems.extend(result.problems)
+        config_run = StageRun("config", "ran", seconds=time.perf_counter() - t0)
+        report.stages.append(config_run)
+        if not result.ok:
+            config_run.status = "failed"
+            report.seconds = time.perf_counter() - t0
+            return report
+        config = result.config
+        report.config = config
+        shown = str(config_path)
+        if not self._working_dir_ok(config, report, result, shown):
+            report.seconds = time.perf_counter() - t0
+            return report
+        cache = StageCache(self.cache_root(config))
+        previous = cache.last_parts()
+        keys: dict[str, str] = {}
+        entries: dict[str, Path] = {}
+        parts_now: dict[str, Any] = dict(previous)
+        for stage in self.stages():
+            if cancel is not None and cancel.is_set():
+                report.stages.append(StageRun(stage.name, "cancelled", "cancelled before start"))
+                break
+            t = time.perf_counter()
+            try:
+                parts = self.key_parts(stage, config, keys)
+            except OSError as exc:
+                report.problems.append(error("file-unreadable", f"Cannot read {exc.filename}: {exc.strerror}",
+                                             file=shown))
+                report.stages.append(StageRun(stage.name, "failed", "input file unreadable"))
+                break
+            key = parts.key
+            keys[stage.name] = key
+            entry = cache.lookup(stage.name, key)
+            if entry is not None:
+                report.stages.append(StageRun(stage.name, "reused", "unchanged", time.perf_counter() - t, key))
+                report.results[stage.name] = cache.result(entry)
+                entries[stage.name] = entry
+                parts_now[stage.name] = parts.as_json()
+            else:
+                reason = explain(parts, previous.get(stage.name))
+                if progress:
+                    progress(stage.name, f"{stage.name}: {reason}", 0.0)
+                log.info("Start stage %s (%s)", stage.name, reason)
+                run = StageRun(stage.name, "ran", reason, key=key)
+                report.stages.append(run)
+                tmp = cache.new_temp(stage.name)
+                ctx = StageContext(stage, config, tmp, dict(entries), self, key, cancel,
+                                   (lambda m, f, s=stage.name: progress(s, m, f)) if progress else None, log)
+                try:
+                    out = stage.fn(ctx)
+                    entry = cache.commit(stage.name, key, tmp, out)
+                except Cancelled:
+                    cache.discard(tmp)
+                    run.status, run.reason = "cancelled", "cancelled"
+                    break
+                except HbError as exc:
+                    cache.discard(tmp)
+                    run.status = "failed"
+                    report.problems.extend(locate(exc.problems, result.doc, shown) if result.doc else exc.problems)
+                    break
+                except Exception as exc:  # a bug: say so in one line, keep the traceback in the log
+                    cache.discard(tmp)
+                    run.status = "failed"
+                    log.debug("stage %s crashed:\n%s", stage.name, traceback.format_exc())
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    report.problems.append(error("stage-crash", f"*** ERROR-OCCUR-DURING {stage.name} ***: "
+                                                 f"{type(exc).__name__}: {first}", file=shown))
+                    break
+                finally:
+                    run.seconds = time.perf_counter() - t
+                    run.peak_rss_mb = peak_rss_mb()
+                report.results[stage.name] = out or {}
+                entries[stage.name] = entry
+                parts_now[stage.name] = parts.as_json()
+                log.info("Stage %s done in %.2fs", stage.name, run.seconds)
+            if until is not None and stage.name == until:
+                break
+        if report.ok:
+            try:
+                report.artefacts = self._publish(config, entries)
+            except OSError as exc:
+                report.problems.append(error("working-dir-unwritable", f"Cannot write into working_dir "
+                                             f"{config.working_dir}: {exc.strerror}", ("model_parameters", "working_dir"),
+                                             file=shown))
+            cache.save_parts(parts_now)
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _working_dir_ok(self, config: Config, report: RunReport, result: LoadResult, shown: str) -> bool:
+        wd = config.working_dir
+        try:
+            wd.mkdir(parents=True, exist_ok=True)
+            probe = wd / f".hb_write_probe_{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+            return True
+        except OSError as exc:
+            p = error("working-dir-unwritable", f"Cannot write into working_dir {wd}: {exc.strerror}",
+                      ("model_parameters", "working_dir"))
+            report.problems.extend(locate([p], result.doc, shown) if result.doc else [p])
+            report.stages[0].status = "failed"
+            return False
+
+    def _publish(self, config: Config, entries: dict[str, Path]) -> dict[str, Path]:
+        """Copy each stage's artefacts into working_dir (temp file + os.replace each)."""
+        out: dict[str, Path] = {}
+        for stage in self.stages():
+            entry = entries.get(stage.name)
+            if entry is None:
+                continue
+            for src_name, template in stage.artefacts.items():
+                src = entry / src_name
+                if not src.is_file():
+                    continue
+                dest = config.working_dir / template.format(prefix=config.prefix)
+                if not (dest.is_file() and self.hashes.file(dest) == self.hashes.file(src)):
+                    atomic_copy(src, dest)
+                out[template.format(prefix="{prefix}")] = dest
+        return out
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+_default: Engine | None = None
+
+
+def default_engine() -> Engine:
+    global _default
+    if _default is None:
+        _default = Engine()
+    return _default
+
+
+def run(config_path: str | Path, until: str | None = None, *, engine: Engine | None = None,
+        progress: Progress | None = None, cancel: threading.Event | None = None) -> RunReport:
+    """Run the pipeline over a config file up to stage `until` (inclusive). Never raises for bad input."""
+    return (engine or default_engine()).run(config_path, until, progress, cancel)

@@ -1,0 +1,1 @@
+"""Reports: the text blocks, tables and files a user reads after a run."""

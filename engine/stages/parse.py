@@ -1,0 +1,120 @@
+"""parse: model file(s) + input_parameters → `*_original_float_model.onnx`.
+
+Loads the ONNX (or converts Caffe), checks it, brings old opsets up to 13+, applies
+`input_shape`, names every node, inserts the input normalization (mean/scale/std) so the model
+takes the un-normalized train view (what calibration samples hold), runs shape inference,
+honours `output_nodes`, and stamps `metadata_props`. Also writes the resolved per-input specs
+(`inputs.json`) every later stage reads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from engine import __version__
+from engine.config import Config
+from engine.config.inputs import InputSpec, resolve_inputs
+from engine.frontend import onnx_model as fe
+from engine.frontend.model_info import model_info
+from engine.pipeline.hashing import sha256_json
+from engine.pipeline.stage import Stage, StageContext
+from engine.problems import ModelError, error
+
+READS = ("model_parameters.onnx_model", "model_parameters.caffe_model", "model_parameters.prototxt",
+         "model_parameters.output_nodes", "input_parameters.input_name", "input_parameters.input_shape",
+         "input_parameters.input_type_train", "input_parameters.input_layout_train",
+         "input_parameters.norm_type", "input_parameters.mean_value", "input_parameters.scale_value",
+         "input_parameters.std_value", "input_parameters.input_type_rt", "input_parameters.input_layout_rt",
+         "input_parameters.input_space_and_range", "calibration_parameters.cal_data_dir",
+         "calibration_parameters.cal_data_type")
+
+
+def load_float_model(onnx_model: Path | None = None, caffe_model: Path | None = None,
+                     prototxt: Path | None = None) -> tuple[onnx.ModelProto, str, str]:
+    """The user's model as ONNX, checked and at a supported opset; (model, shown path, config key)."""
+    if onnx_model is not None:
+        shown, key = str(onnx_model), "onnx_model"
+        model = fe.load_onnx(onnx_model, key=key)
+    else:
+        from engine.frontend.caffe import convert
+
+        shown, key = str(caffe_model), "caffe_model"
+        model = convert(prototxt, caffe_model)
+    fe.check(model, shown, key)
+    return fe.upgrade_opset(model, shown, key), shown, key
+
+
+def parse_model(config: Config) -> tuple[onnx.ModelProto, list[InputSpec], dict[str, Any]]:
+    mp = config.model
+    model, shown, key = load_float_model(mp.onnx_model, mp.caffe_model, mp.prototxt)
+    opset_from = fe.default_opset(model)
+    renamed = fe.name_nodes(model)
+    specs = resolve_inputs(config, model_info(model))
+    for spec in specs:
+        fe.set_input_shape(model, spec.name, spec.shape)
+    fe.clear_inferred_shapes(model)
+    model = fe.infer_shapes(model, shown, key)
+    normalized = insert_normalizations(model, specs)
+    if normalized:
+        model = fe.infer_shapes(model, shown, key)
+    if config.model.output_nodes:
+        fe.add_outputs(model, list(config.model.output_nodes))
+    _check_static(model, shown, key)
+    return model, specs, {"opset_from": opset_from, "opset": fe.default_opset(model), "renamed_nodes": renamed,
+                          "normalized_inputs": normalized, "nodes": len(model.graph.node)}
+
+
+def insert_normalizations(model: onnx.ModelProto, specs: list[InputSpec]) -> list[str]:
+    done = []
+    for spec in specs:
+        if spec.mean is None and spec.scale is None and spec.std is None:
+            continue
+        from engine.preprocess import Normalization, insert_normalization
+
+        channels = spec.shape[3 if spec.layout_train == "NHWC" else 1] if len(spec.shape) == 4 else 1
+        norm = Normalization.from_values(spec.mean, spec.scale, spec.std, channels)
+        insert_normalization(model, spec.name, norm, spec.layout_train or "NCHW")
+        done.append(spec.name)
+    return done
+
+
+def _check_static(model: onnx.ModelProto, shown: str, key: str) -> None:
+    for out in model.graph.output:
+        t = out.type.tensor_type
+        if t.HasField("shape") and any(not d.HasField("dim_value") for d in t.shape.dim):
+            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+            raise ModelError(error("model-dynamic-output", f"Output '{out.name}' of {shown} still has a dynamic shape "
+                                   f"{dims} after applying input_shape; the model needs static shapes",
+                                   ("input_parameters", "input_shape")))
+
+
+def stamp(model: onnx.ModelProto, stage: str, config: Config, specs: list[InputSpec], slice_keys) -> None:
+    fe.set_metadata(model, {
+        "hbcompile.version": __version__,
+        "hbcompile.stage": stage,
+        "hbcompile.inputs": json.dumps([s.describe() for s in specs]),
+        "hbcompile.config_sha256": sha256_json(config.slice(*slice_keys)),
+        "hbcompile.march": config.model.march,
+    })
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    model, specs, info = parse_model(ctx.config)
+    stamp(model, "original_float", ctx.config, specs, READS)
+    onnx.save(model, str(ctx.out_dir / "model.onnx"))
+    (ctx.out_dir / "inputs.json").write_text(json.dumps([s.describe() for s in specs], indent=1))
+    info["inputs_spec"] = [s.describe() for s in specs]
+    return info
+
+
+def model_files(config: Config) -> list[Path]:
+    return list(config.model.model_files)
+
+
+STAGE = Stage("parse", 1, run, reads=READS, files=model_files,
+              artefacts={"model.onnx": "{prefix}_original_float_model.onnx"},
+              describe="load, check and normalize the float model")

@@ -1,0 +1,1 @@
+"""hblsp: the hb_compile config language server and daemon (uses engine, never the reverse)."""
