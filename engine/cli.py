@@ -83,7 +83,7 @@ def run_config(config_path: Path, until: str | None, log_path: Path) -> int:
         until = stages[-1]
     report = run(config_path, until=until, progress=_progress)
     print_run(report)
-    if report.config is not None:
+    if report.ok:  # a failed run leaves working_dir as it was; its log stays in the cwd
         try:
             copy_log(log_path, report.config.working_dir)
         except OSError:
