@@ -25,6 +25,8 @@ def conv_model(shape: tuple[int, ...], layout: str = "NCHW", out_channels: int =
     c = shape[3] if layout == "NHWC" else shape[1]
     w = rng.normal(0, 0.3, (out_channels, c, 3, 3)).astype(np.float32)
     b = rng.normal(0, 0.1, out_channels).astype(np.float32)
+    out_hw = [shape[1], shape[2]] if layout == "NHWC" else [shape[2], shape[3]]
+    out_shape = [shape[0], out_channels, *out_hw]
     nodes, x = [], name
     if layout == "NHWC":
         nodes.append(helper.make_node("Transpose", [x], ["x_nchw"], name="to_nchw", perm=[0, 3, 1, 2]))
@@ -32,7 +34,7 @@ def conv_model(shape: tuple[int, ...], layout: str = "NCHW", out_channels: int =
     nodes.append(helper.make_node("Conv", [x, "w", "b"], ["conv"], name="conv0", pads=[1, 1, 1, 1]))
     nodes.append(helper.make_node("Relu", ["conv"], ["out"], name="relu0"))
     graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, out_shape)],
                               initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8 if opset >= 13 else 6
