@@ -9,6 +9,7 @@ Every failure is a `ModelError` whose one line names the file.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,32 +99,83 @@ def read_net(prototxt: Path, caffemodel: Path, supported: frozenset[str] = froze
 
 
 def read_prototxt(path: Path, supported: frozenset[str] = frozenset()):
-    """Text NetParameter. An unknown field in a layer we could not convert anyway is reported as
-    that layer (hb_mapper's `Not support layer ...`) rather than as a syntax error."""
+    """Text NetParameter, parsed strictly (a misspelt field is an error, not a silent default).
+
+    A field outside our schema inside a layer the TEST phase leaves out (Data layers of a
+    train_val prototxt) is skipped; inside a layer of a type we do not convert it is reported as
+    that layer, in hb_mapper's words. `supported` empty: every error is a syntax error.
+    """
     text = _read_text(path, "prototxt")
+    while True:
+        net = proto.NetParameter()
+        try:
+            text_format.Parse(text, net)
+            return net
+        except text_format.ParseError as exc:
+            err = exc
+        found = _layer_at(text, err.GetLine(), err.GetColumn()) if supported else None
+        if found is None:
+            break
+        param, start, end = found
+        if not _included(param, _state(_lenient(text))):
+            # blank the layer out, keeping line and column numbers of the rest
+            text = text[:start] + re.sub(r"[^\n]", " ", text[start:end]) + text[end:]
+            continue
+        if param.type not in supported and param.type != "Input":
+            raise unsupported(param.name, param.type, str(path))
+        break
+    line, col = err.GetLine(), err.GetColumn()
+    where = f"{path}:{line}:{col}" if line is not None else str(path)
+    reason = str(err)
+    if reason.startswith(f"{line}:{col} : "):
+        reason = reason[len(f"{line}:{col} : "):]
+    raise model_error("model-invalid", f"Caffe prototxt file invalid: {where}: {reason}", "prototxt")
+
+
+def _lenient(text: str):
     net = proto.NetParameter()
     try:
-        text_format.Parse(text, net)
-        return net
-    except text_format.ParseError as exc:
-        strict_error = exc
-    if supported:
-        lenient = proto.NetParameter()
-        try:
-            text_format.Parse(text, lenient, allow_unknown_field=True)
-        except text_format.ParseError:
-            lenient = None
-        if lenient is not None:
-            for param in _layers_v2(lenient):
-                if param.type not in supported and param.type != "Input":
-                    raise unsupported(param.name, param.type, str(path))
-    line, col = strict_error.GetLine(), strict_error.GetColumn()
-    where = f"{path}:{line}:{col}" if line is not None else str(path)
-    reason = str(strict_error)
-    prefix = f"{line}:{col} : "
-    if reason.startswith(prefix):
-        reason = reason[len(prefix):]
-    raise model_error("model-invalid", f"Caffe prototxt file invalid: {where}: {reason}", "prototxt")
+        text_format.Parse(text, net, allow_unknown_field=True)
+    except text_format.ParseError:
+        net.Clear()
+    return net
+
+
+def _layer_at(text: str, line: int | None, col: int | None):
+    """The top-level `layer { }` / `layers { }` block holding 1-based (line, col), parsed without
+    its unknown fields, with its character span; None if there is none or it does not parse."""
+    if line is None:
+        return None
+    starts = [0] + [m.end() for m in re.finditer("\n", text)]
+    if line > len(starts):
+        return None
+    offset = starts[line - 1] + max((col or 1) - 1, 0)
+    for start, end in _layer_spans(text):
+        if start <= offset < end:
+            block = _lenient(text[start:end])
+            layers = _layers_v2(block)
+            return (layers[0], start, end) if len(layers) == 1 else None
+    return None
+
+
+_TOKEN = re.compile(r"""#[^\n]*|"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|[{}]|\b(?:layers?)\b""")
+
+
+def _layer_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the top-level layer blocks (comments and strings skipped)."""
+    spans, depth, start = [], 0, None
+    for m in _TOKEN.finditer(text):
+        tok = m.group()
+        if tok == "{":
+            depth += 1
+        elif tok == "}":
+            depth -= 1
+            if depth == 0 and start is not None:
+                spans.append((start, m.end()))
+                start = None
+        elif tok in ("layer", "layers") and depth == 0:
+            start = m.start()
+    return spans
 
 
 def unsupported(name: str, type_: str, file: str) -> ModelError:

@@ -447,3 +447,25 @@ def test_prototxt_round_trips_through_text_format(tmp_path):
     for layer in full.layer:
         del layer.blobs[:]
     assert again == full
+
+
+def test_train_only_layer_with_fields_outside_the_schema_is_skipped(tmp_path):
+    """A train_val prototxt: the TRAIN Data layer's data_param / transform_param are not in our
+    schema, and that layer is not part of the TEST net anyway."""
+    files = cm.write("relu", tmp_path)
+    data_layer = ('layer {\n  name: "train_data"  # { a brace in a comment }\n  type: "Data"\n  top: "data"\n'
+                  '  include { phase: TRAIN }\n  transform_param { mirror: true crop_size: 227 }\n'
+                  '  data_param { source: "examples/{train}_lmdb" batch_size: 64 backend: LMDB }\n}\n')
+    files.prototxt.write_text(data_layer + files.prototxt.read_text())
+    model = convert(files.prototxt, files.caffemodel)
+    assert [n.op_type for n in model.graph.node] == ["Relu"]
+
+
+def test_unknown_field_in_supported_layer_wins_over_unsupported_layer_elsewhere(tmp_path):
+    files = cm.write("relu", tmp_path)
+    text = files.prototxt.read_text().replace('type: "ReLU"', 'type: "ReLU"\n  relu_param { slope: 2 }')
+    files.prototxt.write_text(text + 'layer {\n  name: "norm1"\n  type: "LRN"\n  bottom: "out"\n  top: "norm1"\n'
+                              '  lrn_param { local_size: 5 }\n}\n')
+    with pytest.raises(ModelError) as exc:
+        convert(files.prototxt, files.caffemodel)
+    assert 'has no field named "slope"' in model_error(exc)
