@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import onnx
+from onnx import shape_inference
 
 from engine.frontend.caffe.graph import Graph
 from engine.frontend.caffe.layers import CONVERTERS, Ctx
@@ -78,7 +79,14 @@ def build(net: CaffeNet, input_shapes: Mapping[str, Sequence[int]]) -> onnx.Mode
             current[blob] = tensor
             unread.pop(blob, None)
             unread[blob] = None
-        g.infer_pending()
+        try:
+            unshaped = g.infer_pending()
+        except shape_inference.InferenceError as exc:
+            reason = str(exc).strip().splitlines()[0]
+            raise ctx.fail(f"its inputs do not fit (ONNX shape inference: {reason})") from None
+        if unshaped:
+            raise ctx.fail(f"gives an empty or unknown output shape {g.shapes.get(unshaped[0])} for inputs "
+                           f"{[g.shapes.get(b) for b in bottoms]}")
         i += 2 if fused is not None else 1
 
     outputs = []

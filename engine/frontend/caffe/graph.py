@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 OPSET = 17
 IR_VERSION = 8  # the IR version that introduced opset 17; read by every onnxruntime that runs it
+SMALL = 64  # initializers up to this many values go into the per-layer inference model as data
 
 
 class Names:
@@ -76,11 +77,13 @@ class Graph:
             self.infer_pending()
         return self.shapes[tensor]
 
-    def infer_pending(self) -> None:
-        """Infer the output shapes of the nodes added since the last call."""
+    def infer_pending(self) -> list[str]:
+        """Infer the output shapes of the nodes added since the last call; returns the outputs
+        left without a static, non-empty shape. Raises shape_inference.InferenceError when the
+        nodes do not type-check (mismatched shapes)."""
         nodes, self._pending = self._pending, []
         if not nodes:
-            return
+            return []
         produced = {o for n in nodes for o in n.output}
         inputs, inits, seen = [], [], set()
         for n in nodes:
@@ -89,8 +92,8 @@ class Graph:
                     continue
                 seen.add(name)
                 init = self.initializers.get(name)
-                if init is not None and init.data_type == TensorProto.INT64:
-                    inits.append(init)  # shape-like constants: inference needs their values
+                if init is not None and int(np.prod(self.shapes[name])) <= SMALL:
+                    inits.append(init)  # shapes, scales, sizes: inference needs their values
                     continue
                 dtype = init.data_type if init is not None else TensorProto.FLOAT
                 inputs.append(helper.make_tensor_value_info(name, dtype, self.shapes[name]))
@@ -101,6 +104,7 @@ class Graph:
             dims = vi.type.tensor_type.shape.dim
             if vi.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
                 self.shapes[vi.name] = [d.dim_value for d in dims]
+        return [o for n in nodes for o in n.output if o not in self.shapes or min(self.shapes[o], default=1) < 1]
 
     # ---- result ---------------------------------------------------------------------------
 

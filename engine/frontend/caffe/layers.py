@@ -312,6 +312,9 @@ def eltwise(ctx: Ctx) -> list[str]:
     p = ctx.param.eltwise_param
     op = p.operation
     xs = list(ctx.bottoms)
+    shapes = [ctx.shape(i) for i in range(len(xs))]
+    if any(s != shapes[0] for s in shapes):
+        raise ctx.fail(f"bottoms must have one shape (Caffe does not broadcast), got {shapes}")
     if op == proto.EltwiseOp["MAX"].number:
         ctx.node("Max", xs, ctx.tops[0])
         return ctx.tops
@@ -414,8 +417,12 @@ def pooling(ctx: Ctx) -> list[str]:
 
 def concat(ctx: Ctx) -> list[str]:
     p = ctx.param.concat_param
-    axis = p.concat_dim if p.HasField("concat_dim") else p.axis
-    ctx.node("Concat", ctx.bottoms, ctx.tops[0], axis=_axis(ctx, axis, len(ctx.shape())))
+    axis = _axis(ctx, p.concat_dim if p.HasField("concat_dim") else p.axis, len(ctx.shape()))
+    shapes = [ctx.shape(i) for i in range(len(ctx.bottoms))]
+    if any(len(s) == len(shapes[0]) and s[:axis] + s[axis + 1:] != shapes[0][:axis] + shapes[0][axis + 1:]
+           for s in shapes):
+        raise ctx.fail(f"bottoms may differ only in axis {axis}, got {shapes}")
+    ctx.node("Concat", ctx.bottoms, ctx.tops[0], axis=axis)
     return ctx.tops
 
 

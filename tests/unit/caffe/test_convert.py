@@ -469,3 +469,43 @@ def test_unknown_field_in_supported_layer_wins_over_unsupported_layer_elsewhere(
     with pytest.raises(ModelError) as exc:
         convert(files.prototxt, files.caffemodel)
     assert 'has no field named "slope"' in model_error(exc)
+
+
+def _two_input_net(tmp_path, type_: str, a, b, **params) -> CaffeFiles:
+    w = NetWriter("two")
+    w.inputs_layer({"a": a, "b": b})
+    w.layer(type_, "join", ["a", "b"], "out", **params)
+    return w.write(tmp_path)
+
+
+def test_eltwise_does_not_broadcast(tmp_path):
+    files = _two_input_net(tmp_path, "Eltwise", [1, 3, 4, 4], [1, 3, 1, 1])
+    with pytest.raises(ModelError) as exc:
+        convert(files.prototxt, files.caffemodel)
+    assert model_error(exc).endswith("bottoms must have one shape (Caffe does not broadcast), got "
+                                     "[[1, 3, 4, 4], [1, 3, 1, 1]]")
+
+
+def test_concat_shapes_must_agree_off_axis(tmp_path):
+    files = _two_input_net(tmp_path, "Concat", [1, 3, 4, 4], [1, 2, 5, 4])
+    with pytest.raises(ModelError) as exc:
+        convert(files.prototxt, files.caffemodel)
+    assert model_error(exc).endswith("bottoms may differ only in axis 1, got [[1, 3, 4, 4], [1, 2, 5, 4]]")
+
+
+def test_shape_inference_failure_names_layer(tmp_path):
+    files = _two_input_net(tmp_path, "Concat", [1, 3, 4, 4], [1, 3])
+    with pytest.raises(ModelError) as exc:
+        convert(files.prototxt, files.caffemodel)
+    assert model_error(exc).startswith(f"Caffe layer 'join' (type Concat) in {files.prototxt}: its inputs do not "
+                                       f"fit (ONNX shape inference: ")
+
+
+def test_kernel_larger_than_input(tmp_path):
+    w = NetWriter("bigkernel")
+    w.input("data", [1, 3, 4, 4])
+    w.conv("conv", "data", "out", 3, 2, k=7)
+    files = w.write(tmp_path)
+    with pytest.raises(ModelError) as exc:
+        convert(files.prototxt, files.caffemodel)
+    assert model_error(exc).endswith("gives an empty or unknown output shape [1, 2, -2, -2] for inputs [[1, 3, 4, 4]]")
