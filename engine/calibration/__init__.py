@@ -1,0 +1,51 @@
+"""Calibration: samples, observers, mergeable per-sample statistics and threshold methods.
+
+Pure functions and small typed values; the calibrate stage persists what they return. The flow,
+with statistics cached per sample by content hash::
+
+    cs = load_calibration_set(sources)                       # lists files, checks counts
+    todo = [i for i in range(len(cs)) if cs.content_hash(i) not in cache]
+    observer = Observer(optimized_model, tensors)
+    for i, st in zip(todo, observer.observe(cs.samples(todo))):
+        cache[cs.content_hash(i)] = st.to_bytes()             # SampleStats → .npz bytes
+    per_sample = [SampleStats.from_bytes(cache[h]) for h in cs.content_hashes()]
+    merged = merge_samples(per_sample)                       # exact extrema, rebinned histograms
+    found = thresholds(merged, "kl")                         # {tensor: Threshold}
+"""
+
+from engine.calibration.data import (
+    RAW_DTYPES,
+    CalibrationSet,
+    CalibrationSource,
+    decode_sample,
+    load_calibration_set,
+    random_samples,
+)
+from engine.calibration.methods import (
+    CALIBRATION_TYPES,
+    MIN_THRESHOLD,
+    Threshold,
+    hist_quantile,
+    kl_threshold,
+    max_threshold,
+    percentile_threshold,
+    threshold,
+    thresholds,
+)
+from engine.calibration.observer import Observer, activation_tensors, observe, with_outputs
+from engine.calibration.stats import (
+    DEFAULT_BINS,
+    MergedStats,
+    SampleStats,
+    TensorStats,
+    merge,
+    merge_samples,
+    tensor_stats,
+)
+
+__all__ = [
+    "CALIBRATION_TYPES", "DEFAULT_BINS", "MIN_THRESHOLD", "RAW_DTYPES", "CalibrationSet", "CalibrationSource",
+    "MergedStats", "Observer", "SampleStats", "TensorStats", "Threshold", "activation_tensors", "decode_sample",
+    "hist_quantile", "kl_threshold", "load_calibration_set", "max_threshold", "merge", "merge_samples", "observe",
+    "percentile_threshold", "random_samples", "tensor_stats", "threshold", "thresholds", "with_outputs",
+]

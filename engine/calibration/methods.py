@@ -1,0 +1,205 @@
+"""Threshold methods: from one tensor's merged statistics to the |x| where int8 saturates.
+
+Int8 symmetric quantization uses scale = threshold / 127 (DESIGN §5). Methods (reference §6.1):
+
+- ``max``: the largest |x| over all samples (exact; provenance says which sample held it);
+- ``max`` with ``max_percentile`` p < 1 (``max-percentile``): the p-quantile of |x|, read from
+  the merged histogram with linear interpolation inside the bin that crosses rank p·N;
+- ``kl``: TensorRT-style entropy calibration, the clipping that loses least information
+  (maths in `kl_threshold`).
+
+Per-channel thresholds (``per_channel: True``) use the per-channel absmax: ``max`` gives each
+channel its own absmax; the histogram methods keep one clipping ratio t / absmax for the tensor
+(the histograms are per tensor) and apply it to each channel's absmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine.calibration.stats import MergedStats
+
+MIN_THRESHOLD = 1e-6  # stands in for 0 (an all-zero tensor); scale = 1e-6 / 127 is a normal float32
+NUM_QUANTIZED_BINS = 128  # int8 symmetric: 128 levels of |x|
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """One tensor's threshold with its provenance (method, parameters, what decided it)."""
+
+    value: float
+    method: str  # "max" | "max-percentile" | "kl"
+    detail: dict[str, Any] = field(default_factory=dict)
+    channels: np.ndarray | None = None  # per-channel thresholds along `axis` (per_channel: True)
+    axis: int | None = None
+
+    @property
+    def label(self) -> str:
+        """hb_compile's log form: ``max``, ``max-percentile:percentile=0.99995``, ``kl:num_bins=2048``."""
+        if self.method == "max-percentile":
+            return f"max-percentile:percentile={self.detail['percentile']}"
+        if self.method == "kl":
+            return f"kl:num_bins={self.detail['bins']}"
+        return self.method
+
+
+def _finish(value: float, method: str, detail: dict[str, Any], stats: MergedStats, per_channel: bool,
+            ratio: float | None = None) -> Threshold:
+    """Apply the zero floor and, if asked, spread the threshold over channels."""
+    detail = {**detail, "absmax": stats.absmax, "samples": stats.samples}
+    if stats.nonfinite:
+        detail["nonfinite"] = stats.nonfinite
+    if not value > 0:
+        detail["note"] = f"all-zero tensor: threshold 0 replaced by {MIN_THRESHOLD:g}"
+        value = MIN_THRESHOLD
+    channels = None
+    if per_channel:
+        if stats.channel_absmax is None:
+            detail["per_channel"] = "no channel axis for this tensor: per-tensor threshold used"
+        else:
+            channels = stats.channel_absmax.astype(np.float64)
+            if ratio is not None:
+                channels = channels * ratio
+                detail["per_channel_ratio"] = ratio
+            zero = ~(channels > 0)
+            if zero.any():
+                detail["zero_channels"] = int(zero.sum())
+                channels = np.where(zero, MIN_THRESHOLD, channels)
+    return Threshold(float(value), method, detail, channels, stats.axis if channels is not None else None)
+
+
+def max_threshold(stats: MergedStats, per_channel: bool = False) -> Threshold:
+    """The largest |x| over all samples; `detail["sample"]` is the sample that held it."""
+    return _finish(stats.absmax, "max", {"sample": stats.absmax_sample}, stats, per_channel)
+
+
+def hist_quantile(hist: np.ndarray, absmax: float, p: float) -> float:
+    """The p-quantile of |x| from a histogram on [0, absmax], linear inside the crossing bin.
+
+    With cumulative counts c and rank r = p·N, the bin j is the first with c[j] ≥ r and the value
+    is (j + (r − c[j−1]) / hist[j]) · w: within one bin width of the exact quantile, whose order
+    statistic lies in the same bin.
+    """
+    total = float(hist.sum())
+    if total <= 0 or absmax <= 0:
+        return 0.0
+    cdf = np.cumsum(hist, dtype=np.float64)
+    rank = min(max(p, 0.0), 1.0) * total
+    j = min(int(np.searchsorted(cdf, rank, side="left")), hist.shape[0] - 1)
+    before = float(cdf[j - 1]) if j > 0 else 0.0
+    frac = (rank - before) / float(hist[j]) if hist[j] > 0 else 1.0
+    return (j + min(max(frac, 0.0), 1.0)) * absmax / hist.shape[0]
+
+
+def percentile_threshold(stats: MergedStats, percentile: float, per_channel: bool = False) -> Threshold:
+    """``max`` with ``max_percentile`` < 1: clip at the p-quantile of |x| (see `hist_quantile`)."""
+    if not 0.0 <= percentile <= 1.0:
+        raise ValueError(f"Invalid max_percentile: {percentile}, avaliable range: 0~1")
+    value = hist_quantile(stats.hist, stats.absmax, percentile)
+    ratio = value / stats.absmax if stats.absmax > 0 else None
+    return _finish(value, "max-percentile", {"percentile": percentile, "bins": stats.bins,
+                                             "bin_width": stats.bin_width}, stats, per_channel, ratio)
+
+
+def kl_divergences(hist: np.ndarray, candidates: np.ndarray, levels: int = NUM_QUANTIZED_BINS) -> np.ndarray:
+    """KL(P_i‖Q_i) for every candidate bin count i, in closed form over levels (see `kl_threshold`).
+
+    Within level g, Q_i is constant (m_g / z_g) / M_i on P_i's non-empty bins, where m_g is the
+    level's unclipped mass, z_g its count of non-empty P_i bins and M_i = Σ_{k<i} h[k]. So with
+    N the total count and PM_g the mass of P_i in level g (m_g, plus the clipped tail for the last
+    level):
+
+        KL_i = (Σ_{k<i−1} h_k·log h_k + P_last·log P_last) / N − log N
+               − Σ_g (PM_g / N) · log(m_g / (z_g · M_i))
+
+    The first sum is a prefix sum; the rest are (candidates × levels) arrays: no loop over
+    candidates and no (candidates × bins) array.
+    """
+    h = np.asarray(hist, dtype=np.float64)
+    cand = np.asarray(candidates, dtype=np.int64)[:, None]  # (C, 1)
+    cs = np.concatenate(([0.0], np.cumsum(h)))  # mass of bins [0, k) = cs[k]
+    nzc = np.concatenate(([0], np.cumsum(h > 0)))  # non-empty bins in [0, k)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        hlogh = np.concatenate(([0.0], np.cumsum(np.where(h > 0, h * np.log(h), 0.0))))
+    total = cs[-1]
+    tail = total - cs[cand]  # clipped mass, moved into P's bin i−1
+    last = h[cand - 1] + tail  # P_i's last bin
+    g = np.arange(levels)[None, :]
+    n = cand // levels  # bins per level; the last level takes the remainder
+    g_start, g_end = g * n, np.where(g < levels - 1, (g + 1) * n, cand)
+    mass = cs[g_end] - cs[g_start]  # unclipped: Q never sees the tail
+    nonempty = (nzc[g_end] - nzc[g_start]).astype(np.float64)
+    nonempty[:, -1:] += (last > 0) & ~(h[cand - 1] > 0)  # bin i−1 non-empty only through the tail
+    p_mass = mass.copy()
+    p_mass[:, -1:] += tail
+    kept = cs[cand]  # M_i
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = (hlogh[cand - 1] + np.where(last > 0, last * np.log(last), 0.0)) / total - np.log(total)
+        log_q = np.log(mass / (nonempty * kept))
+        cross = np.where(p_mass > 0, p_mass / total * log_q, 0.0).sum(axis=1, keepdims=True)
+    impossible = ((p_mass > 0) & ~(mass > 0)).any(axis=1, keepdims=True)  # P has mass Q cannot hold
+    return np.where(impossible, np.inf, entropy - cross)[:, 0]
+
+
+def kl_threshold(stats: MergedStats, levels: int = NUM_QUANTIZED_BINS, start_bin: int | None = None,
+                 stride: int = 1, per_channel: bool = False) -> Threshold:
+    """Entropy calibration (TensorRT): the clipping threshold whose int8 view loses least information.
+
+    With the merged histogram h of |x| over [0, absmax] in B bins of width w, every candidate
+    i ∈ {start_bin, start_bin + stride, …, B} (start_bin defaults to 128) clips at t_i = i·w:
+
+    - reference P_i: h[0..i−1] with the clipped mass Σ_{k≥i} h[k] added to bin i−1;
+    - quantized Q_i: bins 0..i−1 grouped into 128 levels of n = ⌊i/128⌋ consecutive bins (the last
+      level takes the remainder); each level's *unclipped* mass is spread evenly over the bins of
+      the level where P_i is non-zero (empty bins stay empty);
+    - both normalized; KL(P_i‖Q_i) = Σ_k P_i[k] · log(P_i[k] / Q_i[k]) over P_i[k] > 0, infinite
+      when Q_i[k] = 0 there (a candidate that cannot represent the clipped tail).
+
+    The chosen threshold is t_i* with i* = argmin_i KL (the smallest i on ties). Large i wastes
+    levels on rare outliers (coarse Q), small i piles the tail into one bin of P that Q cannot
+    match: the minimum balances rounding and clipping error. `kl_divergences` evaluates all
+    candidates at once in closed form.
+    """
+    bins = stats.bins
+    start = levels if start_bin is None else max(int(start_bin), levels)
+    detail: dict[str, Any] = {"bins": bins, "levels": levels, "start_bin": start, "stride": stride}
+    if stats.absmax <= 0 or stats.count == 0 or start > bins:
+        return _finish(stats.absmax, "kl", detail, stats, per_channel, 1.0)
+    candidates = np.arange(start, bins + 1, max(int(stride), 1))
+    if candidates[-1] != bins:
+        candidates = np.append(candidates, bins)  # "no clipping" is always a candidate
+    kl = kl_divergences(stats.hist, candidates, levels)
+    best = int(np.argmin(kl))
+    i = int(candidates[best])
+    value = i * stats.bin_width
+    detail.update(best_bin=i, kl=float(kl[best]), bin_width=stats.bin_width)
+    return _finish(value, "kl", detail, stats, per_channel, value / stats.absmax)
+
+
+CALIBRATION_TYPES = ("max", "kl")  # what `threshold` computes; default / mix / load / skip build on it
+
+
+def threshold(stats: MergedStats, calibration_type: str, *, max_percentile: float = 1.0,
+              per_channel: bool = False, kl_stride: int = 1) -> Threshold:
+    """One tensor's threshold for a ``calibration_type`` (``max`` honours ``max_percentile``)."""
+    if calibration_type == "max":
+        if max_percentile < 1.0:
+            return percentile_threshold(stats, max_percentile, per_channel)
+        return max_threshold(stats, per_channel)
+    if calibration_type == "kl":
+        return kl_threshold(stats, stride=kl_stride, per_channel=per_channel)
+    raise ValueError(f"calibration_type '{calibration_type}' has no threshold method here; "
+                     f"expected one of {list(CALIBRATION_TYPES)}")
+
+
+def thresholds(merged: Mapping[str, MergedStats], calibration_type: str, **options: Any) -> dict[str, Threshold]:
+    """`threshold` for every tensor, in the order of `merged`."""
+    return {name: threshold(s, calibration_type, **options) for name, s in merged.items()}
+
+
+__all__ = ["CALIBRATION_TYPES", "MIN_THRESHOLD", "Threshold", "hist_quantile", "kl_divergences", "kl_threshold",
+           "max_threshold", "percentile_threshold", "threshold", "thresholds"]

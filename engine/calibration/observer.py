@@ -1,0 +1,272 @@
+"""Observe a float ONNX model: per-sample statistics of the tensors that will be quantized.
+
+The model is copied with every observed tensor added as a graph output and run with onnxruntime
+over the calibration samples. Each sample's activations are reduced to `TensorStats` as soon as
+they come back and then dropped, so memory holds at most one batch of activations whatever the
+number of samples.
+
+Batching (hb_mapper logs "Calibration using batch 8"): consecutive samples are concatenated
+along axis 0 when a copy of the model with a symbolic batch dimension gives, on the first two
+samples, the same tensors as two single runs (a model that reshapes across the batch fails that
+check and runs one sample at a time). The batch is sized so one batch of observed activations
+fits `memory_budget`. A batched run that fails later falls back to one sample at a time
+("Reset batch_size=1 and execute forward again").
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from engine.calibration.stats import DEFAULT_BINS, SampleStats, tensor_stats
+
+MAX_BATCH = 8
+MEMORY_BUDGET = 256 << 20  # bytes of observed activations per batch
+_BATCH_DIM = "hb_calibration_batch"
+_ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+                 "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int16)": np.int16,
+                 "tensor(uint16)": np.uint16, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
+                 "tensor(bool)": np.bool_}
+
+
+def cpu_count() -> int:
+    """Cores this process may use (the affinity mask, not the machine's count)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def with_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
+    """A copy of `model` whose graph also outputs `tensors` (intermediate tensors, by name).
+
+    Graph inputs are not added (their values are the feeds). Element types come from shape
+    inference; a tensor it cannot type is assumed float.
+    """
+    graph = model.graph
+    produced = {o for n in graph.node for o in n.output if o}
+    inputs = {i.name for i in graph.input}
+    initializers = {i.name for i in graph.initializer}
+    for name in tensors:
+        if name in initializers and name not in inputs:
+            raise ValueError(f"'{name}' is a constant initializer (a weight), not an activation to observe")
+        if name not in produced and name not in inputs:
+            raise ValueError(f"'{name}' is not a tensor of the model")
+    out = copy.deepcopy(model)
+    present = {o.name for o in out.graph.output}
+    wanted = [t for t in tensors if t not in present and t not in inputs]
+    if not wanted:
+        return out
+    types: dict[str, int] = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        for vi in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
+            if vi.type.HasField("tensor_type"):
+                types[vi.name] = vi.type.tensor_type.elem_type
+    except Exception:  # noqa: BLE001 - inference is only a source of types; unknown → float
+        pass
+    for name in dict.fromkeys(wanted):
+        out.graph.output.append(helper.make_tensor_value_info(name, types.get(name) or TensorProto.FLOAT, None))
+    return out
+
+
+def with_symbolic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose inputs' and outputs' first dimension is symbolic; intermediate shapes dropped."""
+    out = copy.deepcopy(model)
+    init = {i.name for i in out.graph.initializer}
+    for vi in [*out.graph.input, *out.graph.output]:
+        if vi.name in init or not vi.type.HasField("tensor_type"):
+            continue
+        shape = vi.type.tensor_type.shape
+        if len(shape.dim) >= 1:
+            shape.dim[0].Clear()
+            shape.dim[0].dim_param = _BATCH_DIM
+    del out.graph.value_info[:]
+    return out
+
+
+@dataclass
+class Observer:
+    """Runs a float model and turns each sample's observed tensors into `SampleStats`.
+
+    Build it once (sessions are created lazily and reused); call `observe` for each batch of
+    samples to (re)compute. `channel_axis` is the per-channel axis (1 for NCHW), or a mapping
+    tensor name → axis (None: no per-channel absmax) with 1 for names not in it.
+    """
+
+    model: onnx.ModelProto | str | Path
+    tensors: Sequence[str]
+    bins: int = DEFAULT_BINS
+    channel_axis: int | Mapping[str, int | None] = 1
+    batch: int | None = None  # None: automatic (≤ MAX_BATCH, within memory_budget); 1: never batch
+    threads: int | None = None  # intra_op_num_threads; None: the cores this process may use
+    memory_budget: int = MEMORY_BUDGET
+    batch_used: int = field(default=1, init=False)  # the batch size the last `observe` settled on
+    notes: list[str] = field(default_factory=list, init=False)  # e.g. why batching was turned off
+    _proto: onnx.ModelProto = field(init=False, repr=False)
+    _single: ort.InferenceSession | None = field(default=None, init=False, repr=False)
+    _batched: ort.InferenceSession | None = field(default=None, init=False, repr=False)
+    _batch_checked: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        proto = self.model if isinstance(self.model, onnx.ModelProto) else onnx.load(str(self.model))
+        self.tensors = list(dict.fromkeys(self.tensors))
+        self._proto = with_outputs(proto, self.tensors)
+        self._inputs = [i.name for i in proto.graph.input
+                        if i.name not in {t.name for t in proto.graph.initializer}]
+
+    # ------------------------------------------------------------------ sessions
+
+    def _options(self) -> ort.SessionOptions:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads or cpu_count()
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3  # shape-mismatch warnings of the batched copy are expected
+        return opts
+
+    def _session(self, proto: onnx.ModelProto) -> ort.InferenceSession:
+        return ort.InferenceSession(proto.SerializeToString(), self._options(), providers=["CPUExecutionProvider"])
+
+    @property
+    def single(self) -> ort.InferenceSession:
+        if self._single is None:
+            self._single = self._session(self._proto)
+            self._feed_types = {i.name: _ORT_TO_NUMPY.get(i.type, np.float32) for i in self._single.get_inputs()}
+            self._fetch = [t for t in self.tensors if t not in self._inputs]
+        return self._single
+
+    # ------------------------------------------------------------------ running
+
+    def _feeds(self, samples: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        self.single  # noqa: B018 - builds the feed types
+        feeds = {}
+        for name in self._inputs:
+            missing = [k for k, s in enumerate(samples) if name not in s]
+            if missing:
+                raise KeyError(f"calibration sample has no data for model input '{name}'")
+            parts = [np.asarray(s[name]) for s in samples]
+            arr = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+            feeds[name] = arr.astype(self._feed_types[name], copy=False)
+        return feeds
+
+    def _run(self, session: ort.InferenceSession, samples: Sequence[Mapping[str, np.ndarray]]
+             ) -> dict[str, np.ndarray]:
+        feeds = self._feeds(samples)
+        values = dict(zip(self._fetch, session.run(self._fetch, feeds), strict=True))
+        values.update({t: feeds[t] for t in self.tensors if t in feeds})
+        return values
+
+    def _axis(self, name: str) -> int | None:
+        if isinstance(self.channel_axis, Mapping):
+            return self.channel_axis.get(name, 1)
+        return self.channel_axis
+
+    def _stats(self, values: Mapping[str, np.ndarray]) -> SampleStats:
+        return SampleStats({t: tensor_stats(values[t], self.bins, self._axis(t)) for t in self.tensors})
+
+    def _split(self, values: dict[str, np.ndarray], count: int, dim0: Mapping[str, int]
+               ) -> list[dict[str, np.ndarray]] | None:
+        """Cut a batched run into per-sample values; None if a tensor's first axis is not the batch."""
+        if any(values[t].ndim == 0 or values[t].shape[0] != count * dim0[t] for t in self.tensors):
+            return None
+        return [{t: values[t][k * dim0[t]:(k + 1) * dim0[t]] for t in self.tensors} for k in range(count)]
+
+    def _batch_size(self, per_sample: int) -> int:
+        if self.batch is not None:
+            return max(int(self.batch), 1)
+        return int(min(MAX_BATCH, max(self.memory_budget // max(per_sample, 1), 1)))
+
+    def _try_batched(self, first: Mapping[str, np.ndarray], second: Mapping[str, np.ndarray],
+                     v0: Mapping[str, np.ndarray], v1: Mapping[str, np.ndarray]) -> bool:
+        """Build the symbolic-batch session and check it against two single runs."""
+        self._batch_checked = True
+        try:
+            session = self._session(with_symbolic_batch(self._proto))
+            both = self._split(self._run(session, [first, second]), 2, {t: v0[t].shape[0] for t in self.tensors})
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types; any failure → batch 1
+            self.notes.append(f"batching off: the model does not run with a batch of samples ({e.__class__.__name__})")
+            return False
+        if both is None or not all(_close(both[0][t], v0[t]) and _close(both[1][t], v1[t]) for t in self.tensors):
+            self.notes.append("batching off: batched tensors differ from single runs (the model mixes the batch axis)")
+            return False
+        self._batched = session
+        return True
+
+    def observe(self, samples: Iterable[Mapping[str, np.ndarray]]) -> Iterator[SampleStats]:
+        """Per-sample statistics, one `SampleStats` per sample, in order, streamed."""
+        it = iter(samples)
+        head = list(islice(it, 2))
+        if not head:
+            return
+        singles = [self._run(self.single, [s]) for s in head]
+        first_stats = [self._stats(v) for v in singles]
+        k = self._batch_size(sum(a.nbytes for a in singles[0].values()))
+        batched = False
+        if len(head) == 2 and k > 1:
+            batched = self._batched is not None or (
+                not self._batch_checked and self._try_batched(head[0], head[1], singles[0], singles[1]))
+        dim0 = {t: singles[0][t].shape[0] if singles[0][t].ndim else 1 for t in self.tensors}
+        del singles, head  # only statistics outlive a sample
+        self.batch_used = k if batched else 1
+        while first_stats:
+            yield first_stats.pop(0)
+        while True:
+            chunk = list(islice(it, self.batch_used))
+            if not chunk:
+                return
+            parts = None
+            if self.batch_used > 1 and len(chunk) > 1:
+                try:
+                    parts = self._split(self._run(self._batched, chunk), len(chunk), dim0)
+                except Exception as e:  # noqa: BLE001 - fall back like hb_mapper, then keep going at batch 1
+                    self.notes.append(f"Reset batch_size=1 and execute forward again ({e.__class__.__name__})")
+                if parts is None:
+                    self.batch_used, self._batched = 1, None
+            if parts is None:
+                parts = [self._run(self.single, [s]) for s in chunk]
+            del chunk
+            while parts:
+                yield self._stats(parts.pop(0))
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape != b.shape:
+        return False
+    if a.dtype.kind != "f":
+        return bool(np.array_equal(a, b))
+    scale = float(np.max(np.abs(b))) if b.size else 0.0
+    return bool(np.allclose(a, b, rtol=1e-4, atol=1e-5 * max(scale, 1e-6)))
+
+
+def observe(model: onnx.ModelProto | str | Path, samples: Iterable[Mapping[str, np.ndarray]],
+            tensors: Sequence[str], *, bins: int = DEFAULT_BINS, channel_axis: int | Mapping[str, int | None] = 1,
+            batch: int | None = None, threads: int | None = None) -> Iterator[SampleStats]:
+    """One-shot form of `Observer(...).observe(samples)`."""
+    return Observer(model, tensors, bins=bins, channel_axis=channel_axis, batch=batch, threads=threads
+                    ).observe(samples)
+
+
+def activation_tensors(model: onnx.ModelProto) -> list[str]:
+    """Every float tensor a node produces, plus float graph inputs (the default set to observe)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]
+             if vi.type.HasField("tensor_type")}
+    floats = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+    init = {i.name for i in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in init]
+    names += [o for n in model.graph.node for o in n.output if o]
+    return [n for n in dict.fromkeys(names) if types.get(n, TensorProto.FLOAT) in floats]
+
+
+__all__ = ["MAX_BATCH", "Observer", "activation_tensors", "cpu_count", "observe", "with_outputs",
+           "with_symbolic_batch"]

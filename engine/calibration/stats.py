@@ -1,0 +1,284 @@
+"""Per-sample tensor statistics and their exact, order-independent merge.
+
+The calibrate stage caches statistics *per calibration sample* (keyed by the sample's content
+hash) and merges them, so that changing one calibration file re-runs the forward pass for that
+file only. That only works if the statistics of one sample never depend on the others:
+
+- min / max / absmax / per-channel absmax merge exactly (they are extrema);
+- the histogram of |x| of one sample covers [0, absmax of *that* sample] with `bins` equal bins.
+  Merging redistributes each sample's bin counts onto the merged grid [0, global absmax]
+  proportionally to overlap (mass is assumed uniform inside a source bin, which is also the
+  assumption every histogram-based threshold method makes). When a new sample raises the global
+  range, the old samples' histograms are simply redistributed again: nothing is re-run.
+
+Each merged bin is at least as wide as every source bin, so a source bin spreads over at most two
+merged bins and a histogram-derived quantile moves by less than one merged bin width.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DEFAULT_BINS = 2048
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    """Statistics of one tensor over one calibration sample.
+
+    `hist[j]` counts finite |x| in [j·w, (j+1)·w) with w = absmax / bins (the top value falls in
+    the last bin); when absmax is 0 every value is in bin 0. `nonfinite` counts NaN / ±Inf values,
+    which are left out of everything else (a float model can produce them, e.g. Exp overflow).
+    """
+
+    min: float
+    max: float
+    absmax: float
+    count: int
+    hist: np.ndarray  # int64, shape (bins,)
+    channel_absmax: np.ndarray | None = None  # float32, one per channel along `axis`
+    axis: int | None = None
+    nonfinite: int = 0
+
+    @property
+    def bins(self) -> int:
+        return int(self.hist.shape[0])
+
+    @property
+    def bin_width(self) -> float:
+        return self.absmax / self.bins
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TensorStats):
+            return NotImplemented
+        same_channels = (self.channel_absmax is None and other.channel_absmax is None) or (
+            self.channel_absmax is not None and other.channel_absmax is not None
+            and np.array_equal(self.channel_absmax, other.channel_absmax))
+        return (self.min, self.max, self.absmax, self.count, self.axis, self.nonfinite) == (
+            other.min, other.max, other.absmax, other.count, other.axis, other.nonfinite) and \
+            np.array_equal(self.hist, other.hist) and same_channels
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def tensor_stats(x: np.ndarray, bins: int = DEFAULT_BINS, channel_axis: int | None = 1) -> TensorStats:
+    """Statistics of one tensor from one sample (one pass of |x|, then extrema and a bincount).
+
+    `channel_axis` is the channel axis (1 for NCHW activations); None, or a tensor with fewer
+    dimensions than the axis needs, gives no per-channel absmax.
+    """
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        x = x.astype(np.float32)
+    axis = None
+    if channel_axis is not None and x.ndim >= 2 and -x.ndim <= channel_axis < x.ndim:
+        axis = channel_axis % x.ndim
+    if x.size == 0:
+        channels = np.zeros(x.shape[axis], np.float32) if axis is not None else None
+        return TensorStats(0.0, 0.0, 0.0, 0, np.zeros(bins, np.int64), channels, axis)
+    lo, hi = float(x.min()), float(x.max())
+    nonfinite = 0
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        finite = np.isfinite(x)
+        nonfinite = int(x.size - np.count_nonzero(finite))
+        if nonfinite == x.size:
+            channels = np.zeros(x.shape[axis], np.float32) if axis is not None else None
+            return TensorStats(0.0, 0.0, 0.0, 0, np.zeros(bins, np.int64), channels, axis, nonfinite)
+        x = np.where(finite, x, np.float32(0))  # zeros do not move extrema of |x|; counted out below
+        lo, hi = float(x[finite].min()), float(x[finite].max())
+    a = np.abs(x)
+    if axis is not None:
+        others = tuple(d for d in range(a.ndim) if d != axis)
+        channels = a.max(axis=others).astype(np.float32)
+        absmax = float(channels.max())
+    else:
+        channels = None
+        absmax = float(a.max())
+    if absmax > 0:
+        idx = a.reshape(-1)
+        idx *= np.float32(bins / absmax)  # in place: `a` is our own temporary
+        np.minimum(idx, bins - 1, out=idx)
+        hist = np.bincount(idx.astype(np.int32), minlength=bins).astype(np.int64)
+    else:
+        hist = np.zeros(bins, np.int64)
+        hist[0] = a.size
+    if nonfinite:
+        hist[0] -= nonfinite  # the NaN / Inf positions were zeroed and counted in bin 0
+    return TensorStats(lo, hi, absmax, int(x.size) - nonfinite, hist, channels, axis, nonfinite)
+
+
+@dataclass(frozen=True)
+class MergedStats:
+    """Statistics of one tensor over a set of samples.
+
+    `hist` (float64: redistributed counts) covers [0, absmax] with `bins` bins. `absmax_sample`
+    is the label (by default the position) of the sample that holds the largest |x|.
+    """
+
+    min: float
+    max: float
+    absmax: float
+    count: int
+    hist: np.ndarray
+    channel_absmax: np.ndarray | None
+    axis: int | None
+    absmax_sample: int | str | None
+    samples: int
+    nonfinite: int = 0
+
+    @property
+    def bins(self) -> int:
+        return int(self.hist.shape[0])
+
+    @property
+    def bin_width(self) -> float:
+        return self.absmax / self.bins
+
+    @property
+    def edges(self) -> np.ndarray:
+        return np.linspace(0.0, self.absmax, self.bins + 1)
+
+
+def rebin(hist: np.ndarray, absmax: float, target_absmax: float, bins: int | None = None) -> np.ndarray:
+    """Move a histogram on [0, absmax] onto `bins` equal bins over [0, target_absmax] ≥ absmax.
+
+    Mass is uniform inside a source bin, so the merged bin gets the source CDF's increase over it:
+    F(t) is piecewise linear through the cumulative counts at the source edges (np.interp).
+    """
+    bins = bins or hist.shape[0]
+    out_edges = np.linspace(0.0, target_absmax, bins + 1)
+    if absmax <= 0 or target_absmax <= 0:
+        out = np.zeros(bins, np.float64)
+        out[0] = float(hist.sum())
+        return out
+    if absmax > target_absmax:
+        raise ValueError(f"cannot rebin onto a smaller range ({absmax} > {target_absmax})")
+    src_edges = np.linspace(0.0, absmax, hist.shape[0] + 1)
+    cdf = np.concatenate(([0.0], np.cumsum(hist, dtype=np.float64)))
+    return np.diff(np.interp(out_edges, src_edges, cdf))
+
+
+def _canonical_order(stats: Sequence[TensorStats]) -> list[int]:
+    """An order that depends only on the values, so floating-point sums are order-independent."""
+    return sorted(range(len(stats)), key=lambda i: (stats[i].absmax, stats[i].max, stats[i].min, stats[i].count,
+                                                    stats[i].hist.tobytes()))
+
+
+def merge(stats_list: Sequence[TensorStats], labels: Sequence[int | str] | None = None,
+          bins: int | None = None) -> MergedStats:
+    """Merge one tensor's per-sample statistics (see the module docstring for the histogram maths).
+
+    `labels` name the samples for provenance (default: their positions); ties for the largest |x|
+    go to the smallest label, so the result does not depend on the order of `stats_list`.
+    """
+    if not stats_list:
+        raise ValueError("merge() needs at least one sample's statistics")
+    labels = list(range(len(stats_list))) if labels is None else list(labels)
+    if len(labels) != len(stats_list):
+        raise ValueError(f"{len(labels)} labels for {len(stats_list)} statistics")
+    bins = bins or stats_list[0].bins
+    axes = {s.axis for s in stats_list}
+    if len(axes) != 1:
+        raise ValueError(f"samples disagree on the channel axis: {sorted(map(str, axes))}")
+    order = _canonical_order(stats_list)
+    present = [i for i in order if stats_list[i].count]  # all-NaN / empty samples hold no values
+    absmax = max((stats_list[i].absmax for i in present), default=0.0)
+    hist = np.zeros(bins, np.float64)
+    for i in order:  # canonical order: identical sums for any input order
+        hist += rebin(stats_list[i].hist, stats_list[i].absmax, absmax, bins)
+    top = [labels[i] for i in present if stats_list[i].absmax == absmax]
+    channels = None
+    if stats_list[0].channel_absmax is not None:
+        shapes = {s.channel_absmax.shape for s in stats_list}
+        if len(shapes) != 1:
+            raise ValueError(f"samples disagree on the channel count: {sorted(shapes)}")
+        channels = np.max(np.stack([s.channel_absmax for s in stats_list]), axis=0)
+    return MergedStats(
+        min=min((stats_list[i].min for i in present), default=0.0),
+        max=max((stats_list[i].max for i in present), default=0.0),
+        absmax=absmax, count=sum(s.count for s in stats_list), hist=hist, channel_absmax=channels,
+        axis=next(iter(axes)), absmax_sample=min(top, key=_label_key) if top else None,
+        samples=len(stats_list), nonfinite=sum(s.nonfinite for s in stats_list))
+
+
+def _label_key(label: int | str) -> tuple[int, int | str]:
+    return (0, label) if isinstance(label, int) else (1, str(label))
+
+
+@dataclass
+class SampleStats(Mapping[str, TensorStats]):
+    """All observed tensors' statistics for one calibration sample; the unit the stage caches.
+
+    Serialized as an `.npz` archive (no pickle): a JSON header with the scalars and names, plus
+    one histogram and one per-channel array per tensor under positional keys (tensor names may
+    contain any character).
+    """
+
+    tensors: dict[str, TensorStats] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> TensorStats:
+        return self.tensors[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def to_bytes(self) -> bytes:
+        header = {"format": "hbcompile.calibration.SampleStats", "version": FORMAT_VERSION, "tensors": []}
+        arrays: dict[str, np.ndarray] = {}
+        for i, (name, s) in enumerate(self.tensors.items()):
+            header["tensors"].append({"name": name, "min": s.min, "max": s.max, "absmax": s.absmax,
+                                      "count": s.count, "axis": s.axis, "nonfinite": s.nonfinite})
+            arrays[f"h{i}"] = s.hist
+            if s.channel_absmax is not None:
+                arrays[f"c{i}"] = s.channel_absmax
+        arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SampleStats:
+        """Read what `to_bytes` wrote; a corrupt or foreign archive raises ValueError."""
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                header = json.loads(z["header"].tobytes().decode())
+                if header.get("format") != "hbcompile.calibration.SampleStats":
+                    raise ValueError("not a SampleStats archive")
+                if header.get("version") != FORMAT_VERSION:
+                    raise ValueError(f"SampleStats format version {header.get('version')} != {FORMAT_VERSION}")
+                tensors = {}
+                for i, t in enumerate(header["tensors"]):
+                    tensors[t["name"]] = TensorStats(
+                        min=float(t["min"]), max=float(t["max"]), absmax=float(t["absmax"]),
+                        count=int(t["count"]), hist=z[f"h{i}"].astype(np.int64),
+                        channel_absmax=z[f"c{i}"] if f"c{i}" in z.files else None,
+                        axis=t["axis"], nonfinite=int(t.get("nonfinite", 0)))
+        except (OSError, KeyError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"corrupt SampleStats archive: {e}") from e
+        return cls(tensors)
+
+
+def merge_samples(samples: Sequence[Mapping[str, TensorStats]],
+                  labels: Sequence[int | str] | None = None) -> dict[str, MergedStats]:
+    """Merge every tensor over the samples (each sample must hold the same tensors)."""
+    if not samples:
+        raise ValueError("merge_samples() needs at least one sample")
+    names = list(samples[0])
+    for k, s in enumerate(samples[1:], 1):
+        if set(s) != set(names):
+            missing = sorted(set(names) ^ set(s))
+            raise ValueError(f"sample {k} does not hold the same tensors as sample 0: {missing[:5]}")
+    return {n: merge([s[n] for s in samples], labels) for n in names}
+
+
+__all__ = ["DEFAULT_BINS", "MergedStats", "SampleStats", "TensorStats", "merge", "merge_samples", "rebin",
+           "tensor_stats"]
