@@ -77,8 +77,8 @@ def model_error(code: str, message: str, key: str = "caffe_model") -> ModelError
 
 
 def read_net(prototxt: Path, caffemodel: Path, supported: frozenset[str] = frozenset()) -> CaffeNet:
-    """Parse both files; `supported` (layer types) makes an unknown field in a layer of an
-    unsupported type report the layer instead of the field."""
+    """Parse both files into the TEST-phase net; `supported` (the convertible layer types) lets a
+    field outside our schema inside an unconvertible layer be reported as that layer."""
     for path, key in ((prototxt, "prototxt"), (caffemodel, "caffe_model")):
         if not Path(path).is_file():
             raise model_error("file-missing", f"Can not find file specified: {path},please check the configuration", key)
