@@ -46,12 +46,15 @@ def _print_problems(problems: list[Problem], min_severity: Severity = Severity.I
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.raiseExceptions = False  # a closed stdout (| head) must not print handler tracebacks
     log_path = setup_logging()
     try:
         return _main(args, log_path)
     except HbError as exc:
         _print_problems(exc.problems)
         return 1
+    except BrokenPipeError:
+        return 0
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
@@ -75,13 +78,17 @@ def _main(args: argparse.Namespace, log_path: Path) -> int:
 
 
 def run_config(config_path: Path, until: str | None, log_path: Path) -> int:
-    from engine.pipeline import run
-    from engine.report.console import print_run
+    from engine.config import read_config
+    from engine.pipeline import default_engine
+    from engine.report.console import print_problems, print_run
 
     stages = _available_stages()
     if until is not None and until not in stages:
         until = stages[-1]
-    report = run(config_path, until=until, progress=_progress)
+    loaded = read_config(config_path)
+    print_problems(loaded.problems)  # warnings before the work, errors end the run here
+    report = default_engine().run(config_path, until=until, progress=_progress, loaded=loaded)
+    print_problems(report.problems[len(loaded.problems):])
     print_run(report)
     if report.ok:  # a failed run leaves working_dir as it was; its log stays in the cwd
         try:
@@ -104,7 +111,7 @@ def _available_stages() -> list[str]:
 
 
 def _progress(stage: str, message: str, fraction: float | None) -> None:
-    if fraction in (0.0, None):
+    if fraction == 0.0 or fraction is None:
         log.info(message)
 
 

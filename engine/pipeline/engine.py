@@ -100,8 +100,8 @@ class Engine:
             else:
                 reason = explain(parts, previous.get(stage.name))
                 if progress:
-                    progress(stage.name, f"{stage.name}: {reason}", 0.0)
-                log.info("Start stage %s (%s)", stage.name, reason)
+                    progress(stage.name, f"Start to {stage.name} model ({reason}).", 0.0)
+                log.debug("Start stage %s (%s)", stage.name, reason)
                 run = StageRun(stage.name, "ran", reason, key=key)
                 report.stages.append(run)
                 tmp = cache.new_temp(stage.name)
@@ -133,7 +133,7 @@ class Engine:
                 report.results[stage.name] = out or {}
                 entries[stage.name] = entry
                 parts_now[stage.name] = parts.as_json()
-                log.info("Stage %s done in %.2fs", stage.name, run.seconds)
+                log.debug("Stage %s done in %.2fs", stage.name, run.seconds)
             if until is not None and stage.name == until:
                 break
         if report.ok:

@@ -34,7 +34,8 @@ READS = ("model_parameters.onnx_model", "model_parameters.caffe_model", "model_p
 
 
 def load_float_model(onnx_model: Path | None = None, caffe_model: Path | None = None,
-                     prototxt: Path | None = None) -> tuple[onnx.ModelProto, str, str]:
+                     prototxt: Path | None = None,
+                     input_shapes: dict[str, list[int]] | None = None) -> tuple[onnx.ModelProto, str, str]:
     """The user's model as ONNX, checked and at a supported opset; (model, shown path, config key)."""
     if onnx_model is not None:
         shown, key = str(onnx_model), "onnx_model"
@@ -43,14 +44,15 @@ def load_float_model(onnx_model: Path | None = None, caffe_model: Path | None = 
         from engine.frontend.caffe import convert
 
         shown, key = str(caffe_model), "caffe_model"
-        model = convert(prototxt, caffe_model)
+        model = convert(prototxt, caffe_model, input_shapes or None)
     fe.check(model, shown, key)
     return fe.upgrade_opset(model, shown, key), shown, key
 
 
 def parse_model(config: Config) -> tuple[onnx.ModelProto, list[InputSpec], dict[str, Any]]:
-    mp = config.model
-    model, shown, key = load_float_model(mp.onnx_model, mp.caffe_model, mp.prototxt)
+    mp, ip = config.model, config.inputs
+    shapes = {n: list(s) for n, s in zip(ip.input_name, ip.input_shape) if n and s}
+    model, shown, key = load_float_model(mp.onnx_model, mp.caffe_model, mp.prototxt, shapes)
     opset_from = fe.default_opset(model)
     renamed = fe.name_nodes(model)
     specs = resolve_inputs(config, model_info(model))
