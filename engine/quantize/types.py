@@ -49,6 +49,9 @@ class WeightQuant:
     axis: int
     scale: np.ndarray  # float32, one per channel along axis
     bits: int = 8
+    # grouped ConvTranspose (W: [C_in, C_out/groups, k…]): `scale` has C_out entries, output channel
+    # g·(C_out/groups) + j covering W[g·C_in/groups:(g+1)·C_in/groups, j]; 1 = plain per-axis
+    groups: int = 1
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,9 @@ class QuantPlan:
     groups: list[FusionGroup] = field(default_factory=list)
     shared: list[tuple[str, ...]] = field(default_factory=list)  # tensors forced to one scale (Concat, Add)
     notes: list[str] = field(default_factory=list)  # advice lines (e.g. split output concat)
+    # the thresholds calibration found, before the hardware rules (shared scales) changed them: what
+    # the calibrated model uses; `acts` is what the ptq model and the integer program use. Empty → acts.
+    calibrated_acts: dict[str, ActQuant] = field(default_factory=dict)
 
     def group_of(self, node: str) -> FusionGroup | None:
         name = self.nodes[node].group if node in self.nodes else None

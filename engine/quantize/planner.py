@@ -1,0 +1,669 @@
+"""The quantization planner: optimized float model + options (+ thresholds) → `QuantPlan`.
+
+Two entry points, both pure:
+- `plan_tensors(model, options)` — before calibration: the activation tensors the calibrate stage
+  must observe (float model inputs, the activation inputs of every integer op, the outputs that
+  get a scale of their own). The observer exposes exactly these.
+- `make_plan(model, thresholds, options)` — after calibration: every decision as data.
+
+How a plan is made:
+1. Units. Each node is one unit, except the members of a fusion group (`hb_fusion_groups` in the
+   model's metadata, written by the optimize stage), which form one unit: one integer op whose
+   only quantized output is the last node's; its quantized inputs are the group's run-time
+   inputs (for Conv+Add that includes the residual).
+2. Placement: the registry's rule, then the user's `run_on_cpu` / `run_on_bpu`, then `node_info`
+   `ON` (which wins, with a note when it contradicts the other two). An op without an integer
+   form cannot be forced onto the BPU (note). A user's CPU placement of one member of a fusion
+   group dissolves the group.
+3. Scales. Each observed tensor has its calibrated threshold. Ops that keep their input's scale
+   (Reshape, MaxPool, …) tie input and output; Concat ties its inputs and output, Add / Sub
+   their inputs. Tied tensors form sets (union-find); each set takes the largest threshold of
+   its members — the "shared scales" the integer ops need. The calibrated model uses the
+   thresholds before sharing (`QuantPlan.calibrated_acts`), the ptq model those after (`acts`).
+   Exception (DESIGN §5): a Concat feeding a model output whose inputs' thresholds differ more
+   than `concat_range_ratio`× would round its small-range inputs to zero under one int8 scale:
+   it stays in float on the CPU with its inputs keeping their own scales (or, if the user forces
+   it onto the BPU, it shares one int16 scale), with a note.
+4. Bits: 8, or 16 where `node_info` (OutputType / InputType / InputTypeN), `optimization`
+   (`set_{Op}_input_int16`, `set_{Op}_output_int16`, `set_all_nodes_int16`,
+   `set_model_output_int16`) asks; a tied set takes its widest member. A model output computed
+   by an accumulating op (Conv, Gemm, MatMul) that no integer op reads stays si32 (its int32
+   accumulator, dequantized), unless `set_model_output_int8` / `_int16` asks otherwise.
+5. Weights: int8 symmetric per output channel, s_w = max|W_c| / 127. Bias: int32 at
+   s_in · s_w per channel, rounded half to even and saturated (with a note on overflow).
+
+Simplifications, stated: `asymmetric` and `bias_correction` are recorded on the options but the
+scheme stays symmetric and the bias uncorrected (later issues). With `per_channel`, per-channel
+activation thresholds are kept only on model outputs that no integer op reads (an integer
+Conv / Add / Reshape needs one scale per tensor); elsewhere the largest channel threshold is used.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from engine.passes.graph import FLOAT_TYPES, Graph
+from engine.passes.groups import read_groups
+from engine.quantize.registry import NodeView, OpRule, decide
+from engine.quantize.types import ActQuant, BiasQuant, FusionGroup, NodePlan, On, QuantPlan, WeightQuant
+
+MIN_THRESHOLD = 1e-6  # a tensor that was all zeros (a dead Relu) still needs a valid, positive scale
+INT32_MAX = 2**31 - 1
+CONCAT_RANGE_RATIO = 8.0
+
+
+class MissingThresholdError(LookupError):
+    """A tensor the plan quantizes has no threshold: the calibrate stage did not observe what
+    `plan_tensors` listed (a pipeline bug, not a user error)."""
+
+
+# --------------------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class NodeInfo:
+    """One `model_parameters.node_info` entry: placement and int8 / int16 per input and output."""
+
+    on: On | None = None
+    input_bits: int | None = None  # InputType: every input
+    input_bits_at: Mapping[int, int] = field(default_factory=dict)  # InputType<N>: input N
+    output_bits: int | None = None  # OutputType
+
+    @classmethod
+    def parse(cls, entry: Mapping[str, Any]) -> NodeInfo:
+        def bits(value: Any) -> int | None:
+            m = re.fullmatch(r"\s*int(8|16)\s*", str(value)) if value is not None else None
+            return int(m.group(1)) if m else None
+
+        on = str(entry.get("ON", "")).strip().upper() or None
+        at = {int(k[len("InputType"):]): b for k, v in entry.items()
+              if re.fullmatch(r"InputType\d+", str(k)) and (b := bits(v)) is not None}
+        return cls(on if on in ("BPU", "CPU") else None, bits(entry.get("InputType")), at,
+                   bits(entry.get("OutputType")))
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """What the config says about placement and bit widths (calibration_parameters + node_info)."""
+
+    run_on_cpu: frozenset[str] = frozenset()
+    run_on_bpu: frozenset[str] = frozenset()
+    node_info: Mapping[str, NodeInfo] = field(default_factory=dict)
+    model_output_bits: int | None = None  # set_model_output_int8 / _int16; None: si32 where possible
+    op_input_bits: Mapping[str, int] = field(default_factory=dict)  # set_{Op}_input_int{8,16}
+    op_output_bits: Mapping[str, int] = field(default_factory=dict)  # set_{Op}_output_int{8,16}
+    all_nodes_int16: bool = False
+    per_channel: bool = False
+    asymmetric: bool = False  # recorded; quantization stays symmetric (see module docstring)
+    bias_correction: bool = False  # recorded; not applied yet
+    concat_range_ratio: float = CONCAT_RANGE_RATIO
+
+    @classmethod
+    def from_config(cls, config) -> QuantOptions:
+        """From `engine.config.Config`: calibration_parameters and model_parameters.node_info."""
+        cal = config.calibration
+        return cls.build(run_on_cpu=cal.run_on_cpu, run_on_bpu=cal.run_on_bpu,
+                         node_info=config.model.node_info, optimization=cal.optimization,
+                         per_channel=cal.per_channel)
+
+    @classmethod
+    def build(cls, run_on_cpu: Iterable[str] = (), run_on_bpu: Iterable[str] = (),
+              node_info: Mapping[str, Mapping[str, Any]] | None = None, optimization: Iterable[str] = (),
+              per_channel: bool = False) -> QuantOptions:
+        """From the config's values (`optimization` as its comma-split items)."""
+        values = {"op_input_bits": {}, "op_output_bits": {}}
+        flags: dict[str, Any] = {}
+        for item in optimization:
+            item = item.strip()
+            if item in ("set_model_output_int8", "set_model_output_int16"):
+                flags["model_output_bits"] = int(item.rsplit("int", 1)[1])
+            elif item in ("set_all_nodes_int16", "asymmetric", "bias_correction"):
+                flags[{"set_all_nodes_int16": "all_nodes_int16"}.get(item, item)] = True
+            elif m := re.fullmatch(r"set_([A-Za-z0-9]+)_(input|output)_int(8|16)", item):
+                values[f"op_{m.group(2)}_bits"][m.group(1)] = int(m.group(3))
+        return cls(run_on_cpu=frozenset(run_on_cpu), run_on_bpu=frozenset(run_on_bpu),
+                   node_info={k: NodeInfo.parse(v) for k, v in (node_info or {}).items()},
+                   per_channel=per_channel, **values, **flags)
+
+    def output_request(self, node: onnx.NodeProto, model_output: bool = False) -> int | None:
+        """The bits the config asks for `node`'s output, if any: node_info, then
+        set_model_output_int* (for a model output), then set_{Op}_output_*, then set_all_nodes_int16."""
+        info = self.node_info.get(node.name)
+        if info is not None and info.output_bits:
+            return info.output_bits
+        if model_output and self.model_output_bits:
+            return self.model_output_bits
+        if node.op_type in self.op_output_bits:
+            return self.op_output_bits[node.op_type]
+        return 16 if self.all_nodes_int16 else None
+
+    def input_request(self, node: onnx.NodeProto, index: int) -> int | None:
+        info = self.node_info.get(node.name)
+        if info is not None and (bits := info.input_bits_at.get(index) or info.input_bits):
+            return bits
+        if node.op_type in self.op_input_bits:
+            return self.op_input_bits[node.op_type]
+        return 16 if self.all_nodes_int16 else None
+
+
+# ------------------------------------------------------------------------------------ analysis
+@dataclass
+class _Unit:
+    """One integer op (a node, or a fusion group) or one CPU node."""
+
+    name: str
+    nodes: list[onnx.NodeProto]
+    rule: OpRule
+    on: On
+    reason: str
+    group: FusionGroup | None = None
+    acts: list[str] = field(default_factory=list)  # tensors read quantized
+    outputs: list[str] = field(default_factory=list)  # tensors it makes visible to the rest of the graph
+    forced_bpu: bool = False
+
+    @property
+    def last(self) -> onnx.NodeProto:
+        return self.nodes[-1]
+
+    @property
+    def bpu(self) -> bool:
+        return self.on == "BPU"
+
+
+@dataclass
+class _Analysis:
+    graph: Graph
+    units: list[_Unit]
+    unit_of: dict[str, _Unit]  # node name → unit
+    producer: dict[str, _Unit]  # tensor → unit that makes it visible
+    readers: dict[str, list[_Unit]]  # tensor → units reading it
+    notes: list[str]
+    groups: list[FusionGroup]
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except Exception:  # a custom op shape inference cannot handle: use what the model states
+        return model
+
+
+def _view(g: Graph, node: onnx.NodeProto) -> NodeView:
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    consts = tuple(bool(i) and g.constant(i) is not None for i in node.input)
+    floating = tuple(bool(i) and g.elem_type(i) in (*FLOAT_TYPES, None, 0) for i in node.input)
+    shapes = tuple(g.shape(i) if i else None for i in node.input)
+    return NodeView(node.name, node.op_type, tuple(node.input), tuple(node.output), attrs, consts, floating,
+                    shapes, node.domain)
+
+
+@dataclass(frozen=True)
+class _Place:
+    on: On
+    reason: str
+    user: On | None = None  # where the user's run_on_cpu / run_on_bpu / node_info put it, if they did
+
+
+def _placement(node: onnx.NodeProto, rule: OpRule, options: QuantOptions, notes: list[str]) -> _Place:
+    """Where one node runs: the rule, overridden by run_on_cpu / run_on_bpu, overridden by node_info."""
+    info = options.node_info.get(node.name)
+    asked: tuple[On, str] | None = None
+    if info is not None and info.on is not None:
+        for key, where in (("run_on_cpu", "CPU"), ("run_on_bpu", "BPU")):
+            if node.name in getattr(options, key):
+                notes.append(f"node_info takes priority over {key} for node '{node.name}': it runs on "
+                             f"{info.on}" + ("" if info.on == where else f", not {where}"))
+        asked = (info.on, "node_info")
+    elif node.name in options.run_on_cpu:
+        asked = ("CPU", "run_on_cpu")
+    elif node.name in options.run_on_bpu:
+        asked = ("BPU", "run_on_bpu")
+    if asked is None:
+        return _Place(rule.on, rule.reason)
+    on, key = asked
+    if on == "CPU":
+        return _Place("CPU", f"{key} places it on the CPU", "CPU")
+    if rule.on == "CPU":
+        notes.append(f"{key} asks for node '{node.name}' on the BPU, but it stays on the CPU: {rule.reason}")
+        return _Place("CPU", rule.reason, "BPU")
+    return _Place("BPU", f"{key} places it on the BPU", "BPU")
+
+
+def _analyse(model: onnx.ModelProto, options: QuantOptions) -> _Analysis:
+    g = Graph(_infer(model))
+    notes: list[str] = []
+    rules: dict[str, OpRule] = {}
+    placed: dict[str, _Place] = {}
+    for node in g.g.node:
+        rules[node.name] = decide(_view(g, node))
+        placed[node.name] = _placement(node, rules[node.name], options, notes)
+
+    by_name = {n.name: n for n in g.g.node}
+    groups: list[FusionGroup] = []
+    in_group: dict[str, FusionGroup] = {}
+    for pg in read_groups(model):
+        fg = FusionGroup(pg.name, pg.type, tuple(pg.nodes), pg.kind)
+        if not fg.nodes or any(n not in by_name for n in fg.nodes) or any(n in in_group for n in fg.nodes):
+            notes.append(f"fusion group {fg.name} does not match the graph (missing or shared nodes): ignored")
+            continue
+        user_cpu = [n for n in fg.nodes if placed[n].user == "CPU"]
+        if user_cpu:
+            notes.append(f"fusion group {fg.name} is not fused: {', '.join(user_cpu)} is placed on the CPU")
+            continue
+        if fg.kind != "activation" and rules[fg.nodes[0]].on != "BPU":
+            continue  # a Conv without an integer form: its members are planned one by one
+        groups.append(fg)
+        in_group.update(dict.fromkeys(fg.nodes, fg))
+
+    units: list[_Unit] = []
+    unit_of: dict[str, _Unit] = {}
+    for node in g.g.node:
+        fg = in_group.get(node.name)
+        if fg is not None:
+            if node.name != fg.nodes[-1]:
+                continue
+            members = [by_name[n] for n in fg.nodes]
+            unit = _group_unit(g, fg, members, rules, placed)
+        else:
+            place, rule = placed[node.name], rules[node.name]
+            unit = _Unit(node.name, [node], rule, place.on, place.reason, forced_bpu=place.user == "BPU")
+            if place.on == "BPU":
+                unit.acts = [node.input[i] for i in rule.acts]
+            unit.outputs = [o for o in node.output if o]
+        units.append(unit)
+        unit_of.update((n.name, unit) for n in unit.nodes)
+    producer = {t: u for u in units for t in u.outputs}
+    readers: dict[str, list[_Unit]] = {}
+    for u in units:
+        for t in dict.fromkeys(i for n in u.nodes for i in n.input if i):
+            readers.setdefault(t, []).append(u)
+    return _Analysis(g, units, unit_of, producer, readers, notes, groups)
+
+
+def _group_unit(g: Graph, fg: FusionGroup, members: list[onnx.NodeProto], rules: dict[str, OpRule],
+                placed: dict[str, _Place]) -> _Unit:
+    """A fusion group as one op: the head's weight / bias, the group's run-time inputs, one output."""
+    inside = {o for n in members for o in n.output if o}
+    head = rules[members[0].name] if fg.kind != "activation" else OpRule("BPU", lut=True)
+    acts: list[str] = []
+    for n in members:
+        for i in n.input:
+            if (i and i not in inside and i not in acts and g.constant(i) is None
+                    and g.elem_type(i) in (*FLOAT_TYPES, None, 0)):
+                acts.append(i)
+    member_names = {n.name for n in members}
+    visible = [o for o in members[-1].output if o]
+    for n in members[:-1]:  # an inner tensor read outside the group must stay visible (and quantized)
+        visible += [o for o in n.output if o and (o in g.outputs or any(c.name not in member_names
+                                                                         for c in g.consumers(o)))]
+    forced = any(placed[n.name].user == "BPU" for n in members)
+    rule = OpRule("BPU", acts=(), weight=head.weight, bias=head.bias, lut=fg.kind == "activation")
+    return _Unit(fg.name, members, rule, "BPU", f"fused {fg.type}", fg, acts, visible, forced)
+
+
+# ------------------------------------------------------------------------------- observed tensors
+@dataclass
+class _Scales:
+    """Which tensors are quantized and how their thresholds relate."""
+
+    observed: list[str] = field(default_factory=list)  # thresholds come from calibration
+    constant: dict[str, np.ndarray] = field(default_factory=dict)  # thresholds from the value
+    derived: dict[str, str] = field(default_factory=dict)  # same-scale output → its input
+    quantized: list[str] = field(default_factory=list)  # every tensor with an ActQuant
+    si32: set[str] = field(default_factory=set)
+    ties: list[tuple[str, ...]] = field(default_factory=list)  # Concat / Add / Sub shared sets
+
+
+def _si32(a: _Analysis, unit: _Unit, out: str, options: QuantOptions) -> bool:
+    """A model output left as the int32 accumulator: nothing asks for int8/16 and no integer op reads it."""
+    return (unit.rule.accumulates and unit.group is None and out in a.graph.outputs
+            and options.output_request(unit.last, model_output=True) is None
+            and not any(r.bpu for r in a.readers.get(out, [])))
+
+
+def _scales(a: _Analysis, options: QuantOptions) -> _Scales:
+    s = _Scales()
+    seen: set[str] = set()
+
+    def add(t: str) -> None:
+        if t not in seen:
+            seen.add(t)
+            s.quantized.append(t)
+
+    for inp in a.graph.g.input:
+        if inp.name not in a.graph.initializers and a.graph.elem_type(inp.name) in (*FLOAT_TYPES, None, 0):
+            s.observed.append(inp.name)
+    for u in a.units:
+        if not u.bpu:
+            continue
+        for t in u.acts:
+            value = a.graph.constant(t)
+            if value is not None:
+                s.constant[t] = value
+            elif t not in s.observed and t not in s.derived:
+                s.observed.append(t)
+            add(t)
+        for out in u.outputs:
+            if _si32(a, u, out, options):
+                s.si32.add(out)
+                continue
+            if u.rule.output == "input" and not u.rule.shared_inputs and u.acts:
+                s.derived[out] = u.acts[0]
+            elif out not in s.observed:
+                s.observed.append(out)
+            add(out)
+        if u.rule.shared_inputs and len(u.acts) + (u.rule.output == "input") > 1:
+            s.ties.append(tuple(dict.fromkeys([*u.acts, *(u.outputs if u.rule.output == "input" else [])])))
+    return s
+
+
+def plan_tensors(model: onnx.ModelProto, options: QuantOptions | None = None) -> list[str]:
+    """The activation tensors the calibrate stage must observe, in graph order."""
+    a = _analyse(model, options or QuantOptions())
+    observed = set(_scales(a, options or QuantOptions()).observed)
+    order = [i.name for i in a.graph.g.input] + [o for n in a.graph.g.node for o in n.output]
+    return [t for t in dict.fromkeys(order) if t in observed]
+
+
+# ---------------------------------------------------------------------------------- union-find
+class _Sets:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, *xs: str) -> None:
+        roots = [self.find(x) for x in xs]
+        for r in roots[1:]:
+            self.parent[r] = roots[0]
+
+    def members(self, names: Iterable[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for n in names:
+            out.setdefault(self.find(n), []).append(n)
+        return out
+
+
+# ----------------------------------------------------------------------------------- the plan
+def _threshold_of(value: Any) -> tuple[float | np.ndarray, str, int | None]:
+    """(threshold, method, channel axis) from any form of a calibration result:
+    `engine.calibration.Threshold` (per-channel in `channels` along `axis`), ActQuant, a number."""
+    if isinstance(value, ActQuant):
+        return value.threshold, value.method, value.axis
+    if hasattr(value, "value"):
+        channels = getattr(value, "channels", None)
+        if channels is not None:
+            return np.asarray(channels, np.float64), str(getattr(value, "method", "")), getattr(value, "axis", 1)
+        return value.value, str(getattr(value, "method", "")), None
+    return value, "", None
+
+
+def _clean(t: float | np.ndarray, tensor: str, notes: list[str]) -> float | np.ndarray:
+    arr = np.asarray(t, dtype=np.float64)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        notes.append(f"tensor '{tensor}' has a non-finite calibration threshold; it is quantized with the "
+                     f"smallest scale (check the float model for NaN / Inf on the calibration data)")
+    arr = np.where(bad | (arr < MIN_THRESHOLD), MIN_THRESHOLD, arr)
+    return float(arr) if arr.ndim == 0 else arr
+
+
+def _tmax(t: float | np.ndarray) -> float:
+    return float(np.max(t))
+
+
+def _to_output(a: _Analysis, concat: _Unit) -> list[_Unit] | None:
+    """The same-scale units from a Concat's output to a model output (single reader each), or None."""
+    chain: list[_Unit] = []
+    t = concat.outputs[0] if concat.outputs else None
+    while t is not None:
+        if t in a.graph.outputs:
+            return chain
+        rs = a.readers.get(t, [])
+        if len(rs) != 1 or not rs[0].bpu or rs[0].rule.output != "input" or rs[0].rule.shared_inputs:
+            return None
+        chain.append(rs[0])
+        t = rs[0].outputs[0] if len(rs[0].outputs) == 1 else None
+    return None
+
+
+def make_plan(model: onnx.ModelProto, thresholds: Mapping[str, Any], options: QuantOptions | None = None) -> QuantPlan:
+    """Every quantization decision for `model` given the calibrated thresholds (module docstring)."""
+    options = options or QuantOptions()
+    a = _analyse(model, options)
+    notes = a.notes
+    s = _scales(a, options)
+
+    raw: dict[str, float | np.ndarray] = {}
+    methods: dict[str, str] = {}
+    axes: dict[str, int | None] = {}
+    for t in s.observed:
+        if t not in s.quantized:
+            continue  # observed but read only by the CPU (e.g. a model input of a CPU node)
+        if t not in thresholds:
+            where = a.producer[t].name if t in a.producer else "a model input"
+            raise MissingThresholdError(
+                f"no calibration threshold for tensor '{t}' (from {where}): the calibrate stage must observe "
+                f"every tensor plan_tensors() lists")
+        value, methods[t], axes[t] = _threshold_of(thresholds[t])
+        raw[t] = _clean(value, t, notes)
+    for t, value in s.constant.items():
+        raw[t] = _clean(float(np.max(np.abs(value))) if value.size else 0.0, t, notes)
+        methods[t] = "const"
+    for out, src in s.derived.items():  # graph order: a source is known before what derives from it
+        raw[out], methods[out] = raw[src], methods.get(src, "")
+
+    wide = _split_output_concats(a, raw, options, notes)
+    s = _scales(a, options)  # units may have moved to the CPU
+    for out, src in s.derived.items():
+        raw[out], methods[out] = raw[src], methods.get(src, "")
+
+    sets = _Sets()
+    for t in s.quantized:
+        sets.find(t)
+    for out, src in s.derived.items():
+        sets.union(out, src)
+    for tie in s.ties:
+        sets.union(*tie)
+    bits = _bits(a, s, options)
+    bits.update((t, 16) for t in wide if t in bits)
+
+    per_channel_ok = _per_channel_tensors(a, s, options)
+    acts: dict[str, ActQuant] = {}
+    calibrated: dict[str, ActQuant] = {}
+    shared: list[tuple[str, ...]] = []
+    tied = {t for tie in s.ties for t in tie}
+    reduced = 0
+    for members in sets.members(s.quantized).values():
+        width = max(bits[m] for m in members)
+        for m in members:
+            if np.ndim(raw[m]) and m not in per_channel_ok:
+                raw[m], reduced = _tmax(raw[m]), reduced + 1
+        final = raw[members[0]] if len(members) == 1 else max(_tmax(raw[m]) for m in members)
+        for m in members:
+            axis = (axes.get(m) if axes.get(m) is not None else 1) if np.ndim(raw[m]) else None
+            acts[m] = ActQuant(m, final if len(members) > 1 else raw[m], width, axis, methods.get(m, ""))
+            calibrated[m] = ActQuant(m, raw[m], width, axis, methods.get(m, ""))
+        if len(members) > 1 and tied.intersection(members):
+            shared.append(tuple(members))
+    if reduced:
+        notes.append(f"per_channel: {reduced} activation tensors use one threshold (their largest channel's): "
+                     f"per-channel activation scales are kept only on model outputs no integer op reads")
+
+    plan = QuantPlan(groups=list(a.groups), shared=shared, notes=notes)
+    plan.acts = {t: acts[t] for t in s.quantized}
+    plan.calibrated_acts = {t: calibrated[t] for t in s.quantized}
+    _weights_and_biases(a, plan)
+    for u in a.units:
+        out_bits = 0
+        if u.bpu:
+            main = u.outputs[0] if u.outputs else None
+            out_bits = 32 if main in s.si32 else (plan.acts[main].bits if main in plan.acts else 8)
+        act_set = set(u.acts)
+        for n in u.nodes:
+            w = n.input[u.rule.weight.input] if u.bpu and u.rule.weight is not None and n is u.nodes[0] else None
+            b = n.input[u.rule.bias] if u.bpu and u.rule.bias is not None and n is u.nodes[0] else None
+            plan.nodes[n.name] = NodePlan(
+                n.name, n.op_type, u.on, u.reason, u.group.name if u.group else None,
+                tuple(dict.fromkeys(i for i in n.input if i in act_set)) if u.bpu else (),
+                w if w in plan.weights else None, b if b in plan.biases else None, out_bits)
+    return plan
+
+
+def _bits(a: _Analysis, s: _Scales, options: QuantOptions) -> dict[str, int]:
+    """8 or 16 per quantized tensor: its producer's output request, its integer readers' input requests."""
+    want: dict[str, int] = dict.fromkeys(s.quantized, 8)
+    for u in a.units:
+        if not u.bpu:
+            continue
+        for n in u.nodes:
+            for i, t in enumerate(n.input):
+                if t in want and t in u.acts and (r := options.input_request(n, i)):
+                    want[t] = max(want[t], r)
+        for out in u.outputs:
+            if out not in want:
+                continue
+            model_output = out in a.graph.outputs
+            request = next((r for n in reversed(u.nodes) if (r := options.output_request(n, model_output))), None)
+            if request:
+                want[out] = max(want[out], request)
+    return want
+
+
+def _per_channel_tensors(a: _Analysis, s: _Scales, options: QuantOptions) -> set[str]:
+    if not options.per_channel:
+        return set()
+    tied = {t for tie in s.ties for t in tie} | set(s.derived) | set(s.derived.values())
+    return {t for t in s.quantized if t in a.graph.outputs and t not in tied
+            and not any(r.bpu for r in a.readers.get(t, []))}
+
+
+def _split_output_concats(a: _Analysis, raw: dict[str, Any], options: QuantOptions, notes: list[str]) -> set[str]:
+    """DESIGN §5: an output Concat must not join very different ranges under one int8 scale.
+
+    Moves such Concats (and the same-scale ops between them and the output) to the CPU; returns
+    the tensors of a user-forced one, which then share one int16 scale instead.
+    """
+    wide: set[str] = set()
+    for u in a.units:
+        if not (u.bpu and u.group is None and u.last.op_type == "Concat" and len(u.acts) > 1):
+            continue
+        ts = [_tmax(raw[t]) for t in u.acts if t in raw]
+        if len(ts) < 2 or min(ts) <= 0:
+            continue
+        ratio = max(ts) / min(ts)
+        if ratio <= options.concat_range_ratio:
+            continue
+        chain = _to_output(a, u)
+        span = f"thresholds {min(ts):.4g} to {max(ts):.4g} ({ratio:.0f}×)"
+        if chain is None:
+            notes.append(f"{u.name} joins tensors with {span} under one scale; if accuracy suffers, give it "
+                         f"int16 (node_info OutputType: int16) or place it on the CPU")
+        elif u.forced_bpu:
+            notes.append(f"{u.name} joins model-output tensors with {span}; it is forced onto the BPU, so it "
+                         f"shares one int16 scale instead of int8")
+            wide.update([*u.acts, *u.outputs])
+        else:
+            names = [u.name, *(c.name for c in chain)]
+            notes.append(f"{u.name} joins model-output tensors with {span}: one int8 scale would round the "
+                         f"small ones to zero, so {', '.join(names)} stay in float on the CPU and each input "
+                         f"keeps its own scale")
+            for c in [u, *chain]:
+                c.on, c.reason, c.acts = "CPU", f"output Concat of very different ranges ({ratio:.0f}×) stays in float", []
+    return wide
+
+
+def _weights_and_biases(a: _Analysis, plan: QuantPlan) -> None:
+    g = a.graph
+    for u in a.units:
+        if not u.bpu or u.rule.weight is None:
+            continue
+        head = u.nodes[0]
+        spec = u.rule.weight
+        wname = head.input[spec.input]
+        w = g.constant(wname)
+        if w is None:
+            continue
+        if wname not in plan.weights:
+            plan.weights[wname] = WeightQuant(wname, spec.axis, weight_scales(w, spec.axis, spec.groups),
+                                              groups=spec.groups)
+        wq = plan.weights[wname]
+        if u.rule.bias is None:
+            continue
+        bname = head.input[u.rule.bias]
+        b = g.constant(bname)
+        x = u.acts[0] if u.acts else None
+        if b is None or x not in plan.acts:
+            continue
+        users = {n.name for n in g.consumers(bname)}
+        if users != {head.name}:
+            plan.notes.append(f"bias '{bname}' of {head.name} is shared with {sorted(users - {head.name})}: it stays float")
+            continue
+        s_in = float(plan.acts[x].scale)
+        scale = bias_scale(s_in, wq.scale)
+        plan.biases[bname] = BiasQuant(bname, scale)
+        q = np.abs(b.astype(np.float64).reshape(-1) / scale.astype(np.float64))
+        if (over := int(np.count_nonzero(q > INT32_MAX))):
+            plan.notes.append(f"bias '{bname}' of {head.name}: {over} values exceed int32 at scale s_in·s_w and "
+                              f"are saturated")
+
+
+def weight_scales(w: np.ndarray, axis: int, groups: int = 1) -> np.ndarray:
+    """Per-output-channel int8 scales max|W_c| / 127 (float32; an all-zero channel gets 1/127).
+
+    `groups` > 1 (grouped ConvTranspose, W: [C_in, C_out/groups, k…]): channel g·(C_out/groups)+j
+    takes the max over W[g·C_in/groups:(g+1)·C_in/groups, j].
+    """
+    a = np.abs(np.asarray(w, dtype=np.float64))
+    if groups > 1:
+        cin, cog = a.shape[0], a.shape[1]
+        a = a.reshape(groups, cin // groups, cog, -1).max(axis=(1, 3))  # [groups, cog]
+        m = a.reshape(-1)
+    else:
+        m = np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1).max(axis=1)
+    m = np.where(m > 0, m, 1.0)
+    return (m / 127.0).astype(np.float32)
+
+
+def bias_scale(s_in: float, s_w: np.ndarray) -> np.ndarray:
+    """s_in · s_w per output channel, float32 (the value the DequantizeLinear of the bias holds)."""
+    return (np.float64(s_in) * np.asarray(s_w, dtype=np.float64)).astype(np.float32)
+
+
+def quantize_bias(b: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """round-half-even(b / scale), saturated to int32."""
+    q = np.rint(np.asarray(b, np.float64).reshape(-1) / np.asarray(scale, np.float64))
+    return np.clip(q, -INT32_MAX - 1, INT32_MAX).astype(np.int32).reshape(np.shape(b))
+
+
+def quantize_weight(w: np.ndarray, wq: WeightQuant) -> np.ndarray:
+    """round-half-even(W / s_w) per output channel, saturated to ±127, int8."""
+    s = weight_scale_array(wq, np.shape(w))
+    return np.clip(np.rint(np.asarray(w, np.float64) / s), -127, 127).astype(np.int8)
+
+
+def weight_scale_array(wq: WeightQuant, shape: tuple[int, ...]) -> np.ndarray:
+    """The scale of every weight element, broadcastable to `shape` (float64)."""
+    s = np.asarray(wq.scale, np.float32).astype(np.float64)
+    if wq.groups > 1:
+        cin, cog = shape[0], shape[1]
+        per = s.reshape(wq.groups, 1, cog).repeat(cin // wq.groups, axis=1).reshape(cin, cog)
+        return per.reshape(cin, cog, *([1] * (len(shape) - 2)))
+    view = [1] * len(shape)
+    view[wq.axis] = shape[wq.axis]
+    return s.reshape(view)
+
+
+__all__ = ["CONCAT_RANGE_RATIO", "MIN_THRESHOLD", "MissingThresholdError", "NodeInfo", "QuantOptions",
+           "bias_scale", "make_plan", "plan_tensors", "quantize_bias", "quantize_weight", "weight_scale_array",
+           "weight_scales"]
