@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from engine.frontend.onnx_model import name_nodes
 from engine.passes import (
     collapse_reshape,
     fold_bn,
@@ -89,6 +90,7 @@ def optimize(model: onnx.ModelProto, passes: list[Pass] | None = None,
     passes = OPTIMIZE if passes is None else passes
     work = onnx.ModelProto()
     work.CopyFrom(model)
+    name_nodes(work)  # passes address nodes by name; the parse stage already did this (then a no-op)
     results = {p.NAME: PassResult() for p in passes}
     seconds = dict.fromkeys(results, 0.0)
     ran: list[str] = []

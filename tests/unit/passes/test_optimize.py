@@ -90,3 +90,13 @@ def test_result_model_is_valid_onnx_with_shapes():
     result = optimize(residual_block())
     onnx.checker.check_model(result.model, full_check=True)
     assert {v.name for v in result.model.graph.value_info} >= {"Relu_2_y", "Add_5_y"}
+
+
+def test_unnamed_nodes_get_names_before_any_pass_addresses_them():
+    model = residual_block()
+    for node in model.graph.node:
+        node.name = ""
+    result = optimize(model)
+    names = [n.name for n in result.model.graph.node]
+    assert all(names) and len(set(names)) == len(names)
+    assert_same_outputs(model, result.model)
