@@ -370,13 +370,15 @@ def calibration_dirs(ctx: RuleContext) -> Iterator[Problem]:
 @rule
 def optimization_values(ctx: RuleContext) -> Iterator[Problem]:
     import re
-    fixed = {"set_model_output_int8", "set_model_output_int16", "set_all_nodes_int16", "asymmetric",
-             "bias_correction", "lstm_batch_last", "run_fast"}
-    pattern = re.compile(r"^set_[A-Za-z0-9]+_(input|output)_int(8|16)$")
+
+    ks = schema.key_schema(CP, "optimization") or {}
+    allowed = schema.item_enum(CP, "optimization")
+    pattern = re.compile(ks.get("x-hb-item-pattern", r"^$"))
     for item in V.split_comma(ctx.get(CP, "optimization")):
-        if item not in fixed and not pattern.match(item):
+        if item not in allowed and not pattern.match(item):
+            public = schema.item_enum(CP, "optimization", hidden=False)
             yield error("invalid-enum", f"The specified optimization is invalid, the optimization: '{item}' can only "
-                        f"be specified as values in {sorted(fixed) + ['set_{OpType}_input_int16', 'set_{OpType}_output_int16']}",
+                        f"be specified as values in {public + ['set_{OpType}_input_int16', 'set_{OpType}_output_int16']}",
                         (CP, "optimization"))
 
 

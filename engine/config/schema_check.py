@@ -44,6 +44,10 @@ def _name(path: tuple) -> str:
 
 
 def _translate(err: ValidationError, data: dict) -> Iterator[Problem]:
+    if {"then", "else", "not", "dependentRequired"} & set(map(str, err.schema_path)):
+        # Cross-key rules: engine.config.rules says these in hb_compile's words (the schema keeps
+        # them for editors that only speak JSON Schema, e.g. yaml-language-server).
+        return
     path = tuple(err.absolute_path)
     v = err.validator
     name = _name(path)
