@@ -62,7 +62,7 @@ def _fail(code: str, message: str, item: int | None = None, file: Path | None = 
 
 
 def _shape_text(shape: Sequence[int]) -> str:
-    return "(" + ",".join(str(d) for d in shape) + ")"  # numpy's wording: (1,3,224,224)
+    return f"({shape[0]},)" if len(shape) == 1 else "(" + ",".join(str(d) for d in shape) + ")"  # numpy's: (1,3,8,8)
 
 
 def _list_files(source: CalibrationSource, item: int) -> list[Path]:
@@ -219,7 +219,7 @@ def _decode_npy(source: CalibrationSource, path: Path, blob: bytes, item: int) -
     if arr.size != math.prod(want):
         raise _size_error(source, path, arr.size, item, f".npy {arr.dtype} {_shape_text(arr.shape)}")
     squeezed = tuple(d for d in arr.shape if d != 1)
-    if squeezed != tuple(d for d in want if d != 1):
+    if arr.ndim > 1 and squeezed != tuple(d for d in want if d != 1):  # a flat array is read like raw data
         raise _fail("cal-data-shape", f"Calibration file {path} holds shape {_shape_text(arr.shape)} but input "
                     f"'{source.input_name}' has shape {_shape_text(want)}: same size, different layout? "
                     f"(input_layout_train / input_shape)", item, path)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -262,7 +263,7 @@ class SampleStats(Mapping[str, TensorStats]):
                         count=int(t["count"]), hist=z[f"h{i}"].astype(np.int64),
                         channel_absmax=z[f"c{i}"] if f"c{i}" in z.files else None,
                         axis=t["axis"], nonfinite=int(t.get("nonfinite", 0)))
-        except (OSError, KeyError, EOFError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (OSError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"corrupt SampleStats archive: {e}") from e
         return cls(tensors)
 

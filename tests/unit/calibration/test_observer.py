@@ -1,0 +1,151 @@
+"""The observer on generated models: same statistics as the tensors computed directly, batching
+only where it is provably harmless, and memory that does not grow with the number of samples."""
+
+from __future__ import annotations
+
+import tracemalloc
+import weakref
+
+import numpy as np
+import onnx
+import pytest
+
+from engine.calibration import Observer, SampleStats, activation_tensors, observe, tensor_stats, with_outputs
+from engine.calibration.observer import with_symbolic_batch
+from tests.unit.calibration.calib_support import (
+    batch_mixing_model,
+    conv2d,
+    conv_relu_model,
+    conv_weights,
+    flatten_model,
+    samples,
+)
+
+TENSORS = ["data", "conv_out", "relu_out", "output"]
+
+
+def assert_stats_close(got, want, hist_slack: int = 8):
+    assert got.count == want.count and got.axis == want.axis
+    np.testing.assert_allclose([got.min, got.max, got.absmax], [want.min, want.max, want.absmax], rtol=1e-5,
+                               atol=1e-6)
+    if want.channel_absmax is not None:
+        np.testing.assert_allclose(got.channel_absmax, want.channel_absmax, rtol=1e-5, atol=1e-6)
+    assert got.hist.sum() == want.hist.sum()
+    assert np.abs(got.hist - want.hist).sum() <= hist_slack  # values a rounding away from a bin edge
+
+
+def test_observer_stats_equal_stats_of_directly_computed_tensors():
+    data = list(samples((1, 3, 16, 16), 5, seed=1, scale=2.0))
+    w, b = conv_weights(3, 8, 3, seed=0)
+    got = list(observe(conv_relu_model(), iter(data), TENSORS, batch=1))
+    assert len(got) == 5 and all(isinstance(s, SampleStats) and list(s) == TENSORS for s in got)
+    for s, sample in zip(got, data, strict=True):
+        conv = conv2d(sample["data"], w, b)
+        relu = np.maximum(conv, 0)
+        assert s["data"] == tensor_stats(sample["data"])  # the feed itself: bit for bit
+        assert_stats_close(s["conv_out"], tensor_stats(conv))
+        assert_stats_close(s["relu_out"], tensor_stats(relu))
+        assert_stats_close(s["output"], tensor_stats(relu.mean(axis=(2, 3), keepdims=True)))
+        assert s["relu_out"].min == 0.0 and s["relu_out"].hist[0] >= (relu == 0).sum()
+
+
+@pytest.mark.parametrize("batch_dim", ["N", 1])
+def test_batched_observation_equals_one_at_a_time(batch_dim):
+    model = conv_relu_model(batch=batch_dim)
+    data = list(samples((1, 3, 16, 16), 11, seed=2))
+    observer = Observer(model, TENSORS, batch=4)
+    batched = list(observer.observe(iter(data)))
+    assert observer.batch_used == 4 and not observer.notes  # a static batch of 1 is relaxed as well
+    single = list(observe(model, iter(data), TENSORS, batch=1))
+    assert len(batched) == len(single) == 11
+    for a, b in zip(batched, single, strict=True):
+        for t in TENSORS:
+            assert_stats_close(a[t], b[t])
+    again = list(observer.observe(iter(data[:6])))  # the checked batched session is reused
+    assert len(again) == 6 and observer.batch_used == 4
+
+
+@pytest.mark.parametrize("make,note", [(batch_mixing_model, "mixes the batch axis"),
+                                       (flatten_model, "mixes the batch axis")])
+def test_models_that_mix_the_batch_run_one_sample_at_a_time(make, note):
+    model = make()
+    data = list(samples((1, 3, 4, 4), 5, seed=4))
+    tensors = activation_tensors(model)
+    observer = Observer(model, tensors, batch=4)
+    got = list(observer.observe(iter(data)))
+    assert observer.batch_used == 1 and any(note in n for n in observer.notes), observer.notes
+    single = list(observe(model, iter(data), tensors, batch=1))
+    for a, b in zip(got, single, strict=True):
+        assert a.tensors == b.tensors
+
+
+def test_statistics_of_one_sample_do_not_depend_on_the_others():
+    model = conv_relu_model(batch="N")
+    data = list(samples((1, 3, 16, 16), 9, seed=7))
+    alone = next(observe(model, iter(data[5:6]), TENSORS))
+    among = list(observe(model, iter(data), TENSORS, batch=4))[5]
+    for t in TENSORS:
+        assert_stats_close(alone[t], among[t])
+
+
+class CountingObserver(Observer):
+    """Records every array a run hands back, to count how many are still alive at each sample."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.refs: list[weakref.ref] = []
+
+    def _run(self, session, batch):
+        values = super()._run(session, batch)
+        self.refs += [weakref.ref(a) for a in values.values()]
+        return values
+
+    def alive(self) -> int:
+        return sum(r() is not None for r in self.refs)
+
+
+def test_memory_does_not_grow_with_the_number_of_samples():
+    """64 samples of a model with a 1×32×128×128 activation (2 MiB each, 4 MiB observed per sample).
+
+    onnxruntime's output buffers are not Python allocations (tracemalloc does not see them), so
+    their lifetime is checked directly: at every yielded sample at most one run's outputs are alive.
+    tracemalloc covers what the observer itself allocates (batch feeds, |x|, bin indices).
+    """
+    observer = CountingObserver(conv_relu_model(c_in=3, c_out=32, hw=128), ["conv_out", "relu_out"])
+
+    def peak(n: int) -> tuple[int, int]:
+        most_alive = 0
+        tracemalloc.start()
+        try:
+            for _ in observer.observe(samples((1, 3, 128, 128), n, seed=n)):
+                most_alive = max(most_alive, observer.alive())
+            return tracemalloc.get_traced_memory()[1], most_alive
+        finally:
+            tracemalloc.stop()
+
+    peak(4)  # build the sessions outside the measurement
+    (small, alive_small), (large, alive_large) = peak(24), peak(64)
+    assert observer.batch_used > 1 and alive_small == alive_large == 2  # one batch run's two outputs
+    per_sample = 2 * 32 * 128 * 128 * 4
+    assert large <= small * 1.25 + (1 << 20), (small, large)
+    assert large < 4 * per_sample, large  # a few samples' worth, never 64
+
+
+def test_with_outputs_adds_typed_outputs_and_refuses_non_tensors():
+    model = conv_relu_model()
+    out = with_outputs(model, ["conv_out", "relu_out", "output", "data"])
+    assert [o.name for o in out.graph.output] == ["output", "conv_out", "relu_out"]
+    assert out.graph.output[1].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert [o.name for o in model.graph.output] == ["output"]  # the original is untouched
+    with pytest.raises(ValueError, match="not a tensor"):
+        with_outputs(model, ["nope"])
+    with pytest.raises(ValueError, match="weight"):
+        with_outputs(model, ["w"])
+    relaxed = with_symbolic_batch(out)
+    assert relaxed.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    assert activation_tensors(model) == TENSORS
+
+
+def test_a_sample_without_a_model_input_is_a_key_error():
+    with pytest.raises(KeyError, match="data"):
+        list(observe(conv_relu_model(), iter([{"other": np.zeros((1, 3, 16, 16), np.float32)}]), TENSORS))

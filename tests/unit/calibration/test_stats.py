@@ -1,0 +1,117 @@
+"""Per-sample statistics: exact extrema, |x| histograms, merge = one-shot, order independence, npz."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.calibration import SampleStats, hist_quantile, merge, merge_samples, tensor_stats
+from engine.calibration.stats import rebin
+
+
+def activations(seed=0, shape=(1, 8, 16, 16), scale=1.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.laplace(0, 1, shape) * scale * rng.uniform(0.2, 3.0, (1, shape[1], 1, 1))  # channels differ
+    return x.astype(np.float32)
+
+
+def test_tensor_stats_are_exact_and_histogram_counts_abs_values():
+    x = activations()
+    s = tensor_stats(x, bins=256)
+    a = np.abs(x)
+    assert (s.min, s.max, s.absmax, s.count) == (float(x.min()), float(x.max()), float(a.max()), x.size)
+    np.testing.assert_array_equal(s.channel_absmax, a.max(axis=(0, 2, 3)))
+    assert s.axis == 1 and s.hist.dtype == np.int64 and s.hist.sum() == x.size
+    ref, _ = np.histogram(a.astype(np.float64), bins=256, range=(0.0, s.absmax))
+    assert np.abs(s.hist - ref).sum() <= 4  # only float32 rounding at bin edges may differ
+    assert s.hist[-1] >= 1  # the maximum itself lands in the last bin
+
+
+def test_channel_axis_is_configurable_and_optional():
+    x = activations(shape=(1, 6, 5, 4))
+    last = tensor_stats(x, channel_axis=-1)
+    assert last.axis == 3
+    np.testing.assert_array_equal(last.channel_absmax, np.abs(x).max(axis=(0, 1, 2)))
+    assert tensor_stats(x, channel_axis=None).channel_absmax is None
+    assert tensor_stats(np.ones(5, np.float32)).channel_absmax is None  # 1-D: no channel axis
+
+
+def test_all_zero_tensor_and_non_finite_activations():
+    z = tensor_stats(np.zeros((1, 2, 3, 3), np.float32), bins=16)
+    assert z.absmax == 0 and z.hist[0] == 18 and z.hist[1:].sum() == 0
+    x = np.array([[1.0, -3.0, np.nan, np.inf, 0.5, -np.inf]], np.float32)
+    s = tensor_stats(x, bins=4, channel_axis=None)
+    assert (s.min, s.max, s.absmax, s.count, s.nonfinite) == (-3.0, 1.0, 3.0, 3, 3)
+    assert s.hist.tolist() == [1, 1, 0, 1]  # 0.5 → bin 0, 1.0 → bin 1, 3.0 → last bin
+    allbad = tensor_stats(np.full((2, 2), np.nan, np.float32), bins=4)
+    assert allbad.count == 0 and allbad.nonfinite == 4 and allbad.hist.sum() == 0
+
+
+def _split_samples(n=12, seed=3):
+    """Samples with different ranges, so the merged grid is wider than most sample grids."""
+    return [activations(seed + i, scale=float(s)) for i, s in enumerate(np.linspace(0.3, 2.5, n))]
+
+
+def test_merged_per_sample_stats_equal_one_shot_stats_over_the_concatenated_data():
+    xs = _split_samples()
+    merged = merge([tensor_stats(x) for x in xs])
+    whole = np.concatenate(xs, axis=0)
+    once = merge([tensor_stats(whole)])
+    assert (merged.min, merged.max, merged.absmax, merged.count) == (once.min, once.max, once.absmax, once.count)
+    np.testing.assert_array_equal(merged.channel_absmax, once.channel_absmax)
+    assert merged.hist.sum() == pytest.approx(whole.size) and merged.bins == once.bins == 2048
+    assert merged.absmax_sample == int(np.argmax([np.abs(x).max() for x in xs]))
+    exact = np.abs(whole).astype(np.float64)
+    for p in (0.5, 0.9, 0.99, 0.999, 0.9999):
+        q_merged = hist_quantile(merged.hist, merged.absmax, p)
+        q_once = hist_quantile(once.hist, once.absmax, p)
+        assert abs(q_merged - q_once) <= merged.bin_width, p
+        # the order statistic at rank p·N lies in the bin where the cumulative count crosses p·N
+        assert abs(q_merged - np.quantile(exact, p, method="inverted_cdf")) <= merged.bin_width, p
+
+
+def test_merge_is_order_independent_and_labels_follow_the_samples():
+    stats = [tensor_stats(x) for x in _split_samples(8)]
+    labels = [f"sample-{i}" for i in range(8)]
+    a = merge(stats, labels)
+    perm = np.random.default_rng(0).permutation(8)
+    b = merge([stats[i] for i in perm], [labels[i] for i in perm])
+    assert np.array_equal(a.hist, b.hist)  # bit for bit
+    assert (a.min, a.max, a.absmax, a.count, a.absmax_sample) == (b.min, b.max, b.absmax, b.count, b.absmax_sample)
+    assert a.absmax_sample == "sample-7"  # the widest sample (scale 2.5)
+
+
+def test_rebin_keeps_mass_and_is_the_identity_on_the_same_range():
+    h = np.array([5, 0, 3, 2], np.int64)
+    np.testing.assert_array_equal(rebin(h, 4.0, 4.0), h.astype(np.float64))
+    wide = rebin(h, 4.0, 8.0)  # each merged bin covers two source bins
+    np.testing.assert_allclose(wide, [5, 5, 0, 0])
+    # source edges 0 .75 1.5 2.25 3 onto 0 1 2 3 4: [1, 2] takes 2/3 of the 3, [2, 3] the rest and the 2
+    np.testing.assert_allclose(rebin(h, 3.0, 4.0), [5.0, 2.0, 3.0, 0.0])
+    assert rebin(np.array([7, 0]), 0.0, 2.0).tolist() == [7.0, 0.0]
+    with pytest.raises(ValueError):
+        rebin(h, 4.0, 2.0)
+
+
+def test_sample_stats_round_trip_through_npz_bytes():
+    x = activations()
+    sample = SampleStats({"/model.0/conv/Conv_output_0": tensor_stats(x),
+                          "scores:0 (softmax)": tensor_stats(x[0, 0, 0], channel_axis=None),
+                          "zeros": tensor_stats(np.zeros((1, 2, 2, 2), np.float32)),
+                          "partly bad": tensor_stats(np.array([[1.0, np.nan]], np.float32))})
+    blob = sample.to_bytes()
+    back = SampleStats.from_bytes(blob)
+    assert list(back) == list(sample) and back.tensors == sample.tensors
+    assert back["scores:0 (softmax)"].channel_absmax is None and back["partly bad"].nonfinite == 1
+    assert np.load(__import__("io").BytesIO(blob), allow_pickle=False)["h0"].shape == (2048,)
+    with pytest.raises(ValueError, match="SampleStats"):
+        SampleStats.from_bytes(blob[: len(blob) // 2])
+
+
+def test_merge_samples_merges_every_tensor_and_refuses_mismatched_samples():
+    a = SampleStats({"t": tensor_stats(activations(1)), "u": tensor_stats(activations(2))})
+    b = SampleStats({"t": tensor_stats(activations(3)), "u": tensor_stats(activations(4))})
+    merged = merge_samples([a, b])
+    assert list(merged) == ["t", "u"] and merged["t"].count == 2 * a["t"].count and merged["t"].samples == 2
+    with pytest.raises(ValueError, match="same tensors"):
+        merge_samples([a, SampleStats({"t": a["t"]})])
