@@ -1,5 +1,5 @@
 """The stage list, in order (DESIGN §3). Each module declares one `STAGE`."""
 
-from engine.stages import optimize, parse
+from engine.stages import calibrate, optimize, parse, ptq
 
-STAGES = [parse.STAGE, optimize.STAGE]
+STAGES = [parse.STAGE, optimize.STAGE, calibrate.STAGE, ptq.STAGE]
