@@ -1,0 +1,99 @@
+"""calibrate: statistics per sample, reused by content hash; bad data is one clear error."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from engine.pipeline import Engine
+
+CONFIG = """\
+model_parameters:
+  onnx_model: model.onnx
+  march: nash-e
+  working_dir: model_output
+  output_model_file_prefix: tiny
+input_parameters:
+  input_name: data
+  input_type_train: rgb
+  input_layout_train: NCHW
+  input_type_rt: rgb
+  input_shape: 1x3x8x8
+  mean_value: 128
+  scale_value: 0.0078125
+calibration_parameters:
+  cal_data_dir: cal
+  calibration_type: max
+compiler_parameters:
+  compile_mode: latency
+"""
+
+
+def write_samples(root, n=6, seed=0):
+    cal = root / "cal"
+    cal.mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        rng.integers(0, 256, (1, 3, 8, 8), dtype=np.uint8).tofile(cal / f"s{i:02d}.rgb")
+    return cal
+
+
+def test_one_changed_sample_reruns_only_its_forward_pass(project):
+    cal = write_samples(project.root)
+    cfg = project.config(CONFIG)
+    engine = Engine()
+    first = engine.run(cfg, until="calibrate")
+    assert first.ok, [p.render() for p in first.problems]
+    assert first.results["calibrate"]["computed"] == 6
+    np.full((1, 3, 8, 8), 7, np.uint8).tofile(cal / "s03.rgb")
+    second = engine.run(cfg, until="calibrate")
+    run = second.stage("calibrate")
+    assert run.status == "ran" and run.reason == "1 of 6 calibration files changed"
+    assert second.results["calibrate"]["computed"] == 1 and second.results["calibrate"]["reused"] == 5
+    assert second.stage("parse").status == "reused" and second.stage("optimize").status == "reused"
+
+
+def test_compiler_edit_reuses_calibration(project):
+    write_samples(project.root)
+    cfg = project.config(CONFIG)
+    engine = Engine()
+    assert engine.run(cfg, until="ptq").ok
+    project.config(CONFIG.replace("compile_mode: latency", "compile_mode: bandwidth"))
+    again = engine.run(cfg, until="ptq")
+    assert again.ran == ["config"] and set(again.reused) == {"parse", "optimize", "calibrate", "ptq"}
+
+
+def test_calibrated_model_has_named_fake_quant_pairs(project):
+    write_samples(project.root)
+    cfg = project.config(CONFIG)
+    assert Engine().run(cfg, until="calibrate").ok
+    model = onnx.load(str(project.root / "model_output" / "tiny_calibrated_model.onnx"))
+    names = {n.name for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    assert any(n.endswith("_HzCalibration") for n in names)
+    assert [o.name for o in model.graph.output] == ["output"]
+
+
+def test_wrong_size_sample_names_the_file_and_writes_nothing(project):
+    cal = write_samples(project.root)
+    cfg = project.config(CONFIG)
+    assert Engine().run(cfg, until="calibrate").ok
+    before = {p.name: p.read_bytes() for p in (project.root / "model_output").iterdir() if p.is_file()}
+    np.zeros(100, np.uint8).tofile(cal / "s01.rgb")
+    report = Engine().run(cfg, until="calibrate")
+    assert not report.ok
+    [err] = [p for p in report.problems if p.is_error]
+    assert "cannot reshape array of size 100 into shape (1,3,8,8)" in err.message and "s01.rgb" in err.message
+    after = {p.name: p.read_bytes() for p in (project.root / "model_output").iterdir() if p.is_file()}
+    assert after == before
+
+
+def test_nan_in_float_sample_is_an_error(project):
+    cal = project.root / "cal_f32"
+    cal.mkdir()
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    x[0, 0, 0, 0] = np.nan
+    x.tofile(cal / "bad.bin")
+    cfg = project.config(CONFIG.replace("cal_data_dir: cal", "cal_data_dir: cal_f32"))
+    report = Engine().run(cfg, until="calibrate")
+    [err] = [p for p in report.problems if p.is_error]
+    assert "bad.bin" in err.message and "NaN" in err.message
