@@ -87,7 +87,11 @@ def run_config(config_path: Path, until: str | None, log_path: Path) -> int:
         until = stages[-1]
     loaded = read_config(config_path)
     print_problems(loaded.problems)  # warnings before the work, errors end the run here
-    report = default_engine().run(config_path, until=until, progress=_progress, loaded=loaded)
+    progress = ConsoleProgress()
+    try:
+        report = default_engine().run(config_path, until=until, progress=progress, loaded=loaded)
+    finally:
+        progress.close()
     print_problems(report.problems[len(loaded.problems):])
     print_run(report)
     if report.ok:  # a failed run leaves working_dir as it was; its log stays in the cwd
@@ -110,9 +114,36 @@ def _available_stages() -> list[str]:
     return [s.name for s in STAGES]
 
 
-def _progress(stage: str, message: str, fraction: float | None) -> None:
-    if fraction == 0.0 or fraction is None:
-        log.info(message)
+class ConsoleProgress:
+    """Stage start lines always; a live bar (rate, ETA) for long stages on a terminal only."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stdout.isatty()
+        self.bar = None
+        self.task = None
+
+    def __call__(self, stage: str, message: str, fraction: float | None) -> None:
+        if fraction == 0.0 and message.startswith("Start to"):
+            self.close()
+            log.info(message)
+            return
+        if not self.tty or fraction is None:
+            if fraction is None or fraction >= 1.0:
+                log.debug(message)
+            return
+        if self.bar is None:
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                                TimeRemainingColumn(), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(message, total=1.0)
+        self.bar.update(self.task, completed=fraction, description=message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = self.task = None
 
 
 if __name__ == "__main__":  # pragma: no cover
