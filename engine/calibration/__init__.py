@@ -3,7 +3,7 @@
 Pure functions and small typed values; the calibrate stage persists what they return. The flow,
 with statistics cached per sample by content hash::
 
-    cs = load_calibration_set(sources)                       # lists files, checks counts
+    cs = load_calibration_set([source_for_input(s, cp.preprocess_on) for s in specs])  # lists, counts
     todo = [i for i in range(len(cs)) if cs.content_hash(i) not in cache]
     observer = Observer(optimized_model, tensors)
     for i, st in zip(todo, observer.observe(cs.samples(todo))):
@@ -20,6 +20,7 @@ from engine.calibration.data import (
     decode_sample,
     load_calibration_set,
     random_samples,
+    source_for_input,
 )
 from engine.calibration.methods import (
     CALIBRATION_TYPES,
@@ -47,5 +48,5 @@ __all__ = [
     "CALIBRATION_TYPES", "DEFAULT_BINS", "MIN_THRESHOLD", "RAW_DTYPES", "CalibrationSet", "CalibrationSource",
     "MergedStats", "Observer", "SampleStats", "TensorStats", "Threshold", "activation_tensors", "decode_sample",
     "hist_quantile", "kl_threshold", "load_calibration_set", "max_threshold", "merge", "merge_samples", "observe",
-    "percentile_threshold", "random_samples", "tensor_stats", "threshold", "thresholds", "with_outputs",
+    "percentile_threshold", "random_samples", "source_for_input", "tensor_stats", "threshold", "thresholds", "with_outputs",
 ]

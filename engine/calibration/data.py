@@ -24,10 +24,14 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.problems import CalibrationDataError, error
+
+if TYPE_CHECKING:
+    from engine.config.inputs import InputSpec
 
 CP = "calibration_parameters"
 RAW_DTYPES = ("uint8", "float32", "int8", "int16", "int32")
@@ -52,6 +56,14 @@ class CalibrationSource:
         if self.dtype:
             return self.dtype
         return "float32" if Path(self.dir).name.endswith("_f32") else "uint8"
+
+
+def source_for_input(spec: InputSpec, preprocess_on: bool = False) -> CalibrationSource:
+    """The calibration source of one resolved model input (`engine.config.inputs.InputSpec`)."""
+    if spec.cal_data_dir is None:
+        raise ValueError(f"input '{spec.name}' has no cal_data_dir")
+    return CalibrationSource(spec.name, Path(spec.cal_data_dir), tuple(spec.shape), spec.cal_data_type,
+                             spec.layout_train, preprocess_on, spec.type_train)
 
 
 def _fail(code: str, message: str, item: int | None = None, file: Path | None = None) -> CalibrationDataError:
@@ -268,4 +280,4 @@ def random_samples(shapes: dict[str, Sequence[int]], n: int, seed: int = 0, *, l
 
 
 __all__ = ["CalibrationSet", "CalibrationSource", "RAW_DTYPES", "decode_sample", "load_calibration_set",
-           "random_samples"]
+           "random_samples", "source_for_input"]

@@ -69,48 +69,54 @@ class TensorStats:
 
 
 def tensor_stats(x: np.ndarray, bins: int = DEFAULT_BINS, channel_axis: int | None = 1) -> TensorStats:
-    """Statistics of one tensor from one sample (one pass of |x|, then extrema and a bincount).
+    """Statistics of one tensor from one sample.
 
-    `channel_axis` is the channel axis (1 for NCHW activations); None, or a tensor with fewer
-    dimensions than the axis needs, gives no per-channel absmax.
+    Passes over the data: per-channel min and max (every extremum follows from them), then
+    |x|·bins/absmax truncated to a bin index and counted with `np.bincount`. `channel_axis` is the
+    channel axis (1 for NCHW activations); None, or a tensor with too few dimensions, gives no
+    per-channel absmax.
     """
     x = np.asarray(x)
     if x.dtype != np.float32:
         x = x.astype(np.float32)
+    if x.ndim == 0:
+        x = x.reshape(1)  # a scalar is a one-value tensor
     axis = None
     if channel_axis is not None and x.ndim >= 2 and -x.ndim <= channel_axis < x.ndim:
         axis = channel_axis % x.ndim
+    empty_channels = np.zeros(x.shape[axis], np.float32) if axis is not None else None
     if x.size == 0:
-        channels = np.zeros(x.shape[axis], np.float32) if axis is not None else None
-        return TensorStats(0.0, 0.0, 0.0, 0, np.zeros(bins, np.int64), channels, axis)
-    lo, hi = float(x.min()), float(x.max())
+        return TensorStats(0.0, 0.0, 0.0, 0, np.zeros(bins, np.int64), empty_channels, axis)
+    others = tuple(d for d in range(x.ndim) if d != axis) if axis is not None else None
+    cmin, cmax = x.min(axis=others), x.max(axis=others)
     nonfinite = 0
-    if not (np.isfinite(lo) and np.isfinite(hi)):
+    if not (np.isfinite(cmin).all() and np.isfinite(cmax).all()):  # NaN propagates through min / max
         finite = np.isfinite(x)
         nonfinite = int(x.size - np.count_nonzero(finite))
         if nonfinite == x.size:
-            channels = np.zeros(x.shape[axis], np.float32) if axis is not None else None
-            return TensorStats(0.0, 0.0, 0.0, 0, np.zeros(bins, np.int64), channels, axis, nonfinite)
-        x = np.where(finite, x, np.float32(0))  # zeros do not move extrema of |x|; counted out below
-        lo, hi = float(x[finite].min()), float(x[finite].max())
-    a = np.abs(x)
+            return TensorStats(0.0, 0.0, 0.0, 0, np.zeros(bins, np.int64), empty_channels, axis, nonfinite)
+        cmin = np.where(finite, x, np.inf).min(axis=others)
+        cmax = np.where(finite, x, -np.inf).max(axis=others)
+        x = np.where(finite, x, np.float32(0))  # counted in bin 0 below, then taken out again
+    lo, hi = float(np.min(cmin)), float(np.max(cmax))
     if axis is not None:
-        others = tuple(d for d in range(a.ndim) if d != axis)
-        channels = a.max(axis=others).astype(np.float32)
+        channels = np.maximum(-cmin, cmax)
+        channels[~np.isfinite(channels)] = 0.0  # a channel of only NaN / Inf
+        channels = channels.astype(np.float32)
         absmax = float(channels.max())
     else:
-        channels = None
-        absmax = float(a.max())
+        channels, absmax = None, max(-lo, hi)
     if absmax > 0:
-        idx = a.reshape(-1)
-        idx *= np.float32(bins / absmax)  # in place: `a` is our own temporary
-        np.minimum(idx, bins - 1, out=idx)
-        hist = np.bincount(idx.astype(np.int32), minlength=bins).astype(np.int64)
+        scaled = np.multiply(x, np.float32(bins / absmax))  # |x|·bins/absmax ∈ [0, bins]
+        np.abs(scaled, out=scaled)
+        hist = np.bincount(scaled.astype(np.intp).reshape(-1), minlength=bins + 1).astype(np.int64)
+        hist[bins - 1] += hist[bins:].sum()  # |x| = absmax belongs to the last bin
+        hist = hist[:bins]
     else:
         hist = np.zeros(bins, np.int64)
-        hist[0] = a.size
+        hist[0] = x.size
     if nonfinite:
-        hist[0] -= nonfinite  # the NaN / Inf positions were zeroed and counted in bin 0
+        hist[0] -= nonfinite
     return TensorStats(lo, hi, absmax, int(x.size) - nonfinite, hist, channels, axis, nonfinite)
 
 

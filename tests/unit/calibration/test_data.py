@@ -278,3 +278,19 @@ def test_random_samples_are_reproducible_per_index():
     assert not np.array_equal(three[0]["img"], other["img"]) and not np.array_equal(five[0]["img"], five[1]["img"])
     x = three[0]["img"]
     assert x.dtype == np.float32 and x.shape == (1, 3, 4, 4) and 0 <= x.min() and x.max() < 255
+
+
+def test_source_for_input_reads_a_resolved_input_spec(tmp_path):
+    from engine.calibration import source_for_input
+    from engine.config.inputs import InputSpec
+
+    write_npy(tmp_path / "cal_f32", 2, shape=(1, 8, 8, 3))
+    spec = InputSpec(name="images", shape=(1, 8, 8, 3), type_train="bgr", layout_train="NHWC", type_rt="nv12",
+                     layout_rt=None, space_and_range="regular", norm_type="no_preprocess", mean=None, scale=None,
+                     std=None, cal_data_dir=tmp_path / "cal_f32", cal_data_type=None)
+    source = source_for_input(spec, preprocess_on=True)
+    assert (source.input_name, source.shape, source.layout, source.type_train, source.raw_dtype) == (
+        "images", (1, 8, 8, 3), "NHWC", "bgr", "float32")
+    assert len(load_calibration_set([source])) == 2
+    with pytest.raises(ValueError, match="no cal_data_dir"):
+        source_for_input(InputSpec(**{**spec.__dict__, "cal_data_dir": None}))

@@ -149,3 +149,18 @@ def test_with_outputs_adds_typed_outputs_and_refuses_non_tensors():
 def test_a_sample_without_a_model_input_is_a_key_error():
     with pytest.raises(KeyError, match="data"):
         list(observe(conv_relu_model(), iter([{"other": np.zeros((1, 3, 16, 16), np.float32)}]), TENSORS))
+
+
+def test_scalar_tensors_are_observed_without_batching():
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["data"], ["act"]),
+             helper.make_node("ReduceMax", ["act"], ["peak"], keepdims=0)]
+    g = helper.make_graph(nodes, "scalar", [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3])],
+                          [helper.make_tensor_value_info("peak", TensorProto.FLOAT, [])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    data = [{"data": np.array([[1.0, -2.0, float(k)]], np.float32)} for k in range(5)]
+    observer = Observer(model, ["act", "peak"], batch=4)
+    got = list(observer.observe(iter(data)))
+    assert observer.batch_used == 1 and [s["peak"].max for s in got] == [1.0, 1.0, 2.0, 3.0, 4.0]
+    assert got[4]["act"].channel_absmax.tolist() == [1.0, 0.0, 4.0]
