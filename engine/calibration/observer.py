@@ -28,6 +28,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from engine.calibration.stats import DEFAULT_BINS, SampleStats, tensor_stats
+from engine.problems import ModelError, error
 
 MAX_BATCH = 8
 MEMORY_BUDGET = 32 << 20  # observed bytes per batch: batching pays on small models only (measured)
@@ -139,7 +140,11 @@ class Observer:
     @property
     def single(self) -> ort.InferenceSession:
         if self._single is None:
-            self._single = self._session(self._proto)
+            try:
+                self._single = self._session(self._proto)
+            except Exception as e:  # noqa: BLE001 - onnxruntime's errors are its own types
+                raise ModelError(error("calibration-load", f"onnxruntime cannot load the model to calibrate it: "
+                                       f"{_one_line(e)}")) from e
             self._feed_types = {i.name: _ORT_TO_NUMPY.get(i.type, np.float32) for i in self._single.get_inputs()}
             self._fetch = [t for t in self.tensors if t not in self._inputs]
         return self._single
@@ -150,8 +155,7 @@ class Observer:
         self.single  # noqa: B018 - builds the feed types
         feeds = {}
         for name in self._inputs:
-            missing = [k for k, s in enumerate(samples) if name not in s]
-            if missing:
+            if any(name not in s for s in samples):
                 raise KeyError(f"calibration sample has no data for model input '{name}'")
             parts = [np.asarray(s[name]) for s in samples]
             arr = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
@@ -202,12 +206,15 @@ class Observer:
         return True
 
     def observe(self, samples: Iterable[Mapping[str, np.ndarray]]) -> Iterator[SampleStats]:
-        """Per-sample statistics, one `SampleStats` per sample, in order, streamed."""
+        """Per-sample statistics, one `SampleStats` per sample, in order, streamed.
+
+        A model onnxruntime cannot load or run raises `ModelError` naming the sample position.
+        """
         it = iter(samples)
         head = list(islice(it, 2))
         if not head:
             return
-        singles = [self._run(self.single, [s]) for s in head]
+        singles = [self._run_single(s, k) for k, s in enumerate(head)]
         first_stats = [self._stats(v) for v in singles]
         k = self._batch_size(sum(a.nbytes for a in singles[0].values()))
         batched = False
@@ -219,10 +226,8 @@ class Observer:
         self.batch_used = k if batched else 1
         while first_stats:
             yield first_stats.pop(0)
-        while True:
-            chunk = list(islice(it, self.batch_used))
-            if not chunk:
-                return
+        done = 2
+        while chunk := list(islice(it, self.batch_used)):
             parts = None
             if self.batch_used > 1 and len(chunk) > 1:
                 try:
@@ -231,11 +236,29 @@ class Observer:
                     self.notes.append(f"Reset batch_size=1 and execute forward again ({e.__class__.__name__})")
                 if parts is None:
                     self.batch_used, self._batched = 1, None
-            if parts is None:
-                parts = [self._run(self.single, [s]) for s in chunk]
+            if parts is None:  # one sample at a time: never more than one run's outputs alive
+                for s in chunk:
+                    yield self._stats(self._run_single(s, done))
+                    done += 1
+                continue
             del chunk
             while parts:
                 yield self._stats(parts.pop(0))
+                done += 1
+
+    def _run_single(self, sample: Mapping[str, np.ndarray], position: int) -> dict[str, np.ndarray]:
+        session = self.single
+        try:
+            return self._run(session, [sample])
+        except KeyError:
+            raise
+        except Exception as e:  # noqa: BLE001 - onnxruntime's errors are its own types
+            raise ModelError(error("calibration-run", f"onnxruntime failed on calibration sample {position}: "
+                                   f"{_one_line(e)}")) from e
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split()) or e.__class__.__name__
 
 
 def _first_dims(values: Mapping[str, np.ndarray]) -> dict[str, int]:

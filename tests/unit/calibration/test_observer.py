@@ -164,3 +164,17 @@ def test_scalar_tensors_are_observed_without_batching():
     got = list(observer.observe(iter(data)))
     assert observer.batch_used == 1 and [s["peak"].max for s in got] == [1.0, 1.0, 2.0, 3.0, 4.0]
     assert got[4]["act"].channel_absmax.tolist() == [1.0, 0.0, 4.0]
+
+
+def test_onnxruntime_failures_are_model_errors_naming_the_sample():
+    from engine.problems import ModelError
+
+    data = list(samples((1, 3, 16, 16), 3, seed=9)) + [{"data": np.zeros((1, 3, 8, 8), np.float32)}]
+    with pytest.raises(ModelError) as e:
+        list(observe(conv_relu_model(), iter(data), TENSORS))
+    assert e.value.problems[0].code == "calibration-run" and "calibration sample 3" in str(e.value)
+    broken = conv_relu_model()
+    broken.graph.node[1].op_type = "NoSuchOp"
+    with pytest.raises(ModelError, match="cannot load the model") as e:
+        list(observe(broken, iter(data), TENSORS))
+    assert e.value.problems[0].code == "calibration-load" and "\n" not in e.value.problems[0].message
