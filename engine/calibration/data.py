@@ -99,7 +99,7 @@ class CalibrationSet:
 
     sources: tuple[CalibrationSource, ...]
     files: tuple[tuple[Path, ...], ...]  # files[sample][input], inputs in `sources` order
-    _hashes: dict[int, str] = field(default_factory=dict, repr=False)
+    _hashes: dict[int, str] = field(default_factory=dict, init=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.files)
