@@ -76,7 +76,7 @@ def collect_stats(ctx: StageContext, model: onnx.ModelProto, tensors: list[str],
     config = ctx.config
     memo = ctx.memo_dir("sample_stats") / _memo_key(ctx.upstream["optimize"].name, tensors)
     memo.mkdir(parents=True, exist_ok=True)
-    observer = Observer(model, tensors)
+    observer = Observer(model, tensors, batch=1)  # per-sample stats must not depend on batch peers
     if config.calibration.calibration_type == "skip":
         log.warning("calibration_type is skip: thresholds come from random data; the model is only good for "
                     "performance checks")
