@@ -301,9 +301,9 @@ def _group_unit(g: Graph, fg: FusionGroup, members: list[onnx.NodeProto], rules:
     for n in members[:-1]:  # an inner tensor read outside the group must stay visible (and quantized)
         visible += [o for o in n.output if o and (o in g.outputs or any(c.name not in member_names
                                                                          for c in g.consumers(o)))]
-    forced = any(placed[n.name].user == "BPU" for n in members)
+    forced = [placed[n.name] for n in members if placed[n.name].user == "BPU"]
     rule = OpRule("BPU", acts=(), weight=head.weight, bias=head.bias, lut=fg.kind == "activation")
-    return _Unit(fg.name, members, rule, "BPU", f"fused {fg.type}", fg, acts, visible, forced)
+    return _Unit(fg.name, members, rule, "BPU", forced[0].reason if forced else "", fg, acts, visible, bool(forced))
 
 
 # ------------------------------------------------------------------------------- observed tensors

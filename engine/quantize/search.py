@@ -1,0 +1,329 @@
+"""`calibration_type`: choosing thresholds on top of `engine.calibration`'s methods.
+
+- ``max`` / ``kl``: one method for every tensor (``max`` with ``max_percentile`` < 1 is
+  max-percentile); ``per_channel`` gives per-channel thresholds.
+- ``default`` (hb_mapper's automatic search): tries max, max-percentile 0.99995 and kl, builds the
+  calibrated model for each, and keeps the one whose outputs are closest to the float model's
+  (output cosine, mean over outputs and over the first `cosine_samples` calibration samples —
+  hb uses the first sample). Logs ``Select kl method.`` etc. Ties keep the earlier candidate in
+  the order max, max-percentile, kl. ``per_channel`` is ignored, as hb_compile documents.
+- ``mix`` (per-node search): for each tensor, among the three methods' thresholds, the one with
+  the least fake-quant mean squared error over the tensor's own merged histogram of |x| (bin
+  centres as values: clipped values cost (|x| − t)², the others their rounding error to the grid
+  t/127). Vectorized over candidates × bins.
+- ``load``: thresholds from a QDQ model (each QuantizeLinear's scale: threshold = scale · qmax,
+  e.g. 127 · s for int8 with zero point 0; per-axis scales give per-channel thresholds), keyed by
+  the tensor the QuantizeLinear reads — or, for our own calibrated models, by the name in
+  ``<tensor>_HzCalibration`` — or from a JSON file ``{tensor: threshold}``. Where it comes from is
+  decided by the caller (`load_thresholds` takes a model, a path or a mapping): hb's meaning is
+  "the onnx_model is a QAT model", whose pairs the frontend strips while keeping the scales; a JSON
+  file is for thresholds exported from elsewhere. `quant_config` is not used for it, because its
+  schema is hb_compile's fine-grained settings.
+- ``skip``: thresholds from `random_samples` (uniform 0–255 in the train view) + max, with a
+  warning: only good for performance and flow checks.
+
+Every result says which method each tensor got (`ActQuant.method`) and, where models were run,
+the output cosine of each candidate (`SearchResult.cosines`) for the log and quant_info.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from engine.calibration.methods import Threshold, kl_threshold, max_threshold, percentile_threshold, threshold
+from engine.calibration.stats import MergedStats
+from engine.passes.graph import constant_node_value
+from engine.problems import CalibrationDataError, error
+from engine.quantize.calibrated import SUFFIX, build_calibrated_model
+from engine.quantize.planner import QuantOptions, make_plan
+from engine.quantize.types import ActQuant
+
+log = logging.getLogger("hbcompile")
+
+DEFAULT_PERCENTILE = 0.99995
+SEARCH_TYPES = ("default", "mix", "kl", "max", "load", "skip")
+Sample = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The calibration_parameters the search reads."""
+
+    calibration_type: str = "default"
+    max_percentile: float = 1.0
+    per_channel: bool = False
+    cosine_samples: int = 1  # samples `default` compares outputs on (hb: the first one)
+    search_percentile: float = DEFAULT_PERCENTILE  # the max-percentile candidate of default / mix
+    skip_samples: int = 4  # random samples for `skip`
+
+    @classmethod
+    def from_config(cls, config) -> SearchSettings:
+        cal = config.calibration
+        return cls(cal.calibration_type, cal.max_percentile, cal.per_channel)
+
+
+@dataclass
+class SearchResult:
+    acts: dict[str, ActQuant]  # tensor → threshold with its method (bits / axis are the planner's)
+    method: str  # what was selected: "kl", "max", "max-percentile:percentile=0.99995", "mix", "load", "skip"
+    cosines: dict[str, float] = field(default_factory=dict)  # candidate label → mean output cosine
+    detail: dict[str, Any] = field(default_factory=dict)  # e.g. mix: how many tensors took each method
+
+
+def label(t: Threshold | str, percentile: float | None = None) -> str:
+    """hb's name of a method in ``Select … method.``: max, max-percentile:percentile=p, kl."""
+    method = t.method if isinstance(t, Threshold) else t
+    if method == "max-percentile":
+        p = t.detail.get("percentile") if isinstance(t, Threshold) else percentile
+        return f"max-percentile:percentile={p}"
+    return method
+
+
+def _acts(found: Mapping[str, Threshold | float | np.ndarray], method: str | None = None) -> dict[str, ActQuant]:
+    out = {}
+    for name, t in found.items():
+        if isinstance(t, Threshold):
+            value = t.channels if t.channels is not None else t.value
+            out[name] = ActQuant(name, value, axis=t.axis if t.channels is not None else None, method=label(t))
+        else:
+            arr = np.asarray(t, np.float64)
+            out[name] = ActQuant(name, float(arr) if arr.ndim == 0 else arr, axis=None if arr.ndim == 0 else 1,
+                                 method=method or "")
+    return out
+
+
+def single_method(merged: Mapping[str, MergedStats], calibration_type: str, max_percentile: float = 1.0,
+                  per_channel: bool = False) -> dict[str, ActQuant]:
+    """``max`` (with max_percentile) or ``kl`` for every tensor."""
+    return _acts({n: threshold(s, calibration_type, max_percentile=max_percentile, per_channel=per_channel)
+                  for n, s in merged.items()})
+
+
+def candidates(merged: Mapping[str, MergedStats], percentile: float = DEFAULT_PERCENTILE
+               ) -> dict[str, dict[str, Threshold]]:
+    """The three per-tensor methods `default` and `mix` choose among, by label."""
+    found: dict[str, dict[str, Threshold]] = {"max": {}, label("max-percentile", percentile): {}, "kl": {}}
+    pkey = label("max-percentile", percentile)
+    for name, s in merged.items():
+        found["max"][name] = max_threshold(s)
+        found[pkey][name] = percentile_threshold(s, percentile)
+        found["kl"][name] = kl_threshold(s)
+    return found
+
+
+# ------------------------------------------------------------------------------------- default
+def output_cosine(model: onnx.ModelProto, acts: Mapping[str, ActQuant], samples: Sequence[Sample],
+                  options: QuantOptions, reference: Sequence[Mapping[str, np.ndarray]] | None = None) -> float:
+    """Mean output cosine of the calibrated model built from `acts` against the float model."""
+    from engine.similarity import mean_output_cosine, run_model
+
+    names = [o.name for o in model.graph.output]
+    reference = reference if reference is not None else [run_model(model, s) for s in samples]
+    calibrated = build_calibrated_model(model, make_plan(model, acts, options))
+    got = [run_model(calibrated, s) for s in samples]
+    return mean_output_cosine(reference, got, names)
+
+
+def search_default(model: onnx.ModelProto, merged: Mapping[str, MergedStats], samples: Sequence[Sample],
+                   options: QuantOptions | None = None, cosine_samples: int = 1,
+                   percentile: float = DEFAULT_PERCENTILE) -> SearchResult:
+    """hb's modelwise search: the method whose calibrated model's outputs are closest to float."""
+    from engine.similarity import run_model
+
+    options = options or QuantOptions()
+    chosen = list(samples[:max(int(cosine_samples), 1)])
+    if not chosen:
+        raise CalibrationDataError(error("calibration-no-samples", "calibration_type default compares the "
+                                         "calibrated model with the float model on calibration samples, but "
+                                         "there are none", ("calibration_parameters", "cal_data_dir")))
+    log.info("Run calibration model with modelwise search method.")
+    reference = [run_model(model, s) for s in chosen]
+    cosines: dict[str, float] = {}
+    results: dict[str, dict[str, ActQuant]] = {}
+    for name, found in candidates(merged, percentile).items():
+        results[name] = _acts(found)
+        cosines[name] = output_cosine(model, results[name], chosen, options, reference)
+        log.debug(f"calibration method {name}: output cosine {cosines[name]:.6f}")
+    best = max(cosines, key=lambda k: (cosines[k], -list(cosines).index(k)))
+    log.info(f"Select {best} method.")
+    return SearchResult(results[best], best, cosines)
+
+
+# ----------------------------------------------------------------------------------------- mix
+def fake_quant_mse(stats: MergedStats, thresholds: np.ndarray, qmax: int = 127) -> np.ndarray:
+    """Mean squared fake-quant error of the tensor's |x| histogram for each threshold (vectorized).
+
+    Values are the bin centres c_k with weights h_k; for threshold t (scale s = t / qmax):
+    err = (c − t)² where c > t (clipped), else (c − s·round(c / s))².
+    """
+    t = np.asarray(thresholds, np.float64).reshape(-1, 1)
+    h = np.asarray(stats.hist, np.float64)
+    total = h.sum()
+    if total <= 0 or stats.absmax <= 0:
+        return np.zeros(t.shape[0])
+    c = (np.arange(h.shape[0]) + 0.5) * (stats.absmax / h.shape[0])
+    s = t / qmax
+    err = np.where(c > t, (c - t) ** 2, (c - s * np.rint(c / s)) ** 2)
+    return (err * h).sum(axis=1) / total
+
+
+def search_mix(merged: Mapping[str, MergedStats], percentile: float = DEFAULT_PERCENTILE,
+               model: onnx.ModelProto | None = None, samples: Sequence[Sample] = (),
+               options: QuantOptions | None = None) -> SearchResult:
+    """Per tensor, the method with the least fake-quant error on its own histogram."""
+    found = candidates(merged, percentile)
+    names = list(found)
+    acts: dict[str, ActQuant] = {}
+    counts = dict.fromkeys(names, 0)
+    for tensor, stats in merged.items():
+        options_t = np.array([found[m][tensor].value for m in names])
+        best = int(np.argmin(fake_quant_mse(stats, options_t)))  # ties: the earlier method
+        acts[tensor] = ActQuant(tensor, float(options_t[best]), method=names[best])
+        counts[names[best]] += 1
+    log.info("Select mix method: " + ", ".join(f"{k} for {v} tensors" for k, v in counts.items() if v) + ".")
+    cosines = {}
+    if model is not None and samples:
+        cosines["mix"] = output_cosine(model, acts, list(samples[:1]), options or QuantOptions())
+    return SearchResult(acts, "mix", cosines, {"methods": counts})
+
+
+# ---------------------------------------------------------------------------------------- load
+def _qdq_threshold(scale: np.ndarray, zero_point: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
+    """The |x| a QuantizeLinear saturates at: s · (qmax − zp), or s · (zp − qmin) if that is smaller
+    (a symmetric int8 pair: 127 · s; uint8 with zero point 128: 127 · s; uint8 with 0: 255 · s)."""
+    info = np.iinfo(dtype)
+    zp = np.zeros_like(scale) if zero_point is None else zero_point.astype(np.float64)
+    up, down = (info.max - zp) * scale, (zp - info.min) * scale
+    return np.where(zp <= info.min, up, np.minimum(up, down))
+
+
+def load_thresholds(source: onnx.ModelProto | str | Path | Mapping[str, Any]) -> dict[str, float | np.ndarray]:
+    """Thresholds by tensor from a QDQ ONNX model, a JSON file {tensor: threshold}, or a mapping."""
+    if isinstance(source, Mapping):
+        return {str(k): _number(v, str(k), "the given mapping") for k, v in source.items()}
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        try:
+            if path.suffix.lower() == ".json":
+                data = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(data, dict):
+                    raise ValueError("expected an object {tensor: threshold}")
+                return {str(k): _number(v, str(k), str(path)) for k, v in data.items()}
+            model = onnx.load(str(path))
+        except FileNotFoundError as exc:
+            raise CalibrationDataError(error("load-missing", f"Can not find file specified: {path},please check "
+                                             "the configuration")) from exc
+        except Exception as exc:  # bad JSON, or a protobuf decode error of a file that is not ONNX
+            raise CalibrationDataError(error("load-unreadable", f"calibration_type load: cannot read thresholds "
+                                             f"from {path} (expected a JSON object or a QDQ ONNX model): "
+                                             f"{type(exc).__name__}: {exc}")) from exc
+        return _model_thresholds(model, str(path))
+    return _model_thresholds(source, "the model")
+
+
+def _number(value: Any, tensor: str, where: str) -> float | np.ndarray:
+    arr = np.asarray(value, dtype=np.float64) if isinstance(value, (int, float, list)) else None
+    if arr is None or isinstance(value, bool) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise CalibrationDataError(error("load-bad-threshold", f"calibration_type load: the threshold of tensor "
+                                         f"'{tensor}' in {where} must be a positive number or a list of them, "
+                                         f"got {value!r}"))
+    return float(arr) if arr.ndim == 0 else arr
+
+
+def _model_thresholds(model: onnx.ModelProto, where: str) -> dict[str, float | np.ndarray]:
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            if (v := constant_node_value(n)) is not None:
+                consts[n.output[0]] = v
+    out: dict[str, float | np.ndarray] = {}
+    for n in model.graph.node:
+        if n.op_type != "QuantizeLinear" or n.input[0] in consts:  # a weight's pair: weights are our own
+            continue
+        scale = consts.get(n.input[1]) if len(n.input) > 1 else None
+        if scale is None:
+            continue
+        zp = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        dtype = zp.dtype if zp is not None else np.dtype(np.uint8)
+        t = _qdq_threshold(np.asarray(scale, np.float64), zp, dtype)
+        tensor = n.name[:-len(SUFFIX)] if n.name.endswith(SUFFIX) else n.input[0]
+        out[tensor] = float(t) if t.ndim == 0 else t
+    if not out:
+        raise CalibrationDataError(error("load-no-qdq", f"calibration_type load: {where} has no QuantizeLinear "
+                                         "nodes on activations to take thresholds from"))
+    return out
+
+
+def search_load(source: onnx.ModelProto | str | Path | Mapping[str, Any], tensors: Sequence[str]) -> SearchResult:
+    """`load`: the thresholds of `tensors` from `source`; a tensor it lacks is an error naming it."""
+    found = load_thresholds(source)
+    missing = [t for t in tensors if t not in found]
+    if missing:
+        shown = ", ".join(f"'{m}'" for m in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise CalibrationDataError(error("load-missing-threshold", f"calibration_type load: no threshold for "
+                                         f"{shown} in the loaded quantization parameters"))
+    return SearchResult(_acts({t: found[t] for t in tensors}, "load"), "load")
+
+
+# ---------------------------------------------------------------------------------------- skip
+def search_skip(model: onnx.ModelProto, tensors: Sequence[str], samples: int = 4, seed: int = 0) -> SearchResult:
+    """`skip`: max thresholds over a few random samples (no calibration data)."""
+    from engine.calibration.data import random_samples
+    from engine.calibration.observer import observe
+    from engine.calibration.stats import merge_samples
+
+    log.warning("calibration_type is skip: thresholds come from random data, so the accuracy numbers mean "
+                "nothing; the model is only good for performance and flow checks")
+    inits = {t.name for t in model.graph.initializer}
+    shapes = {i.name: [d.dim_value if d.HasField("dim_value") else 1 for d in i.type.tensor_type.shape.dim]
+              for i in model.graph.input if i.name not in inits}
+    merged = merge_samples(list(observe(model, random_samples(shapes, samples, seed), list(tensors))))
+    return SearchResult({n: ActQuant(n, max_threshold(s).value, method="skip") for n, s in merged.items()}, "skip")
+
+
+# ------------------------------------------------------------------------------------- dispatch
+def choose_thresholds(settings: SearchSettings, model: onnx.ModelProto, merged: Mapping[str, MergedStats] | None,
+                      samples: Sequence[Sample] = (), options: QuantOptions | None = None,
+                      load_source: onnx.ModelProto | str | Path | Mapping[str, Any] | None = None,
+                      tensors: Sequence[str] | None = None) -> SearchResult:
+    """The thresholds `settings.calibration_type` asks for. `merged` (statistics of the tensors the
+    planner listed) is needed by default / mix / max / kl; `load_source` by load; `tensors` (the
+    planner's list) by load and skip."""
+    kind = settings.calibration_type
+    if kind not in SEARCH_TYPES:
+        raise ValueError(f"unknown calibration_type {kind!r}")  # the config check rejects it earlier
+    if kind == "load":
+        if load_source is None:
+            raise CalibrationDataError(error("load-no-source", "calibration_type load needs quantization "
+                                             "parameters to load (a QDQ model or a JSON file of thresholds)",
+                                             ("calibration_parameters", "calibration_type")))
+        return search_load(load_source, list(tensors if tensors is not None else merged or ()))
+    if kind == "skip":
+        return search_skip(model, list(tensors if tensors is not None else merged or ()), settings.skip_samples)
+    if merged is None:
+        raise ValueError(f"calibration_type {kind} needs merged statistics")
+    if kind == "default":
+        return search_default(model, merged, samples, options, settings.cosine_samples, settings.search_percentile)
+    if kind == "mix":
+        return search_mix(merged, settings.search_percentile, model, samples, options)
+    acts = single_method(merged, kind, settings.max_percentile, settings.per_channel)
+    method = label("max-percentile", settings.max_percentile) if kind == "max" and settings.max_percentile < 1 else kind
+    cosines = {}
+    if samples:
+        cosines[method] = output_cosine(model, acts, list(samples[:max(settings.cosine_samples, 1)]),
+                                        options or QuantOptions())
+    return SearchResult(acts, method, cosines)
+
+
+__all__ = ["DEFAULT_PERCENTILE", "SEARCH_TYPES", "SearchResult", "SearchSettings", "candidates", "choose_thresholds",
+           "fake_quant_mse", "label", "load_thresholds", "output_cosine", "search_default", "search_load",
+           "search_mix", "search_skip", "single_method"]

@@ -1,0 +1,190 @@
+"""Similarity numbers: how far a quantized model's tensors are from the float model's.
+
+- `cosine(a, b)`: float64 cosine similarity of two tensors (flattened). Both all-zero → 1.0 (the
+  same tensor); exactly one all-zero → 0.0 (nothing of the signal is left).
+- `node_similarity(float_model, calibrated_model, sample, plan)`: one `NodeRow` per node of the
+  table hb_compile prints (`Node, NodeType, ON, Threshold, Calibrated Cosine, Quantized Cosine,
+  Output Data Type`), a fusion group as one row named ``Conv_0+Relu_1`` of type ``Conv+Relu``,
+  compared on the group's (last node's) output. Both models run once in onnxruntime with every
+  compared tensor exposed as an output; the calibrated model's value of tensor T is the
+  fake-quantized one (found through the model's `hb_calibration_tensors` map).
+- `output_similarity(...)`: per model output, cosine and the distances hb_mapper prints:
+  L1 = mean |a − b|, L2 = √(mean (a − b)²) (root mean square), Chebyshev = max |a − b|.
+
+`NodeRow.quantized_cosine` / `OutputRow.quantized_cosine` stay None here: they are filled (with
+`dataclasses.replace`) by the integer lowering's comparison against the `.bc`, which reads the
+row's `tensor` to know which float tensor each row compares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from engine.quantize.calibrated import calibration_map
+from engine.quantize.types import QuantPlan
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity in float64; both zero → 1.0, one zero → 0.0; shapes must have equal size."""
+    x = np.asarray(a, dtype=np.float64).reshape(-1)
+    y = np.asarray(b, dtype=np.float64).reshape(-1)
+    if x.shape != y.shape:
+        raise ValueError(f"cosine of tensors of different sizes: {np.shape(a)} vs {np.shape(b)}")
+    with np.errstate(over="ignore"):
+        xx, yy = float(np.dot(x, x)), float(np.dot(y, y))
+    if xx == 0.0 and yy == 0.0:
+        return 1.0
+    if xx == 0.0 or yy == 0.0:
+        return 0.0
+    if not (np.isfinite(xx) and np.isfinite(yy) and np.isfinite(xx * yy)):  # overflow: compare directions scaled down
+        x, y = x / np.max(np.abs(x)), y / np.max(np.abs(y))
+        xx, yy = float(np.dot(x, x)), float(np.dot(y, y))
+    # one square root of the product: identical tensors give exactly 1.0
+    return float(np.clip(np.dot(x, y) / np.sqrt(xx * yy), -1.0, 1.0))
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    """One row of the node table; numbers are None where hb_compile prints ``--``."""
+
+    node: str  # node name, or the fusion group's name "Conv_0+Relu_1"
+    node_type: str  # op type, or the group's type "Conv+Relu"
+    on: str  # BPU / CPU
+    tensor: str  # the float model's tensor this row compares
+    threshold: float | None  # the output's calibrated threshold (hb: thresholds[0][0]); None on CPU / si32
+    calibrated_cosine: float | None
+    output_dtype: str  # si8 / si16 / si32 / f32
+    quantized_cosine: float | None = None
+    nodes: tuple[str, ...] = ()  # the member nodes (one for an unfused node)
+
+
+@dataclass(frozen=True)
+class OutputRow:
+    tensor: str
+    cosine: float
+    l1: float
+    l2: float
+    chebyshev: float
+    quantized_cosine: float | None = None
+
+
+@dataclass
+class Similarity:
+    nodes: list[NodeRow] = field(default_factory=list)
+    outputs: list[OutputRow] = field(default_factory=list)
+
+
+def distances(reference: np.ndarray, other: np.ndarray, tensor: str = "") -> OutputRow:
+    a = np.asarray(reference, dtype=np.float64).reshape(-1)
+    b = np.asarray(other, dtype=np.float64).reshape(-1)
+    d = np.abs(a - b) if a.shape == b.shape else None
+    if d is None:
+        raise ValueError(f"output '{tensor}' has {a.size} values in one model and {b.size} in the other")
+    empty = d.size == 0
+    return OutputRow(tensor, cosine(a, b), 0.0 if empty else float(d.mean()),
+                     0.0 if empty else float(np.sqrt(np.mean(d * d))), 0.0 if empty else float(d.max()))
+
+
+def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], tensors: Sequence[str] = (),
+              threads: int | None = None) -> dict[str, np.ndarray]:
+    """Run `model` in onnxruntime (CPU) and return its outputs plus the named intermediate tensors.
+
+    Graph optimizations stay at onnxruntime's basic level, which keeps every QuantizeLinear /
+    DequantizeLinear pair as written (the extended level would fuse them into integer kernels).
+    """
+    import onnxruntime as ort
+
+    from engine.calibration.observer import cpu_count, with_outputs
+
+    inputs = {i.name for i in model.graph.input}
+    extra = [t for t in dict.fromkeys(tensors) if t not in inputs]
+    proto = with_outputs(model, extra) if extra else model
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.intra_op_num_threads = threads or cpu_count()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    wanted = {i.name for i in session.get_inputs()}
+    values = dict(zip(names, session.run(names, {k: v for k, v in feeds.items() if k in wanted}), strict=True))
+    values.update((k, np.asarray(v)) for k, v in feeds.items() if k in inputs)
+    return values
+
+
+def output_rows(reference: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray],
+                names: Sequence[str]) -> list[OutputRow]:
+    return [distances(reference[n], other[n], n) for n in names]
+
+
+def _row_tensors(float_model: onnx.ModelProto, plan: QuantPlan) -> list[tuple[str, str, tuple[str, ...], list[str]]]:
+    """(row name, row type, member nodes, compared tensors) in graph order, one per node or group."""
+    groups = {g.name: g for g in plan.groups}
+    by_name = {n.name: n for n in float_model.graph.node}
+    rows, done = [], set()
+    for node in float_model.graph.node:
+        np_ = plan.nodes.get(node.name)
+        group = groups.get(np_.group) if np_ is not None and np_.group else None
+        if group is not None:
+            if group.name in done:
+                continue
+            done.add(group.name)
+            last = by_name[group.nodes[-1]]
+            rows.append((group.name, group.type, group.nodes, [o for o in last.output if o][:1]))
+        else:
+            rows.append((node.name, node.op_type, (node.name,), [o for o in node.output if o]))
+    return rows
+
+
+def compare(float_model: onnx.ModelProto, calibrated_model: onnx.ModelProto, sample: Mapping[str, np.ndarray],
+            plan: QuantPlan) -> Similarity:
+    """Node rows and output rows from one run of each model on `sample`."""
+    rows = _row_tensors(float_model, plan)
+    mapping = calibration_map(calibrated_model)
+    wanted = [t for *_, ts in rows for t in ts]
+    ref = run_model(float_model, sample, wanted)
+    got = run_model(calibrated_model, sample, [mapping.get(t, t) for t in wanted])
+    thresholds = plan.calibrated_acts or plan.acts
+    result = Similarity()
+    for name, op_type, members, tensors in rows:
+        last = plan.nodes.get(members[-1])
+        on = last.on if last is not None else "CPU"
+        cos = None
+        if tensors:
+            a = np.concatenate([np.asarray(ref[t], np.float64).reshape(-1) for t in tensors])
+            b = np.concatenate([np.asarray(got[mapping.get(t, t)], np.float64).reshape(-1) for t in tensors])
+            cos = cosine(a, b)
+        act = thresholds.get(tensors[0]) if tensors and on == "BPU" else None
+        result.nodes.append(NodeRow(name, op_type, on, tensors[0] if tensors else "",
+                                    None if act is None else float(np.max(act.threshold)), cos,
+                                    last.output_dtype if last is not None else "f32", None, tuple(members)))
+    outputs = [o.name for o in float_model.graph.output]
+    result.outputs = output_rows(ref, got, outputs)
+    return result
+
+
+def node_similarity(float_model: onnx.ModelProto, calibrated_model: onnx.ModelProto,
+                    sample: Mapping[str, np.ndarray], plan: QuantPlan) -> list[NodeRow]:
+    """The per-node table (calibrated cosine per node / fusion group) on one sample."""
+    return compare(float_model, calibrated_model, sample, plan).nodes
+
+
+def output_similarity(float_model: onnx.ModelProto, other_model: onnx.ModelProto,
+                      sample: Mapping[str, np.ndarray]) -> list[OutputRow]:
+    """Per model output: cosine, L1, L2, Chebyshev of `other_model` against the float model."""
+    names = [o.name for o in float_model.graph.output]
+    return output_rows(run_model(float_model, sample), run_model(other_model, sample), names)
+
+
+def mean_output_cosine(reference: Sequence[Mapping[str, np.ndarray]], other: Sequence[Mapping[str, np.ndarray]],
+                       names: Sequence[str]) -> float:
+    """Mean over samples and outputs of the output cosine (what `default` calibration compares)."""
+    values = [cosine(r[n], o[n]) for r, o in zip(reference, other, strict=True) for n in names]
+    return float(np.mean(values)) if values else 1.0
+
+
+__all__ = ["NodeRow", "OutputRow", "Similarity", "compare", "cosine", "distances", "mean_output_cosine",
+           "node_similarity", "output_rows", "output_similarity", "run_model"]

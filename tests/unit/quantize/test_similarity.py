@@ -1,0 +1,92 @@
+"""engine.similarity: cosine edge cases, the node table with fused names, output distances."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.quantize.calibrated import build_calibrated_model
+from engine.quantize.ptq import build_ptq_model
+from engine.similarity import compare, cosine, distances, node_similarity, output_similarity, run_model
+from tests.support.models import Builder, random_inputs
+from tests.unit.quantize.quant_support import optimized, plan_for
+
+
+def test_cosine_edge_cases():
+    a = np.array([3.0, -4.0], np.float32)
+    assert cosine(a, a) == pytest.approx(1.0, abs=1e-15)
+    assert cosine(a, -a) == pytest.approx(-1.0, abs=1e-15)
+    assert cosine(np.zeros(5), np.zeros(5)) == 1.0
+    assert cosine(np.zeros(2), a) == 0.0 and cosine(a, np.zeros(2)) == 0.0
+    assert cosine(np.array([1.0, 0.0]), np.array([0.0, 2.0])) == 0.0
+    with pytest.raises(ValueError, match="different sizes"):
+        cosine(np.zeros(3), np.zeros(4))
+
+
+def test_cosine_is_computed_in_float64():
+    rng = np.random.default_rng(0)
+    a = (rng.standard_normal(1 << 18) * 1e3).astype(np.float32)
+    b = a.copy()
+    b[0] += np.float32(1.0)
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    exact = float(x @ y / np.sqrt((x @ x) * (y @ y)))
+    assert cosine(a, b) == pytest.approx(exact, abs=1e-15) and cosine(a, b) < 1.0
+
+
+def test_cosine_survives_values_whose_norm_overflows():
+    a = np.array([1e200, 1e200, -1e200])
+    assert cosine(a, a) == pytest.approx(1.0)
+
+
+def test_distances_are_mean_abs_rms_and_max():
+    row = distances(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 2.5, 2.0, 4.0]), "y")
+    assert (row.tensor, row.l1, row.chebyshev) == ("y", 0.375, 1.0)
+    assert row.l2 == pytest.approx(np.sqrt((0.25 + 1.0) / 4))
+
+
+def residual():
+    """x → Conv_0 → Relu_1 → Conv_2 → Add_3(+x) → Relu_4 → Erf_5 (CPU) → y."""
+    b = Builder("residual")
+    x = b.input("x", [1, 4, 6, 6])
+    y = b.conv(b.op("Relu", [b.conv(x, 4, 4)]), 4, 4)
+    b.output(b.op("Erf", [b.op("Relu", [b.op("Add", [y, x])])], out="y"))
+    return optimized(b.build())
+
+
+def test_identical_models_have_cosine_one_everywhere():
+    model = residual()
+    plan = plan_for(model)
+    rows = node_similarity(model, model, random_inputs(model), plan)
+    assert [r.calibrated_cosine for r in rows] == [1.0] * len(rows)
+    out = output_similarity(model, model, random_inputs(model))
+    assert [(o.tensor, o.cosine, o.l1, o.l2, o.chebyshev) for o in out] == [("y", 1.0, 0.0, 0.0, 0.0)]
+
+
+def test_the_node_table_shows_fusion_groups_as_one_row():
+    model = residual()
+    plan = plan_for(model)
+    cal = build_calibrated_model(model, plan)
+    result = compare(model, cal, random_inputs(model, 3), plan)
+    table = [(r.node, r.node_type, r.on, r.output_dtype, r.tensor) for r in result.nodes]
+    assert table == [("Conv_0+Relu_1", "Conv+Relu", "BPU", "si8", "Relu_1_y"),
+                     ("Conv_2+Add_3", "Conv+Add", "BPU", "si8", "Add_3_y"),
+                     ("Relu_4", "Relu", "BPU", "si8", "Relu_4_y"),
+                     ("Erf_5", "Erf", "CPU", "f32", "y")]
+    first = result.nodes[0]
+    assert first.threshold == pytest.approx(plan.calibrated_acts["Relu_1_y"].threshold)
+    assert first.nodes == ("Conv_0", "Relu_1") and first.quantized_cosine is None
+    assert result.nodes[-1].threshold is None  # CPU: hb prints --
+    assert all(0.99 < r.calibrated_cosine < 1.0 for r in result.nodes)
+    # the node's cosine is the fake-quantized value's: recompute one from the two models directly
+    sample = random_inputs(model, 3)
+    ref = run_model(model, sample, ["Add_3_y"])
+    got = run_model(cal, sample, ["Add_3_y_HzCalibration_output"])
+    assert result.nodes[1].calibrated_cosine == cosine(ref["Add_3_y"], got["Add_3_y_HzCalibration_output"])
+    assert result.outputs[0].tensor == "y" and result.outputs[0].cosine == result.nodes[-1].calibrated_cosine
+
+
+def test_a_ptq_model_compares_like_a_calibrated_one():
+    model = residual()
+    plan = plan_for(model)
+    rows = node_similarity(model, build_ptq_model(model, plan), random_inputs(model), plan)
+    assert len(rows) == 4 and all(r.calibrated_cosine > 0.99 for r in rows)
