@@ -25,7 +25,6 @@ from engine.calibration import (
     load_calibration_set,
     merge_samples,
     random_samples,
-    thresholds,
 )
 from engine.config import Config
 from engine.pipeline.stage import Stage, StageContext
@@ -35,7 +34,6 @@ from engine.quantize.types import ActQuant
 
 log = logging.getLogger("hbcompile")
 READS = ("calibration_parameters", "model_parameters.node_info")
-SKIP_SAMPLES = 8  # calibration_type: skip — random data, enough for a stable max
 STATS_VERSION = 1
 
 
@@ -77,12 +75,6 @@ def collect_stats(ctx: StageContext, model: onnx.ModelProto, tensors: list[str],
     memo = ctx.memo_dir("sample_stats") / _memo_key(ctx.upstream["optimize"].name, tensors)
     memo.mkdir(parents=True, exist_ok=True)
     observer = Observer(model, tensors, batch=1)  # per-sample stats must not depend on batch peers
-    if config.calibration.calibration_type == "skip":
-        log.warning("calibration_type is skip: thresholds come from random data; the model is only good for "
-                    "performance checks")
-        samples = list(random_samples({s["name"]: s["shape"] for s in specs}, SKIP_SAMPLES))
-        stats = list(observer.observe(samples))
-        return stats, samples[0], {"samples": len(samples), "computed": len(samples), "reused": 0}
     cs = load_calibration_set(sources(config, specs))
     for name in cs.input_names:
         log.info(f"input name: {name},  number_of_samples: {len(cs)}")
@@ -108,38 +100,54 @@ def collect_stats(ctx: StageContext, model: onnx.ModelProto, tensors: list[str],
                                "batch": observer.batch_used}
 
 
-def choose_thresholds(model: onnx.ModelProto, merged: dict, config: Config, first: dict[str, np.ndarray],
-                      options: QuantOptions) -> tuple[dict[str, Any], dict[str, Any]]:
-    """{tensor: threshold} for the config's calibration_type, and what was chosen and why."""
-    cal = config.calibration
-    if cal.calibration_type in ("max", "skip", "kl"):
-        method = "kl" if cal.calibration_type == "kl" else "max"
-        found = thresholds(merged, method, max_percentile=cal.max_percentile if method == "max" else 1.0,
-                           per_channel=cal.per_channel)
-        label = "max-percentile" if method == "max" and cal.max_percentile < 1.0 else method
-        return found, {"method": label}
-    from engine.quantize import search
+def load_source(config: Config) -> Path | None:
+    """calibration_type load: a `quant_config` path (QDQ .onnx or JSON thresholds), else the user's model."""
+    qc = config.calibration.quant_config
+    if isinstance(qc, str) and qc.strip():
+        p = Path(qc).expanduser()
+        return p if p.is_absolute() else config.base_dir / p
+    return config.model.onnx_model
 
-    return search.select(model, merged, cal, [first], options)
+
+def calibrate_files(config: Config) -> list[Path]:
+    """Calibration files, plus the thresholds source for `load`."""
+    files = calibration_files(config)
+    if config.calibration.calibration_type == "load":
+        src = load_source(config)
+        if src is not None and src.is_file():
+            files.append(src)
+    return files
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     from engine.quantize.calibrated import build_calibrated_model
+    from engine.quantize.search import SearchSettings, choose_thresholds
 
+    config = ctx.config
     model = onnx.load(str(ctx.input("optimize", "model.onnx")))
     specs = json.loads(ctx.input("optimize", "inputs.json").read_text())
-    options = QuantOptions.from_config(ctx.config)
+    options = QuantOptions.from_config(config)
+    settings = SearchSettings.from_config(config)
     tensors = plan_tensors(model, options)
-    stats, first, info = collect_stats(ctx, model, tensors, specs)
-    merged = merge_samples(stats)
-    found, chosen = choose_thresholds(model, merged, ctx.config, first, options)
-    plan = make_plan(model, found, options)
-    calibrated = build_calibrated_model(model, plan)
-    onnx.save(calibrated, str(ctx.out_dir / "model.onnx"))
-    save_thresholds(ctx.out_dir / "thresholds.json", found)
+    kind = config.calibration.calibration_type
+    if kind in ("skip", "load"):
+        if kind == "skip":
+            log.warning("calibration_type is skip: thresholds come from random data; the model is only good "
+                        "for performance checks")
+        result = choose_thresholds(settings, model, None, options=options, tensors=tensors,
+                                   load_source=load_source(config) if kind == "load" else None)
+        first = next(random_samples({s["name"]: s["shape"] for s in specs}, 1))
+        info: dict[str, Any] = {"samples": 0}
+    else:
+        stats, first, info = collect_stats(ctx, model, tensors, specs)
+        result = choose_thresholds(settings, model, merge_samples(stats), [first], options, tensors=tensors)
+    plan = make_plan(model, result.acts, options)
+    onnx.save(build_calibrated_model(model, plan), str(ctx.out_dir / "model.onnx"))
+    save_thresholds(ctx.out_dir / "thresholds.json", result.acts)
     np.savez(ctx.out_dir / "first_sample.npz", **first)
     (ctx.out_dir / "inputs.json").write_text(json.dumps(specs, indent=1))
-    return {**info, **chosen, "tensors": len(tensors), "notes": plan.notes}
+    return {**info, "method": result.method, "cosines": result.cosines, "tensors": len(tensors),
+            "notes": plan.notes}
 
 
 def save_thresholds(path: Path, found: dict[str, Any]) -> None:
@@ -172,6 +180,6 @@ def _jsonable(o: Any) -> Any:
     return str(o)
 
 
-STAGE = Stage("calibrate", 1, run, after=("optimize",), reads=READS, files=calibration_files,
+STAGE = Stage("calibrate", 1, run, after=("optimize",), reads=READS, files=calibrate_files,
               artefacts={"model.onnx": "{prefix}_calibrated_model.onnx"},
               describe="statistics per calibration sample, thresholds, fake-quant model")
