@@ -380,14 +380,19 @@ def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in vi.type.tensor_type.shape.dim]
 
 
-def attach_input_conversion(model: onnx.ModelProto, input_name: str, conversion: ConversionGraph) -> onnx.ModelProto:
+def attach_input_conversion(model: onnx.ModelProto, input_name: str, conversion: ConversionGraph,
+                            tag: str = "") -> onnx.ModelProto:
     """Make the model take the runtime view of `input_name`; the model is changed in place and returned.
 
     The graph input keeps its name but becomes the runtime tensor (e.g. uint8 NV12); the
     conversion subgraph computes the train-view tensor the model's first nodes used to read.
-    Models below opset 13 are converted to opset 17 first.
+    Models below opset 13 are converted to opset 17 first. `tag` names the subgraph
+    `HZ_PREPROCESS_FOR_<input><tag>…`, for a model that keeps its own normalization nodes
+    (the integer program) and so already uses the untagged names.
     """
-    conversion = conversion.for_input(input_name)
+    conversion = conversion.for_input(input_name + tag)
+    if tag:
+        conversion = _rename_input(conversion, input_name + tag, input_name)
     position, vi = graph_input(model, input_name)
     tt = vi.type.tensor_type
     if tt.elem_type != TensorProto.FLOAT:
@@ -413,6 +418,19 @@ def attach_input_conversion(model: onnx.ModelProto, input_name: str, conversion:
     g.input[position].CopyFrom(conversion.rt_input)
     prepend(model, list(conversion.nodes), list(conversion.initializers))
     return model
+
+
+def _rename_input(conversion: ConversionGraph, old: str, new: str) -> ConversionGraph:
+    """The same subgraph reading its runtime tensor under another name (node names unchanged)."""
+    nodes = []
+    for node in conversion.nodes:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.input[:] = [new if t == old else t for t in node.input]
+        nodes.append(copy)
+    return ConversionGraph(new, conversion.runtime, nodes, conversion.initializers,
+                           conversion.runtime.value_info(new), conversion.output_name, conversion.output,
+                           conversion.affine)
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
