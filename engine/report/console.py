@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sys
+from types import SimpleNamespace
 
 from engine.pipeline.report import RunReport
 from engine.problems import Problem, Severity
+from engine.report import tables
 from engine.report.summary import config_blocks, deps_block, memory_block
 
 log = logging.getLogger("hbcompile")
@@ -34,8 +37,25 @@ def print_run(report: RunReport) -> None:
     if report.config is None or not report.ok:
         return
     inputs = (report.results.get("parse") or {}).get("inputs_spec") or []
-    for line in deps_block() + config_blocks(report.config, inputs) + memory_block(
-            {s.name: s.peak_rss_mb for s in report.stages if s.status == "ran" and s.peak_rss_mb}):
+    rss = {s.name: s.peak_rss_mb for s in report.stages if s.status == "ran" and s.peak_rss_mb}
+    for line in deps_block() + config_blocks(report.config, inputs) + (memory_block(rss) if rss else []):
         log.info(line)
     for name, path in report.artefacts.items():
         log.debug(f"artefact {name}: {path}")
+    print_similarity(report.results.get("report"))
+
+
+def print_similarity(result: dict | None) -> None:
+    """The node and output tables: coloured on the console, plain in hb_compile.log."""
+    if not result:
+        return
+    nodes = [SimpleNamespace(**r) for r in result["nodes"]]
+    outputs = [SimpleNamespace(**o) for o in result["outputs"]]
+    calibrated = result.get("calibrated", True)
+    text = ("The main quantized node information:\n" + tables.node_table_text(nodes, calibrated)
+            + "\nThe quantized model output:\n" + tables.output_table_text(outputs))
+    if sys.stdout.isatty():
+        log.debug(text)  # the log file keeps hb_compile's plain layout
+        tables.print_rich(nodes, outputs, calibrated)
+    else:
+        log.info(text)

@@ -63,10 +63,12 @@ def print_rich(nodes: Sequence[Any], outputs: Sequence[Any], calibrated: bool = 
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    if console is None:  # seven columns do not fit 80: let a narrow terminal wrap rather than squeeze
+        console = Console()
+        console.width = max(console.width, 150)
     t = Table(title="The main quantized node information", title_justify="left", header_style="bold")
     for h in (NODE_COLUMNS if calibrated else NODE_COLUMNS_SKIP):
-        t.add_column(h, no_wrap=h == "Node")
+        t.add_column(h, no_wrap=h != "Node", overflow="fold")
     for r in nodes:
         worst = _worst(r)
         style = "red" if worst is not None and worst < NODE_WARN else ("dim" if r.on == "CPU" else None)

@@ -23,13 +23,14 @@ READS = PTQ_READS + ("input_parameters.input_type_rt", "input_parameters.input_l
 
 
 def attach_runtime_inputs(bc: onnx.ModelProto, specs: list[dict[str, Any]]) -> list[str]:
-    """Prepend rt → train conversion for inputs whose runtime view differs; returns their names."""
+    """Prepend rt → train conversion for every image input (the device feeds uint8 pixels in the rt
+    layout even when rt == train); featuremap inputs stay float. Returns the converted inputs."""
     from engine.preprocess import attach_input_conversion, build_input_conversion
 
     converted = []
     for spec in specs:
         rt, train = spec["input_type_rt"], spec["input_type_train"]
-        if rt == train and spec.get("input_layout_rt") in (None, spec.get("input_layout_train")):
+        if rt == "featuremap":
             continue
         conversion = build_input_conversion(rt, train, spec["input_layout_train"], tuple(spec["shape"]),
                                             spec.get("input_space_and_range") or "regular", None,
