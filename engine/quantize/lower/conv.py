@@ -1,0 +1,259 @@
+"""Conv / Gemm / MatMul: int8 weights, int32 accumulation, one requantization.
+
+    Conv            → QLinearConv(x uint8, W int8 per output channel, bias int32 at s_x·s_w)
+                      y = sat(rne((Σ x·w + b) · s_x·s_w / s_y)) + 128
+    Conv+Relu/Clip  → QLinearConv at y's scale → Clip on codes at Q(lo), Q(hi)
+                      (exact: Q is monotone, so Q(clip(v)) = clip(Q(v)))
+    Conv+LeakyRelu  → Max(QLinearConv at s_y, QLinearConv at s_y/α) for 0 < α < 1 (Min for α > 1)
+                      (exact: LeakyRelu(v) = max(v, αv) and Q(max(a, b)) = max(Q(a), Q(b)); the
+                      convolution runs twice — still ~2× faster than float, where one int32 epilogue
+                      through ConvInteger measured ~4× *slower* than float)
+    Conv+Add        → ConvInteger + int32 bias, then y = Q_y(acc · s_x·s_w + r) in float32: the
+                      residual joins the exact accumulator (see `conv_add` for the measured
+                      QLinearConv alternatives and why they were not kept)
+    si32 output     → ConvInteger (uint8 weights, zero point 128) + int32 bias: the accumulator
+                      itself, scale s_x·s_w per channel (+ Max / Min on int32 for a fused Relu / Clip)
+    Gemm            → QGemm (int8 B per column, int32 C);   si32: MatMulInteger + int32 bias
+    MatMul          → QLinearMatMul (constant B: int8 per column; activation B: uint8 per tensor);
+                      si32: MatMulInteger
+
+ConvTranspose (no integer kernel in onnxruntime's CPU provider), non-constant weights, int16 and
+per-channel activations are emulated (engine.quantize.lower.emulate).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+
+from engine.quantize.lower.builder import MS, Builder, QTensor, QWeight, attr
+from engine.quantize.lower.encoding import Encoding
+from engine.quantize.lower.layout import clamp_bounds, emit_clamp
+
+CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+
+
+def _uint8(enc: Encoding | None) -> bool:
+    return enc is not None and enc.dtype == "uint8" and not enc.per_channel
+
+
+def _si32(b: Builder, nodes: Sequence[onnx.NodeProto]) -> bool:
+    return any(b.plan.nodes[n.name].output_bits == 32 for n in nodes if n.name in b.plan.nodes)
+
+
+def _conv_refusal(b: Builder, conv: onnx.NodeProto) -> str | None:
+    if conv.op_type != "Conv":
+        return f"{conv.op_type} has no integer kernel in onnxruntime's CPU provider"
+    if not _uint8(b.encoding_of(conv.input[0])):
+        return "the input is not an 8-bit per-tensor activation"
+    if conv.input[1] not in b.plan.weights or not b.is_constant(conv.input[1]):
+        return "the weight is not a planned constant"
+    return None
+
+
+def accumulator(b: Builder, x: QTensor, w: QWeight, axis: int = 1) -> Encoding:
+    """The int32 accumulator's encoding: scale s_x · s_w per output channel."""
+    return Encoding.accumulator(np.float32(x.enc.scale_array()) * w.scales, axis)
+
+
+def _bias(b: Builder, bias: str | None, x: QTensor, w: QWeight, shape: Sequence[int] = (-1,)) -> str:
+    """The bias as int32 codes at s_x · s_w (what QLinearConv / QGemm add to the accumulator)."""
+    if not bias:
+        return ""
+    codes = b.bias_codes(bias, np.float32(x.enc.scale_array()) * w.scales).reshape(-1)
+    return b.const(f"{bias}_quantized", codes.reshape(shape))
+
+
+def _qlinear_conv(b: Builder, conv: onnx.NodeProto, x: QTensor, w: QWeight, bias: str, y: QTensor,
+                  name: str | None) -> None:
+    inputs = [x.name, x.scale, x.zero_point, w.name, w.scale, w.zero_point, y.scale, y.zero_point]
+    b.emit("QLinearConv", inputs + ([bias] if bias else []), [y.name], name,
+           **{k: attr(conv, k) for k in CONV_ATTRS})
+
+
+def _conv_integer(b: Builder, conv: onnx.NodeProto, x: QTensor, w: QWeight, out: str) -> None:
+    """int32 accumulator (+ bias): ConvInteger, then Add of the int32 bias as (1, C, 1, …)."""
+    rank = b.rank(conv.input[0]) or 4
+    bias = _bias(b, conv.input[2] if len(conv.input) > 2 else None, x, w, [1, -1] + [1] * (rank - 2))
+    acc = out if not bias else b.fresh(f"{out}_accumulator")
+    b.emit("ConvInteger", [x.name, w.name, x.zero_point, w.zero_point], [acc], conv.name,
+           **{k: attr(conv, k) for k in CONV_ATTRS})
+    if bias:
+        b.emit("Add", [acc, bias], [out])
+
+
+def conv(b: Builder, node: onnx.NodeProto) -> str | None:
+    refusal = _conv_refusal(b, node)
+    if refusal:
+        return refusal
+    out = node.output[0]
+    si32 = _si32(b, [node])
+    enc_out = None if si32 else b.required(out, f"output of Conv '{node.name}'")
+    if not si32 and not _uint8(enc_out):
+        return "int16 / per-channel output"
+    x, w = b.int_of(node.input[0]), b.weight(node.input[1], unsigned=si32)
+    with b.lowering(node.name):
+        if si32:
+            _conv_integer(b, node, x, w, b.define_int(out, accumulator(b, x, w)).name)
+        else:
+            bias = _bias(b, node.input[2] if len(node.input) > 2 else None, x, w)
+            _qlinear_conv(b, node, x, w, bias, b.define_int(out, enc_out), node.name)
+    return None
+
+
+def conv_act(b: Builder, nodes: Sequence[onnx.NodeProto], name: str) -> str | None:
+    """Conv + Relu / Clip / LeakyRelu as one integer op (see the module docstring)."""
+    cv, act = nodes[0], nodes[-1]
+    refusal = _conv_refusal(b, cv) or (None if len(nodes) == 2 else "more than one activation")
+    if refusal:
+        return refusal
+    out = act.output[0]
+    si32 = _si32(b, nodes)
+    enc_out = None if si32 else b.required(out, f"output of '{name}'")
+    if not si32 and not _uint8(enc_out):
+        return "int16 / per-channel output"
+    bounds = clamp_bounds(b, act) if act.op_type in ("Relu", "Clip") else None
+    alpha = float(attr(act, "alpha", 0.01)) if act.op_type == "LeakyRelu" else None
+    if bounds is None and (alpha is None or alpha < 0 or si32):
+        return f"{act.op_type} after the Conv is not a clamp or a LeakyRelu with alpha ≥ 0"
+    x, w = b.int_of(cv.input[0]), b.weight(cv.input[1], unsigned=si32)
+    with b.lowering(*(n.name for n in nodes)):
+        if si32:
+            y = b.define_int(out, accumulator(b, x, w))
+            acc = b.fresh(f"{out}_preact")
+            _conv_integer(b, cv, x, w, acc)
+            _clamp_int32(b, acc, y, bounds, act.name)
+            return None
+        bias = _bias(b, cv.input[2] if len(cv.input) > 2 else None, x, w)
+        if alpha is not None and alpha not in (0.0, 1.0):
+            y = b.define_int(out, enc_out)
+            scaled = Encoding("uint8", float(np.float32(enc_out.scale) / np.float32(alpha)), enc_out.zero_point)
+            v, av = b.define_int(cv.output[0], enc_out, "_preact"), b.define_int(out, scaled, "_scaled")
+            _qlinear_conv(b, cv, x, w, bias, v, cv.name)
+            _qlinear_conv(b, cv, x, w, bias, av, b.fresh(f"{cv.name}_times_alpha"))
+            b.emit("Max" if alpha < 1 else "Min", [v.name, av.name], [y.name], act.name)
+        else:
+            lo, hi = bounds if bounds is not None else ((0.0, None) if alpha == 0.0 else (None, None))
+            y = b.define_int(out, enc_out)
+            pre = b.define_int(cv.output[0], enc_out, "_preact")
+            _qlinear_conv(b, cv, x, w, bias, pre, cv.name)
+            emit_clamp(b, pre, y, lo, hi, name=act.name)
+    return None
+
+
+def conv_add(b: Builder, nodes: Sequence[onnx.NodeProto], name: str) -> str | None:
+    """Conv + residual Add with the residual added to the exact accumulator, one requantization.
+
+        acc = ConvInteger(x, W) + bias                         (int32, exact)
+        y   = Q_y(acc · s_x·s_w + DQ_r(r))                     (float32 epilogue, half to even)
+
+    This is what the hardware computes (r requantized into the int32 accumulator) and equals the
+    fake-quant model up to float32 rounding. Measured alternatives with QLinearConv's fast kernel
+    all round the convolution once more before the Add: one QLinearConv at s_y + s_r left 2.4 %
+    of a residual block's outputs two steps off; two QLinearConvs (fine s_y / wide s_y + s_r,
+    selected per element) left 25 % one step off — cheaper than float, but a systematic loss the
+    Quantized Cosine would show. The accumulator path runs at about float speed.
+    """
+    cv, add = nodes[0], nodes[-1]
+    refusal = _conv_refusal(b, cv) or (None if len(nodes) == 2 and add.op_type == "Add" else "not Conv+Add")
+    if refusal:
+        return refusal
+    residual = next(i for i in add.input if i != cv.output[0])
+    out = add.output[0]
+    si32 = _si32(b, nodes)
+    enc_r = b.encoding_of(residual)
+    if enc_r is None:
+        b.int_of(residual)  # names the planner bug
+    x, w = b.int_of(cv.input[0]), b.weight(cv.input[1], unsigned=True)
+    acc_enc = accumulator(b, x, w)
+    enc_out = acc_enc if si32 else b.required(out, f"output of '{name}'")
+    rank = b.rank(cv.input[0]) or 4
+    with b.lowering(*(n.name for n in nodes)):
+        acc = b.fresh(f"{cv.output[0]}_accumulator")
+        _conv_integer(b, cv, x, w, acc)
+        as_float, value, total = (b.fresh(f"{cv.output[0]}_{s}") for s in ("accumulator_float", "float", "sum"))
+        b.emit("Cast", [acc], [as_float], to=onnx.TensorProto.FLOAT)
+        b.emit("Mul", [as_float, b.const(f"{cv.output[0]}_accumulator_scale",
+                                         b.broadcast_scale(acc_enc, rank))], [value])
+        b.emit("Add", [value, b.dequantized(residual)], [total], add.name)
+        b.quantize(total, b.define_int(out, enc_out), name=b.fresh(f"{out}_requantize"))
+    return None
+
+
+def _clamp_int32(b: Builder, acc: str, y: QTensor, bounds: tuple[float | None, float | None], name: str) -> None:
+    """Relu / Clip on an int32 accumulator: Max / Min with per-channel codes Q_c(lo), Q_c(hi)."""
+    lo, hi = bounds
+    rank = b.rank_of_int(y)
+    current = acc
+    for value, op in ((lo, "Max"), (hi, "Min")):
+        if value is None:
+            continue
+        codes = y.enc.quantize(np.full(len(y.enc.scale), value, np.float32).reshape([1, -1] + [1] * (rank - 2)))
+        nxt = b.fresh(f"{y.name}_{op.lower()}")
+        b.emit(op, [current, b.const(f"{y.name}_{op.lower()}_bound", codes.astype(np.int32))], [nxt])
+        current = nxt
+    b.emit("Identity", [current], [y.name], name)
+
+
+def gemm(b: Builder, node: onnx.NodeProto) -> str | None:
+    a, w = node.input[0], node.input[1]
+    c = node.input[2] if len(node.input) > 2 else ""
+    if attr(node, "transA", 0) or attr(node, "alpha", 1.0) != 1.0 or (c and attr(node, "beta", 1.0) != 1.0):
+        return "Gemm with transA or alpha/beta ≠ 1"
+    if not _uint8(b.encoding_of(a)) or w not in b.plan.weights or not b.is_constant(w):
+        return "not an 8-bit activation times a planned constant weight"
+    if c and (not b.is_constant(c) or b.constant_value(c).squeeze().ndim > 1):
+        return "a non-constant or 2-D Gemm bias"
+    out, si32 = node.output[0], _si32(b, [node])
+    enc_out = None if si32 else b.required(out, f"output of Gemm '{node.name}'")
+    if not si32 and not _uint8(enc_out):
+        return "int16 / per-channel output"
+    trans_b = int(attr(node, "transB", 0))
+    x = b.int_of(a)
+    with b.lowering(node.name):
+        if si32:
+            qw = b.weight(w, transpose=bool(trans_b))
+            _matmul_integer(b, node, x, qw, c, out)
+        else:
+            qw = b.weight(w)
+            bias = _bias(b, c, x, qw)
+            y = b.define_int(out, enc_out)
+            b.emit("QGemm", [x.name, x.scale, x.zero_point, qw.name, qw.scale, qw.zero_point, bias, y.scale,
+                             y.zero_point], [y.name], node.name, domain=MS, transB=trans_b)
+    return None
+
+
+def matmul(b: Builder, node: onnx.NodeProto) -> str | None:
+    a, w = node.input[0], node.input[1]
+    if not _uint8(b.encoding_of(a)):
+        return "the input is not an 8-bit per-tensor activation"
+    out, si32 = node.output[0], _si32(b, [node])
+    enc_out = None if si32 else b.required(out, f"output of MatMul '{node.name}'")
+    if not si32 and not _uint8(enc_out):
+        return "int16 / per-channel output"
+    constant_w = b.is_constant(w)
+    if constant_w and (w not in b.plan.weights or b.constant_value(w).ndim != 2):
+        return "the constant operand is not a planned 2-D weight"
+    if not constant_w and (si32 or not _uint8(b.encoding_of(w))):
+        return "the second operand is not an 8-bit per-tensor activation"
+    x = b.int_of(a)
+    with b.lowering(node.name):
+        if si32:
+            _matmul_integer(b, node, x, b.weight(w), "", out)
+            return None
+        qw = b.weight(w) if constant_w else b.int_of(w)
+        y = b.define_int(out, enc_out)
+        b.emit("QLinearMatMul", [x.name, x.scale, x.zero_point, qw.name, qw.scale, qw.zero_point, y.scale,
+                                 y.zero_point], [y.name], node.name)
+    return None
+
+
+def _matmul_integer(b: Builder, node: onnx.NodeProto, x: QTensor, w: QWeight, c: str, out: str) -> None:
+    """si32 Gemm / MatMul: MatMulInteger (B as K×N int8) + int32 bias per column."""
+    y = b.define_int(out, accumulator(b, x, w, axis=-1))
+    acc = y.name if not c else b.fresh(f"{out}_accumulator")
+    b.emit("MatMulInteger", [x.name, w.name, x.zero_point], [acc], node.name)
+    if c:
+        b.emit("Add", [acc, _bias(b, c, x, w)], [y.name])

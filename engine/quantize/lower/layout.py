@@ -1,0 +1,154 @@
+"""Ops that move or select codes: they run on the integer tensor itself, no arithmetic.
+
+    Reshape Flatten Squeeze Unsqueeze Transpose Slice Split DepthToSpace SpaceToDepth Identity
+    Expand Tile Gather   → the same op on uint8 (or int16) codes
+    MaxPool ReduceMax ReduceMin GlobalMaxPool   → on codes: a monotone encoding commutes with max
+    Resize (nearest)    → on codes (linear/cubic interpolate: emulated, onnxruntime's uint8
+                          linear Resize truncates instead of rounding half to even)
+    Pad (constant)      → on codes, the pad value quantized (0.0 is code 128)
+    Relu / Clip         → Clip on codes at Q(lo), Q(hi): Q is monotone, so Q(clip(x)) = clip(Q(x))
+
+The output keeps the input's encoding; if the plan gives it another, a requantization table follows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from engine.quantize.lower.builder import Builder, QTensor, attr
+from engine.quantize.lower.encoding import Encoding
+
+ON_CODES = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Split",
+                      "DepthToSpace", "SpaceToDepth", "Identity", "Expand", "Tile", "Gather", "MaxPool",
+                      "ReduceMax", "ReduceMin", "GlobalMaxPool", "Resize", "Pad"})
+# onnxruntime's CPU kernels for these take int16 as well; the others are uint8/int8 only
+INT16_OK = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Slice", "Split",
+                      "Identity", "Expand", "Tile", "Gather"})
+
+
+def on_codes(b: Builder, node: onnx.NodeProto) -> str | None:
+    """Run a data-movement / max op on the integer form of its data input."""
+    data = node.input[0]
+    enc = b.encoding_of(data)
+    refusal = _refusal(node, enc)
+    if refusal:
+        return refusal
+    x = b.int_of(data)
+    inputs = [x.name] + [b.float_of(i) if i else "" for i in node.input[1:]]
+    if node.op_type == "Pad":
+        inputs = _pad_inputs(b, node, x)
+    outputs = [o for o in node.output if o]
+    moved = {o: (b.define_int(o, x.enc) if _keeps(b, o, x.enc) else b.define_int(o, x.enc, "_moved"))
+             for o in outputs}
+    with b.lowering(node.name):
+        if node.op_type == "GlobalMaxPool":
+            _reduce_max(b, node, x, moved[outputs[0]])
+        else:
+            b.copy_node(node, inputs, [moved[o].name if o else "" for o in node.output])
+        for o in outputs:
+            if not _keeps(b, o, x.enc):
+                b.requantize(moved[o], o, b.planned(o), name=b.fresh(f"{o}_requantize"))
+    return None
+
+
+def clamp(b: Builder, node: onnx.NodeProto) -> str | None:
+    """Relu / Clip as a Clip on codes; a different output scale adds a requantization after it
+    (Q_out(DQ_in(clip(q))) = Q_out(clip(x)): the clamp commutes with the monotone encoding)."""
+    from engine.quantize.lower.lut import lut_node
+
+    enc = b.encoding_of(node.input[0])
+    out_enc = b.planned(node.output[0]) or enc
+    if enc is None or enc.dtype != "uint8" or enc.per_channel or out_enc.per_channel:
+        return lut_node(b, node)
+    bounds = clamp_bounds(b, node)
+    if bounds is None:
+        return "Clip bounds are not constant"
+    lo, hi = bounds
+    x = b.int_of(node.input[0])
+    same = out_enc.same_as(enc)
+    out = b.define_int(node.output[0], enc) if same else b.define_int(node.output[0], enc, "_clamped")
+    with b.lowering(node.name):
+        emit_clamp(b, x, out, lo, hi, name=node.name)
+        if not same:
+            b.requantize(out, node.output[0], out_enc, name=b.fresh(f"{node.output[0]}_requantize"))
+    return None
+
+
+def emit_clamp(b: Builder, x: QTensor, out: QTensor, lo: float | None, hi: float | None,
+               name: str | None = None) -> None:
+    """out = clip(x, Q(lo), Q(hi)) on uint8 codes; a plain Identity when nothing is clipped."""
+    qlo = int(x.enc.quantize(np.float32(lo))) if lo is not None else x.enc.qmin
+    qhi = int(x.enc.quantize(np.float32(hi))) if hi is not None else x.enc.qmax
+    if qlo <= x.enc.qmin and qhi >= x.enc.qmax:
+        b.emit("Identity", [x.name], [out.name], name)
+        return
+    dtype = x.enc.np_dtype
+    lo_name = b.const(f"{out.name}_min", np.array(qlo, dtype)) if qlo > x.enc.qmin else ""
+    hi_name = b.const(f"{out.name}_max", np.array(qhi, dtype)) if qhi < x.enc.qmax else ""
+    b.emit("Clip", [x.name, lo_name, hi_name] if hi_name else [x.name, lo_name], [out.name], name)
+
+
+def clamp_bounds(b: Builder, node: onnx.NodeProto) -> tuple[float | None, float | None] | None:
+    """(lo, hi) of a Relu / Clip (None = unbounded side), or None when a bound is not constant."""
+    if node.op_type == "Relu":
+        return 0.0, None
+    bounds = [attr(node, "min"), attr(node, "max")]
+    for k, name in enumerate(node.input[1:3]):
+        if name:
+            v = b.constant_value(name)
+            if v is None:
+                return None
+            bounds[k] = float(v)
+    return bounds[0], bounds[1]
+
+
+def _keeps(b: Builder, out: str, enc: Encoding) -> bool:
+    planned = b.planned(out)
+    return planned is None or planned.same_as(enc)
+
+
+def _refusal(node: onnx.NodeProto, enc: Encoding | None) -> str | None:
+    if enc is None:
+        return None  # int_of will name the planner bug
+    if enc.per_channel and node.op_type not in ("Identity", "MaxPool", "Resize", "Pad", "Slice"):
+        return "a per-channel activation cannot move channels on codes"
+    if enc.dtype == "int16" and node.op_type not in INT16_OK:
+        return f"onnxruntime's {node.op_type} kernel has no int16 form"
+    if enc.dtype not in ("uint8", "int16"):
+        return f"{enc.dtype} input"
+    if node.op_type == "MaxPool" and len([o for o in node.output if o]) > 1:
+        return "MaxPool with an Indices output"
+    if node.op_type == "Resize" and _text(attr(node, "mode", "nearest")) != "nearest":
+        return "Resize in linear/cubic mode interpolates (onnxruntime's uint8 kernel truncates)"
+    return None
+
+
+def _pad_inputs(b: Builder, node: onnx.NodeProto, x: QTensor) -> list[str]:
+    """Pad's inputs with the pad value as a code (the default 0.0 is the zero point, not code 0)."""
+    inputs = [x.name] + [b.float_of(i) if i else "" for i in node.input[1:2]]
+    value = 0.0
+    if len(node.input) > 2 and node.input[2]:
+        v = b.constant_value(node.input[2])
+        value = float(v) if v is not None else 0.0
+    code = x.enc.quantize(np.float32(value)).reshape(())
+    if x.enc.per_channel:
+        code = np.asarray(x.enc.zero_point, x.enc.np_dtype)
+    inputs.append(b.const(f"{node.output[0]}_pad_value", np.asarray(code, x.enc.np_dtype)))
+    inputs += [b.float_of(i) if i else "" for i in node.input[3:]]
+    return inputs
+
+
+def _reduce_max(b: Builder, node: onnx.NodeProto, x: QTensor, out: QTensor) -> None:
+    """GlobalMaxPool as ReduceMax over the spatial axes (onnxruntime's GlobalMaxPool is float only)."""
+    rank = b.rank(node.input[0]) or 4
+    axes = list(range(2, rank))
+    if b.opset >= 18:
+        b.emit("ReduceMax", [x.name, b.const(f"{out.name}_axes", np.array(axes, np.int64))], [out.name],
+               node.name, keepdims=1)
+    else:
+        b.emit("ReduceMax", [x.name], [out.name], node.name, axes=axes, keepdims=1)
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)

@@ -1,0 +1,71 @@
+"""Lookup-table ops (hb_compile's HzLut): one elementwise function of one quantized tensor.
+
+    y_quantized = Gather(table, Cast<int32>(x_quantized) [+ 32768 for int16])
+    table       = Q_y(f(DQ_x(code))) for every code          (engine.quantize.luts)
+
+Covers Sigmoid, Tanh, HardSigmoid, HardSwish, Exp, Gelu, Mish, Softplus, Elu, LeakyRelu, … alone,
+activation fusion groups (SiLU `x·Sigmoid(x)`, GELU's erf / tanh formulas, Mish), arithmetic with a
+scalar constant (`x·0.5`, `x+3`), and Relu / Clip whose output has another scale. The table is
+exact: the `.bc` gives the fake-quant model's value at every code. int16 inputs use a 65 536-entry
+table. Not a table: a per-channel constant operand, or a per-channel encoding (those are emulated).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from engine.quantize import luts
+from engine.quantize.lower.builder import Builder, planner_bug
+
+
+def lut_node(b: Builder, node: onnx.NodeProto) -> str | None:
+    return tabulate(b, [node], node.name)
+
+
+def lut_group(b: Builder, nodes: Sequence[onnx.NodeProto], name: str) -> str | None:
+    return tabulate(b, nodes, name)
+
+
+def tabulate(b: Builder, nodes: Sequence[onnx.NodeProto], name: str) -> str | None:
+    """Replace `nodes` (elementwise, one activation input) by one table lookup named `name`."""
+    inside = {o for n in nodes for o in n.output if o}
+    sources, constants = [], []
+    for n in nodes:
+        if n.op_type not in luts.ELEMENTWISE or n.domain not in ("", "ai.onnx"):
+            return f"{n.op_type} is not an elementwise function of one tensor"
+        for i in n.input:
+            if not i or i in inside:
+                continue
+            value = b.constant_value(i)
+            if value is None:
+                sources.append(i)
+            elif value.size == 1:
+                enc = b.planned(i)  # a constant the plan quantizes reads as its codes do
+                value = value if enc is None else enc.dequantize(enc.quantize(value.astype(np.float32)))
+                constants.append(numpy_helper.from_array(np.asarray(value), i))
+            else:
+                return f"constant '{i}' of shape {list(value.shape)} is not a scalar"
+    sources = list(dict.fromkeys(sources))
+    if len(sources) != 1:
+        return f"{len(sources)} activation inputs (a table needs exactly one)"
+    source, output = sources[0], nodes[-1].output[0]
+    enc_in = b.int_of(source).enc  # raises (planner bug) when the plan does not quantize it
+    enc_out = b.planned(output) or (enc_in if nodes[-1].op_type in ("Relu", "Clip") else None)
+    if enc_out is None:
+        raise planner_bug(f"output '{output}' of '{name}' (on BPU) has no quantization in the plan")
+    if enc_in.per_channel or enc_out.per_channel or enc_in.dtype not in ("uint8", "int16") \
+            or enc_out.dtype not in ("uint8", "int16"):
+        return "a table needs per-tensor uint8/int16 encodings"
+    fn = luts.elementwise_function(nodes, source, output, list({c.name: c for c in constants}.values()),
+                                   b.opsets)
+    table = luts.build_table(fn, enc_in, enc_out)
+    x = b.int_of(source)
+    out = b.define_int(output, enc_out)
+    with b.lowering(*(n.name for n in nodes)):
+        b.lookup(x, table, out, name=name)
+    return None
+

@@ -1,0 +1,89 @@
+"""Lookup tables: an elementwise function of one quantized tensor, as a table indexed by its code.
+
+    table[code − code_min] = Q_out( f( DQ_in(code) ) )      for every code of the input's dtype
+
+An 8-bit input has 256 codes (uint8, zero point 128), an int16 input 65 536; the output takes the
+table's dtype. Because Q_out is QuantizeLinear itself (float32 x / scale, round half to even,
+saturate — `Encoding.quantize`), a table reproduces the fake-quant (calibrated) model's value at
+every input code exactly, whatever f is: Sigmoid, Tanh, HardSigmoid, HardSwish, Exp, GELU and SiLU
+/ Mish groups, a scalar Mul or Add, a clamp with a change of scale, or plain requantization
+(f = identity). This is how hb_compile's `HzLut` ops work, and how the `.bc` runs every such op:
+`Gather(table, Cast<int32>(code) [+ 32768 for int16])`.
+
+f is evaluated by onnxruntime on the float model's own nodes (`elementwise_function`), so the
+table holds what the float and calibrated models compute, not a re-derivation of the formula.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from engine.quantize.lower.encoding import Encoding
+
+Function = Callable[[np.ndarray], np.ndarray]
+
+# ops that act on each element alone (other inputs, if any, must be scalar constants for a table)
+ELEMENTWISE = frozenset({
+    "Abs", "Add", "Celu", "Clip", "Cos", "Div", "Elu", "Erf", "Exp", "Gelu", "HardSigmoid", "HardSwish",
+    "Identity", "LeakyRelu", "Log", "Mish", "Mul", "Neg", "Pow", "Reciprocal", "Relu", "Round", "Selu",
+    "Sigmoid", "Sign", "Sin", "Softplus", "Softsign", "Sqrt", "Sub", "Swish", "Tanh", "ThresholdedRelu",
+})
+
+
+def input_codes(enc: Encoding) -> np.ndarray:
+    """Every code of the input's dtype, in table order (index = code − code_min)."""
+    if enc.per_channel or enc.dtype not in ("uint8", "int16"):
+        raise ValueError(f"a lookup table needs a per-tensor uint8 or int16 input, not {enc}")
+    return np.arange(enc.qmin, enc.qmax + 1, dtype=np.int64).astype(enc.np_dtype)
+
+
+def index_offset(enc: Encoding) -> int:
+    """What to add to a code to get its table index (0 for uint8, 32768 for int16)."""
+    return -enc.qmin
+
+
+def build_table(fn: Function, enc_in: Encoding, enc_out: Encoding) -> np.ndarray:
+    """table[i] = Q_out(f(DQ_in(code_i))) for every input code."""
+    if enc_out.per_channel:
+        raise ValueError("a lookup table needs a per-tensor output encoding")
+    x = enc_in.dequantize(input_codes(enc_in))
+    y = np.asarray(fn(x), dtype=np.float32).reshape(-1)
+    if y.shape != x.shape:
+        raise ValueError(f"the tabulated function returned {y.size} values for {x.size} codes")
+    return enc_out.quantize(y)
+
+
+def requantize_table(enc_in: Encoding, enc_out: Encoding) -> np.ndarray:
+    """Requantization as a table: table[i] = Q_out(DQ_in(code_i)) (half to even, saturating)."""
+    return build_table(lambda x: x, enc_in, enc_out)
+
+
+def elementwise_function(nodes: Sequence[onnx.NodeProto], source: str, output: str,
+                         constants: Sequence[onnx.TensorProto],
+                         opsets: Sequence[onnx.OperatorSetIdProto]) -> Function:
+    """The float function `source → output` computed by `nodes` (elementwise, scalar constants).
+
+    Runs the nodes themselves in onnxruntime on a 1-D tensor, so the table sees the same float
+    kernels as the float model.
+    """
+    from engine.quantize.integer import session_options
+
+    graph = helper.make_graph(
+        list(nodes), "lookup_table",
+        [helper.make_tensor_value_info(source, TensorProto.FLOAT, ["codes"])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)], list(constants))
+    model = helper.make_model(graph, opset_imports=list(opsets))
+    model.ir_version = max(7, helper.find_min_ir_version_for(list(opsets), ignore_unknown=True))
+    session = ort.InferenceSession(model.SerializeToString(), session_options(),
+                                   providers=["CPUExecutionProvider"])
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {source: np.asarray(x, dtype=np.float32).reshape(-1)})[0]
+
+    return fn
+
