@@ -1,0 +1,74 @@
+"""hb_compile's modes from the command line (reference §2.1), and their refusals."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from engine.cli import main
+from tests.conftest import conv_relu_model
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    import onnx
+
+    onnx.save(conv_relu_model(shape=(1, 3, 16, 16)), str(tmp_path / "net.onnx"))
+    os.chdir(tmp_path)
+    return tmp_path
+
+
+def error_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("ERROR")]
+
+
+def test_check_mode_writes_generated_config_and_float_models(model_dir, capsys):
+    assert main(["-m", "net.onnx", "--march", "nash-e"]) == 0
+    work = model_dir / ".hb_compile"
+    assert (work / "check_config.yaml").is_file()
+    assert (work / "net_optimized_float_model.onnx").is_file()
+    text = (work / "check_config.yaml").read_text()
+    assert "input_type_rt: nv12" in text and "input_type_train: bgr" in text  # 4-D, C=3, even H/W
+
+
+def test_fast_perf_runs_without_calibration_data(model_dir, capsys):
+    assert main(["--fast-perf", "-m", "net.onnx", "--march", "nash-e"]) == 0
+    out = model_dir / "model_output"
+    assert (out / "net_quantized_model.bc").is_file()
+    assert "run_fast" in (out / "fast_perf_config.yaml").read_text()
+
+
+def test_fast_perf_with_config_is_refused(model_dir, capsys):
+    assert main(["--fast-perf", "-m", "net.onnx", "-c", "x.yaml", "--march", "nash-e"]) != 0
+    assert "fast-perf mode is turned on, the incoming config file x.yaml cannot be used" in capsys.readouterr().out
+
+
+def test_no_model_no_config(model_dir, capsys):
+    assert main([]) != 0
+    [line] = error_lines(capsys.readouterr().out)
+    assert "please specify either -m/--model or -c/--config parameter" in line
+
+
+def test_check_mode_needs_march(model_dir, capsys):
+    assert main(["-m", "net.onnx"]) != 0
+    assert "--march is required" in capsys.readouterr().out
+
+
+def test_input_shape_override_names_unknown_input(model_dir, capsys):
+    assert main(["-m", "net.onnx", "--march", "nash-e", "-i", "images", "1x3x16x16"]) != 0
+    assert "-i/--input-shape names ['images']" in capsys.readouterr().out
+
+
+def test_dynamic_model_needs_shape_in_check_mode(model_dir, capsys):
+    import onnx
+
+    onnx.save(conv_relu_model(shape=(1, 3, 16, 16), dynamic_batch=True), "dyn.onnx")
+    assert main(["-m", "dyn.onnx", "--march", "nash-e"]) != 0
+    assert "dynamically input model" in capsys.readouterr().out
+    assert main(["-m", "dyn.onnx", "--march", "nash-e", "-i", "data", "1x3x16x16"]) == 0
+
+
+def test_bad_march_in_check_mode(model_dir, capsys):
+    assert main(["-m", "net.onnx", "--march", "nash-q"]) != 0
+    assert "The specified march 'nash-q' is invalid" in capsys.readouterr().out
