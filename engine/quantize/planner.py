@@ -17,7 +17,7 @@ How a plan is made:
    group dissolves the group.
 3. Scales. Each observed tensor has its calibrated threshold. Ops that keep their input's scale
    (Reshape, MaxPool, …) tie input and output; Concat ties its inputs and output, Add / Sub
-   their inputs. Tied tensors form sets (union-find); each set takes the largest threshold of
+   their run-time inputs (a constant operand keeps its own scale, max|c|). Tied tensors form sets (union-find); each set takes the largest threshold of
    its members — the "shared scales" the integer ops need. The calibrated model uses the
    thresholds before sharing (`QuantPlan.calibrated_acts`), the ptq model those after (`acts`).
    Exception (DESIGN §5): a Concat feeding a model output whose inputs' thresholds differ more
@@ -56,6 +56,7 @@ from engine.quantize.types import ActQuant, BiasQuant, FusionGroup, NodePlan, On
 
 MIN_THRESHOLD = 1e-6  # a tensor that was all zeros (a dead Relu) still needs a valid, positive scale
 INT32_MAX = 2**31 - 1
+BIAS_HEADROOM = float(2**30)  # |bias| / (s_in·s_w) stays below 2^30: int32 with room left for the accumulation
 CONCAT_RANGE_RATIO = 8.0
 
 
@@ -357,8 +358,12 @@ def _scales(a: _Analysis, options: QuantOptions) -> _Scales:
             elif out not in s.observed:
                 s.observed.append(out)
             add(out)
-        if u.rule.shared_inputs and len(u.acts) + (u.rule.output == "input") > 1:
-            s.ties.append(tuple(dict.fromkeys([*u.acts, *(u.outputs if u.rule.output == "input" else [])])))
+        # a constant operand keeps its own scale: the integer op folds it in as a parameter, and tying it
+        # to the activation's coarser step would shift every element by its rounding error
+        tied = [t for t in u.acts if t not in s.constant] if u.rule.output != "input" else list(u.acts)
+        tied += u.outputs if u.rule.output == "input" else []
+        if u.rule.shared_inputs and len(set(tied)) > 1:
+            s.ties.append(tuple(dict.fromkeys(tied)))
     return s
 
 
@@ -610,10 +615,22 @@ def _weights_and_biases(a: _Analysis, plan: QuantPlan) -> None:
             plan.notes.append(f"bias '{bname}' of {head.name} is shared with {sorted(users - {head.name})}: it stays float")
             continue
         s_in = float(plan.acts[x].scale)
+        b64 = np.abs(b.astype(np.float64).reshape(-1))
+        if b64.shape != wq.scale.shape:
+            plan.notes.append(f"bias '{bname}' of {head.name} has {b64.size} values for {wq.scale.size} output "
+                              f"channels: it stays float")
+            continue
+        need = (b64 / (s_in * BIAS_HEADROOM)).astype(np.float32)  # the smallest s_w that keeps b in range
+        if (low := need > wq.scale).any():
+            # a near-zero weight channel (e.g. after BN folding) with a real bias: a coarser weight step
+            # costs nothing (the weights are ~0), a saturated bias would shift the whole channel
+            wq = WeightQuant(wq.tensor, wq.axis, np.maximum(wq.scale, need), wq.bits, wq.groups)
+            plan.weights[wname] = wq
+            plan.notes.append(f"weight '{wname}' of {head.name}: the scale of {int(low.sum())} near-zero channels is "
+                              f"raised so their bias fits int32")
         scale = bias_scale(s_in, wq.scale)
         plan.biases[bname] = BiasQuant(bname, scale)
-        q = np.abs(b.astype(np.float64).reshape(-1) / scale.astype(np.float64))
-        if (over := int(np.count_nonzero(q > INT32_MAX))):
+        if (over := int(np.count_nonzero(b64 / scale.astype(np.float64) > INT32_MAX))):
             plan.notes.append(f"bias '{bname}' of {head.name}: {over} values exceed int32 at scale s_in·s_w and "
                               f"are saturated")
 
