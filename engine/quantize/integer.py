@@ -29,10 +29,10 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from engine.quantize.lower import GROUPS, NODES
 from engine.quantize.lower.builder import MS, Builder, planner_bug
 from engine.quantize.lower.emulate import cpu_node, emulate
 from engine.quantize.lower.encoding import Encoding
+from engine.quantize.lower.registry import GROUPS, NODES
 from engine.quantize.types import QuantPlan
 
 TENSOR_MAP_KEY = "hbcompile.tensor_map"

@@ -1,43 +1,8 @@
-"""Integer lowering, one module per op family; this file is the table of which op goes where.
+"""Integer lowering of the `.bc`, one module per op family; `registry` says which op goes where.
 
-A lowering is `(builder, node) -> None | str`: None when it wrote the integer op(s), or the reason
-it cannot (an int16 operand, a mode onnxruntime's integer kernel lacks, …) — the node is then
-emulated with float kernels between integer tensors (`emulate.emulate`) and the reason recorded in
-the `.bc` (`hbcompile.emulated`). Fusion groups are lowered by kind with `(builder, nodes, name)`.
-Ops without an entry that the plan puts on the BPU are emulated; CPU nodes are float islands.
+builder   the program under construction: nodes, constants, a tensor's integer and float forms
+encoding  how a tensor is held as integers (uint8/128, int16, int32) and QuantizeLinear in numpy
+conv      Conv / Gemm / MatMul and the conv fusion groups      qlinear  Add, Mul, Concat, Softmax, pools
+layout    ops on codes (Reshape … MaxPool, Resize nearest, Pad, clamps)
+lut       lookup-table activations                            emulate  CPU islands, float kernels
 """
-
-from __future__ import annotations
-
-from collections.abc import Callable, Sequence
-
-import onnx
-
-from engine.quantize.lower import conv, layout, lut, qlinear
-from engine.quantize.lower.builder import Builder
-
-NodeLowering = Callable[[Builder, onnx.NodeProto], "str | None"]
-GroupLowering = Callable[[Builder, Sequence[onnx.NodeProto], str], "str | None"]
-
-NODES: dict[str, NodeLowering] = {
-    "Conv": conv.conv,
-    "Gemm": conv.gemm,
-    "MatMul": conv.matmul,
-    "Add": qlinear.binary,
-    "Mul": qlinear.binary,
-    "Concat": qlinear.concat,
-    "Softmax": qlinear.softmax,
-    "AveragePool": qlinear.average_pool,
-    "GlobalAveragePool": qlinear.global_average_pool,
-    "ReduceMean": qlinear.global_average_pool,
-    "Relu": layout.clamp,
-    "Clip": layout.clamp,
-    **{op: layout.on_codes for op in layout.ON_CODES},
-    **{op: lut.lut_node for op in lut.luts.ELEMENTWISE if op not in ("Add", "Mul", "Relu", "Clip", "Identity")},
-}
-
-GROUPS: dict[str, GroupLowering] = {
-    "conv_act": conv.conv_act,
-    "conv_add": conv.conv_add,
-    "activation": lut.lut_group,
-}

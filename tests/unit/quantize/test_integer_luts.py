@@ -1,0 +1,229 @@
+"""Requantization and lookup tables of the integer program, on constructed cases.
+
+Plans are written by hand here (powers-of-two scales, so every grid point and every half-way tie
+is exact in float32): the questions are arithmetic — half to even, saturation, table = function
+at every code — not planning.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from engine.quantize import luts
+from engine.quantize.integer import lower_to_integer, read_tensor_map, session_options
+from engine.quantize.lower.encoding import Encoding
+from engine.quantize.types import ActQuant, NodePlan, QuantPlan, WeightQuant
+from tests.support.models import Builder
+
+
+def run_codes(bc: onnx.ModelProto, feeds: dict, tensor: str) -> np.ndarray:
+    """The integer codes of `tensor` (its `<t>_quantized` form) on `feeds`."""
+    name = read_tensor_map(bc)[tensor]["tensor"]
+    model = onnx.ModelProto()
+    model.CopyFrom(bc)
+    model.graph.output.append(helper.make_empty_tensor_value_info(name))
+    session = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+    return session.run([name], feeds)[0]
+
+
+def model_of(nodes, inputs, outputs, inits=(), opset=17) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "constructed", inputs, outputs, list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def fvi(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def table_of(bc: onnx.ModelProto, tensor: str) -> np.ndarray:
+    """The table the `.bc` looks `tensor` up in."""
+    inits = {t.name: t for t in bc.graph.initializer}
+    out = read_tensor_map(bc)[tensor]["tensor"]
+    producers = {o: n for n in bc.graph.node for o in n.output}
+    reshape = producers[out]
+    gather = producers[reshape.input[0]]
+    assert gather.op_type == "GatherElements"
+    return numpy_helper.to_array(inits[gather.input[0]])
+
+
+# ---- requantization: half to even, saturation ---------------------------------------------------------
+def test_qlinear_conv_requantizes_half_to_even_and_saturates():
+    """1×1 conv, x at scale 1, weights 1 and 4 at scale 1, y at scale 2:
+    channel 0 = rint(x / 2) (…, 1.5 → 2, 2.5 → 2, …), channel 1 = 2x saturated to ±127 / -128."""
+    w = np.array([1.0, 4.0], np.float32).reshape(2, 1, 1, 1)
+    model = model_of([helper.make_node("Conv", ["x", "w"], ["y"], name="Conv_0")], [fvi("x", [1, 1, 1, 255])],
+                     [fvi("y", [1, 2, 1, 255])], [numpy_helper.from_array(w, "w")])
+    plan = QuantPlan(
+        nodes={"Conv_0": NodePlan("Conv_0", "Conv", "BPU", act_inputs=("x",), weight="w")},
+        acts={"x": ActQuant("x", 127.0), "y": ActQuant("y", 254.0)},
+        weights={"w": WeightQuant("w", 0, np.array([1.0, 1.0], np.float32))})
+    bc = lower_to_integer(model, plan)
+    assert [n.op_type for n in bc.graph.node if n.name == "Conv_0"] == ["QLinearConv"]
+    x = np.arange(-127, 128, dtype=np.float32).reshape(1, 1, 1, 255)
+    codes = run_codes(bc, {"x": x}, "y").astype(np.int32) - 128
+    values = x.reshape(-1)
+    np.testing.assert_array_equal(codes[0, 0, 0], np.rint(values / 2))  # numpy's rint is half to even
+    assert list(codes[0, 0, 0, [126, 128, 130, 132]]) == [0, 0, 2, 2]  # x = -1, 1, 3, 5: -0.5→0, 0.5→0, 1.5→2, 2.5→2
+    np.testing.assert_array_equal(codes[0, 1, 0], np.clip(2 * values, -128, 127))
+    assert codes[0, 1, 0].max() == 127 and codes[0, 1, 0].min() == -128
+
+
+def test_requantization_table_rounds_half_to_even_and_saturates():
+    table = luts.requantize_table(Encoding("uint8", 1.0, 128), Encoding("uint8", 2.0, 128))
+    values = np.arange(-128, 128)
+    np.testing.assert_array_equal(table.astype(int) - 128, np.rint(values / 2))
+    assert table[128 + 1] == 128 and table[128 + 3] == 130 and table[128 - 3] == 126  # 0.5→0, 1.5→2, -1.5→-2
+    narrow = luts.requantize_table(Encoding("uint8", 1.0, 128), Encoding("uint8", 0.25, 128))
+    assert narrow[0] == 0 and narrow[255] == 255 and narrow[128 + 31] == 128 + 124  # ×4, saturated
+
+
+def test_clamp_with_a_new_scale_rounds_half_to_even():
+    """Relu from scale 1 to scale 2: Clip on codes, then DequantizeLinear → QuantizeLinear."""
+    model = model_of([helper.make_node("Relu", ["x"], ["y"], name="Relu_0")], [fvi("x", [255])], [fvi("y", [255])])
+    plan = QuantPlan(nodes={"Relu_0": NodePlan("Relu_0", "Relu", "BPU", act_inputs=("x",))},
+                     acts={"x": ActQuant("x", 127.0), "y": ActQuant("y", 254.0)})
+    bc = lower_to_integer(model, plan)
+    x = np.arange(-127, 128, dtype=np.float32)
+    codes = run_codes(bc, {"x": x}, "y").astype(int) - 128
+    np.testing.assert_array_equal(codes, np.rint(np.maximum(x, 0) / 2))
+
+
+def test_residual_accumulator_requantizes_half_to_even():
+    """Conv+Add: y = Q(acc·s + r) with ties at .5 (x·1 + r at scale 2)."""
+    b = Builder("tie", seed=0)
+    x = b.input("x", [1, 1, 1, 8])
+    r = b.input("r", [1, 1, 1, 8])
+    conv = b.op("Conv", [x, b.const(np.ones((1, 1, 1, 1)), "w")])
+    b.output(b.op("Add", [conv, r], out="y"))
+    model = b.build()
+    group_meta = '[{"name": "Conv_0+Add_1", "type": "Conv+Add", "nodes": ["Conv_0", "Add_1"], "kind": "conv_add"}]'
+    helper.set_model_props(model, {"hb_fusion_groups": group_meta})
+    from engine.quantize.types import FusionGroup
+
+    plan = QuantPlan(
+        nodes={"Conv_0": NodePlan("Conv_0", "Conv", "BPU", group="Conv_0+Add_1", act_inputs=("x",), weight="w"),
+               "Add_1": NodePlan("Add_1", "Add", "BPU", group="Conv_0+Add_1", act_inputs=("r",))},
+        acts={"x": ActQuant("x", 127.0), "r": ActQuant("r", 127.0), "y": ActQuant("y", 254.0)},
+        weights={"w": WeightQuant("w", 0, np.array([1.0], np.float32))},
+        groups=[FusionGroup("Conv_0+Add_1", "Conv+Add", ("Conv_0", "Add_1"), "conv_add")])
+    bc = lower_to_integer(model, plan)
+    assert {"ConvInteger", "QuantizeLinear"} <= {n.op_type for n in bc.graph.node}
+    xs = np.array([0, 1, 1, 2, 2, 100, -100, -3], np.float32).reshape(1, 1, 1, 8)
+    rs = np.array([1, 0, 2, 3, 0, 100, -100, 0], np.float32).reshape(1, 1, 1, 8)
+    codes = run_codes(bc, {"x": xs, "r": rs}, "y").astype(int) - 128
+    np.testing.assert_array_equal(codes.reshape(-1), [0, 0, 2, 2, 1, 100, -100, -2])  # 0.5→0, 1.5→2, 2.5→2, -1.5→-2
+
+
+def test_encoding_quantize_is_onnxruntime_quantize_linear():
+    """The numpy side of every table: bit for bit QuantizeLinear (uint8/128 and int16), ties included."""
+    rng = np.random.default_rng(0)
+    for enc in (Encoding("uint8", 0.0123457, 128), Encoding("int16", 0.000731, 0)):
+        x = (rng.standard_normal(100_000) * enc.scale * enc.qmax / 2).astype(np.float32)
+        x[:200] = ((np.arange(200) - 100 + 0.5) * np.float32(enc.scale)).astype(np.float32)  # ties
+        x[200:202] = [1e9, -1e9]  # saturation
+        elem = TensorProto.UINT8 if enc.dtype == "uint8" else TensorProto.INT16
+        model = model_of([helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"])], [fvi("x", [x.size])],
+                         [helper.make_tensor_value_info("q", elem, [x.size])],
+                         [numpy_helper.from_array(np.array(enc.scale, np.float32), "s"),
+                          numpy_helper.from_array(np.array(enc.zero_point, enc.np_dtype), "z")], opset=21)
+        model.ir_version = 10
+        got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_array_equal(enc.quantize(x), got)
+
+
+# ---- tables = the float function at every code -----------------------------------------------------------
+def _erf(x):
+    return np.vectorize(math.erf)(x)
+
+
+FUNCTIONS = {
+    "Sigmoid": (lambda x: 1 / (1 + np.exp(-x)), {}),
+    "Tanh": (np.tanh, {}),
+    "HardSigmoid": (lambda x: np.clip(0.2 * x + 0.5, 0, 1), {"alpha": 0.2, "beta": 0.5}),
+    "HardSwish": (lambda x: x * np.clip(x / 6 + 0.5, 0, 1), {}),
+    "Exp": (np.exp, {}),
+    "Gelu": (lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2))), {}),
+    "LeakyRelu": (lambda x: np.where(x >= 0, x, 0.1 * x), {"alpha": 0.1}),
+}
+
+
+def activation_plan(op: str, attrs: dict, in_threshold: float, out_threshold: float, bits=(8, 8)):
+    model = model_of([helper.make_node(op, ["x"], ["y"], name=f"{op}_0", **attrs)], [fvi("x", [64])], [fvi("y", [64])],
+                     opset=20)
+    plan = QuantPlan(nodes={f"{op}_0": NodePlan(f"{op}_0", op, "BPU", act_inputs=("x",), output_bits=bits[1])},
+                     acts={"x": ActQuant("x", in_threshold, bits[0]), "y": ActQuant("y", out_threshold, bits[1])})
+    return model, plan
+
+
+def assert_table_is_function(table: np.ndarray, fn, enc_in: Encoding, enc_out: Encoding) -> None:
+    """Exact at every code, except where the float64 value lies so close to a rounding tie that
+    onnxruntime's float32 kernel (relative error ~1e-6) may round the other way (there: one code)."""
+    x = enc_in.dequantize(luts.input_codes(enc_in)).astype(np.float64)
+    fx = fn(x)
+    exact = fx / enc_out.scale
+    expected = np.clip(np.rint(exact) + enc_out.zero_point, enc_out.qmin, enc_out.qmax)
+    band = 1e-4 + 2e-6 * np.maximum(np.abs(fx), 1.0) / enc_out.scale
+    near_tie = np.abs(np.abs(exact - np.floor(exact)) - 0.5) < band
+    diff = np.abs(table.astype(np.int64) - expected)
+    assert table.size == x.size
+    assert np.all(diff[~near_tie] == 0), f"{np.count_nonzero(diff[~near_tie])} codes differ"
+    assert np.all(diff <= 1)
+
+
+@pytest.mark.parametrize("op", FUNCTIONS)
+def test_lookup_table_matches_the_float_function_at_every_code(op):
+    fn, attrs = FUNCTIONS[op]
+    in_t = 6.0
+    out_t = float(np.max(np.abs(fn(np.linspace(-in_t, in_t, 1001)))))
+    model, plan = activation_plan(op, attrs, in_t, out_t)
+    bc = lower_to_integer(model, plan)
+    tmap = read_tensor_map(bc)
+    enc_in = Encoding("uint8", tmap["x"]["scale"], 128)
+    enc_out = Encoding("uint8", tmap["y"]["scale"], 128)
+    table = table_of(bc, "y")
+    assert table.dtype == np.uint8 and table.shape == (256,)
+    assert_table_is_function(table, fn, enc_in, enc_out)
+    # and the model applies it: every code in, its table entry out
+    x = enc_in.dequantize(np.arange(256, dtype=np.uint8)[:64] * 4)
+    np.testing.assert_array_equal(run_codes(bc, {"x": x}, "y"), table[np.arange(64) * 4])
+
+
+def test_int16_lookup_table_has_every_int16_code():
+    fn, attrs = FUNCTIONS["Sigmoid"]
+    model, plan = activation_plan("Sigmoid", attrs, 8.0, 1.0, bits=(16, 16))
+    bc = lower_to_integer(model, plan)
+    table = table_of(bc, "y")
+    assert table.dtype == np.int16 and table.shape == (65536,)
+    assert_table_is_function(table, fn, Encoding("int16", 8.0 / 32767), Encoding("int16", 1.0 / 32767))
+    x = np.linspace(-8, 8, 64, dtype=np.float32)
+    codes = run_codes(bc, {"x": x}, "y")
+    x_codes = Encoding("int16", 8.0 / 32767).quantize(x).astype(np.int64)
+    np.testing.assert_array_equal(codes, table[x_codes + 32768])
+
+
+def test_activation_group_table_is_the_groups_function():
+    """SiLU left as Mul(x, Sigmoid(x)) (a fusion group of kind activation) → one table of x·σ(x)."""
+    b = Builder("silu", seed=0)
+    x = b.input("x", [64])
+    b.output(b.op("Mul", [x, b.op("Sigmoid", [x])], out="y"))
+    model = b.build()
+    from engine.quantize.types import FusionGroup
+
+    group = FusionGroup("Sigmoid_0+Mul_1", "SiLU", ("Sigmoid_0", "Mul_1"), "activation")
+    plan = QuantPlan(
+        nodes={"Sigmoid_0": NodePlan("Sigmoid_0", "Sigmoid", "BPU", group=group.name, act_inputs=("x",)),
+               "Mul_1": NodePlan("Mul_1", "Mul", "BPU", group=group.name, act_inputs=("x",))},
+        acts={"x": ActQuant("x", 6.0), "y": ActQuant("y", 6.0)}, groups=[group])
+    bc = lower_to_integer(model, plan)
+    assert [n.op_type for n in bc.graph.node if n.name == group.name] == ["GatherElements"]
+    assert not {"Sigmoid", "Mul"} & {n.op_type for n in bc.graph.node}
+    assert_table_is_function(table_of(bc, "y"), lambda v: v / (1 + np.exp(-v)),
+                             Encoding("uint8", 6.0 / 127, 128), Encoding("uint8", 6.0 / 127, 128))
