@@ -1,0 +1,254 @@
+"""Ahead-of-time optimization of the integer program by `optimize_level`, keeping results bit-identical.
+
+The `.hbm` must give the `.bc`'s outputs bit for bit (hb_verifier's consistency mode), so a level
+may only apply rewrites that cannot change a single output bit:
+
+- **O0** — the program exactly as the `.bc` holds it.
+- **O1** — our own rewrites, exact by construction:
+  ``remove_identity`` (an Identity's readers read its input), ``fold_dq_q`` (DequantizeLinear
+  followed by a QuantizeLinear with the same scale, zero point, dtype and axis is the identity on
+  codes: for a code q, v = (q − z)·s in float32, and v / s = (q − z)(1 + ε) with |ε| < 2⁻²²,
+  so for |q − z| ≤ 65535 the error stays far below ½ and round-half-even returns q − z exactly;
+  saturation cannot trigger since q was in range), ``dedupe_initializers`` (byte-identical
+  constants shared), ``remove_dead`` (nodes and constants nothing reads).
+- **O2** — O1, then onnxruntime's basic-level graph optimization applied offline (constant
+  folding with onnxruntime's own CPU kernels — the same kernels that would compute those values
+  at run time, so the same bits — and redundant-node elimination), with every basic rewrite that
+  re-associates float arithmetic disabled (Conv/MatMul + Add/Mul/BatchNormalization fusions,
+  Div/Mul, Gemm sum/transpose fusions, Q/DQ pair removal). The result is then run against the O0
+  program on seeded random inputs of every input; if any output differs in any bit, the O1
+  program is kept and the result says so (`OptimizeResult.fallback`).
+- **O3** (hb_mapper generation) is O2.
+
+Measured (tests/unit/compile/test_hbm.py, generated integer conv nets incl. a CPU island and
+lookup tables, NV12 input conversion): O0, O1 and O2 bit-identical to the `.bc`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+LEVELS = ("O0", "O1", "O2", "O3")
+# onnxruntime basic-level rewrites that change float rounding (unknown names are ignored by onnxruntime)
+VALUE_CHANGING_REWRITES = (
+    "ConvAddFusion", "ConvMulFusion", "ConvBNFusion", "MatmulBNFusion", "DivMulFusion", "GemmSumFusion",
+    "GemmTransposeFusion", "MatMulAddFusion", "DoubleQDQPairsRemover", "QDQFinalCleanupTransformer",
+    "WeightBiasQuantization", "QDQS8ToU8Transformer", "FuseReluClip",
+)
+CHECK_SEEDS = (0, 1)
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    program: onnx.ModelProto
+    level: str  # the level asked for
+    rewrites: dict[str, int] = field(default_factory=dict)  # rewrite → how many times it applied
+    fallback: str = ""  # why O2 fell back to O1 (empty: it did not)
+    checked: bool = False  # outputs compared bit for bit against O0 on seeded inputs
+
+    @property
+    def nodes(self) -> int:
+        return len(self.program.graph.node)
+
+
+def optimize_program(program: onnx.ModelProto, level: str) -> OptimizeResult:
+    """The program at `level` (O0–O3); the input model is not modified."""
+    if level not in LEVELS:
+        raise ValueError(f"optimize_level must be one of {LEVELS}, got {level!r}")
+    model = onnx.ModelProto()
+    model.CopyFrom(program)
+    if level == "O0":
+        return OptimizeResult(model, level)
+    rewrites = {"remove_identity": remove_identity(model), "fold_dq_q": fold_dq_q(model),
+                "dedupe_initializers": dedupe_initializers(model), "remove_dead": remove_dead(model)}
+    if level == "O1":
+        return OptimizeResult(model, level, rewrites)
+    before = len(model.graph.node)
+    optimized, why = _ort_basic(model)
+    if optimized is None:
+        return OptimizeResult(model, level, rewrites, fallback=why)
+    same, why = bit_identical(program, optimized)
+    if not same:
+        return OptimizeResult(model, level, rewrites, fallback=why, checked=True)
+    rewrites["onnxruntime_basic"] = before - len(optimized.graph.node)
+    return OptimizeResult(optimized, level, rewrites, checked=True)
+
+
+# ------------------------------------------------------------------------------- exact rewrites
+
+def _consumers(g: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            if i:
+                out.setdefault(i, []).append(n)
+    return out
+
+
+def _rename_input(g: onnx.GraphProto, old: str, new: str) -> None:
+    for n in g.node:
+        for k, i in enumerate(n.input):
+            if i == old:
+                n.input[k] = new
+
+
+def remove_identity(model: onnx.ModelProto) -> int:
+    """Identity nodes whose output is not a graph output: readers read the input instead."""
+    g = model.graph
+    outputs = {o.name for o in g.output}
+    removed = 0
+    for node in list(g.node):
+        if node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.output[0] not in outputs:
+            _rename_input(g, node.output[0], node.input[0])
+            g.node.remove(node)
+            removed += 1
+    return removed
+
+
+def _constant(g: onnx.GraphProto, name: str) -> np.ndarray | None:
+    for t in g.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    return None
+
+
+def _axis(node: onnx.NodeProto) -> int:
+    return next((a.i for a in node.attribute if a.name == "axis"), 1)
+
+
+def fold_dq_q(model: onnx.ModelProto) -> int:
+    """DequantizeLinear → QuantizeLinear with identical parameters is the identity on codes."""
+    g = model.graph
+    outputs = {o.name for o in g.output}
+    folded = 0
+    for dq in list(g.node):
+        if dq.op_type != "DequantizeLinear" or len(dq.input) < 3 or dq.output[0] in outputs:
+            continue
+        readers = _consumers(g).get(dq.output[0], [])
+        if not readers or any(r.op_type != "QuantizeLinear" or r.domain != dq.domain or len(r.input) < 3
+                              for r in readers):
+            continue
+        s, z = _constant(g, dq.input[1]), _constant(g, dq.input[2])
+        if s is None or z is None or z.dtype not in (np.uint8, np.int8, np.int16, np.uint16):
+            continue
+        ok = True
+        for q in readers:
+            qs, qz = _constant(g, q.input[1]), _constant(g, q.input[2])
+            if qs is None or qz is None or qz.dtype != z.dtype or qs.shape != s.shape or qz.shape != z.shape \
+                    or not np.array_equal(qs, s) or not np.array_equal(qz, z) \
+                    or (s.ndim and _axis(q) != _axis(dq)) or q.output[0] in outputs:
+                ok = False
+        if not ok:
+            continue
+        for q in readers:
+            _rename_input(g, q.output[0], dq.input[0])
+            g.node.remove(q)
+        g.node.remove(dq)
+        folded += 1
+    return folded
+
+
+def dedupe_initializers(model: onnx.ModelProto) -> int:
+    """Byte-identical initializers (same dtype, dims, data) become one."""
+    g = model.graph
+    keep: dict[tuple, str] = {}
+    inputs = {i.name for i in g.input}
+    renamed: dict[str, str] = {}
+    for t in g.initializer:
+        if t.name in inputs:
+            continue
+        key = (t.data_type, tuple(t.dims), numpy_helper.to_array(t).tobytes())
+        if key in keep:
+            renamed[t.name] = keep[key]
+        else:
+            keep[key] = t.name
+    if not renamed:
+        return 0
+    for n in g.node:
+        for k, i in enumerate(n.input):
+            if i in renamed:
+                n.input[k] = renamed[i]
+    kept = [t for t in g.initializer if t.name not in renamed]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    return len(renamed)
+
+
+def remove_dead(model: onnx.ModelProto) -> int:
+    """Nodes none of whose outputs is read (transitively) by a graph output; unused initializers."""
+    g = model.graph
+    needed = {o.name for o in g.output}
+    alive: list[onnx.NodeProto] = []
+    for node in reversed(list(g.node)):
+        if any(o in needed for o in node.output if o):
+            alive.append(node)
+            needed.update(i for i in node.input if i)
+            needed.update(_subgraph_reads(node))
+    removed = len(g.node) - len(alive)
+    if removed:
+        del g.node[:]
+        g.node.extend(reversed(alive))
+    inits = [t for t in g.initializer if t.name in needed]
+    removed_inits = len(g.initializer) - len(inits)
+    if removed_inits:
+        del g.initializer[:]
+        g.initializer.extend(inits)
+    return removed + removed_inits
+
+
+def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    names: set[str] = set()
+    for a in node.attribute:
+        for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for n in sub.node:
+                names.update(i for i in n.input if i)
+                names.update(_subgraph_reads(n))
+    return names
+
+
+# ------------------------------------------------------------------------ onnxruntime offline
+
+def _ort_basic(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str]:
+    import onnxruntime as ort
+
+    fd, path = tempfile.mkstemp(suffix=".onnx")
+    os.close(fd)
+    try:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = path
+        options.log_severity_level = 3
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=list(VALUE_CHANGING_REWRITES))
+        optimized = onnx.load(path)
+    except Exception as e:  # onnxruntime's own exception types
+        return None, f"onnxruntime could not optimize the program ({str(e).splitlines()[0] if str(e) else e})"
+    finally:
+        os.unlink(path)
+    optimized.ClearField("metadata_props")
+    optimized.metadata_props.extend(model.metadata_props)
+    return optimized, ""
+
+
+def bit_identical(a: onnx.ModelProto, b: onnx.ModelProto,
+                  feeds: list[Mapping[str, np.ndarray]] | None = None) -> tuple[bool, str]:
+    """Both programs on the same seeded inputs (or `feeds`): every output equal bit for bit?"""
+    from engine.runtime.feeds import random_feeds
+    from engine.runtime.session import open_session
+
+    sa, sb = open_session(a.SerializeToString()), open_session(b.SerializeToString())
+    names = [o.name for o in sa.get_outputs()]
+    if names != [o.name for o in sb.get_outputs()]:
+        return False, "the optimized program has other outputs"
+    for feed in feeds or [random_feeds(sa.get_inputs(), seed) for seed in CHECK_SEEDS]:
+        for name, x, y in zip(names, sa.run(names, dict(feed)), sb.run(names, dict(feed))):
+            if x.dtype != y.dtype or x.shape != y.shape or x.tobytes() != y.tobytes():
+                return False, f"output '{name}' differs after onnxruntime's optimizations"
+    return True, ""
