@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast-perf", action="store_true", help="build a perf-only model without calibration data")
     p.add_argument("--skip", choices=sorted(SKIP_TO_UNTIL), help="stop early")
     p.add_argument("--until", help=argparse.SUPPRESS)  # stage name, for tests and tools
+    p.add_argument("--no-daemon", action="store_true", help="run in this process even if `hblsp daemon` runs")
     p.add_argument("--version", action="version", version=f"hb_compile (hbcompile) {__version__}")
     return p
 
@@ -45,6 +47,20 @@ def _print_problems(problems: list[Problem], min_severity: Severity = Severity.I
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point: a running `hblsp daemon` does the work warm; otherwise run here."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if not args.no_daemon and not os.environ.get("HBCOMPILE_NO_DAEMON"):
+        from engine.daemon_client import run_via_daemon
+
+        code = run_via_daemon(argv + ["--no-daemon"])
+        if code is not None:
+            return code
+    return cold_main(argv)
+
+
+def cold_main(argv: list[str]) -> int:
+    """One run in this process (also what the daemon calls for each forwarded run)."""
     args = build_parser().parse_args(argv)
     logging.raiseExceptions = False  # a closed stdout (| head) must not print handler tracebacks
     log_path = setup_logging()

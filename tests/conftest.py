@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 REPO = Path(__file__).resolve().parents[1]
+# A developer's running `hblsp daemon` must not serve the tests' in-process CLI calls;
+# tests/daemon opts back in with its own socket.
+os.environ.setdefault("HBCOMPILE_NO_DAEMON", "1")
 
 
 def conv_relu_model(shape=(1, 3, 8, 8), dynamic_batch: bool = False, opset: int = 17,

@@ -1,0 +1,95 @@
+"""The `hb_compile` side of the warm daemon (`hblsp daemon`): find its socket, forward one run.
+
+The daemon itself lives in `hblsp.daemon` (engine never imports hblsp); both sides agree on the
+socket path and the line protocol defined here. One request per connection:
+
+    client → {"argv": [...], "cwd": "...", "tty": false, "columns": 120}\\n
+    daemon → {"out": "text"}\\n ... {"exit": 0}\\n
+
+The socket lives in a folder only the user can enter (0700) and is itself 0600.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+PROTOCOL = 1
+
+
+def runtime_dir() -> Path:
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return Path(base) / f"hbcompile-{os.getuid()}"
+
+
+def socket_path() -> Path:
+    return Path(os.environ.get("HBCOMPILE_DAEMON_SOCKET") or runtime_dir() / "daemon.sock")
+
+
+def _safe(path: Path) -> bool:
+    """Only talk to a socket in a folder that is ours and private (no one else can plant it)."""
+    try:
+        st = path.parent.stat()
+        return st.st_uid == os.getuid() and (st.st_mode & 0o077) == 0
+    except OSError:
+        return False
+
+
+def connect(timeout: float = 0.5) -> socket.socket | None:
+    path = socket_path()
+    if not path.exists() or not _safe(path):
+        return None
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(path))
+    except OSError:
+        s.close()
+        return None
+    s.settimeout(None)
+    return s
+
+
+def request(sock: socket.socket, message: dict) -> None:
+    sock.sendall((json.dumps(message) + "\n").encode())
+
+
+def replies(sock: socket.socket):
+    """Yield each JSON message the daemon sends until it closes the connection."""
+    with sock.makefile("r", encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
+
+
+def run_via_daemon(argv: list[str]) -> int | None:
+    """Forward an hb_compile run to a running daemon; None when there is none (run cold)."""
+    sock = connect()
+    if sock is None:
+        return None
+    try:
+        columns = os.get_terminal_size().columns if sys.stdout.isatty() else 0
+    except OSError:
+        columns = 0
+    printed = False
+    with sock:
+        try:
+            request(sock, {"protocol": PROTOCOL, "argv": argv, "cwd": os.getcwd(), "tty": sys.stdout.isatty(),
+                           "columns": columns})
+            for msg in replies(sock):
+                if "out" in msg:
+                    sys.stdout.write(msg["out"])
+                    sys.stdout.flush()
+                    printed = True
+                elif "exit" in msg:
+                    return int(msg["exit"])
+        except (OSError, ValueError):
+            pass
+    if not printed:
+        return None  # the daemon went away before saying anything: run cold instead
+    sys.stdout.write("ERROR the hbcompile daemon stopped during the run\n")
+    return 2

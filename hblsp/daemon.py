@@ -1,0 +1,174 @@
+"""`hblsp daemon start|stop|status`: a warm engine for command-line runs.
+
+`hb_compile` forwards its arguments to a running daemon (engine/daemon_client.py has the
+protocol and the socket path) and prints what comes back, so repeated compiles skip Python
+start-up, imports (onnx, onnxruntime, numpy), model loading and every unchanged stage (the
+engine's in-memory hash memo and stage cache stay warm). Runs are served one at a time: a run
+changes the process's working directory and stdout, which are process-wide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from engine import daemon_client as dc
+
+
+class _SocketOut(io.TextIOBase):
+    """stdout for one run: every write goes to the client as {"out": text}."""
+
+    def __init__(self, conn: socket.socket, tty: bool) -> None:
+        self.conn, self.tty = conn, tty
+
+    def write(self, text: str) -> int:
+        if text:
+            self.conn.sendall((json.dumps({"out": text}) + "\n").encode())
+        return len(text)
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def flush(self) -> None:
+        pass
+
+
+def _prepare_socket(path: Path) -> socket.socket:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    if path.exists():
+        probe = dc.connect()
+        if probe is not None:
+            probe.close()
+            raise SystemExit(f"hblsp daemon: already running on {path}")
+        path.unlink()
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        srv.bind(str(path))
+    finally:
+        os.umask(old)
+    srv.listen(8)
+    return srv
+
+
+def serve(path: Path | None = None) -> int:
+    """Run the daemon in this process until `stop`."""
+    path = path or dc.socket_path()
+    srv = _prepare_socket(path)
+    (path.parent / "daemon.pid").write_text(str(os.getpid()))
+    import engine.stages  # noqa: F401
+    from engine import cli  # the warm part: imported once for every run
+
+    started, runs = time.time(), 0
+    signal.signal(signal.SIGTERM, lambda *_: (_cleanup(path), os._exit(0)))
+    try:
+        while True:
+            conn, _ = srv.accept()
+            with conn:
+                try:
+                    msg = json.loads(conn.makefile("r", encoding="utf-8").readline() or "{}")
+                except ValueError:
+                    continue
+                if msg.get("cmd") == "stop":
+                    conn.sendall(b'{"stopped": true}\n')
+                    return 0
+                if msg.get("cmd") == "status":
+                    conn.sendall((json.dumps({"pid": os.getpid(), "runs": runs, "uptime": time.time() - started,
+                                              "socket": str(path)}) + "\n").encode())
+                    continue
+                runs += 1
+                code = _run(conn, msg, cli)
+                try:
+                    conn.sendall((json.dumps({"exit": code}) + "\n").encode())
+                except OSError:
+                    pass
+    finally:
+        _cleanup(path)
+        srv.close()
+
+
+def _run(conn: socket.socket, msg: dict, cli) -> int:
+    out = _SocketOut(conn, bool(msg.get("tty")))
+    saved_out, saved_cwd = sys.stdout, os.getcwd()
+    if msg.get("columns"):
+        os.environ["COLUMNS"] = str(msg["columns"])
+    try:
+        os.chdir(msg.get("cwd") or saved_cwd)
+        sys.stdout = out
+        return cli.cold_main(list(msg.get("argv") or []))
+    except OSError:
+        return 2
+    finally:
+        sys.stdout = saved_out
+        os.chdir(saved_cwd)
+        os.environ.pop("COLUMNS", None)
+
+
+def _cleanup(path: Path) -> None:
+    for p in (path, path.parent / "daemon.pid"):
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+def _ask(message: dict) -> dict | None:
+    sock = dc.connect(timeout=2.0)
+    if sock is None:
+        return None
+    with sock:
+        dc.request(sock, message)
+        return next(dc.replies(sock), None)
+
+
+def start(wait: float = 20.0) -> int:
+    if _ask({"cmd": "status"}):
+        print(f"hblsp daemon: already running ({dc.socket_path()})")
+        return 0
+    log = dc.runtime_dir() / "daemon.log"
+    dc.runtime_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(log, "ab") as fh:
+        subprocess.Popen([sys.executable, "-m", "hblsp.daemon", "serve"], stdin=subprocess.DEVNULL, stdout=fh,
+                         stderr=fh, start_new_session=True, close_fds=True)
+    deadline = time.time() + wait
+    while time.time() < deadline:
+        status = _ask({"cmd": "status"})
+        if status:
+            print(f"hblsp daemon: started (pid {status['pid']}, {dc.socket_path()})")
+            return 0
+        time.sleep(0.05)
+    print(f"hblsp daemon: did not start within {wait:.0f}s; see {log}")
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="hblsp daemon", description="A warm hbcompile engine for hb_compile runs.")
+    p.add_argument("action", choices=["start", "stop", "status", "serve"])
+    args = p.parse_args(argv)
+    if args.action == "serve":
+        return serve()
+    if args.action == "start":
+        return start()
+    reply = _ask({"cmd": args.action})
+    if reply is None:
+        print("hblsp daemon: not running")
+        return 1 if args.action == "status" else 0
+    if args.action == "status":
+        print(f"hblsp daemon: running (pid {reply['pid']}, {reply['runs']} runs, up {reply['uptime']:.0f}s, "
+              f"{reply['socket']})")
+    else:
+        print("hblsp daemon: stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
