@@ -447,6 +447,10 @@ def make_plan(model: onnx.ModelProto, thresholds: Mapping[str, Any], options: Qu
     options = options or QuantOptions()
     a = _analyse(model, options)
     notes = a.notes
+    if options.asymmetric:
+        notes.append("optimization asymmetric is recorded, but activations stay symmetric (zero point 0) here")
+    if options.bias_correction:
+        notes.append("optimization bias_correction is recorded, but biases are not corrected yet")
     s = _scales(a, options)
 
     raw: dict[str, float | np.ndarray] = {}

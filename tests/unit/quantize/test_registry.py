@@ -163,6 +163,7 @@ compiler_parameters:
     plan = plan_for(chain(), options)
     assert plan.nodes["Conv_0"].on == "BPU" and plan.nodes["Erf_2"].on == "CPU"
     assert any("node_info takes priority over run_on_cpu for node 'Conv_0'" in n for n in plan.notes)
+    assert "optimization asymmetric is recorded, but activations stay symmetric (zero point 0) here" in plan.notes
 
 
 def test_shape_arithmetic_stays_on_cpu_and_is_not_observed():
