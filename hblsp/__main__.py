@@ -1,0 +1,6 @@
+"""`python -m hblsp`: the language server on stdio (what editors and the tests start)."""
+
+from hblsp.server import main
+
+if __name__ == "__main__":  # a spawned model reader imports this module too
+    raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""One config text → the problems the CLI would report, placed on tokens, plus the model's.
+
+This is the only place hblsp calls the engine's checks: `load_text` (YAML, schema, semantic
+rules; guarded against inputs the engine does not expect from an editor) and `model_problems`
+(the model-aware rules once the model is read). `to_diagnostic` converts a `Problem` at the edge,
+carrying what code actions need in `data` so they never re-analyse.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types
+
+from engine.config import load_config_text
+from engine.config.inputs import check_with_model
+from engine.config.loader import MAX_CONFIG_BYTES, LoadResult, locate, normalize
+from engine.problems import Problem, Severity, Span, error
+from hblsp.models import MP, ModelSource, ModelState
+from hblsp.positions import Positions
+
+log = logging.getLogger(__name__)
+
+SOURCE = "hb_compile"
+
+
+def load_text(text: str, base_dir: Path, check_files: bool = True) -> LoadResult:
+    """The engine's `load_config_text`, after the checks `read_config` does on bytes."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_CONFIG_BYTES:
+        return LoadResult(None, [error("config-too-big", f"The config is {size} bytes; a config is expected to be "
+                                       f"under {MAX_CONFIG_BYTES} bytes", span=_first_char())])
+    bad = next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), None)
+    if bad is not None:
+        return LoadResult(None, [error("config-encoding", f"The config is not UTF-8 text (byte "
+                                       f"{len(text[:bad].encode('utf-8', 'surrogatepass'))})", span=_first_char())])
+    return load_config_text(text, base_dir, check_files=check_files)
+
+
+def _first_char() -> Span:
+    return Span(0, 0, 0, 1)
+
+
+def config_data(result: LoadResult) -> dict[str, Any] | None:
+    """The normalised config dict (what rules read), also for configs with errors."""
+    doc = result.doc
+    if doc is None or doc.root is None or doc.root.kind != "map":
+        return None
+    return normalize(doc.root.to_python())[0]
+
+
+def model_source(data: dict[str, Any] | None, base_dir: Path) -> ModelSource | None:
+    """The model files a config names, resolved like the CLI resolves them."""
+    mp = (data or {}).get(MP)
+    if not isinstance(mp, dict):
+        return None
+
+    def path(key: str) -> Path | None:
+        v = mp.get(key)
+        if not isinstance(v, str) or not v.strip():
+            return None
+        p = Path(v.strip()).expanduser()
+        return p if p.is_absolute() else base_dir / p
+
+    onnx_path = path("onnx_model")
+    if onnx_path is not None:
+        return ModelSource("onnx_model", (onnx_path,))
+    caffe, proto = path("caffe_model"), path("prototxt")
+    if caffe is not None and proto is not None:
+        return ModelSource("caffe_model", (caffe, proto))
+    return None
+
+
+def model_problems(result: LoadResult, data: dict[str, Any] | None, state: ModelState | None) -> list[Problem]:
+    """Problems that need the model, placed on their tokens (none while the model is unknown)."""
+    if state is None or result.doc is None or data is None:
+        return []
+    problems = list(state.problems)
+    if state.info is not None:
+        try:
+            problems += check_with_model(data, state.info)
+        except Exception:  # rules written for schema-valid input may trip over a half-typed one
+            log.info("model rules skipped on this version", exc_info=True)
+    return locate(problems, result.doc, None)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything known about one document version: its problems, in document order."""
+
+    problems: tuple[Problem, ...]
+    data: dict[str, Any] | None
+    model: ModelState | None
+
+
+def merge(result: LoadResult, extra: list[Problem]) -> tuple[Problem, ...]:
+    seen, out = set(), []
+    for p in list(result.problems) + extra:
+        key = (p.code, p.message, p.span)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return tuple(sorted(out, key=lambda p: (p.span.line, p.span.col) if p.span else (-1, -1)))
+
+
+def analyse(result: LoadResult, data: dict[str, Any] | None, state: ModelState | None) -> Analysis:
+    return Analysis(merge(result, model_problems(result, data, state)), data, state)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def to_diagnostic(p: Problem, positions: Positions) -> types.Diagnostic:
+    """Same message, code and place as the CLI's line; `data` keeps the key path and fix hints."""
+    tags = [types.DiagnosticTag.Deprecated] if p.code == "deprecated-key" else None
+    return types.Diagnostic(
+        range=positions.range(p.span),
+        message=p.message,
+        severity=types.DiagnosticSeverity(int(p.severity)),
+        code=p.code,
+        source=SOURCE,
+        tags=tags,
+        data={"path": _jsonable(p.path), "hints": _jsonable(p.data),
+              "fixes": [{"title": f.title, "newText": f.new_text} for f in p.fixes]},
+    )
+
+
+def is_error(p: Problem) -> bool:
+    return p.severity == Severity.ERROR

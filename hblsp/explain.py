@@ -1,0 +1,121 @@
+"""How a key, a value, a march, a model input or a node is explained to a person (Markdown).
+
+Shared by hover and by completion items' documentation, so both say the same thing; every word
+about a key comes from the schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.frontend.model_info import ModelInfo, NodeInfo, TensorInfo
+from hblsp import schema_view as sv
+
+GENERATIONS = {"hb_mapper": "hb_mapper (X3 / J5 / X5 generation) only",
+               "hb_compile": "hb_compile (nash-* generation) only"}
+LIST_WORDS = {"per-input": "`;` list, one item per input", "names": "`;` list of names",
+              "comma": "`,` list"}
+
+
+def type_words(s: dict[str, Any] | None) -> str:
+    s = s or {}
+    words = " or ".join(sv.types_of(s)) or "any"
+    if s.get("x-hb-list"):
+        words += ", " + LIST_WORDS.get(s["x-hb-list"], s["x-hb-list"])
+    if s.get("x-hb-path"):
+        words += f", path to a {s['x-hb-path']}" + (f" ({s['x-hb-suffix']})" if s.get("x-hb-suffix") else "")
+    return words
+
+
+def _fmt_default(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value) if value == "" else str(value)
+
+
+def key_markdown(path: tuple[str, ...]) -> str:
+    """Description, type, default, allowed values with their meaning, deprecation."""
+    s = sv.at(path) or {}
+    out = [f"**{path[-1]}** — `{'.'.join(path)}`" if len(path) > 1 else f"**{path[-1]}** (section)"]
+    if len(path) > 1:
+        out[0] += f" · {type_words(s)}"
+    if s.get("description"):
+        out.append(s["description"])
+    if "default" in s:
+        out.append(f"Default: `{_fmt_default(s['default'])}`")
+    choices = sv.value_choices(s) if "boolean" not in sv.types_of(s) else []
+    if choices:
+        march = sv.is_march_key(path)
+        lines = []
+        for c in choices:
+            meaning = _march_line(c.value) if march else c.description
+            lines.append(f"- `{c.value}`" + (f" — {meaning}" if meaning else ""))
+        out.append("Allowed values:\n" + "\n".join(lines))
+    if s.get("deprecated"):
+        text = s.get("x-hb-deprecation") or "Deprecated."
+        if s.get("x-hb-replacement"):
+            text += f" Use `{s['x-hb-replacement']}` instead."
+        out.append(f"**Deprecated.** {text}")
+    if s.get("x-hb-generation") in GENERATIONS:
+        out.append(f"_{GENERATIONS[s['x-hb-generation']]}_")
+    return "\n\n".join(out)
+
+
+def _march_line(name: str) -> str:
+    m = sv.march(name) or {}
+    parts = [m.get("description", "")]
+    if m.get("generation"):
+        parts.append(f"{m['generation']} generation")
+    return ", ".join(p for p in parts if p)
+
+
+def march_markdown(name: str) -> str:
+    m = sv.march(name)
+    if not m:
+        return ""
+    out = [f"**{name}** — {_march_line(name)}"]
+    for key, words in (("optimize_level", "optimize_level"), ("core_num", "core_num"),
+                       ("input_batch", "input_batch"), ("max_time_per_fc", "max_time_per_fc")):
+        v = m.get(key)
+        if isinstance(v, list) and v:
+            shown = ", ".join(map(str, v)) if key == "optimize_level" else f"{v[0]}–{v[1]}"
+            out.append(f"- {words}: {shown}")
+    return "\n".join(out)
+
+
+def value_markdown(path: tuple[str, ...], value: str) -> str | None:
+    s = sv.at(path)
+    if sv.is_march_key(path):
+        return march_markdown(value) or None
+    meaning = sv.enum_description(s, value)
+    if meaning is None:
+        return None
+    return f"**`{value}`** ({path[-1]}): {meaning}"
+
+
+def shape_text(shape: tuple | None) -> str:
+    if shape is None:
+        return "unknown shape"
+    return "x".join("?" if d is None else str(d) for d in shape) if shape else "scalar"
+
+
+def input_detail(t: TensorInfo) -> str:
+    return f"input {shape_text(t.shape)} {t.dtype_name}"
+
+
+def node_detail(n: NodeInfo, model: ModelInfo) -> str:
+    outs = ", ".join(shape_text(model.value_shapes.get(o)) for o in n.outputs)
+    return f"{n.op_type} → {outs}" if outs else n.op_type
+
+
+def node_markdown(n: NodeInfo, model: ModelInfo) -> str:
+    out = [f"**{n.name}** · `{n.op_type}`"]
+    for word, names in (("input", n.inputs), ("output", n.outputs)):
+        for name in names:
+            if name:
+                out.append(f"- {word} `{name}`: {shape_text(model.value_shapes.get(name))}")
+    return "\n".join(out)
+
+
+def input_markdown(t: TensorInfo) -> str:
+    return f"**{t.name}** · model input\n- shape: {shape_text(t.shape)}\n- type: {t.dtype_name}"

@@ -1,0 +1,251 @@
+"""Completion: section keys, each section's keys, values, model names and paths.
+
+- Keys: the mapping's declared keys not already present (deprecated ones last, struck through),
+  inserted as `key: ` with a snippet offering the allowed values; a section comes with snippets
+  for its required children.
+- Values: every enum (one entry per allowed value, with its meaning), true/false for booleans, the
+  default otherwise; in a `;` list the item under the cursor is completed, not the whole value.
+- From the model: input names, node names (with op type) for the keys the schema marks with
+  `x-hb-model-values`, also as keys where the schema takes user-named entries (node_info,
+  input_source).
+- Paths: files with the key's suffix and folders, relative to the config's folder.
+
+Works from the lines around the cursor (`hblsp.cursor`), so it answers while the YAML is broken.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lsprotocol import types
+
+from engine.frontend.model_info import ModelInfo
+from hblsp import schema_view as sv
+from hblsp.cursor import Cursor, cursor_at, indent_of, indent_unit, sibling_keys
+from hblsp.documents import ConfigDoc
+from hblsp.explain import input_detail, key_markdown, march_markdown, node_detail, type_words
+
+if TYPE_CHECKING:
+    from hblsp.server import HbServer
+
+TRIGGERS = [":", ";", "/", ","]
+
+
+@dataclass(frozen=True)
+class Env:
+    snippets: bool = True
+    limit: int = 500
+    model: ModelInfo | None = None
+
+
+def _escape_choice(value: str) -> str:
+    return "".join("\\" + c if c in "$}\\,|" else c for c in value)
+
+
+def _escape(value: str) -> str:
+    return "".join("\\" + c if c in "$}\\" else c for c in value)
+
+
+def _value_snippet(s: dict[str, Any] | None, n: int) -> str:
+    choices = sv.value_choices(s)
+    if choices:
+        return f"${{{n}|{','.join(_escape_choice(c.value) for c in choices)}|}}"
+    default = (s or {}).get("default")
+    if isinstance(default, (str, int, float)) and not isinstance(default, bool) and str(default) != "":
+        return f"${{{n}:{_escape(str(default))}}}"
+    return f"${n}"
+
+
+def _key_insert(path: tuple[str, ...], key: str, indent: int, unit: int, env: Env) -> tuple[str, types.InsertTextFormat]:
+    """`key: <value>` (or `key:` + its required children) as a snippet when the client takes them."""
+    s = sv.at(path + (key,)) or {}
+    if not env.snippets:
+        return (f"{key}:" if "object" in sv.types_of(s) and "string" not in sv.types_of(s) else f"{key}: ",
+                types.InsertTextFormat.PlainText)
+    if not path:  # a section: its required keys come along
+        pad = " " * (indent + unit)
+        lines = [f"{key}:"]
+        for i, child in enumerate(sv.required((key,)), start=1):
+            lines.append(f"{pad}{child}: {_value_snippet(sv.at((key, child)), i)}")
+        if len(lines) == 1:
+            lines.append(f"{pad}$0")
+        return "\n".join(lines), types.InsertTextFormat.Snippet
+    if sv.types_of(s) == ["object"]:
+        return f"{key}:\n{' ' * (indent + unit)}$0", types.InsertTextFormat.Snippet
+    return f"{key}: {_value_snippet(s, 1)}", types.InsertTextFormat.Snippet
+
+
+def _doc(markdown: str) -> types.MarkupContent:
+    return types.MarkupContent(kind=types.MarkupKind.Markdown, value=markdown)
+
+
+def _edit_range(doc: ConfigDoc, line: int, start: int, end: int) -> types.Range:
+    p = doc.positions
+    return types.Range(start=p.position(line, start), end=p.position(line, end))
+
+
+def key_items(doc: ConfigDoc, cur: Cursor, env: Env) -> list[types.CompletionItem]:
+    lines = doc.positions.lines
+    indent = cur.key_start if lines[cur.line].strip() else cur.column
+    present = sibling_keys(lines, cur.line, indent_of(lines[cur.line]) if lines[cur.line].strip() else indent)
+    unit = indent_unit(lines)
+    rng = _edit_range(doc, cur.line, cur.key_start, cur.key_end if cur.has_colon else max(cur.key_end, cur.column))
+    items: list[types.CompletionItem] = []
+    names = sv.key_names(cur.path)
+    for order, key in enumerate(names):
+        if key in present and key != cur.key:
+            continue
+        s = sv.at(cur.path + (key,)) or {}
+        deprecated = bool(s.get("deprecated"))
+        if cur.has_colon:
+            text, fmt = key, types.InsertTextFormat.PlainText
+        else:
+            text, fmt = _key_insert(cur.path, key, indent, unit, env)
+        items.append(types.CompletionItem(
+            label=key,
+            kind=types.CompletionItemKind.Module if not cur.path else types.CompletionItemKind.Property,
+            detail=type_words(s) if cur.path else "section",
+            documentation=_doc(key_markdown(cur.path + (key,))),
+            tags=[types.CompletionItemTag.Deprecated] if deprecated else None,
+            sort_text=f"{1 if deprecated else 0}{order:04d}",
+            filter_text=key,
+            insert_text_format=fmt,
+            text_edit=types.TextEdit(range=rng, new_text=text)))
+    entry = sv.entry_schema(cur.path)
+    kind = sv.model_values(sv.at(cur.path))
+    if entry is not None and kind and env.model is not None:
+        for order, (name, detail) in enumerate(_model_names(kind, env.model)):
+            if name in present and name != cur.key:
+                continue
+            if cur.has_colon:
+                text, fmt = name, types.InsertTextFormat.PlainText
+            elif sv.types_of(entry) == ["object"] and env.snippets:
+                text, fmt = f"{name}:\n{' ' * (indent + unit)}$0", types.InsertTextFormat.Snippet
+            elif env.snippets:
+                text, fmt = f"{name}: {_value_snippet(entry, 1)}", types.InsertTextFormat.Snippet
+            else:
+                text, fmt = f"{name}: ", types.InsertTextFormat.PlainText
+            items.append(types.CompletionItem(
+                label=name, kind=types.CompletionItemKind.Reference, detail=detail, sort_text=f"2{order:06d}",
+                filter_text=name, insert_text_format=fmt, text_edit=types.TextEdit(range=rng, new_text=text)))
+    return items
+
+
+def _model_names(kind: str, model: ModelInfo) -> list[tuple[str, str]]:
+    if kind == "input_name":
+        return [(t.name, input_detail(t)) for t in model.inputs]
+    if kind == "node_name":
+        return [(n.name, node_detail(n, model)) for n in model.nodes]
+    if kind == "op_type":
+        return [(op, "op type") for op in sorted({n.op_type for n in model.nodes})]
+    return []
+
+
+def _path_entries(base: Path, typed: str, kind: str, suffix: str | None, limit: int) -> list[tuple[str, bool]]:
+    head = typed[:typed.rfind("/") + 1]
+    folder = Path(os.path.expanduser(head)) if head else Path(".")
+    folder = folder if folder.is_absolute() else base / folder
+    tail = typed[len(head):]
+    out: list[tuple[str, bool]] = []
+    try:
+        with os.scandir(folder) as it:
+            for entry in it:
+                if entry.name.startswith(".") and not tail.startswith("."):
+                    continue
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:
+                    continue
+                if is_dir or (kind == "file" and (not suffix or entry.name.lower().endswith(suffix.lower()))):
+                    out.append((head + entry.name, is_dir))
+                if len(out) >= limit:
+                    break
+    except OSError:
+        return []
+    return sorted(out, key=lambda e: (not e[1], e[0]))
+
+
+def value_items(doc: ConfigDoc, cur: Cursor, env: Env) -> tuple[list[types.CompletionItem], bool]:
+    s = sv.at(cur.path)
+    if s is None:
+        return [], False
+    line = doc.positions.lines[cur.line]
+    sep = sv.separator(s)
+    item = cur.item(line, sep)
+    rng = _edit_range(doc, cur.line, item.start, item.end)
+    lead = " " if item.start > 0 and line[item.start - 1] == ":" else ""
+    items: list[types.CompletionItem] = []
+    incomplete = False
+
+    def add(label: str, kind: types.CompletionItemKind, order: int, detail: str | None = None,
+            documentation: str | None = None, text: str | None = None) -> None:
+        new = text if text is not None else label
+        items.append(types.CompletionItem(
+            label=label, kind=kind, detail=detail, sort_text=f"{order:06d}", filter_text=new,
+            documentation=_doc(documentation) if documentation else None,
+            text_edit=types.TextEdit(range=rng, new_text=lead + new)))
+
+    march = sv.is_march_key(cur.path)
+    for order, choice in enumerate(sv.value_choices(s)):
+        doc_md = march_markdown(choice.value) if march else choice.description
+        add(choice.value, types.CompletionItemKind.EnumMember, order, documentation=doc_md)
+    kind = sv.model_values(s)
+    if kind and env.model is not None:
+        used = {p.strip() for p in line[cur.value_start:cur.value_end].split(sep)} if sep else set()
+        typed = item.text.lower()
+        names = _model_names(kind, env.model)
+        names.sort(key=lambda nd: nd[0] in used)  # names not yet in the list first
+        for order, (name, detail) in enumerate(names):
+            if typed and typed not in name.lower():
+                continue
+            if len(items) >= env.limit:
+                incomplete = True
+                break
+            add(name, types.CompletionItemKind.Reference if kind == "node_name" else types.CompletionItemKind.Variable,
+                1000 + order, detail=detail)
+    path_kind = s.get("x-hb-path")
+    if path_kind and isinstance(item.text, str):
+        for order, (path, is_dir) in enumerate(_path_entries(doc.base_dir, item.text, path_kind, s.get("x-hb-suffix"),
+                                                             env.limit)):
+            label = path.rstrip("/").rsplit("/", 1)[-1] + ("/" if is_dir else "")
+            text = path + "/" if is_dir and path_kind == "file" else path
+            add(label, types.CompletionItemKind.Folder if is_dir else types.CompletionItemKind.File, 2000 + order,
+                text=text)
+    default = s.get("default")
+    if not items and default not in (None, "", {}, []) and not isinstance(default, (dict, list)):
+        text = str(default).lower() if isinstance(default, bool) else str(default)
+        add(text, types.CompletionItemKind.Value, 0, detail="default")
+    return items, incomplete
+
+
+def complete_at(doc: ConfigDoc, pos: types.Position, env: Env) -> types.CompletionList | None:
+    """Pure core: completion items at a client position (None outside config context)."""
+    if not doc.is_config:
+        return None
+    cur = cursor_at(doc.positions.lines, pos.line, doc.positions.column(pos))
+    if cur is None:
+        return None
+    if cur.in_value:
+        items, incomplete = value_items(doc, cur, env)
+    else:
+        items, incomplete = key_items(doc, cur, env), False
+    return types.CompletionList(is_incomplete=incomplete, items=items)
+
+
+def _snippet_support(ls: HbServer) -> bool:
+    caps = ls.client_capabilities.text_document
+    item = caps.completion.completion_item if caps and caps.completion else None
+    return bool(item and item.snippet_support)
+
+
+def register(ls: HbServer) -> None:
+    @ls.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=TRIGGERS))
+    def on_completion(ls: HbServer, params: types.CompletionParams) -> types.CompletionList | None:
+        doc = ls.documents.get(params.text_document.uri)
+        if doc is None:
+            return None
+        env = Env(_snippet_support(ls), ls.settings.completion_limit, ls.model_info(doc.uri))
+        return complete_at(doc, params.position, env)

@@ -1,0 +1,113 @@
+"""The schema seen from a cursor: which keys a mapping takes, what a value may be, what it means.
+
+Every key, enum value, default and description hblsp shows comes from
+`schemas/hb_compile.schema.json` through `engine.schema`; this module only walks it by key path
+(sections → keys → nested objects such as `node_info.<node>` or `input_source.<input>`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from engine import schema
+
+SEPARATORS = {"per-input": ";", "names": ";", "comma": ","}
+
+
+def at(path: tuple[str, ...]) -> dict[str, Any] | None:
+    """Schema of the value at `path` (() is the whole config), or None where the schema says nothing."""
+    node: dict[str, Any] | None = schema.load_schema()
+    for part in path:
+        if node is None:
+            return None
+        props = node.get("properties") or {}
+        if part in props:
+            node = props[part]
+            continue
+        for pattern, sub in (node.get("patternProperties") or {}).items():
+            if re.search(pattern, part):
+                node = sub
+                break
+        else:
+            extra = node.get("additionalProperties")
+            node = extra if isinstance(extra, dict) else None
+    return node
+
+
+def key_names(path: tuple[str, ...]) -> list[str]:
+    """Declared keys of the mapping at `path`, in schema order."""
+    return list((at(path) or {}).get("properties") or {})
+
+
+def entry_schema(path: tuple[str, ...]) -> dict[str, Any] | None:
+    """Schema of a user-named entry (a node name under node_info, an input under input_source)."""
+    extra = (at(path) or {}).get("additionalProperties")
+    return extra if isinstance(extra, dict) else None
+
+
+def types_of(s: dict[str, Any]) -> list[str]:
+    t = s.get("type")
+    return list(t) if isinstance(t, list) else ([t] if t else [])
+
+
+def separator(s: dict[str, Any] | None) -> str | None:
+    return SEPARATORS.get((s or {}).get("x-hb-list", ""))
+
+
+def model_values(s: dict[str, Any] | None) -> str | None:
+    """'input_name', 'node_name' or 'op_type' when the values (or entry keys) come from the model."""
+    return (s or {}).get("x-hb-model-values")
+
+
+@dataclass(frozen=True)
+class Choice:
+    value: str
+    description: str | None = None
+
+
+def value_choices(s: dict[str, Any] | None) -> list[Choice]:
+    """The values one item may take: enum, per-item enum (public values only) or true/false."""
+    if not s:
+        return []
+    described = s.get("x-hb-enum-descriptions") or {}
+    values = s.get("enum") or s.get("x-hb-item-enum") or []
+    if values:
+        return [Choice(str(v), described.get(v)) for v in values]
+    if "boolean" in types_of(s):
+        return [Choice("true"), Choice("false")]
+    return []
+
+
+def all_values(s: dict[str, Any] | None) -> list[str]:
+    """Public and hidden allowed values (what the checker accepts)."""
+    if not s:
+        return []
+    return [str(v) for v in (s.get("enum") or s.get("x-hb-item-enum") or [])] + \
+        [str(v) for v in s.get("x-hb-item-enum-hidden", [])]
+
+
+def enum_description(s: dict[str, Any] | None, value: str) -> str | None:
+    return ((s or {}).get("x-hb-enum-descriptions") or {}).get(value)
+
+
+def required(path: tuple[str, ...]) -> list[str]:
+    """Keys a mapping must have: `required`, plus the first of an x-hb-required-unless group."""
+    s = at(path) or {}
+    out = list(s.get("required") or [])
+    for key, sub in (s.get("properties") or {}).items():
+        unless = sub.get("x-hb-required-unless")
+        if unless and not any(u in out for u in unless) and key not in out:
+            out.insert(0, key)
+    return out
+
+
+def march(value: str) -> dict[str, Any] | None:
+    return schema.marches().get(value)
+
+
+def is_march_key(path: tuple[str, ...]) -> bool:
+    """The key whose values are the marches described in `x-hb-marches`."""
+    s = at(path) or {}
+    return bool(s.get("enum")) and set(s["enum"]) == set(schema.marches())

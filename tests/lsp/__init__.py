@@ -1,0 +1,1 @@
+"""LSP end-to-end tests: a real hblsp subprocess over stdio."""
