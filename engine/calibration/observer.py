@@ -165,7 +165,8 @@ class Observer:
     def _run(self, session: ort.InferenceSession, samples: Sequence[Mapping[str, np.ndarray]]
              ) -> dict[str, np.ndarray]:
         feeds = self._feeds(samples)
-        values = dict(zip(self._fetch, session.run(self._fetch, feeds), strict=True))
+        # no run at all when every observed tensor is a graph input (run([]) would fetch all outputs)
+        values = dict(zip(self._fetch, session.run(self._fetch, feeds), strict=True)) if self._fetch else {}
         values.update({t: feeds[t] for t in self.tensors if t in feeds})
         return values
 

@@ -157,7 +157,8 @@ class _Builder:
                     self.problems.append(error("yaml-complex-key", "A key must be a plain word", path,
                                                span=key.span))
                     continue
-                key_value = key.value if isinstance(key.value, str) else str(key.value)
+                # keys are names: YAML 1.1 would read `ON:` (node_info) as True, `1:` as an int
+                key_value = knode.value if isinstance(knode, yaml.ScalarNode) else str(key.value)
                 key.value = key_value
                 if key_value in seen:
                     first = seen[key_value]
