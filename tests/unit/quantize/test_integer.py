@@ -94,6 +94,15 @@ def matmul():
     return b.build()
 
 
+def residual_out():
+    """Conv → Relu → Conv + x as the model output: the Conv+Add group's own output."""
+    b = Builder("residual_out", seed=15)
+    x = b.input("x", [1, 8, 12, 12])
+    y = b.conv(b.op("Relu", [b.conv(x, 8, 8)]), 8, 8)
+    b.output(b.op("Add", [y, x], out="y"))
+    return b.build()
+
+
 def concat_branches():
     b = Builder("concat", seed=6)
     x = b.input("x", [1, 4, 10, 10])
@@ -163,7 +172,8 @@ FAMILIES = {
     "conv_transpose": (lambda: conv_transpose_up(group=2), {"ConvTranspose", "QuantizeLinear"}, set(), INT8_OUT),
     "gemm": (gemm, {"QGemm"}, {"Gemm"}, INT8_OUT),
     "matmul": (matmul, {"QLinearMatMul"}, {"MatMul"}, INT8_OUT),
-    "residual_add": (residual_block, {"QLinearConv", "ConvInteger"}, {"Conv"}, INT8_OUT),
+    "residual_add": (residual_block, {"QLinearConv", "QLinearAdd", "Where"}, {"Conv", "ConvInteger"}, INT8_OUT),
+    "residual_add_output": (residual_out, {"QLinearConv", "QLinearAdd", "Where"}, {"Conv", "Add"}, INT8_OUT),
     "concat": (concat_branches, {"Concat"}, {"QLinearConcat"}, INT8_OUT),
     "pools": (pools, {"MaxPool", "QLinearAveragePool", "QLinearGlobalAveragePool"},
               {"AveragePool", "GlobalAveragePool"}, INT8_OUT),
@@ -289,16 +299,32 @@ def test_quantized_cosine_fills_the_similarity_table():
 
 
 # ---- determinism -----------------------------------------------------------------------------------------
-def test_integer_model_is_bit_identical_across_runs_and_threads():
-    opt, plan, bc = lowered(residual_block())
+def integer_net():
+    """Big enough (8×48×48) that onnxruntime splits the work across threads."""
+    b = Builder("integer_net", seed=14)
+    x = b.input("x", [1, 3, 48, 48])
+    y = b.op("Relu", [b.conv(x, 3, 16)])
+    y = b.op("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2])
+    z = b.op("Relu", [b.conv(y, 16, 16)])
+    y = b.op("Sigmoid", [b.op("Concat", [y, z], axis=1)])
+    b.output(b.op("GlobalAveragePool", [b.conv(y, 32, 8)], out="y"))
+    return b.build()
+
+
+@pytest.mark.parametrize("build", [integer_net, residual_block])
+def test_integer_model_is_bit_identical_across_runs_and_threads(build):
+    opt, plan, bc = lowered(build())
     assert json.loads(next(p.value for p in bc.metadata_props if p.key == EMULATED_KEY)) == {}
     feeds = random_inputs(opt, 6)
     first = integer_raw(bc, feeds, ["y_quantized"])[0]
     again = integer_raw(bc, feeds, ["y_quantized"])[0]
-    two = run_bc(bc, feeds, threads=2)["y"]
-    np.testing.assert_array_equal(first, again)
-    np.testing.assert_array_equal(run_bc(bc, feeds, threads=1)["y"], two)
     assert first.dtype == np.uint8
+    np.testing.assert_array_equal(first, again)
+    one, two = integer_intermediates(bc, feeds, threads=1), integer_intermediates(bc, feeds, threads=2)
+    assert one.keys() == two.keys()
+    for t in one:
+        np.testing.assert_array_equal(one[t], two[t], err_msg=t)
+    np.testing.assert_array_equal(run_bc(bc, feeds, threads=1)["y"], run_bc(bc, feeds, threads=2)["y"])
 
 
 # ---- si32, int16, CPU islands, plan errors -----------------------------------------------------------------

@@ -96,8 +96,8 @@ def test_clamp_with_a_new_scale_rounds_half_to_even():
     np.testing.assert_array_equal(codes, np.rint(np.maximum(x, 0) / 2))
 
 
-def test_residual_accumulator_requantizes_half_to_even():
-    """Conv+Add: y = Q(acc·s + r) with ties at .5 (x·1 + r at scale 2)."""
+def test_residual_add_requantizes_half_to_even():
+    """Conv+Add: y = Q(conv + r) with ties at .5 (x·1 + r at scale 2); x = ±100 takes the wide path."""
     b = Builder("tie", seed=0)
     x = b.input("x", [1, 1, 1, 8])
     r = b.input("r", [1, 1, 1, 8])
@@ -115,7 +115,7 @@ def test_residual_accumulator_requantizes_half_to_even():
         weights={"w": WeightQuant("w", 0, np.array([1.0], np.float32))},
         groups=[FusionGroup("Conv_0+Add_1", "Conv+Add", ("Conv_0", "Add_1"), "conv_add")])
     bc = lower_to_integer(model, plan)
-    assert {"ConvInteger", "QuantizeLinear"} <= {n.op_type for n in bc.graph.node}
+    assert {"QLinearConv", "QLinearAdd", "Where"} <= {n.op_type for n in bc.graph.node}
     xs = np.array([0, 1, 1, 2, 2, 100, -100, -3], np.float32).reshape(1, 1, 1, 8)
     rs = np.array([1, 0, 2, 3, 0, 100, -100, 0], np.float32).reshape(1, 1, 1, 8)
     codes = run_codes(bc, {"x": xs, "r": rs}, "y").astype(int) - 128
