@@ -48,7 +48,7 @@ def key_markdown(path: tuple[str, ...]) -> str:
         march = sv.is_march_key(path)
         lines = []
         for c in choices:
-            meaning = _march_line(c.value) if march else c.description
+            meaning = c.description or (_march_line(c.value) if march else None)
             lines.append(f"- `{c.value}`" + (f" — {meaning}" if meaning else ""))
         out.append("Allowed values:\n" + "\n".join(lines))
     if s.get("deprecated"):
@@ -69,28 +69,29 @@ def _march_line(name: str) -> str:
     return ", ".join(p for p in parts if p)
 
 
-def march_markdown(name: str) -> str:
-    m = sv.march(name)
-    if not m:
-        return ""
-    out = [f"**{name}** — {_march_line(name)}"]
-    for key, words in (("optimize_level", "optimize_level"), ("core_num", "core_num"),
-                       ("input_batch", "input_batch"), ("max_time_per_fc", "max_time_per_fc")):
+def march_ranges(name: str) -> str:
+    """The per-march limits other keys are checked against (from the schema's x-hb-marches)."""
+    m = sv.march(name) or {}
+    out = []
+    for key in ("optimize_level", "core_num", "input_batch", "max_time_per_fc"):
         v = m.get(key)
         if isinstance(v, list) and v:
-            shown = ", ".join(map(str, v)) if key == "optimize_level" else f"{v[0]}–{v[1]}"
-            out.append(f"- {words}: {shown}")
+            out.append(f"- {key}: " + (", ".join(map(str, v)) if key == "optimize_level" else f"{v[0]}–{v[1]}"))
     return "\n".join(out)
 
 
-def value_markdown(path: tuple[str, ...], value: str) -> str | None:
+def value_doc(path: tuple[str, ...], value: str) -> str | None:
+    """What one allowed value means (for a march: its board and limits)."""
     s = sv.at(path)
-    if sv.is_march_key(path):
-        return march_markdown(value) or None
     meaning = sv.enum_description(s, value)
-    if meaning is None:
-        return None
-    return f"**`{value}`** ({path[-1]}): {meaning}"
+    if sv.is_march_key(path) and sv.march(value):
+        meaning = (meaning or _march_line(value)) + "\n\n" + march_ranges(value)
+    return meaning
+
+
+def value_markdown(path: tuple[str, ...], value: str) -> str | None:
+    meaning = value_doc(path, value)
+    return f"**`{value}`** ({path[-1]}): {meaning}" if meaning else None
 
 
 def shape_text(shape: tuple | None) -> str:

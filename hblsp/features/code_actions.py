@@ -186,7 +186,7 @@ class Fixer:
         if not missing and hints.get("inputs") and len(problem.path) == 1:  # input names the model needs
             missing = [k for k in sv.key_names(problem.path) if self.names_inputs(problem.path + (k,))][:1]
         if missing:
-            c = self.add_missing(problem.path, list(missing), problem)
+            c = self.add_missing(problem.path, list(missing))
             if c is not None:
                 yield c
 
@@ -268,48 +268,72 @@ class Fixer:
             out.append(";".join([c.value] * n))
         return list(dict.fromkeys(out))
 
-    def key_lines(self, path: tuple[str, ...], value: str | None, unit: int) -> str:
-        """`key: value`, or for a section `key:` with its required children (each checked)."""
-        key = path[-1]
-        if value is not None:
-            return f"{key}: {yaml_scalar(value)}"
-        children = []
-        for child in sv.required(path):
-            options = self.value_candidates(path + (child,))
-            if options:
-                children.append(f"{' ' * unit}{child}: {yaml_scalar(options[0])}")
-        return "\n".join([f"{key}:"] + children)
+    @staticmethod
+    def render(additions: dict[str, Any], unit: int) -> list[str]:
+        """Nested `key: value` lines (a dict value is a mapping indented one step)."""
+        lines = []
+        for key, value in additions.items():
+            if isinstance(value, dict):
+                lines.append(f"{key}:")
+                lines += [" " * unit + line for line in Fixer.render(value, unit)]
+            else:
+                lines.append(f"{key}: {yaml_scalar(value)}")
+        return lines
 
-    def add_missing(self, path: tuple, missing: list[str], problem: Problem) -> Candidate | None:
+    @staticmethod
+    def slot(additions: dict[str, Any], path: tuple, mapping: tuple) -> dict[str, Any] | None:
+        """The dict in `additions` that holds keys of the document mapping at `mapping`."""
+        if mapping == path:
+            return additions
+        if mapping[:len(path)] == path and len(mapping) == len(path) + 1 and isinstance(additions.get(mapping[-1]), dict):
+            return additions[mapping[-1]]
+        return None
+
+    def add_missing(self, path: tuple, missing: list[str]) -> Candidate | None:
+        """Add the missing keys (a missing section comes with what it needs), each value checked."""
         while path and not set(missing) <= set(sv.key_names(tuple(path))):
             path = path[:-1]  # dependentRequired sits on the trigger key; keys go to its mapping
         path = tuple(path)
         unit = indent_unit(self.p.lines)
-        lines: list[str] = []
-        for key in missing:
-            s = sv.at(path + (key,)) or {}
-            if "object" in sv.types_of(s) and "string" not in sv.types_of(s):
-                lines.append(self.key_lines(path + (key,), None, unit))
-                continue
-            options = self.value_candidates(path + (key,))
-            chosen = None
-            for option in options[:MAX_CANDIDATES]:
-                edit = self.insertion(path, lines + [self.key_lines(path + (key,), option, unit)])
-                if edit is None:
-                    return None
-                after = self.check((edit,))
-                if not any(q.path[:len(path) + 1] == path + (key,) and is_error(q) for q in after.problems):
-                    chosen = option
-                    break
-            if chosen is None:
+        additions: dict[str, Any] = {}
+        pending = [(path, key) for key in missing]
+
+        def edit() -> Edit | None:
+            return self.insertion(path, self.render(additions, unit))
+
+        for _ in range(4):  # a new key may make others required (input_type_train → input_layout_train)
+            while pending:
+                mapping, key = pending.pop(0)
+                target = self.slot(additions, path, mapping)
+                if target is None or key in target:
+                    continue
+                if sv.types_of(sv.at(mapping + (key,)) or {}) == ["object"]:
+                    target[key] = {}
+                    pending += [(mapping + (key,), child) for child in sv.required(mapping + (key,))]
+                    continue
+                for option in self.value_candidates(mapping + (key,))[:MAX_CANDIDATES]:
+                    target[key] = option
+                    trial = edit()
+                    if trial is None:
+                        return None
+                    after = self.check((trial,))
+                    if not any(is_error(q) and q.path[:len(mapping) + 1] == mapping + (key,) for q in after.problems):
+                        break
+                else:
+                    return None  # no value the config accepts
+            trial = edit()
+            if trial is None:
                 return None
-            lines.append(self.key_lines(path + (key,), chosen, unit))
-        edit = self.insertion(path, lines)
-        if edit is None:
+            for q in self.check((trial,)).problems:
+                if q.code == "missing-key" and is_error(q) and self.slot(additions, path, tuple(q.path)) is not None:
+                    pending += [(tuple(q.path), key) for key in q.data.get("missing", [])]
+            if not pending:
+                break
+        final = edit()
+        if final is None:
             return None
-        shown = ", ".join(line.split("\n")[0].strip() for line in lines)
-        title = f"Add missing key{'s' if len(lines) > 1 else ''}: {shown}"
-        return Candidate(title, (edit,))
+        shown = ", ".join(f"{k}: {v}" if not isinstance(v, dict) else k for k, v in additions.items())
+        return Candidate(f"Add missing key{'s' if len(additions) > 1 else ''}: {shown}", (final,))
 
     # ---- the result
     def actions(self, problem: Problem, diagnostic: types.Diagnostic) -> list[types.CodeAction]:
@@ -335,12 +359,18 @@ def actions_for(doc: ConfigDoc, rng: types.Range, model: ModelState | None) -> l
     if not doc.is_config:
         return []
     fixer = Fixer(doc, model)
-    out: list[types.CodeAction] = []
+    out: dict[tuple, types.CodeAction] = {}
     for problem in fixer.analysis.problems:
         diagnostic = to_diagnostic(problem, doc.positions)
-        if _overlaps(diagnostic.range, rng):
-            out.extend(fixer.actions(problem, diagnostic))
-    return out
+        if not _overlaps(diagnostic.range, rng):
+            continue
+        for action in fixer.actions(problem, diagnostic):
+            key = (action.title, repr(action.edit))
+            if key in out:  # the same edit fixes two problems on one token: one entry, both named
+                out[key].diagnostics = list(out[key].diagnostics or []) + [diagnostic]
+            else:
+                out[key] = action
+    return list(out.values())
 
 
 def register(ls: HbServer) -> None:

@@ -26,7 +26,7 @@ from engine.frontend.model_info import ModelInfo
 from hblsp import schema_view as sv
 from hblsp.cursor import Cursor, cursor_at, indent_of, indent_unit, sibling_keys
 from hblsp.documents import ConfigDoc
-from hblsp.explain import input_detail, key_markdown, march_markdown, node_detail, type_words
+from hblsp.explain import input_detail, key_markdown, node_detail, type_words, value_doc
 
 if TYPE_CHECKING:
     from hblsp.server import HbServer
@@ -188,10 +188,8 @@ def value_items(doc: ConfigDoc, cur: Cursor, env: Env) -> tuple[list[types.Compl
             documentation=_doc(documentation) if documentation else None,
             text_edit=types.TextEdit(range=rng, new_text=lead + new)))
 
-    march = sv.is_march_key(cur.path)
     for order, choice in enumerate(sv.value_choices(s)):
-        doc_md = march_markdown(choice.value) if march else choice.description
-        add(choice.value, types.CompletionItemKind.EnumMember, order, documentation=doc_md)
+        add(choice.value, types.CompletionItemKind.EnumMember, order, documentation=value_doc(cur.path, choice.value))
     kind = sv.model_values(s)
     if kind and env.model is not None:
         used = {p.strip() for p in line[cur.value_start:cur.value_end].split(sep)} if sep else set()

@@ -1,0 +1,135 @@
+"""Code actions over stdio: the quick fixes offered for a problem, and that applying each one gives a
+config the real CLI accepts (`hb_compile -c ... --until parse`: config checks, model read, inputs
+resolved against the model)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from lsprotocol import types
+
+from tests.lsp.support import DATA, HbClient, cli_accepts, fmt
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+CORPUS = DATA / "diagnostics"
+MARCHES_CLOSEST_FIRST = ["nash-p", "nash-m", "nash-h", "nash-e", "nash-b", "nash-b-plus", "nash-b-lite",
+                         "nash-starry-p", "bayes-e", "bayes", "bernoulli2"]
+
+# corpus file, code of the problem, titles offered (in order)
+CASES = [
+    ("missing_march", "missing-key", ["Add missing key: march: bernoulli2"]),
+    ("missing_required_key", "missing-key", ["Add missing key: input_type_rt: nv12"]),
+    ("two_inputs_no_names", "input-names-required", ["Add missing key: input_name: img; feat"]),
+    ("missing_section", "missing-key", ["Add missing key: input_parameters"]),
+    ("enum_input_type_rt", "invalid-enum", [f"Replace 'nv13' with '{v}'" for v in ("nv12", "yuv444", "rgb", "bgr")]),
+    ("enum_march", "invalid-enum", [f"Replace 'nash-x' with '{v}'" for v in MARCHES_CLOSEST_FIRST]),
+    ("enum_list_second_item", "invalid-enum", ["Replace 'NCWH' with 'NHWC'", "Replace 'NCWH' with 'NCHW'"]),
+    ("input_name_unknown", "input-name-unknown", ["Replace 'image' with 'data'"]),
+    ("march_optimize_level", "optimize-level-generation", [f"Replace 'O3' with '{v}'" for v in ("O0", "O1", "O2")]),
+    ("unknown_key", "unknown-key", ["Rename 'marhc' to 'march'"]),
+    ("unknown_section", "unknown-key", ["Rename 'compiler_parameter' to 'compiler_parameters'"]),
+    ("deprecated_key", "deprecated-key", ["Rename deprecated 'set_node_data_type' to 'node_info'",
+                                          "Remove deprecated 'set_node_data_type'"]),
+    ("deprecated_norm_type", "deprecated-key", ["Remove deprecated 'norm_type'"]),
+    ("layout_vs_shape", "input-layout-shape", ["Use NCHW in input_layout_train"]),
+    ("layout_vs_shape", "input-nv12-odd-size", ["Use NCHW in input_layout_train (input 0)"]),
+]
+
+
+def apply(text: str, edits: list[types.TextEdit]) -> str:
+    """Apply LSP edits to an ASCII text (positions are then plain columns)."""
+    assert text.isascii()
+    lines = text.splitlines(keepends=True)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line))
+
+    def offset(p: types.Position) -> int:
+        return starts[p.line] + p.character if p.line < len(lines) else len(text)
+
+    for e in sorted(edits, key=lambda e: offset(e.range.start), reverse=True):
+        text = text[:offset(e.range.start)] + e.new_text + text[offset(e.range.end):]
+    return text
+
+
+async def actions_for(client: HbClient, uri: str, d: types.Diagnostic) -> list[types.CodeAction]:
+    result = await client.text_document_code_action_async(types.CodeActionParams(
+        types.TextDocumentIdentifier(uri), d.range, types.CodeActionContext(diagnostics=[d])))
+    return list(result or [])
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def warm(client: HbClient, workspace: Path) -> None:
+    for model in ("model.onnx", "two.onnx"):
+        text = (CORPUS / "good.hb.yaml").read_text().replace("model.onnx", model).replace("input_name: data",
+                                                                                          "input_name: x")
+        uri = client.open(workspace / f"warm_{model}.hb.yaml", text)
+        await client.wait_diagnostics(uri, 1, where=lambda ds: any(d.code == "input-name-unknown" for d in ds))
+
+
+@pytest.mark.parametrize(("name", "code", "titles"), CASES, ids=[f"{n}-{c}" for n, c, _ in CASES])
+async def test_fixes_are_offered_and_each_gives_a_config_the_cli_accepts(client: HbClient, workspace: Path, warm,
+                                                                         name: str, code: str, titles: list[str]):
+    text = (CORPUS / f"{name}.hb.yaml").read_text()
+    uri = client.open(workspace / f"{name}_{code}.hb.yaml", text)
+    diagnostics = await client.wait_diagnostics(uri, 1)
+    target = next(d for d in diagnostics if d.code == code)
+    actions = [a for a in await actions_for(client, uri, target) if target in (a.diagnostics or [])]
+    assert [a.title for a in actions] == titles
+    assert [a.is_preferred for a in actions] == [True] + [False] * (len(titles) - 1)
+    assert all(a.kind == types.CodeActionKind.QuickFix for a in actions)
+    for i, action in enumerate(actions):
+        fixed = apply(text, list(action.edit.changes[uri]))
+        path = workspace / f"{name}_{code}_{i}.yaml"
+        path.write_text(fixed)
+        status, out = await asyncio.to_thread(cli_accepts, path)
+        assert status == 0, f"{action.title}:\n{fixed}\n{out[-2000:]}"
+    client.close(uri)
+
+
+async def test_edits_are_exact(client: HbClient, workspace: Path, warm):
+    """The full edits of two fixes: a key added under its section, a deprecated line removed."""
+    text = (CORPUS / "unknown_key.hb.yaml").read_text()
+    uri = client.open(workspace / "exact.hb.yaml", text)
+    missing, unknown = await client.wait_diagnostics(uri, 1)
+    [add] = await actions_for(client, uri, missing)
+    assert list(add.edit.changes[uri]) == [types.TextEdit(range=types.Range(start=types.Position(5, 0),
+                                                                      end=types.Position(5, 0)),
+                                                    new_text="  march: bernoulli2\n")]
+    dep = (CORPUS / "deprecated_norm_type.hb.yaml").read_text()
+    uri2 = client.open(workspace / "exact2.hb.yaml", dep)
+    [d] = await client.wait_diagnostics(uri2, 1)
+    [remove] = await actions_for(client, uri2, d)
+    assert list(remove.edit.changes[uri2]) == [types.TextEdit(range=types.Range(start=types.Position(11, 0),
+                                                                          end=types.Position(12, 0)), new_text="")]
+
+
+async def test_same_fix_for_two_problems_is_offered_once(client: HbClient, workspace: Path, warm):
+    """'nv13' is both not a value and not a legal conversion from rgb: each replacement appears once."""
+    uri = client.open(workspace / "twice.hb.yaml", (CORPUS / "enum_input_type_rt.hb.yaml").read_text())
+    diagnostics = await client.wait_diagnostics(uri, 1)
+    result = await client.text_document_code_action_async(types.CodeActionParams(
+        types.TextDocumentIdentifier(uri), diagnostics[0].range, types.CodeActionContext(diagnostics=diagnostics)))
+    assert [a.title for a in result] == [f"Replace 'nv13' with '{v}'" for v in ("nv12", "yuv444", "rgb", "bgr")]
+    assert [sorted(d.code for d in a.diagnostics) for a in result] == [["input-illegal-conversion",
+                                                                         "invalid-enum"]] * 4
+
+
+async def test_no_fix_when_none_would_work(client: HbClient, workspace: Path, warm):
+    """1x3x7x8 is odd in either layout: switching the layout is not offered."""
+    uri = client.open(workspace / "odd.hb.yaml", (CORPUS / "nv12_odd_size.hb.yaml").read_text())
+    diagnostics = await client.wait_diagnostics(uri, 1)
+    odd = next(d for d in diagnostics if d.code == "input-nv12-odd-size")
+    assert await actions_for(client, uri, odd) == [], fmt(odd)
+
+
+async def test_quoted_value_keeps_its_quotes(client: HbClient, workspace: Path, warm):
+    text = (CORPUS / "good.hb.yaml").read_text().replace("march: nash-e", "march: 'nash-x'")
+    uri = client.open(workspace / "quoted.hb.yaml", text)
+    [d] = await client.wait_diagnostics(uri, 1)
+    first = (await actions_for(client, uri, d))[0]
+    assert apply(text, list(first.edit.changes[uri])).splitlines()[2] == "  march: 'nash-p'"
