@@ -234,6 +234,10 @@ def _ort_basic(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str]:
         os.unlink(path)
     optimized.ClearField("metadata_props")
     optimized.metadata_props.extend(model.metadata_props)
+    used = {n.domain or "" for n in optimized.graph.node} | {""}  # onnxruntime lists every domain it knows
+    kept = [o for o in optimized.opset_import if (o.domain or "") in used or o.domain == "ai.onnx"]
+    del optimized.opset_import[:]
+    optimized.opset_import.extend(kept)
     return optimized, ""
 
 

@@ -210,15 +210,13 @@ def _program_place(node: onnx.NodeProto, types: dict[str, TensorType], own: str 
     if node.op_type == "DequantizeLinear":
         return "CPU", "dequantizes an integer result for a float reader or a model output"
     values = [types.get(t) for t in [*node.input, *node.output] if t and t not in constants]
+    outs = [types.get(t) for t in node.output if t]
+    if any(v is not None and v.dtype in ("int64", "bool") for v in outs):
+        return "CPU", "shape or index arithmetic stays on the CPU"
     if values and all(v is not None and v.is_integer for v in values):
-        if any(v.dtype == "int64" for v in values):
-            return "CPU", "shape or index arithmetic stays on the CPU"
         return "BPU", ""
     if node.op_type in PROGRAM_TYPES and node.op_type != "Gather":
         return "BPU", ""
-    if any(v is not None and v.dtype == "int64" for v in values) and \
-            not any(v is not None and v.dtype.startswith("float") for v in values):
-        return "CPU", "shape or index arithmetic stays on the CPU"
     return "CPU", f"operator {node.op_type} runs in float (no integer form in the program)"
 
 

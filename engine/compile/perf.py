@@ -1,0 +1,479 @@
+"""Static performance of the integer program on a march (`{prefix}.json`), and its latency measured here.
+
+The model (every constant is in `engine.compile.march` or below, with its source):
+
+- **Layers.** The BPU nodes of the program, grouped by the float node they implement
+  (``hbcompile.node_map``; one program node per layer otherwise). CPU nodes are listed apart and
+  not estimated (hb_perf does the same).
+- **Compute.** Conv / ConvTranspose / MatMul / Gemm: 2 ops per MAC, MACs from the weight and output
+  shapes; channels per group and output channels are rounded up to the BPU's channel block
+  (`CHANNEL_ALIGN`, an assumption) — the "ideal" time uses the exact MACs, the estimate the aligned
+  ones, and `advice` reports layers where the two drift apart. Pools: one op per window element;
+  everything else (lookup tables, elementwise, data movement): one op per output element.
+- **Data.** Weights, biases and tables are loaded from DDR once per frame. Model inputs are loaded
+  from DDR; model outputs and tensors exchanged with CPU nodes go through DDR. Every other
+  activation stays **on chip** if the plan has room for it, else it is stored to and re-loaded from
+  DDR (once per reader), at its executed bit width.
+- **compile_mode** sets the plan through one number, f = balance_factor (latency 100,
+  bandwidth 0, balance: the user's value):
+  on-chip budget for resident activations = on-chip memory × (¼ + ¾·(1 − f/100)) — latency mode
+  keeps ¾ of it for double buffers that overlap DMA with compute; when f < 50 a tensor that does
+  not fit is **tiled by rows** and stays on chip, its producer recomputing the consumer's halo rows
+  (kernel − 1) for every tile (the "trades recompute" of bandwidth mode); and a layer's time is
+  max(compute, data) + (1 − f/100)·min(compute, data) — the roofline max() in latency mode, fully
+  serialized in bandwidth mode, where the buffers hold activations instead.
+- **Latency** = the sum of BPU layer times + `FC_OVERHEAD_S` per BPU function call (one per subgraph,
+  more when `max_time_per_fc` cuts a subgraph); FPS = 1 / latency.
+- **DDR access data** (reference §12.8 keys, bytes): input / output memory (model I/O tensors),
+  static memory (constants), intermediate memory (peak of activations resident in DDR at once),
+  temporary memory (peak of tensors exchanged with CPU nodes), dynamic memory (input + output +
+  intermediate + temporary), min memory requirement (static + dynamic).
+
+`measure_latency` runs the `.hbm`'s program in onnxruntime on this CPU (median of N runs, `jobs`
+threads) so the report shows a real number beside the estimate — for a different machine.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import onnx
+from onnx import helper
+
+from engine.compile.march import MarchProfile, profile
+from engine.compile.params import CompileOptions
+from engine.compile.partition import Partition, partition
+from engine.compile.program import TensorType, tensor_types
+
+CHANNEL_ALIGN = 8  # assumption: the BPU computes in blocks of 8 channels (hb's advice asks for multiples of 4 & 8)
+FC_OVERHEAD_S = 5e-6  # assumption: cost of one BPU function call (launch + sync)
+LATENCY_BUDGET = 0.25  # share of on-chip memory for resident activations in latency mode
+TILING_BELOW = 50  # balance_factor under which tensors are tiled instead of spilled
+
+# weight input index per op: (index, kind)
+_WEIGHTED = {"QLinearConv": 3, "ConvInteger": 1, "Conv": 1, "ConvTranspose": 1, "QLinearMatMul": 3,
+             "MatMulInteger": 1, "MatMul": 1, "Gemm": 1}
+_POOLS = {"QLinearAveragePool", "AveragePool", "MaxPool", "LpPool"}
+_GLOBAL_POOLS = {"QLinearGlobalAveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax"}
+
+
+@dataclass
+class Layer:
+    name: str
+    type: str
+    subgraph: int | None
+    nodes: list[str]
+    macs: int = 0
+    ideal_ops: float = 0.0  # exact work
+    ops: float = 0.0  # work at the BPU's channel alignment
+    weight_bytes: int = 0
+    inputs: list[str] = field(default_factory=list)  # activations read from outside the layer
+    outputs: list[str] = field(default_factory=list)  # activations read outside the layer / model outputs
+    kernel_rows: int = 1  # the largest kernel height among its nodes (halo for a tiled input)
+    position: int = 0  # index of its last node in the program
+    # the plan's answers
+    loaded: int = 0
+    stored: int = 0
+    recompute: float = 1.0
+    compute_s: float = 0.0
+    data_s: float = 0.0
+    time_s: float = 0.0
+    ideal_s: float = 0.0
+    onchip_outputs: list[str] = field(default_factory=list)
+    tiled_outputs: list[str] = field(default_factory=list)
+
+    @property
+    def bound(self) -> str:
+        return "compute" if self.compute_s >= self.data_s else "memory"
+
+
+@dataclass
+class PerfEstimate:
+    name: str
+    march: MarchProfile
+    options: CompileOptions
+    layers: list[Layer]
+    cpu_nodes: list[dict[str, str]]
+    subgraphs: list[dict[str, Any]]
+    latency_s: float
+    function_calls: int
+    loaded: int
+    stored: int
+    memory: dict[str, int]
+    budget: int
+    notes: list[str] = field(default_factory=list)
+    advice: list[str] = field(default_factory=list)
+
+    @property
+    def ddr_bytes(self) -> int:
+        return self.loaded + self.stored
+
+    @property
+    def fps(self) -> float:
+        return 1.0 / self.latency_s if self.latency_s > 0 else 0.0
+
+    @property
+    def ops(self) -> float:
+        return sum(layer.ops * layer.recompute for layer in self.layers)
+
+    @property
+    def macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+
+# ------------------------------------------------------------------------------------- work
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _align(c: int) -> int:
+    return int(math.ceil(c / CHANNEL_ALIGN) * CHANNEL_ALIGN) if c > 0 else c
+
+
+def node_work(node: onnx.NodeProto, types: Mapping[str, TensorType]) -> tuple[int, float, float]:
+    """(MACs, exact ops, channel-aligned ops) of one program node; 0 where shapes are unknown."""
+    out = types.get(node.output[0]) if node.output else None
+    out_elems = (out.elements or 0) if out is not None else 0
+    op = node.op_type
+    if op in _WEIGHTED and len(node.input) > _WEIGHTED[op]:
+        w = types.get(node.input[_WEIGHTED[op]])
+        x = types.get(node.input[0])
+        if w is None or not w.static or out is None or not out.static:
+            return 0, float(out_elems), float(out_elems)
+        ws = list(w.shape)  # type: ignore[arg-type]
+        if op == "ConvTranspose":
+            if x is None or not x.static:
+                return 0, float(out_elems), float(out_elems)
+            macs = (x.elements or 0) * math.prod(ws[1:])
+            group = int(_attr(node, "group", 1))
+            cin, cout_g = ws[0], ws[1]
+            factor = (_align(cin // group) * _align(cout_g)) / max(1, (cin // group) * cout_g)
+            return macs, 2.0 * macs, 2.0 * macs * factor
+        if op in ("Conv", "QLinearConv", "ConvInteger") and len(ws) >= 3:
+            cout, cin_g = ws[0], ws[1]
+            macs = out_elems * math.prod(ws[1:])
+            factor = (_align(cout) * _align(cin_g)) / max(1, cout * cin_g)
+            return macs, 2.0 * macs, 2.0 * macs * factor
+        if len(ws) == 2:  # MatMul / Gemm: K × N
+            trans_b = op == "Gemm" and int(_attr(node, "transB", 0))
+            k, n = (ws[1], ws[0]) if trans_b else (ws[0], ws[1])
+            macs = out_elems * k
+            factor = (_align(k) * _align(n)) / max(1, k * n)
+            return macs, 2.0 * macs, 2.0 * macs * factor
+        return 0, float(out_elems), float(out_elems)
+    if op in _POOLS:
+        window = math.prod(_attr(node, "kernel_shape", [1]) or [1])
+        return 0, float(out_elems * window), float(out_elems * window)
+    if op in _GLOBAL_POOLS:
+        x = types.get(node.input[0])
+        n = (x.elements or 0) if x is not None else out_elems
+        return 0, float(n), float(n)
+    return 0, float(out_elems), float(out_elems)
+
+
+def _kernel_rows(node: onnx.NodeProto, types: Mapping[str, TensorType]) -> int:
+    kernel = _attr(node, "kernel_shape")
+    if kernel:
+        return int(kernel[0])
+    if node.op_type in _WEIGHTED and len(node.input) > _WEIGHTED[node.op_type]:
+        w = types.get(node.input[_WEIGHTED[node.op_type]])
+        if w is not None and w.static and len(w.shape) >= 3:  # type: ignore[arg-type]
+            return int(w.shape[2])  # type: ignore[index]
+    return 1
+
+
+# ------------------------------------------------------------------------------------- layers
+
+def _layers(program: onnx.ModelProto, part: Partition, types: Mapping[str, TensorType]) -> list[Layer]:
+    g = program.graph
+    constants = {t.name for t in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    placed = part.by_name()
+    index = {n.name: k for k, n in enumerate(g.node)}
+    groups: dict[str, list[onnx.NodeProto]] = {}
+    for node in g.node:
+        p = placed[node.name]
+        if p.on != "BPU" or node.op_type == "Constant":
+            continue
+        groups.setdefault(p.owner or node.name, []).append(node)
+    readers: dict[str, set[str]] = {}
+    for node in g.node:
+        for i in node.input:
+            readers.setdefault(i, set()).add(node.name)
+    outputs = {o.name for o in g.output}
+    layers = []
+    for name, nodes in groups.items():
+        names = {n.name for n in nodes}
+        produced = {o for n in nodes for o in n.output if o}
+        consumed = list(dict.fromkeys(i for n in nodes for i in n.input if i))
+        layer = Layer(name, placed[nodes[0].name].type, placed[nodes[0].name].subgraph, [n.name for n in nodes])
+        for n in nodes:
+            macs, ideal, aligned = node_work(n, types)
+            layer.macs += macs
+            layer.ideal_ops += ideal
+            layer.ops += aligned
+            layer.kernel_rows = max(layer.kernel_rows, _kernel_rows(n, types))
+        layer.weight_bytes = sum((types[t].nbytes or 0) for t in consumed if t in constants and t in types)
+        layer.inputs = [t for t in consumed if t not in produced and t not in constants]
+        layer.outputs = [t for t in produced if t in outputs or readers.get(t, set()) - names]
+        layer.position = max(index[n] for n in names)
+        layers.append(layer)
+    layers.sort(key=lambda lay: lay.position)
+    return layers
+
+
+# --------------------------------------------------------------------------------------- plan
+
+def _plan(program: onnx.ModelProto, part: Partition, layers: list[Layer], types: Mapping[str, TensorType],
+          options: CompileOptions, prof: MarchProfile) -> tuple[dict[str, int], int, list[str]]:
+    """Decide where each activation lives; fill each layer's DDR bytes and recompute factor."""
+    g = program.graph
+    f = options.balance_factor / 100.0
+    budget = int(prof.onchip_memory.value * (LATENCY_BUDGET + (1 - LATENCY_BUDGET) * (1 - f)))
+    tiling = options.balance_factor < TILING_BELOW
+    model_io = {i.name for i in g.input} | {o.name for o in g.output}
+    cpu_touch = {t for p in part.cpu_nodes for t in (*p.inputs, *p.outputs) if t}
+    index = {n.name: k for k, n in enumerate(g.node)}
+    last_use: dict[str, int] = {}
+    for node in g.node:
+        for i in node.input:
+            if i:
+                last_use[i] = max(last_use.get(i, -1), index[node.name])
+    for o in g.output:
+        last_use[o.name] = len(g.node)
+    layer_of = {t: lay for lay in layers for t in lay.outputs}
+    consumers_rows: dict[str, int] = {}
+    for lay in layers:
+        for t in lay.inputs:
+            consumers_rows[t] = max(consumers_rows.get(t, 1), lay.kernel_rows)
+
+    size = {t: (types[t].nbytes or 0) if t in types else 0 for t in set(layer_of) | {i for lay in layers
+                                                                                      for i in lay.inputs}}
+    onchip: dict[str, int] = {}  # tensor → on-chip footprint
+    in_ddr: set[str] = set()
+    notes: list[str] = []
+    live_chip = 0
+    live_ddr: dict[str, int] = {}
+    live_tmp: dict[str, int] = {}
+    peak_ddr = peak_tmp = 0
+    for lay in layers:
+        for t in lay.outputs:
+            s = size.get(t, 0)
+            if t in model_io or t in cpu_touch:
+                in_ddr.add(t)
+                if t not in model_io:
+                    live_tmp[t] = s
+                continue
+            if live_chip + s <= budget:
+                onchip[t] = s
+                live_chip += s
+                lay.onchip_outputs.append(t)
+                continue
+            shape = types[t].shape if t in types else None
+            rows = int(shape[2]) if tiling and shape is not None and len(shape) == 4 and isinstance(shape[2], int) \
+                else 0
+            if rows > 1 and s:
+                per_row = s / rows
+                tile = int((budget - live_chip) // per_row)
+                if tile >= 1:
+                    foot = int(math.ceil(tile * per_row))
+                    onchip[t] = foot
+                    live_chip += foot
+                    halo = consumers_rows.get(t, 1) - 1
+                    lay.recompute = max(lay.recompute, 1.0 + min(1.0, halo / tile))
+                    lay.tiled_outputs.append(t)
+                    continue
+            in_ddr.add(t)
+            live_ddr[t] = s
+        peak_ddr = max(peak_ddr, sum(live_ddr.values()))
+        peak_tmp = max(peak_tmp, sum(live_tmp.values()))
+        for t in list(onchip):
+            if last_use.get(t, -1) <= lay.position and t not in model_io:
+                live_chip -= onchip.pop(t)
+        for live in (live_ddr, live_tmp):
+            for t in [t for t in live if last_use.get(t, -1) <= lay.position]:
+                del live[t]
+    for lay in layers:
+        lay.loaded = lay.weight_bytes + sum(size.get(t, 0) for t in lay.inputs
+                                            if t in in_ddr or t in model_io or t in cpu_touch or t not in layer_of)
+        lay.stored = sum(size.get(t, 0) for t in lay.outputs if t in in_ddr)
+    inputs = [i for i in g.input if i.name not in {t.name for t in g.initializer}]
+    memory = {
+        "input memory": sum((types[i.name].nbytes or 0) for i in inputs if i.name in types),
+        "output memory": sum((types[o.name].nbytes or 0) for o in g.output if o.name in types),
+        "static memory": sum((types[t.name].nbytes or 0) for t in g.initializer if t.name in types),
+        "intermediate memory": peak_ddr,
+        "temporary memory": peak_tmp,
+    }
+    memory["dynamic memory"] = sum(memory[k] for k in ("input memory", "output memory", "intermediate memory",
+                                                        "temporary memory"))
+    memory["min memory requirement"] = memory["static memory"] + memory["dynamic memory"]
+    if any(lay.tiled_outputs for lay in layers):
+        notes.append(f"{sum(len(lay.tiled_outputs) for lay in layers)} activation(s) tiled by rows to stay on chip "
+                     "(producer recomputes the consumer's halo)")
+    return memory, budget, notes
+
+
+# ----------------------------------------------------------------------------------- estimate
+
+def estimate(program: onnx.ModelProto, options: CompileOptions, name: str = "model") -> PerfEstimate:
+    """The static estimate of `program` (the `.hbm`'s program or a `.bc`) for `options.march`."""
+    prof = profile(options.march)
+    types = tensor_types(program)
+    part = partition(program)
+    layers = _layers(program, part, types)
+    memory, budget, notes = _plan(program, part, layers, types, options, prof)
+    peak = prof.peak_ops(options.core_num)
+    bandwidth = prof.ddr_bandwidth.value
+    overlap = options.balance_factor / 100.0
+    for lay in layers:
+        lay.compute_s = lay.ops * lay.recompute / peak
+        lay.data_s = (lay.loaded + lay.stored) / bandwidth
+        lay.time_s = max(lay.compute_s, lay.data_s) + (1 - overlap) * min(lay.compute_s, lay.data_s)
+        lay.ideal_s = lay.ideal_ops / peak
+    subgraphs = []
+    calls = 0
+    for sid in range(part.subgraph_count):
+        members = [lay for lay in layers if lay.subgraph == sid]
+        t = sum(lay.time_s for lay in members)
+        n = max(1, math.ceil(t / (options.max_time_per_fc * 1e-6))) if options.max_time_per_fc else 1
+        calls += n
+        subgraphs.append({"id": sid, "layers": len(members), "latency (ms)": t * 1e3, "function calls": n,
+                          "ops": sum(lay.ops * lay.recompute for lay in members),
+                          "DDR loaded bytes": sum(lay.loaded for lay in members),
+                          "DDR stored bytes": sum(lay.stored for lay in members)})
+    latency = sum(lay.time_s for lay in layers) + calls * FC_OVERHEAD_S
+    cpu = [{"name": p.node, "op_type": p.op_type, "reason": p.reason} for p in part.cpu_nodes]
+    est = PerfEstimate(name, prof, options, layers, cpu, subgraphs, latency, calls,
+                       sum(lay.loaded for lay in layers), sum(lay.stored for lay in layers), memory, budget, notes)
+    est.advice = advice_lines(est, options.advice)
+    return est
+
+
+def advice_lines(est: PerfEstimate, threshold_us: float) -> list[str]:
+    """hb's compile advice: layers whose estimate exceeds their exact-work time by more than N µs."""
+    if threshold_us <= 0:
+        return []
+    lines = []
+    for lay in est.layers:
+        slower = lay.time_s - lay.ideal_s
+        if slower * 1e6 <= threshold_us:
+            continue
+        if lay.bound == "memory":
+            why = f"it moves {lay.loaded + lay.stored} bytes through DDR (memory-bound)"
+        elif lay.ops > lay.ideal_ops * 1.01:
+            why = (f"channels are padded to multiples of {CHANNEL_ALIGN} "
+                   f"(+{100 * (lay.ops / max(lay.ideal_ops, 1) - 1):.0f}% work)")
+        elif lay.recompute > 1.0:
+            why = f"it recomputes {100 * (lay.recompute - 1):.0f}% of its rows for tiling"
+        else:
+            why = f"its data transfer is not overlapped with compute (compile_mode {est.options.compile_mode})"
+        lines.append(f'advice: Layer "{lay.name}" becomes slow ({lay.ideal_s * 1e3:.3f}ms -> '
+                     f"{lay.time_s * 1e3:.3f}ms). {why}")
+    return lines
+
+
+# ------------------------------------------------------------------------------------ measure
+
+def measure_latency(program: bytes | onnx.ModelProto, threads: int = 1, runs: int = 20, warmup: int = 3,
+                    seed: int = 0, budget_s: float = 10.0) -> dict[str, Any]:
+    """Median latency of `runs` onnxruntime runs on seeded inputs (fewer if `budget_s` runs out, at least 3)."""
+    import onnxruntime as ort
+
+    from engine.runtime.feeds import random_feeds
+    from engine.runtime.session import available_threads, open_session
+
+    if isinstance(program, onnx.ModelProto):
+        program = program.SerializeToString()
+    threads = available_threads(threads)
+    session = open_session(program, threads, "the program")
+    feeds = random_feeds(session.get_inputs(), seed)
+    for _ in range(warmup):
+        session.run(None, feeds)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < runs and (len(times) < 3 or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times)
+    return {"latency (ms)": median * 1e3, "min latency (ms)": min(times) * 1e3, "FPS": 1.0 / median,
+            "runs": len(times), "threads": threads, "machine": platform.machine(),
+            "processor": platform.processor() or platform.machine(), "onnxruntime": ort.__version__}
+
+
+# --------------------------------------------------------------------------------------- json
+
+def perf_json(est: PerfEstimate, measured: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`{prefix}.json`: summary (with reference §12.8's DDR access data), march profile, plan,
+    subgraphs, CPU nodes, advice, and per-layer details when compiled with `debug`."""
+    o = est.options
+    summary = {
+        "model": est.name, "march": o.march, "board": est.march.board, "compile_mode": o.compile_mode,
+        "balance_factor": o.balance_factor, "core_num": o.core_num, "optimize_level": o.optimize_level,
+        "latency (ms)": est.latency_s * 1e3, "FPS": est.fps,
+        "DDR loaded bytes per frame": est.loaded, "DDR stored bytes per frame": est.stored,
+        "DDR bytes per frame": est.ddr_bytes, "DDR (MB per frame)": est.ddr_bytes / 1e6,
+        "computation (GOPs per frame)": est.ops / 1e9, "MACs per frame": est.macs,
+        "BPU subgraphs": len(est.subgraphs), "function calls": est.function_calls,
+        "CPU nodes": len(est.cpu_nodes),
+        "DDR access data": dict(est.memory),
+    }
+    if measured:
+        summary["measured on this machine"] = dict(measured)
+    out: dict[str, Any] = {
+        "summary": summary,
+        "march profile": est.march.to_json(),
+        "plan": {"on-chip budget (bytes)": est.budget, "tiling": o.balance_factor < TILING_BELOW,
+                 "overlap of data and compute": o.balance_factor / 100.0, "channel alignment": CHANNEL_ALIGN,
+                 "function call overhead (us)": FC_OVERHEAD_S * 1e6, "notes": est.notes,
+                 "model": "see engine/compile/perf.py: roofline per layer, activations on chip within the budget"},
+        "subgraphs": est.subgraphs,
+        "cpu nodes": est.cpu_nodes,
+        "advice": est.advice,
+    }
+    if o.debug:
+        out["layers"] = [_layer_json(lay) for lay in est.layers]
+    return out
+
+
+def _layer_json(lay: Layer) -> dict[str, Any]:
+    d = asdict(lay)
+    keep = {k: d[k] for k in ("name", "type", "subgraph", "nodes", "macs", "weight_bytes", "inputs", "outputs",
+                              "onchip_outputs", "tiled_outputs")}
+    keep.update({"ops": lay.ops * lay.recompute, "recompute": lay.recompute, "DDR loaded bytes": lay.loaded,
+                 "DDR stored bytes": lay.stored, "compute time (us)": lay.compute_s * 1e6,
+                 "data time (us)": lay.data_s * 1e6, "time (us)": lay.time_s * 1e6,
+                 "ideal time (us)": lay.ideal_s * 1e6, "bound": lay.bound})
+    return keep
+
+
+def write_perf_reports(directory, prefix: str, perf: Mapping[str, Any], similarity=(), outputs=()):
+    """`{prefix}.json` and `{prefix}.html` in `directory`, each written atomically; returns both paths."""
+    import json
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from engine.compile.perf_html import render
+
+    directory = Path(directory)
+    paths = []
+    for suffix, text in ((".json", json.dumps(perf, indent=1, sort_keys=False, default=str)),
+                         (".html", render(perf, similarity, outputs))):
+        path = directory / f"{prefix}{suffix}"
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths[0], paths[1]
