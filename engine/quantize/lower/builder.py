@@ -135,7 +135,8 @@ class Builder:
             self.node_map.setdefault(owner, []).append(name)
         return node
 
-    def copy_node(self, node: onnx.NodeProto, inputs: Sequence[str], outputs: Sequence[str]) -> None:
+    def copy_node(self, node: onnx.NodeProto, inputs: Sequence[str], outputs: Sequence[str],
+                  name: str | None = None) -> None:
         """A float node as it is (CPU island, emulated op), with its inputs/outputs renamed."""
         new = onnx.NodeProto()
         new.CopyFrom(node)
@@ -143,6 +144,8 @@ class Builder:
         del new.output[:]
         new.input.extend(inputs)
         new.output.extend(outputs)
+        if name:
+            new.name = name
         if not new.name or new.name in self.emitted:
             new.name = self.fresh(f"{node.name or node.op_type}_float")
         self.emitted.add(new.name)

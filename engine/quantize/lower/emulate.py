@@ -58,10 +58,21 @@ def output_encoding(b: Builder, node: onnx.NodeProto, output: str) -> Encoding:
 
 def emulate(b: Builder, nodes: Sequence[onnx.NodeProto], reason: str,
             encodings: dict[str, Encoding] | None = None) -> None:
-    """BPU node(s) executed by float kernels between integer tensors (see the module docstring).
+    """BPU node(s) without an integer kernel, run by float kernels between integer tensors (see
+    the module docstring); the reason is recorded in the `.bc` (`hbcompile.emulated`)."""
+    float_kernels(b, nodes, encodings)
+    for n in nodes:
+        b.emulated[n.name] = reason
+
+
+def float_kernels(b: Builder, nodes: Sequence[onnx.NodeProto], encodings: dict[str, Encoding] | None = None,
+                  name: str | None = None) -> None:
+    """DequantizeLinear → the float node(s) → QuantizeLinear: Q_y(f(DQ_x(x))).
 
     `nodes` is one node or a fusion group; only outputs read outside the group are quantized, with
-    `encodings` overriding the plan (e.g. an si32 accumulator output).
+    `encodings` overriding the plan (e.g. an si32 accumulator output). Weights and biases read as
+    their integer codes times their scales, planned constants as their codes. `name` names the
+    last node (a fusion group's row name), else every node keeps its own.
     """
     encodings = dict(encodings or {})
     readers = {n.name for n in nodes}
@@ -93,12 +104,10 @@ def emulate(b: Builder, nodes: Sequence[onnx.NodeProto], reason: str,
                 if o:
                     renamed[o] = b.fresh(f"{o}_float")
                 outputs.append(renamed.get(o, ""))
-            b.copy_node(n, inputs, outputs)
+            b.copy_node(n, inputs, outputs, name=name if name and n is nodes[-1] else None)
         for o in external:
             q = b.define_int(o, encodings[o])
             b.quantize(renamed[o], q, name=b.fresh(f"{o}_quantize"))
-    for n in nodes:
-        b.emulated[n.name] = reason
 
 
 def _outer_names(node: onnx.NodeProto) -> list[str]:

@@ -144,19 +144,20 @@ def _erf(x):
     return np.vectorize(math.erf)(x)
 
 
-FUNCTIONS = {
-    "Sigmoid": (lambda x: 1 / (1 + np.exp(-x)), {}),
-    "Tanh": (np.tanh, {}),
-    "HardSigmoid": (lambda x: np.clip(0.2 * x + 0.5, 0, 1), {"alpha": 0.2, "beta": 0.5}),
-    "HardSwish": (lambda x: x * np.clip(x / 6 + 0.5, 0, 1), {}),
-    "Exp": (np.exp, {}),
-    "Gelu": (lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2))), {}),
-    "LeakyRelu": (lambda x: np.where(x >= 0, x, 0.1 * x), {"alpha": 0.1}),
+FUNCTIONS = {  # op → (float64 reference, attributes, runs as a GatherElements table)
+    "Sigmoid": (lambda x: 1 / (1 + np.exp(-x)), {}, False),
+    "Tanh": (np.tanh, {}, False),
+    "HardSigmoid": (lambda x: np.clip(0.2 * x + 0.5, 0, 1), {"alpha": 0.2, "beta": 0.5}, False),
+    "HardSwish": (lambda x: x * np.clip(x / 6 + 0.5, 0, 1), {}, False),
+    "LeakyRelu": (lambda x: np.where(x >= 0, x, 0.1 * x), {"alpha": 0.1}, False),
+    "Exp": (np.exp, {}, True),
+    "Gelu": (lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2))), {}, True),
+    "Softplus": (lambda x: np.log1p(np.exp(x)), {}, True),
 }
 
 
-def activation_plan(op: str, attrs: dict, in_threshold: float, out_threshold: float, bits=(8, 8)):
-    model = model_of([helper.make_node(op, ["x"], ["y"], name=f"{op}_0", **attrs)], [fvi("x", [64])], [fvi("y", [64])],
+def activation_plan(op: str, attrs: dict, in_threshold: float, out_threshold: float, bits=(8, 8), n: int = 256):
+    model = model_of([helper.make_node(op, ["x"], ["y"], name=f"{op}_0", **attrs)], [fvi("x", [n])], [fvi("y", [n])],
                      opset=20)
     plan = QuantPlan(nodes={f"{op}_0": NodePlan(f"{op}_0", op, "BPU", act_inputs=("x",), output_bits=bits[1])},
                      acts={"x": ActQuant("x", in_threshold, bits[0]), "y": ActQuant("y", out_threshold, bits[1])})
@@ -178,9 +179,22 @@ def assert_table_is_function(table: np.ndarray, fn, enc_in: Encoding, enc_out: E
     assert np.all(diff <= 1)
 
 
+def every_code_through(bc: onnx.ModelProto, enc_in: Encoding) -> np.ndarray:
+    """The `.bc`'s output code for every input code, fed in a scrambled order (so a kernel's
+    vector body and tail both see every code)."""
+    codes = luts.input_codes(enc_in)
+    order = np.random.default_rng(0).permutation(codes.size)
+    out = run_codes(bc, {"x": enc_in.dequantize(codes[order])}, "y")
+    result = np.empty_like(out)
+    result[order] = out
+    return result
+
+
 @pytest.mark.parametrize("op", FUNCTIONS)
-def test_lookup_table_matches_the_float_function_at_every_code(op):
-    fn, attrs = FUNCTIONS[op]
+def test_table_op_gives_the_float_function_at_every_code(op):
+    """Whether it runs as a table or as float kernels, the `.bc` maps every input code to
+    Q_y(f(DQ_x(code))); a table op's stored table is exactly that map."""
+    fn, attrs, as_table = FUNCTIONS[op]
     in_t = 6.0
     out_t = float(np.max(np.abs(fn(np.linspace(-in_t, in_t, 1001)))))
     model, plan = activation_plan(op, attrs, in_t, out_t)
@@ -188,42 +202,49 @@ def test_lookup_table_matches_the_float_function_at_every_code(op):
     tmap = read_tensor_map(bc)
     enc_in = Encoding("uint8", tmap["x"]["scale"], 128)
     enc_out = Encoding("uint8", tmap["y"]["scale"], 128)
-    table = table_of(bc, "y")
-    assert table.dtype == np.uint8 and table.shape == (256,)
-    assert_table_is_function(table, fn, enc_in, enc_out)
-    # and the model applies it: every code in, its table entry out
-    x = enc_in.dequantize(np.arange(256, dtype=np.uint8)[:64] * 4)
-    np.testing.assert_array_equal(run_codes(bc, {"x": x}, "y"), table[np.arange(64) * 4])
+    through = every_code_through(bc, enc_in)
+    assert through.dtype == np.uint8
+    assert_table_is_function(through, fn, enc_in, enc_out)
+    kinds = {n.op_type for n in bc.graph.node}
+    assert ("GatherElements" in kinds) == as_table and (op in kinds) != as_table
+    if as_table:
+        np.testing.assert_array_equal(table_of(bc, "y"), through)
 
 
-def test_int16_lookup_table_has_every_int16_code():
-    fn, attrs = FUNCTIONS["Sigmoid"]
-    model, plan = activation_plan("Sigmoid", attrs, 8.0, 1.0, bits=(16, 16))
+def test_int16_table_has_every_int16_code():
+    fn, attrs, _ = FUNCTIONS["Gelu"]
+    model, plan = activation_plan("Gelu", attrs, 8.0, 8.0, bits=(16, 16), n=65536)
     bc = lower_to_integer(model, plan)
     table = table_of(bc, "y")
+    enc_in, enc_out = Encoding("int16", 8.0 / 32767), Encoding("int16", 8.0 / 32767)
     assert table.dtype == np.int16 and table.shape == (65536,)
-    assert_table_is_function(table, fn, Encoding("int16", 8.0 / 32767), Encoding("int16", 1.0 / 32767))
-    x = np.linspace(-8, 8, 64, dtype=np.float32)
-    codes = run_codes(bc, {"x": x}, "y")
-    x_codes = Encoding("int16", 8.0 / 32767).quantize(x).astype(np.int64)
-    np.testing.assert_array_equal(codes, table[x_codes + 32768])
+    assert_table_is_function(table, fn, enc_in, enc_out)
+    np.testing.assert_array_equal(every_code_through(bc, enc_in), table)
+
+
+def test_int16_float_kernel_op_gives_the_function_at_every_code():
+    fn, attrs, _ = FUNCTIONS["Sigmoid"]
+    model, plan = activation_plan("Sigmoid", attrs, 8.0, 1.0, bits=(16, 16), n=65536)
+    bc = lower_to_integer(model, plan)
+    enc_in, enc_out = Encoding("int16", 8.0 / 32767), Encoding("int16", 1.0 / 32767)
+    assert_table_is_function(every_code_through(bc, enc_in), fn, enc_in, enc_out)
 
 
 def test_activation_group_table_is_the_groups_function():
-    """SiLU left as Mul(x, Sigmoid(x)) (a fusion group of kind activation) → one table of x·σ(x)."""
-    b = Builder("silu", seed=0)
-    x = b.input("x", [64])
-    b.output(b.op("Mul", [x, b.op("Sigmoid", [x])], out="y"))
+    """Mish left as Mul(x, Tanh(Softplus(x))) (a fusion group of kind activation) → one table."""
+    b = Builder("mish", seed=0)
+    x = b.input("x", [256])
+    b.output(b.op("Mul", [x, b.op("Tanh", [b.op("Softplus", [x])])], out="y"))
     model = b.build()
     from engine.quantize.types import FusionGroup
 
-    group = FusionGroup("Sigmoid_0+Mul_1", "SiLU", ("Sigmoid_0", "Mul_1"), "activation")
+    group = FusionGroup("Softplus_0+Tanh_1+Mul_2", "Mish", ("Softplus_0", "Tanh_1", "Mul_2"), "activation")
     plan = QuantPlan(
-        nodes={"Sigmoid_0": NodePlan("Sigmoid_0", "Sigmoid", "BPU", group=group.name, act_inputs=("x",)),
-               "Mul_1": NodePlan("Mul_1", "Mul", "BPU", group=group.name, act_inputs=("x",))},
+        nodes={n: NodePlan(n, n.split("_")[0], "BPU", group=group.name, act_inputs=("x",)) for n in group.nodes},
         acts={"x": ActQuant("x", 6.0), "y": ActQuant("y", 6.0)}, groups=[group])
     bc = lower_to_integer(model, plan)
     assert [n.op_type for n in bc.graph.node if n.name == group.name] == ["GatherElements"]
-    assert not {"Sigmoid", "Mul"} & {n.op_type for n in bc.graph.node}
-    assert_table_is_function(table_of(bc, "y"), lambda v: v / (1 + np.exp(-v)),
-                             Encoding("uint8", 6.0 / 127, 128), Encoding("uint8", 6.0 / 127, 128))
+    assert not {"Softplus", "Tanh", "Mul"} & {n.op_type for n in bc.graph.node}
+    enc = Encoding("uint8", 6.0 / 127, 128)
+    assert_table_is_function(table_of(bc, "y"), lambda v: v * np.tanh(np.log1p(np.exp(v))), enc, enc)
+    np.testing.assert_array_equal(every_code_through(bc, enc), table_of(bc, "y"))
