@@ -21,7 +21,7 @@ import onnx
 from engine import __version__
 from engine.compile.hbm import FORMAT_VERSION, write_hbm
 from engine.compile.optimize import OptimizeResult, optimize_program
-from engine.compile.params import CompileOptions
+from engine.compile.params import CompileOptions, default_source
 from engine.compile.program import (
     CONFIG_SHA256,
     MARCH,
@@ -56,7 +56,7 @@ def build_hbm(bc: onnx.ModelProto, options: CompileOptions, *, config_sha256: st
     program_bytes = result.program.SerializeToString()
     inputs, outputs = io_specs(bc, "runtime")
     for spec in inputs:
-        spec["input_source"] = options.input_source.get(spec["name"], "ddr")
+        spec["input_source"] = options.input_source.get(spec["name"]) or default_source(spec.get("input_type_rt"))
     opsets = {(o.domain or "ai.onnx"): o.version for o in result.program.opset_import}
     manifest = {
         "format": "hbcompile.hbm",

@@ -61,10 +61,17 @@ def feeds_for(model, named: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if spec.name not in named:
             raise VerifierInputError(error("verifier-input", f"No input given for '{spec.name}' of {model.path}"))
         x = np.asarray(named[spec.name])
+        train_shape = spec.info.get("train_shape")
         if _fits(spec, x) or model.view == "train":
             out[spec.name] = x
-        else:
+        elif train_shape and list(x.shape) == list(train_shape):
             out[spec.name] = to_runtime(x, spec.info)
+        else:
+            also = (f", or a train-view {spec.info.get('input_type_train')} sample of shape {tuple(train_shape)}"
+                    if train_shape else "")
+            raise VerifierInputError(error("verifier-input", f"Input '{spec.name}' of {model.path.name} expects "
+                                                             f"{spec.describe()}{also}; got {x.dtype} "
+                                                             f"{tuple(x.shape)}"))
     return out
 
 

@@ -1,0 +1,210 @@
+"""The .hbm: round trip bit-exact to the .bc at every optimize level, and clear errors for damaged files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from engine.compile.hbm import MAGIC, decode_hbm, encode_hbm, read_hbm, write_hbm
+from engine.compile.optimize import bit_identical, fold_dq_q, optimize_program
+from engine.compile.package import build_hbm
+from engine.compile.params import resolve
+from engine.config.model import CompilerParameters
+from engine.problems import ModelError
+from engine.runtime.model import load
+from engine.runtime.session import open_session
+from tests.unit.compile.compile_support import conv_net, integer_program, nv12_program
+
+
+def emulated_conv_program() -> onnx.ModelProto:
+    """A BPU op run by float kernels, as the lowering emulates ops without an integer kernel:
+    the weight is its int8 codes × scales at run time, the bias its int32 codes dequantized."""
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(np.array(0.04, np.float32), "s"), numpy_helper.from_array(np.array(128, np.uint8), "z"),
+             numpy_helper.from_array(rng.integers(-127, 128, (6, 3, 3, 3)).astype(np.int8), "w_codes"),
+             numpy_helper.from_array(rng.uniform(0.002, 0.01, (6, 1, 1, 1)).astype(np.float32), "w_scale"),
+             numpy_helper.from_array(rng.integers(-500, 500, 6).astype(np.int32), "b_codes"),
+             numpy_helper.from_array(np.full(6, 0.0002, np.float32), "b_scale"),
+             numpy_helper.from_array(np.zeros(6, np.int32), "b_zero"),
+             numpy_helper.from_array(np.array(0.08, np.float32), "so")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q_in"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xf"], name="dq_in"),
+             helper.make_node("Cast", ["w_codes"], ["w_f"], name="w_cast", to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["w_f", "w_scale"], ["w"], name="w_scale_mul"),
+             helper.make_node("DequantizeLinear", ["b_codes", "b_scale", "b_zero"], ["b"], name="b_dq", axis=0),
+             helper.make_node("Conv", ["xf", "w", "b"], ["c"], name="conv_emulated", pads=[1, 1, 1, 1]),
+             helper.make_node("QuantizeLinear", ["c", "so", "z"], ["cq"], name="q_out"),
+             helper.make_node("DequantizeLinear", ["cq", "so", "z"], ["y"], name="dq_out")]
+    graph = helper.make_graph(nodes, "emulated", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model.metadata_props.add(key="hbcompile.march", value="nash-e")
+    return model
+
+
+@pytest.fixture(scope="module")
+def programs():
+    nv12, _ = nv12_program(conv_net(cpu_op=None))
+    return {"island_lut": integer_program(conv_net(cpu_op="Abs")), "nv12": nv12,
+            "emulated_conv": emulated_conv_program()}
+
+
+def options(level: str = "O2", march: str = "nash-e"):
+    opts, problems = resolve(CompilerParameters(optimize_level=level), march)
+    assert not [p for p in problems if p.is_error]
+    return opts
+
+
+@pytest.mark.parametrize("level", ["O0", "O1", "O2"])
+@pytest.mark.parametrize("name", ["island_lut", "nv12", "emulated_conv"])
+def test_round_trip_is_bit_exact_to_the_bc(programs, tmp_path, name, level):
+    bc_path = tmp_path / "m.bc"
+    onnx.save(programs[name], str(bc_path))
+    build = build_hbm(programs[name], options(level), config_sha256="c0ffee", timestamp="2026-01-01T00:00:00+00:00")
+    hbm_path = build.write(tmp_path / "m.hbm")
+    hbm = read_hbm(hbm_path)
+    assert hbm.version == (1, 0) and hbm.manifest == json.loads(json.dumps(build.manifest))
+    assert hbm.manifest["build"]["config_sha256"] == "c0ffee"
+    assert hbm.manifest["build"]["optimize"]["level"] == level
+    assert hbm.manifest["program"]["sha256"] == hashlib.sha256(hbm.program).hexdigest()
+    assert not build.optimize.fallback
+    bc, deployed = load(bc_path), load(hbm_path)
+    assert [s.name for s in deployed.inputs] == [s.name for s in bc.inputs]
+    for seed in range(3):
+        feeds = bc.random_inputs(seed)
+        a, b = bc.run(feeds), deployed.run(feeds)
+        for k in a:
+            assert a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes(), (name, level, k)
+
+
+def test_o2_constant_folds_the_emulated_weights_and_stays_exact(programs):
+    result = optimize_program(programs["emulated_conv"], "O2")
+    assert result.checked and not result.fallback
+    assert result.rewrites["onnxruntime_basic"] >= 2  # Cast·Mul weight and bias DequantizeLinear folded
+    assert {"Cast", "Mul"}.isdisjoint(n.op_type for n in result.program.graph.node)
+    assert result.nodes < len(programs["emulated_conv"].graph.node)
+
+
+def test_o0_stores_the_program_as_is(programs):
+    build = build_hbm(programs["island_lut"], options("O0"))
+    assert build.program.SerializeToString() == programs["island_lut"].SerializeToString()
+
+
+def test_fold_dq_q_is_the_identity_on_every_code():
+    """DQ → Q with equal parameters: removed by O1, and the removed pair was exact for all 256 codes."""
+    for seed, scale in enumerate((0.0037, 0.1, 1.7, 113.0)):
+        zp = int(np.random.default_rng(seed).integers(0, 256))
+        inits = [numpy_helper.from_array(np.array(scale, np.float32), "s"),
+                 numpy_helper.from_array(np.array(zp, np.uint8), "z")]
+        nodes = [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["f"], name="dq"),
+                 helper.make_node("QuantizeLinear", ["f", "s", "z"], ["q"], name="q"),
+                 helper.make_node("Identity", ["q"], ["y"], name="out")]
+        graph = helper.make_graph(nodes, "pair", [helper.make_tensor_value_info("x", TensorProto.UINT8, [256])],
+                                  [helper.make_tensor_value_info("y", TensorProto.UINT8, [256])], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        codes = np.arange(256, dtype=np.uint8)
+        np.testing.assert_array_equal(open_session(model.SerializeToString()).run(None, {"x": codes})[0], codes)
+        assert fold_dq_q(model) == 1
+        assert [n.op_type for n in model.graph.node] == ["Identity"] and model.graph.node[0].input[0] == "x"
+
+
+def test_bit_identical_reports_the_output_that_differs(programs):
+    other = onnx.ModelProto()
+    other.CopyFrom(programs["emulated_conv"])
+    for t in other.graph.initializer:
+        if t.name == "w_codes":
+            t.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(t), "w_codes"))
+    same, why = bit_identical(programs["emulated_conv"], other)
+    assert not same and "'y'" in why
+
+
+def test_manifest_holds_specs_and_build_info(programs):
+    build = build_hbm(programs["nv12"], options("O1", "nash-e"), config_sha256="abc", source_name="tiny")
+    m = build.manifest
+    assert m["march"] == "nash-e" and m["format_version"] == "1.0"
+    (spec,) = m["inputs"]
+    assert spec["input_type_rt"] == "nv12" and spec["dtype"] == "uint8" and spec["shape"] == [1, 24, 16]
+    assert spec["input_type_train"] == "rgb" and spec["train_shape"] == [1, 3, 16, 16]
+    assert spec["input_source"] == "pyramid"  # reference §7 default for nv12
+    assert m["outputs"] == [{"name": "y", "shape": [1, 16, 1, 1], "dtype": "float32"}]
+    b = m["build"]
+    assert b["tool"] == "hbcompile" and b["version"] and b["timestamp"] and b["source"]["name"] == "tiny"
+    assert b["compiler_parameters"]["optimize_level"] == "O1"
+    assert b["source"]["sha256"] == hashlib.sha256(programs["nv12"].SerializeToString()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------- damaged files
+
+@pytest.fixture
+def hbm_bytes(programs):
+    return encode_hbm(programs["island_lut"], {"march": "nash-e", "inputs": [], "outputs": []})
+
+
+def _sections(data: bytes) -> dict[str, tuple[int, int]]:
+    count = struct.unpack_from("<I", data, 12)[0]
+    out = {}
+    for i in range(count):
+        name, offset, length, _ = struct.unpack_from("<16sQQ32s", data, 48 + 64 * i)
+        out[name.rstrip(b"\0").decode()] = (offset, length)
+    return out
+
+
+@pytest.mark.parametrize("section", ["program", "manifest"])
+def test_a_flipped_byte_names_its_section(hbm_bytes, tmp_path, section):
+    offset, length = _sections(hbm_bytes)[section]
+    damaged = bytearray(hbm_bytes)
+    damaged[offset + length // 2] ^= 0x40
+    path = tmp_path / "bad.hbm"
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(ModelError) as info:
+        read_hbm(path)
+    msg = info.value.problems[0].message
+    assert f"checksum mismatch in section '{section}'" in msg and "bad.hbm" in msg
+
+
+def test_a_damaged_section_table_is_reported(hbm_bytes):
+    damaged = bytearray(hbm_bytes)
+    damaged[48 + 20] ^= 0x01  # inside the first entry's offset
+    with pytest.raises(ModelError, match="section 'table'"):
+        decode_hbm(bytes(damaged))
+
+
+@pytest.mark.parametrize("cut", [0, 5, 30, 48 + 10, -1, -1000])
+def test_truncated_files_say_so(hbm_bytes, tmp_path, cut):
+    path = tmp_path / "cut.hbm"
+    path.write_bytes(hbm_bytes[:cut] if cut >= 0 else hbm_bytes[:len(hbm_bytes) + cut])
+    with pytest.raises(ModelError, match="truncated"):
+        read_hbm(path)
+
+
+def test_wrong_magic(tmp_path, programs):
+    path = tmp_path / "model.hbm"
+    onnx.save(programs["island_lut"], str(path))  # an ONNX file with the .hbm suffix
+    with pytest.raises(ModelError, match=r"not an \.hbm file \(bad magic"):
+        read_hbm(path)
+
+
+def test_newer_major_version_is_refused(hbm_bytes):
+    data = bytearray(hbm_bytes)
+    struct.pack_into("<H", data, 8, 2)
+    with pytest.raises(ModelError, match=r"format version 2\.0 is not supported"):
+        decode_hbm(bytes(data))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelError, match="Can not find the .hbm file"):
+        read_hbm(tmp_path / "none.hbm")
+
+
+def test_write_is_atomic_and_leaves_no_temp_files(tmp_path, programs):
+    write_hbm(tmp_path / "a.hbm", programs["island_lut"], {"x": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["a.hbm"]
+    assert read_hbm(tmp_path / "a.hbm").sections.keys() == {"manifest", "program"}
+    assert (tmp_path / "a.hbm").read_bytes().startswith(MAGIC)
