@@ -9,6 +9,7 @@ carrying what code actions need in `data` so they never re-analyse.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,12 @@ from engine.config.inputs import check_with_model
 from engine.config.loader import MAX_CONFIG_BYTES, LoadResult, locate, normalize
 from engine.problems import Problem, Severity, Span, error
 from hblsp.models import MP, ModelSource, ModelState
-from hblsp.positions import Positions
+from hblsp.positions import YAML_BREAK, Positions
 
 log = logging.getLogger(__name__)
 
 SOURCE = "hb_compile"
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def load_text(text: str, base_dir: Path, check_files: bool = True) -> LoadResult:
@@ -33,10 +35,13 @@ def load_text(text: str, base_dir: Path, check_files: bool = True) -> LoadResult
     if size > MAX_CONFIG_BYTES:
         return LoadResult(None, [error("config-too-big", f"The config is {size} bytes; a config is expected to be "
                                        f"under {MAX_CONFIG_BYTES} bytes", span=_first_char())])
-    bad = next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), None)
-    if bad is not None:
+    bad = SURROGATE.search(text)
+    if bad is not None:  # undecodable bytes reach us as lone surrogates: say where the first one is
+        before = YAML_BREAK.split(text[:bad.start()])
+        line, col = len(before) - 1, len(before[-1])
         return LoadResult(None, [error("config-encoding", f"The config is not UTF-8 text (byte "
-                                       f"{len(text[:bad].encode('utf-8', 'surrogatepass'))})", span=_first_char())])
+                                       f"{len(text[:bad.start()].encode('utf-8', 'surrogatepass'))})",
+                                       span=Span(line, col, line, col + 1))])
     return load_config_text(text, base_dir, check_files=check_files)
 
 

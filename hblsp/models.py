@@ -210,7 +210,8 @@ class ModelCache:
         self._pending[source] = fut
 
         def done(f: Future) -> None:
-            loop.call_soon_threadsafe(self._finish, source, stamp, f)
+            if not loop.is_closed():  # the server may have shut down during the read
+                loop.call_soon_threadsafe(self._finish, source, stamp, f)
 
         fut.add_done_callback(done)
 
