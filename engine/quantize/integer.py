@@ -168,11 +168,9 @@ def integer_intermediates(bc_model: onnx.ModelProto, sample: Mapping[str, np.nda
     model = onnx.ModelProto()
     model.CopyFrom(bc_model)
     present = {o.name for o in model.graph.output}
-    elem = {"uint8": onnx.TensorProto.UINT8, "int16": onnx.TensorProto.INT16, "int32": onnx.TensorProto.INT32,
-            "float32": onnx.TensorProto.FLOAT}
     for entry in tmap.values():
-        if entry["tensor"] not in present:
-            model.graph.output.append(helper.make_tensor_value_info(entry["tensor"], elem[entry["dtype"]], None))
+        if entry["tensor"] not in present:  # typed by onnxruntime itself
+            model.graph.output.append(helper.make_empty_tensor_value_info(entry["tensor"]))
             present.add(entry["tensor"])
     session = ort.InferenceSession(model.SerializeToString(), session_options(threads),
                                    providers=["CPUExecutionProvider"])

@@ -32,6 +32,7 @@ from engine.quantize.integer import (
     session_options,
 )
 from engine.quantize.planner import QuantOptions
+from engine.quantize.types import ActQuant, NodePlan, QuantPlan
 from engine.similarity import compare, run_model
 from tests.support.models import Builder, conv_transpose_up, random_inputs, residual_block, silu_block
 from tests.unit.quantize.quant_support import optimized, plan_for
@@ -403,3 +404,40 @@ def test_tensor_map_metadata_is_json_for_every_float_tensor():
     for entry in tmap.values():
         assert entry["dtype"] in ("uint8", "int16", "int32", "float32")
         assert entry["tensor"] in {o for n in bc.graph.node for o in n.output} | {i.name for i in bc.graph.input}
+
+
+def test_per_channel_output_is_dequantized_per_channel():
+    """A per-channel activation encoding (the planner keeps them on model outputs only) is held as
+    uint8 with one scale per channel; the tensor map and integer_intermediates use them."""
+    opt = optimized(single_conv())
+    plan = plan_for(opt, QuantOptions())
+    out_range = np.abs(run_model(opt, random_inputs(opt, 0))["y"]).max(axis=(0, 2, 3)) * 1.2
+    plan.acts["y"] = ActQuant("y", out_range, 8, axis=1)
+    plan.nodes["Conv_0"] = dataclasses.replace(plan.nodes["Conv_0"], output_bits=8)
+    bc = lower_to_integer(opt, plan)
+    entry = read_tensor_map(bc)["y"]
+    assert entry["axis"] == 1 and entry["dtype"] == "uint8"
+    np.testing.assert_allclose(entry["scale"], out_range / 127, rtol=1e-6)
+    feeds = random_inputs(opt, 3)
+    got = integer_intermediates(bc, feeds)["y"]
+    ref = run_model(build_calibrated_model(opt, dataclasses.replace(plan, calibrated_acts={})), feeds)["y"]
+    steps = (out_range / 127).reshape(1, -1, 1, 1)
+    assert np.mean(np.abs(got - ref) <= steps * 1.0001) >= 0.99
+    np.testing.assert_array_equal(got, run_bc(bc, feeds)["y"])
+
+
+def test_matmul_of_two_activations_is_qlinear_matmul():
+    """The planner keeps attention-style MatMuls on the CPU; a plan that puts one on the BPU gets
+    QLinearMatMul on two uint8 operands."""
+    b = Builder("attention", seed=16)
+    q, k = b.input("q", [2, 6, 8]), b.input("k", [2, 8, 5])
+    b.output(b.op("MatMul", [q, k], out="y"))
+    model = b.build()
+    plan = QuantPlan(nodes={"MatMul_0": NodePlan("MatMul_0", "MatMul", "BPU", act_inputs=("q", "k"))},
+                     acts={"q": ActQuant("q", 3.0), "k": ActQuant("k", 3.0), "y": ActQuant("y", 12.0)})
+    bc = lower_to_integer(model, plan)
+    assert [n.op_type for n in bc.graph.node if n.name == "MatMul_0"] == ["QLinearMatMul"]
+    feeds = random_inputs(model, 1)
+    got = run_bc(bc, feeds)["y"]
+    ref = run_model(build_calibrated_model(model, plan), feeds)["y"]
+    assert within_one_step(got, ref, 12.0 / 127) >= 0.99
