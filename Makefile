@@ -18,11 +18,21 @@ $(STAMP): pyproject.toml
 demo: venv
 	cd examples/digits && ../../$(VENV)/bin/hb_compile -c digits.hb.yaml
 
-test: venv
+test: venv vsix
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
 
 test-fast: venv
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "not slow"
+
+# The VS Code extension: npm ci from the committed lock file, then compile and package the .vsix.
+VSCODE := editors/vscode
+.PHONY: vsix
+vsix: $(VSCODE)/node_modules/.package-lock.json
+	cd $(VSCODE) && npm run --silent package
+
+$(VSCODE)/node_modules/.package-lock.json: $(VSCODE)/package-lock.json $(VSCODE)/package.json
+	cd $(VSCODE) && npm ci --no-audit --no-fund
+	touch $@
 
 bench: venv
 	$(PY) bench/run.py

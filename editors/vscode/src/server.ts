@@ -1,0 +1,163 @@
+/**
+ * The hblsp client: finds the server command, starts the `LanguageClient` over stdio, and on a
+ * restart stops the old client and drops its listeners before the new one starts. Results
+ * (`hblsp/compileResult`) go into the shared store; progress goes to whoever listens.
+ */
+
+import * as fs from 'fs';
+import * as os from 'os';
+import * as vscode from 'vscode';
+import { LanguageClient, LanguageClientOptions, RevealOutputChannelOn, ServerOptions, TransportKind } from 'vscode-languageclient/node';
+import { StageProgress } from './progress';
+import { COMPILE_RESULT, isCompileResult } from './protocol';
+import { ResultStore } from './results';
+import { ServerCommand, resolveServerCommand } from './serverCommand';
+import { ConfigFilter, SECTION, documentSelector, readSettings } from './settings';
+import { RunningStage } from './status';
+
+export interface ServerInfo {
+  name: string;
+  module: string;
+}
+
+function isFile(file: string): boolean {
+  try {
+    return fs.statSync(file).isFile();
+  } catch {
+    return false;
+  }
+}
+
+export class HbServer implements vscode.Disposable {
+  private client: LanguageClient | undefined;
+  private progress: StageProgress | undefined;
+  private selector: ConfigFilter[] = documentSelector(readSettings().filePatterns);
+  private listeners: vscode.Disposable[] = [];
+  private starting: Promise<void> = Promise.resolve();
+  private readonly running = new vscode.EventEmitter<RunningStage | undefined>();
+  private readonly started = new vscode.EventEmitter<void>();
+  /** The running stage of the newest run (undefined when idle). */
+  readonly onRunning = this.running.event;
+  /** A client (re)started: selectors may have changed. */
+  readonly onStarted = this.started.event;
+
+  constructor(
+    private readonly info: ServerInfo,
+    private readonly log: vscode.LogOutputChannel,
+    private readonly results: ResultStore,
+  ) {}
+
+  get languageClient(): LanguageClient | undefined {
+    return this.client?.isRunning() ? this.client : undefined;
+  }
+
+  /** Does hblsp see this document (a YAML file named like a config)? */
+  handles(document: vscode.TextDocument): boolean {
+    return vscode.languages.match(this.selector, document) > 0;
+  }
+
+  /** Commands the running server advertises (`executeCommandProvider`). */
+  serverCommands(): string[] {
+    return this.languageClient?.initializeResult?.capabilities.executeCommandProvider?.commands ?? [];
+  }
+
+  cancelRuns(): number {
+    return this.progress?.cancelAll() ?? 0;
+  }
+
+  /** Stop any running client, then start one with the current settings (calls are serialised). */
+  restart(): Promise<void> {
+    this.starting = this.starting.then(() => this.doRestart(), () => this.doRestart());
+    return this.starting;
+  }
+
+  private resolve(): ServerCommand | undefined {
+    const settings = readSettings();
+    return resolveServerCommand({
+      configured: settings.serverCommand,
+      workspaceFolders: (vscode.workspace.workspaceFolders ?? []).filter((f) => f.uri.scheme === 'file').map((f) => f.uri.fsPath),
+      module: this.info.module,
+      platform: process.platform,
+      pathEnv: process.env.PATH,
+      home: os.homedir(),
+      isFile,
+    });
+  }
+
+  private async doRestart(): Promise<void> {
+    await this.stop();
+    const settings = readSettings();
+    this.selector = documentSelector(settings.filePatterns);
+    const command = this.resolve();
+    if (!command) {
+      const message = `${this.info.name} not found: no .venv in the workspace and no '${this.info.module}' on PATH. ` +
+        `Install hbcompile (pip install hbcompile) or set ${SECTION}.server.command.`;
+      this.log.error(message);
+      const choice = await vscode.window.showErrorMessage(message, 'Open Settings');
+      if (choice) {
+        await vscode.commands.executeCommand('workbench.action.openSettings', `${SECTION}.server.command`);
+      }
+      return;
+    }
+    this.log.info(`starting ${[command.command, ...command.args].join(' ')} (from ${command.source})`);
+    const serverOptions: ServerOptions = {
+      command: command.command,
+      args: command.args,
+      options: { cwd: command.cwd },
+      transport: TransportKind.stdio,
+    };
+    const clientOptions: LanguageClientOptions = {
+      documentSelector: this.selector,
+      outputChannel: this.log,
+      revealOutputChannelOn: RevealOutputChannelOn.Never,
+      synchronize: { configurationSection: SECTION },
+    };
+    const client = new LanguageClient(SECTION, this.info.name, serverOptions, clientOptions);
+    const progress = new StageProgress(client);
+    client.registerFeature(progress);
+    this.listeners.push(
+      progress,
+      progress.onDidChange((stage) => this.running.fire(stage)),
+      client.onNotification(COMPILE_RESULT, (params: unknown) => {
+        if (isCompileResult(params)) {
+          this.results.put(params);
+        } else {
+          this.log.warn(`ignored a malformed ${COMPILE_RESULT}: ${JSON.stringify(params).slice(0, 200)}`);
+        }
+      }),
+    );
+    this.client = client;
+    this.progress = progress;
+    try {
+      await client.start();
+      this.started.fire();
+    } catch (error) {
+      const message = `${this.info.name} did not start (${[command.command, ...command.args].join(' ')}): ${String(error)}`;
+      this.log.error(message);
+      void vscode.window.showErrorMessage(`${message}. See the ${this.info.name} output.`);
+    }
+  }
+
+  async stop(): Promise<void> {
+    const client = this.client;
+    this.client = undefined;
+    this.progress = undefined;
+    for (const listener of this.listeners.splice(0)) {
+      listener.dispose();
+    }
+    this.running.fire(undefined);
+    if (client) {
+      try {
+        await client.stop(2000);
+      } catch (error) {
+        this.log.warn(`stopping ${this.info.name}: ${String(error)}`);
+      }
+    }
+  }
+
+  dispose(): void {
+    void this.stop();
+    this.running.dispose();
+    this.started.dispose();
+  }
+}
