@@ -8,11 +8,13 @@ from engine.preprocess.conversion import (
     attach_input_conversion,
     build_input_conversion,
     check_conversion,
+    conversion_affine_for,
     legal_conversions,
     runtime_input,
 )
 from engine.preprocess.normalization import (
     Normalization,
+    find_normalization,
     insert_normalization,
     normalized_name,
     preprocess_prefix,
@@ -21,6 +23,7 @@ from engine.preprocess.normalization import (
 
 __all__ = [
     "INPUT_TYPES", "ConversionGraph", "InputType", "Normalization", "RuntimeInput", "attach_input_conversion",
-    "build_input_conversion", "check_conversion", "insert_normalization", "legal_conversions", "normalized_name",
-    "preprocess_prefix", "remove_normalization", "runtime_input",
+    "build_input_conversion", "check_conversion", "conversion_affine_for", "find_normalization",
+    "insert_normalization", "legal_conversions", "normalized_name", "preprocess_prefix", "remove_normalization",
+    "runtime_input",
 ]

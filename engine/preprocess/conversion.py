@@ -88,7 +88,8 @@ def legal_conversions() -> dict[str, frozenset[str]]:
     return {train: frozenset({train, *rts}) for train, rts in legal_pairs().items()}
 
 
-def _rt_type(rt_type: str, space_and_range: str) -> InputType:
+def rt_input_type(rt_type: str, space_and_range: str) -> InputType:
+    """How `rt_type` stores pixels, with `input_space_and_range` applied (nv12 + bt601_video = video range)."""
     t = INPUT_TYPES[rt_type]
     if t.nv12 and space_and_range == "bt601_video":
         return InputType("yuv_video", nv12=True, implied_layout=None)
@@ -154,7 +155,7 @@ def check_conversion(rt_type: str, train_type: str, train_layout: str | None, tr
         problems.append(error("input-space-not-nv12", f"input_space_and_range 'bt601_video' is only valid with "
                               f"input_type_rt 'nv12', but input {input_name} has '{rt_type}'",
                               (IP, "input_space_and_range")))
-    if train.space != "featuremap" and _space_affine(_rt_type(rt_type, space_and_range).space, train.space) is None:
+    if train.space != "featuremap" and _space_affine(rt_input_type(rt_type, space_and_range).space, train.space) is None:
         problems.append(error("input-conversion-unsupported", f"Converting input_type_rt '{rt_type}' to "
                               f"input_type_train '{train_type}' is not implemented", (IP, "input_type_rt")))
     if train.space == "featuremap":
@@ -236,6 +237,12 @@ def conversion_affine(rt: InputType, train: InputType, norm: Normalization | Non
     return ColorAffine(np.diag(m) @ step.matrix, m * (step.offset - norm.mean_or_zero(train.channels)))
 
 
+def conversion_affine_for(rt_type: str, train_type: str, space_and_range: str = "regular",
+                          norm: Normalization | None = None) -> ColorAffine:
+    """`conversion_affine` by config values: stored `rt_type` pixel → normalized stored `train_type` value."""
+    return conversion_affine(rt_input_type(rt_type, space_and_range), INPUT_TYPES[train_type], norm)
+
+
 # ------------------------------------------------------------------ the subgraph
 
 @dataclass
@@ -298,37 +305,64 @@ class ConversionGraph:
                                rename(self.output_name), output, self.affine)
 
 
-class _Builder:
-    """Collects nodes and int64/float constants under one name prefix."""
+class SubgraphBuilder:
+    """Collects nodes and constants under one name prefix (`prefix_suffix`).
 
-    def __init__(self, prefix: str):
+    `taken`: names already used by the model the subgraph goes into; a clashing name gets a
+    numbered suffix instead (the integer program keeps some of its own `HZ_PREPROCESS_FOR_…` names).
+    """
+
+    def __init__(self, prefix: str, taken: set[str] | None = None):
         self.prefix = prefix
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
+        self.taken = taken if taken is not None else set()
+
+    def fresh(self, name: str) -> str:
+        out, k = name, 1
+        while out in self.taken:
+            out, k = f"{name}_{k}", k + 1
+        self.taken.add(out)
+        return out
 
     def const(self, suffix: str, values, dtype=np.int64) -> str:
-        name = f"{self.prefix}_{suffix}"
+        name = self.fresh(f"{self.prefix}_{suffix}")
         self.inits.append(numpy_helper.from_array(np.asarray(values, dtype=dtype), name))
         return name
 
-    def node(self, op: str, inputs: list[str], suffix: str | None, output: str | None = None, **attrs) -> str:
-        name = self.prefix if suffix is None else f"{self.prefix}_{suffix}"
-        out = output or f"{name}_out"
-        self.nodes.append(helper.make_node(op, inputs, [out], name=name, **attrs))
+    def node(self, op: str, inputs: list[str], suffix: str | None, output: str | None = None,
+             domain: str | None = None, name: str | None = None, **attrs) -> str:
+        """Add a node named `prefix_suffix` (`prefix` for suffix None), or `name` reserved by the caller."""
+        name = name or self.fresh(self.prefix if suffix is None else f"{self.prefix}_{suffix}")
+        out = output or self.fresh(f"{name}_out")
+        self.nodes.append(helper.make_node(op, inputs, [out], name=name, domain=domain, **attrs))
         return out
 
 
-def _nv12_to_yuv_nchw(b: _Builder, x: str, n: int, h: int, w: int) -> str:
+def _nv12_to_yuv_nchw(b: SubgraphBuilder, x: str, n: int, h: int, w: int) -> str:
     """(N, H*3/2, W) uint8 NV12 → (N, 3, H, W) uint8 Y,U,V: slices, reshapes, one nearest Resize, Concat."""
-    y = b.node("Slice", [x, b.const("y_start", [0]), b.const("y_end", [h]), b.const("rows", [1])], "y_plane")
+    rows = b.const("rows", [1])
+    y = b.node("Slice", [x, b.const("y_start", [0]), b.const("y_end", [h]), rows], "y_plane")
     y = b.node("Reshape", [y, b.const("y_shape", [n, 1, h, w])], "y_nchw")
-    uv = b.node("Slice", [x, b.const("uv_start", [h]), b.const("uv_end", [h * 3 // 2]), f"{b.prefix}_rows"],
+    uv = b.node("Slice", [x, b.const("uv_start", [h]), b.const("uv_end", [h * 3 // 2]), rows],
                 "uv_plane")
     uv = b.node("Reshape", [uv, b.const("uv_shape", [n, h // 2, w // 2, 2])], "uv_nhwc")
     uv = b.node("Transpose", [uv], "uv_nchw", perm=[0, 3, 1, 2])
     uv = b.node("Resize", [uv, "", b.const("uv_scales", [1, 1, 2, 2], np.float32)], "uv_upsample",
                 mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
     return b.node("Concat", [y, uv], "yuv444", axis=1)
+
+
+def pixels_nchw(b: SubgraphBuilder, x: str, rt: InputType, runtime: RuntimeInput, train_shape: tuple[int, ...],
+                train_layout: str | None) -> str:
+    """The data-movement part, exact on the stored integers: the runtime tensor `x` → (N, C, H, W)
+    in the runtime type's dtype (NV12 planes split and chroma upsampled, NHWC transposed)."""
+    n, _, h, w = train_hw(train_shape, train_layout)
+    if rt.nv12:
+        return _nv12_to_yuv_nchw(b, x, n, h, w)
+    if runtime.layout == "NHWC":
+        return b.node("Transpose", [x], "to_nchw", perm=[0, 3, 1, 2])
+    return x
 
 
 def build_input_conversion(rt_type: str, train_type: str, train_layout: str | None, train_shape: tuple[int, ...],
@@ -345,9 +379,9 @@ def build_input_conversion(rt_type: str, train_type: str, train_layout: str | No
         raise ConfigError(problems)
     shape = tuple(int(d) for d in train_shape)
     runtime = runtime_input(rt_type, shape, train_layout, rt_layout)
-    rt, train = _rt_type(rt_type, space_and_range), INPUT_TYPES[train_type]
+    rt, train = rt_input_type(rt_type, space_and_range), INPUT_TYPES[train_type]
     prefix, out = preprocess_prefix(input_name), normalized_name(input_name)
-    b = _Builder(prefix)
+    b = SubgraphBuilder(prefix)
     affine = None
     if train.space == "featuremap":
         nodes, inits = normalization_nodes(prefix, input_name, out, norm or Normalization(), train_layout,
@@ -355,11 +389,7 @@ def build_input_conversion(rt_type: str, train_type: str, train_layout: str | No
         b.nodes, b.inits = nodes, inits
     else:
         n, c, h, w = train_hw(shape, train_layout)
-        x = input_name
-        if rt.nv12:
-            x = _nv12_to_yuv_nchw(b, x, n, h, w)
-        elif runtime.layout == "NHWC":
-            x = b.node("Transpose", [x], "to_nchw", perm=[0, 3, 1, 2])
+        x = pixels_nchw(b, input_name, rt, runtime, shape, train_layout)
         x = b.node("Cast", [x], "to_float", to=TensorProto.FLOAT)
         affine = conversion_affine(rt, train, norm)
         weight = b.const("weight", affine.matrix.reshape(c, rt.channels, 1, 1), np.float32)
@@ -437,6 +467,6 @@ def _default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-__all__ = ["INPUT_TYPES", "ConversionGraph", "InputType", "RuntimeInput", "attach_input_conversion",
-           "build_input_conversion", "check_conversion", "conversion_affine", "legal_conversions",
-           "runtime_input", "train_hw"]
+__all__ = ["INPUT_TYPES", "ConversionGraph", "InputType", "RuntimeInput", "SubgraphBuilder", "attach_input_conversion",
+           "build_input_conversion", "check_conversion", "conversion_affine", "conversion_affine_for",
+           "legal_conversions", "pixels_nchw", "rt_input_type", "runtime_input", "train_hw"]

@@ -255,6 +255,37 @@ def insert_normalization(model: onnx.ModelProto, input_name: str, norm: Normaliz
     return model
 
 
+_NORM_OPS = {"Sub": "mean_value", "Mul": "scale_value", "Div": "std_value"}
+
+
+def find_normalization(model: onnx.ModelProto, input_name: str) -> Normalization | None:
+    """The normalization `insert_normalization` put in front of `input_name`, if the model still holds it
+    as inserted: `input → [Sub mean] → [Mul scale | Div std] → normalized_name(input)`, constants as
+    initializers. None otherwise (no normalization, or a pass rewrote it), so a caller never folds
+    arithmetic it did not recognise."""
+    prefix, out = preprocess_prefix(input_name), normalized_name(input_name)
+    g = model.graph
+    by_name = {n.name: n for n in g.node}
+    chain = [n for n in (by_name.get(f"{prefix}_mean"), by_name.get(prefix)) if n is not None]
+    if not chain or chain[-1].name != prefix or list(chain[-1].output) != [out]:
+        return None
+    inits = {t.name: t for t in g.initializer}
+    values: dict[str, np.ndarray] = {}
+    current = input_name
+    for node in chain:
+        key = _NORM_OPS.get(node.op_type)
+        const = node.input[1] if len(node.input) == 2 else ""
+        if key is None or node.input[0] != current or const != f"{prefix}_{key}" or const not in inits \
+                or key in values:
+            return None
+        values[key] = numpy_helper.to_array(inits[const]).astype(np.float64).ravel()
+        current = node.output[0]
+    try:
+        return Normalization(values.get("mean_value"), values.get("scale_value"), values.get("std_value"))
+    except ConfigError:
+        return None
+
+
 def remove_normalization(model: onnx.ModelProto, input_name: str) -> Normalization | None:
     """Undo `insert_normalization` (in place): the model's nodes read `input_name` again.
 
@@ -290,5 +321,5 @@ def remove_normalization(model: onnx.ModelProto, input_name: str) -> Normalizati
     return Normalization(values.get("mean_value"), values.get("scale_value"), values.get("std_value"))
 
 
-__all__ = ["Normalization", "broadcast_shape", "insert_normalization", "normalization_nodes", "normalized_name",
-           "preprocess_prefix", "remove_normalization"]
+__all__ = ["Normalization", "broadcast_shape", "find_normalization", "insert_normalization", "normalization_nodes",
+           "normalized_name", "preprocess_prefix", "remove_normalization"]

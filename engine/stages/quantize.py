@@ -1,8 +1,18 @@
 """quantize: the plan lowered to the integer program `*_quantized_model.bc`, taking the runtime view.
 
-The integer program (engine.quantize.integer) takes the train view; for every input whose
-runtime type differs (nv12, yuv444, …) the runtime conversion (engine.preprocess) is attached in
-front, so the `.bc` — and the `.hbm` built from it — takes what the device feeds.
+The integer program (engine.quantize.integer) is lowered from the optimized float model, which
+takes the train view. Then every image input gets its runtime conversion as integer work
+(engine.preprocess.integer): the device's uint8 pixels / NV12 bytes go through data movement on
+the bytes and ONE quantized 1×1 conv `HZ_PREPROCESS_FOR_<input>` that folds the colour matrix
+and the mean/scale into the tensor the model's first nodes read — replacing the program's own
+QuantizeLinear of the float input and its lowered mean/scale nodes. featuremap inputs stay float.
+
+input_batch (decided, engine.preprocess.batch): for N > 1 the optimized model is rewritten for
+batch N before lowering — Reshapes with a constant batch of 1 keep the batch (0 = copy), and
+the rewritten model must give, on two samples, exactly the two batch-1 results stacked on axis
+0 for every tensor; otherwise the stage stops with an error naming the node that mixes or moves
+the batch, and nothing is written. The plan (scales, placement) is the batch-1 plan; the `.bc`
+inputs are (N, …) in their runtime format and `hbcompile.inputs` records `input_batch`.
 """
 
 from __future__ import annotations
@@ -19,43 +29,50 @@ from engine.stages.calibrate import load_thresholds
 from engine.stages.ptq import READS as PTQ_READS
 
 READS = PTQ_READS + ("input_parameters.input_type_rt", "input_parameters.input_layout_rt",
-                     "input_parameters.input_space_and_range")
+                     "input_parameters.input_space_and_range", "input_parameters.input_batch")
 
 
-def attach_runtime_inputs(bc: onnx.ModelProto, specs: list[dict[str, Any]]) -> list[str]:
-    """Prepend rt → train conversion for every image input (the device feeds uint8 pixels in the rt
-    layout even when rt == train); featuremap inputs stay float. Returns the converted inputs."""
-    from engine.preprocess import attach_input_conversion, build_input_conversion
+def attach_runtime_inputs(bc: onnx.ModelProto, specs: list[dict[str, Any]], float_model: onnx.ModelProto,
+                          batch: int = 1) -> dict[str, str]:
+    """Every image input of `bc` in its runtime format (in place); {input: "integer" | "float" | "none"}.
 
-    converted = []
-    for spec in specs:
-        rt, train = spec["input_type_rt"], spec["input_type_train"]
-        if rt == "featuremap":
-            continue
-        conversion = build_input_conversion(rt, train, spec["input_layout_train"], tuple(spec["shape"]),
-                                            spec.get("input_space_and_range") or "regular", None,
-                                            input_name=spec["name"], rt_layout=spec.get("input_layout_rt"))
-        # the integer program keeps its own HZ_PREPROCESS_FOR_<input> normalization: tag the colour part
-        attach_input_conversion(bc, spec["name"], conversion, tag="_rt")
-        converted.append(spec["name"])
-    return converted
+    "integer": HZ_PREPROCESS_FOR_<input> is a quantized conv on the rt pixels; "float": the program
+    reads that input only in float (CPU readers), so the colour step stays float in front of it.
+    """
+    from engine.preprocess.integer import attach_runtime_input
+
+    return {spec["name"]: attach_runtime_input(bc, spec, float_model, batch).mode for spec in specs}
+
+
+def runtime_specs(specs: list[dict[str, Any]], batch: int) -> list[dict[str, Any]]:
+    """The input specs the `.bc` stores: the batch it takes in `shape[0]`, and `input_batch`."""
+    return [{**s, "shape": [batch, *s["shape"][1:]], "input_batch": batch} for s in specs]
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
+    from engine.preprocess.batch import with_batch
     from engine.quantize.integer import lower_to_integer
 
     model = onnx.load(str(ctx.input("optimize", "model.onnx")))
     specs = json.loads(ctx.input("calibrate", "inputs.json").read_text())
+    batch = int(ctx.config.inputs.input_batch or 1)
     plan = make_plan(model, load_thresholds(ctx.input("calibrate", "thresholds.json")),
                      QuantOptions.from_config(ctx.config))
-    bc = lower_to_integer(model, plan)
-    converted = attach_runtime_inputs(bc, specs)
-    fe.set_metadata(bc, {"hbcompile.stage": "quantized", "hbcompile.inputs": json.dumps(specs),
+    rewrites = []
+    body = model
+    if batch > 1:
+        body, rewrites = with_batch(model, batch)
+    ctx.check_cancel()
+    bc = lower_to_integer(body, plan)
+    conversions = attach_runtime_inputs(bc, specs, model, batch)
+    onnx.checker.check_model(bc)
+    fe.set_metadata(bc, {"hbcompile.stage": "quantized", "hbcompile.inputs": json.dumps(runtime_specs(specs, batch)),
                          "hbcompile.march": ctx.config.model.march})
     onnx.save(bc, str(ctx.out_dir / "model.bc"))
-    return {"nodes": len(bc.graph.node), "runtime_conversion": converted}
+    return {"nodes": len(bc.graph.node), "runtime_conversion": conversions, "input_batch": batch,
+            "batch_rewrites": [{"node": r.node, "before": list(r.before), "after": list(r.after)} for r in rewrites]}
 
 
-STAGE = Stage("quantize", 1, run, after=("optimize", "calibrate"), reads=READS,
+STAGE = Stage("quantize", 2, run, after=("optimize", "calibrate"), reads=READS,
               artefacts={"model.bc": "{prefix}_quantized_model.bc"},
               describe="integer program (.bc) taking the runtime input format")
