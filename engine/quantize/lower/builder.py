@@ -30,7 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 from engine.problems import StageError, error
 from engine.quantize.lower.encoding import Encoding
 from engine.quantize.planner import quantize_bias, quantize_weight, weight_scale_array
-from engine.quantize.types import NodePlan, QuantPlan
+from engine.quantize.types import QuantPlan
 
 ONNX_DTYPE = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8, "int16": TensorProto.INT16,
               "int32": TensorProto.INT32, "float32": TensorProto.FLOAT}
@@ -63,10 +63,9 @@ class QTensor:
 class QWeight:
     """A constant weight as int8 codes with per-output-channel scales (symmetric, zero point 0)."""
 
-    name: str  # int8 initializer
+    name: str  # int8 initializer (uint8 codes + 128 when stored unsigned)
     scale: str  # float32 initializer, one per output channel
-    zero_point: str  # int8 zeros, one per output channel
-    codes: np.ndarray
+    zero_point: str  # zeros (int8, per channel) or 128 (uint8, per tensor)
     scales: np.ndarray  # float32, per output channel
 
 
@@ -188,9 +187,6 @@ class Builder:
         return None if dims is None else len(dims)
 
     # ---- plan -------------------------------------------------------------------------------
-
-    def node_plan(self, node: onnx.NodeProto) -> NodePlan:
-        return self.plan.nodes[node.name]
 
     def planned(self, t: str) -> Encoding | None:
         act = self.plan.acts.get(t)
@@ -374,7 +370,7 @@ class Builder:
         scale = self.const(f"{w}_quantized_scale", scales)
         zp = self.const(f"{w}_quantized_zero_point",
                         np.array(128, np.uint8) if unsigned else np.zeros(scales.shape, np.int8))
-        return QWeight(name, scale, zp, codes, scales)
+        return QWeight(name, scale, zp, scales)
 
     def float_weight(self, w: str) -> str:
         """A planned weight as the float values of its int8 codes (what an emulated op reads):
