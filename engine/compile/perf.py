@@ -14,14 +14,16 @@ The model (every constant is in `engine.compile.march` or below, with its source
   from DDR; model outputs and tensors exchanged with CPU nodes go through DDR. Every other
   activation stays **on chip** if the plan has room for it, else it is stored to and re-loaded from
   DDR (once per reader), at its executed bit width.
-- **compile_mode** sets the plan through one number, f = balance_factor (latency 100,
-  bandwidth 0, balance: the user's value):
-  on-chip budget for resident activations = on-chip memory × (¼ + ¾·(1 − f/100)) — latency mode
-  keeps ¾ of it for double buffers that overlap DMA with compute; when f < 50 a tensor that does
-  not fit is **tiled by rows** and stays on chip, its producer recomputing the consumer's halo rows
-  (kernel − 1) for every tile (the "trades recompute" of bandwidth mode); and a layer's time is
-  max(compute, data) + (1 − f/100)·min(compute, data) — the roofline max() in latency mode, fully
-  serialized in bandwidth mode, where the buffers hold activations instead.
+- **The plan space.** A plan is an on-chip budget for resident activations, a fraction b of the
+  march's on-chip memory (¼, ½, ¾ or all of it), and whether a tensor that does not fit is **tiled
+  by rows** and kept on chip, its producer recomputing the consumer's halo rows (kernel − 1) for
+  every tile, instead of being spilled to DDR. The memory not given to activations holds double
+  buffers that overlap DMA with compute: a layer's time is max(compute, data) + (1 − o)·min(compute,
+  data) with overlap o = (1 − b) / ¾ (the roofline max() at b = ¼, fully serialized at b = 1).
+- **compile_mode is the objective** the plan is chosen by, among the 8 plans: latency → the lowest
+  latency (ties: fewer DDR bytes); bandwidth → the fewest DDR bytes (ties: lower latency); balance →
+  the lowest f·L/L_min + (1 − f)·D/D_min with f = balance_factor / 100. So bandwidth mode never moves
+  more DDR bytes than latency mode, and latency mode is never slower.
 - **Latency** = the sum of BPU layer times + `FC_OVERHEAD_S` per BPU function call (one per subgraph,
   more when `max_time_per_fc` cuts a subgraph); FPS = 1 / latency.
 - **DDR access data** (reference §12.8 keys, bytes): input / output memory (model I/O tensors),
@@ -53,8 +55,7 @@ from engine.compile.program import TensorType, tensor_types
 
 CHANNEL_ALIGN = 8  # assumption: the BPU computes in blocks of 8 channels (hb's advice asks for multiples of 4 & 8)
 FC_OVERHEAD_S = 5e-6  # assumption: cost of one BPU function call (launch + sync)
-LATENCY_BUDGET = 0.25  # share of on-chip memory for resident activations in latency mode
-TILING_BELOW = 50  # balance_factor under which tensors are tiled instead of spilled
+BUDGETS = (0.25, 0.5, 0.75, 1.0)  # on-chip shares for resident activations a plan may use
 
 # weight input index per op: (index, kind)
 _WEIGHTED = {"QLinearConv": 3, "ConvInteger": 1, "Conv": 1, "ConvTranspose": 1, "QLinearMatMul": 3,
@@ -108,6 +109,8 @@ class PerfEstimate:
     memory: dict[str, int]
     budget: int
     notes: list[str] = field(default_factory=list)
+    plan: dict[str, Any] = field(default_factory=dict)  # the chosen candidate
+    candidates: list[dict[str, Any]] = field(default_factory=list)
     advice: list[str] = field(default_factory=list)
 
     @property
@@ -233,13 +236,19 @@ def _layers(program: onnx.ModelProto, part: Partition, types: Mapping[str, Tenso
 
 # --------------------------------------------------------------------------------------- plan
 
+def overlap_of(share: float) -> float:
+    """Share of data movement hidden under compute when `share` of on-chip memory holds activations."""
+    return min(1.0, max(0.0, (1.0 - share) / (1.0 - BUDGETS[0])))
+
+
 def _plan(program: onnx.ModelProto, part: Partition, layers: list[Layer], types: Mapping[str, TensorType],
-          options: CompileOptions, prof: MarchProfile) -> tuple[dict[str, int], int, list[str]]:
+          budget: int, tiling: bool) -> tuple[dict[str, int], list[str]]:
     """Decide where each activation lives; fill each layer's DDR bytes and recompute factor."""
     g = program.graph
-    f = options.balance_factor / 100.0
-    budget = int(prof.onchip_memory.value * (LATENCY_BUDGET + (1 - LATENCY_BUDGET) * (1 - f)))
-    tiling = options.balance_factor < TILING_BELOW
+    for lay in layers:
+        lay.loaded = lay.stored = 0
+        lay.recompute = 1.0
+        lay.onchip_outputs, lay.tiled_outputs = [], []
     model_io = {i.name for i in g.input} | {o.name for o in g.output}
     cpu_touch = {t for p in part.cpu_nodes for t in (*p.inputs, *p.outputs) if t}
     index = {n.name: k for k, n in enumerate(g.node)}
@@ -320,7 +329,7 @@ def _plan(program: onnx.ModelProto, part: Partition, layers: list[Layer], types:
     if any(lay.tiled_outputs for lay in layers):
         notes.append(f"{sum(len(lay.tiled_outputs) for lay in layers)} activation(s) tiled by rows to stay on chip "
                      "(producer recomputes the consumer's halo)")
-    return memory, budget, notes
+    return memory, notes
 
 
 # ----------------------------------------------------------------------------------- estimate
@@ -331,15 +340,21 @@ def estimate(program: onnx.ModelProto, options: CompileOptions, name: str = "mod
     types = tensor_types(program)
     part = partition(program)
     layers = _layers(program, part, types)
-    memory, budget, notes = _plan(program, part, layers, types, options, prof)
     peak = prof.peak_ops(options.core_num)
     bandwidth = prof.ddr_bandwidth.value
-    overlap = options.balance_factor / 100.0
-    for lay in layers:
-        lay.compute_s = lay.ops * lay.recompute / peak
-        lay.data_s = (lay.loaded + lay.stored) / bandwidth
-        lay.time_s = max(lay.compute_s, lay.data_s) + (1 - overlap) * min(lay.compute_s, lay.data_s)
-        lay.ideal_s = lay.ideal_ops / peak
+    candidates = []
+    for share in BUDGETS:
+        for tiling in (False, True):
+            budget = int(prof.onchip_memory.value * share)
+            _plan(program, part, layers, types, budget, tiling)
+            _time(layers, peak, bandwidth, overlap_of(share))
+            candidates.append({"on-chip share": share, "tiling": tiling, "overlap": overlap_of(share),
+                               "latency (ms)": sum(lay.time_s for lay in layers) * 1e3,
+                               "DDR bytes": sum(lay.loaded + lay.stored for lay in layers)})
+    chosen = choose(candidates, options.balance_factor)
+    budget = int(prof.onchip_memory.value * chosen["on-chip share"])
+    memory, notes = _plan(program, part, layers, types, budget, chosen["tiling"])
+    _time(layers, peak, bandwidth, chosen["overlap"])
     subgraphs = []
     calls = 0
     for sid in range(part.subgraph_count):
@@ -354,9 +369,31 @@ def estimate(program: onnx.ModelProto, options: CompileOptions, name: str = "mod
     latency = sum(lay.time_s for lay in layers) + calls * FC_OVERHEAD_S
     cpu = [{"name": p.node, "op_type": p.op_type, "reason": p.reason} for p in part.cpu_nodes]
     est = PerfEstimate(name, prof, options, layers, cpu, subgraphs, latency, calls,
-                       sum(lay.loaded for lay in layers), sum(lay.stored for lay in layers), memory, budget, notes)
+                       sum(lay.loaded for lay in layers), sum(lay.stored for lay in layers), memory, budget, notes,
+                       plan=chosen, candidates=candidates)
     est.advice = advice_lines(est, options.advice)
     return est
+
+
+def _time(layers: list[Layer], peak: float, bandwidth: float, overlap: float) -> None:
+    for lay in layers:
+        lay.compute_s = lay.ops * lay.recompute / peak
+        lay.data_s = (lay.loaded + lay.stored) / bandwidth
+        lay.time_s = max(lay.compute_s, lay.data_s) + (1 - overlap) * min(lay.compute_s, lay.data_s)
+        lay.ideal_s = lay.ideal_ops / peak
+
+
+def choose(candidates: list[dict[str, Any]], balance_factor: int) -> dict[str, Any]:
+    """The plan compile_mode asks for (module docstring): f = balance_factor / 100 weighs latency vs DDR."""
+    f = balance_factor / 100.0
+    lat_min = min(c["latency (ms)"] for c in candidates) or 1e-30
+    ddr_min = max(1, min(c["DDR bytes"] for c in candidates))
+
+    def key(c: dict[str, Any]) -> tuple[float, float]:
+        score = f * c["latency (ms)"] / lat_min + (1 - f) * c["DDR bytes"] / ddr_min
+        return (round(score, 12), c["DDR bytes"] if f == 1.0 else c["latency (ms)"])
+
+    return min(candidates, key=key)
 
 
 def advice_lines(est: PerfEstimate, threshold_us: float) -> list[str]:
@@ -433,10 +470,14 @@ def perf_json(est: PerfEstimate, measured: Mapping[str, Any] | None = None) -> d
     out: dict[str, Any] = {
         "summary": summary,
         "march profile": est.march.to_json(),
-        "plan": {"on-chip budget (bytes)": est.budget, "tiling": o.balance_factor < TILING_BELOW,
-                 "overlap of data and compute": o.balance_factor / 100.0, "channel alignment": CHANNEL_ALIGN,
-                 "function call overhead (us)": FC_OVERHEAD_S * 1e6, "notes": est.notes,
-                 "model": "see engine/compile/perf.py: roofline per layer, activations on chip within the budget"},
+        "plan": {"objective": {"latency": "lowest latency", "bandwidth": "fewest DDR bytes"}.get(
+                     o.compile_mode, f"balance_factor {o.balance_factor}: latency vs DDR bytes"),
+                 "on-chip share": est.plan.get("on-chip share"), "on-chip budget (bytes)": est.budget,
+                 "tiling": est.plan.get("tiling"), "overlap of data and compute": est.plan.get("overlap"),
+                 "channel alignment": CHANNEL_ALIGN, "function call overhead (us)": FC_OVERHEAD_S * 1e6,
+                 "notes": est.notes,
+                 "model": "engine/compile/perf.py: per-layer roofline, activations on chip within the plan's budget"},
+        "plan candidates": est.candidates,
         "subgraphs": est.subgraphs,
         "cpu nodes": est.cpu_nodes,
         "advice": est.advice,

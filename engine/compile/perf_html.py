@@ -51,6 +51,14 @@ def _num(value: Any, digits: int = 3) -> str:
     return _e(value)
 
 
+def _si(value: float) -> str:
+    """Axis and total labels: 3 significant digits with k / M / G."""
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
 def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], classes: Sequence[str] | None = None) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = []
@@ -100,12 +108,12 @@ def bar_chart(labels: Sequence[str], series: Sequence[tuple[str, Sequence[float]
                 parts.append(f'<rect x="{LABEL_W}" y="{y + 2 + k * h:.1f}" width="{w:.1f}" height="{h - 1:.1f}" '
                              f'fill="{colour}"><title>{_e(label)} — {_e(name)}: {_num(float(values[i]))} '
                              f"{_e(unit)}</title></rect>")
-        parts.append(f'<text x="{LABEL_W + PLOT_W + 6}" y="{y + row - 5}">{_num(totals[i])}</text>')
+        parts.append(f'<text x="{LABEL_W + PLOT_W + 6}" y="{y + row - 5}">{_si(totals[i])}</text>')
     axis_y = 24 + n * row
     parts.append(f'<line x1="{LABEL_W}" y1="{axis_y}" x2="{LABEL_W + PLOT_W}" y2="{axis_y}" stroke="#8d99ae"/>')
     for frac in (0.0, 0.5, 1.0):
         parts.append(f'<text x="{LABEL_W + PLOT_W * frac:.1f}" y="{axis_y + 14}" text-anchor="middle">'
-                     f"{_num(x_min + span * frac)} {_e(unit) if frac == 1.0 else ''}</text>")
+                     f"{_si(x_min + span * frac)} {_e(unit) if frac == 1.0 else ''}</text>")
     for value, label, colour in marks:
         if x_min <= value <= top:
             mx = LABEL_W + PLOT_W * (value - x_min) / span

@@ -26,13 +26,14 @@ MARCH = "nash-e"
 
 
 def conv_net(hw: int = 16, channels: tuple[int, ...] = (8, 8, 16), cpu_op: str | None = "Abs",
-             lut: bool = True, input_name: str = "x", in_channels: int = 3, seed: int = 0) -> onnx.ModelProto:
-    """Conv+Relu stack (second conv stride 2), an optional float-only op in the middle (a CPU
-    island), a Sigmoid (a lookup table), GlobalAveragePool → output "y" of shape (1, C, 1, 1)."""
+             lut: bool = True, input_name: str = "x", in_channels: int = 3, seed: int = 0,
+             stride2: int | None = 1) -> onnx.ModelProto:
+    """Conv+Relu stack (conv number `stride2` has stride 2), an optional float-only op after the
+    second conv (a CPU island), a Sigmoid (a lookup table), GlobalAveragePool → "y" (1, C, 1, 1)."""
     b = Builder("conv_net", seed)
     x, c = b.input(input_name, [1, in_channels, hw, hw]), in_channels
     for i, cout in enumerate(channels):
-        x = b.op("Relu", [b.conv(x, c, cout, stride=2 if i == 1 else 1)])
+        x = b.op("Relu", [b.conv(x, c, cout, stride=2 if i == stride2 else 1)])
         c = cout
         if i == 1 and cpu_op:
             x = b.op(cpu_op, [x])
