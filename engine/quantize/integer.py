@@ -199,9 +199,15 @@ def _feeds(session: ort.InferenceSession, sample: Mapping[str, np.ndarray] | np.
         if len(inputs) != 1:
             raise ValueError(f"the model has {len(inputs)} inputs; pass a dict of arrays by input name")
         sample = {inputs[0].name: sample}
-    # runtime-format inputs keep their dtype (uint8 NV12 / pixels); only featuremaps are float
-    return {i.name: np.asarray(sample[i.name], dtype=np.uint8 if i.type == "tensor(uint8)" else np.float32)
-            for i in inputs}
+    # each input in the type the program declares: runtime formats are uint8 (NV12, pixels) or
+    # int8 (yuv444_128), featuremaps and train-view inputs float32
+    return {i.name: np.asarray(sample[i.name], dtype=_ORT_TYPES.get(i.type, np.float32)) for i in inputs}
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
+              "tensor(int16)": np.int16, "tensor(uint16)": np.uint16, "tensor(int32)": np.int32,
+              "tensor(int64)": np.int64, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+              "tensor(bool)": np.bool_}
 
 
 

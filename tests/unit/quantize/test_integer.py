@@ -441,3 +441,21 @@ def test_matmul_of_two_activations_is_qlinear_matmul():
     got = run_bc(bc, feeds)["y"]
     ref = run_model(build_calibrated_model(model, plan), feeds)["y"]
     assert within_one_step(got, ref, 12.0 / 127) >= 0.99
+
+
+def test_inputs_are_fed_in_the_type_the_program_declares():
+    """A runtime-format input (int8 yuv444_128, uint8 pixels) is fed as such, not as float."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.INT8, [1, 3, 2, 2])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 2, 2])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Cast", ["x"], ["f"], name="Cast_0", to=1),
+                                    onnx.helper.make_node("Relu", ["f"], ["y"], name="Relu_1")], "int8_in", [x], [y])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    plan = QuantPlan(nodes={"Cast_0": NodePlan("Cast_0", "Cast", "CPU"),
+                            "Relu_1": NodePlan("Relu_1", "Relu", "BPU", act_inputs=("f",))},
+                     acts={"f": ActQuant("f", 127.0), "y": ActQuant("y", 127.0)})
+    bc = lower_to_integer(model, plan)
+    sample = np.arange(-6, 6).reshape(1, 3, 2, 2)  # int64 here: cast to the declared int8
+    inter = integer_intermediates(bc, {"x": sample})
+    np.testing.assert_array_equal(inter["y"], np.maximum(sample, 0).astype(np.float32))
+    np.testing.assert_array_equal(inter["f"], sample.astype(np.float32))
