@@ -71,6 +71,8 @@ def test_setting_defaults_are_hblsp_defaults():
 
 def test_vsix_holds_the_compiled_client_its_dependencies_and_the_schema():
     vsix = EXTENSION / "hblsp.vsix"
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
     if not vsix.exists():
         pytest.skip("editors/vscode/hblsp.vsix is not built: run `make vsix`")
     with zipfile.ZipFile(vsix) as z:
@@ -83,6 +85,16 @@ def test_vsix_holds_the_compiled_client_its_dependencies_and_the_schema():
                    "extension/node_modules/vscode-languageclient/package.json",
                    "extension/node_modules/vscode-languageserver-protocol/package.json"):
         assert needed in names, needed
+    # Every module the client requires at run time is VS Code's, Node's, or packaged beside it.
+    builtins = set(json.loads(subprocess.run(["node", "-p", "JSON.stringify(require('module').builtinModules)"],
+                                             capture_output=True, text=True, check=True).stdout))
+    with zipfile.ZipFile(vsix) as z:
+        required = {m for n in names if re.fullmatch(r"extension/out/[^/]+\.js", n)
+                    for m in re.findall(r"require\(\"([^\".][^\"]*)\"\)", z.read(n).decode())}
+    assert "vscode-languageclient/node" in required
+    missing = sorted(m for m in required if m != "vscode" and m.removeprefix("node:") not in builtins
+                     and f"extension/node_modules/{m.split('/')[0]}/package.json" not in names)
+    assert missing == [], f"required at run time but not in the .vsix: {missing}"
     leaked = sorted(n for n in names if n.startswith(("extension/src/", "extension/out/test/", "extension/node_modules/typescript/",
                                                        "extension/node_modules/@vscode/vsce/")))
     assert leaked == [], leaked[:10]

@@ -7,8 +7,9 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as vscode from 'vscode';
+import { WorkDoneProgressCancelNotification } from 'vscode-languageclient';
 import { LanguageClient, LanguageClientOptions, RevealOutputChannelOn, ServerOptions, TransportKind } from 'vscode-languageclient/node';
-import { StageProgress } from './progress';
+import { StageTracker } from './progress';
 import { COMPILE_RESULT, isCompileResult } from './protocol';
 import { ResultStore } from './results';
 import { ServerCommand, resolveServerCommand } from './serverCommand';
@@ -30,7 +31,7 @@ function isFile(file: string): boolean {
 
 export class HbServer implements vscode.Disposable {
   private client: LanguageClient | undefined;
-  private progress: StageProgress | undefined;
+  private readonly stages = new StageTracker();
   private selector: ConfigFilter[] = documentSelector(readSettings().filePatterns);
   private listeners: vscode.Disposable[] = [];
   private starting: Promise<void> = Promise.resolve();
@@ -45,7 +46,9 @@ export class HbServer implements vscode.Disposable {
     private readonly info: ServerInfo,
     private readonly log: vscode.LogOutputChannel,
     private readonly results: ResultStore,
-  ) {}
+  ) {
+    this.stages.onDidChange((stage) => this.running.fire(stage));
+  }
 
   get languageClient(): LanguageClient | undefined {
     return this.client?.isRunning() ? this.client : undefined;
@@ -61,8 +64,14 @@ export class HbServer implements vscode.Disposable {
     return this.languageClient?.initializeResult?.capabilities.executeCommandProvider?.commands ?? [];
   }
 
+  /** Ask the server to stop the runs it reported as cancellable; how many were asked. */
   cancelRuns(): number {
-    return this.progress?.cancelAll() ?? 0;
+    const client = this.languageClient;
+    const tokens = client ? this.stages.cancellable() : [];
+    for (const token of tokens) {
+      void client!.sendNotification(WorkDoneProgressCancelNotification.type, { token });
+    }
+    return tokens.length;
   }
 
   /** Stop any running client, then start one with the current settings (calls are serialised). */
@@ -91,12 +100,10 @@ export class HbServer implements vscode.Disposable {
     const command = this.resolve();
     if (!command) {
       const message = `${this.info.name} not found: no .venv in the workspace and no '${this.info.module}' on PATH. ` +
-        `Install hbcompile (pip install hbcompile) or set ${SECTION}.server.command.`;
+        `Create the workspace's .venv with hbcompile in it (make venv), or set ${SECTION}.server.command.`;
       this.log.error(message);
-      const choice = await vscode.window.showErrorMessage(message, 'Open Settings');
-      if (choice) {
-        await vscode.commands.executeCommand('workbench.action.openSettings', `${SECTION}.server.command`);
-      }
+      void vscode.window.showErrorMessage(message, 'Open Settings').then((choice) => choice &&
+        vscode.commands.executeCommand('workbench.action.openSettings', `${SECTION}.server.command`));
       return;
     }
     this.log.info(`starting ${[command.command, ...command.args].join(' ')} (from ${command.source})`);
@@ -111,13 +118,16 @@ export class HbServer implements vscode.Disposable {
       outputChannel: this.log,
       revealOutputChannelOn: RevealOutputChannelOn.Never,
       synchronize: { configurationSection: SECTION },
+      middleware: {
+        // Also feed the status bar; the client's own progress display still gets every value.
+        handleWorkDoneProgress: (token, params, next) => {
+          this.stages.update(token, params);
+          next(token, params);
+        },
+      },
     };
     const client = new LanguageClient(SECTION, this.info.name, serverOptions, clientOptions);
-    const progress = new StageProgress(client);
-    client.registerFeature(progress);
     this.listeners.push(
-      progress,
-      progress.onDidChange((stage) => this.running.fire(stage)),
       client.onNotification(COMPILE_RESULT, (params: unknown) => {
         if (isCompileResult(params)) {
           this.results.put(params);
@@ -127,7 +137,6 @@ export class HbServer implements vscode.Disposable {
       }),
     );
     this.client = client;
-    this.progress = progress;
     try {
       await client.start();
       this.started.fire();
@@ -141,11 +150,10 @@ export class HbServer implements vscode.Disposable {
   async stop(): Promise<void> {
     const client = this.client;
     this.client = undefined;
-    this.progress = undefined;
     for (const listener of this.listeners.splice(0)) {
       listener.dispose();
     }
-    this.running.fire(undefined);
+    this.stages.clear();
     if (client) {
       try {
         await client.stop(2000);

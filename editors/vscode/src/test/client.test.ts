@@ -5,6 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, test } from 'node:test';
 import { COMPILE_RESULT, ClientCommand, CompileResult, DEFAULT_FILE_PATTERNS, ServerCommand } from '../protocol';
+import { StageTracker } from '../progress';
 import { ResultStore } from '../results';
 import { ServerCommandInput, resolveServerCommand } from '../serverCommand';
 import { statusView } from '../status';
@@ -85,6 +86,37 @@ describe('status bar text', () => {
     assert.deepEqual([failed.text, failed.tooltip, failed.severity], ['$(error) hb: failed', 'no model', 'error']);
     assert.equal(statusView(result({ cancelled: true, ok: false }), undefined).text, '$(circle-slash) hb: cancelled');
     assert.equal(statusView(undefined, undefined).severity, 'none');
+  });
+});
+
+describe('progress tracking', () => {
+  test('the newest run\'s latest report is the stage shown; end removes it', () => {
+    const stages = new StageTracker();
+    const heard: (string | undefined)[] = [];
+    stages.onDidChange((s) => heard.push(s && `${s.title}|${s.message ?? ''}|${s.percentage ?? ''}`));
+    stages.update('a', { kind: 'begin', title: 'hb_compile', message: 'parse', cancellable: true });
+    stages.update('a', { kind: 'report', message: 'calibrate: 1 of 32 calibration files changed', percentage: 10 });
+    stages.update('b', { kind: 'begin', title: 'hblsp: reading model' });
+    assert.deepEqual(stages.cancellable(), ['a']);
+    stages.update('b', { kind: 'end' });
+    stages.update('a', { kind: 'report', percentage: 55 });
+    stages.update('a', { kind: 'end' });
+    stages.update('zzz', { kind: 'report', message: 'unknown token: ignored' });
+    assert.deepEqual(heard, [
+      'hb_compile|parse|', 'hb_compile|calibrate: 1 of 32 calibration files changed|10', 'hblsp: reading model||',
+      'hb_compile|calibrate: 1 of 32 calibration files changed|10', 'hb_compile|calibrate: 1 of 32 calibration files changed|55',
+      undefined,
+    ]);
+    assert.deepEqual(stages.cancellable(), []);
+  });
+
+  test('a report can withdraw cancellation, and clear forgets every run', () => {
+    const stages = new StageTracker();
+    stages.update(7, { kind: 'begin', title: 't', cancellable: true });
+    stages.update(7, { kind: 'report', cancellable: false, message: 'writing the .bc' });
+    assert.deepEqual(stages.cancellable(), []);
+    stages.clear();
+    assert.equal(stages.current, undefined);
   });
 });
 
