@@ -22,6 +22,7 @@ from engine import __version__
 from engine.compile.hbm import FORMAT_VERSION, write_hbm
 from engine.compile.optimize import OptimizeResult, optimize_program
 from engine.compile.params import CompileOptions, default_source
+from engine.compile.partition import stamp_placement
 from engine.compile.program import (
     CONFIG_SHA256,
     MARCH,
@@ -31,6 +32,7 @@ from engine.compile.program import (
     json_metadata,
     metadata,
 )
+from engine.quantize.types import QuantPlan
 
 
 @dataclass
@@ -48,10 +50,20 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def build_hbm(bc: onnx.ModelProto, options: CompileOptions, *, config_sha256: str | None = None,
-              timestamp: str | None = None, source_name: str = "") -> HbmBuild:
-    """The `.hbm` contents for `bc` (a `.bc` or `*_quantized_removed_model.bc`)."""
+def build_hbm(bc: onnx.ModelProto, options: CompileOptions, *, plan: QuantPlan | None = None,
+              config_sha256: str | None = None, timestamp: str | None = None, source_name: str = "") -> HbmBuild:
+    """The `.hbm` contents for `bc` (a `.bc` or `*_quantized_removed_model.bc`).
+
+    With the `plan` the `.bc` was lowered from, the program also records the plan's placement
+    (``hbcompile.placement``, metadata only) so tools partition the `.hbm` as the plan did.
+    """
     meta = metadata(bc)
+    source_sha256 = _sha256(bc.SerializeToString())
+    if plan is not None:
+        stamped = onnx.ModelProto()
+        stamped.CopyFrom(bc)
+        stamp_placement(stamped, plan)
+        bc = stamped
     result = optimize_program(bc, options.optimize_level)
     program_bytes = result.program.SerializeToString()
     inputs, outputs = io_specs(bc, "runtime")
@@ -72,7 +84,7 @@ def build_hbm(bc: onnx.ModelProto, options: CompileOptions, *, config_sha256: st
             "compiler_parameters": options.to_json(),
             "timestamp": timestamp or datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source": {"name": source_name, "stage": meta.get(STAGE, ""),
-                       "sha256": _sha256(bc.SerializeToString())},
+                       "sha256": source_sha256},
             "optimize": {"level": options.optimize_level, "rewrites": result.rewrites,
                          "fallback": result.fallback, "checked_bit_exact": result.checked},
         },

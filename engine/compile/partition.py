@@ -31,9 +31,11 @@ import onnx
 from engine.compile.program import (
     EMULATED,
     NODE_MAP,
+    PLACEMENT,
     TensorType,
     is_integer_program,
     json_metadata,
+    set_metadata,
     tensor_types,
 )
 from engine.problems import ModelError, error
@@ -83,6 +85,7 @@ class Placement:
     outputs: tuple[str, ...]
     output_dtypes: tuple[str, ...] = ()  # per output: int8 / int16 / int32 / float32 (as executed)
     owner: str | None = None  # the float node a program node implements (hbcompile.node_map)
+    unit: str | None = None  # its fusion group, else `owner`: one layer of the perf estimate
 
     @property
     def subgraph_label(self) -> str:
@@ -158,51 +161,76 @@ def _from_plan(model: onnx.ModelProto, plan: QuantPlan, source: str) -> Partitio
         rows.append(dict(node=node.name, op_type=node.op_type, on=on, type=hb,
                          reason=np_.reason if on == "CPU" else "", inputs=tuple(node.input),
                          outputs=tuple(o for o in node.output if o),
-                         output_dtypes=tuple(dtype for o in node.output if o)))
+                         output_dtypes=tuple(dtype for o in node.output if o), unit=np_.group or node.name))
     return _number(rows, source)
 
 
 # ------------------------------------------------------------------------------------- program
 
+def placement_table(plan: QuantPlan) -> dict[str, dict]:
+    """{float node: {on, reason, op_type, group, kind}}: the plan's placement as the program stores it
+    (``hbcompile.placement``), so a `.bc` / `.hbm` can be partitioned without its plan."""
+    kinds = {g.name: g.kind for g in plan.groups}
+    return {n: {"on": p.on, "reason": p.reason if p.on == "CPU" else "", "op_type": p.op_type,
+                "group": p.group, "kind": kinds.get(p.group or "")} for n, p in plan.nodes.items()}
+
+
+def stamp_placement(program: onnx.ModelProto, plan: QuantPlan) -> None:
+    set_metadata(program, PLACEMENT, placement_table(plan))
+
+
+def _owners(node_map: dict[str, list[str]]) -> dict[str, str]:
+    """Program node → the float node it implements: the float node of the same name when there is
+    one (the lowering keeps float names), else the first that lists it."""
+    owner: dict[str, str] = {}
+    for float_node, progs in node_map.items():
+        for prog in progs:
+            owner.setdefault(prog, float_node)
+    for float_node, progs in node_map.items():
+        if float_node in progs:
+            owner[float_node] = float_node
+    return owner
+
+
 def _from_program(model: onnx.ModelProto, plan: QuantPlan | None) -> Partition:
     types = tensor_types(model)
     node_map: dict[str, list[str]] = json_metadata(model, NODE_MAP, {}) or {}
     emulated: dict[str, str] = json_metadata(model, EMULATED, {}) or {}
-    owner = {prog: float_node for float_node, progs in node_map.items() for prog in progs}
-    float_types = {}
-    if plan is not None:
-        float_types = {n: p.op_type for n, p in plan.nodes.items()}
+    decided: dict[str, dict] = placement_table(plan) if plan is not None else \
+        (json_metadata(model, PLACEMENT, {}) or {})
+    owner = _owners(node_map)
     constants = {t.name for t in model.graph.initializer} | \
         {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     rows: list[dict] = []
     for node in model.graph.node:
         own = owner.get(node.name)
-        on, reason = _program_place(node, types, own, emulated, plan, constants)
+        d = decided.get(own or "")
+        if d is not None:
+            on, reason = d["on"], d.get("reason", "") if d["on"] == "CPU" else ""
+        else:
+            on, reason = _program_place(node, types, own, emulated, constants)
         hb = node.op_type
         if on == "BPU":
-            src = float_types.get(own or "")
             if node.name.startswith(PREPROCESS_PREFIX) or (own or "").startswith(PREPROCESS_PREFIX):
                 hb = PREPROCESS_TYPE
-            elif src:
-                hb = HB_TYPES.get(src, src)
+            elif d is not None:
+                hb = HB_TYPES.get(d.get("kind") or "", HB_TYPES.get(d.get("op_type", ""), d.get("op_type", hb)))
             else:
                 hb = PROGRAM_TYPES.get(node.op_type, node.op_type)
         elif node.op_type == "DequantizeLinear":
             hb = CPU_DEQUANTIZE
         outs = tuple(o for o in node.output if o)
+        unit = (d.get("group") if d is not None else None) or own
         rows.append(dict(node=node.name, op_type=node.op_type, on=on, type=hb, reason=reason,
                          inputs=tuple(node.input), outputs=outs,
                          output_dtypes=tuple(types[o].dtype if o in types else "unknown" for o in outs),
-                         owner=own))
+                         owner=own, unit=unit))
     return _number(rows, "program")
 
 
 def _program_place(node: onnx.NodeProto, types: dict[str, TensorType], own: str | None,
-                   emulated: dict[str, str], plan: QuantPlan | None, constants: set[str]) -> tuple[str, str]:
-    """ON and reason of one program node (see the module docstring); constants do not count."""
-    if own is not None and plan is not None and own in plan.nodes:
-        p = plan.nodes[own]
-        return p.on, p.reason if p.on == "CPU" else ""
+                   emulated: dict[str, str], constants: set[str]) -> tuple[str, str]:
+    """ON and reason of a program node without a recorded placement; constants do not count."""
     if own is not None and own in emulated:
         return "BPU", ""
     if node.op_type == "QuantizeLinear":

@@ -207,7 +207,7 @@ def _layers(program: onnx.ModelProto, part: Partition, types: Mapping[str, Tenso
         p = placed[node.name]
         if p.on != "BPU" or node.op_type == "Constant":
             continue
-        groups.setdefault(p.owner or node.name, []).append(node)
+        groups.setdefault(p.unit or p.owner or node.name, []).append(node)
     readers: dict[str, set[str]] = {}
     for node in g.node:
         for i in node.input:

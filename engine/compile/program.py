@@ -5,7 +5,9 @@ The quantize stage writes the `.bc` as an ONNX model whose `metadata_props` desc
 dtype), ``hbcompile.inputs`` (the input specs: name, shape, input_type_rt / _train, layouts …),
 ``hbcompile.march``, and, when the lowering records them, ``hbcompile.node_map`` (float node →
 the program nodes that implement it) and ``hbcompile.emulated`` (BPU nodes run by float kernels,
-with the reason). Node removal adds ``hbcompile.removed_nodes``.
+with the reason). Node removal adds ``hbcompile.removed_nodes``; packaging with the plan adds
+``hbcompile.placement`` ({float node: on, reason, op_type, group, kind}) so the `.hbm` can be
+partitioned (hb_model_info, perf) exactly as the plan placed it.
 
 `tensor_types` asks onnxruntime for the element type and shape of every value: onnx's own shape
 inference does not know the com.microsoft QLinear* operators the program uses, onnxruntime does,
@@ -31,6 +33,7 @@ MARCH = "hbcompile.march"
 NODE_MAP = "hbcompile.node_map"
 EMULATED = "hbcompile.emulated"
 REMOVED_NODES = "hbcompile.removed_nodes"
+PLACEMENT = "hbcompile.placement"
 VERSION = "hbcompile.version"
 STAGE = "hbcompile.stage"
 CONFIG_SHA256 = "hbcompile.config_sha256"
