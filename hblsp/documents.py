@@ -9,6 +9,7 @@ whichever asks first — the debounced diagnostics job, a symbols request — an
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -38,6 +39,7 @@ class ConfigDoc:
     encoding: str = UTF16
     check_files: bool = True
     language_id: str | None = None
+    received: float = field(default_factory=time.perf_counter)  # when this version arrived
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _load: LoadResult | None = field(default=None, repr=False)
     _analysis: tuple[ModelState | None, Analysis] | None = field(default=None, repr=False)

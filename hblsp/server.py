@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import gc
 import inspect
 import logging
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +44,7 @@ from hblsp.recognize import is_hb_config
 from hblsp.settings import Settings
 
 log = logging.getLogger("hblsp")
+timing = logging.getLogger("hblsp.timing")
 
 VERSION = "0.1.0"
 FEATURES = (sync, diagnostics, completion, hover, code_actions, symbols)
@@ -148,24 +151,32 @@ class HbServer(LanguageServer):
 
 
 def guarded(ls: HbServer, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Log a handler's exception, tell the client once, and answer None instead of an error."""
+    """Log a handler's exception, tell the client once, and answer None instead of an error.
+
+    With `--log-timings`, also log how long the handler took (the answer's JSON encoding excluded)."""
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
             try:
                 return await fn(*args, **kwargs)
             except Exception as exc:
                 ls.report_bug(name, exc)
                 return None
+            finally:
+                timing.info("%s in %.2f ms", name, (time.perf_counter() - start) * 1000)
         return run_async
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
             ls.report_bug(name, exc)
             return None
+        finally:
+            timing.info("%s in %.2f ms", name, (time.perf_counter() - start) * 1000)
     return run
 
 
@@ -182,12 +193,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stdio", action="store_true", help="serve on stdin/stdout (the default)")
     parser.add_argument("--log-file", help="write the server log here (default: stderr)")
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-timings", action="store_true",
+                        help="log how long each check took, from the change to the published diagnostics")
     args = parser.parse_args(argv)
     handler: logging.Handler = (logging.FileHandler(args.log_file, encoding="utf-8") if args.log_file
                                 else logging.StreamHandler(sys.stderr))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=args.log_level, handlers=[handler])
-    build().start_io()
+    if args.log_timings:
+        logging.getLogger("hblsp.timing").setLevel(logging.INFO)
+    server = build()
+    gc.freeze()  # the imported modules' objects never die: keep full collections from scanning them
+    server.start_io()
     return 0
 
 

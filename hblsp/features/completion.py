@@ -39,6 +39,7 @@ class Env:
     snippets: bool = True
     limit: int = 500
     model: ModelInfo | None = None
+    edit_range_default: bool = False  # the client takes `itemDefaults.editRange` (smaller answers)
 
 
 def _escape_choice(value: str) -> str:
@@ -111,7 +112,6 @@ def key_items(doc: ConfigDoc, cur: Cursor, env: Env) -> list[types.CompletionIte
             documentation=_doc(key_markdown(cur.path + (key,))),
             tags=[types.CompletionItemTag.Deprecated] if deprecated else None,
             sort_text=f"{1 if deprecated else 0}{order:04d}",
-            filter_text=key,
             insert_text_format=fmt,
             text_edit=types.TextEdit(range=rng, new_text=text)))
     entry = sv.entry_schema(cur.path)
@@ -130,7 +130,7 @@ def key_items(doc: ConfigDoc, cur: Cursor, env: Env) -> list[types.CompletionIte
                 text, fmt = f"{name}: ", types.InsertTextFormat.PlainText
             items.append(types.CompletionItem(
                 label=name, kind=types.CompletionItemKind.Reference, detail=detail, sort_text=f"2{order:06d}",
-                filter_text=name, insert_text_format=fmt, text_edit=types.TextEdit(range=rng, new_text=text)))
+                insert_text_format=fmt, text_edit=types.TextEdit(range=rng, new_text=text)))
     return items
 
 
@@ -184,7 +184,7 @@ def value_items(doc: ConfigDoc, cur: Cursor, env: Env) -> tuple[list[types.Compl
             documentation: str | None = None, text: str | None = None) -> None:
         new = text if text is not None else label
         items.append(types.CompletionItem(
-            label=label, kind=kind, detail=detail, sort_text=f"{order:06d}", filter_text=new,
+            label=label, kind=kind, detail=detail, sort_text=f"{order:06d}", filter_text=new if new != label else None,
             documentation=_doc(documentation) if documentation else None,
             text_edit=types.TextEdit(range=rng, new_text=lead + new)))
 
@@ -230,13 +230,28 @@ def complete_at(doc: ConfigDoc, pos: types.Position, env: Env) -> types.Completi
         items, incomplete = value_items(doc, cur, env)
     else:
         items, incomplete = key_items(doc, cur, env), False
-    return types.CompletionList(is_incomplete=incomplete, items=items)
+    result = types.CompletionList(is_incomplete=incomplete, items=items)
+    return shared_range(result) if env.edit_range_default else result
 
 
-def _snippet_support(ls: HbServer) -> bool:
+def shared_range(result: types.CompletionList) -> types.CompletionList:
+    """Send the one edit range once (`itemDefaults.editRange`) instead of in every item."""
+    edits = [i.text_edit for i in result.items]
+    if not edits or not all(isinstance(e, types.TextEdit) and e.range == edits[0].range for e in edits):
+        return result
+    for item in result.items:
+        item.text_edit_text, item.text_edit = item.text_edit.new_text, None
+    result.item_defaults = types.CompletionItemDefaults(edit_range=edits[0].range)
+    return result
+
+
+def _client_env(ls: HbServer) -> tuple[bool, bool]:
+    """(snippets, itemDefaults.editRange) as the client declared them."""
     caps = ls.client_capabilities.text_document
-    item = caps.completion.completion_item if caps and caps.completion else None
-    return bool(item and item.snippet_support)
+    completion = caps.completion if caps else None
+    item = completion.completion_item if completion else None
+    defaults = completion.completion_list.item_defaults if completion and completion.completion_list else None
+    return bool(item and item.snippet_support), bool(defaults and "editRange" in defaults)
 
 
 def register(ls: HbServer) -> None:
@@ -245,5 +260,6 @@ def register(ls: HbServer) -> None:
         doc = ls.documents.get(params.text_document.uri)
         if doc is None:
             return None
-        env = Env(_snippet_support(ls), ls.settings.completion_limit, ls.model_info(doc.uri))
+        snippets, edit_range_default = _client_env(ls)
+        env = Env(snippets, ls.settings.completion_limit, ls.model_info(doc.uri), edit_range_default)
         return complete_at(doc, params.position, env)

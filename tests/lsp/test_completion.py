@@ -202,3 +202,18 @@ async def test_nothing_in_comments(client: HbClient, workspace: Path):
     for line, char in ((0, 9), (2, 18)):
         assert await client.text_document_completion_async(types.CompletionParams(
             types.TextDocumentIdentifier(uri), types.Position(line, char))) is None
+
+
+async def test_one_shared_edit_range_when_the_client_takes_item_defaults(tmp_path: Path):
+    """Pure core: with `itemDefaults.editRange`, the range is sent once and items carry only text."""
+    from hblsp.documents import ConfigDoc
+    from hblsp.features.completion import Env, complete_at
+
+    doc = ConfigDoc("file:///x/c.hb.yaml", 1, "compiler_parameters:\n  compile_mode: la\n", True, tmp_path)
+    full = complete_at(doc, types.Position(1, 18), Env())
+    shared = complete_at(doc, types.Position(1, 18), Env(edit_range_default=True))
+    assert shared.item_defaults.edit_range == types.Range(start=types.Position(1, 16), end=types.Position(1, 18))
+    assert [(i.text_edit, i.text_edit_text) for i in shared.items] == [(None, i.text_edit.new_text)
+                                                                       for i in full.items]
+    plain = complete_at(doc, types.Position(1, 18), Env(snippets=False))
+    assert [i.text_edit.new_text for i in plain.items] == ["latency", "bandwidth", "balance"]
