@@ -87,7 +87,7 @@ def test_round_trip_is_bit_exact_to_the_bc(programs, tmp_path, name, level):
 def test_o2_constant_folds_the_emulated_weights_and_stays_exact(programs):
     result = optimize_program(programs["emulated_conv"], "O2")
     assert result.checked and not result.fallback
-    assert result.rewrites["onnxruntime_basic"] >= 2  # Cast·Mul weight and bias DequantizeLinear folded
+    assert result.rewrites["onnxruntime_basic"] >= 2  # at least the Cast·Mul of the weight folded into one constant
     assert {"Cast", "Mul"}.isdisjoint(n.op_type for n in result.program.graph.node)
     assert result.nodes < len(programs["emulated_conv"].graph.node)
 
