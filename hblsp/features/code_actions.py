@@ -91,7 +91,7 @@ class Fixer:
         raw = self.text[start:end]
         if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
             return Edit(start + 1, end - 1, new)
-        return Edit(start, end, yaml_scalar(new) if not raw.startswith(("'", '"')) else new)
+        return Edit(start, end, yaml_scalar(new))
 
     def after_line(self, offset: int) -> int:
         """Offset of the start of the line after the one holding `offset` (or the text's end)."""
@@ -133,7 +133,7 @@ class Fixer:
             at = self.after_line(self.p.yaml_offset(key_span.line, key_span.col))
         else:
             return None
-        body = "".join(" " * indent + line.replace("\n", "\n" + " " * indent) + "\n" for line in lines)
+        body = "".join(" " * indent + line + "\n" for line in lines)
         if at == len(self.text) and self.text and not self.text.endswith(("\n", "\r")):
             body = "\n" + body.rstrip("\n")
         return Edit(at, at, body)
