@@ -518,3 +518,25 @@ def write_perf_reports(directory, prefix: str, perf: Mapping[str, Any], similari
         os.replace(tmp, path)
         paths.append(path)
     return paths[0], paths[1]
+
+
+def perf_report(program: onnx.ModelProto, options: CompileOptions, name: str = "model", measure: bool = True,
+                runs: int = 20) -> dict[str, Any]:
+    """`{prefix}.json`'s content in one call: the estimate, and (with `measure`) the program's latency
+    measured here with `options.jobs` onnxruntime threads."""
+    est = estimate(program, options, name)
+    measured = measure_latency(program, threads=options.jobs, runs=runs) if measure else None
+    return perf_json(est, measured)
+
+
+def perf_log_lines(perf: Mapping[str, Any], html_name: str) -> list[str]:
+    """hb's compile summary lines (reference §12.7) for `hb_compile.log` and the console."""
+    s = perf["summary"]
+    lines = [line for line in perf.get("advice", [])]
+    lines.append(f"FPS={s['FPS']:.1f}, latency = {s['latency (ms)'] * 1e3:.1f} us, DDR = {s['DDR bytes per frame']} "
+                 f"bytes   (see {html_name})")
+    m = s.get("measured on this machine")
+    if m:
+        lines.append(f"measured on this machine ({m['processor']}, {m['threads']} thread(s), onnxruntime "
+                     f"{m['onnxruntime']}): latency = {m['latency (ms)'] * 1e3:.1f} us (median of {m['runs']})")
+    return lines

@@ -14,7 +14,14 @@ import pytest
 
 from engine.compile.march import PROFILES, profile
 from engine.compile.params import resolve
-from engine.compile.perf import estimate, measure_latency, perf_json, write_perf_reports
+from engine.compile.perf import (
+    estimate,
+    measure_latency,
+    perf_json,
+    perf_log_lines,
+    perf_report,
+    write_perf_reports,
+)
 from engine.compile.perf_html import render
 from engine.config.model import CompilerParameters
 from engine.similarity import NodeRow, OutputRow
@@ -198,3 +205,11 @@ def test_html_renders_in_chromium(small, tmp_path):
     broken = tmp_path / "broken.html"
     broken.write_text("<html><body><p>x</p><script>undefined_function()</script></body></html>")
     assert any("undefined_function" in line for line in _screenshot(broken, tmp_path / "broken.png"))
+
+
+def test_perf_report_measures_with_jobs_threads_and_logs_hb_lines(small):
+    perf = perf_report(small, opts(jobs=2, advice=0.0001), "tiny", runs=3)
+    assert perf["summary"]["measured on this machine"]["threads"] == min(2, os.cpu_count() or 1)
+    lines = perf_log_lines(perf, "tiny.html")
+    assert re.fullmatch(r"FPS=[\d.]+, latency = [\d.]+ us, DDR = \d+ bytes   \(see tiny\.html\)", lines[-2])
+    assert lines[-1].startswith("measured on this machine") and lines[0].startswith("advice: Layer")
