@@ -20,6 +20,7 @@ once (hb_compile; hb_mapper allowed it for single-input models only). Decided he
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,6 +145,25 @@ def _samples(model: onnx.ModelProto, n: int, seed: int = 0) -> dict[str, np.ndar
     return out
 
 
+def _moved(node: onnx.NodeProto, tensor: str, got: list, one: list, n: int) -> ModelError:
+    return _refuse(f"input_batch: node '{node.name}' ({node.op_type}) gives '{tensor}' the shape {got} for {n} "
+                   f"samples, not {n} × {one}; every tensor must keep the batch on its first axis", node=node.name)
+
+
+def _check_inferred_shapes(single: onnx.ModelProto, batched: onnx.ModelProto, tensors: list[str],
+                           producer: dict[str, onnx.NodeProto], n: int) -> None:
+    """Where shape inference knows both shapes, a tensor of n samples is n × the one-sample shape on
+    axis 0 — caught here before anything runs (a Reshape further on would fail, hiding the cause)."""
+    one = {v.name: _dims(v) for v in (*single.graph.value_info, *single.graph.output)}
+    many = {v.name: _dims(v) for v in (*batched.graph.value_info, *batched.graph.output)}
+    for t in tensors:
+        a, b = one.get(t), many.get(t)
+        if not a or not b or None in a or None in b:
+            continue
+        if len(a) != len(b) or b[0] != n * a[0] or a[1:] != b[1:]:
+            raise _moved(producer[t], t, b, a, n)
+
+
 def check_per_sample(single: onnx.ModelProto, batched: onnx.ModelProto, n: int = CHECK_BATCH) -> None:
     """`batched` (batch n) on n samples = `single` (batch 1) on each, stacked on axis 0, for every float
     tensor; else a ModelError naming the first node (graph order) that mixes or moves the batch."""
@@ -152,18 +172,24 @@ def check_per_sample(single: onnx.ModelProto, batched: onnx.ModelProto, n: int =
     tensors = [o for node in single.graph.node for o in node.output if o]
     types = {v.name: v.type.tensor_type.elem_type for v in (*batched.graph.value_info, *batched.graph.output)}
     floats = [t for t in tensors if types.get(t) in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)]
-    feeds = _samples(single, n)
-    together = run_model(batched, feeds, floats, threads=1)
-    apart = [run_model(single, {k: v[i:i + 1] for k, v in feeds.items()}, floats, threads=1) for i in range(n)]
     producer = {o: node for node in single.graph.node for o in node.output}
+    _check_inferred_shapes(single, batched, floats, producer, n)
+    feeds = _samples(single, n)
+    try:
+        together = run_model(batched, feeds, floats, threads=1)
+    except Exception as exc:  # onnxruntime's own words name the node (`Name:'…'`)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        found = re.search(r"Name:'([^']*)'", first)
+        where = f"node '{found.group(1)}' " if found else ""
+        raise _refuse(f"input_batch: {where}fails on a batch of {n} samples; the model cannot take a batch of "
+                      f"samples ({first[:300]})", node=found.group(1) if found else None) from None
+    apart = [run_model(single, {k: v[i:i + 1] for k, v in feeds.items()}, floats, threads=1) for i in range(n)]
     for t in floats:
         want = np.concatenate([a[t] for a in apart], axis=0) if all(np.ndim(a[t]) for a in apart) else None
         got = together[t]
         node = producer[t]
         if want is None or got.shape != want.shape:
-            raise _refuse(f"input_batch: node '{node.name}' ({node.op_type}) gives '{t}' the shape "
-                          f"{list(np.shape(got))} for {n} samples, not {n} × {list(np.shape(apart[0][t]))}; "
-                          "every tensor must keep the batch on its first axis", node=node.name)
+            raise _moved(node, t, list(np.shape(got)), list(np.shape(apart[0][t])), n)
         scale = float(np.abs(want).max()) if want.size else 0.0
         if not np.allclose(got, want, rtol=RTOL, atol=ATOL * max(scale, 1.0)):
             raise _refuse(f"input_batch: node '{node.name}' ({node.op_type}) mixes the samples of a batch "
