@@ -119,6 +119,11 @@ def read_state(source: ModelSource) -> ModelState:
             "model-invalid", f"Onnx file invalid: '{source.files[0]}': {first}", (MP, source.key)),))
 
 
+def _stdout_to_stderr() -> None:
+    """In the reader process: the inherited stdout is the LSP channel; nothing may write to it."""
+    os.dup2(2, 1)
+
+
 class ProcessReader:
     """Runs `read_state` in a fresh child process per read (spawned: safe from a threaded server)."""
 
@@ -131,7 +136,7 @@ class ProcessReader:
         with self._lock:
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                                 max_tasks_per_child=1)
+                                                 initializer=_stdout_to_stderr, max_tasks_per_child=1)
             return self._pool
 
     def __call__(self, source: ModelSource) -> ModelState:

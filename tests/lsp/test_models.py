@@ -79,3 +79,25 @@ async def test_child_process_reader(tmp_path: Path):
     assert ready == read_state(onnx_source(good))
     assert ready.info.value_shapes["conv_out"] == (1, 4, 8, 8)
     assert failed.status == "failed" and failed.problems == read_state(onnx_source(bad)).problems
+
+
+async def test_reader_process_cannot_write_to_the_lsp_channel(tmp_path: Path):
+    """stdout is the JSON-RPC stream: the reader process's stdout goes to stderr instead."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent("""
+        from hblsp.models import ProcessReader
+        from tests.lsp.support import noisy_reader
+        if __name__ == "__main__":
+            reader = ProcessReader()
+            print(reader._executor().submit(noisy_reader, None).result())
+            reader.close()
+    """))
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.stdout == "read\n"
+    assert "chatter on stdout" in out.stderr and "raw chatter on fd 1" in out.stderr
