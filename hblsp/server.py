@@ -204,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("hblsp.timing").setLevel(logging.INFO)
     server = build()
     gc.freeze()  # the imported modules' objects never die: keep full collections from scanning them
-    server.start_io()
+    channel = sys.stdout.buffer
+    sys.stdout = sys.stderr  # a stray print() anywhere must not corrupt the JSON-RPC stream
+    server.start_io(sys.stdin.buffer, channel)
     return 0
 
 

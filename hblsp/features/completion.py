@@ -88,7 +88,7 @@ def _edit_range(doc: ConfigDoc, line: int, start: int, end: int) -> types.Range:
     return types.Range(start=p.position(line, start), end=p.position(line, end))
 
 
-def key_items(doc: ConfigDoc, cur: Cursor, env: Env) -> list[types.CompletionItem]:
+def key_items(doc: ConfigDoc, cur: Cursor, env: Env) -> tuple[list[types.CompletionItem], bool]:
     lines = doc.positions.lines
     indent = cur.key_start if lines[cur.line].strip() else cur.column
     present = sibling_keys(lines, cur.line, indent_of(lines[cur.line]) if lines[cur.line].strip() else indent)
@@ -116,10 +116,15 @@ def key_items(doc: ConfigDoc, cur: Cursor, env: Env) -> list[types.CompletionIte
             text_edit=types.TextEdit(range=rng, new_text=text)))
     entry = sv.entry_schema(cur.path)
     kind = sv.model_values(sv.at(cur.path))
+    incomplete = False
     if entry is not None and kind and env.model is not None:
+        typed = cur.key.lower()
         for order, (name, detail) in enumerate(_model_names(kind, env.model)):
-            if name in present and name != cur.key:
+            if (name in present and name != cur.key) or (typed and typed not in name.lower()):
                 continue
+            if len(items) >= env.limit:
+                incomplete = True  # the client asks again as the user types more of the name
+                break
             if cur.has_colon:
                 text, fmt = name, types.InsertTextFormat.PlainText
             elif sv.types_of(entry) == ["object"] and env.snippets:
@@ -131,7 +136,7 @@ def key_items(doc: ConfigDoc, cur: Cursor, env: Env) -> list[types.CompletionIte
             items.append(types.CompletionItem(
                 label=name, kind=types.CompletionItemKind.Reference, detail=detail, sort_text=f"2{order:06d}",
                 insert_text_format=fmt, text_edit=types.TextEdit(range=rng, new_text=text)))
-    return items
+    return items, incomplete
 
 
 def _model_names(kind: str, model: ModelInfo) -> list[tuple[str, str]]:
@@ -229,7 +234,7 @@ def complete_at(doc: ConfigDoc, pos: types.Position, env: Env) -> types.Completi
     if cur.in_value:
         items, incomplete = value_items(doc, cur, env)
     else:
-        items, incomplete = key_items(doc, cur, env), False
+        items, incomplete = key_items(doc, cur, env)
     result = types.CompletionList(is_incomplete=incomplete, items=items)
     return shared_range(result) if env.edit_range_default else result
 

@@ -217,3 +217,25 @@ async def test_one_shared_edit_range_when_the_client_takes_item_defaults(tmp_pat
                                                                        for i in full.items]
     plain = complete_at(doc, types.Position(1, 18), Env(snippets=False))
     assert [i.text_edit.new_text for i in plain.items] == ["latency", "bandwidth", "balance"]
+
+
+async def test_many_node_names_are_capped_and_filtered(tmp_path: Path):
+    """Pure core: a 1200-node model offers `completionLimit` names (incomplete), narrowed by what is typed."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from engine.frontend.model_info import model_info
+    from hblsp.documents import ConfigDoc
+    from hblsp.features.completion import Env, complete_at
+
+    nodes = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"], name=f"Relu_{i}") for i in range(1200)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("t1200", TensorProto.FLOAT, [1])])
+    info = model_info(onnx.helper.make_model(graph))
+    text = "calibration_parameters:\n  run_on_cpu: \nmodel_parameters:\n  node_info:\n    Relu_119\n"
+    doc = ConfigDoc("file:///x/c.hb.yaml", 1, text, True, tmp_path)
+    capped = complete_at(doc, types.Position(1, 14), Env(limit=100, model=info))
+    assert capped.is_incomplete and len(capped.items) == 100
+    keys = complete_at(doc, types.Position(4, 12), Env(limit=100, model=info))
+    assert not keys.is_incomplete
+    assert [i.label for i in keys.items] == ["Relu_119"] + [f"Relu_119{d}" for d in range(10)]
