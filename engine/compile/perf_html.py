@@ -138,7 +138,7 @@ def similarity_section(rows: Sequence[Any], outputs: Sequence[Any] = ()) -> str:
         cal = [float(r.get("calibrated_cosine") or 0.0) for r in rows]
         quant = [float(r["quantized_cosine"]) if r.get("quantized_cosine") is not None else 0.0 for r in rows]
         lows = [min([v for v in (c, q) if v > 0] or [1.0]) for c, q in zip(cal, quant)]
-        floor = max(0.0, min(0.95, math.floor(min(lows) * 20) / 20))
+        floor = max(0.0, min(0.95, math.floor(min(lows) * 20) / 20 - 0.05))  # the lowest bar stays visible
         series = [("Calibrated Cosine", cal, TEAL)]
         if any(r.get("quantized_cosine") is not None for r in rows):
             series.append(("Quantized Cosine", quant, BLUE))
