@@ -11,13 +11,19 @@ samples, the same tensors as two single runs (a model that reshapes across the b
 check and runs one sample at a time). The batch is sized so one batch of observed activations
 fits `memory_budget`. A batched run that fails later falls back to one sample at a time
 ("Reset batch_size=1 and execute forward again").
+
+Statistics of one run's tensors are computed on `threads` threads (numpy releases the GIL in the
+histogram's steps), largest tensors first, when a sample holds at least `PARALLEL_VALUES` values:
+on PP-OCRv4 det (86 M values per sample) they cost more than the forward pass itself.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -32,6 +38,7 @@ from engine.problems import ModelError, error
 
 MAX_BATCH = 8
 MEMORY_BUDGET = 32 << 20  # observed bytes per batch: batching pays on small models only (measured)
+PARALLEL_VALUES = 1 << 20  # values per run from which statistics are spread over threads
 _BATCH_DIM = "hb_calibration_batch"
 _ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
                  "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int16)": np.int16,
@@ -176,7 +183,13 @@ class Observer:
         return self.channel_axis
 
     def _stats(self, values: Mapping[str, np.ndarray]) -> SampleStats:
-        return SampleStats({t: tensor_stats(values[t], self.bins, self._axis(t)) for t in self.tensors})
+        workers = self.threads or cpu_count()
+        if workers < 2 or sum(np.size(values[t]) for t in self.tensors) < PARALLEL_VALUES:
+            return SampleStats({t: tensor_stats(values[t], self.bins, self._axis(t)) for t in self.tensors})
+        largest_first = sorted(self.tensors, key=lambda t: -np.size(values[t]))
+        done = dict(zip(largest_first, _pool(workers).map(
+            lambda t: tensor_stats(values[t], self.bins, self._axis(t)), largest_first)))
+        return SampleStats({t: done[t] for t in self.tensors})
 
     def _split(self, values: dict[str, np.ndarray], count: int, dim0: Mapping[str, int]
                ) -> list[dict[str, np.ndarray]] | None:
@@ -256,6 +269,18 @@ class Observer:
         except Exception as e:  # noqa: BLE001 - onnxruntime's errors are its own types
             raise ModelError(error("calibration-run", f"onnxruntime failed on calibration sample {position}: "
                                    f"{_one_line(e)}")) from e
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """One shared pool per thread count: observers come and go with every run, the threads stay."""
+    with _pools_lock:
+        if workers not in _pools:
+            _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="hb-calibration-stats")
+        return _pools[workers]
 
 
 def _one_line(e: Exception) -> str:

@@ -13,12 +13,22 @@ file only. That only works if the statistics of one sample never depend on the o
 
 Each merged bin is at least as wide as every source bin, so a source bin spreads over at most two
 merged bins and a histogram-derived quantile moves by less than one merged bin width.
+
+Cost (measured on PP-OCRv4 det at 640x640: 182 observed tensors, 86 M values per sample): the
+histogram is the dominant per-value work of calibration, so it runs in L2-sized steps with
+reused buffers (no tensor-sized temporaries; the observer computes several tensors at once on
+threads, as numpy releases the GIL). The per-sample archive holds one small array per tensor;
+writing it with numpy's default deflate level took longer than the forward pass (2.4 s of a
+13.6 s calibration), so histograms are stored as uint32 with level-1 deflate and read back
+without numpy's per-array header parser.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
+import threading
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +36,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 DEFAULT_BINS = 2048
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: histograms as uint32 where they fit, level-1 deflate; version 1 archives still read
+CHUNK = 1 << 16  # values per histogram step: its float32 and index buffers stay in L2
 
 
 @dataclass(frozen=True)
@@ -107,17 +118,39 @@ def tensor_stats(x: np.ndarray, bins: int = DEFAULT_BINS, channel_axis: int | No
     else:
         channels, absmax = None, max(-lo, hi)
     if absmax > 0:
-        scaled = np.multiply(x, np.float32(bins / absmax))  # |x|·bins/absmax ∈ [0, bins]
-        np.abs(scaled, out=scaled)
-        hist = np.bincount(scaled.astype(np.intp).reshape(-1), minlength=bins + 1).astype(np.int64)
-        hist[bins - 1] += hist[bins:].sum()  # |x| = absmax belongs to the last bin
-        hist = hist[:bins]
+        hist = _abs_histogram(x.reshape(-1), np.float32(bins / absmax), bins)
     else:
         hist = np.zeros(bins, np.int64)
         hist[0] = x.size
     if nonfinite:
         hist[0] -= nonfinite
     return TensorStats(lo, hi, absmax, int(x.size) - nonfinite, hist, channels, axis, nonfinite)
+
+
+_buffers = threading.local()
+
+
+def _abs_histogram(flat: np.ndarray, scale: np.float32, bins: int) -> np.ndarray:
+    """Counts of trunc(|x|·scale) in `bins` bins, the top value (index `bins`) in the last one.
+
+    Same arithmetic as the one-shot ``bincount((|x·scale|).astype(intp))``, in steps of `CHUNK`
+    values through per-thread buffers.
+    """
+    if getattr(_buffers, "values", None) is None:
+        _buffers.values, _buffers.index = np.empty(CHUNK, np.float32), np.empty(CHUNK, np.intp)
+    values, index = _buffers.values, _buffers.index
+    hist = np.zeros(bins + 1, np.int64)
+    for start in range(0, flat.size, CHUNK):
+        part = flat[start:start + CHUNK]
+        v, i = values[:part.size], index[:part.size]
+        np.multiply(part, scale, out=v)  # |x|·bins/absmax ∈ [0, bins]
+        np.abs(v, out=v)
+        np.copyto(i, v, casting="unsafe")  # truncation, as astype
+        counts = np.bincount(i, minlength=bins + 1)
+        hist += counts[:bins + 1]
+        hist[bins] += counts[bins + 1:].sum()
+    hist[bins - 1] += hist[bins]  # |x| = absmax belongs to the last bin
+    return hist[:bins]
 
 
 @dataclass(frozen=True)
@@ -240,38 +273,77 @@ class SampleStats(Mapping[str, TensorStats]):
 
     def to_bytes(self) -> bytes:
         header = {"format": "hbcompile.calibration.SampleStats", "version": FORMAT_VERSION, "tensors": []}
-        arrays: dict[str, np.ndarray] = {}
-        for i, (name, s) in enumerate(self.tensors.items()):
-            header["tensors"].append({"name": name, "min": s.min, "max": s.max, "absmax": s.absmax,
-                                      "count": s.count, "axis": s.axis, "nonfinite": s.nonfinite})
-            arrays[f"h{i}"] = s.hist
-            if s.channel_absmax is not None:
-                arrays[f"c{i}"] = s.channel_absmax
-        arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+        stats = list(self.tensors.values())
+        peak = max((int(s.hist.max()) for s in stats if s.hist.size), default=0)
+        low = min((int(s.hist.min()) for s in stats if s.hist.size), default=0)
+        hist_dtype = np.dtype("<u4") if low >= 0 and peak <= np.iinfo(np.uint32).max else np.dtype("<i8")
         buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+            for i, (name, s) in enumerate(self.tensors.items()):
+                header["tensors"].append({"name": name, "min": s.min, "max": s.max, "absmax": s.absmax,
+                                          "count": s.count, "axis": s.axis, "nonfinite": s.nonfinite})
+                _write_npy(z, f"h{i}", s.hist.astype(hist_dtype, copy=False))
+                if s.channel_absmax is not None:
+                    _write_npy(z, f"c{i}", s.channel_absmax)
+            _write_npy(z, "header", np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
         return buf.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SampleStats:
-        """Read what `to_bytes` wrote; a corrupt or foreign archive raises ValueError."""
+        """Read what `to_bytes` wrote (format 1 or 2); a corrupt or foreign archive raises ValueError."""
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                header = json.loads(z["header"].tobytes().decode())
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                files = set(z.namelist())
+                header = json.loads(_read_npy(z, "header").tobytes().decode())
                 if header.get("format") != "hbcompile.calibration.SampleStats":
                     raise ValueError("not a SampleStats archive")
-                if header.get("version") != FORMAT_VERSION:
+                if header.get("version") not in (1, FORMAT_VERSION):
                     raise ValueError(f"SampleStats format version {header.get('version')} != {FORMAT_VERSION}")
                 tensors = {}
                 for i, t in enumerate(header["tensors"]):
                     tensors[t["name"]] = TensorStats(
                         min=float(t["min"]), max=float(t["max"]), absmax=float(t["absmax"]),
-                        count=int(t["count"]), hist=z[f"h{i}"].astype(np.int64),
-                        channel_absmax=z[f"c{i}"] if f"c{i}" in z.files else None,
+                        count=int(t["count"]), hist=_read_npy(z, f"h{i}").astype(np.int64),
+                        channel_absmax=_read_npy(z, f"c{i}").copy() if f"c{i}.npy" in files else None,
                         axis=t["axis"], nonfinite=int(t.get("nonfinite", 0)))
-        except (OSError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (OSError, KeyError, EOFError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as e:
             raise ValueError(f"corrupt SampleStats archive: {e}") from e
         return cls(tensors)
+
+
+_NPY_HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
+_NPY_DESCR = re.compile(rb"'descr':\s*'([^']+)'")
+_NPY_SHAPE = re.compile(rb"'shape':\s*\(([^)]*)\)")
+_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed entry dates: the same statistics give the same bytes
+
+
+def _write_npy(z: zipfile.ZipFile, key: str, arr: np.ndarray) -> None:
+    """`arr` as `<key>.npy` (what `np.savez` writes; `np.load` reads the archive)."""
+    arr = np.ascontiguousarray(arr)
+    head = _NPY_HEADERS.get((arr.dtype.str, arr.shape))
+    if head is None:
+        out = io.BytesIO()
+        np.lib.format.write_array(out, arr, allow_pickle=False)
+        head = _NPY_HEADERS.setdefault((arr.dtype.str, arr.shape), out.getvalue()[:out.tell() - arr.nbytes])
+    info = zipfile.ZipInfo(f"{key}.npy", _EPOCH)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    z.writestr(info, head + arr.tobytes(), compresslevel=1)
+
+
+def _read_npy(z: zipfile.ZipFile, key: str) -> np.ndarray:
+    """One array of the archive (a C-order, non-object .npy): header read with two regexes instead
+    of numpy's literal_eval, which took a third of the reading time at 360 arrays per sample."""
+    data = z.read(f"{key}.npy")
+    if data[:6] != b"\x93NUMPY" or data[6] not in (1, 2, 3):
+        raise ValueError(f"{key} is not a .npy array")
+    size = 2 if data[6] == 1 else 4
+    start = 8 + size + int.from_bytes(data[8:8 + size], "little")
+    head = data[8 + size:start]
+    descr, shape = _NPY_DESCR.search(head), _NPY_SHAPE.search(head)
+    if descr is None or shape is None or b"'fortran_order': True" in head or descr.group(1).startswith(b"|O"):
+        raise ValueError(f"{key} has an unsupported .npy header")
+    dims = tuple(int(d) for d in shape.group(1).split(b",") if d.strip())
+    return np.frombuffer(data, np.dtype(descr.group(1).decode()), offset=start).reshape(dims)
 
 
 def merge_samples(samples: Sequence[Mapping[str, TensorStats]],
