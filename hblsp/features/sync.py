@@ -8,6 +8,7 @@ values keep their defaults and are named in one message.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
@@ -16,6 +17,8 @@ from hblsp.settings import SECTION, parse_settings
 
 if TYPE_CHECKING:
     from hblsp.server import HbServer
+
+log = logging.getLogger(__name__)
 
 
 def _options_section(raw: Any) -> Any:
@@ -43,6 +46,19 @@ def apply_settings(ls: HbServer, raw: Any) -> None:
     ls.emit(ls.on_settings)
 
 
+async def watch_settings(ls: HbServer) -> None:
+    """Ask to be told when settings change (pull model: the notification only says "ask again")."""
+    caps = ls.client_capabilities.workspace
+    change = caps.did_change_configuration if caps else None
+    if not (change and change.dynamic_registration):
+        return
+    try:
+        await ls.client_register_capability_async(types.RegistrationParams(registrations=[types.Registration(
+            id="hblsp-settings", method=types.WORKSPACE_DID_CHANGE_CONFIGURATION)]))
+    except Exception as exc:  # a client that declares it but cannot: settings still come at start
+        log.info("client refused to register workspace/didChangeConfiguration: %s", exc)
+
+
 async def pull_settings(ls: HbServer) -> None:
     caps = ls.client_capabilities.workspace
     if caps is None or not caps.configuration:
@@ -61,6 +77,7 @@ def register(ls: HbServer) -> None:
     @ls.feature(types.INITIALIZED)
     async def on_initialized(ls: HbServer, params: types.InitializedParams) -> None:
         await pull_settings(ls)
+        await watch_settings(ls)
 
     @ls.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def on_configuration(ls: HbServer, params: types.DidChangeConfigurationParams) -> None:

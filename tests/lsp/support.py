@@ -34,6 +34,7 @@ class HbClient(LanguageClient):
         super().__init__(*args, **kwargs)
         self.published: dict[str, list[types.PublishDiagnosticsParams]] = defaultdict(list)
         self.versions: dict[str, int] = {}
+        self.registrations: list[types.Registration] = []
 
     async def wait_diagnostics(self, uri: str, version: int | None = None, where=None,
                                timeout: float = 20.0) -> list[types.Diagnostic]:
@@ -80,12 +81,17 @@ def publish(client: HbClient, params: types.PublishDiagnosticsParams) -> None:
     client.published[params.uri].append(params)
 
 
+def register_capability(client: HbClient, params: types.RegistrationParams) -> None:
+    client.registrations.extend(params.registrations)
+
+
 def make_client() -> HbClient:
     from pygls.protocol import default_converter
 
     client = HbClient(converter_factory=default_converter)
     features = dict(DEFAULT_CLIENT_FEATURES)
     features[types.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS] = publish
+    features[types.CLIENT_REGISTER_CAPABILITY] = register_capability
     register_lsp_features(client, features)
     return client
 

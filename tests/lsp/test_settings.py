@@ -30,6 +30,8 @@ async def until(predicate, timeout: float = 10.0) -> None:
 
 
 async def test_patterns_and_file_checks_follow_the_settings(client: HbClient, workspace: Path):
+    await until(lambda: client.registrations)  # asked to hear about settings changes
+    assert [r.method for r in client.registrations] == ["workspace/didChangeConfiguration"]
     other = client.open(workspace / "model.cfg.yaml", BROKEN)  # not an hb name: silent
     known = client.open(workspace / "known.hb.yaml", BROKEN)
     [missing] = await client.wait_diagnostics(known, 1)
