@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,16 +89,10 @@ def encode_hbm(program: bytes | onnx.ModelProto, manifest: dict[str, Any],
 def write_hbm(path: str | Path, program: bytes | onnx.ModelProto, manifest: dict[str, Any],
               extra: dict[str, bytes] | None = None) -> Path:
     """Write atomically (temp file in the same folder, then `os.replace`): never a partial .hbm."""
+    from engine.pipeline.cache import atomic_write_bytes
+
     path = Path(path)
-    data = encode_hbm(program, manifest, extra)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, encode_hbm(program, manifest, extra))
     return path
 
 

@@ -501,21 +501,17 @@ def _layer_json(lay: Layer) -> dict[str, Any]:
 def write_perf_reports(directory, prefix: str, perf: Mapping[str, Any], similarity=(), outputs=()):
     """`{prefix}.json` and `{prefix}.html` in `directory`, each written atomically; returns both paths."""
     import json
-    import os
-    import tempfile
     from pathlib import Path
 
     from engine.compile.perf_html import render
+    from engine.pipeline.cache import atomic_write_text
 
     directory = Path(directory)
     paths = []
     for suffix, text in ((".json", json.dumps(perf, indent=1, sort_keys=False, default=str)),
                          (".html", render(perf, similarity, outputs))):
         path = directory / f"{prefix}{suffix}"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
         paths.append(path)
     return paths[0], paths[1]
 

@@ -33,7 +33,7 @@ READS = PTQ_READS + ("input_parameters.input_type_rt", "input_parameters.input_l
 
 
 def attach_runtime_inputs(bc: onnx.ModelProto, specs: list[dict[str, Any]], float_model: onnx.ModelProto,
-                          batch: int = 1) -> dict[str, str]:
+                          batch: int = 1, cpu_nodes: frozenset[str] = frozenset()) -> dict[str, str]:
     """Every image input of `bc` in its runtime format (in place); {input: "integer" | "float" | "none"}.
 
     "integer": HZ_PREPROCESS_FOR_<input> is a quantized conv on the rt pixels; "float": the program
@@ -41,7 +41,7 @@ def attach_runtime_inputs(bc: onnx.ModelProto, specs: list[dict[str, Any]], floa
     """
     from engine.preprocess.integer import attach_runtime_input
 
-    return {spec["name"]: attach_runtime_input(bc, spec, float_model, batch).mode for spec in specs}
+    return {spec["name"]: attach_runtime_input(bc, spec, float_model, batch, cpu_nodes).mode for spec in specs}
 
 
 def runtime_specs(specs: list[dict[str, Any]], batch: int) -> list[dict[str, Any]]:
@@ -64,7 +64,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         body, rewrites = with_batch(model, batch)
     ctx.check_cancel()
     bc = lower_to_integer(body, plan)
-    conversions = attach_runtime_inputs(bc, specs, model, batch)
+    cpu = frozenset(n for n, p in plan.nodes.items() if p.on == "CPU")
+    conversions = attach_runtime_inputs(bc, specs, model, batch, cpu)
     onnx.checker.check_model(bc)
     fe.set_metadata(bc, {"hbcompile.stage": "quantized", "hbcompile.inputs": json.dumps(runtime_specs(specs, batch)),
                          "hbcompile.march": ctx.config.model.march})

@@ -33,7 +33,8 @@ def test_artefacts_named_like_hb_compile(compiled):
     out, _ = compiled
     names = {p.name for p in out.iterdir() if p.is_file()}
     for suffix in ("_original_float_model.onnx", "_optimized_float_model.onnx", "_calibrated_model.onnx",
-                   "_ptq_model.onnx", "_quantized_model.bc", "_node_info.csv", "_quant_info.json"):
+                   "_ptq_model.onnx", "_quantized_model.bc", "_node_info.csv", "_quant_info.json",
+                   "_advice.json", ".hbm", ".json", ".html"):
         assert f"digits{suffix}" in names
     assert "hb_compile.log" in names
 
@@ -58,6 +59,17 @@ def test_node_info_csv_rows(compiled):
     assert {"Conv+Relu", "Conv+Add", "HardSwish"} <= types
     assert all(float(r["Quantized Cosine"]) > 0.99 for r in rows)
     assert rows[-1]["Output Data Type"] in ("si32", "si8")
+
+
+def test_hbm_equals_bc_bit_for_bit(compiled):
+    from engine.runtime import load
+
+    out, _ = compiled
+    bc, hbm = load(out / "digits_quantized_model.bc"), load(out / "digits.hbm")
+    images = np.load(EXAMPLE / "heldout.npz")["images"][:20]
+    for x in images:
+        a, b = bc.run({"input": x[None]}), hbm.run({"input": x[None]})
+        assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_integer_model_keeps_top1(compiled):

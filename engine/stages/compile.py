@@ -1,0 +1,67 @@
+"""compile: the `.bc` → `*.hbm` (deployable, checksummed), `*_quantized_removed_model.bc`,
+`*_advice.json` (what runs where and why) and the static performance report `{prefix}.json/.html`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import onnx
+
+from engine.pipeline.stage import Stage, StageContext
+from engine.quantize.planner import QuantOptions, make_plan
+from engine.stages.calibrate import load_thresholds
+from engine.stages.quantize import READS as QUANTIZE_READS
+
+log = logging.getLogger("hbcompile")
+READS = QUANTIZE_READS + ("compiler_parameters", "model_parameters.march", "model_parameters.remove_node_type",
+                          "model_parameters.remove_node_name")
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    from engine.compile.package import build_hbm
+    from engine.compile.params import resolve
+    from engine.compile.partition import advice_json, partition
+    from engine.compile.perf import perf_log_lines, perf_report, write_perf_reports
+    from engine.compile.remove_nodes import remove_nodes
+    from engine.problems import StageError
+
+    config, out = ctx.config, ctx.out_dir
+    optimized = onnx.load(str(ctx.input("optimize", "model.onnx")))
+    bc = onnx.load(str(ctx.input("quantize", "model.bc")))
+    specs = json.loads(ctx.input("calibrate", "inputs.json").read_text())
+    plan = make_plan(optimized, load_thresholds(ctx.input("calibrate", "thresholds.json")),
+                     QuantOptions.from_config(config))
+    options, problems = resolve(config.compiler, config.model.march, specs)
+    for p in problems:
+        if p.is_error:
+            raise StageError(p)
+        log.warning(p.message)
+    removed = []
+    if config.model.remove_node_type or config.model.remove_node_name:
+        bc, removed = remove_nodes(bc, list(config.model.remove_node_type), list(config.model.remove_node_name))
+        onnx.save(bc, str(out / "removed.bc"))
+        for r in removed:
+            log.info(f"deleted nodes: {r.name}")
+    build = build_hbm(bc, options, plan=plan, config_sha256=config.digest, source_name=config.prefix)
+    build.write(out / "model.hbm")
+    log.info("Successfully compile the hbm model")
+    (out / "advice.json").write_text(json.dumps(advice_json(partition(optimized, plan)), indent=1))
+    perf = perf_report(build.program, options, config.prefix)
+    report = ctx.upstream.get("report")
+    rows = json.loads((report / "meta.json").read_text())["result"] if report else {}
+    write_perf_reports(out, "perf", perf, rows.get("nodes", []), rows.get("outputs", []))
+    log.info("HBDK hbm perf SUCCESS")
+    for line in perf_log_lines(perf, f"{config.prefix}.html"):
+        log.info(line)
+    return {"removed": [r.to_json() for r in removed], "perf": perf.get("summary", {}),
+            "optimize_level": options.optimize_level if hasattr(options, "optimize_level") else None}
+
+
+STAGE = Stage("compile", 1, run, after=("optimize", "calibrate", "quantize", "report"), reads=READS,
+              artefacts={"model.hbm": "{prefix}.hbm", "removed.bc": "{prefix}_quantized_removed_model.bc",
+                         "advice.json": "{prefix}_advice.json", "perf.json": "{prefix}.json",
+                         "perf.html": "{prefix}.html"},
+              describe="deployable .hbm, advice, static performance")
