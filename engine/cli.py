@@ -90,10 +90,11 @@ def _main(args: argparse.Namespace, log_path: Path) -> int:
         until = SKIP_TO_UNTIL[args.skip]
     if args.until:
         until = args.until
-    return run_config(config_path, until, log_path)
+    check_mode = bool(args.model and not args.config and not args.fast_perf)
+    return run_config(config_path, until, log_path, check_mode)
 
 
-def run_config(config_path: Path, until: str | None, log_path: Path) -> int:
+def run_config(config_path: Path, until: str | None, log_path: Path, check_mode: bool = False) -> int:
     from engine.config import read_config
     from engine.pipeline import default_engine
     from engine.report.console import print_problems, print_run
@@ -117,6 +118,8 @@ def run_config(config_path: Path, until: str | None, log_path: Path) -> int:
             pass
     if not report.ok:
         return 1
+    if check_mode:
+        print_check_table(report)
     log.info("The hb_compile completes running")
     return 0
 
@@ -125,6 +128,19 @@ def _available_stages() -> list[str]:
     from engine.stages import STAGES
 
     return [s.name for s in STAGES]
+
+
+def print_check_table(report) -> None:
+    """Check mode: where each node of the optimized model would run (`Node ON Subgraph Type`)."""
+    import onnx
+
+    from engine.compile.partition import NODE_TABLE_HEADER, format_table, node_table, partition
+    from engine.quantize.planner import QuantOptions
+
+    config = report.config
+    model = onnx.load(str(config.working_dir / f"{config.prefix}_optimized_float_model.onnx"))
+    table = format_table(NODE_TABLE_HEADER, node_table(partition(model, options=QuantOptions.from_config(config))))
+    log.info("The converted model node information:\n" + table)
 
 
 class ConsoleProgress:

@@ -30,6 +30,10 @@ def test_check_mode_writes_generated_config_and_float_models(model_dir, capsys):
     assert (work / "net_optimized_float_model.onnx").is_file()
     text = (work / "check_config.yaml").read_text()
     assert "input_type_rt: nv12" in text and "input_type_train: bgr" in text  # 4-D, C=3, even H/W
+    out = capsys.readouterr().out
+    table = out.split("The converted model node information:")[1].splitlines()
+    assert ["Node", "ON", "Subgraph", "Type"] in [line.split() for line in table]
+    assert any(line.split()[:3] == ["Conv_0", "BPU", "id(0)"] for line in out.splitlines() if line.strip())
 
 
 def test_fast_perf_runs_without_calibration_data(model_dir, capsys):
