@@ -261,11 +261,13 @@ def _float_conversion(bc: onnx.ModelProto, spec: dict[str, Any], shape: tuple[in
 
 
 def attach_runtime_input(bc: onnx.ModelProto, spec: dict[str, Any], float_model: onnx.ModelProto,
-                         batch: int = 1) -> AttachedInput:
+                         batch: int = 1, cpu_nodes: frozenset[str] = frozenset()) -> AttachedInput:
     """Make the lowered program `bc` take input `spec["name"]` in its runtime format (in place).
 
     `float_model` is the model `bc` was lowered from (the optimized float model: it tells whether
-    the input's normalization is still there to fold); `batch` is the program's batch (input_batch).
+    the input's normalization is still there to fold); `batch` is the program's batch (input_batch);
+    `cpu_nodes` the float nodes the plan puts on the CPU — a normalization the user sent there
+    (run_on_cpu / node_info) stays a float CPU node and is not folded.
     featuremap inputs keep their float input (quantized by the program itself).
     """
     name, rt = spec["name"], spec["input_type_rt"]
@@ -274,6 +276,9 @@ def attach_runtime_input(bc: onnx.ModelProto, spec: dict[str, Any], float_model:
     shape = (int(batch), *(int(d) for d in spec["shape"][1:]))
     tmap: dict[str, dict[str, Any]] = _json_meta(bc, TENSOR_MAP_KEY) or {}
     norm = find_normalization(float_model, name)
+    prefix = preprocess_prefix(name)
+    if norm is not None and {prefix, f"{prefix}_mean"} & cpu_nodes:
+        norm = None
     target = normalized_name(name) if norm is not None else name
     entry = tmap.get(target)
     if entry is None or entry["dtype"] not in ("uint8", "int16"):
@@ -301,7 +306,6 @@ def attach_runtime_input(bc: onnx.ModelProto, spec: dict[str, Any], float_model:
     del g.node[:]
     g.node.extend([*conversion.nodes, *rest])
     g.initializer.extend(conversion.initializers)
-    prefix = preprocess_prefix(name)
     folded = tuple(n.name for n in float_model.graph.node if norm is not None and n.name in (f"{prefix}_mean", prefix))
     _update_maps(bc, conversion, removed, folded)
     _forget_converted_input(bc, name)
