@@ -281,14 +281,14 @@ def attach_runtime_input(bc: onnx.ModelProto, spec: dict[str, Any], float_model:
         norm = None
     target = normalized_name(name) if norm is not None else name
     entry = tmap.get(target)
-    if entry is None or entry["dtype"] not in ("uint8", "int16"):
+    g = bc.graph
+    old = next((n for n in g.node if entry is not None and entry["tensor"] in n.output), None)
+    if old is None or entry["dtype"] not in ("uint8", "int16"):  # only float readers: keep a float colour step
         _float_conversion(bc, spec, shape)
         _forget_converted_input(bc, name)
         return AttachedInput(name, "float", float_readers=True)
-    g = bc.graph
     graph_input(bc, name)  # a clear ModelError if the program lacks the input
     codes = entry["tensor"]
-    old = next(n for n in g.node if codes in n.output)
     old.output[list(old.output).index(codes)] = f"{codes}__replaced"
     removed = _remove_dead(bc, old)
     float_readers = any(name in n.input for n in g.node)
@@ -315,19 +315,21 @@ def attach_runtime_input(bc: onnx.ModelProto, spec: dict[str, Any], float_model:
 def _update_maps(bc: onnx.ModelProto, conversion: IntegerConversion, removed: list[onnx.NodeProto],
                  folded: tuple[str, ...]) -> None:
     """tensor_map without the tensors that are gone; node_map with the folded float nodes → the new
-    nodes; emulated without the float nodes that are now integer."""
-    produced = {o for n in bc.graph.node for o in n.output if o}
+    nodes; emulated without the float nodes that are now integer (or have no program node left)."""
+    g = bc.graph
+    available = {o for n in g.node for o in n.output if o} | {t.name for t in g.initializer} | \
+        {i.name for i in g.input}
     tmap = _json_meta(bc, TENSOR_MAP_KEY) or {}
-    _set_meta(bc, TENSOR_MAP_KEY, {t: e for t, e in tmap.items() if e["tensor"] in produced})
+    _set_meta(bc, TENSOR_MAP_KEY, {t: e for t, e in tmap.items() if e["tensor"] in available})
     gone = {n.name for n in removed}
-    new = [n.name for n in conversion.nodes]
     node_map = {k: [p for p in v if p not in gone] for k, v in (_json_meta(bc, NODE_MAP_KEY) or {}).items()}
     for f in folded:
-        node_map[f] = new
+        node_map[f] = [n.name for n in conversion.nodes]
     _set_meta(bc, NODE_MAP_KEY, node_map)
     emulated = _json_meta(bc, EMULATED_KEY)
     if emulated is not None:
-        _set_meta(bc, EMULATED_KEY, {k: v for k, v in emulated.items() if k not in folded and node_map.get(k, [1])})
+        vanished = {k for k, v in node_map.items() if not v}
+        _set_meta(bc, EMULATED_KEY, {k: v for k, v in emulated.items() if k not in folded and k not in vanished})
 
 
 def _forget_converted_input(bc: onnx.ModelProto, name: str) -> None:

@@ -10,6 +10,7 @@ its Quantized Cosine, and be integer work in the `.bc`.
 
 from __future__ import annotations
 
+import json
 import textwrap
 from functools import cache
 from pathlib import Path
@@ -226,6 +227,21 @@ def test_legal_pair_end_to_end(tmp_path, train, rt, layout, space):
     nodes = {n.name: n for n in bc.graph.node}
     assert nodes["HZ_PREPROCESS_FOR_data"].op_type == "QLinearConv"
     assert not any(n.op_type in ("Conv", "Sub", "Mul", "Div") for n in bc.graph.node)  # no float colour / norm
+    assert_maps_point_into_the_program(bc)
+
+
+def assert_maps_point_into_the_program(bc: onnx.ModelProto) -> None:
+    """The `.bc`'s maps name only what it holds: the report and the partition read them."""
+    meta = {p.key: json.loads(p.value) for p in bc.metadata_props if p.key in ("hbcompile.tensor_map",
+                                                                              "hbcompile.node_map")}
+    g = bc.graph
+    held = {o for n in g.node for o in n.output} | {t.name for t in g.initializer} | {i.name for i in g.input}
+    assert all(e["tensor"] in held for e in meta["hbcompile.tensor_map"].values())
+    assert not any(e["tensor"] == i.name for e in meta["hbcompile.tensor_map"].values() for i in g.input
+                   if i.type.tensor_type.elem_type != TensorProto.FLOAT)
+    names = {n.name for n in g.node}
+    assert all(set(v) <= names for v in meta["hbcompile.node_map"].values())
+    assert set(meta["hbcompile.node_map"]["HZ_PREPROCESS_FOR_data"]) >= {"HZ_PREPROCESS_FOR_data"}
 
 
 @pytest.mark.parametrize("rt,rt_layout", [("rgb", "NCHW"), ("bgr", "NCHW"), ("yuv444", "NCHW"), ("gray", "NHWC")])
