@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import multiprocessing
 import os
+import pickle
+import subprocess
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -119,46 +120,55 @@ def read_state(source: ModelSource) -> ModelState:
             "model-invalid", f"Onnx file invalid: '{source.files[0]}': {first}", (MP, source.key)),))
 
 
-def _stdout_to_stderr() -> None:
-    """In the reader process: the inherited stdout is the LSP channel; nothing may write to it."""
-    os.dup2(2, 1)
-
-
 class ProcessReader:
-    """Runs `read_state` in a fresh child process per read (spawned: safe from a threaded server)."""
+    """Runs `read_state` in a fresh `python -m hblsp.models` per read; nothing of it stays after.
+
+    A plain subprocess rather than multiprocessing: a spawned multiprocessing worker re-imports the
+    server's main module (all of it), and a pool keeps an idle replacement worker alive. The child
+    answers with a pickled `ModelState` on its own stdout pipe; anything else it prints goes to
+    stderr, never to the LSP channel. Reads are serialised (one at a time).
+    """
 
     def __init__(self, timeout: float = READ_TIMEOUT_S):
         self.timeout = timeout
-        self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
-
-    def _executor(self) -> ProcessPoolExecutor:
-        with self._lock:
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_stdout_to_stderr, max_tasks_per_child=1)
-            return self._pool
+        self._child: subprocess.Popen | None = None
 
     def __call__(self, source: ModelSource) -> ModelState:
         shown = str(source.files[0])
-        try:
-            return self._executor().submit(read_state, source).result(timeout=self.timeout)
-        except TimeoutError:
-            self.close()
-            why = f"reading it took longer than {self.timeout:.0f} s"
-        except BrokenProcessPool:
-            self.close()
-            why = "the reader process died while reading it (out of memory, or a crash in the ONNX library)"
+        args = [sys.executable, "-m", "hblsp.models", source.key, *map(str, source.files)]
+        why = None
+        with self._lock:
+            self._child = child = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+            try:
+                out, _ = child.communicate(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                out, _ = child.communicate()
+                why = f"reading it took longer than {self.timeout:g} s"
+            finally:
+                self._child = None
+        if why is None and child.returncode == 0 and out:
+            return pickle.loads(out)  # our own child's answer
+        why = why or ("the reader process died while reading it (out of memory, or a crash in the ONNX library; "
+                      f"exit code {child.returncode})")
         return ModelState("failed", problems=(error("model-invalid", f"Onnx file invalid: '{shown}': {why}",
                                                     (MP, source.key)),))
 
     def close(self) -> None:
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            for proc in list(getattr(pool, "_processes", {}).values()):  # a hung reader must not linger
-                proc.kill()
-            pool.shutdown(wait=False, cancel_futures=True)
+        child = self._child
+        if child is not None and child.poll() is None:  # a read in flight must not outlive the server
+            child.kill()
+
+
+def _child_main(argv: list[str]) -> int:
+    """`python -m hblsp.models KEY FILE...`: read one model, write the pickled state to stdout."""
+    answer = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a chatty library's prints go to stderr
+    key, *files = argv
+    answer.write(pickle.dumps(read_state(ModelSource(key, tuple(Path(f) for f in files)))))
+    answer.close()
+    return 0
 
 
 def load_state(source: ModelSource, max_bytes: int, known: Callable[[str], ModelState | None],
@@ -248,3 +258,9 @@ class ModelCache:
             await asyncio.sleep(0)  # let the done callback store the result
             state = self.peek(source)
         return state
+
+
+if __name__ == "__main__":  # run from the importable module, so the pickled classes are hblsp.models'
+    from hblsp.models import _child_main as child_main
+
+    raise SystemExit(child_main(sys.argv[1:]))

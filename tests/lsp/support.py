@@ -180,12 +180,3 @@ def cli_accepts(config: Path) -> tuple[int, str]:
         os.chdir(cwd)
     return code, out.getvalue()
 
-
-def noisy_reader(source) -> str:
-    """Runs in hblsp's model reader process: writes to stdout the way a chatty library would."""
-    import sys
-
-    print("chatter on stdout")
-    sys.stdout.flush()
-    os.write(1, b"raw chatter on fd 1\n")
-    return "read"

@@ -71,33 +71,43 @@ async def test_child_process_reader(tmp_path: Path):
     onnx.save(conv_relu_model(), str(good))
     bad.write_text("not onnx")
     reader = ProcessReader(timeout=60)
-    try:
-        ready = await asyncio.to_thread(reader, onnx_source(good))
-        failed = await asyncio.to_thread(reader, onnx_source(bad))
-    finally:
-        reader.close()
+    ready = await asyncio.to_thread(reader, onnx_source(good))
+    failed = await asyncio.to_thread(reader, onnx_source(bad))
     assert ready == read_state(onnx_source(good))
     assert ready.info.value_shapes["conv_out"] == (1, 4, 8, 8)
     assert failed.status == "failed" and failed.problems == read_state(onnx_source(bad)).problems
 
 
 async def test_reader_process_cannot_write_to_the_lsp_channel(tmp_path: Path):
-    """stdout is the JSON-RPC stream: the reader process's stdout goes to stderr instead."""
+    """The child's stdout carries only its answer: a chatty library's output goes to stderr."""
+    import pickle
     import subprocess
     import sys
     import textwrap
 
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent("""
-        from hblsp.models import ProcessReader
-        from tests.lsp.support import noisy_reader
-        if __name__ == "__main__":
-            reader = ProcessReader()
-            print(reader._executor().submit(noisy_reader, None).result())
-            reader.close()
+        import os
+        import hblsp.models as models
+
+        def chatty(source):
+            print("chatter on stdout", flush=True)
+            os.write(1, b"raw chatter on fd 1\\n")
+            return models.ModelState("ready", digest=str(source.files))
+
+        models.read_state = chatty
+        models._child_main(["onnx_model", "a.onnx"])
     """))
     root = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True, text=True, timeout=60,
+    out = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": str(root)})
-    assert out.stdout == "read\n"
-    assert "chatter on stdout" in out.stderr and "raw chatter on fd 1" in out.stderr
+    assert pickle.loads(out.stdout).digest == "(PosixPath('a.onnx'),)"
+    assert b"chatter on stdout" in out.stderr and b"raw chatter on fd 1" in out.stderr
+
+
+async def test_a_read_that_takes_too_long_is_stopped(tmp_path: Path):
+    good = tmp_path / "m.onnx"
+    onnx.save(conv_relu_model(), str(good))
+    state = await asyncio.to_thread(ProcessReader(timeout=0.001), onnx_source(good))
+    assert state.status == "failed"
+    assert state.problems[0].message == f"Onnx file invalid: '{good}': reading it took longer than 0.001 s"
