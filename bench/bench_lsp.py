@@ -11,8 +11,8 @@ CLI spends before it starts converting:
   change received → diagnostics sent; debounce set to 0 ms) and as the client sees it (plus the
   pipe both ways); target ≤ 30 ms;
 - completion and hover p50 / p95: in the server's handler (`--log-timings`) and as the client sees
-  the round trip — which includes this pygls client turning ~180 JSON items into objects (~6 ms,
-  an editor's own cost, not the server's) (target: completion p95 ≤ 10 ms);
+  the round trip, including this pygls client turning the JSON answer into objects — an editor's
+  own cost, not the server's (target: completion p95 ≤ 10 ms);
 - idle RSS of the server with the model read (target ≤ 120 MB).
 """
 

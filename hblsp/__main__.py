@@ -2,5 +2,5 @@
 
 from hblsp.server import main
 
-if __name__ == "__main__":  # a spawned model reader imports this module too
+if __name__ == "__main__":
     raise SystemExit(main())
