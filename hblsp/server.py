@@ -188,8 +188,14 @@ def build() -> HbServer:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["daemon"]:  # `hblsp daemon start|stop|status`: the warm engine for hb_compile
+        from hblsp import daemon
+
+        return daemon.main(argv[1:])
     parser = argparse.ArgumentParser(prog="hblsp", description="Language server for hb_compile YAML configs "
-                                     "(LSP over stdio).")
+                                     "(LSP over stdio); `hblsp daemon start|stop|status` runs the warm engine "
+                                     "hb_compile uses.")
     parser.add_argument("--stdio", action="store_true", help="serve on stdin/stdout (the default)")
     parser.add_argument("--log-file", help="write the server log here (default: stderr)")
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])

@@ -43,3 +43,18 @@ async def test_every_feature_registers_and_capabilities_are_declared():
     assert options["textDocument/completion"].trigger_characters == [":", ";", "/", ","]
     assert options["textDocument/codeAction"].code_action_kinds == ["quickfix"]
     ls.shutdown()
+
+
+async def test_the_console_script_also_runs_the_daemon_commands():
+    """`hblsp daemon status` reaches hblsp.daemon (not the LSP argument parser)."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as run_dir:  # no developer's daemon socket is found here
+        env = {**os.environ, "HBCOMPILE_DAEMON_SOCKET": os.path.join(run_dir, "daemon.sock")}
+        out = subprocess.run([sys.executable, "-c", "import sys; from hblsp.server import main; "
+                              "sys.exit(main(['daemon', 'status']))"], env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert out.stdout.strip() == "hblsp daemon: not running" and out.returncode == 1
