@@ -54,6 +54,7 @@ class HbServer(LanguageServer):
     def __init__(self) -> None:
         super().__init__("hblsp", VERSION, text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
         self.settings = Settings()
+        self.settings_problems: list[str] = []  # the last bad settings told to the user
         self.documents = DocumentStore()
         self.debouncer = Debouncer()
         self.check_pool = ThreadPoolExecutor(1, thread_name_prefix="hblsp-check")

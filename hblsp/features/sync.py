@@ -29,9 +29,10 @@ def _options_section(raw: Any) -> Any:
 
 def apply_settings(ls: HbServer, raw: Any) -> None:
     parsed = parse_settings(_options_section(raw))
-    if parsed.problems:
+    if parsed.problems and parsed.problems != ls.settings_problems:  # say it once, not on every pull
         ls.window_show_message(types.ShowMessageParams(types.MessageType.Warning,
                                                        "hblsp settings: " + "; ".join(parsed.problems)))
+    ls.settings_problems = parsed.problems
     if parsed.settings == ls.settings:
         return
     ls.settings = parsed.settings

@@ -54,6 +54,9 @@ async def test_bad_values_keep_defaults_and_are_named(client: HbClient):
     assert message.type == types.MessageType.Warning
     assert message.message == ("hblsp settings: hblsp.debounceMs: 'fast' is not valid, using 150; "
                                "hblsp.filePatterns: '*.yaml' is not valid, using " + repr(DEFAULT_PATTERNS))
+    configuration_changed(client, {"debounceMs": "fast", "filePatterns": "*.yaml", "modeline": True})
+    await asyncio.sleep(0.3)  # the same bad values again: not told twice
+    assert sum("hblsp settings" in m.message for m in client.messages) == 1
 
 
 async def test_parse_settings_unit():
