@@ -267,7 +267,8 @@ def normalization(ctx: RuleContext) -> Iterator[Problem]:
                         data={"item": i})
         if _at(rts, i) == "featuremap" and any(v is not None for v in (mean, scale, std)):
             key = "mean_value" if mean is not None else ("scale_value" if scale is not None else "std_value")
-            yield error("featuremap-norm", f"Input_type_rt {_at(rts, i)} is featuremap, this input only support "
+            name = _at(ctx.per_input("input_name"), i) or i
+            yield error("featuremap-norm", f"Input_type_rt {name} is featuremap, this input only support "
                         "norm_type no_preprocess", (IP, key), data={"item": i})
         if std is not None and any(s == 0 for s in std):
             yield error("std-zero", "std_value must not contain 0", (IP, "std_value"), data={"item": i})

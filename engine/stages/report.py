@@ -31,10 +31,21 @@ def quantized_values(bc: onnx.ModelProto, sample: dict[str, np.ndarray], specs: 
     feeds = {s["name"]: to_runtime(sample[s["name"]], s["input_type_rt"], s["input_type_train"],
                                    s["input_layout_train"], s.get("input_space_and_range") or "regular",
                                    s.get("input_layout_rt")) for s in specs}
+    batch = program_batch(bc)
+    if batch > 1:  # input_batch: the program takes N samples; every tensor keeps them on axis 0
+        feeds = {k: np.repeat(v, batch, axis=0) for k, v in feeds.items()}
     inter = integer_intermediates(bc, feeds)
     sess = ort.InferenceSession(bc.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
     outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    if batch > 1:
+        inter, outs = ({k: v[:1] for k, v in d.items()} for d in (inter, outs))
     return inter, outs
+
+
+def program_batch(bc: onnx.ModelProto) -> int:
+    """The batch the `.bc` takes (`input_batch`, recorded per input by the quantize stage)."""
+    stored = next((p.value for p in bc.metadata_props if p.key == "hbcompile.inputs"), "[]")
+    return max((int(s.get("input_batch") or 1) for s in json.loads(stored)), default=1)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:

@@ -185,8 +185,6 @@ def test_two_inputs_are_batched_together(tmp_path):
     np.testing.assert_array_equal(together, apart)
 
 
-@pytest.mark.xfail(strict=True, reason="the report stage feeds the batch-1 first sample to the batch-N .bc; needs "
-                                       "the proposed engine/stages/report.py change (repeat the sample, keep row 0)")
 def test_input_batch_runs_to_the_end_with_the_similarity_table(tmp_path):
     """The table of a batch-N program is the batch-1 table: the same program on the first sample."""
     engine = Engine()
