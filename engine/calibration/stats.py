@@ -53,7 +53,7 @@ class TensorStats:
     max: float
     absmax: float
     count: int
-    hist: np.ndarray  # int64, shape (bins,)
+    hist: np.ndarray  # int64, shape (bins,); uint32 when read back from an archive (half the memory)
     channel_absmax: np.ndarray | None = None  # float32, one per channel along `axis`
     axis: int | None = None
     nonfinite: int = 0
@@ -207,7 +207,7 @@ def rebin(hist: np.ndarray, absmax: float, target_absmax: float, bins: int | Non
 def _canonical_order(stats: Sequence[TensorStats]) -> list[int]:
     """An order that depends only on the values, so floating-point sums are order-independent."""
     return sorted(range(len(stats)), key=lambda i: (stats[i].absmax, stats[i].max, stats[i].min, stats[i].count,
-                                                    stats[i].hist.tobytes()))
+                                                    stats[i].hist.astype(np.int64).tobytes()))
 
 
 def merge(stats_list: Sequence[TensorStats], labels: Sequence[int | str] | None = None,
@@ -303,12 +303,20 @@ class SampleStats(Mapping[str, TensorStats]):
                 for i, t in enumerate(header["tensors"]):
                     tensors[t["name"]] = TensorStats(
                         min=float(t["min"]), max=float(t["max"]), absmax=float(t["absmax"]),
-                        count=int(t["count"]), hist=_read_npy(z, f"h{i}").astype(np.int64),
+                        count=int(t["count"]), hist=_counts(_read_npy(z, f"h{i}")),
                         channel_absmax=_read_npy(z, f"c{i}").copy() if f"c{i}.npy" in files else None,
                         axis=t["axis"], nonfinite=int(t.get("nonfinite", 0)))
         except (OSError, KeyError, EOFError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as e:
             raise ValueError(f"corrupt SampleStats archive: {e}") from e
         return cls(tensors)
+
+
+def _counts(hist: np.ndarray) -> np.ndarray:
+    """A histogram read back: uint32 where the counts fit (the calibrate stage holds every sample's
+    statistics at once: 2.2 MB per PP-OCRv4 det sample as int64), else int64; always a copy."""
+    if hist.size and (hist.min() < 0 or hist.max() > np.iinfo(np.uint32).max):
+        return hist.astype(np.int64)
+    return hist.astype(np.uint32)
 
 
 _NPY_HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
