@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-BENCHES = ["bench.bench_parse_optimize", "bench.bench_quantize", "bench.bench_lsp"]
+BENCHES = ["bench.bench_parse_optimize", "bench.bench_quantize", "bench.bench_compile", "bench.bench_lsp"]
 
 
 def main() -> int:
