@@ -15,7 +15,7 @@ from typing import Any
 
 from engine.config import values as V
 from engine.config.model import Config
-from engine.config.rules import CP, IP, MP, PER_INPUT_KEYS, derived_norm_type
+from engine.config.rules import CP, IP, MP, PER_INPUT_KEYS, derived_norm_type, shape_problems
 from engine.frontend.model_info import ModelInfo
 from engine.problems import ConfigError, Problem, error, errors, warning
 
@@ -104,6 +104,11 @@ def _model_rules(data: dict[str, dict[str, Any]], info: ModelInfo) -> Iterator[P
         if t is None:
             continue
         shape = _at(shapes, i)
+        if shape is None and t.is_static:  # the model's own shape against types and layout
+            yield from shape_problems(i, _at(V.split_list(ip.get("input_type_rt")), i),
+                                      _at(V.split_list(ip.get("input_type_train")), i),
+                                      _at(V.split_list(ip.get("input_layout_train")), i),
+                                      tuple(int(d) for d in t.shape), (IP,))
         if shape is None and not t.is_static:
             yield error("input-dynamic", "The model is a dynamically input model. Please specify the 'input_shape' "
                         f"parameter in the 'input_parameters' (input '{name}' has shape {list(t.shape or [])})",

@@ -75,6 +75,17 @@ def read_config(path: str | Path, check_files: bool = True) -> LoadResult:
 def load_config_text(text: str, base_dir: Path, file: str | None = None, path: Path | None = None,
                      check_files: bool = True) -> LoadResult:
     """The core: also what the language server calls on every document version."""
+    if len(text) > MAX_CONFIG_BYTES:
+        return LoadResult(None, [error("config-too-big", f"The config is {len(text)} characters; a config is "
+                                       f"expected to be under {MAX_CONFIG_BYTES} bytes", file=file,
+                                       span=Span(0, 0, 0, 1))])
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        line = text.count("\n", 0, exc.start)
+        col = exc.start - (text.rfind("\n", 0, exc.start) + 1)
+        return LoadResult(None, [error("config-encoding", f"The config is not valid Unicode text (character "
+                                       f"{exc.start})", file=file, span=Span(line, col, line, col + 1))])
     doc = parse_yaml(text)
     if doc.root is None and not doc.problems:
         doc.problems.append(error("config-empty", "The config is empty: expected the sections model_parameters, "

@@ -209,32 +209,37 @@ def input_shapes_and_types(ctx: RuleContext) -> Iterator[Problem]:
         if train and train != "featuremap" and not layout and (ctx.has(IP, "input_type_train")):
             yield error("missing-key", "Key 'input_parameters' error: Missing keys: 'input_layout_train'",
                         (IP,), data={"on_key": True, "missing": ["input_layout_train"], "item": i})
-        if shape is None:
-            continue
-        if rt and rt != "featuremap" and len(shape) != 4:
-            yield error("input-not-4d", f"The specified input_type_rt is {rt}, but the input_shape is not "
-                        "four-dimensional, please set the input_type_rt and input_type_train to featuremap",
-                        (IP, "input_shape"), data={"item": i})
-            continue
-        if len(shape) == 4 and layout in ("NCHW", "NHWC"):
-            h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
-            if rt == "nv12" and (h % 2 or w % 2):
-                yield error("input-nv12-odd-size", f"The input shape: {V.format_shape(shape)} is invalid, nv12 type "
-                            "does not support odd number input size", (IP, "input_shape"), data={"item": i})
-            want = IMAGE_CHANNELS.get(train or "")
-            if want is not None and shape[channel_axis(layout)] != want:
-                other = "NHWC" if layout == "NCHW" else "NCHW"
-                other_c = shape[channel_axis(other)]
-                if other_c == want:
-                    msg = (f"Input_layout_train says {layout} but seems like layout of input_shape is {other}: "
-                           f"{V.format_shape(shape)}, try use {other} in input_layout_train")
-                    fix = other
-                else:
-                    msg = (f"Input_type_train {train} input_layout_train {layout} and input_shape "
-                           f"{V.format_shape(shape)} does not seem right. Please double check.")
-                    fix = None
-                yield error("input-layout-shape", msg, (IP, "input_layout_train"),
-                            data={"item": i, "replace_item": fix})
+        if shape is not None:
+            yield from shape_problems(i, rt, train, layout, shape, (IP, "input_shape"))
+
+
+def shape_problems(i: int, rt: str | None, train: str | None, layout: str | None, shape: tuple[int, ...],
+                   shape_path: tuple) -> Iterator[Problem]:
+    """Checks of one input's shape against its types and layout; the shape comes from input_shape
+    or, when that is absent, from the model (engine.config.inputs runs this then)."""
+    if rt and rt != "featuremap" and len(shape) != 4:
+        yield error("input-not-4d", f"The specified input_type_rt is {rt}, but the input_shape is not "
+                    "four-dimensional, please set the input_type_rt and input_type_train to featuremap",
+                    shape_path, data={"item": i})
+        return
+    if len(shape) == 4 and layout in ("NCHW", "NHWC"):
+        h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+        if rt == "nv12" and (h % 2 or w % 2):
+            yield error("input-nv12-odd-size", f"The input shape: {V.format_shape(shape)} is invalid, nv12 type "
+                        "does not support odd number input size", shape_path,
+                        data={"item": i, "fix_key": "input_shape"})
+        want = IMAGE_CHANNELS.get(train or "")
+        if want is not None and shape[channel_axis(layout)] != want:
+            other = "NHWC" if layout == "NCHW" else "NCHW"
+            if shape[channel_axis(other)] == want:
+                msg = (f"Input_layout_train says {layout} but seems like layout of input_shape is {other}: "
+                       f"{V.format_shape(shape)}, try use {other} in input_layout_train")
+                fix = other
+            else:
+                msg = (f"Input_type_train {train} input_layout_train {layout} and input_shape "
+                       f"{V.format_shape(shape)} does not seem right. Please double check.")
+                fix = None
+            yield error("input-layout-shape", msg, (IP, "input_layout_train"), data={"item": i, "replace_item": fix})
 
 
 @rule

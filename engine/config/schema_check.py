@@ -127,5 +127,7 @@ def _deprecations(data: dict) -> Iterator[Problem]:
                 msg = ks.get("x-hb-deprecation") or (
                     f"Please note that the parameter '{key}' has been deprecated. "
                     "Specifying this parameter will have no effect")
+                if ks.get("x-hb-replacement"):
+                    msg += f" (use '{ks['x-hb-replacement']}' instead)"
                 yield warning("deprecated-key", msg, (section, key),
                               data={"on_key": True, "replacement": ks.get("x-hb-replacement")})

@@ -89,6 +89,8 @@ def model_info(model: onnx.ModelProto) -> ModelInfo:
 
 def read_model_info(path: str | Path) -> ModelInfo:
     """Structure only: external weights are not loaded (raises what `load_onnx` raises)."""
-    from engine.frontend.onnx_model import load_onnx
+    from engine.frontend.onnx_model import load_onnx, name_nodes
 
-    return model_info(load_onnx(Path(path), load_weights=False))
+    model = load_onnx(Path(path), load_weights=False)
+    name_nodes(model)  # the names the parse stage gives, so rules and completion agree with the tables
+    return model_info(model)
