@@ -118,7 +118,7 @@ async def test_deprecated_key_is_a_tagged_warning_naming_its_replacement(client:
     [d] = await client.wait_diagnostics(uri, 1)
     assert (fmt(d), list(d.tags)) == ("5:2-5:20 warning deprecated-key: Please note that the parameter "
                                 "'set_node_data_type' has been deprecated. Specifying this parameter will have no "
-                                "effect", [types.DiagnosticTag.Deprecated])
+                                "effect (use 'model_parameters.node_info' instead)", [types.DiagnosticTag.Deprecated])
     assert d.data["hints"]["replacement"] == "model_parameters.node_info"
 
 
