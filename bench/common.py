@@ -40,3 +40,54 @@ def print_table(title: str, rows: list[tuple], header: tuple) -> None:
     print("  ".join("-" * w for w in widths))
     for r in rows:
         print("  ".join(str(x).ljust(w) for x, w in zip(r, widths)))
+
+
+RESULT_MARK = "@@bench-result "
+OUT_OF_MEMORY = ("MemoryError", "bad_alloc", "Failed to allocate memory", "Cannot allocate memory",
+                 "Unable to allocate")
+
+
+def child_result(result: dict) -> None:
+    """Hand a child's result back to `run_child` (one marked JSON line on stdout)."""
+    import json
+    import sys
+
+    sys.stdout.write(RESULT_MARK + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def run_child(module: str, payload: dict, memory_gb: float | None = None, timeout: float = 600.0) -> dict:
+    """Run `python -m module '<payload json>'` in a fresh process and return the dict it reported.
+
+    Numbers measured there (time, peak RSS via `ru_maxrss`) do not mix with this process or with
+    other jobs. `memory_gb` caps the address space (RLIMIT_AS): a peer that runs out of it reports
+    ``{"error": "out of memory"}`` instead of taking the machine down; `timeout` gives
+    ``{"error": "timeout"}``. Any other failure: ``{"error": <last stderr line>}``.
+    """
+    import json
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    def limit() -> None:
+        if memory_gb is not None:
+            cap = int(memory_gb * (1 << 30))
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    t0 = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "-m", module, json.dumps(payload)], cwd=REPO, env=env, text=True,
+                              capture_output=True, timeout=timeout, preexec_fn=limit)
+    except subprocess.TimeoutExpired:
+        return {"error": "timeout", "seconds": timeout}
+    wall = time.perf_counter() - t0
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(RESULT_MARK):
+            return json.loads(line[len(RESULT_MARK):])
+    text = done.stderr + done.stdout
+    if any(k in text for k in OUT_OF_MEMORY) or done.returncode in (-9, 137):
+        return {"error": "out of memory", "seconds": wall}
+    tail = [ln for ln in text.strip().splitlines() if ln.strip()][-1:] or [f"exit code {done.returncode}"]
+    return {"error": tail[0][:200], "seconds": wall}

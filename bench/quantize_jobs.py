@@ -1,0 +1,168 @@
+"""The measured jobs of `bench_quantize`, each run alone in a fresh process (`bench.common.run_child`).
+
+    python -m bench.quantize_jobs '{"job": "ours", ...}'
+
+- ``ours``: a cold `Engine` over a config up to the quantize stage: wall seconds per stage (from
+  `RunReport.stages`), CPU seconds per stage (process user+sys between stage starts), peak RSS.
+- ``float``: the peers of calibration: a plain onnxruntime float pass of the optimized model over
+  the samples, and the same pass with every tensor the calibrate stage observes
+  (`engine.quantize.planner.plan_tensors`) added as an output (session build + runs).
+- ``ort``: `onnxruntime.quantization.quantize_static` (QDQ, per-channel weights, MinMax /
+  Entropy / Percentile) on the same samples, in seconds and peak RSS.
+
+Every job reports `peak_rss_mb` = this process's `ru_maxrss`; the process does nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import child_result
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def load_samples(folder: str | Path, count: int | None = None) -> list[np.ndarray]:
+    """The calibration folder's `.npy` samples, in file-name order (as the engine reads them)."""
+    files = sorted(Path(folder).glob("*.npy"))[:count]
+    return [np.load(f, allow_pickle=False).astype(np.float32) for f in files]
+
+
+def job_ours(p: dict[str, Any]) -> dict[str, Any]:
+    """One cold engine run; CPU time per stage from the progress callback's stage starts.
+
+    The modules the stages import lazily are imported first, as the ORT job imports
+    `onnxruntime.quantization` before its clock starts: both time the work, not Python's imports.
+    """
+    import engine.quantize.calibrated
+    import engine.quantize.integer
+    import engine.quantize.ptq
+    import engine.quantize.search
+    import engine.similarity
+    import engine.stages  # noqa: F401
+    from engine.pipeline import Engine
+
+    starts: dict[str, tuple[float, float]] = {}
+
+    def progress(stage: str, message: str, fraction: float | None) -> None:
+        starts.setdefault(stage, (time.perf_counter(), cpu_seconds()))
+
+    report = Engine().run(p["config"], until=p.get("until", "quantize"), progress=progress)
+    end = (time.perf_counter(), cpu_seconds())
+    if not report.ok:
+        return {"error": "; ".join(pr.render() for pr in report.problems)[:300] or "run failed"}
+    order = [s.name for s in report.stages if s.name in starts]
+    cpu = {}
+    for i, name in enumerate(order):
+        stop = starts[order[i + 1]] if i + 1 < len(order) else end
+        cpu[name] = stop[1] - starts[name][1]
+    cal = report.results.get("calibrate", {})
+    return {"stages": {s.name: s.seconds for s in report.stages}, "cpu": cpu, "peak_rss_mb": peak_rss_mb(),
+            "stage_rss_mb": {s.name: s.peak_rss_mb for s in report.stages},
+            "method": cal.get("method"), "search_cosines": cal.get("cosines"), "tensors": cal.get("tensors"),
+            "samples": cal.get("samples"), "batch": cal.get("batch")}
+
+
+def job_float(p: dict[str, Any]) -> dict[str, Any]:
+    """Plain float pass, and float pass + every observed tensor as an output (what calibration needs)."""
+    import onnx
+    import onnxruntime as ort
+
+    from engine.calibration.observer import cpu_count, with_outputs
+    from engine.config import read_config
+    from engine.quantize.planner import QuantOptions, plan_tensors
+
+    samples = load_samples(p["samples"], p.get("count"))
+    model = onnx.load(p["model"])
+    name = model.graph.input[0].name
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = cpu_count()
+    options.inter_op_num_threads = 1
+    out: dict[str, Any] = {"samples": len(samples)}
+
+    plain = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    t, c = time.perf_counter(), cpu_seconds()
+    for x in samples:
+        plain.run(None, {name: x})
+    out["plain_run"], out["plain_cpu"] = time.perf_counter() - t, cpu_seconds() - c
+    del plain
+
+    t, c = time.perf_counter(), cpu_seconds()
+    tensors = plan_tensors(model, QuantOptions.from_config(read_config(p["config"]).config))
+    augmented = with_outputs(model, tensors)
+    session = ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    fetch = [o.name for o in session.get_outputs()]
+    out["aug_session"] = time.perf_counter() - t
+    t2 = time.perf_counter()
+    nbytes = 0
+    for x in samples:
+        values = session.run(fetch, {name: x})
+        nbytes = sum(v.nbytes for v in values)
+        del values
+    out["aug_run"] = time.perf_counter() - t2
+    out["aug_total"] = time.perf_counter() - t
+    out["aug_cpu"] = cpu_seconds() - c
+    out["tensors"], out["observed_mb_per_sample"] = len(tensors), nbytes / 1e6
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over the sample list, with the `__len__` /
+    `set_range` that its `CalibStridedMinMax` option (calibrate in strides of N samples) needs."""
+
+    def __init__(self, name: str, samples: list[np.ndarray]):
+        self.name, self.samples = name, samples
+        self.set_range(0, len(samples))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.it = iter(self.samples[start_index:end_index])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        x = next(self.it, None)
+        return None if x is None else {self.name: x}
+
+
+def job_ort(p: dict[str, Any]) -> dict[str, Any]:
+    """`quantize_static` as onnxruntime documents it for CPU: QDQ, per-channel int8 weights;
+    ``stride``: its CalibStridedMinMax option (histograms merged over strides of that many samples)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    samples = load_samples(p["samples"], p.get("count"))
+    name = onnx.load(p["model"], load_external_data=False).graph.input[0].name
+    method = getattr(CalibrationMethod, p["method"])
+    extra = {"CalibStridedMinMax": p["stride"]} if p.get("stride") else {}
+    t, c = time.perf_counter(), cpu_seconds()
+    try:
+        quantize_static(p["model"], p["output"], _Reader(name, samples), quant_format=QuantFormat.QDQ,
+                        per_channel=True, calibrate_method=method, extra_options=extra)
+    except MemoryError:
+        return {"error": "out of memory", "seconds": time.perf_counter() - t, "peak_rss_mb": peak_rss_mb()}
+    return {"seconds": time.perf_counter() - t, "cpu": cpu_seconds() - c, "peak_rss_mb": peak_rss_mb(),
+            "samples": len(samples)}
+
+
+JOBS = {"ours": job_ours, "float": job_float, "ort": job_ort}
+
+
+if __name__ == "__main__":
+    payload = json.loads(sys.argv[1])
+    child_result(JOBS[payload["job"]](payload))
