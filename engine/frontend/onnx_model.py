@@ -48,6 +48,22 @@ def check(model: onnx.ModelProto, shown: str, key: str = "onnx_model") -> None:
         raise ModelError(_bad(shown, key, f"onnx.checker: {first}")) from None
 
 
+KNOWN_DOMAINS = ("", "ai.onnx", "com.microsoft")  # what onnxruntime executes on the CPU
+
+
+def check_domains(model: onnx.ModelProto, key: str = "onnx_model") -> None:
+    """Custom-domain operators cannot be parsed, calibrated or run: say which, in hb_mapper's words."""
+    by_domain: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        if node.domain not in KNOWN_DOMAINS:
+            by_domain.setdefault(node.domain, []).append(node.op_type)
+    if by_domain:
+        domain, ops = next(iter(by_domain.items()))
+        raise ModelError(error("model-custom-domain", f"nodes:{sorted(set(ops))} are specified as domain:{domain}, "
+                               "which are not supported by official onnx (only the ai.onnx and com.microsoft "
+                               "operator sets can be compiled)", ("model_parameters", key)))
+
+
 def default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 

@@ -46,6 +46,7 @@ def load_float_model(onnx_model: Path | None = None, caffe_model: Path | None = 
         shown, key = str(caffe_model), "caffe_model"
         model = convert(prototxt, caffe_model, input_shapes or None)
     fe.check(model, shown, key)
+    fe.check_domains(model, key)
     return fe.upgrade_opset(model, shown, key), shown, key
 
 
@@ -117,6 +118,6 @@ def model_files(config: Config) -> list[Path]:
     return list(config.model.model_files)
 
 
-STAGE = Stage("parse", 1, run, reads=READS, files=model_files,
+STAGE = Stage("parse", 2, run, reads=READS, files=model_files,
               artefacts={"model.onnx": "{prefix}_original_float_model.onnx"},
               describe="load, check and normalize the float model")

@@ -154,3 +154,16 @@ def test_garbage_files(project, capsys, garbage):
     assert main(["-c", str(cfg)]) != 0
     out = capsys.readouterr().out
     assert "Traceback" not in out and out.count("ERROR") == 1
+
+
+def test_custom_domain_operator(project, capsys):
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Foo", ["data"], ["output"], domain="com.custom")], "g",
+                          [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 8, 8])])
+    project.model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17),
+                                                      helper.make_opsetid("com.custom", 1)]))
+    msg, line = only_error(project, capsys, GOOD_CONFIG)
+    assert "nodes:['Foo'] are specified as domain:com.custom, which are not supported by official onnx" in msg
+    assert line == 2
