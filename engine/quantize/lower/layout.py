@@ -4,7 +4,9 @@
     Expand Tile Gather   → the same op on uint8 (or int16) codes
     MaxPool ReduceMax ReduceMin GlobalMaxPool   → on codes: a monotone encoding commutes with max
     Resize (nearest)    → on codes (linear/cubic interpolate: emulated, onnxruntime's uint8
-                          linear Resize truncates instead of rounding half to even)
+                          linear Resize truncates instead of rounding half to even); an upsampling
+                          that repeats every pixel f_h × f_w times runs as Expand on NHWC codes
+                          (`_replication`: 2 ms → 0.05 ms on 1×96×80×80 ×2, see `replicate`)
     Pad (constant)      → on codes, the pad value quantized (0.0 is code 128)
     Relu / Clip         → Clip on codes at Q(lo), Q(hi): Q is monotone, so Q(clip(x)) = clip(Q(x))
 
@@ -42,8 +44,11 @@ def on_codes(b: Builder, node: onnx.NodeProto) -> str | None:
     moved = {o: (b.define_int(o, x.enc) if _keeps(b, o, x.enc) else b.define_int(o, x.enc, "_moved"))
              for o in outputs}
     with b.lowering(node.name):
+        factors = _replication(b, node) if node.op_type == "Resize" else None
         if node.op_type == "GlobalMaxPool":
             _reduce_max(b, node, x, moved[outputs[0]])
+        elif factors is not None:
+            replicate(b, x.name, moved[outputs[0]].name, b.shapes[data], factors, node.name)
         else:
             b.copy_node(node, inputs, [moved[o].name if o else "" for o in node.output])
         for o in outputs:
@@ -137,6 +142,81 @@ def _pad_inputs(b: Builder, node: onnx.NodeProto, x: QTensor) -> list[str]:
     inputs.append(b.const(f"{node.output[0]}_pad_value", np.asarray(code, x.enc.np_dtype)))
     inputs += [b.float_of(i) if i else "" for i in node.input[3:]]
     return inputs
+
+
+def _replication(b: Builder, node: onnx.NodeProto) -> tuple[int, int] | None:
+    """(f_h, f_w) when this nearest Resize repeats every pixel of a static N×C×H×W input f_h × f_w
+    times (N, C unchanged), else None.
+
+    Which source pixel each output pixel takes depends on coordinate_transformation_mode,
+    nearest_mode, scales or sizes; rather than re-deriving onnxruntime's index arithmetic, its
+    own Resize is run on a ramp (pixel value = its index) with the node's attributes, and the
+    answer must be exactly the repeated ramp.
+    """
+    shape = b.shapes.get(node.input[0])
+    if shape is None or len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape):
+        return None
+    if attr(node, "axes") is not None or _text(attr(node, "coordinate_transformation_mode", "half_pixel")) \
+            == "tf_crop_and_resize":
+        return None
+    scales = b.constant_value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    sizes = b.constant_value(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    if (scales is None or scales.size == 0) == (sizes is None or sizes.size == 0):
+        return None
+    n, c, h, w = shape
+    if sizes is not None and sizes.size:
+        out = [int(v) for v in sizes.reshape(-1)]
+    else:
+        out = [int(np.floor(d * float(s))) for d, s in zip(shape, scales.reshape(-1))]
+        if len(out) == 4 and not all(float(s).is_integer() for s in scales.reshape(-1)):
+            return None
+    if len(out) != 4 or out[:2] != [n, c] or out[2] % h or out[3] % w or (out[2] // h, out[3] // w) == (1, 1):
+        return None
+    factors = (out[2] // h, out[3] // w)
+    ramp = np.arange(h * w, dtype=np.float32).reshape(1, 1, h, w)
+    expected = np.repeat(np.repeat(ramp, factors[0], axis=2), factors[1], axis=3)
+    return factors if np.array_equal(_ort_resize(node, ramp, scales, sizes), expected) else None
+
+
+def _ort_resize(node: onnx.NodeProto, x: np.ndarray, scales: np.ndarray | None, sizes: np.ndarray | None) -> np.ndarray:
+    """onnxruntime's Resize with `node`'s attributes on a 1×1×H×W float `x` (N, C scales 1)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from engine.quantize.integer import session_options
+
+    inits, inputs = [], ["x", ""]
+    if sizes is not None and sizes.size:
+        inits.append(numpy_helper.from_array(np.array([1, 1, *sizes.reshape(-1)[2:]], np.int64), "sizes"))
+        inputs += ["", "sizes"]
+    else:
+        inits.append(numpy_helper.from_array(np.array([1, 1, *scales.reshape(-1)[2:]], np.float32), "scales"))
+        inputs += ["scales"]
+    resize = helper.make_node("Resize", inputs, ["y"], **{a.name: helper.get_attribute_value(a) for a in node.attribute})
+    graph = helper.make_graph([resize], "replication", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    session = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def replicate(b: Builder, x: str, out: str, shape: list[int], factors: tuple[int, int], name: str) -> None:
+    """Nearest upsampling by whole factors as data movement on NHWC codes:
+
+        Transpose(N,H,W,C) → Reshape(N,H,1,W,1,C) → Expand(N,H,f_h,W,f_w,C) → Reshape → Transpose(N,C,H',W')
+
+    The Expand copies runs of C contiguous bytes (onnxruntime's Resize computes every output
+    pixel's source index); the Transposes cancel against the NHWC layout onnxruntime gives the
+    integer convolutions around it, so the program runs no Transpose here.
+    """
+    n, c, h, w = shape
+    fh, fw = factors
+    nhwc, grid, big, up = (b.fresh(f"{out}_{s}") for s in ("nhwc", "grid", "repeated", "nhwc_up"))
+    b.emit("Transpose", [x], [nhwc], perm=[0, 2, 3, 1])
+    b.emit("Reshape", [nhwc, b.const(f"{out}_grid_shape", np.array([n, h, 1, w, 1, c], np.int64))], [grid])
+    b.emit("Expand", [grid, b.const(f"{out}_repeats", np.array([n, h, fh, w, fw, c], np.int64))], [big], name)
+    b.emit("Reshape", [big, b.const(f"{out}_up_shape", np.array([n, h * fh, w * fw, c], np.int64))], [up])
+    b.emit("Transpose", [up], [out], perm=[0, 3, 1, 2])
 
 
 def _reduce_max(b: Builder, node: onnx.NodeProto, x: QTensor, out: QTensor) -> None:

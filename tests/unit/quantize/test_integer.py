@@ -178,7 +178,7 @@ FAMILIES = {
     "concat": (concat_branches, {"Concat"}, {"QLinearConcat"}, INT8_OUT),
     "pools": (pools, {"MaxPool", "QLinearAveragePool", "QLinearGlobalAveragePool"},
               {"AveragePool", "GlobalAveragePool"}, INT8_OUT),
-    "resize_nearest": (lambda: resize("nearest"), {"Resize"}, set(), INT8_OUT),
+    "resize_nearest": (lambda: resize("nearest"), {"Expand"}, {"Resize"}, INT8_OUT),
     "resize_linear": (lambda: resize("linear"), {"Resize"}, set(), INT8_OUT),
     # table ops: float kernels between DequantizeLinear / QuantizeLinear where onnxruntime's are
     # faster (short chains of cheap ops), a GatherElements table otherwise (lower/lut.py)
@@ -237,6 +237,42 @@ def test_qlinear_concat_when_input_scales_differ():
     got = run_bc(bc, feeds)["y"]
     ref = run_model(build_calibrated_model(opt, dataclasses.replace(plan, calibrated_acts={})), feeds)["y"]
     assert within_one_step(got, ref, plan.acts["y"].scale) >= 0.99
+
+
+UPSAMPLINGS = {  # attributes, scales → repeats every pixel (Expand on codes) or not (Resize on codes)
+    "half_pixel_x2": ({}, [1, 1, 2, 2], True),
+    "asymmetric_floor_x4": ({"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
+                            [1, 1, 4, 4], True),
+    "asymmetric_floor_x2x3": ({"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
+                              [1, 1, 2, 3], True),
+    "align_corners_x3": ({"coordinate_transformation_mode": "align_corners"}, [1, 1, 3, 3], False),
+    "asymmetric_round_x4": ({"coordinate_transformation_mode": "asymmetric"}, [1, 1, 4, 4], False),
+    "fractional_x1_5": ({}, [1, 1, 1.5, 1.5], False),
+}
+
+
+@pytest.mark.parametrize("case", UPSAMPLINGS)
+def test_nearest_upsampling_gives_resize_codes(case):
+    """A nearest Resize that repeats each pixel runs as Expand on NHWC codes; its output codes are
+    onnxruntime's Resize of the input codes, for every coordinate mode (others keep the Resize)."""
+    attrs, scales, repeats = UPSAMPLINGS[case]
+    b = Builder(f"upsample_{case}", seed=8)
+    x = b.conv(b.input("x", [2, 4, 6, 8]), 4, 6)
+    b.output(b.op("Resize", [x, "", b.const(scales, "scales")], out="y", mode="nearest", **attrs))
+    opt, plan, bc = lowered(b.build())
+    assert ("Expand" in ops(bc)) == repeats and ("Resize" in ops(bc)) != repeats
+    resize_node = next(n for n in opt.graph.node if n.op_type == "Resize")
+    tmap = read_tensor_map(bc)
+    feeds = random_inputs(opt, 4)
+    codes_in, codes_out = integer_raw(bc, feeds, [tmap[resize_node.input[0]]["tensor"], tmap["y"]["tensor"]])
+    reference = onnx.helper.make_graph(
+        [onnx.helper.make_node("Resize", ["c", "", "s"], ["r"], mode="nearest", **attrs)], "ref",
+        [onnx.helper.make_tensor_value_info("c", onnx.TensorProto.UINT8, codes_in.shape)],
+        [onnx.helper.make_tensor_value_info("r", onnx.TensorProto.UINT8, None)],
+        [onnx.numpy_helper.from_array(np.array(scales, np.float32), "s")])
+    expected = run_bc(onnx.helper.make_model(reference, opset_imports=[onnx.helper.make_opsetid("", 17)]),
+                      {"c": codes_in})["r"]
+    np.testing.assert_array_equal(codes_out, expected)
 
 
 # ---- names, inputs, outputs, maps ----------------------------------------------------------------------
