@@ -68,12 +68,20 @@ describe('hblsp over stdio', { skip: fs.existsSync(serverPython()) ? false : `no
     assert.deepEqual(enumError.range, { start, end: { line: start.line, character: start.character + 4 } });
   });
 
-  test('the good config gets no errors', async () => {
-    await client.waitFor('diagnostics for the good config', () =>
-      client.diagnostics.find((p) => p.uri === goodUri && p.version === 1));
-    await new Promise((resolve) => setTimeout(resolve, 300)); // model-aware checks publish once the model is read
-    const errors = client.diagnostics.filter((p) => p.uri === goodUri).flatMap((p) => p.diagnostics).filter((d) => d.severity === 1);
-    assert.deepEqual(errors, []);
+  test('once the model is read: its input name is offered, and the good config has no errors', async () => {
+    const line = good.split('\n').findIndex((l) => l.includes('input_name: input'));
+    const character = good.split('\n')[line].length;
+    const detail = await client.waitFor('input_name completion from digits.onnx', async () => {
+      const answer = await client.connection.sendRequest('textDocument/completion',
+        { textDocument: { uri: goodUri }, position: { line, character } }) as CompletionList | CompletionItem[] | null;
+      const items = Array.isArray(answer) ? answer : answer?.items ?? [];
+      return items.find((i) => i.label === 'input')?.detail;
+    });
+    assert.equal(detail, 'input 1x1x32x32 float32');
+    await new Promise((resolve) => setTimeout(resolve, 200)); // checks that needed the model publish again
+    const published = client.diagnostics.filter((p) => p.uri === goodUri);
+    assert.ok(published.length > 0, 'nothing published for the good config');
+    assert.deepEqual(published[published.length - 1].diagnostics.filter((d) => d.severity === 1), []);
   });
 
   test('completion after input_type_rt: offers nv12', async () => {

@@ -91,10 +91,10 @@ export class HbTestClient {
   }
 
   /** Resolves with the first value `probe` returns (polled), or rejects naming what it waited for. */
-  async waitFor<T>(what: string, probe: () => T | undefined, timeoutMs = 20000): Promise<T> {
+  async waitFor<T>(what: string, probe: () => T | undefined | Promise<T | undefined>, timeoutMs = 20000): Promise<T> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const value = probe();
+      const value = await probe();
       if (value !== undefined) {
         return value;
       }
