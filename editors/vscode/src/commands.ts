@@ -43,14 +43,11 @@ async function execute(ctx: CommandContext, command: string, args: unknown[]): P
     void vscode.window.showErrorMessage('hb_compile: hblsp is not running; see the hblsp output or run "hb_compile: Restart server".');
     return undefined;
   }
-  if (!ctx.server.serverCommands().includes(command)) {
-    void vscode.window.showErrorMessage(`hb_compile: this hblsp does not offer '${command}'; update hbcompile.`);
-    return undefined;
-  }
   try {
     return await client.sendRequest(ExecuteCommandRequest.type, { command, arguments: args });
   } catch (error) {
-    void vscode.window.showErrorMessage(`hb_compile: ${command} failed: ${error instanceof Error ? error.message : String(error)}`);
+    const offered = ctx.server.serverCommands().includes(command) ? '' : ` (this hblsp does not advertise ${command}; update hbcompile)`;
+    void vscode.window.showErrorMessage(`hb_compile: ${command} failed: ${error instanceof Error ? error.message : String(error)}${offered}`);
     return undefined;
   }
 }
