@@ -1,8 +1,14 @@
 /** The similarity page without VS Code: sorting, threshold highlighting, escaping, no network. */
 
 import * as assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { describe, test } from 'node:test';
+import { pathToFileURL } from 'node:url';
 import { CompileResult, NodeRow } from '../protocol';
+import { findOnPath } from '../serverCommand';
 import {
   MODEL_ORDER, escapeHtml, formatNumber, nextSort, nodeBelow, renderPage, sortNodes, worstOutput,
 } from '../table';
@@ -184,5 +190,48 @@ describe('other states', () => {
     assert.equal(formatNumber(0.99989), '0.999890');
     assert.equal(formatNumber(null), '--');
     assert.equal(formatNumber(Number.NaN), '--');
+  });
+});
+
+describe('in a real browser (Chromium, as the webview is)', () => {
+  const chromium = process.env.CHROMIUM ?? findOnPath('chromium', {
+    platform: process.platform, pathEnv: process.env.PATH, isFile: (f) => fs.existsSync(f),
+  });
+
+  /** Load the page with the webview's API replaced by a recorder; return <html>'s data-* after load. */
+  function load(html: string, nonce: string, probe: string): Record<string, string> {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hblsp-page-'));
+    try {
+      const file = path.join(dir, 'page.html');
+      fs.writeFileSync(file, html
+        .replace('<title>', `<script nonce="${nonce}">window.acquireVsCodeApi = () => ({ postMessage: (m) => ` +
+          `{ document.documentElement.dataset.posted = JSON.stringify(m); } });</script>\n<title>`)
+        .replace('</body>', `<script nonce="${nonce}">${probe}</script>\n</body>`));
+      const dom = execFileSync(chromium!, ['--headless', '--no-sandbox', '--disable-gpu', `--user-data-dir=${path.join(dir, 'profile')}`,
+        '--dump-dom', pathToFileURL(file).href], { encoding: 'utf8', timeout: 60000, stdio: ['ignore', 'pipe', 'ignore'] });
+      const tag = dom.slice(dom.indexOf('<html'), dom.indexOf('>', dom.indexOf('<html')));
+      return Object.fromEntries([...tag.matchAll(/data-([a-z]+)="([^"]*)"/g)].map((m) => [m[1], m[2].replace(/&quot;/g, '"')]));
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  const PROBE = 'const d = document.documentElement.dataset;' +
+    'd.row = getComputedStyle(document.querySelector("tr.below td")).backgroundColor;' +
+    'd.cell = getComputedStyle(document.querySelector("td.below")).color;' +
+    'document.querySelector("[data-sort=calibrated_cosine]").click();';
+
+  test('the CSP lets the nonced style and script run: rows highlighted, a header click posts the sort', { skip: chromium ? false : 'chromium not found (make browser installs it)' }, () => {
+    const seen = load(renderPage(result(), { nonce: 'n0nce42' }), 'n0nce42', PROBE);
+    assert.equal(seen.row, 'rgba(255, 0, 0, 0.2)');
+    assert.equal(seen.cell, 'rgb(229, 20, 0)');
+    assert.deepEqual(JSON.parse(seen.posted), { type: 'sort', key: 'calibrated_cosine' });
+  });
+
+  test('and a style without the nonce is blocked (so the check above means something)', { skip: chromium ? false : 'chromium not found' }, () => {
+    const html = renderPage(result(), { nonce: 'n0nce42' }).replace('<style nonce="n0nce42">', '<style nonce="other">');
+    const seen = load(html, 'n0nce42', PROBE);
+    assert.equal(seen.row, 'rgba(0, 0, 0, 0)');
+    assert.deepEqual(JSON.parse(seen.posted), { type: 'sort', key: 'calibrated_cosine' });
   });
 });
