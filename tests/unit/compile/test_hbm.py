@@ -208,3 +208,83 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path, programs):
     assert [p.name for p in tmp_path.iterdir()] == ["a.hbm"]
     assert read_hbm(tmp_path / "a.hbm").sections.keys() == {"manifest", "program"}
     assert (tmp_path / "a.hbm").read_bytes().startswith(MAGIC)
+
+
+# ---- O2: per-channel scaling (a diagonal 1×1 QLinearConv as elementwise ops) ----------------------------
+def image_program(diagonal: bool = True, bias_scale: float = 1.0) -> onnx.ModelProto:
+    """uint8 NHWC pixels → Transpose → 1×1 QLinearConv (the input conversion: per-channel mean/std,
+    weights as uint8 codes + 128, int32 bias) → 3×3 QLinearConv → DequantizeLinear.
+    `diagonal=False` mixes channels (a colour matrix): a real convolution."""
+    rng = np.random.default_rng(7)
+    mean, std = np.array([123.7, 116.3, 103.5]), np.array([58.4, 57.1, 57.4])
+    m = np.diag(1 / std) if diagonal else np.array([[1.0, 0.3, -0.2], [0.1, 0.9, 0.2], [-0.3, 0.2, 1.1]]) / 58
+    s_w = (np.abs(m).max(axis=1) / 127).astype(np.float32)
+    w = (np.rint(m / s_w[:, None]) + 128).astype(np.uint8).reshape(3, 3, 1, 1)
+    bias = (np.rint(-(m @ mean) / s_w) * bias_scale).astype(np.int32)
+    w2 = rng.integers(-60, 61, (8, 3, 3, 3)).astype(np.int8)
+    inits = [numpy_helper.from_array(v, k) for k, v in {
+        "one": np.array(1.0, np.float32), "zero": np.array(0, np.uint8), "w": w, "w_scale": s_w,
+        "w_zero": np.full(3, 128, np.uint8), "n_scale": np.array(2.2 / 127, np.float32), "z128": np.array(128, np.uint8),
+        "bias": bias, "w2": w2, "w2_scale": np.full(8, 0.004, np.float32), "w2_zero": np.zeros(8, np.int8),
+        "y_scale": np.array(0.05, np.float32)}.items()]
+    nodes = [helper.make_node("Transpose", ["x"], ["x_nchw"], name="to_nchw", perm=[0, 3, 1, 2]),
+             helper.make_node("QLinearConv", ["x_nchw", "one", "zero", "w", "w_scale", "w_zero", "n_scale", "z128", "bias"],
+                              ["n"], name="HZ_PREPROCESS_FOR_x", kernel_shape=[1, 1]),
+             helper.make_node("QLinearConv", ["n", "n_scale", "z128", "w2", "w2_scale", "w2_zero", "y_scale", "z128"],
+                              ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("DequantizeLinear", ["c", "y_scale", "z128"], ["y"], name="out")]
+    graph = helper.make_graph(nodes, "image", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 16, 16, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def every_code_image() -> np.ndarray:
+    """16×16×3 pixels where each channel takes all 256 values (in a different order per channel)."""
+    rng = np.random.default_rng(0)
+    return np.stack([rng.permutation(256) for _ in range(3)], axis=-1).reshape(1, 16, 16, 3).astype(np.uint8)
+
+
+def conv_kinds(model: onnx.ModelProto) -> list[list[int]]:
+    inits = {t.name: t for t in model.graph.initializer}
+    return [list(inits[n.input[3]].dims) for n in model.graph.node if n.op_type == "QLinearConv"]
+
+
+def test_o2_runs_a_diagonal_1x1_conv_as_elementwise_ops_bit_exactly():
+    program = image_program()
+    result = optimize_program(program, "O2")
+    assert result.rewrites["per_channel_scaling"] == 1 and result.checked and not result.fallback
+    assert conv_kinds(result.program) == [[8, 3, 3, 3]]  # only the real 3×3 conv is left
+    before, after = open_session(program.SerializeToString()), open_session(result.program.SerializeToString())
+    for x in (every_code_image(), np.random.default_rng(3).integers(0, 256, (1, 16, 16, 3)).astype(np.uint8)):
+        np.testing.assert_array_equal(before.run(None, {"x": x})[0], after.run(None, {"x": x})[0])
+
+
+def test_o2_keeps_convs_that_mix_channels_or_overflow_float32():
+    for program in (image_program(diagonal=False), image_program(bias_scale=2 ** 12)):
+        result = optimize_program(program, "O2")
+        assert result.rewrites.get("per_channel_scaling", 0) == 0 and not result.fallback
+        assert conv_kinds(result.program) == [[3, 3, 1, 1], [8, 3, 3, 3]]
+
+
+def test_o2_per_channel_scaling_is_checked_on_every_code(monkeypatch):
+    """A replacement that is wrong for a few codes of one channel is not applied."""
+    import engine.compile.optimize as optimize
+
+    real = optimize._diagonal_scaling
+
+    def off_by_a_hair(node, inits):
+        s = real(node, inits)
+        return None if s is None else optimize._Scaling(
+            s.x_zero_point, s.d, s.bias, s.multiplier * np.float32([1, 1, 1.01]), s.y_zero_point)
+
+    program = image_program()
+    exact = real(program.graph.node[1], {t.name: t for t in program.graph.initializer})
+    acc = (np.arange(256, dtype=np.float32) * exact.d[2] + exact.bias[2])
+    codes = [np.clip(np.rint(acc * m), -128, 127) for m in (exact.multiplier[2], exact.multiplier[2] * np.float32(1.01))]
+    assert 0 < np.count_nonzero(codes[0] != codes[1]) < 128  # the wrong multiplier moves some codes, not all
+    monkeypatch.setattr(optimize, "_diagonal_scaling", off_by_a_hair)
+    result = optimize_program(program, "O2")
+    assert result.rewrites.get("per_channel_scaling", 0) == 0
+    assert conv_kinds(result.program)[0] == [3, 3, 1, 1]
