@@ -248,3 +248,27 @@ def test_activation_group_table_is_the_groups_function():
     enc = Encoding("uint8", 6.0 / 127, 128)
     assert_table_is_function(table_of(bc, "y"), lambda v: v * np.tanh(np.log1p(np.exp(v))), enc, enc)
     np.testing.assert_array_equal(every_code_through(bc, enc), table_of(bc, "y"))
+
+
+def test_short_affine_hardswish_group_runs_as_float_kernels_with_the_tables_values():
+    """PP-OCR's learnable-affine HardSwish, `HardSwish(x)·w + b` (an activation group of three
+    cheap nodes), runs as DequantizeLinear → float nodes → QuantizeLinear, not as a table — and
+    gives the table's code for every input code."""
+    b = Builder("affine_hswish", seed=0)
+    x = b.input("x", [256])
+    y = b.op("Add", [b.op("Mul", [b.op("HardSwish", [x]), b.const(0.83, "w")]), b.const(-0.21, "b")], out="y")
+    b.output(y)
+    model = b.build()
+    from engine.quantize.types import FusionGroup
+
+    names = [n.name for n in model.graph.node]
+    group = FusionGroup("+".join(names), "HardSwish", tuple(names), "activation")
+    plan = QuantPlan(
+        nodes={n: NodePlan(n, n.split("_")[0], "BPU", group=group.name, act_inputs=("x",)) for n in names},
+        acts={"x": ActQuant("x", 5.0), "y": ActQuant("y", 4.0)}, groups=[group])
+    bc = lower_to_integer(model, plan)
+    kinds = {n.op_type for n in bc.graph.node}
+    assert "GatherElements" not in kinds and {"HardSwish", "Mul", "Add", "QuantizeLinear"} <= kinds
+    enc_in, enc_out = Encoding("uint8", 5.0 / 127, 128), Encoding("uint8", 4.0 / 127, 128)
+    fn = luts.elementwise_function(list(model.graph.node), "x", "y", list(model.graph.initializer), model.opset_import)
+    np.testing.assert_array_equal(every_code_through(bc, enc_in), luts.build_table(fn, enc_in, enc_out))
