@@ -3,29 +3,35 @@
 On the bundled digits model and on PP-OCRv4 det (1x3x640x640), with the same 32 calibration
 samples, every job in its own fresh process (`bench.quantize_jobs`), all in one run:
 
-- ours: a cold `Engine` run, calibrate + ptq + quantize seconds (per-stage split), with
-  `calibration_type` max and default (default tries max / percentile / kl, keeps the best by cosine);
+- ours: a cold `Engine` run; calibrate + ptq + quantize seconds (per-stage split, wall and CPU)
+  with `calibration_type` max and default (default tries max / percentile / kl and keeps the best
+  by output cosine), and mix for comparison;
 - onnxruntime `quantize_static` (QDQ, per-channel weights) with MinMax and Entropy, each capped at
-  8 GB of address space and a time limit ("out of memory" / "timeout" instead of a crash);
+  8 GB of address space and a time limit ("out of memory" / "timeout" instead of a crash); when
+  Entropy runs out of memory (it keeps every sample's activations: ~0.7 GB each on det) it runs
+  again with its own `CalibStridedMinMax` option (histograms merged over strides of 8 samples);
 - a plain float pass over the samples, and the float pass that also outputs every tensor the
   calibrate stage observes (session build + runs): the least work any calibration must do;
-- peak RSS of our run at 16 and at 128 calibration samples;
+- peak RSS (VmHWM) of our run, calibration_type default, at 16 and at 128 samples;
 - output cosine against the float model on held-out samples: our calibrated model (fake quant)
   and our `.bc` fed its runtime format (uint8 pixels), ORT's QDQ model as onnxruntime runs it;
   digits top-1 on its 500 held-out images.
 
+Timed jobs run REPEAT (2) times, interleaved, and the fastest run counts: the machine may be
+shared, and interleaving gives every tool the same spells of load. Verdicts use wall time.
+
 Data. digits: the example's 32 calibration files (128 for the RSS run: the same balanced pick from
 the training split), the 500 held-out images. det: scikit-image photos with words rendered on them
-(`bench.images`), 32 calibration + 8 held-out, RGB NCHW uint8 with PaddleOCR's
-`(x/255 - 0.5) / 0.5` (mean_value 127.5, scale_value 1/127.5) in the config; rgb is chosen over
-PaddleOCR's BGR because the photos are RGB and the benchmark compares tools, not OCR accuracy.
-ORT gets our parse stage's `*_original_float_model.onnx` (opset 17, static shape, the same
-normalization inside, so it reads the same sample files) after its own `quant_pre_process`
-(untimed, like our parse + optimize): on the opset-12 original its QDQ output does not load.
+(`bench.images`), 32 calibration + 8 held-out, RGB NCHW uint8 with `(x/255 - 0.5) / 0.5`
+(mean_value 127.5, scale_value 1/127.5) in the config; rgb, not PaddleOCR's BGR, because the photos
+are RGB and the benchmark compares tools, not OCR accuracy. ORT gets our parse stage's
+`*_original_float_model.onnx` (opset 17, static shape, the same normalization inside, so it reads
+the same sample files) after its own `quant_pre_process` (untimed, like our parse + optimize):
+DESIGN §5 notes that its per-channel QDQ output of an opset 11/12 model does not load.
 
 Usage: ``python bench/run.py quantize`` (part of ``make bench``); ``python -m bench.bench_quantize
-digits`` for one model. Environment: ``HB_BENCH_DET_RSS_SIZE`` (default 640) sets det's input
-size for the 128-sample RSS run.
+digits`` for one model. Environment: ``HB_BENCH_REPEAT`` (default 2), ``HB_BENCH_DET_RSS_SIZE``
+(default 640: det's input size for the RSS runs).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@
 - ``ort``: `onnxruntime.quantization.quantize_static` (QDQ, per-channel weights, MinMax /
   Entropy / Percentile) on the same samples, in seconds and peak RSS.
 
-Every job reports `peak_rss_mb` = this process's `ru_maxrss`; the process does nothing else.
+Every job reports `peak_rss_mb` = this process's peak RSS (VmHWM); the process does nothing else.
 """
 
 from __future__ import annotations
@@ -28,6 +28,17 @@ from bench.common import child_result
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM, the high-water mark of its own memory map.
+
+    Not `ru_maxrss`: Linux carries that over from the parent through fork + exec, so every job
+    started from a 200 MB benchmark process would read at least 200 MB.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -56,23 +67,24 @@ def job_ours(p: dict[str, Any]) -> dict[str, Any]:
     import engine.stages  # noqa: F401
     from engine.pipeline import Engine
 
-    starts: dict[str, tuple[float, float]] = {}
+    starts: dict[str, tuple[float, float, float]] = {}
 
     def progress(stage: str, message: str, fraction: float | None) -> None:
-        starts.setdefault(stage, (time.perf_counter(), cpu_seconds()))
+        if stage not in starts:
+            starts[stage] = (time.perf_counter(), cpu_seconds(), peak_rss_mb())
 
     report = Engine().run(p["config"], until=p.get("until", "quantize"), progress=progress)
-    end = (time.perf_counter(), cpu_seconds())
+    end = (time.perf_counter(), cpu_seconds(), peak_rss_mb())
     if not report.ok:
         return {"error": "; ".join(pr.render() for pr in report.problems)[:300] or "run failed"}
     order = [s.name for s in report.stages if s.name in starts]
-    cpu = {}
+    cpu, rss = {}, {}
     for i, name in enumerate(order):
         stop = starts[order[i + 1]] if i + 1 < len(order) else end
-        cpu[name] = stop[1] - starts[name][1]
+        cpu[name], rss[name] = stop[1] - starts[name][1], stop[2]
     cal = report.results.get("calibrate", {})
-    return {"stages": {s.name: s.seconds for s in report.stages}, "cpu": cpu, "peak_rss_mb": peak_rss_mb(),
-            "stage_rss_mb": {s.name: s.peak_rss_mb for s in report.stages},
+    return {"stages": {s.name: s.seconds for s in report.stages}, "cpu": cpu, "peak_rss_mb": end[2],
+            "stage_rss_mb": rss,  # peak RSS at the end of each stage (the engine's own uses ru_maxrss)
             "method": cal.get("method"), "search_cosines": cal.get("cosines"), "tensors": cal.get("tensors"),
             "samples": cal.get("samples"), "batch": cal.get("batch")}
 
