@@ -10,7 +10,8 @@ for int16; zero point 0). Who reads the fake-quantized value:
   node next to them still reads the float value, as it would in the deployed model).
 Weights are fake-quantized per output channel (QuantizeLinear / DequantizeLinear with `axis`);
 a grouped ConvTranspose's weight is regrouped so one axis holds its output channels, then
-reshaped back. Biases stay float here; the ptq model holds them as int32.
+reshaped back. Biases stay float here (bias-corrected where the plan says); the ptq model holds
+them as int32.
 
 Domains: int8 uses the default-domain QuantizeLinear (per-axis since opset 13), int16 the
 default domain from opset 21 (onnxruntime 1.32 runs both), else the ``com.microsoft``
@@ -33,7 +34,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from engine.passes.graph import constant_node_value, used_names
-from engine.quantize.planner import quantize_weight
+from engine.quantize.planner import bias_value, quantize_weight
 from engine.quantize.types import ActQuant, QuantPlan, WeightQuant
 
 SUFFIX = "_HzCalibration"
@@ -224,6 +225,15 @@ class QdqWriter:
         self.replaced.add(tensor)
         return out
 
+    def corrected_bias(self, tensor: str, values: np.ndarray) -> str:
+        """A float bias replaced by its bias-corrected values (for the integer ops that use it)."""
+        out = self.const(f"{tensor}_corrected", np.asarray(values, np.float32))
+        for n in self.readers.get(tensor, []):
+            if (p := self.plan.nodes.get(n.name)) is not None and p.bias == tensor:
+                _subgraph_rename(n, tensor, out)
+        self.replaced.add(tensor)
+        return out
+
     def constant(self, name: str) -> np.ndarray | None:
         if name in self.inits:
             return numpy_helper.to_array(self.inits[name])
@@ -278,6 +288,10 @@ def build_calibrated_model(model: onnx.ModelProto, plan: QuantPlan) -> onnx.Mode
     writer.activations(plan.calibrated_acts or plan.acts)
     for wq in plan.weights.values():
         writer.weight(wq, integer=False)
+    for bq in plan.biases.values():
+        value = writer.constant(bq.tensor)
+        if value is not None and getattr(bq, "correction", None) is not None:
+            writer.corrected_bias(bq.tensor, bias_value(value, bq))
     return writer.finish("calibrated")
 
 

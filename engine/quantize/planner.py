@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -103,6 +103,7 @@ class QuantOptions:
     asymmetric: bool = False  # recorded; quantization stays symmetric (see module docstring)
     bias_correction: bool = False  # recorded; not applied yet
     concat_range_ratio: float = CONCAT_RANGE_RATIO
+    merge_elementwise: bool = True  # chains of one-tensor elementwise ops run as one lookup table
 
     @classmethod
     def from_config(cls, config) -> QuantOptions:
@@ -150,6 +151,34 @@ class QuantOptions:
         if node.op_type in self.op_input_bits:
             return self.op_input_bits[node.op_type]
         return 16 if self.all_nodes_int16 else None
+
+
+@dataclass(frozen=True)
+class CorrectedBias(BiasQuant):
+    """A bias with bias correction: the value the integer op adds is `b + correction` (per output
+    channel), still int32 at s_in · s_w. (A field of BiasQuant once types.py takes it.)"""
+
+    correction: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+
+def bias_value(b: np.ndarray, planned: BiasQuant | None) -> np.ndarray:
+    """The float bias the plan quantizes: the model's, plus its bias correction if it has one."""
+    correction = getattr(planned, "correction", None)
+    if correction is None or np.size(correction) != np.size(b):
+        return b
+    return (np.asarray(b, np.float64) + np.asarray(correction, np.float64).reshape(np.shape(b))).astype(np.float32)
+
+
+class Calibration(dict):
+    """What calibration hands every later stage: thresholds by tensor (the mapping itself), plus
+    the node_info automatic mixed precision decided (`{node: {"OutputType": "int16"}}`, the
+    user's own node_info / run_on_* win) and per-channel bias corrections by bias initializer."""
+
+    def __init__(self, thresholds: Mapping[str, Any] = (), node_info: Mapping[str, Mapping[str, str]] | None = None,
+                 bias_corrections: Mapping[str, np.ndarray] | None = None):
+        super().__init__(thresholds)
+        self.node_info = {k: dict(v) for k, v in (node_info or {}).items()}
+        self.bias_corrections = {k: np.asarray(v, np.float32) for k, v in (bias_corrections or {}).items()}
 
 
 # ------------------------------------------------------------------------------------ analysis
@@ -260,6 +289,8 @@ def _analyse(model: onnx.ModelProto, options: QuantOptions) -> _Analysis:
             continue  # a Conv without an integer form: its members are planned one by one
         groups.append(fg)
         in_group.update(dict.fromkeys(fg.nodes, fg))
+    if options.merge_elementwise:
+        _merge_elementwise_chains(g, rules, placed, groups, in_group)
 
     units: list[_Unit] = []
     unit_of: dict[str, _Unit] = {}
@@ -284,6 +315,82 @@ def _analyse(model: onnx.ModelProto, options: QuantOptions) -> _Analysis:
         for t in dict.fromkeys(i for n in u.nodes for i in n.input if i):
             readers.setdefault(t, []).append(u)
     return _Analysis(g, units, unit_of, producer, readers, notes, groups)
+
+
+# Ops that act on each element alone; with scalar constant operands only they are a function of one
+# tensor, which the integer program runs as one lookup table (engine.quantize.luts.ELEMENTWISE).
+_ELEMENTWISE = frozenset({
+    "Abs", "Add", "Clip", "Div", "Elu", "Exp", "Gelu", "HardSigmoid", "HardSwish", "LeakyRelu", "Mish", "Mul",
+    "Neg", "Relu", "Sigmoid", "Softplus", "Sub", "Swish", "Tanh"})
+
+
+def _unary_source(g: Graph, node: onnx.NodeProto) -> str | None:
+    """The one run-time input of an elementwise `node` whose other inputs are scalar constants."""
+    if node.op_type not in _ELEMENTWISE or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+        return None
+    sources = []
+    for i in node.input:
+        if not i:
+            continue
+        value = g.constant(i)
+        if value is None:
+            if g.elem_type(i) not in (*FLOAT_TYPES, None, 0):
+                return None
+            sources.append(i)
+        elif value.size != 1:
+            return None
+    return sources[0] if len(sources) == 1 else None
+
+
+def _merge_elementwise_chains(g: Graph, rules: dict[str, OpRule], placed: dict[str, _Place],
+                              groups: list[FusionGroup], in_group: dict[str, FusionGroup]) -> None:
+    """Chains of elementwise functions of one tensor become one lookup-table op.
+
+    PP-LCNetV3 (PP-OCRv4 det / rec) follows every activation with a learnable affine
+    ``HardSwish → Mul(a) → Add(c)``; quantized one by one that is three int8 roundings where the
+    function ``a·hswish(x) + c`` is one table: measured on PP-OCRv4 det, the requantized affine
+    outputs were the most sensitive tensors of the model. A chain grows from a LUT activation, a
+    scalar Mul / Add / Sub / Div or an existing activation group, through single-reader tensors
+    that are not model outputs, over BPU nodes the user did not place; Relu / Clip join when they
+    follow (they do not start a chain: Conv+Relu grouping is the optimize stage's).
+    """
+    by_name = {n.name: n for n in g.g.node}
+    merged: dict[str, tuple[list[onnx.NodeProto], str]] = {}  # last node name → (chain, type)
+    starts = [n for n in g.g.node if _unary_source(g, n) is not None or
+              (in_group.get(n.name) is not None and in_group[n.name].kind == "activation"
+               and in_group[n.name].nodes[-1] == n.name)]
+    taken: set[str] = set()
+    for node in starts:
+        if node.name in taken or placed[node.name].on != "BPU" or placed[node.name].user is not None:
+            continue
+        fg = in_group.get(node.name)
+        if fg is not None and fg.kind != "activation":
+            continue
+        if fg is None and node.op_type in ("Relu", "Clip"):
+            continue
+        chain = [by_name[n] for n in fg.nodes] if fg is not None else [node]
+        tail = chain[-1]
+        while True:
+            nxt = g.only_consumer(tail.output[0])
+            if (nxt is None or nxt.name in in_group or nxt.name in taken or _unary_source(g, nxt) != tail.output[0]
+                    or placed[nxt.name].on != "BPU" or placed[nxt.name].user is not None):
+                break
+            chain.append(nxt)
+            tail = nxt
+        if len(chain) < 2 or (fg is not None and len(chain) == len(fg.nodes)):
+            continue
+        taken.update(n.name for n in chain)
+        head = fg.type if fg is not None else node.op_type
+        merged[chain[-1].name] = (chain, "+".join([head, *(n.op_type for n in chain[len(fg.nodes) if fg else 1:])]))
+        if fg is not None:
+            groups.remove(fg)
+    for chain, type_ in merged.values():
+        names = tuple(n.name for n in chain)
+        fg = FusionGroup("+".join(names), type_, names, "activation")
+        groups.append(fg)
+        in_group.update(dict.fromkeys(names, fg))
+    order = {n.name: i for i, n in enumerate(g.g.node)}
+    groups.sort(key=lambda f: order.get(f.nodes[0], 0))
 
 
 def _group_unit(g: Graph, fg: FusionGroup, members: list[onnx.NodeProto], rules: dict[str, OpRule],
@@ -445,12 +552,16 @@ def _to_output(a: _Analysis, concat: _Unit) -> list[_Unit] | None:
 def make_plan(model: onnx.ModelProto, thresholds: Mapping[str, Any], options: QuantOptions | None = None) -> QuantPlan:
     """Every quantization decision for `model` given the calibrated thresholds (module docstring)."""
     options = options or QuantOptions()
+    auto = getattr(thresholds, "node_info", None) or {}
+    if auto:  # decided by automatic mixed precision; the user's own placement of a node wins
+        mine = set(options.node_info) | options.run_on_cpu | options.run_on_bpu
+        options = replace(options, node_info={**{k: NodeInfo.parse(v) if isinstance(v, Mapping) else v
+                                                  for k, v in auto.items() if k not in mine},
+                                               **options.node_info})
     a = _analyse(model, options)
     notes = a.notes
     if options.asymmetric:
         notes.append("optimization asymmetric is recorded, but activations stay symmetric (zero point 0) here")
-    if options.bias_correction:
-        notes.append("optimization bias_correction is recorded, but biases are not corrected yet")
     s = _scales(a, options)
 
     raw: dict[str, float | np.ndarray] = {}
@@ -512,7 +623,7 @@ def make_plan(model: onnx.ModelProto, thresholds: Mapping[str, Any], options: Qu
     plan = QuantPlan(groups=list(a.groups), shared=shared, notes=notes)
     plan.acts = {t: acts[t] for t in s.quantized}
     plan.calibrated_acts = {t: calibrated[t] for t in s.quantized}
-    _weights_and_biases(a, plan)
+    _weights_and_biases(a, plan, getattr(thresholds, "bias_corrections", None) or {})
     for u in a.units:
         out_bits = 0
         if u.bpu:
@@ -533,7 +644,11 @@ def _bits(a: _Analysis, s: _Scales, options: QuantOptions) -> dict[str, int]:
     """8 or 16 per quantized tensor: its producer's output request, its integer readers' input requests."""
     want: dict[str, int] = dict.fromkeys(s.quantized, 8)
     for u in a.units:
-        if not u.bpu:
+        if not u.bpu:  # a CPU node's node_info OutputType: the width it hands its integer readers
+            for out in u.outputs:
+                info = options.node_info.get(u.last.name)
+                if out in want and info is not None and info.output_bits:
+                    want[out] = max(want[out], info.output_bits)
             continue
         for n in u.nodes:
             for i, t in enumerate(n.input):
@@ -592,7 +707,7 @@ def _split_output_concats(a: _Analysis, raw: dict[str, Any], options: QuantOptio
     return wide
 
 
-def _weights_and_biases(a: _Analysis, plan: QuantPlan) -> None:
+def _weights_and_biases(a: _Analysis, plan: QuantPlan, corrections: Mapping[str, np.ndarray]) -> None:
     g = a.graph
     for u in a.units:
         if not u.bpu or u.rule.weight is None:
@@ -619,6 +734,11 @@ def _weights_and_biases(a: _Analysis, plan: QuantPlan) -> None:
             plan.notes.append(f"bias '{bname}' of {head.name} is shared with {sorted(users - {head.name})}: it stays float")
             continue
         s_in = float(plan.acts[x].scale)
+        shift = corrections.get(bname)
+        if shift is not None and np.size(shift) == b.size:
+            b = (b.astype(np.float64) + np.asarray(shift, np.float64).reshape(b.shape)).astype(np.float32)
+        else:
+            shift = None
         b64 = np.abs(b.astype(np.float64).reshape(-1))
         if b64.shape != wq.scale.shape:
             plan.notes.append(f"bias '{bname}' of {head.name} has {b64.size} values for {wq.scale.size} output "
@@ -633,7 +753,8 @@ def _weights_and_biases(a: _Analysis, plan: QuantPlan) -> None:
             plan.notes.append(f"weight '{wname}' of {head.name}: the scale of {int(low.sum())} near-zero channels is "
                               f"raised so their bias fits int32")
         scale = bias_scale(s_in, wq.scale)
-        plan.biases[bname] = BiasQuant(bname, scale)
+        plan.biases[bname] = BiasQuant(bname, scale) if shift is None else \
+            CorrectedBias(bname, scale, np.asarray(shift, np.float32).reshape(b.shape))
         if (over := int(np.count_nonzero(b64 / scale.astype(np.float64) > INT32_MAX))):
             plan.notes.append(f"bias '{bname}' of {head.name}: {over} values exceed int32 at scale s_in·s_w and "
                               f"are saturated")
@@ -685,6 +806,6 @@ def weight_scale_array(wq: WeightQuant, shape: tuple[int, ...]) -> np.ndarray:
     return s.reshape(view)
 
 
-__all__ = ["CONCAT_RANGE_RATIO", "MIN_THRESHOLD", "MissingThresholdError", "NodeInfo", "QuantOptions",
+__all__ = ["CONCAT_RANGE_RATIO", "Calibration", "CorrectedBias", "bias_value", "MIN_THRESHOLD", "MissingThresholdError", "NodeInfo", "QuantOptions",
            "bias_scale", "make_plan", "plan_tensors", "quantize_bias", "quantize_weight", "weight_scale_array",
            "weight_scales"]

@@ -1,0 +1,1 @@
+"""Accuracy tooling on top of the quantizer (issue #10)."""

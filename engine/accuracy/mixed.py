@@ -1,0 +1,292 @@
+"""Automatic mixed precision: the fewest nodes raised to int16 (or, failing that, run in float on
+the CPU) that bring the output cosine to a target.
+
+    result = mixed_precision(model, plan, samples, stats, target=0.99, budget=33)
+    result.node_info     # {"p2o.Add.14": {"OutputType": "int16"}, ...}: what the user can copy
+    result.thresholds    # int16 tensors at their max |x| (clipping buys nothing at 16 bits)
+
+How (greedy by sensitivity per unit of cost, every step measured):
+1. The int8 plan's output loss on the evaluation samples; done if it meets the target.
+2. Candidates: every row (node / fusion group / entry tensor) with quantized activations that the
+   user did not place (node_info, run_on_cpu, run_on_bpu win); ranked by sensitivity (the
+   activation loss of `engine.accuracy.sensitivity`, measured on the rows with the most local
+   noise) per unit of estimated cost — int16 doubles a tensor's bytes and takes the integer
+   kernels off their fast path, so cost grows with the tensor's size.
+3. Step: the `pool` best-ranked candidates are each tried on top of the moves so far (one
+   switchable-model run per sample, no rebuild); the one with the largest measured gain per cost
+   is kept. Quantization errors partly cancel in real models (measured on PP-OCRv4 det: raising
+   the top-3 isolated culprits alone made the output worse), so a candidate that does not help
+   in context is set aside rather than taken on its isolated merit.
+4. If int16 everywhere useful is not enough (weight error: int8 weights are fixed here), the
+   rows with the largest weight loss go to the CPU in float (their output handed to the BPU as
+   int16), same greedy rule.
+5. Pruning: moves are undone, least useful first, while the target still holds.
+Stops when the target is met or the budget (moved nodes) is spent, and says which.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import onnx
+
+from engine.accuracy.sensitivity import Evaluator, Sensitivity, analyse
+from engine.accuracy.switchable import INPUT_ROW, Row, Setting, SwitchableModel, build_switchable
+from engine.calibration.stats import MergedStats
+from engine.quantize.planner import QuantOptions
+from engine.quantize.types import QuantPlan
+
+log = logging.getLogger("hbcompile")
+Sample = Mapping[str, np.ndarray]
+Target = Literal["int16", "CPU"]
+CPU_COST = 4.0  # a float island: float compute plus quantize / dequantize at its borders
+
+
+@dataclass(frozen=True)
+class Move:
+    row: str  # node or fusion group
+    nodes: tuple[str, ...]
+    to: Target
+    gain: float  # measured output-cosine gain when it was taken
+    cost: float
+    reason: str
+
+    def line(self) -> str:
+        return f"{self.row} -> {self.to}: {self.reason}"
+
+
+@dataclass
+class MixedPrecision:
+    target: float
+    before: float  # output cosine of the int8 plan (evaluation samples)
+    after: float  # with the moves (switchable estimate)
+    moves: list[Move]
+    node_info: dict[str, dict[str, str]]  # what the planner applies; the user can paste it
+    thresholds: dict[str, float]  # int16 tensors: their max |x|
+    budget: int  # rows (nodes or fusion groups) that may move
+    met: bool
+    evaluations: int
+    seconds: float
+    sensitivity: Sensitivity | None = None
+    verified: float | None = None  # output cosine of the real (ptq) plan with the moves, if checked
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def moved_nodes(self) -> int:
+        """Rows of the node table moved (a fusion group is one integer op, one row)."""
+        return len(self.moves)
+
+    def summary(self) -> str:
+        state = "met" if self.met else "not met"
+        return (f"mixed precision: output cosine {self.before:.6f} -> {self.after:.6f} (target {self.target}, "
+                f"{state}); {len(self.moves)} moves, {self.moved_nodes} of at most {self.budget} nodes")
+
+    def to_json(self) -> dict:
+        return {"target": self.target, "before": self.before, "after": self.after, "verified": self.verified,
+                "met": self.met, "budget": self.budget, "moved_nodes": self.moved_nodes,
+                "evaluations": self.evaluations, "seconds": round(self.seconds, 2), "notes": self.notes,
+                "moves": [{"row": m.row, "nodes": list(m.nodes), "to": m.to, "gain": m.gain, "cost": m.cost,
+                           "reason": m.reason} for m in self.moves],
+                "node_info": self.node_info, "thresholds": self.thresholds}
+
+
+def user_placed(options: QuantOptions) -> set[str]:
+    return set(options.node_info) | set(options.run_on_cpu) | set(options.run_on_bpu)
+
+
+def _costs(model: onnx.ModelProto, rows: Sequence[Row]) -> dict[str, float]:
+    """int16 cost of a row: the square root of its output's size relative to the median row's, in
+    [0.5, 2] — a big early tensor costs more bytes and time at 16 bits, but not so much more that a
+    clearly worse node is preferred to it."""
+    sizes: dict[str, int] = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+            dims = vi.type.tensor_type.shape.dim
+            if dims and all(d.HasField("dim_value") for d in dims):
+                sizes[vi.name] = int(np.prod([d.dim_value for d in dims]))
+    except Exception:  # shapes unknown: every row costs the same
+        pass
+    known = [sizes[r.tensor] for r in rows if r.tensor in sizes]
+    median = float(np.median(known)) if known else 1.0
+    return {r.name: float(np.clip(np.sqrt(sizes.get(r.tensor, median) / max(median, 1.0)), 0.5, 2.0)) for r in rows}
+
+
+class _State:
+    """The moves so far and the switch setting they give."""
+
+    def __init__(self, sw: SwitchableModel, plan: QuantPlan):
+        self.sw = sw
+        self.base = sw.all_on()
+        self.moves: dict[str, Target] = {}
+        self.ties = _ties(plan)  # tensor → tensors sharing its scale (int16 is the whole set's)
+
+    def setting(self, extra: Mapping[str, Target] | None = None) -> Setting:
+        s = self.base.copy()
+        for name, to in {**self.moves, **(extra or {})}.items():
+            row = self.sw.row(name)
+            for sw_ in row.of_kind("activation"):
+                for t in self.ties.get(sw_.target, {sw_.target}):
+                    if t in s.acts:
+                        s.acts[t] = 16
+            if to == "CPU":
+                for sw_ in row.of_kind("weight"):
+                    s.weights.discard(sw_.target)
+        return s
+
+
+def mixed_precision(model: onnx.ModelProto, plan: QuantPlan, samples: Sequence[Sample],
+                    stats: Mapping[str, MergedStats], target: float = 0.99, budget: int | None = None,
+                    options: QuantOptions | None = None, sensitivity: Sensitivity | None = None,
+                    screen: int | None = None, progress: Callable[[str, float], None] | None = None
+                    ) -> MixedPrecision:
+    """Moves that bring the mean output cosine on `samples` to `target` (module docstring).
+
+    `budget`: nodes that may move (None: 10 % of the model's nodes; an int16 move changes one
+    node's output type, a CPU move places every node of its row); `sensitivity`: a ranking already
+    computed on this plan (else one is computed on the first sample); `screen`: rows the
+    sensitivity analysis runs, by local noise (None: all — screening by local noise missed
+    PP-OCRv4 det's first convolutions, whose error is small locally and large at the output).
+    """
+    t0 = time.perf_counter()
+    options = options or QuantOptions()
+    budget = max(1, int(0.1 * sum(1 for n in model.graph.node if n.op_type != "Constant"))) \
+        if budget is None else int(budget)
+    wide = {t: float(s.absmax) for t, s in stats.items() if s.absmax > 0}
+    if sensitivity is None:
+        sensitivity = analyse(model, plan, list(samples)[:1], stats, limit=screen, progress=progress)
+    sens = {r.node: r for r in sensitivity.rows}
+    probe = build_switchable(model, plan)  # rows and switches only (no session is made)
+    fixed = user_placed(options)
+    movable = [r for r in probe.rows if r.switches and not (set(r.nodes) & fixed)
+               and (r.op_type == INPUT_ROW or all(plan.nodes[n].on == "BPU" for n in r.nodes if n in plan.nodes))]
+    cost16 = _costs(model, movable)
+    ranked = _candidates(movable, sens, cost16)
+
+    def size(moves: Mapping[str, Target]) -> int:
+        return sum(1 if to == "int16" else len(probe.row(n).nodes) or 1 for n, to in moves.items())
+
+    shortlist: list[tuple[Row, Target, float]] = []
+    for cand in ranked:  # what fits the budget, best first
+        if size({c[0].name: c[1] for c in [*shortlist, cand]}) <= budget:
+            shortlist.append(cand)
+    ties = _ties(plan)
+    wanted16 = {t for row, _, _ in shortlist for sw_ in row.of_kind("activation") for t in ties.get(sw_.target,
+                                                                                                   {sw_.target})}
+    sw = build_switchable(model, plan, int16=wanted16, wide=wide)
+    ev = Evaluator(sw, model, samples)
+    state = _State(sw, plan)
+    loss = ev.loss(state.setting())
+    before = 1.0 - loss
+    notes: list[str] = []
+    curve: dict[str, tuple[float, float]] = {}  # move → output cosine before / after adding it
+    if before < target:
+        # prefix scan: the best-ranked candidates together. Clipping errors along a path are
+        # redundant (raise one tensor and the next one clips), so moves are judged as a set.
+        best: tuple[float, dict[str, Target]] = (loss, {})
+        last = loss
+        for step, (row, to, _) in enumerate(shortlist, start=1):
+            state.moves = {**state.moves, row.name: to}
+            trial = ev.loss(state.setting())
+            curve[row.name] = (1.0 - last, 1.0 - trial)
+            last = trial
+            if progress is not None:
+                progress(f"mixed precision: {row.name} -> {to}, output cosine {1 - trial:.5f}",
+                         step / max(len(shortlist), 1))
+            if trial < best[0]:
+                best = (trial, dict(state.moves))
+            if 1.0 - trial >= target:
+                break
+        loss, chosen = best
+        state.moves = dict(chosen)
+        # prune: undo moves, least promising first, while the target (or the best cosine) holds
+        order = {row.name: i for i, (row, _, _) in enumerate(shortlist)}
+        for name in sorted(chosen, key=lambda n: -order[n]):
+            kept = dict(state.moves)
+            del state.moves[name]
+            trial = ev.loss(state.setting())
+            if 1.0 - trial >= target or (1.0 - loss < target and trial <= loss):
+                loss = trial
+                notes.append(f"{name} stays int8: the result holds without moving it")
+            else:
+                state.moves = kept
+        if 1.0 - loss < target:
+            why = ("the node budget is spent" if len(shortlist) < len(ranked) or size(state.moves) >= budget
+                   else "no remaining node helps")
+            notes.append(f"mixed precision stops at output cosine {1 - loss:.6f}, below the target {target}: {why}")
+    moves = []
+    for name, to in state.moves.items():
+        row, s = sw.row(name), sens.get(name)
+        cost = cost16[name] * (CPU_COST if to == "CPU" else 1.0)
+        was, now = curve.get(name, (float("nan"), float("nan")))
+        why = (f"isolated {'weight' if to == 'CPU' else 'activation'} loss "
+               f"{(s.weight if to == 'CPU' else s.activation) or 0.0:.5f} (rank {sensitivity.rows.index(s) + 1}), "
+               f"cost {cost:.1f}; output cosine {was:.5f} -> {now:.5f} when added")
+        moves.append(Move(name, row.nodes, to, now - was, cost, why))
+    after = 1.0 - loss
+    info, thresholds = decisions(model, plan, sw, state.moves, wide)
+    return MixedPrecision(target, before, after, moves, info, thresholds, budget, after >= target,
+                          ev.runs // max(len(ev.samples), 1), time.perf_counter() - t0, sensitivity, notes=notes)
+
+
+def _ties(plan: QuantPlan) -> dict[str, set[str]]:
+    ties: dict[str, set[str]] = {}
+    for members in plan.shared:
+        for t in members:
+            ties.setdefault(t, set()).update(members)
+    return ties
+
+
+def _candidates(rows: Sequence[Row], sens: Mapping[str, object], cost16: Mapping[str, float]
+                ) -> list[tuple[Row, Target, float]]:
+    """(row, int16 | CPU, score) by isolated loss per unit of cost, best first; a row whose weights
+    hurt more than its activations is a CPU candidate (int8 weights are fixed on the BPU)."""
+    out = []
+    for r in rows:
+        s = sens.get(r.name)
+        if s is None:
+            continue
+        act, weight = s.activation or 0.0, s.weight or 0.0
+        if weight > act and r.op_type != INPUT_ROW:
+            out.append((r, "CPU", (act + weight) / (cost16[r.name] * CPU_COST)))
+        elif act > 0 and r.of_kind("activation"):
+            out.append((r, "int16", act / cost16[r.name]))
+    return sorted(out, key=lambda c: -c[2])
+
+
+def decisions(model: onnx.ModelProto, plan: QuantPlan, sw: SwitchableModel, moves: Mapping[str, Target],
+              wide: Mapping[str, float]) -> tuple[dict[str, dict[str, str]], dict[str, float]]:
+    """node_info entries and int16 thresholds for `moves`, in hb_compile's node_info form."""
+    info: dict[str, dict[str, str]] = {}
+    thresholds: dict[str, float] = {}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    for name, to in moves.items():
+        row = sw.row(name)
+        for s in row.of_kind("activation"):
+            if s.target in wide:
+                thresholds[s.target] = wide[s.target]
+        if row.op_type == INPUT_ROW:  # a tensor entering the integer part: its BPU readers read int16
+            for n in readers.get(row.tensor, []):
+                p = plan.nodes.get(n.name)
+                if p is not None and p.on == "BPU":
+                    for i, t in enumerate(n.input):
+                        if t == row.tensor:
+                            info.setdefault(n.name, {})[f"InputType{i}"] = "int16"
+            continue
+        if to == "CPU":
+            for n in row.nodes:
+                info.setdefault(n, {}).update({"ON": "CPU", "OutputType": "int16"})
+        else:
+            info.setdefault(row.nodes[-1], {})["OutputType"] = "int16"
+    return info, thresholds
+
+
+__all__ = ["CPU_COST", "Move", "MixedPrecision", "decisions", "mixed_precision", "user_placed"]

@@ -1,0 +1,219 @@
+"""Sensitivity analysis: which quantized nodes cost the model output its accuracy.
+
+The accuracy-debug step a user runs after a poor similarity table (hmct's
+`get_sensitivity_of_nodes` / `plot_acc_error`), computed on one switchable fake-quant model
+(`engine.accuracy.switchable`) so each question is one onnxruntime run, not one model build:
+
+- **activation** — the output-cosine loss (1 − mean output cosine against the float model) when
+  only this node's activations are quantized, everything else float;
+- **weight** — the same with only its weights (and constant operands) quantized;
+- **accumulated** — the loss at the node's own output with every node quantized: how much error
+  has piled up along the graph by the time it gets there (the table's Calibrated Cosine, on the
+  plan's shared scales);
+- **local** — the node's own quantization noise-to-signal ratio E[(q(x) − x)²] / E[x²], from the
+  merged calibration histograms (no run at all). Used to screen: with `limit`, only the rows with
+  the largest local noise get the two model runs (mixed precision needs the likely culprits, not
+  a full table); the others keep `activation` / `weight` None.
+
+Rows are ranked by activation + weight loss, the local noise breaking ties. Statistics are the
+calibrate stage's cached merged histograms, so nothing here observes the model again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+from engine.accuracy.switchable import Row, Setting, SwitchableModel, build_switchable
+from engine.calibration.stats import MergedStats
+from engine.quantize.types import QuantPlan
+
+log = logging.getLogger("hbcompile")
+Sample = Mapping[str, np.ndarray]
+Progress = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class NodeSensitivity:
+    node: str  # row name: node, fusion group ("Conv_0+Relu_1") or an entry tensor
+    node_type: str
+    tensor: str
+    activation: float | None  # output-cosine loss, only this node's activations quantized
+    weight: float | None  # output-cosine loss, only its weights quantized
+    accumulated: float | None  # 1 − cosine at its own output, every node quantized
+    local: float  # its own quantization noise / signal power (from the histograms)
+    nodes: tuple[str, ...] = ()
+
+    @property
+    def loss(self) -> float:
+        return (self.activation or 0.0) + (self.weight or 0.0)
+
+    @property
+    def culprit(self) -> str:
+        """Which part of its quantization hurts more."""
+        if self.activation is None and self.weight is None:
+            return "-"
+        return "weight" if (self.weight or 0.0) > (self.activation or 0.0) else "activation"
+
+
+@dataclass
+class Sensitivity:
+    rows: list[NodeSensitivity]  # ranked, worst first
+    output_cosine: float  # every node quantized (int8 plan), mean over samples and outputs
+    samples: int
+    seconds: float
+    measured: int  # rows that got model runs
+    notes: list[str] = field(default_factory=list)
+
+    def top(self, n: int) -> list[NodeSensitivity]:
+        return self.rows[:n]
+
+    def to_json(self) -> dict:
+        return {"output_cosine": self.output_cosine, "samples": self.samples, "seconds": round(self.seconds, 2),
+                "measured": self.measured, "notes": self.notes,
+                "ranking": [{**asdict(r), "nodes": list(r.nodes), "culprit": r.culprit} for r in self.rows]}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> Sensitivity:
+        rows = [NodeSensitivity(r["node"], r["node_type"], r["tensor"], r["activation"], r["weight"],
+                                r["accumulated"], r["local"], tuple(r.get("nodes", ()))) for r in data["ranking"]]
+        return cls(rows, data["output_cosine"], data["samples"], data["seconds"], data["measured"],
+                   list(data.get("notes", [])))
+
+    def table_text(self, n: int = 10) -> str:
+        """The top `n` culprits as the plain table the log shows."""
+        from engine.report.tables import plain_table
+
+        def num(v: float | None) -> str:
+            return "--" if v is None else f"{v:.6f}"
+
+        rows = [[str(i + 1), r.node, r.node_type, num(r.activation), num(r.weight), num(r.accumulated),
+                 f"{r.local:.2e}", r.culprit] for i, r in enumerate(self.top(n))]
+        return plain_table(["Rank", "Node", "NodeType", "Activation Loss", "Weight Loss", "Accumulated Loss",
+                            "Local Noise", "Culprit"], rows)
+
+
+def output_loss(reference: Sequence[Mapping[str, np.ndarray]], got: Sequence[Mapping[str, np.ndarray]],
+                names: Sequence[str]) -> float:
+    from engine.similarity import mean_output_cosine
+
+    return 1.0 - mean_output_cosine(reference, got, names)
+
+
+def local_noise(stats: MergedStats | None, threshold: float, bits: int = 8) -> float:
+    """E[(q(x) − x)²] / E[x²] of symmetric fake-quant at `threshold`, from the |x| histogram."""
+    from engine.quantize.search import fake_quant_mse
+
+    if stats is None or stats.absmax <= 0:
+        return 0.0
+    h = np.asarray(stats.hist, np.float64)
+    c = (np.arange(h.shape[0]) + 0.5) * (stats.absmax / h.shape[0])
+    power = float((h * c * c).sum() / max(h.sum(), 1.0))
+    if power <= 0:
+        return 0.0
+    return float(fake_quant_mse(stats, np.array([threshold]), (1 << (bits - 1)) - 1)[0]) / power
+
+
+def weight_noise(w: np.ndarray, wq) -> float:
+    """||q(W) − W||² / ||W||² of the plan's per-channel int8 weight quantization."""
+    from engine.quantize.planner import quantize_weight, weight_scale_array
+
+    w64 = np.asarray(w, np.float64)
+    power = float((w64 * w64).sum())
+    if power <= 0:
+        return 0.0
+    err = quantize_weight(w, wq) * weight_scale_array(wq, w.shape) - w64
+    return float((err * err).sum()) / power
+
+
+def row_noise(row: Row, plan: QuantPlan, stats: Mapping[str, MergedStats], model: onnx.ModelProto | None = None
+              ) -> float:
+    """The largest local noise among a row's switches (activations from the histograms, weights
+    from their values)."""
+    values = [local_noise(stats.get(s.target), float(np.max(plan.acts[s.target].threshold)), plan.acts[s.target].bits)
+              for s in row.of_kind("activation") if s.target in plan.acts]
+    if model is not None:
+        inits = {t.name: t for t in model.graph.initializer}
+        for s in row.of_kind("weight"):
+            if s.target in inits and s.target in plan.weights:
+                values.append(weight_noise(onnx.numpy_helper.to_array(inits[s.target]), plan.weights[s.target]))
+    return max(values, default=0.0)
+
+
+class Evaluator:
+    """Runs a switchable model on fixed samples against the float model's outputs."""
+
+    def __init__(self, switchable: SwitchableModel, model: onnx.ModelProto, samples: Sequence[Sample]):
+        from engine.similarity import run_model
+
+        self.sw = switchable
+        self.samples = list(samples)
+        self.reference = [run_model(model, s) for s in self.samples]
+        self.runs = 0
+
+    def loss(self, setting: Setting) -> float:
+        got = [self.sw.run(s, setting) for s in self.samples]
+        self.runs += len(self.samples)
+        return output_loss(self.reference, got, self.sw.outputs)
+
+
+def analyse(model: onnx.ModelProto, plan: QuantPlan, samples: Sequence[Sample],
+            stats: Mapping[str, MergedStats] | None = None, limit: int | None = None,
+            switchable: SwitchableModel | None = None, progress: Progress | None = None) -> Sensitivity:
+    """Sensitivity of every quantized row of `model` (the optimized float model) under `plan`.
+
+    `samples`: calibration samples to compare on (one is usually enough for a ranking);
+    `limit`: measure only the `limit` rows with the largest local noise (None: all).
+    """
+    from engine.similarity import cosine, run_model
+
+    t0 = time.perf_counter()
+    stats = stats or {}
+    sw = switchable or build_switchable(model, plan)
+    rows = [r for r in sw.rows if r.switches]
+    noise = {r.name: row_noise(r, plan, stats, model) for r in rows}
+    measured = rows
+    if limit is not None and limit < len(rows):
+        keep = {r.name for r in sorted(rows, key=lambda r: -noise[r.name])[:limit]}
+        measured = [r for r in rows if r.name in keep]
+    ev = Evaluator(sw, model, samples)
+    everything = sw.all_on()
+    exposed = [r.tensor for r in rows if r.tensor and r.tensor in sw.mapping]
+    accumulated: dict[str, float] = {}
+    full_loss = []
+    for s, ref in zip(ev.samples, ev.reference, strict=True):
+        got = sw.run(s, everything, exposed)
+        full_loss.append(output_loss([ref], [got], sw.outputs))
+        floats = run_model(model, s, exposed)
+        for t in exposed:
+            accumulated[t] = accumulated.get(t, 0.0) + (1.0 - cosine(floats[t], got[t])) / len(ev.samples)
+    result: list[NodeSensitivity] = []
+    todo = {r.name for r in measured}
+    done = 0
+    for row in rows:
+        act = weight = None
+        if row.name in todo:
+            if row.of_kind("activation"):
+                act = ev.loss(sw.rows_on([row], ("activation",)))
+            if row.of_kind("weight"):
+                weight = ev.loss(sw.rows_on([row], ("weight",)))
+            done += 1
+            if progress is not None:
+                progress(f"sensitivity {done}/{len(todo)}: {row.name}", done / max(len(todo), 1))
+        result.append(NodeSensitivity(row.name, row.op_type, row.tensor, act, weight,
+                                      accumulated.get(row.tensor), noise[row.name], row.nodes))
+    result.sort(key=lambda r: (-r.loss, -r.local))
+    notes = []
+    if len(todo) < len(rows):
+        notes.append(f"{len(rows) - len(todo)} of {len(rows)} rows with the least local quantization noise were "
+                     f"not run (screened out)")
+    return Sensitivity(result, 1.0 - float(np.mean(full_loss)), len(ev.samples), time.perf_counter() - t0,
+                       len(todo), notes)
+
+
+__all__ = ["Evaluator", "NodeSensitivity", "Sensitivity", "analyse", "local_noise", "output_loss", "row_noise"]
