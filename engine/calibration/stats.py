@@ -136,8 +136,8 @@ def _abs_histogram(flat: np.ndarray, scale: np.float32, bins: int) -> np.ndarray
     Same arithmetic as the one-shot ``bincount((|x·scale|).astype(intp))``, in steps of `CHUNK`
     values through per-thread buffers.
     """
-    if getattr(_buffers, "values", None) is None:
-        _buffers.values, _buffers.index = np.empty(CHUNK, np.float32), np.empty(CHUNK, np.intp)
+    if getattr(_buffers, "values", None) is None:  # int32 indices: bincount widens them faster than a cast to intp
+        _buffers.values, _buffers.index = np.empty(CHUNK, np.float32), np.empty(CHUNK, np.int32)
     values, index = _buffers.values, _buffers.index
     hist = np.zeros(bins + 1, np.int64)
     for start in range(0, flat.size, CHUNK):
@@ -145,7 +145,7 @@ def _abs_histogram(flat: np.ndarray, scale: np.float32, bins: int) -> np.ndarray
         v, i = values[:part.size], index[:part.size]
         np.multiply(part, scale, out=v)  # |x|·bins/absmax ∈ [0, bins]
         np.abs(v, out=v)
-        np.copyto(i, v, casting="unsafe")  # truncation, as astype
+        np.copyto(i, v, casting="unsafe")  # truncation, as astype (|x|·scale ≤ bins + 1 ulp fits int32)
         counts = np.bincount(i, minlength=bins + 1)
         hist += counts[:bins + 1]
         hist[bins] += counts[bins + 1:].sum()
