@@ -24,9 +24,11 @@ export interface StatusView {
 
 export function statusView(result: CompileResult | undefined, running: RunningStage | undefined): StatusView {
   if (running) {
+    // The bar shows the stage ("calibrate 47%"); the tooltip the whole report.
     const pct = typeof running.percentage === 'number' ? ` ${Math.round(running.percentage)}%` : '';
-    const stage = running.message ?? running.title;
-    return { text: `$(sync~spin) hb: ${stage}${pct}`, tooltip: `${running.title}: ${stage}${pct} — click to cancel`, severity: 'running' };
+    const message = running.message ?? running.title;
+    const stage = message.split(':')[0];
+    return { text: `$(sync~spin) hb: ${stage}${pct}`, tooltip: `${running.title}: ${message}${pct} — click to cancel`, severity: 'running' };
   }
   if (!result) {
     return { text: '$(circle-outline) hb', tooltip: 'No compile result yet: save the config or run "hb_compile: Compile now"', severity: 'none' };

@@ -62,9 +62,10 @@ function result(extra: Partial<CompileResult> = {}): CompileResult {
 }
 
 describe('status bar text', () => {
-  test('the running stage wins, with its percentage', () => {
-    const view = statusView(result(), { title: 'hb_compile', message: 'calibrate: 1 of 32 calibration files changed', percentage: 40.4 });
-    assert.equal(view.text, '$(sync~spin) hb: calibrate: 1 of 32 calibration files changed 40%');
+  test('the running stage wins: its name and percentage, the whole report in the tooltip', () => {
+    const view = statusView(result(), { title: 'hb_compile', message: 'calibrate: calibration sample 15/32 (90.2 samples/s)', percentage: 46.9 });
+    assert.equal(view.text, '$(sync~spin) hb: calibrate 47%');
+    assert.equal(view.tooltip, 'hb_compile: calibrate: calibration sample 15/32 (90.2 samples/s) 47% — click to cancel');
     assert.equal(view.severity, 'running');
   });
 
