@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections import Counter
 
 import numpy as np
 import onnx
@@ -211,10 +212,10 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path, programs):
 
 
 # ---- O2: per-channel scaling (a diagonal 1×1 QLinearConv as elementwise ops) ----------------------------
-def image_program(diagonal: bool = True, bias_scale: float = 1.0) -> onnx.ModelProto:
+def image_program(diagonal: bool = True, bias_scale: float = 1.0, c2_bias: int = 900) -> onnx.ModelProto:
     """uint8 NHWC pixels → Transpose → 1×1 QLinearConv (the input conversion: per-channel mean/std,
-    weights as uint8 codes + 128, int32 bias) → 3×3 QLinearConv → DequantizeLinear.
-    `diagonal=False` mixes channels (a colour matrix): a real convolution."""
+    weights as uint8 codes + 128, int32 bias) → 3×3 QLinearConv 3 → 8 (int8 weights, int32 bias
+    ±`c2_bias`) → DequantizeLinear. `diagonal=False` mixes channels (a colour matrix)."""
     rng = np.random.default_rng(7)
     mean, std = np.array([123.7, 116.3, 103.5]), np.array([58.4, 57.1, 57.4])
     m = np.diag(1 / std) if diagonal else np.array([[1.0, 0.3, -0.2], [0.1, 0.9, 0.2], [-0.3, 0.2, 1.1]]) / 58
@@ -226,12 +227,12 @@ def image_program(diagonal: bool = True, bias_scale: float = 1.0) -> onnx.ModelP
         "one": np.array(1.0, np.float32), "zero": np.array(0, np.uint8), "w": w, "w_scale": s_w,
         "w_zero": np.full(3, 128, np.uint8), "n_scale": np.array(2.2 / 127, np.float32), "z128": np.array(128, np.uint8),
         "bias": bias, "w2": w2, "w2_scale": np.full(8, 0.004, np.float32), "w2_zero": np.zeros(8, np.int8),
-        "y_scale": np.array(0.05, np.float32)}.items()]
+        "b2": rng.integers(-c2_bias, c2_bias + 1, 8).astype(np.int32), "y_scale": np.array(0.05, np.float32)}.items()]
     nodes = [helper.make_node("Transpose", ["x"], ["x_nchw"], name="to_nchw", perm=[0, 3, 1, 2]),
              helper.make_node("QLinearConv", ["x_nchw", "one", "zero", "w", "w_scale", "w_zero", "n_scale", "z128", "bias"],
                               ["n"], name="HZ_PREPROCESS_FOR_x", kernel_shape=[1, 1]),
-             helper.make_node("QLinearConv", ["n", "n_scale", "z128", "w2", "w2_scale", "w2_zero", "y_scale", "z128"],
-                              ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("QLinearConv", ["n", "n_scale", "z128", "w2", "w2_scale", "w2_zero", "y_scale", "z128",
+                                               "b2"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
              helper.make_node("DequantizeLinear", ["c", "y_scale", "z128"], ["y"], name="out")]
     graph = helper.make_graph(nodes, "image", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 16, 16, 3])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])], inits)
@@ -255,17 +256,17 @@ def test_o2_runs_a_diagonal_1x1_conv_as_elementwise_ops_bit_exactly():
     program = image_program()
     result = optimize_program(program, "O2")
     assert result.rewrites["per_channel_scaling"] == 1 and result.checked and not result.fallback
-    assert conv_kinds(result.program) == [[8, 3, 3, 3]]  # only the real 3×3 conv is left
+    assert result.rewrites["narrow_conv_in_float"] == 1  # the 3-channel 3×3 conv (next tests)
+    assert conv_kinds(result.program) == []
     before, after = open_session(program.SerializeToString()), open_session(result.program.SerializeToString())
     for x in (every_code_image(), np.random.default_rng(3).integers(0, 256, (1, 16, 16, 3)).astype(np.uint8)):
         np.testing.assert_array_equal(before.run(None, {"x": x})[0], after.run(None, {"x": x})[0])
 
 
-def test_o2_keeps_convs_that_mix_channels_or_overflow_float32():
-    for program in (image_program(diagonal=False), image_program(bias_scale=2 ** 12)):
-        result = optimize_program(program, "O2")
-        assert result.rewrites.get("per_channel_scaling", 0) == 0 and not result.fallback
-        assert conv_kinds(result.program) == [[3, 3, 1, 1], [8, 3, 3, 3]]
+def test_o2_keeps_integer_convs_whose_accumulator_float32_cannot_hold():
+    result = optimize_program(image_program(bias_scale=2 ** 12, c2_bias=2 ** 25), "O2")
+    assert result.rewrites["per_channel_scaling"] == 0 and result.rewrites["narrow_conv_in_float"] == 0
+    assert conv_kinds(result.program) == [[3, 3, 1, 1], [8, 3, 3, 3]] and not result.fallback
 
 
 def test_o2_per_channel_scaling_is_checked_on_every_code(monkeypatch):
@@ -285,6 +286,36 @@ def test_o2_per_channel_scaling_is_checked_on_every_code(monkeypatch):
     codes = [np.clip(np.rint(acc * m), -128, 127) for m in (exact.multiplier[2], exact.multiplier[2] * np.float32(1.01))]
     assert 0 < np.count_nonzero(codes[0] != codes[1]) < 128  # the wrong multiplier moves some codes, not all
     monkeypatch.setattr(optimize, "_diagonal_scaling", off_by_a_hair)
+    monkeypatch.setattr(optimize, "NARROW_INPUT", 0)
     result = optimize_program(program, "O2")
-    assert result.rewrites.get("per_channel_scaling", 0) == 0
-    assert conv_kinds(result.program)[0] == [3, 3, 1, 1]
+    assert result.rewrites["per_channel_scaling"] == 0
+    assert conv_kinds(result.program) == [[3, 3, 1, 1], [8, 3, 3, 3]]
+
+
+def test_o2_runs_a_conv_on_few_channels_as_a_float_conv_of_the_same_integers():
+    """The 3 → 3 colour matrix and the 3 → 8 3×3 QLinearConv become DequantizeLinear → Conv →
+    Cast<int32> → DequantizeLinear (× M) → QuantizeLinear, and give the same codes."""
+    program = image_program(diagonal=False)
+    result = optimize_program(program, "O2")
+    assert result.rewrites["narrow_conv_in_float"] == 2 and result.checked and not result.fallback
+    assert conv_kinds(result.program) == []
+    assert Counter(n.op_type for n in result.program.graph.node)["Conv"] == 2
+    before, after = open_session(program.SerializeToString()), open_session(result.program.SerializeToString())
+    for seed in range(4):
+        x = np.random.default_rng(seed).integers(0, 256, (1, 16, 16, 3)).astype(np.uint8)
+        np.testing.assert_array_equal(before.run(None, {"x": x})[0], after.run(None, {"x": x})[0])
+
+
+def test_o2_narrow_conv_is_checked_against_the_integer_kernel(monkeypatch):
+    """A float replacement whose multiplier is a hair off is refused by the per-node check."""
+    import engine.compile.optimize as optimize
+
+    real = optimize._narrow_conv
+
+    def off(node, inits):
+        parts = real(node, inits)
+        return None if parts is None else (*parts[:3], parts[3] * np.float32(1.01), parts[4])
+
+    monkeypatch.setattr(optimize, "_narrow_conv", off)
+    result = optimize_program(image_program(diagonal=False), "O2")  # both convs read 3 channels
+    assert result.rewrites["narrow_conv_in_float"] == 0 and conv_kinds(result.program) == [[3, 3, 1, 1], [8, 3, 3, 3]]
