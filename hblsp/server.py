@@ -9,10 +9,14 @@ in `check_pool`, reading a model in `model_pool` (both hblsp's own executors, ne
 pool, which also reads stdin; the model parse itself runs in a short-lived child process, see
 `hblsp.models`); their results come back to the loop, which drops stale ones.
 
-Extending it (the live recompile of the next step is an addition, not a rewrite): a feature module
-appended to `FEATURES` registers handlers, subscribes to `on_changed` / `on_closed` /
-`on_model_loaded` / `on_settings`, may own another executor, and publishes its own diagnostics
-under its own source name with `publish_diagnostics` (they are merged with the config checks').
+Extending it: a feature module appended to `FEATURES` registers handlers, subscribes to
+`on_changed` / `on_closed` / `on_model_loaded` / `on_settings`, may own another executor, and
+publishes its own diagnostics under its own source name with `publish_diagnostics` (they are
+merged with the config checks'). Diagnostics that must follow the text (placed by key path on
+every version, like the compile results') are a `diagnostic_providers` entry instead: computed
+with the config checks of each version, in the same pool job, and published in the same message.
+The live recompile (`features/live.py`) is such a module: it owns the compile worker and the
+file watcher.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from pygls.lsp.server import LanguageServer
 from engine.frontend.model_info import ModelInfo
 from hblsp.debounce import Debouncer
 from hblsp.documents import ConfigDoc, DocumentStore, base_dir_of
-from hblsp.features import code_actions, completion, diagnostics, hover, symbols, sync
+from hblsp.features import code_actions, completion, diagnostics, hover, inlay_hints, live, symbols, sync
 from hblsp.models import ModelCache, ModelSource, ProcessReader
 from hblsp.positions import UTF16
 from hblsp.recognize import is_hb_config
@@ -47,7 +51,9 @@ log = logging.getLogger("hblsp")
 timing = logging.getLogger("hblsp.timing")
 
 VERSION = "0.1.0"
-FEATURES = (sync, diagnostics, completion, hover, code_actions, symbols)
+FEATURES = (sync, diagnostics, completion, hover, code_actions, symbols, live, inlay_hints)
+# (server, document version) → None (nothing to say) or a function computing the items, run in `check_pool`
+DiagnosticProvider = Callable[["HbServer", ConfigDoc], Callable[[], list[types.Diagnostic]] | None]
 
 
 class HbServer(LanguageServer):
@@ -67,6 +73,8 @@ class HbServer(LanguageServer):
         self.on_closed: list[Callable[[HbServer, str], Any]] = []
         self.on_model_loaded: list[Callable[[HbServer, ModelSource], Any]] = []
         self.on_settings: list[Callable[[HbServer], Any]] = []
+        self.diagnostic_providers: dict[str, DiagnosticProvider] = {}
+        self.live: Any = None  # features.live.Live: compile runs, results, the file watcher
         self._published: dict[str, dict[str, list[types.Diagnostic]]] = {}
         self._shown_errors: set[str] = set()
 
@@ -74,6 +82,10 @@ class HbServer(LanguageServer):
     def feature(self, feature_name: str, options: Any | None = None):
         register = super().feature(feature_name, options)
         return lambda fn: register(guarded(self, feature_name, fn))
+
+    def command(self, command_name: str):
+        register = super().command(command_name)
+        return lambda fn: register(guarded(self, command_name, fn))
 
     def report_bug(self, where: str, exc: BaseException) -> None:
         text = "".join(traceback.format_exception(exc))
@@ -134,8 +146,12 @@ class HbServer(LanguageServer):
     def publish_diagnostics(self, uri: str, source: str, version: int | None,
                             items: list[types.Diagnostic]) -> None:
         """Replace one source's diagnostics for `uri` and send the union (loop thread only)."""
+        self.publish_sources(uri, version, {source: items})
+
+    def publish_sources(self, uri: str, version: int | None, items: dict[str, list[types.Diagnostic]]) -> None:
+        """Replace several sources' diagnostics for `uri` at once and send the union (loop thread only)."""
         by_source = self._published.setdefault(uri, {})
-        by_source[source] = items
+        by_source.update(items)
         merged = [d for name in sorted(by_source) for d in by_source[name]]
         self.text_document_publish_diagnostics(types.PublishDiagnosticsParams(uri=uri, diagnostics=merged,
                                                                               version=version))
@@ -149,6 +165,8 @@ class HbServer(LanguageServer):
         self.check_pool.shutdown(wait=False, cancel_futures=True)
         self.model_pool.shutdown(wait=False, cancel_futures=True)
         self.model_reader.close()
+        if self.live is not None:
+            self.live.close()
 
 
 def guarded(ls: HbServer, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -7,6 +7,7 @@ do not need a framework).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -28,6 +29,11 @@ class Settings:
     check_files: bool = True
     max_model_megabytes: int = 1024
     completion_limit: int = 500
+    compile_on_save: bool = True  # saving a config without errors compiles it
+    watch_files: bool = True  # model / calibration / config changes on disk re-run a compiled config
+    watch_delay_ms: int = 300  # file events within this window are one change
+    node_cosine_threshold: float = 0.99  # nodes under this Quantized Cosine are listed in a warning
+    output_cosine_threshold: float = 0.8  # outputs under this one too (hb_compile calls it serious)
 
     @property
     def debounce_s(self) -> float:
@@ -44,7 +50,8 @@ def json_name(field_name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
-_BOUNDS = {"debounce_ms": (0, 10_000), "max_model_megabytes": (1, 1 << 20), "completion_limit": (10, 100_000)}
+_BOUNDS = {"debounce_ms": (0, 10_000), "max_model_megabytes": (1, 1 << 20), "completion_limit": (10, 100_000),
+           "watch_delay_ms": (0, 60_000), "node_cosine_threshold": (-1.0, 1.0), "output_cosine_threshold": (-1.0, 1.0)}
 
 
 @dataclass
@@ -70,8 +77,11 @@ def parse_settings(raw: Any, base: Settings | None = None) -> Parsed:
         if want is tuple:
             ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
             value = tuple(value) if ok else value
-        elif want is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif want in (int, float):
+            ok = isinstance(value, (int, float) if want is float else int) and not isinstance(value, bool)
+            if ok and want is float:
+                value = float(value)
+                ok = math.isfinite(value)
             if ok and f.name in _BOUNDS:
                 lo, hi = _BOUNDS[f.name]
                 ok = lo <= value <= hi

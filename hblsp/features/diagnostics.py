@@ -5,12 +5,15 @@ default; a newly opened document is checked at once). The check runs in the serv
 executor on an immutable version; a result for a version that is no longer current is dropped.
 Problems that need the model appear once the model is read (in the model executor): until then
 the config's own problems are published, and the document is re-checked when the read finishes.
+Other features' diagnostics that follow the text (`ls.diagnostic_providers`: the compile results,
+placed by key path) are computed for the same version in the same job and sent in one message.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from lsprotocol import types
@@ -31,6 +34,12 @@ def diagnostics_for(doc: ConfigDoc, model: ModelState | None) -> list[types.Diag
     return [to_diagnostic(p, doc.positions) for p in doc.analysis(model).problems]
 
 
+def all_sources(doc: ConfigDoc, model: ModelState | None,
+                others: dict[str, Callable[[], list[types.Diagnostic]]]) -> dict[str, list[types.Diagnostic]]:
+    """The config checks' items and every other source's that follows the text (compile results)."""
+    return {SOURCE: diagnostics_for(doc, model), **{name: fn() for name, fn in others.items()}}
+
+
 async def check(ls: HbServer, doc: ConfigDoc) -> None:
     if not ls.documents.current(doc) or not doc.is_config:
         return
@@ -39,10 +48,11 @@ async def check(ls: HbServer, doc: ConfigDoc) -> None:
         return
     ls.model_sources[doc.uri] = source
     state = ls.models.peek(source)
-    items = await ls.in_pool(diagnostics_for, doc, state)
+    others = {name: fn for name, provider in ls.diagnostic_providers.items() if (fn := provider(ls, doc))}
+    items = await ls.in_pool(all_sources, doc, state, others)
     if ls.documents.current(doc):
-        ls.publish_diagnostics(doc.uri, SOURCE, doc.version, items)
-        timing.info("diagnostics %s v%s: %d in %.2f ms after the change", doc.uri, doc.version, len(items),
+        ls.publish_sources(doc.uri, doc.version, items)
+        timing.info("diagnostics %s v%s: %d in %.2f ms after the change", doc.uri, doc.version, len(items[SOURCE]),
                     (time.perf_counter() - doc.received) * 1000)
 
 

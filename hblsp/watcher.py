@@ -1,0 +1,114 @@
+"""File events (watchdog) → one "something changed" call per config on the event loop, coalesced.
+
+Each watched config (`key`) names the folders its run reads from and a predicate saying which
+paths in them matter (`RunInputs.concerns`). Folders are watched non-recursively, once however
+many configs share them. Saves that write a temporary file and rename it over the target arrive
+as a move whose destination is the file, and count as a write to it; a burst of events (an
+editor's save, a copy of 100 images) becomes one call `delay` seconds after the last event.
+Whether anything really changed is for the caller to decide, by content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from hblsp.run_inputs import norm
+
+log = logging.getLogger(__name__)
+
+# what a write looks like; "opened" / "closed_no_write" are reads (the engine's own among them)
+WRITES = {"created", "modified", "moved", "deleted", "closed", "attrib"}
+Concerns = Callable[[Path], bool]
+
+
+class Watcher(FileSystemEventHandler):
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_change: Callable[[str], None], delay_s: float) -> None:
+        self.loop = loop
+        self.on_change = on_change
+        self.delay_s = delay_s
+        self._keys: dict[str, tuple[frozenset[Path], Concerns]] = {}  # loop thread only
+        self._by_dir: dict[Path, tuple[tuple[str, Concerns], ...]] = {}  # replaced whole: read by the observer
+        self._watches: dict[Path, object] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._observer: Observer | None = None
+
+    # ---- loop side
+    def watch(self, key: str, dirs: set[Path], concerns: Concerns) -> None:
+        """Watch `dirs` for `key` (replacing what it watched before)."""
+        self._keys[key] = (frozenset(norm(d) for d in dirs), concerns)
+        self._rebuild()
+
+    def unwatch(self, key: str) -> None:
+        if self._keys.pop(key, None) is not None:
+            self._rebuild()
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    def watched(self, key: str) -> frozenset[Path]:
+        return self._keys.get(key, (frozenset(), None))[0]
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=2)
+            self._observer = None
+
+    def _rebuild(self) -> None:
+        by_dir: dict[Path, list[tuple[str, Concerns]]] = {}
+        for key, (dirs, concerns) in self._keys.items():
+            for d in dirs:
+                by_dir.setdefault(d, []).append((key, concerns))
+        self._by_dir = {d: tuple(v) for d, v in by_dir.items()}
+        if self._observer is None and by_dir:
+            self._observer = Observer()
+            self._observer.daemon = True
+            self._observer.start()
+        for d in list(self._watches):
+            if d not in by_dir:
+                self._observer.unschedule(self._watches.pop(d))
+        for d in by_dir:
+            if d not in self._watches and d.is_dir():  # a folder that appears later is watched on the next run
+                try:
+                    self._watches[d] = self._observer.schedule(self, str(d), recursive=False)
+                except OSError as exc:  # unreadable, or out of inotify watches: say so, keep serving
+                    log.warning("cannot watch %s: %s", d, exc)
+
+    def _touched(self, key: str) -> None:
+        if key not in self._keys:
+            return
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        self._timers[key] = self.loop.call_later(self.delay_s, self._fire, key)
+
+    def _fire(self, key: str) -> None:
+        self._timers.pop(key, None)
+        if key in self._keys:
+            self.on_change(key)
+
+    # ---- observer thread
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory or event.event_type not in WRITES:
+            return
+        paths = [event.src_path, getattr(event, "dest_path", "")]
+        by_dir = self._by_dir
+        keys = set()
+        for raw in paths:
+            if not raw:
+                continue
+            path = norm(raw if isinstance(raw, str) else raw.decode())
+            for key, concerns in by_dir.get(path.parent, ()):
+                if concerns(path):
+                    keys.add(key)
+        for key in keys:
+            self.loop.call_soon_threadsafe(self._touched, key)
