@@ -29,14 +29,13 @@ from engine.quantize.lower.emulate import float_kernels
 # Sigmoid 0.56 / 1.10 ms (fused into QLinearSigmoid), HardSwish 0.82 / 1.09, Tanh 0.82 / 1.15,
 # SiLU 1.06 / 1.07; but GELU (erf form) 1.79 / 1.09, GELU (tanh form) 1.87 / 1.06, Mish
 # 14.1 / 1.07 (Softplus is slow). Both give the table's values: Q_y(f(DQ_x(x))) code by code.
-# Between integer convolutions the table also costs two Transposes: onnxruntime runs the convs
-# in NHWC and cannot move a layout change through the Reshape → GatherElements → Reshape of a
-# table, while elementwise float ops take NHWC as they come. Measured on PP-OCRv4 det (24 groups
-# HardSwish · w + b, 3 nodes each): tables 45.1 ms (1 thread) / 52.1 ms (2 threads), float
-# kernels 43.6 / 46.4 ms, whole .hbm.
+# A table of a 4-D tensor looks its codes up in NHWC order (`Builder.lookup`), so onnxruntime's
+# NHWC integer convolutions around it need no Transpose; measured on PP-OCRv4 det (24 groups
+# HardSwish · w + b, 3 nodes each), whole .hbm: tables 40.9 ms (1 thread) / 102 ms (2 threads,
+# loaded machine), the same groups as float kernels 42.1 / 113 ms.
 FAST_FLOAT = frozenset({"Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Relu", "Clip", "LeakyRelu", "Mul", "Add",
                         "Sub", "Div", "Neg", "Abs", "Identity"})
-FLOAT_CHAIN = 3  # longest chain of FAST_FLOAT ops still run as float kernels
+FLOAT_CHAIN = 2  # longest chain of FAST_FLOAT ops still run as float kernels
 
 
 def lut_node(b: Builder, node: onnx.NodeProto) -> str | None:
