@@ -18,7 +18,7 @@ SCHEMA = ROOT / "schemas" / "hb_compile.schema.json"
 OUTPUT = ROOT / "docs" / "config.md"
 
 GENERATION_WORDS = {"both": "hb_mapper and hb_compile", "hb_mapper": "hb_mapper (older generation)",
-                    "hb_compile": "hb_compile (newer generation)"}
+                    "hb_compile": "hb_compile (newer generation)", "hbcompile": "hbcompile only (this project's extension)"}
 LIST_WORDS = {"per-input": "`;`-separated, one entry per input (in `input_name` order)",
               "names": "`;`-separated names", "comma": "comma-separated values"}
 MODEL_VALUE_WORDS = {"input_name": "input names", "node_name": "node names", "op_type": "operator types"}

@@ -158,10 +158,16 @@ def mixed_precision(model: onnx.ModelProto, plan: QuantPlan, samples: Sequence[S
     budget = max(1, int(0.1 * sum(1 for n in model.graph.node if n.op_type != "Constant"))) \
         if budget is None else int(budget)
     wide = {t: float(s.absmax) for t, s in stats.items() if s.absmax > 0}
+    probe = build_switchable(model, plan)  # the int8 plan, switchable: its loss, then the ranking
+    base = Evaluator(probe, model, samples)
+    before = 1.0 - base.loss(probe.all_on())
+    if before >= target:
+        return MixedPrecision(target, before, before, [], {}, {}, budget, True, 1, time.perf_counter() - t0,
+                              sensitivity)
     if sensitivity is None:
-        sensitivity = analyse(model, plan, list(samples)[:1], stats, limit=screen, progress=progress)
+        sensitivity = analyse(model, plan, list(samples)[:1], stats, limit=screen, switchable=probe,
+                              progress=progress)
     sens = {r.node: r for r in sensitivity.rows}
-    probe = build_switchable(model, plan)  # rows and switches only (no session is made)
     fixed = user_placed(options)
     movable = [r for r in probe.rows if r.switches and not (set(r.nodes) & fixed)
                and (r.op_type == INPUT_ROW or all(plan.nodes[n].on == "BPU" for n in r.nodes if n in plan.nodes))]
@@ -179,13 +185,12 @@ def mixed_precision(model: onnx.ModelProto, plan: QuantPlan, samples: Sequence[S
     wanted16 = {t for row, _, _ in shortlist for sw_ in row.of_kind("activation") for t in ties.get(sw_.target,
                                                                                                    {sw_.target})}
     sw = build_switchable(model, plan, int16=wanted16, wide=wide)
-    ev = Evaluator(sw, model, samples)
+    ev = Evaluator(sw, model, samples, base.reference)
     state = _State(sw, plan)
-    loss = ev.loss(state.setting())
-    before = 1.0 - loss
+    loss = 1.0 - before
     notes: list[str] = []
     curve: dict[str, tuple[float, float]] = {}  # move → output cosine before / after adding it
-    if before < target:
+    if ranked:
         # prefix scan: the best-ranked candidates together. Clipping errors along a path are
         # redundant (raise one tensor and the next one clips), so moves are judged as a set.
         best: tuple[float, dict[str, Target]] = (loss, {})
@@ -204,9 +209,11 @@ def mixed_precision(model: onnx.ModelProto, plan: QuantPlan, samples: Sequence[S
                 break
         loss, chosen = best
         state.moves = dict(chosen)
-        # prune: undo moves, least promising first, while the target (or the best cosine) holds
+        # prune: undo the moves that did not raise the cosine when they were added (they may only
+        # have helped in company), latest first, while the target (or the best cosine) holds
         order = {row.name: i for i, (row, _, _) in enumerate(shortlist)}
-        for name in sorted(chosen, key=lambda n: -order[n]):
+        doubtful = [n for n in chosen if curve.get(n, (0.0, 0.0))[1] <= curve.get(n, (0.0, 0.0))[0]]
+        for name in sorted(doubtful, key=lambda n: -order[n]):
             kept = dict(state.moves)
             del state.moves[name]
             trial = ev.loss(state.setting())

@@ -148,12 +148,13 @@ def row_noise(row: Row, plan: QuantPlan, stats: Mapping[str, MergedStats], model
 class Evaluator:
     """Runs a switchable model on fixed samples against the float model's outputs."""
 
-    def __init__(self, switchable: SwitchableModel, model: onnx.ModelProto, samples: Sequence[Sample]):
+    def __init__(self, switchable: SwitchableModel, model: onnx.ModelProto, samples: Sequence[Sample],
+                 reference: Sequence[Mapping[str, np.ndarray]] | None = None):
         from engine.similarity import run_model
 
         self.sw = switchable
         self.samples = list(samples)
-        self.reference = [run_model(model, s) for s in self.samples]
+        self.reference = list(reference) if reference is not None else [run_model(model, s) for s in self.samples]
         self.runs = 0
 
     def loss(self, setting: Setting) -> float:
@@ -164,11 +165,15 @@ class Evaluator:
 
 def analyse(model: onnx.ModelProto, plan: QuantPlan, samples: Sequence[Sample],
             stats: Mapping[str, MergedStats] | None = None, limit: int | None = None,
-            switchable: SwitchableModel | None = None, progress: Progress | None = None) -> Sensitivity:
+            switchable: SwitchableModel | None = None, progress: Progress | None = None,
+            weight_limit: int | None = 24) -> Sensitivity:
     """Sensitivity of every quantized row of `model` (the optimized float model) under `plan`.
 
     `samples`: calibration samples to compare on (one is usually enough for a ranking);
-    `limit`: measure only the `limit` rows with the largest local noise (None: all).
+    `limit`: measure only the `limit` rows with the largest local noise (None: all);
+    `weight_limit`: the same for the weight-only runs (None: all) — int8 weights per output channel
+    rarely matter (PP-OCRv4 det: the largest weight loss 0.0023 against 0.0100 for activations),
+    so by default only the 24 with the largest weight noise are run.
     """
     from engine.similarity import cosine, run_model
 
@@ -181,6 +186,12 @@ def analyse(model: onnx.ModelProto, plan: QuantPlan, samples: Sequence[Sample],
     if limit is not None and limit < len(rows):
         keep = {r.name for r in sorted(rows, key=lambda r: -noise[r.name])[:limit]}
         measured = [r for r in rows if r.name in keep]
+    # weights: int8 per output channel rarely matters; only the noisiest get their run
+    weighted = [r for r in rows if r.of_kind("weight")]
+    w_noise = {r.name: row_noise(Row(r.name, r.op_type, r.nodes, r.tensor, r.of_kind("weight")), plan, stats, model)
+               for r in weighted}
+    weight_runs = {r.name for r in sorted(weighted, key=lambda r: -w_noise[r.name])[:weight_limit]} \
+        if weight_limit is not None else {r.name for r in weighted}
     ev = Evaluator(sw, model, samples)
     everything = sw.all_on()
     exposed = [r.tensor for r in rows if r.tensor and r.tensor in sw.mapping]
@@ -200,7 +211,7 @@ def analyse(model: onnx.ModelProto, plan: QuantPlan, samples: Sequence[Sample],
         if row.name in todo:
             if row.of_kind("activation"):
                 act = ev.loss(sw.rows_on([row], ("activation",)))
-            if row.of_kind("weight"):
+            if row.of_kind("weight") and row.name in weight_runs:
                 weight = ev.loss(sw.rows_on([row], ("weight",)))
             done += 1
             if progress is not None:

@@ -2,12 +2,17 @@
 
 Statistics are computed per sample and kept in a memo keyed by (optimized model, observed
 tensors, sample content hash), then merged: after one calibration file changes, only that
-sample's forward pass runs again. The thresholds are chosen by `calibration_type` and the
-fake-quant model is built from the quantization plan.
+sample's forward pass runs again. The thresholds are chosen by `calibration_type`; then the
+accuracy steps (engine.accuracy: calibration-data checks, int16 thresholds, bias correction with
+its own per-sample memo of channel means, sensitivity, automatic mixed precision) refine them,
+and the fake-quant model is built from the quantization plan. `thresholds.json` holds the
+thresholds, `accuracy.json` the node_info and bias corrections every later stage's plan applies
+(`load_thresholds` returns both as one `Calibration`), `sensitivity.json` the node ranking.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -19,6 +24,7 @@ import numpy as np
 import onnx
 
 from engine.calibration import (
+    CalibrationSet,
     CalibrationSource,
     Observer,
     SampleStats,
@@ -29,12 +35,15 @@ from engine.calibration import (
 from engine.config import Config
 from engine.pipeline.stage import Stage, StageContext
 from engine.problems import CalibrationDataError, error
-from engine.quantize.planner import QuantOptions, make_plan, plan_tensors
+from engine.quantize.planner import Calibration, QuantOptions, make_plan, plan_tensors
 from engine.quantize.types import ActQuant
 
 log = logging.getLogger("hbcompile")
 READS = ("calibration_parameters", "model_parameters.node_info")
 STATS_VERSION = 1
+SEARCH_SAMPLES = 4  # calibration samples the `default` search compares output cosines on
+ACCURACY_FILE = "accuracy.json"  # node_info of mixed precision, bias corrections, checks
+SENSITIVITY_FILE = "sensitivity.json"
 
 
 def calibration_files(config: Config) -> list[Path]:
@@ -69,8 +78,8 @@ def _memo_key(optimize_key: str, tensors: list[str]) -> str:
 
 
 def collect_stats(ctx: StageContext, model: onnx.ModelProto, tensors: list[str],
-                  specs: list[dict[str, Any]]) -> tuple[list[SampleStats], dict[str, np.ndarray], dict[str, Any]]:
-    """Per-sample statistics (memoised by content hash), the first sample, and what was done."""
+                  specs: list[dict[str, Any]]) -> tuple[list[SampleStats], CalibrationSet, dict[str, Any]]:
+    """Per-sample statistics (memoised by content hash), the calibration set, and what was done."""
     config = ctx.config
     memo = ctx.memo_dir("sample_stats") / _memo_key(ctx.upstream["optimize"].name, tensors)
     memo.mkdir(parents=True, exist_ok=True)
@@ -96,8 +105,34 @@ def collect_stats(ctx: StageContext, model: onnx.ModelProto, tensors: list[str],
         except (OSError, ValueError):  # a corrupt memo entry: recompute that sample
             (memo / f"{h}.npz").unlink(missing_ok=True)
             raise
-    return stats, cs.load(0), {"samples": len(cs), "computed": len(todo), "reused": len(cs) - len(todo),
-                               "batch": observer.batch_used}
+    return stats, cs, {"samples": len(cs), "computed": len(todo), "reused": len(cs) - len(todo),
+                       "batch": observer.batch_used}
+
+
+def collect_channel_means(ctx: StageContext, model: onnx.ModelProto, cs: CalibrationSet,
+                          wanted: dict[str, int]) -> dict[str, Any]:
+    """Per-channel means of the bias-corrected layers' inputs over every calibration sample, memoised
+    per sample like the statistics (sums and counts merge exactly)."""
+    from engine.accuracy import bias
+    from engine.similarity import run_model
+
+    memo = ctx.memo_dir("channel_means") / _memo_key(ctx.upstream["optimize"].name, sorted(wanted))
+    memo.mkdir(parents=True, exist_ok=True)
+    per_sample = []
+    for i, h in enumerate(cs.content_hashes()):
+        path = memo / f"{h}.npz"
+        try:
+            per_sample.append(bias.from_bytes(path.read_bytes()))
+            continue
+        except (OSError, ValueError, KeyError):
+            pass
+        ctx.check_cancel()
+        means = bias.channel_means(run_model(model, cs.load(i), list(wanted)), wanted)
+        tmp = memo / f".{h}.npz.tmp"
+        tmp.write_bytes(bias.to_bytes(means))
+        tmp.replace(path)
+        per_sample.append(means)
+    return bias.merge_means(per_sample)
 
 
 def load_source(config: Config) -> Path | None:
@@ -138,16 +173,73 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                    load_source=load_source(config) if kind == "load" else None)
         first = next(random_samples({s["name"]: s["shape"] for s in specs}, 1))
         info: dict[str, Any] = {"samples": 0}
+        calibration, accuracy = Calibration(result.acts), {}
     else:
-        stats, first, info = collect_stats(ctx, model, tensors, specs)
-        result = choose_thresholds(settings, model, merge_samples(stats), [first], options, tensors=tensors)
-    plan = make_plan(model, result.acts, options)
+        stats, cs, info = collect_stats(ctx, model, tensors, specs)
+        merged = merge_samples(stats)
+        # `default` compares candidates on a few samples, not hb_mapper's one: on PP-OCRv4 det the
+        # first sample alone picked max (held-out cosine 0.957) over max-percentile (0.980)
+        compare = [cs.load(i) for i in range(min(SEARCH_SAMPLES, len(cs)))]
+        first = compare[0]
+        settings = dataclasses.replace(settings, cosine_samples=len(compare))
+        result = choose_thresholds(settings, model, merged, compare, options, tensors=tensors)
+        calibration, accuracy = _improve(ctx, model, Calibration(result.acts), options, merged, cs, specs)
+    plan = make_plan(model, calibration, options)
     onnx.save(build_calibrated_model(model, plan), str(ctx.out_dir / "model.onnx"))
-    save_thresholds(ctx.out_dir / "thresholds.json", result.acts)
+    save_thresholds(ctx.out_dir / "thresholds.json", dict(calibration))
+    (ctx.out_dir / ACCURACY_FILE).write_text(json.dumps(accuracy, indent=1, default=_jsonable))
     np.savez(ctx.out_dir / "first_sample.npz", **first)
     (ctx.out_dir / "inputs.json").write_text(json.dumps(specs, indent=1))
+    mixed = accuracy.get("mixed_precision") or {}
     return {**info, "method": result.method, "cosines": result.cosines, "tensors": len(tensors),
-            "notes": plan.notes}
+            "notes": plan.notes + accuracy.get("notes", []),
+            "mixed_precision": {k: mixed[k] for k in ("before", "after", "verified", "met", "moved_nodes", "budget",
+                                                      "node_info") if k in mixed} or None}
+
+
+def _improve(ctx: StageContext, model: onnx.ModelProto, calibration: Calibration, options: QuantOptions,
+             merged: dict, cs: CalibrationSet, specs: list[dict[str, Any]]) -> tuple[Calibration, dict[str, Any]]:
+    """The accuracy steps (engine.accuracy) and what they tell the user."""
+    from engine.accuracy import AccuracySettings, improve
+    from engine.accuracy import bias as bias_mod
+
+    acc = AccuracySettings.from_config(ctx.config)
+    samples = [cs.load(i) for i in range(min(acc.samples, len(cs)))]
+    corrections = None
+    if acc.bias_correction:
+        layers, notes = bias_mod.layers(model, make_plan(model, calibration, options))
+        means = collect_channel_means(ctx, model, cs, {layer.input: layer.channel_axis for layer in layers})
+        corrections = bias_mod.corrections(model, make_plan(model, calibration, options), means)
+        log.info(f"bias_correction: {len(corrections)} layers corrected on {len(cs)} calibration samples")
+        for note in notes:
+            log.debug(note)
+    res = improve(model, calibration, options, merged, samples, specs, acc, corrections,
+                  progress=lambda m, f: ctx.report(m, f))
+    for check in res.checks:
+        if check.suspicious:
+            log.warning(check.message())
+        else:
+            log.debug(f"calibration data check, input {check.input}, {check.variant}: output entropy "
+                      f"{check.entropy_variant:.4f} vs {check.entropy_given:.4f} as given")
+    if res.sensitivity is not None:
+        (ctx.out_dir / SENSITIVITY_FILE).write_text(json.dumps(res.sensitivity.to_json(), indent=1))
+        if acc.sensitivity > 0:
+            log.info(f"Sensitivity of the quantized nodes (output cosine loss when only the node is quantized, on "
+                     f"{res.sensitivity.samples} calibration sample; all quantized: "
+                     f"{res.sensitivity.output_cosine:.6f}):\n{res.sensitivity.table_text(acc.sensitivity)}")
+    mp = res.mixed
+    if mp is not None and mp.moves:
+        log.info(mp.summary() + (f"; the integer program in float: {mp.verified:.6f}" if mp.verified is not None
+                                 else ""))
+        for move in mp.moves:
+            log.info(f"  {move.line()}")
+        log.info("To keep these placements without the search, set in model_parameters: node_info: "
+                 + json.dumps(mp.node_info))
+    elif mp is not None and not mp.met:
+        log.warning(mp.summary())
+    for note in (mp.notes if mp is not None else []) + res.notes:
+        log.info(note)
+    return res.calibration, res.to_json()
 
 
 def save_thresholds(path: Path, found: dict[str, Any]) -> None:
@@ -163,13 +255,17 @@ def save_thresholds(path: Path, found: dict[str, Any]) -> None:
     path.write_text(json.dumps(out, indent=1))
 
 
-def load_thresholds(path: Path) -> dict[str, ActQuant]:
+def load_thresholds(path: Path) -> Calibration:
+    """The calibration result saved beside `path` (thresholds.json): thresholds by tensor, plus the
+    node_info and bias corrections of `accuracy.json` in the same folder, which make_plan applies."""
     out = {}
     for tensor, v in json.loads(path.read_text()).items():
         t = v["threshold"]
         out[tensor] = ActQuant(tensor, np.asarray(t, np.float64) if isinstance(t, list) else float(t),
                                axis=v.get("axis"), method=v.get("method", ""))
-    return out
+    extra = path.parent / ACCURACY_FILE
+    accuracy = json.loads(extra.read_text()) if extra.is_file() else {}
+    return Calibration(out, accuracy.get("node_info") or {}, accuracy.get("bias_corrections") or {})
 
 
 def _jsonable(o: Any) -> Any:
@@ -180,6 +276,6 @@ def _jsonable(o: Any) -> Any:
     return str(o)
 
 
-STAGE = Stage("calibrate", 1, run, after=("optimize",), reads=READS, files=calibrate_files,
-              artefacts={"model.onnx": "{prefix}_calibrated_model.onnx"},
-              describe="statistics per calibration sample, thresholds, fake-quant model")
+STAGE = Stage("calibrate", 2, run, after=("optimize",), reads=READS, files=calibrate_files,
+              artefacts={"model.onnx": "{prefix}_calibrated_model.onnx", SENSITIVITY_FILE: "{prefix}_sensitivity.json"},
+              describe="statistics per calibration sample, thresholds, accuracy steps, fake-quant model")

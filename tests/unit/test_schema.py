@@ -47,6 +47,12 @@ REFERENCE_KEYS = {
     "custom_op": {"custom_op_method", "op_register_files", "custom_op_dir"},
 }
 
+# Keys of this project's own (x-hb-generation "hbcompile"): not in the reference, documented here.
+HBCOMPILE_KEYS = {
+    "calibration_parameters": {"target_output_cosine", "mixed_precision_budget", "sensitivity", "accuracy_samples",
+                               "check_calibration_data"},
+}
+
 # The list conventions of the brief the loader splits by (reference §3).
 PER_INPUT = {"input_name", "input_type_rt", "input_type_train", "input_layout_train", "input_layout_rt",
              "input_space_and_range", "input_shape", "norm_type", "mean_value", "scale_value", "std_value",
@@ -149,7 +155,13 @@ def test_schema_loads_through_the_package_path(schema):
 
 @pytest.mark.parametrize("section", SECTIONS)
 def test_every_reference_key_is_present(schema, section):
-    assert set(schema["properties"][section]["properties"]) == REFERENCE_KEYS[section]
+    assert set(schema["properties"][section]["properties"]) == REFERENCE_KEYS[section] | HBCOMPILE_KEYS.get(section,
+                                                                                                          set())
+
+
+def test_only_hbcompile_keys_extend_the_reference(schema):
+    for section, key, ks in all_keys(schema):
+        assert (ks["x-hb-generation"] == "hbcompile") == (key in HBCOMPILE_KEYS.get(section, set())), key
 
 
 @pytest.mark.skipif(not REFERENCE_MD.exists(), reason="shared reference not beside the repo")
@@ -175,7 +187,7 @@ def test_every_key_has_type_description_and_generation(schema):
         types = ks["type"] if isinstance(ks["type"], list) else [ks["type"]]
         assert types and set(types) <= JSON_TYPES and "null" not in types, where
         assert isinstance(ks["description"], str) and len(ks["description"]) > 30, where
-        assert ks["x-hb-generation"] in ("hb_mapper", "hb_compile", "both"), where
+        assert ks["x-hb-generation"] in ("hb_mapper", "hb_compile", "both", "hbcompile"), where
 
 
 def test_list_conventions(schema):

@@ -1,0 +1,141 @@
+"""Checks before calibration: do the calibration samples look like what the float model expects?
+
+A wrong `input_type_train` (RGB fed as BGR) or a normalization applied twice (samples already
+scaled to [-1, 1] while the config adds `mean_value` / `scale_value` again) is the most frequent
+cause of poor accuracy (reference §17: "the main cause of accuracy loss above 4%"), and no
+similarity table shows it: the quantized model follows the float model faithfully, on the wrong
+data. The float model itself tells: a trained model is more confident on inputs like its
+training data. So the check runs the float model on a few samples as given and on variants —
+
+- ``channels swapped``: the colour channels reversed (3-channel rgb / bgr inputs);
+- ``normalized twice``: the samples as if they were already normalized, i.e. x / scale + mean,
+  so that the model's own normalization gives back x (inputs with mean / scale / std);
+
+— and compares the mean entropy of its outputs (a probability vector along the class axis, a
+per-element probability map, or softmax of logits). A variant that is clearly more confident
+(entropy lower by `margin` of the given samples' entropy, and by at least `min_gap` nats) gives a
+warning naming the input and what to check. Only a warning: a model whose outputs carry no
+confidence (a regression head) can mislead it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+Sample = Mapping[str, np.ndarray]
+EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class DataCheck:
+    input: str
+    variant: str  # "channels swapped" / "normalized twice"
+    entropy_given: float
+    entropy_variant: float
+    suspicious: bool
+
+    def message(self) -> str:
+        advice = {"channels swapped": "check input_type_train (rgb vs bgr) and the channel order of the "
+                                      "calibration files",
+                  "normalized twice": "the calibration files may already be normalized: they must hold the train "
+                                      "data without mean / scale (those come from input_parameters)"}[self.variant]
+        return (f"calibration data of input '{self.input}': the float model is more confident with the samples "
+                f"{self.variant} (output entropy {self.entropy_variant:.4f}) than as given ({self.entropy_given:.4f}); "
+                f"{advice}")
+
+
+def output_entropy(y: np.ndarray) -> float:
+    """Mean entropy (nats) of one output, read as probabilities where it looks like them."""
+    y = np.asarray(y, np.float64)
+    if y.size == 0 or not np.isfinite(y).all():
+        return float("nan")
+    axis = 1 if y.ndim >= 2 and y.shape[1] > 1 else -1
+    if y.min() >= 0 and y.max() <= 1:
+        sums = y.sum(axis=axis)
+        if y.shape[axis] > 1 and np.allclose(sums, 1.0, atol=1e-3):  # a distribution along the class axis
+            return float(np.mean(-(y * np.log(y + EPS)).sum(axis=axis)))
+        p = np.clip(y, EPS, 1 - EPS)  # independent probabilities (sigmoid maps)
+        return float(np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p))))
+    if y.shape[axis] < 2:
+        return float("nan")
+    z = y - y.max(axis=axis, keepdims=True)  # logits
+    p = np.exp(z)
+    p /= p.sum(axis=axis, keepdims=True)
+    return float(np.mean(-(p * np.log(p + EPS)).sum(axis=axis)))
+
+
+def _entropy(run: Callable[[Sample], Mapping[str, np.ndarray]], samples: Sequence[Sample], outputs: Sequence[str]
+             ) -> float:
+    values = [output_entropy(run(s)[o]) for s in samples for o in outputs]
+    values = [v for v in values if np.isfinite(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _channel_axis(spec: Mapping[str, Any]) -> int:
+    return 1 if str(spec.get("input_layout_train") or "NCHW").upper() == "NCHW" else -1
+
+
+def variants(spec: Mapping[str, Any]) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """The alternative readings of one input's samples worth comparing."""
+    out: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+    axis = _channel_axis(spec)
+    shape = spec.get("shape") or []
+    if spec.get("input_type_train") in ("rgb", "bgr") and len(shape) == 4 and shape[axis] == 3:
+        out["channels swapped"] = lambda x: np.ascontiguousarray(np.flip(x, axis=axis))
+    mean = np.asarray(spec.get("mean_value") or [0.0], np.float32)
+    if spec.get("scale_value"):
+        scale = np.asarray(spec["scale_value"], np.float32)
+    elif spec.get("std_value"):
+        scale = 1.0 / np.asarray(spec["std_value"], np.float32)
+    else:
+        scale = None
+    if spec.get("mean_value") or scale is not None:
+        scale = np.ones(1, np.float32) if scale is None else scale
+        rank = len(shape) or 4
+
+        def per_channel(v: np.ndarray) -> np.ndarray:
+            if v.size == 1:
+                return v.reshape(())
+            view = [1] * rank
+            view[axis] = v.size
+            return v.reshape(view)
+
+        out["normalized twice"] = lambda x: (x / per_channel(scale) + per_channel(mean)).astype(np.float32)
+    return out
+
+
+def check_calibration_data(model: onnx.ModelProto, samples: Sequence[Sample], specs: Sequence[Mapping[str, Any]],
+                           margin: float = 0.25, min_gap: float = 0.02) -> list[DataCheck]:
+    """One `DataCheck` per input and variant (module docstring); `suspicious` ones deserve a warning."""
+    from engine.similarity import run_model
+
+    if not samples:
+        return []
+    outputs = [o.name for o in model.graph.output]
+    cache: dict[int, Mapping[str, np.ndarray]] = {}
+
+    def run_given(s: Sample) -> Mapping[str, np.ndarray]:
+        if id(s) not in cache:
+            cache[id(s)] = run_model(model, s)
+        return cache[id(s)]
+
+    given = _entropy(run_given, samples, outputs)
+    found = []
+    for spec in specs:
+        name = spec["name"]
+        for label, change in variants(spec).items():
+            altered = [{**s, name: change(np.asarray(s[name], np.float32))} for s in samples]
+            other = _entropy(lambda s: run_model(model, s), altered, outputs)
+            if not (np.isfinite(given) and np.isfinite(other)):
+                continue
+            suspicious = other < given * (1 - margin) and given - other >= min_gap
+            found.append(DataCheck(name, label, given, other, bool(suspicious)))
+    return found
+
+
+__all__ = ["DataCheck", "check_calibration_data", "output_entropy", "variants"]
