@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from engine.quantize.lower.encoding import Encoding
 
@@ -86,4 +86,29 @@ def elementwise_function(nodes: Sequence[onnx.NodeProto], source: str, output: s
         return session.run(None, {source: np.asarray(x, dtype=np.float32).reshape(-1)})[0]
 
     return fn
+
+
+
+def onnxruntime_table(op: str, enc_in: Encoding, enc_out: Encoding, **attrs) -> np.ndarray | None:
+    """The uint8 table onnxruntime's own lookup kernel `op` (com.microsoft QLinearLeakyRelu /
+    QLinearSigmoid) applies with these encodings: its output for every input code, or None when
+    the encodings are not per-tensor uint8.
+
+    Those kernels build a 256-entry table once and apply it in one pass over the bytes; a table
+    this returns equal to the one we need means the op computes exactly our table.
+    """
+    from engine.quantize.integer import session_options
+    from engine.quantize.lower.builder import MS
+
+    if any(e.per_channel or e.dtype != "uint8" for e in (enc_in, enc_out)):
+        return None
+    params = [numpy_helper.from_array(np.asarray(v), n) for n, v in (
+        ("x_scale", enc_in.scale_array()), ("x_zero_point", enc_in.zero_point_array()),
+        ("y_scale", enc_out.scale_array()), ("y_zero_point", enc_out.zero_point_array()))]
+    node = helper.make_node(op, ["x", "x_scale", "x_zero_point", "y_scale", "y_zero_point"], ["y"], domain=MS, **attrs)
+    graph = helper.make_graph([node], "lookup", [helper.make_tensor_value_info("x", TensorProto.UINT8, [256])],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [256])], params)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)])
+    session = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": input_codes(enc_in)})[0]
 

@@ -28,6 +28,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from engine.problems import StageError, error
+from engine.quantize import luts
 from engine.quantize.lower.encoding import Encoding
 from engine.quantize.planner import quantize_bias, quantize_weight, weight_scale_array
 from engine.quantize.types import QuantPlan
@@ -348,14 +349,38 @@ class Builder:
     def requantize(self, x: QTensor, t: str, enc: Encoding, name: str | None = None) -> QTensor:
         """`x` re-encoded as `enc` (half to even, saturating) and registered as `t`'s integer form.
 
-        DequantizeLinear → QuantizeLinear: the same values a requantization table holds
-        (`luts.requantize_table`), at a third of a table lookup's cost in onnxruntime.
+        The values of a requantization table (`luts.requantize_table`): as onnxruntime's
+        QLinearLeakyRelu with alpha 1 (one pass through its own 256-entry table) when that op's
+        table is this one at every code, else DequantizeLinear → QuantizeLinear (a third of a
+        GatherElements table's cost).
         """
         out = self.define_int(t, enc)
+        kernel = self.lookup_kernel(x.enc, enc, luts.requantize_table(x.enc, enc) if _per_tensor_uint8(x.enc, enc)
+                                    else None, ("QLinearLeakyRelu", {"alpha": 1.0}))
+        if kernel is not None:
+            self.emit_lookup_kernel(kernel, x, out, name)
+            return out
         f = self.fresh(f"{t}_requant_float")
         self.dequantize(x, f)
         self.quantize(f, out, name)
         return out
+
+    @staticmethod
+    def lookup_kernel(enc_in: Encoding, enc_out: Encoding, table: np.ndarray | None,
+                      *candidates: tuple[str, dict]) -> tuple[str, dict] | None:
+        """The first of onnxruntime's lookup kernels (`candidates`: op, attributes) whose own table
+        for these encodings is `table` at every code (`luts.onnxruntime_table`), else None."""
+        if table is None:
+            return None
+        for op, attrs in candidates:
+            theirs = luts.onnxruntime_table(op, enc_in, enc_out, **attrs)
+            if theirs is not None and np.array_equal(theirs, table):
+                return op, attrs
+        return None
+
+    def emit_lookup_kernel(self, kernel: tuple[str, dict], x: QTensor, out: QTensor, name: str | None) -> None:
+        op, attrs = kernel
+        self.emit(op, [x.name, x.scale, x.zero_point, out.scale, out.zero_point], [out.name], name, domain=MS, **attrs)
 
     # ---- constants of integer ops -------------------------------------------------------------
 
@@ -432,6 +457,10 @@ class Builder:
 
     def _is_float(self, t: str) -> bool:
         return self.elem_types.get(t, TensorProto.FLOAT) == TensorProto.FLOAT
+
+
+def _per_tensor_uint8(*encs: Encoding) -> bool:
+    return all(e.dtype == "uint8" and not e.per_channel for e in encs)
 
 
 def _dims(v: onnx.ValueInfoProto) -> list | None:

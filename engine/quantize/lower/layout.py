@@ -8,7 +8,9 @@
                           that repeats every pixel f_h × f_w times runs as Expand on NHWC codes
                           (`_replication`: 2 ms → 0.05 ms on 1×96×80×80 ×2, see `replicate`)
     Pad (constant)      → on codes, the pad value quantized (0.0 is code 128)
-    Relu / Clip         → Clip on codes at Q(lo), Q(hi): Q is monotone, so Q(clip(x)) = clip(Q(x))
+    Relu / Clip         → Clip on codes at Q(lo), Q(hi): Q is monotone, so Q(clip(x)) = clip(Q(x));
+                          with another output scale, onnxruntime's QLinearLeakyRelu (alpha 0 or 1)
+                          when its lookup table is the clamp-and-requantize table at every code
 
 The output keeps the input's encoding; if the plan gives it another, a requantization table follows.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from engine.quantize import luts
 from engine.quantize.lower.builder import Builder, QTensor, attr
 from engine.quantize.lower.encoding import Encoding
 
@@ -72,6 +75,13 @@ def clamp(b: Builder, node: onnx.NodeProto) -> str | None:
     lo, hi = bounds
     x = b.int_of(node.input[0])
     same = out_enc.same_as(enc)
+    if not same and out_enc.dtype == "uint8":  # clamp and requantize in one lookup kernel when one is exact
+        kernel = b.lookup_kernel(enc, out_enc, luts.build_table(lambda v: np.clip(v, lo, hi), enc, out_enc),
+                                 ("QLinearLeakyRelu", {"alpha": 0.0}), ("QLinearLeakyRelu", {"alpha": 1.0}))
+        if kernel is not None:
+            with b.lowering(node.name):
+                b.emit_lookup_kernel(kernel, x, b.define_int(node.output[0], out_enc), node.name)
+            return None
     out = b.define_int(node.output[0], enc) if same else b.define_int(node.output[0], enc, "_clamped")
     with b.lowering(node.name):
         emit_clamp(b, x, out, lo, hi, name=node.name)

@@ -85,15 +85,46 @@ def test_requantization_table_rounds_half_to_even_and_saturates():
     assert narrow[0] == 0 and narrow[255] == 255 and narrow[128 + 31] == 128 + 124  # ×4, saturated
 
 
-def test_clamp_with_a_new_scale_rounds_half_to_even():
-    """Relu from scale 1 to scale 2: Clip on codes, then DequantizeLinear → QuantizeLinear."""
-    model = model_of([helper.make_node("Relu", ["x"], ["y"], name="Relu_0")], [fvi("x", [255])], [fvi("y", [255])])
-    plan = QuantPlan(nodes={"Relu_0": NodePlan("Relu_0", "Relu", "BPU", act_inputs=("x",))},
+def relu_to_new_scale(hi: float | None = None) -> QuantPlan:
+    """Relu (or Clip(0, hi)) from scale 1 to scale 2 on 255 values: every code, ties at .5."""
+    if hi is None:
+        node, inits = helper.make_node("Relu", ["x"], ["y"], name="Relu_0"), []
+    else:
+        node = helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="Relu_0")
+        inits = [numpy_helper.from_array(np.array(0.0, np.float32), "lo"), numpy_helper.from_array(np.array(hi, np.float32), "hi")]
+    model = model_of([node], [fvi("x", [255])], [fvi("y", [255])], inits)
+    plan = QuantPlan(nodes={"Relu_0": NodePlan("Relu_0", node.op_type, "BPU", act_inputs=("x",))},
                      acts={"x": ActQuant("x", 127.0), "y": ActQuant("y", 254.0)})
-    bc = lower_to_integer(model, plan)
+    return lower_to_integer(model, plan)
+
+
+@pytest.mark.parametrize("hi", [None, 40.0])
+def test_clamp_with_a_new_scale_rounds_half_to_even(hi):
+    """Relu from scale 1 to scale 2 is onnxruntime's QLinearLeakyRelu (alpha 0: one lookup in its own
+    table, which is ours at every code); Clip(0, 40) is not a LeakyRelu: Clip, then requantization."""
+    bc = relu_to_new_scale(hi)
+    middle = [n.op_type for n in bc.graph.node][1:-1]  # between the input's QuantizeLinear and the output's DQ
+    assert middle == (["QLinearLeakyRelu"] if hi is None else ["Clip", "QLinearLeakyRelu"])
     x = np.arange(-127, 128, dtype=np.float32)
     codes = run_codes(bc, {"x": x}, "y").astype(int) - 128
-    np.testing.assert_array_equal(codes, np.rint(np.maximum(x, 0) / 2))
+    np.testing.assert_array_equal(codes, np.rint(np.clip(x, 0, hi) / 2))
+
+
+def test_lookup_kernel_is_used_only_when_its_table_is_exact(monkeypatch):
+    """onnxruntime's table one code off (as if it rounded a tie the other way): the lowering keeps
+    Clip → DequantizeLinear → QuantizeLinear, with the right codes."""
+    real = luts.onnxruntime_table
+
+    def one_code_off(*args, **kwargs):
+        table = real(*args, **kwargs).copy()
+        table[129] += 1
+        return table
+
+    monkeypatch.setattr(luts, "onnxruntime_table", one_code_off)
+    bc = relu_to_new_scale()
+    assert "QLinearLeakyRelu" not in {n.op_type for n in bc.graph.node}
+    x = np.arange(-127, 128, dtype=np.float32)
+    np.testing.assert_array_equal(run_codes(bc, {"x": x}, "y").astype(int) - 128, np.rint(np.maximum(x, 0) / 2))
 
 
 def test_residual_add_requantizes_half_to_even():
