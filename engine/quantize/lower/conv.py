@@ -18,7 +18,11 @@
                       si32: MatMulInteger
 
 ConvTranspose (no integer kernel in onnxruntime's CPU provider), non-constant weights, int16 and
-per-channel activations are emulated (engine.quantize.lower.emulate).
+per-channel activations are emulated (engine.quantize.lower.emulate). A kernel = stride = 2
+ConvTranspose is a 1×1 conv to 4·C_out channels and a DepthToSpace, but onnxruntime's uint8
+DepthToSpace (or the same move as Reshape/Transpose in NHWC) costs more than the float
+ConvTranspose saves: PP-OCRv4 det's 24 → 24 upsampling at 160×160, float 4.7 ms, QLinearConv +
+DepthToSpace 5.2 ms, NHWC move 10.4 ms (1 thread).
 """
 
 from __future__ import annotations
