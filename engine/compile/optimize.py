@@ -38,8 +38,7 @@ may only apply rewrites that cannot change a single output bit:
   kernels handle 1–3 input channels far better than its integer ones (measured at 1 thread:
   digits' 1→8 3×3 conv on 32×32 31 → 15 µs; PP-OCRv4 det's 3→16 3×3/2 stem on 640×640
   3.0 → 2.0 ms). Each rewritten node is compared with the QLinearConv on random inputs before
-  it is kept. Then onnxruntime's
-  basic-level graph optimization applied offline (constant
+  it is kept. Then onnxruntime's basic-level graph optimization applied offline (constant
   folding with onnxruntime's own CPU kernels — the same kernels that would compute those values
   at run time, so the same bits — and redundant-node elimination), with every basic rewrite that
   re-associates float arithmetic disabled (Conv/MatMul + Add/Mul/BatchNormalization fusions,
