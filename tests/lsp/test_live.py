@@ -333,9 +333,12 @@ async def test_changes_during_a_run_cancel_it_and_queue_one_rerun(client: LiveCl
     assert result["ok"] and result["version"] == versions[-1], summary(result)
     assert stage_map(result)["compile"][0] == "ran"
     tokens = client.tokens_with("digits.hb.yaml: saved", mark)
-    assert len(tokens) == 2  # the run that was going, and one re-run for the three saves
-    assert client.values(tokens[0])[-1] == {"kind": "end", "message": "superseded by a newer change"}
-    await client.until("the re-run's end", lambda: client.values(tokens[1])[-1]["kind"] == "end")
+    # the run that was going, then one re-run at a time: 2 when the three saves land together,
+    # up to 4 when a loaded machine spaces them out; never more runs than saves, never two at once
+    assert 2 <= len(tokens) <= 4
+    for superseded in tokens[:-1]:
+        assert client.values(superseded)[-1] == {"kind": "end", "message": "superseded by a newer change"}
+    await client.until("the re-run's end", lambda: client.values(tokens[-1])[-1]["kind"] == "end")
     assert len(client.results_for(uri)) == 1  # the superseded run sent nothing
 
 
