@@ -162,3 +162,89 @@ async def test_the_watcher_coalesces_a_burst_and_counts_renames(tmp_path: Path):
         assert watcher.watched("cfg") == frozenset() and not watcher._watches
     finally:
         watcher.close()
+
+
+class FakeEngine:
+    """Stands in for the engine: reports progress, then waits for `cancel` or `release`."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.hashes = HashMemo()
+        self.release = threading.Event()
+        self.started: list[str] = []
+        self.fail = False
+
+    def run(self, path, progress=None, cancel=None, loaded=None):
+        self.started.append(path.name)
+        if self.fail:
+            raise RuntimeError("engine bug")
+        progress("calibrate", "Start to calibrate model (no earlier run).", 0.0)
+        while not (cancel.is_set() or self.release.is_set()):
+            cancel.wait(0.01)
+        report = RunReport(path)
+        report.stages = [StageRun("config", "ran"),
+                         StageRun("calibrate", "cancelled" if cancel.is_set() else "ran", "")]
+        return report
+
+
+@pytest.mark.asyncio
+async def test_the_runner_supersedes_a_run_with_one_waiting_run_and_survives_a_bug(tmp_path: Path):
+    from hblsp.runner import CompileRunner, RunHooks, RunRequest
+
+    finished, progress = [], []
+    done = asyncio.Event()
+
+    async def before(job):
+        job.data["began"] = True
+
+    def on_finished(fin):
+        finished.append(fin)
+        done.set()
+
+    runner = CompileRunner(RunHooks(before, lambda job, stage, message, fraction: progress.append((job.number, stage)),
+                                    on_finished))
+    engine = runner.engine = FakeEngine()
+    text = "model_parameters: {}\n"  # the fake engine never reads it; the inputs fingerprint does
+
+    def request(name: str) -> RunRequest:
+        return RunRequest("file:///w/a.hb.yaml", tmp_path / name, text, 1, "save")
+
+    try:
+        first = runner.submit(request("first.hb.yaml"))
+        assert first is not None and runner.busy(first.uri)
+        while not progress:  # the run is going
+            await asyncio.sleep(0.01)
+        assert progress == [(1, "calibrate")]
+        assert runner.submit(request("second.hb.yaml")) is None
+        assert runner.submit(request("third.hb.yaml")) is None  # replaces the waiting one: no pile-up
+        assert first.cancel.is_set() and first.superseded
+        await asyncio.wait_for(done.wait(), 30)
+        done.clear()
+        assert finished[0].job is first and finished[0].payload["cancelled"]
+        while len(engine.started) < 2:
+            await asyncio.sleep(0.01)
+        engine.release.set()
+        await asyncio.wait_for(done.wait(), 30)
+        done.clear()
+        assert engine.started == ["first.hb.yaml", "third.hb.yaml"]
+        assert finished[1].payload["ok"] and not finished[1].job.superseded and not runner.busy(first.uri)
+
+        engine.release.clear()
+        job = runner.submit(request("fourth.hb.yaml"))
+        while len(engine.started) < 3:
+            await asyncio.sleep(0.01)
+        runner.submit(request("fifth.hb.yaml"))
+        assert runner.cancel(job.uri)  # the user's cancel: the waiting run goes too
+        await asyncio.wait_for(done.wait(), 30)
+        done.clear()
+        assert finished[2].job is job and not job.superseded and finished[2].payload["cancelled"]
+        assert not runner.busy(job.uri) and not runner.cancel(job.uri)
+
+        engine.fail = True
+        runner.submit(request("sixth.hb.yaml"))
+        await asyncio.wait_for(done.wait(), 30)
+        assert isinstance(finished[3].error, RuntimeError) and finished[3].payload is None
+        assert not runner.busy(job.uri)
+    finally:
+        runner.close()
