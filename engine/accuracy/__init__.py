@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 
 from engine.accuracy.checks import DataCheck, check_calibration_data
-from engine.accuracy.mixed import MixedPrecision, mixed_precision
+from engine.accuracy.mixed import MixedPrecision, mixed_precision, widen_int16
 from engine.accuracy.sensitivity import Sensitivity, analyse
 from engine.calibration.stats import MergedStats
 from engine.quantize.planner import Calibration, QuantOptions, make_plan
@@ -86,31 +86,17 @@ class AccuracyResult:
                 "bias_corrections": {k: v.tolist() for k, v in self.calibration.bias_corrections.items()}}
 
 
-def int16_thresholds(model: onnx.ModelProto, calibration: Calibration, options: QuantOptions,
-                     merged: Mapping[str, MergedStats]) -> int:
-    """Tensors the plan keeps at 16 bits take their max |x| (in place); returns how many changed."""
-    plan = make_plan(model, calibration, options)
-    changed = 0
-    for t, act in plan.acts.items():
-        if act.bits != 16 or t not in merged or t not in calibration or merged[t].absmax <= 0:
-            continue
-        old = calibration[t]
-        if getattr(old, "method", "") == "max (int16)":
-            continue
-        calibration[t] = ActQuant(t, float(merged[t].absmax), method="max (int16)")
-        changed += 1
-    return changed
-
-
 def verify(model: onnx.ModelProto, calibration: Calibration, options: QuantOptions, samples: Sequence[Sample]
            ) -> float:
     """Mean output cosine of the ptq model (the integer program in float) on `samples`."""
+    from engine.accuracy.switchable import fake_quant_session
     from engine.quantize.ptq import build_ptq_model
     from engine.similarity import mean_output_cosine, run_model
 
-    ptq = build_ptq_model(model, make_plan(model, calibration, options))
+    session = fake_quant_session(build_ptq_model(model, make_plan(model, calibration, options)))
     names = [o.name for o in model.graph.output]
-    return mean_output_cosine([run_model(model, s) for s in samples], [run_model(ptq, s) for s in samples], names)
+    got = [dict(zip([o.name for o in session.get_outputs()], session.run(None, s), strict=True)) for s in samples]
+    return mean_output_cosine([run_model(model, s) for s in samples], got, names)
 
 
 def improve(model: onnx.ModelProto, calibration: Calibration, options: QuantOptions,
@@ -126,7 +112,7 @@ def improve(model: onnx.ModelProto, calibration: Calibration, options: QuantOpti
     if bias_corrections:
         calibration.bias_corrections.update({k: np.asarray(v, np.float32) for k, v in bias_corrections.items()})
         result.bias_corrected = len(bias_corrections)
-    result.int16_thresholds = int16_thresholds(model, calibration, options, merged)
+    result.int16_thresholds = widen_int16(model, calibration, options, merged)
     plan = make_plan(model, calibration, options)
     if settings.sensitivity > 0 and samples:
         result.sensitivity = analyse(model, plan, samples[:1], merged, progress=progress)
@@ -137,19 +123,19 @@ def improve(model: onnx.ModelProto, calibration: Calibration, options: QuantOpti
             result.notes.append(f"mixed precision: mixed_precision_budget {settings.budget} allows no node of "
                                 f"{nodes} to move")
         else:
-            mp = mixed_precision(model, plan, samples, merged, settings.target, budget, options,
+            mp = mixed_precision(model, calibration, samples, merged, settings.target, budget, options,
                                  result.sensitivity, progress=progress)
             result.mixed = mp
+            result.verified_cosine = mp.verified
             if mp.moves:
                 calibration.node_info.update(mp.node_info)
                 for t, value in mp.thresholds.items():
                     if t in calibration:
                         calibration[t] = ActQuant(t, float(value), method="max (int16)")
-                result.int16_thresholds += int16_thresholds(model, calibration, options, merged)
-                result.verified_cosine = mp.verified = verify(model, calibration, options, samples)
+                result.int16_thresholds += widen_int16(model, calibration, options, merged)
             if result.sensitivity is None:
                 result.sensitivity = mp.sensitivity
     return result
 
 
-__all__ = ["KEYS", "AccuracyResult", "AccuracySettings", "improve", "int16_thresholds", "verify"]
+__all__ = ["KEYS", "AccuracyResult", "AccuracySettings", "improve", "verify", "widen_int16"]

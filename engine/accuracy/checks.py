@@ -9,7 +9,9 @@ training data. So the check runs the float model on a few samples as given and o
 
 - ``channels swapped``: the colour channels reversed (3-channel rgb / bgr inputs);
 - ``normalized twice``: the samples as if they were already normalized, i.e. x / scale + mean,
-  so that the model's own normalization gives back x (inputs with mean / scale / std);
+  so that the model's own normalization gives back x (inputs with mean / scale / std, and only
+  when the samples lie in the normalized range: out-of-range inputs saturate a model's outputs,
+  which then look confident for the wrong reason — measured on the digits example);
 
 — and compares the mean entropy of its outputs (a probability vector along the class axis, a
 per-element probability map, or softmax of logits). A variant that is clearly more confident
@@ -109,6 +111,23 @@ def variants(spec: Mapping[str, Any]) -> dict[str, Callable[[np.ndarray], np.nda
     return out
 
 
+def looks_normalized(x: np.ndarray, spec: Mapping[str, Any]) -> bool:
+    """Samples already inside the range the model's normalization gives 0–255 pixels (and far from
+    0–255 themselves): only then is "normalized twice" a plausible reading — otherwise the variant
+    is out of range, and a saturated output would look confident for the wrong reason."""
+    mean = np.asarray(spec.get("mean_value") or [0.0], np.float64)
+    if spec.get("scale_value"):
+        scale = np.asarray(spec["scale_value"], np.float64)
+    elif spec.get("std_value"):
+        scale = 1.0 / np.asarray(spec["std_value"], np.float64)
+    else:
+        scale = np.ones(1)
+    ends = np.concatenate([(0.0 - mean) * scale, (255.0 - mean) * scale])
+    lo, hi = float(ends.min()), float(ends.max())
+    span = hi - lo
+    return bool(x.min() >= lo - 0.1 * span and x.max() <= hi + 0.1 * span and float(x.max() - x.min()) < 0.25 * 255)
+
+
 def check_calibration_data(model: onnx.ModelProto, samples: Sequence[Sample], specs: Sequence[Mapping[str, Any]],
                            margin: float = 0.25, min_gap: float = 0.02) -> list[DataCheck]:
     """One `DataCheck` per input and variant (module docstring); `suspicious` ones deserve a warning."""
@@ -129,6 +148,8 @@ def check_calibration_data(model: onnx.ModelProto, samples: Sequence[Sample], sp
     for spec in specs:
         name = spec["name"]
         for label, change in variants(spec).items():
+            if label == "normalized twice" and not all(looks_normalized(np.asarray(s[name]), spec) for s in samples):
+                continue
             altered = [{**s, name: change(np.asarray(s[name], np.float32))} for s in samples]
             other = _entropy(lambda s: run_model(model, s), altered, outputs)
             if not (np.isfinite(given) and np.isfinite(other)):

@@ -35,11 +35,11 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from engine.accuracy.sensitivity import Evaluator, Sensitivity, analyse
-from engine.accuracy.switchable import INPUT_ROW, Row, Setting, SwitchableModel, build_switchable
+from engine.accuracy.sensitivity import Sensitivity, analyse
+from engine.accuracy.switchable import INPUT_ROW, Row, SwitchableModel, build_switchable, fake_quant_session
 from engine.calibration.stats import MergedStats
-from engine.quantize.planner import QuantOptions
-from engine.quantize.types import QuantPlan
+from engine.quantize.planner import Calibration, QuantOptions, make_plan
+from engine.quantize.types import ActQuant, QuantPlan
 
 log = logging.getLogger("hbcompile")
 Sample = Mapping[str, np.ndarray]
@@ -70,7 +70,7 @@ class MixedPrecision:
     thresholds: dict[str, float]  # int16 tensors: their max |x|
     budget: int  # rows (nodes or fusion groups) that may move
     met: bool
-    evaluations: int
+    evaluations: int  # plans built and run
     seconds: float
     sensitivity: Sensitivity | None = None
     verified: float | None = None  # output cosine of the real (ptq) plan with the moves, if checked
@@ -83,8 +83,9 @@ class MixedPrecision:
 
     def summary(self) -> str:
         state = "met" if self.met else "not met"
-        return (f"mixed precision: output cosine {self.before:.6f} -> {self.after:.6f} (target {self.target}, "
-                f"{state}); {len(self.moves)} moves, {self.moved_nodes} of at most {self.budget} nodes")
+        return (f"mixed precision: output cosine of the integer program (ptq model) {self.before:.6f} -> "
+                f"{self.after:.6f} (target {self.target}, {state}); {len(self.moves)} moves, at most {self.budget} "
+                f"nodes may move")
 
     def to_json(self) -> dict:
         return {"target": self.target, "before": self.before, "after": self.after, "verified": self.verified,
@@ -117,53 +118,93 @@ def _costs(model: onnx.ModelProto, rows: Sequence[Row]) -> dict[str, float]:
     return {r.name: float(np.clip(np.sqrt(sizes.get(r.tensor, median) / max(median, 1.0)), 0.5, 2.0)) for r in rows}
 
 
-class _State:
-    """The moves so far and the switch setting they give."""
+class PlanEvaluator:
+    """The real thing: the ptq model (the integer program, computed in float) of `calibration`
+    plus a set of moves, run on the samples against the float model. Each distinct set of moves is
+    built and run once."""
 
-    def __init__(self, sw: SwitchableModel, plan: QuantPlan):
-        self.sw = sw
-        self.base = sw.all_on()
-        self.moves: dict[str, Target] = {}
-        self.ties = _ties(plan)  # tensor → tensors sharing its scale (int16 is the whole set's)
+    def __init__(self, model: onnx.ModelProto, calibration: Calibration, options: QuantOptions,
+                 samples: Sequence[Sample], stats: Mapping[str, MergedStats], probe: SwitchableModel,
+                 plan: QuantPlan):
+        from engine.similarity import run_model
 
-    def setting(self, extra: Mapping[str, Target] | None = None) -> Setting:
-        s = self.base.copy()
-        for name, to in {**self.moves, **(extra or {})}.items():
-            row = self.sw.row(name)
-            for sw_ in row.of_kind("activation"):
-                for t in self.ties.get(sw_.target, {sw_.target}):
-                    if t in s.acts:
-                        s.acts[t] = 16
-            if to == "CPU":
-                for sw_ in row.of_kind("weight"):
-                    s.weights.discard(sw_.target)
-        return s
+        self.model, self.calibration, self.options = model, calibration, options
+        self.samples = list(samples)
+        self.stats, self.probe, self.plan = stats, probe, plan
+        self.wide = {t: float(s.absmax) for t, s in stats.items() if s.absmax > 0}
+        self.reference = [run_model(model, s) for s in self.samples]
+        self.outputs = [o.name for o in model.graph.output]
+        self.cache: dict[frozenset, float] = {}
+        self.builds = 0
+
+    def calibration_for(self, moves: Mapping[str, Target]) -> Calibration:
+        info, thresholds = decisions(self.model, self.plan, self.probe, moves, self.wide)
+        out = Calibration({**self.calibration, **{t: ActQuant(t, v, method="max (int16)") for t, v in thresholds.items()
+                                                 if t in self.calibration}},
+                          {**self.calibration.node_info, **info}, self.calibration.bias_corrections)
+        widen_int16(self.model, out, self.options, self.stats)
+        return out
+
+    def loss(self, moves: Mapping[str, Target]) -> float:
+        key = frozenset(moves.items())
+        if key not in self.cache:
+            from engine.quantize.ptq import build_ptq_model
+            from engine.similarity import mean_output_cosine
+
+            ptq = build_ptq_model(self.model, make_plan(self.model, self.calibration_for(moves), self.options))
+            session = fake_quant_session(ptq)
+            names = [o.name for o in session.get_outputs()]
+            wanted = {i.name for i in session.get_inputs()}
+            got = [dict(zip(names, session.run(names, {k: v for k, v in s.items() if k in wanted}), strict=True))
+                   for s in self.samples]
+            self.cache[key] = 1.0 - mean_output_cosine(self.reference, got, self.outputs)
+            self.builds += 1
+        return self.cache[key]
 
 
-def mixed_precision(model: onnx.ModelProto, plan: QuantPlan, samples: Sequence[Sample],
+def widen_int16(model: onnx.ModelProto, calibration: Calibration, options: QuantOptions,
+                stats: Mapping[str, MergedStats]) -> int:
+    """Tensors the plan keeps at 16 bits take their max |x| (in place); returns how many changed.
+    At 16 bits clipping buys no resolution worth having, it only loses the outliers."""
+    plan = make_plan(model, calibration, options)
+    changed = 0
+    for t, act in plan.acts.items():
+        if act.bits != 16 or t not in stats or t not in calibration or stats[t].absmax <= 0:
+            continue
+        if getattr(calibration[t], "method", "") == "max (int16)":
+            continue
+        calibration[t] = ActQuant(t, float(stats[t].absmax), method="max (int16)")
+        changed += 1
+    return changed
+
+
+def mixed_precision(model: onnx.ModelProto, calibration: Calibration, samples: Sequence[Sample],
                     stats: Mapping[str, MergedStats], target: float = 0.99, budget: int | None = None,
                     options: QuantOptions | None = None, sensitivity: Sensitivity | None = None,
                     screen: int | None = None, progress: Callable[[str, float], None] | None = None
                     ) -> MixedPrecision:
     """Moves that bring the mean output cosine on `samples` to `target` (module docstring).
 
+    `calibration`: the thresholds (and any node_info / bias corrections) of the plan to improve;
     `budget`: nodes that may move (None: 10 % of the model's nodes; an int16 move changes one
     node's output type, a CPU move places every node of its row); `sensitivity`: a ranking already
     computed on this plan (else one is computed on the first sample); `screen`: rows the
     sensitivity analysis runs, by local noise (None: all — screening by local noise missed
     PP-OCRv4 det's first convolutions, whose error is small locally and large at the output).
+    Every candidate set is judged on the real ptq model, not an estimate.
     """
     t0 = time.perf_counter()
     options = options or QuantOptions()
     budget = max(1, int(0.1 * sum(1 for n in model.graph.node if n.op_type != "Constant"))) \
         if budget is None else int(budget)
-    wide = {t: float(s.absmax) for t, s in stats.items() if s.absmax > 0}
-    probe = build_switchable(model, plan)  # the int8 plan, switchable: its loss, then the ranking
-    base = Evaluator(probe, model, samples)
-    before = 1.0 - base.loss(probe.all_on())
+    plan = make_plan(model, calibration, options)
+    probe = build_switchable(model, plan)  # rows and switches; the sensitivity ranking runs on it
+    ev = PlanEvaluator(model, calibration, options, samples, stats, probe, plan)
+    loss = ev.loss({})
+    before = 1.0 - loss
     if before >= target:
-        return MixedPrecision(target, before, before, [], {}, {}, budget, True, 1, time.perf_counter() - t0,
-                              sensitivity)
+        return MixedPrecision(target, before, before, [], {}, {}, budget, True, ev.builds,
+                              time.perf_counter() - t0, sensitivity, verified=before)
     if sensitivity is None:
         sensitivity = analyse(model, plan, list(samples)[:1], stats, limit=screen, switchable=probe,
                               progress=progress)
@@ -181,72 +222,54 @@ def mixed_precision(model: onnx.ModelProto, plan: QuantPlan, samples: Sequence[S
     for cand in ranked:  # what fits the budget, best first
         if size({c[0].name: c[1] for c in [*shortlist, cand]}) <= budget:
             shortlist.append(cand)
-    ties = _ties(plan)
-    wanted16 = {t for row, _, _ in shortlist for sw_ in row.of_kind("activation") for t in ties.get(sw_.target,
-                                                                                                   {sw_.target})}
-    sw = build_switchable(model, plan, int16=wanted16, wide=wide)
-    ev = Evaluator(sw, model, samples, base.reference)
-    state = _State(sw, plan)
-    loss = 1.0 - before
     notes: list[str] = []
     curve: dict[str, tuple[float, float]] = {}  # move → output cosine before / after adding it
-    if ranked:
+    chosen: dict[str, Target] = {}
+    if shortlist:
         # prefix scan: the best-ranked candidates together. Clipping errors along a path are
         # redundant (raise one tensor and the next one clips), so moves are judged as a set.
         best: tuple[float, dict[str, Target]] = (loss, {})
-        last = loss
+        last, moves = loss, {}
         for step, (row, to, _) in enumerate(shortlist, start=1):
-            state.moves = {**state.moves, row.name: to}
-            trial = ev.loss(state.setting())
+            moves = {**moves, row.name: to}
+            trial = ev.loss(moves)
             curve[row.name] = (1.0 - last, 1.0 - trial)
             last = trial
             if progress is not None:
                 progress(f"mixed precision: {row.name} -> {to}, output cosine {1 - trial:.5f}",
                          step / max(len(shortlist), 1))
             if trial < best[0]:
-                best = (trial, dict(state.moves))
+                best = (trial, dict(moves))
             if 1.0 - trial >= target:
                 break
         loss, chosen = best
-        state.moves = dict(chosen)
         # prune: undo the moves that did not raise the cosine when they were added (they may only
         # have helped in company), latest first, while the target (or the best cosine) holds
         order = {row.name: i for i, (row, _, _) in enumerate(shortlist)}
         doubtful = [n for n in chosen if curve.get(n, (0.0, 0.0))[1] <= curve.get(n, (0.0, 0.0))[0]]
         for name in sorted(doubtful, key=lambda n: -order[n]):
-            kept = dict(state.moves)
-            del state.moves[name]
-            trial = ev.loss(state.setting())
+            trial_moves = {k: v for k, v in chosen.items() if k != name}
+            trial = ev.loss(trial_moves)
             if 1.0 - trial >= target or (1.0 - loss < target and trial <= loss):
-                loss = trial
+                loss, chosen = trial, trial_moves
                 notes.append(f"{name} stays int8: the result holds without moving it")
-            else:
-                state.moves = kept
-        if 1.0 - loss < target:
-            why = ("the node budget is spent" if len(shortlist) < len(ranked) or size(state.moves) >= budget
-                   else "no remaining node helps")
-            notes.append(f"mixed precision stops at output cosine {1 - loss:.6f}, below the target {target}: {why}")
-    moves = []
-    for name, to in state.moves.items():
-        row, s = sw.row(name), sens.get(name)
+    if 1.0 - loss < target:
+        why = ("the node budget is spent" if len(shortlist) < len(ranked) or size(chosen) >= budget
+               else "no node helps enough" if chosen else "no node helps")
+        notes.append(f"mixed precision stops at output cosine {1 - loss:.6f}, below the target {target}: {why}")
+    moves_out = []
+    for name, to in chosen.items():
+        row, s = probe.row(name), sens.get(name)
         cost = cost16[name] * (CPU_COST if to == "CPU" else 1.0)
         was, now = curve.get(name, (float("nan"), float("nan")))
         why = (f"isolated {'weight' if to == 'CPU' else 'activation'} loss "
                f"{(s.weight if to == 'CPU' else s.activation) or 0.0:.5f} (rank {sensitivity.rows.index(s) + 1}), "
                f"cost {cost:.1f}; output cosine {was:.5f} -> {now:.5f} when added")
-        moves.append(Move(name, row.nodes, to, now - was, cost, why))
+        moves_out.append(Move(name, row.nodes, to, now - was, cost, why))
     after = 1.0 - loss
-    info, thresholds = decisions(model, plan, sw, state.moves, wide)
-    return MixedPrecision(target, before, after, moves, info, thresholds, budget, after >= target,
-                          ev.runs // max(len(ev.samples), 1), time.perf_counter() - t0, sensitivity, notes=notes)
-
-
-def _ties(plan: QuantPlan) -> dict[str, set[str]]:
-    ties: dict[str, set[str]] = {}
-    for members in plan.shared:
-        for t in members:
-            ties.setdefault(t, set()).update(members)
-    return ties
+    info, thresholds = decisions(model, plan, probe, chosen, ev.wide)
+    return MixedPrecision(target, before, after, moves_out, info, thresholds, budget, after >= target,
+                          ev.builds, time.perf_counter() - t0, sensitivity, verified=after, notes=notes)
 
 
 def _candidates(rows: Sequence[Row], sens: Mapping[str, object], cost16: Mapping[str, float]
@@ -296,4 +319,5 @@ def decisions(model: onnx.ModelProto, plan: QuantPlan, sw: SwitchableModel, move
     return info, thresholds
 
 
-__all__ = ["CPU_COST", "Move", "MixedPrecision", "decisions", "mixed_precision", "user_placed"]
+__all__ = ["CPU_COST", "Move", "MixedPrecision", "PlanEvaluator", "decisions", "mixed_precision", "user_placed",
+           "widen_int16"]

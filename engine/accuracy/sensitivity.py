@@ -106,7 +106,14 @@ def output_loss(reference: Sequence[Mapping[str, np.ndarray]], got: Sequence[Map
 
 
 def local_noise(stats: MergedStats | None, threshold: float, bits: int = 8) -> float:
-    """E[(q(x) − x)²] / E[x²] of symmetric fake-quant at `threshold`, from the |x| histogram."""
+    """The quantization noise / signal power of one tensor at `threshold`, from its statistics.
+
+    The larger of: E[(q(x) − x)²] / E[x²] over the whole tensor (its |x| histogram), and the mean
+    over channels of the rounding noise step²/12 against each channel's own power, taken as
+    (its max |x| / 4)² and capped at 1. The second sees what the first hides: a tensor whose few
+    large channels carry the power while the small ones round to nothing (measured: a 400× channel
+    scores 1e-4 on the first, 0.5 on the second).
+    """
     from engine.quantize.search import fake_quant_mse
 
     if stats is None or stats.absmax <= 0:
@@ -114,9 +121,13 @@ def local_noise(stats: MergedStats | None, threshold: float, bits: int = 8) -> f
     h = np.asarray(stats.hist, np.float64)
     c = (np.arange(h.shape[0]) + 0.5) * (stats.absmax / h.shape[0])
     power = float((h * c * c).sum() / max(h.sum(), 1.0))
-    if power <= 0:
-        return 0.0
-    return float(fake_quant_mse(stats, np.array([threshold]), (1 << (bits - 1)) - 1)[0]) / power
+    whole = float(fake_quant_mse(stats, np.array([threshold]), (1 << (bits - 1)) - 1)[0]) / power if power > 0 else 0.0
+    channels = stats.channel_absmax
+    if channels is None or np.size(channels) < 2:
+        return whole
+    step = float(threshold) / ((1 << (bits - 1)) - 1)
+    own = np.maximum(np.asarray(channels, np.float64) / 4.0, 1e-12) ** 2
+    return max(whole, float(np.mean(np.minimum(step * step / 12.0 / own, 1.0))))
 
 
 def weight_noise(w: np.ndarray, wq) -> float:

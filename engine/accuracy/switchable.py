@@ -14,8 +14,9 @@ where `use8_T` / `use16_T` are scalar bool graph inputs; every quantized weight 
 The quantization is the plan's (`QuantPlan.acts`: shared scales applied, the view of the ptq
 model and the `.bc`), the same Q/DQ layout as `engine.quantize.calibrated` (it is a `QdqWriter`),
 so with every int8 switch on the outputs equal the calibrated model built from `plan.acts`.
-Biases stay float, bias-corrected where the plan says (their int32 rounding is far below the
-int8 steps measured here).
+A bias follows its weight's switch: float (bias-corrected where the plan says) when off, its
+int32 codes at s_in · s_w when on — as the integer program adds it, which is coarse when the
+input's scale is large.
 
 Switches are grouped into *rows*, the units of the node table: a node or a fusion group owns its
 weights, the constant operands it reads quantized, and the activations it produces; a tensor
@@ -34,7 +35,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from engine.quantize.calibrated import QdqWriter, _subgraph_rename
-from engine.quantize.planner import bias_value
+from engine.quantize.planner import bias_value, quantize_bias
 from engine.quantize.types import ActQuant, QuantPlan, WeightQuant
 
 Kind = Literal["activation", "weight"]
@@ -127,16 +128,7 @@ class SwitchableModel:
 
     def session(self, threads: int | None = None):
         if self._session is None:
-            import onnxruntime as ort
-
-            from engine.calibration.observer import cpu_count
-
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-            options.intra_op_num_threads = threads or cpu_count()
-            options.log_severity_level = 3
-            self._session = ort.InferenceSession(self.model.SerializeToString(), options,
-                                                 providers=["CPUExecutionProvider"])
+            self._session = fake_quant_session(self.model, threads)
         return self._session
 
     def run(self, sample: Mapping[str, np.ndarray], setting: Setting, tensors: Sequence[str] = ()
@@ -154,6 +146,27 @@ class SwitchableModel:
         for t in tensors:
             out[t] = got[self.mapping.get(t, t)] if self.mapping.get(t, t) in got else sample[t]
         return out
+
+
+def fake_quant_session(model: onnx.ModelProto, threads: int | None = None):
+    """An onnxruntime session that computes a Q/DQ model as written.
+
+    Basic graph optimizations only (the extended level fuses Q/DQ pairs into integer kernels), and
+    without onnxruntime's WeightBiasQuantization, which at the *basic* level quantizes the float
+    weight and bias of a Conv / Gemm whose input comes from a DequantizeLinear — i.e. it silently
+    quantizes every float (CPU) convolution next to the integer part (measured: a CPU conv whose
+    weights int8 cannot hold, output cosine 0.906 with it, 0.9997 without).
+    """
+    import onnxruntime as ort
+
+    from engine.calibration.observer import cpu_count
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.intra_op_num_threads = threads or cpu_count()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=["WeightBiasQuantization"])
 
 
 class _SwitchWriter(QdqWriter):
@@ -207,6 +220,22 @@ class _SwitchWriter(QdqWriter):
         anchor_nodes.extend(nodes)
         self.mapping[t] = out
         self.switches.append(Switch("activation", t, self.row_of.get(t, t), use8, use16))
+        return out
+
+    def switched_bias(self, tensor: str, value: np.ndarray, scale: np.ndarray, use: str) -> str:
+        """The bias as the integer op adds it — int32 codes at s_in · s_w, which is coarse when the
+        input's scale is large — when its weight's switch is on, else the float bias (corrected if
+        the plan says so)."""
+        codes = quantize_bias(value, scale)
+        step = np.asarray(scale, np.float64).reshape(np.shape(value)) if np.size(scale) == np.size(value) else scale
+        quantized = self.const(f"{tensor}_int32_value", (codes.astype(np.float64) * step).astype(np.float32))
+        floating = self.const(f"{tensor}_float_value", np.asarray(value, np.float32))
+        out = self.name(f"{tensor}_switched")
+        self._add(-1, helper.make_node("Where", [use, quantized, floating], [out], name=self.name(f"{tensor}_switch")))
+        for n in self.readers.get(tensor, []):
+            if (p := self.plan.nodes.get(n.name)) is not None and p.bias == tensor:
+                _subgraph_rename(n, tensor, out)
+        self.replaced.add(tensor)
         return out
 
     def weight(self, wq: WeightQuant, integer: bool) -> str | None:
@@ -283,10 +312,12 @@ def build_switchable(model: onnx.ModelProto, plan: QuantPlan, int16: bool | Coll
     writer.activations(plan.acts)
     for wq in plan.weights.values():
         writer.weight(wq, integer=False)
+    weight_switch = {s.target: s.input8 for s in writer.switches if s.kind == "weight"}
     for bq in plan.biases.values():
         value = writer.constant(bq.tensor)
-        if value is not None and getattr(bq, "correction", None) is not None:
-            writer.corrected_bias(bq.tensor, bias_value(value, bq))
+        owner = next((p.weight for p in plan.nodes.values() if p.bias == bq.tensor), None)
+        if value is not None and owner in weight_switch:
+            writer.switched_bias(bq.tensor, bias_value(value, bq), bq.scale, weight_switch[owner])
     out = writer.finish("switchable")
     out.graph.input.extend(writer.switch_inputs)
     present = {o.name for o in out.graph.output} | {i.name for i in out.graph.input}
@@ -302,4 +333,5 @@ def build_switchable(model: onnx.ModelProto, plan: QuantPlan, int16: bool | Coll
     return SwitchableModel(out, writer.switches, rows, [o.name for o in model.graph.output], dict(writer.mapping))
 
 
-__all__ = ["INPUT_ROW", "Row", "Setting", "Switch", "SwitchableModel", "build_switchable", "table_rows"]
+__all__ = ["INPUT_ROW", "Row", "Setting", "Switch", "SwitchableModel", "build_switchable", "fake_quant_session",
+           "table_rows"]

@@ -229,8 +229,7 @@ def _improve(ctx: StageContext, model: onnx.ModelProto, calibration: Calibration
                      f"{res.sensitivity.output_cosine:.6f}):\n{res.sensitivity.table_text(acc.sensitivity)}")
     mp = res.mixed
     if mp is not None and mp.moves:
-        log.info(mp.summary() + (f"; the integer program in float: {mp.verified:.6f}" if mp.verified is not None
-                                 else ""))
+        log.info(mp.summary())
         for move in mp.moves:
             log.info(f"  {move.line()}")
         log.info("To keep these placements without the search, set in model_parameters: node_info: "

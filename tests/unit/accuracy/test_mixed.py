@@ -1,0 +1,64 @@
+"""Automatic mixed precision: reaches a target pure int8 cannot, moving the fewest nodes."""
+
+from __future__ import annotations
+
+from engine.accuracy.mixed import mixed_precision
+from engine.quantize.planner import Calibration, QuantOptions, make_plan
+from engine.quantize.ptq import build_ptq_model
+from engine.quantize.types import ActQuant
+from engine.similarity import cosine, run_model
+from tests.unit.accuracy.acc_models import calibrate, outlier_chain, samples
+
+
+def test_raises_only_the_broken_node_to_int16_and_meets_the_target():
+    model = outlier_chain()
+    data = samples(model, 6)
+    merged, calibration, _ = calibrate(model, data)
+    mp = mixed_precision(model, calibration, data[:4], merged, target=0.999)
+    assert mp.before < 0.7  # pure int8 cannot: measured 0.52
+    assert [(m.row, m.to) for m in mp.moves] == [("conv_b+relu_b", "int16")]
+    assert mp.met and mp.after >= 0.999 and mp.verified == mp.after
+    assert mp.node_info == {"relu_b": {"OutputType": "int16"}}  # what the user can copy into node_info
+    assert mp.thresholds == {"rb": merged["rb"].absmax}
+    assert "isolated activation loss" in mp.moves[0].reason
+
+    # the decision, applied the way later stages apply it, holds on samples it never saw
+    final = Calibration({**calibration, "rb": ActQuant("rb", mp.thresholds["rb"])}, mp.node_info)
+    plan = make_plan(model, final)
+    assert plan.acts["rb"].bits == 16 and plan.nodes["relu_b"].output_dtype == "si16"
+    ptq = build_ptq_model(model, plan)
+    for s in samples(model, 3, seed=9):
+        assert cosine(run_model(model, s)["y"], run_model(ptq, s)["y"]) > 0.999
+
+
+def test_a_target_already_met_moves_nothing_and_users_placements_are_left_alone():
+    model = outlier_chain()
+    data = samples(model, 4)
+    merged, calibration, _ = calibrate(model, data)
+    easy = mixed_precision(model, calibration, data, merged, target=0.3)
+    assert easy.met and easy.moves == [] and easy.sensitivity is None  # no analysis when not needed
+    mine = QuantOptions.build(node_info={"relu_b": {"ON": "BPU"}})  # the user placed it: not ours to move
+    kept = mixed_precision(model, calibration, data, merged, target=0.999, options=mine)
+    assert "conv_b+relu_b" not in {m.row for m in kept.moves} and not kept.met
+    assert any("below the target" in n for n in kept.notes)
+
+
+def test_the_budget_limits_the_moves():
+    model = outlier_chain()
+    data = samples(model, 4)
+    merged, calibration, _ = calibrate(model, data)
+    none = mixed_precision(model, calibration, data, merged, target=0.999, budget=0)
+    assert none.moves == [] and not none.met
+
+
+def test_a_weight_int8_cannot_hold_goes_to_the_cpu_after_int16_is_not_enough():
+    model = outlier_chain(read_outlier=True)  # conv_c reads the outlier channel with 400x smaller weights
+    data = samples(model, 6)
+    merged, calibration, _ = calibrate(model, data)
+    mp = mixed_precision(model, calibration, data[:4], merged, target=0.999, budget=4)
+    assert [(m.row, m.to) for m in mp.moves] == [("conv_b+relu_b", "int16"), ("conv_c+relu_c", "CPU")]
+    assert mp.met and mp.after > 0.999  # measured: int8 0.53, int16 alone 0.894, with conv_c in float 0.9997
+    assert mp.node_info == {"relu_b": {"OutputType": "int16"},
+                            "conv_c": {"ON": "CPU", "OutputType": "int16"}, "relu_c": {"ON": "CPU", "OutputType": "int16"}}
+    plan = make_plan(model, Calibration(calibration, mp.node_info))
+    assert plan.nodes["conv_c"].on == "CPU" and "Wc" not in plan.weights and plan.acts["rc"].bits == 16
