@@ -60,7 +60,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "optimize_level": options.optimize_level if hasattr(options, "optimize_level") else None}
 
 
-STAGE = Stage("compile", 1, run, after=("optimize", "calibrate", "quantize", "report"), reads=READS,
+STAGE = Stage("compile", 2, run, after=("optimize", "calibrate", "quantize", "report"), reads=READS,
               artefacts={"model.hbm": "{prefix}.hbm", "removed.bc": "{prefix}_quantized_removed_model.bc",
                          "advice.json": "{prefix}_advice.json", "perf.json": "{prefix}.json",
                          "perf.html": "{prefix}.html"},
