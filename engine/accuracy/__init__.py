@@ -21,6 +21,7 @@ the float runs of the few `accuracy_samples` it compares on.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,7 +119,7 @@ def improve(model: onnx.ModelProto, calibration: Calibration, options: QuantOpti
         result.sensitivity = analyse(model, plan, samples[:1], merged, progress=progress)
     if settings.target > 0 and samples:
         nodes = sum(1 for n in model.graph.node if n.op_type != "Constant")
-        budget = int(settings.budget * nodes)
+        budget = math.ceil(settings.budget * nodes - 1e-9)  # a share of the nodes, at least one when above 0
         if budget < 1:
             result.notes.append(f"mixed precision: mixed_precision_budget {settings.budget} allows no node of "
                                 f"{nodes} to move")
