@@ -5,23 +5,26 @@ the CPU) that bring the output cosine to a target.
     result.node_info     # {"p2o.Add.14": {"OutputType": "int16"}, ...}: what the user can copy
     result.thresholds    # int16 tensors at their max |x| (clipping buys nothing at 16 bits)
 
-How (greedy by sensitivity per unit of cost, every step measured):
-1. The int8 plan's output loss on the evaluation samples; done if it meets the target.
-2. Candidates: every row (node / fusion group / entry tensor) with quantized activations that the
-   user did not place (node_info, run_on_cpu, run_on_bpu win); ranked by sensitivity (the
-   activation loss of `engine.accuracy.sensitivity`, measured on the rows with the most local
-   noise) per unit of estimated cost — int16 doubles a tensor's bytes and takes the integer
-   kernels off their fast path, so cost grows with the tensor's size.
-3. Step: the `pool` best-ranked candidates are each tried on top of the moves so far (one
-   switchable-model run per sample, no rebuild); the one with the largest measured gain per cost
-   is kept. Quantization errors partly cancel in real models (measured on PP-OCRv4 det: raising
-   the top-3 isolated culprits alone made the output worse), so a candidate that does not help
-   in context is set aside rather than taken on its isolated merit.
-4. If int16 everywhere useful is not enough (weight error: int8 weights are fixed here), the
-   rows with the largest weight loss go to the CPU in float (their output handed to the BPU as
-   int16), same greedy rule.
-5. Pruning: moves are undone, least useful first, while the target still holds.
-Stops when the target is met or the budget (moved nodes) is spent, and says which.
+How (greedy by sensitivity per unit of cost, every step measured on the real plan):
+1. The int8 plan's output loss: the ptq model (the integer program computed in float) on the
+   evaluation samples against the float model; done if it meets the target.
+2. Candidates: every row (node / fusion group / tensor entering the integer part) with quantized
+   activations that the user did not place (node_info, run_on_cpu, run_on_bpu win), ranked by
+   sensitivity (`engine.accuracy.sensitivity`, on the switchable model: one run per question)
+   per unit of estimated cost — int16 doubles a tensor's bytes and takes its integer kernels off
+   their fast path, so cost grows (as a square root, 0.5–2) with the tensor's size. A row whose
+   weights hurt more than its activations is a CPU candidate instead (int8 weights are fixed on
+   the BPU; a CPU node hands its output to the integer part as int16).
+3. Prefix scan: the best-ranked candidates are added one at a time, each prefix judged as a set
+   on the real ptq model (`PlanEvaluator`: make_plan + build_ptq_model + one onnxruntime run per
+   sample), until the target is met or the budget is spent; the best prefix is kept. Sets, not
+   single moves: quantization errors partly cancel in real models, and along a path of clipping
+   tensors raising one only lets the next one clip (measured on PP-OCRv4 det: raising the top
+   isolated culprit alone made the output worse; the top nine together met 0.99).
+4. Pruning: moves that did not raise the cosine when they were added are undone, latest first,
+   while the target (or the best cosine) holds.
+The result says which rows moved, why (isolated loss, rank, cost, the cosine before and after it
+was added), what the real plan gives, and, when the target is not met, why it stopped.
 """
 
 from __future__ import annotations

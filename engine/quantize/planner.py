@@ -32,8 +32,15 @@ How a plan is made:
 5. Weights: int8 symmetric per output channel, s_w = max|W_c| / 127. Bias: int32 at
    s_in · s_w per channel, rounded half to even and saturated (with a note on overflow).
 
-Simplifications, stated: `asymmetric` and `bias_correction` are recorded on the options but the
-scheme stays symmetric and the bias uncorrected (later issues). With `per_channel`, per-channel
+6. Decisions of calibration (`Calibration`, what `engine.stages.calibrate.load_thresholds` returns):
+   node_info entries from automatic mixed precision are merged under the user's own node_info /
+   run_on_cpu / run_on_bpu; bias corrections (`optimization: bias_correction`, engine.accuracy.bias)
+   are added to the float bias before it is quantized (`CorrectedBias`, `bias_value`).
+7. Chains of elementwise functions of one tensor (a LUT activation followed by scalar Mul / Add,
+   PP-LCNetV3's learnable affine) become one lookup-table op (`_merge_elementwise_chains`).
+
+Simplifications, stated: `asymmetric` is recorded on the options but the scheme stays symmetric.
+With `per_channel`, per-channel
 activation thresholds are kept only on model outputs that no integer op reads (an integer
 Conv / Add / Reshape needs one scale per tensor); elsewhere the largest channel threshold is used.
 """
@@ -101,7 +108,7 @@ class QuantOptions:
     all_nodes_int16: bool = False
     per_channel: bool = False
     asymmetric: bool = False  # recorded; quantization stays symmetric (see module docstring)
-    bias_correction: bool = False  # recorded; not applied yet
+    bias_correction: bool = False  # corrections are measured by the calibrate stage (engine.accuracy.bias)
     concat_range_ratio: float = CONCAT_RANGE_RATIO
     merge_elementwise: bool = True  # chains of one-tensor elementwise ops run as one lookup table
 

@@ -185,6 +185,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         result = choose_thresholds(settings, model, merged, compare, options, tensors=tensors)
         calibration, accuracy = _improve(ctx, model, Calibration(result.acts), options, merged, cs, specs)
     plan = make_plan(model, calibration, options)
+    for note in plan.notes:  # advice (a split output head, …) is worth a line; the rest is detail
+        (log.info if " joins " in note else log.debug)(note)
     onnx.save(build_calibrated_model(model, plan), str(ctx.out_dir / "model.onnx"))
     save_thresholds(ctx.out_dir / "thresholds.json", dict(calibration))
     (ctx.out_dir / ACCURACY_FILE).write_text(json.dumps(accuracy, indent=1, default=_jsonable))
