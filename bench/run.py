@@ -9,7 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 BENCHES = ["bench.bench_parse_optimize", "bench.bench_quantize", "bench.bench_compile", "bench.bench_lsp",
-           "bench.bench_accuracy"]
+           "bench.bench_live", "bench.bench_accuracy"]
 
 
 def main() -> int:
