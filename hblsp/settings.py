@@ -1,8 +1,9 @@
 """Client settings (`workspace/configuration`, section ``hblsp``): a typed, fully defaulted tree.
 
 Bad values never stop the server: each bad field keeps its default and is named in one message
-the client shows (jedi-language-server's `initialization_options`, without cattrs: five fields
-do not need a framework).
+the client shows (jedi-language-server's `initialization_options`, without cattrs: a dozen flat
+fields do not need a framework). The live recompile's switches (`compileOnSave`, `watchFiles`,
+`watchDelayMs`) and the cosine thresholds its warning and hints use live here too.
 """
 
 from __future__ import annotations

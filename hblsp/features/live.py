@@ -162,7 +162,9 @@ class Live:
         token = job.data.get("token")
         if token is None or job.cancel.is_set():
             return
-        percentage = int(round(fraction * 100)) if stage == "calibrate" and fraction is not None else None
+        percentage = None
+        if stage == "calibrate" and fraction is not None:  # clients add up increments: never go back
+            percentage = job.data["percentage"] = max(job.data.get("percentage", 0), int(round(fraction * 100)))
         self.ls.work_done_progress.report(token, types.WorkDoneProgressReport(
             message=progress_message(stage, message), percentage=percentage))
 
@@ -256,6 +258,8 @@ class Live:
             return
         loop = asyncio.get_running_loop()
         text, now = await loop.run_in_executor(self.watch_pool, self._read, path)
+        if self.ls.documents.get(uri) is None:  # closed meanwhile
+            return
         changed = now.changed(self.inputs.get(uri))
         if not changed:
             self.say(f"{path.name}: files touched, contents unchanged; nothing to run")

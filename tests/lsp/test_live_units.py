@@ -248,3 +248,18 @@ async def test_the_runner_supersedes_a_run_with_one_waiting_run_and_survives_a_b
         assert not runner.busy(job.uri)
     finally:
         runner.close()
+
+
+def test_live_settings_are_typed_and_bounded():
+    from hblsp.settings import Settings, parse_settings
+
+    parsed = parse_settings({"nodeCosineThreshold": 1, "outputCosineThreshold": "high", "watchFiles": False,
+                             "watchDelayMs": -1, "compileOnSave": 0})
+    assert parsed.settings == Settings(node_cosine_threshold=1.0, watch_files=False)
+    assert isinstance(parsed.settings.node_cosine_threshold, float)
+    assert parsed.problems == ["hblsp.compileOnSave: 0 is not valid, using True",
+                               "hblsp.watchDelayMs: -1 is not valid, using 300",
+                               "hblsp.outputCosineThreshold: 'high' is not valid, using 0.8"]
+    assert parse_settings({"nodeCosineThreshold": True, "outputCosineThreshold": 1.5}).problems == [
+        "hblsp.nodeCosineThreshold: True is not valid, using 0.99",
+        "hblsp.outputCosineThreshold: 1.5 is not valid, using 0.8"]
