@@ -181,6 +181,13 @@ class Engine:
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak (VmHWM): ru_maxrss carries a big parent's peak over fork + exec."""
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
