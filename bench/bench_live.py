@@ -279,7 +279,7 @@ def ratio_rows(name: str, got: dict[str, Any]) -> list[tuple]:
     for case, target in TARGETS.items():
         seconds = statistics.median(got[case])
         share = seconds / got["full"]
-        rows.append((name, f"after a {case.replace('_', ' ')} change", f"{seconds:.2f} s", f"{share:.0%}",
+        rows.append((name, f"after a {case.replace('_', ' ')} change", f"{seconds:.2f} s", f"{share:.1%}",
                      f"<= {target:.0%}", "ok" if share <= target else "OVER", got[f"{case}_stages"]))
     return rows
 
