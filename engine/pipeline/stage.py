@@ -110,6 +110,7 @@ class StageContext:
             raise Cancelled(self.stage.name)
 
     def report(self, message: str, fraction: float | None = None) -> None:
+        self.check_cancel()  # every progress report is a point where a superseded run may stop
         if self.progress is not None:
             self.progress(message, fraction)
 
