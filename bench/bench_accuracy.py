@@ -17,7 +17,9 @@ line of 1–3 words on a dimmed photo crop, cls half of them turned by 180°), B
 normalization (x/255 − 0.5) / 0.5 given to hb_compile as mean_value 127.5 / scale_value 1/127.5.
 
 Ours: `hb_compile` with defaults plus the accuracy keys (target_output_cosine 0.99 by default),
-measured on the `.bc` (the integer program; the `.hbm` holds the same program). Peer:
+measured on the `.bc` (the integer program; the `.hbm` holds the same program) and on the ptq
+model (the same program computed in float: it carries bias corrections, which the `.bc` takes
+only once its builder applies `planner.bias_value`). Peer:
 onnxruntime.quantization.quantize_static, QDQ, per-channel int8 weights, MinMax (Entropy /
 Percentile on rec and cls only: on det 640×640 they need tens of GB). Speed: the `.hbm` through
 `engine.runtime` against the float model in onnxruntime, both 2 threads.
@@ -189,6 +191,7 @@ def run_ours(name: str, model: Path, root: Path, held: list[np.ndarray], extra: 
     import onnx
     import onnxruntime as ort
 
+    from engine.accuracy.switchable import fake_quant_session
     from engine.pipeline import Engine
     from engine.preprocess.samples import to_runtime
     from engine.quantize.integer import session_options
@@ -210,13 +213,15 @@ def run_ours(name: str, model: Path, root: Path, held: list[np.ndarray], extra: 
                               providers=["CPUExecutionProvider"])
     refs = [fl.run(None, {"x": x})[0] for x in held]
     outs = [bc.run(None, {"x": to_runtime(x, "bgr", "bgr", "NCHW", "regular", None)})[0] for x in held]
+    ptq = fake_quant_session(onnx.load(str(out / f"{name}_ptq_model.onnx")))  # the integer program in float
+    ptq_metrics = metrics(name, refs, [ptq.run(None, {"x": x})[0] for x in held])
     cal = report.results["calibrate"]
     mixed = cal.get("mixed_precision") or {}
     nodes = len([n for n in onnx.load(str(out / f"{name}_optimized_float_model.onnx")).graph.node
                  if n.op_type != "Constant"])
     stages = {s.name: s.seconds for s in report.stages}
     speed = hbm_speed(name, out, held[0])
-    return {**metrics(name, refs, outs), "method": cal.get("method"), "moved": mixed.get("moved_nodes", 0),
+    return {**metrics(name, refs, outs), "ptq": ptq_metrics, "method": cal.get("method"), "moved": mixed.get("moved_nodes", 0),
             "nodes": nodes, "node_info": mixed.get("node_info") or {}, "seconds": seconds,
             "calibrate s": stages.get("calibrate", 0.0), **speed}
 
@@ -348,9 +353,10 @@ def main(argv: list[str] | None = None) -> None:
                      for m in (("MinMax",) if name == "det" else ("MinMax", "Entropy", "Percentile"))}
         details[name] = {"ours": ours, "ort": peers}
         key = {"det": "IoU", "rec": "CER", "cls": "agree"}[name]
-        for who, m in [("hbcompile .bc", ours), *((f"ORT {k}", v) for k, v in peers.items())]:
+        for who, m in [("hbcompile .bc", ours), ("hbcompile ptq", ours["ptq"]),
+                       *((f"ORT {k}", v) for k, v in peers.items())]:
             rows.append((name, who, f"{m['cosine']:.4f}", f"{m['min cosine']:.4f}", f"{key} {m[key]:.4f}",
-                         f"{m.get('moved', '-')}/{m.get('nodes', '-')}", f"{m['seconds']:.0f}",
+                         f"{m.get('moved', '-')}/{m.get('nodes', '-')}", f"{m['seconds']:.0f}" if "seconds" in m else "-",
                          f"{m['hbm ms']:.1f} / {m['float ms']:.1f}" if "hbm ms" in m else "-"))
     if "digits" in wanted:
         d = run_digits(extra)
