@@ -1,5 +1,5 @@
-// Copies the repository's one config schema into the extension for `yamlValidation`, so the
-// schema is never duplicated in git (editors/vscode/schemas/ is ignored). Fails loudly when
+// Copies the repository's one config schema into the extension for `yamlValidation`, and the
+// repository's LICENSE for vsce, so neither is duplicated in git (both copies are ignored). Fails loudly when
 // the source is missing or is not JSON: a .vsix without its schema must not be built.
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -17,3 +17,7 @@ if (typeof schema !== 'object' || schema === null || typeof schema.properties !=
 mkdirSync(dirname(target), { recursive: true });
 writeFileSync(target, text);
 console.log(`copied ${source} -> ${target}`);
+
+const license = join(extension, '..', '..', 'LICENSE');
+writeFileSync(join(extension, 'LICENSE'), readFileSync(license, 'utf8'));
+console.log(`copied ${license} -> ${join(extension, 'LICENSE')}`);
