@@ -32,17 +32,25 @@ The model (every constant is in `engine.compile.march` or below, with its source
   intermediate + temporary), min memory requirement (static + dynamic).
 
 `measure_latency` runs the `.hbm`'s program in onnxruntime on this CPU (median of N runs, `jobs`
-threads) so the report shows a real number beside the estimate — for a different machine.
+threads) so the report shows a real number beside the estimate — for a different machine. It
+costs what the model costs: a run of PP-OCRv4 det at 640×640 takes ~0.25 s, so 20 runs were 6 s
+of every compile. It now stops after `min_runs` once `budget_s` is spent (the median of 5 runs
+of a 0.25 s program moves by a few percent, the noise of a shared machine), and `LatencyMemo`
+keeps each measurement by the program's sha256 and the measuring conditions: an edit of
+compile_mode, balance_factor, advice or debug builds the same program and measures nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import platform
 import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import onnx
@@ -56,6 +64,7 @@ from engine.compile.program import TensorType, tensor_types
 CHANNEL_ALIGN = 8  # assumption: the BPU computes in blocks of 8 channels (hb's advice asks for multiples of 4 & 8)
 FC_OVERHEAD_S = 5e-6  # assumption: cost of one BPU function call (launch + sync)
 BUDGETS = (0.25, 0.5, 0.75, 1.0)  # on-chip shares for resident activations a plan may use
+MEASURE_VERSION = 1  # of measure_latency's method (warmup, budget, minimum runs): part of LatencyMemo's key
 
 # weight input index per op: (index, kind)
 _WEIGHTED = {"QLinearConv": 3, "ConvInteger": 1, "Conv": 1, "ConvTranspose": 1, "QLinearMatMul": 3,
@@ -421,9 +430,10 @@ def advice_lines(est: PerfEstimate, threshold_us: float) -> list[str]:
 
 # ------------------------------------------------------------------------------------ measure
 
-def measure_latency(program: bytes | onnx.ModelProto, threads: int = 1, runs: int = 20, warmup: int = 3,
-                    seed: int = 0, budget_s: float = 10.0) -> dict[str, Any]:
-    """Median latency of `runs` onnxruntime runs on seeded inputs (fewer if `budget_s` runs out, at least 3)."""
+def measure_latency(program: bytes | onnx.ModelProto, threads: int = 1, runs: int = 20, warmup: int = 1,
+                    seed: int = 0, budget_s: float = 1.0, min_runs: int = 5) -> dict[str, Any]:
+    """Median latency of up to `runs` onnxruntime runs on seeded inputs: after `min_runs`, it stops
+    once `budget_s` is spent (a slow model is measured 5 times, a fast one `runs` times)."""
     import onnxruntime as ort
 
     from engine.runtime.feeds import random_feeds
@@ -438,7 +448,7 @@ def measure_latency(program: bytes | onnx.ModelProto, threads: int = 1, runs: in
         session.run(None, feeds)
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < runs and (len(times) < 3 or time.perf_counter() - start < budget_s):
+    while len(times) < runs and (len(times) < min_runs or time.perf_counter() - start < budget_s):
         t0 = time.perf_counter()
         session.run(None, feeds)
         times.append(time.perf_counter() - t0)
@@ -446,6 +456,39 @@ def measure_latency(program: bytes | onnx.ModelProto, threads: int = 1, runs: in
     return {"latency (ms)": median * 1e3, "min latency (ms)": min(times) * 1e3, "FPS": 1.0 / median,
             "runs": len(times), "threads": threads, "machine": platform.machine(),
             "processor": platform.processor() or platform.machine(), "onnxruntime": ort.__version__}
+
+
+@dataclass(frozen=True)
+class LatencyMemo:
+    """Measurements kept in `folder` by (program sha256, threads, runs, onnxruntime, machine): the same
+    program measured under the same conditions is not measured again. Only an accelerator — a
+    missing or unreadable entry is measured."""
+
+    folder: Path
+
+    def key(self, program: bytes, threads: int, runs: int) -> str:
+        import onnxruntime as ort
+
+        from engine.runtime.session import available_threads
+
+        what = [MEASURE_VERSION, hashlib.sha256(program).hexdigest(), available_threads(threads), runs, ort.__version__,
+                platform.machine(), platform.processor()]
+        return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:32]
+
+    def measure(self, program: bytes | onnx.ModelProto, threads: int = 1, runs: int = 20) -> dict[str, Any]:
+        from engine.pipeline.cache import atomic_write_text
+
+        if isinstance(program, onnx.ModelProto):
+            program = program.SerializeToString()
+        path = Path(self.folder) / f"{self.key(program, threads, runs)}.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass
+        measured = measure_latency(program, threads=threads, runs=runs)
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(measured))
+        return measured
 
 
 # --------------------------------------------------------------------------------------- json
@@ -517,11 +560,14 @@ def write_perf_reports(directory, prefix: str, perf: Mapping[str, Any], similari
 
 
 def perf_report(program: onnx.ModelProto, options: CompileOptions, name: str = "model", measure: bool = True,
-                runs: int = 20) -> dict[str, Any]:
+                runs: int = 20, memo: LatencyMemo | None = None) -> dict[str, Any]:
     """`{prefix}.json`'s content in one call: the estimate, and (with `measure`) the program's latency
-    measured here with `options.jobs` onnxruntime threads."""
+    measured here with `options.jobs` onnxruntime threads (through `memo` when given)."""
     est = estimate(program, options, name)
-    measured = measure_latency(program, threads=options.jobs, runs=runs) if measure else None
+    measured = None
+    if measure:
+        measured = memo.measure(program, options.jobs, runs) if memo is not None else \
+            measure_latency(program, threads=options.jobs, runs=runs)
     return perf_json(est, measured)
 
 

@@ -15,6 +15,7 @@ import pytest
 from engine.compile.march import PROFILES, profile
 from engine.compile.params import resolve
 from engine.compile.perf import (
+    LatencyMemo,
     estimate,
     measure_latency,
     perf_json,
@@ -152,6 +153,26 @@ def test_measured_latency(small):
     m = measure_latency(small, threads=16, runs=5)
     assert m["runs"] >= 3 and m["latency (ms)"] > 0 and m["threads"] == min(16, os.cpu_count() or 1)
     assert m["FPS"] == pytest.approx(1000 / m["latency (ms)"])
+
+
+def test_measurement_stops_after_min_runs_once_the_budget_is_spent(small):
+    assert measure_latency(small, runs=20, budget_s=0.0, min_runs=2)["runs"] == 2
+    assert measure_latency(small, runs=4, budget_s=60.0, min_runs=2)["runs"] == 4  # a fast program: all runs
+
+
+def test_latency_memo_measures_a_program_once(small, tmp_path):
+    memo = LatencyMemo(tmp_path)
+    first = memo.measure(small, threads=1, runs=3)
+    again = memo.measure(small.SerializeToString(), threads=1, runs=3)  # the same program as bytes
+    assert again == first  # a second measurement would differ in its last digits
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    memo.measure(small, threads=1, runs=4)  # other conditions: measured
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    for p in tmp_path.glob("*.json"):
+        p.write_text("{not json")  # an unreadable entry is measured again and rewritten
+    assert memo.measure(small, threads=1, runs=3)["runs"] == 3
+    path = tmp_path / f"{memo.key(small.SerializeToString(), 1, 3)}.json"
+    assert json.loads(path.read_text())["runs"] == 3
 
 
 # ------------------------------------------------------------------------------------------- html
