@@ -34,9 +34,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast-perf", action="store_true", help="build a perf-only model without calibration data")
     p.add_argument("--skip", choices=sorted(SKIP_TO_UNTIL), help="stop early")
     p.add_argument("--until", help=argparse.SUPPRESS)  # stage name, for tests and tools
+    p.add_argument("--sensitivity", nargs="?", const=10, type=_positive, metavar="N",
+                   help="after the run, print the top N (default 10) nodes whose quantization costs the output "
+                        "the most (isolated, weight-only, activation-only and accumulated loss); reuses calibrate's "
+                        "ranking or computes it once on the run's artefacts")
     p.add_argument("--no-daemon", action="store_true", help="run in this process even if `hblsp daemon` runs")
     p.add_argument("--version", action="version", version=f"hb_compile (hbcompile) {__version__}")
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of nodes (1 or more), got '{text}'")
+    return value
 
 
 def _print_problems(problems: list[Problem], min_severity: Severity = Severity.INFO) -> None:
@@ -91,10 +105,11 @@ def _main(args: argparse.Namespace, log_path: Path) -> int:
     if args.until:
         until = args.until
     check_mode = bool(args.model and not args.config and not args.fast_perf)
-    return run_config(config_path, until, log_path, check_mode)
+    return run_config(config_path, until, log_path, check_mode, args.sensitivity)
 
 
-def run_config(config_path: Path, until: str | None, log_path: Path, check_mode: bool = False) -> int:
+def run_config(config_path: Path, until: str | None, log_path: Path, check_mode: bool = False,
+               sensitivity: int | None = None) -> int:
     from engine.config import read_config
     from engine.pipeline import default_engine
     from engine.report.console import print_problems, print_run
@@ -104,13 +119,15 @@ def run_config(config_path: Path, until: str | None, log_path: Path, check_mode:
         until = stages[-1]
     loaded = read_config(config_path)
     print_problems(loaded.problems)  # warnings before the work, errors end the run here
-    progress = ConsoleProgress()
+    progress, engine = ConsoleProgress(), default_engine()
     try:
-        report = default_engine().run(config_path, until=until, progress=progress, loaded=loaded)
+        report = engine.run(config_path, until=until, progress=progress, loaded=loaded)
     finally:
         progress.close()
     print_problems(report.problems[len(loaded.problems):])
     print_run(report)
+    if report.ok and sensitivity is not None:
+        print_sensitivity(report, engine, sensitivity)
     if report.ok:  # a failed run leaves working_dir as it was; its log stays in the cwd
         try:
             copy_log(log_path, report.config.working_dir)
@@ -141,6 +158,29 @@ def print_check_table(report) -> None:
     model = onnx.load(str(config.working_dir / f"{config.prefix}_optimized_float_model.onnx"))
     table = format_table(NODE_TABLE_HEADER, node_table(partition(model, options=QuantOptions.from_config(config))))
     log.info("The converted model node information:\n" + table)
+
+
+def print_sensitivity(report, engine, n: int) -> None:
+    """`--sensitivity N`: the top N culprits, a rich table on a terminal and the plain one in the log."""
+    from engine.report.sensitivity import run_sensitivity
+
+    progress = ConsoleProgress()
+    try:
+        found = run_sensitivity(report, engine, n, progress=lambda m, f: progress("sensitivity", m, f))
+    finally:
+        progress.close()
+    culprits = found.culprits
+    text = culprits.title(n) + ":\n" + culprits.table_text(n)
+    if sys.stdout.isatty():
+        log.debug(text)
+        culprits.print_rich(n)
+    else:
+        log.info(text)
+    how = {"calibrate": "calibrate's own ranking", "memo": "computed by an earlier --sensitivity run",
+           "computed": f"computed on this run's artefacts in {found.seconds:.1f}s"}[found.source]
+    log.info(f"Sensitivity ranking: {how}; all {len(culprits.rows)} rows in {found.path}")
+    for note in culprits.notes:
+        log.info(f"  {note}")
 
 
 class ConsoleProgress:

@@ -85,6 +85,10 @@ def run_via_daemon(argv: list[str]) -> int | None:
                     sys.stdout.write(msg["out"])
                     sys.stdout.flush()
                     printed = True
+                elif "err" in msg:
+                    sys.stderr.write(msg["err"])
+                    sys.stderr.flush()
+                    printed = True
                 elif "exit" in msg:
                     return int(msg["exit"])
         except (OSError, ValueError):

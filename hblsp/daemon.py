@@ -24,14 +24,14 @@ from engine import daemon_client as dc
 
 
 class _SocketOut(io.TextIOBase):
-    """stdout for one run: every write goes to the client as {"out": text}."""
+    """stdout (or stderr) for one run: every write goes to the client as {"out": text} ({"err": text})."""
 
-    def __init__(self, conn: socket.socket, tty: bool) -> None:
-        self.conn, self.tty = conn, tty
+    def __init__(self, conn: socket.socket, tty: bool, kind: str = "out") -> None:
+        self.conn, self.tty, self.kind = conn, tty, kind
 
     def write(self, text: str) -> int:
         if text:
-            self.conn.sendall((json.dumps({"out": text}) + "\n").encode())
+            self.conn.sendall((json.dumps({self.kind: text}) + "\n").encode())
         return len(text)
 
     def isatty(self) -> bool:
@@ -97,18 +97,23 @@ def serve(path: Path | None = None) -> int:
 
 
 def _run(conn: socket.socket, msg: dict, cli) -> int:
-    out = _SocketOut(conn, bool(msg.get("tty")))
-    saved_out, saved_cwd = sys.stdout, os.getcwd()
+    """One forwarded run. A SystemExit inside it (argparse's usage error when a client newer than
+    this daemon sends a flag the daemon's code does not know) ends the run, not the daemon: the
+    message goes back to the client's stderr with its exit code."""
+    out, err = _SocketOut(conn, bool(msg.get("tty"))), _SocketOut(conn, False, "err")
+    saved_out, saved_err, saved_cwd = sys.stdout, sys.stderr, os.getcwd()
     if msg.get("columns"):
         os.environ["COLUMNS"] = str(msg["columns"])
     try:
         os.chdir(msg.get("cwd") or saved_cwd)
-        sys.stdout = out
+        sys.stdout, sys.stderr = out, err
         return cli.cold_main(list(msg.get("argv") or []))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
     except OSError:
         return 2
     finally:
-        sys.stdout = saved_out
+        sys.stdout, sys.stderr = saved_out, saved_err
         os.chdir(saved_cwd)
         os.environ.pop("COLUMNS", None)
 

@@ -4,7 +4,9 @@ No scripts, fonts or images from anywhere: inline CSS and SVG charts drawn here 
 (compute vs data movement) and per-layer DDR bytes (loaded vs stored), and, when the similarity
 rows are passed, the cosine of every node (calibrated and quantized) against hb's 0.99 / 0.8
 marks — then the tables hb_perf's page has (summary, DDR access data, subgraphs, layer details
-with `debug`, CPU nodes) and the similarity table.
+with `debug`, CPU nodes) and the similarity table, and beside it, when calibrate ranked the nodes
+(`engine.report.culprits`), the sensitivity section: the culprits worst first, isolated against
+accumulated loss, and which of them automatic mixed precision moved to int16 or the CPU.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import dataclasses
 import html
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-TEAL, ORANGE, GREY, RED, BLUE = "#0f8b8d", "#ec9a29", "#8d99ae", "#d1495b", "#3d5a80"
+if TYPE_CHECKING:
+    from engine.report.culprits import Culprits
+
+TEAL, ORANGE, GREY, RED, BLUE, GREEN = "#0f8b8d", "#ec9a29", "#8d99ae", "#d1495b", "#3d5a80", "#2a9d57"
 ROW_H, LABEL_W, PLOT_W = 16, 260, 560
 COSINE_GOOD, COSINE_BAD = 0.99, 0.8
+SENSITIVITY_ROWS = 20  # culprits drawn and listed; the JSON beside the page has every row
 
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:24px;color:#1d2731;background:#fff}
@@ -27,7 +33,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bott
 .card b{display:block;font-size:20px;color:#0f8b8d}.card span{font-size:12px;color:#5c6b7a}
 table{border-collapse:collapse;font-size:12px;margin:6px 0}th,td{border:1px solid #d8dee4;padding:3px 7px;text-align:left}
 th{background:#eef3f5}td.n{text-align:right;font-variant-numeric:tabular-nums}tr.bad td{background:#fbe4e7}
-tr.warn td{background:#fff4e0}.src{color:#5c6b7a;font-size:11px}svg text{font-size:11px;fill:#1d2731}
+tr.warn td{background:#fff4e0}tr.moved td{background:#e3f4ea}.src{color:#5c6b7a;font-size:11px}svg text{font-size:11px;fill:#1d2731}
 .legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px;vertical-align:middle}
 ul.advice{font-family:ui-monospace,monospace;font-size:12px}
 """
@@ -163,8 +169,37 @@ def similarity_section(rows: Sequence[Any], outputs: Sequence[Any] = ()) -> str:
     return "".join(parts)
 
 
-def render(perf: Mapping[str, Any], similarity: Sequence[Any] = (), outputs: Sequence[Any] = ()) -> str:
-    """The page for a `perf_json` dict (plus the node / output similarity rows, if any)."""
+def sensitivity_section(culprits: Culprits, n: int = SENSITIVITY_ROWS) -> str:
+    """The top `n` culprits: isolated loss (only this node quantized) beside accumulated loss (every
+    node quantized, at the node's own output) per node, worst first, and the table with the
+    weight / activation split; rows mixed precision moved are green and say where to."""
+    rows = culprits.top(n)
+    parts = ['<h2 id="sensitivity">Sensitivity</h2>',
+             f'<div class="sub">{_e(culprits.title(n))}. Loss = 1 − output cosine against the float model. A large '
+             "isolated loss marks a node whose own quantization hurts (int16 or the CPU helps); a large accumulated "
+             "loss with a small isolated one is error piled up before it.</div>"]
+    if not rows:
+        return "".join(parts) + "<p>No quantized node to rank.</p>"
+    labels = [f"{r.rank}. {r.node}" + (f" → {r.moved}" if r.moved else "") for r in rows]
+    parts.append(bar_chart(labels, [("isolated loss", [r.isolated or 0.0 for r in rows], RED),
+                                    ("accumulated loss", [r.accumulated or 0.0 for r in rows], GREY)],
+                           "", "Output cosine loss per node, worst first", stacked=False))
+    moved = culprits.moved
+    if moved:
+        parts.append("<p>Automatic mixed precision moved: " + ", ".join(
+            f'<b style="color:{GREEN}">{_e(r.node)} → {_e(r.moved)}</b> (rank {r.rank})' for r in moved) + ".</p>")
+    classes = ["moved" if r.moved else "bad" if (r.isolated or 0.0) >= 1.0 - COSINE_GOOD else "" for r in rows]
+    parts.append(_table(["Rank", "Node", "NodeType", "Isolated Loss", "Weight-only Loss", "Activation-only Loss",
+                         "Accumulated Loss", "Culprit", "Mixed Precision"],
+                        [[r.rank, r.node, r.node_type, r.isolated, r.weight, r.activation, r.accumulated, r.culprit,
+                          r.moved] for r in rows], classes))
+    return "".join(parts)
+
+
+def render(perf: Mapping[str, Any], similarity: Sequence[Any] = (), outputs: Sequence[Any] = (),
+           sensitivity: Culprits | None = None) -> str:
+    """The page for a `perf_json` dict (plus the node / output similarity rows and the sensitivity
+    ranking, if any)."""
     s = perf["summary"]
     prof = perf.get("march profile", {})
     measured = s.get("measured on this machine")
@@ -228,6 +263,8 @@ def render(perf: Mapping[str, Any], similarity: Sequence[Any] = (), outputs: Seq
                  + "</ul>"]
     if similarity or outputs:
         body.append(similarity_section(similarity, outputs))
+    if sensitivity is not None:
+        body.append(sensitivity_section(sensitivity))
     if prof:
         rows = []
         for key in ("peak_int8_ops", "ddr_bandwidth", "onchip_memory", "cores"):

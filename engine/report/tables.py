@@ -96,10 +96,13 @@ def node_info_csv(nodes: Sequence[Any], calibrated: bool = True) -> str:
 
 
 def quant_info(nodes: Sequence[Any], outputs: Sequence[Any], node_io: dict[str, tuple[list[str], list[str]]],
-               thresholds: dict[str, Any] | None = None) -> dict[str, Any]:
+               thresholds: dict[str, Any] | None = None, sensitivity: Any = None) -> dict[str, Any]:
     """hb_compile's `{prefix}_quant_info.json`: per node type / inputs / outputs / thresholds / cosine,
-    plus `model_output_tensor`; also our threshold provenance (method, detail) per node."""
+    plus `model_output_tensor`; also our threshold provenance (method, detail) per node and, with a
+    sensitivity ranking (`engine.report.culprits.Culprits`), each node's rank and losses under
+    `sensitivity` and the whole ranked list under the top-level key `hbcompile_sensitivity`."""
     out: dict[str, Any] = {}
+    ranked = sensitivity.node_entries() if sensitivity is not None else {}
     for r in nodes:
         members = list(getattr(r, "nodes", ()) or (r.node,))
         ins = [t for m in members[:1] for t in node_io.get(m, ([], []))[0]]
@@ -111,8 +114,14 @@ def quant_info(nodes: Sequence[Any], outputs: Sequence[Any], node_io: dict[str, 
         prov = (thresholds or {}).get(r.tensor)
         if prov:
             entry["threshold_provenance"] = {"method": prov.get("method"), "detail": prov.get("detail")}
+        if r.node in ranked:
+            entry["sensitivity"] = ranked[r.node]
         out[r.node] = entry
     out["model_output_tensor"] = {r.tensor: {"cosine_similarity": r.cosine, "quantized_cosine": r.quantized_cosine,
                                              "l1": getattr(r, "l1", None), "l2": getattr(r, "l2", None),
                                              "chebyshev": getattr(r, "chebyshev", None)} for r in outputs}
+    if sensitivity is not None:
+        from engine.report.culprits import QUANT_INFO_KEY
+
+        out[QUANT_INFO_KEY] = sensitivity.to_json()
     return json.loads(json.dumps(out, default=float))
