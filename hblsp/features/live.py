@@ -2,10 +2,11 @@
 
 - Triggers: `textDocument/didSave` of a config without errors (`hblsp.compileOnSave`), the
   `hblsp.compile` command (any config: a broken one gets its problems back), and the watcher
-  (`hblsp.watchFiles`): once a config has run, the files its run read — config, model, every
-  calibration file and folder — are watched; a burst of events is one change; the inputs are
-  hashed again and only a change of content runs anything (the window/logMessage says which files
-  changed, or that a touch changed nothing). The stage keys then decide which stages re-run.
+  (`hblsp.watchFiles`): from when a config that loads without errors is opened (or, for one that
+  had errors, from its first run), the files a run of it reads — config, model, every calibration
+  file and folder — are watched; a burst of events is one change; the inputs are hashed again and
+  only a change of content runs anything (the window/logMessage says which files changed, or that
+  a touch changed nothing). The stage keys then decide which stages re-run.
 - Runs (`hblsp.runner`): one warm engine, off the event loop, at most one going and one waiting
   per config; `$/progress` from `begin` to `end` with one report per stage that runs, the client's
   cancel button and `hblsp.cancel` stop it.
@@ -233,6 +234,24 @@ class Live:
             sent.add_done_callback(lambda f: f.cancelled() or f.exception())  # a client's error is not ours
 
     # ---- the watcher
+    async def opened(self, uri: str) -> None:
+        """Watch what a run of a newly opened config would read, from now on: dropping images into
+        its calibration folder compiles it even before its first save. A config with errors is
+        watched from its first run instead (its folders are not known yet)."""
+        path = config_path(uri)
+        if path is None or not self.ls.settings.watch_files or uri in self.inputs:
+            return
+        loop = asyncio.get_running_loop()
+        _, now = await loop.run_in_executor(self.watch_pool, self._read, path)
+        doc = self.ls.documents.get(uri)
+        if doc is None or not doc.is_config or uri in self.inputs or not now.ok:  # closed, or a run was faster
+            return
+        self.inputs[uri] = now
+        self._watch(uri)
+        if self.watcher is not None and self.watcher.watched(uri):
+            self.say(f"{path.name}: watching {len(now.files)} input files in "
+                     f"{describe_files(sorted(map(str, self.watcher.watched(uri))), path.parent)} for changes")
+
     def _watch(self, uri: str) -> None:
         inputs = self.inputs.get(uri)
         if not self.ls.settings.watch_files or inputs is None or self.ls.documents.get(uri) is None:
@@ -322,6 +341,7 @@ def register(ls: HbServer) -> None:
     ls.live = live
     ls.diagnostic_providers[SOURCE] = live.provider
     ls.on_closed.append(lambda ls, uri: live.closed(uri))
+    ls.on_changed.append(lambda ls, doc, opened: live.opened(doc.uri) if opened and doc.is_config else None)
     ls.on_settings.append(lambda ls: live.settings_changed())
 
     @ls.feature(types.TEXT_DOCUMENT_DID_SAVE, types.SaveOptions(include_text=False))

@@ -260,6 +260,22 @@ async def test_one_changed_calibration_file_reruns_that_sample_only(client: Live
     assert "calibrate: 1 of 32 calibration files changed" in [v.get("message") for v in client.values(token)]
 
 
+async def test_an_opened_config_is_watched_before_its_first_run(client: LiveClient, tmp_path: Path):
+    path = digits(tmp_path)
+    logs = len(client.logs)
+    uri = await open_config(client, path)  # opened, never saved nor compiled
+    await client.until("the open's watch", lambda: any("digits.hb.yaml: watching 34 input files" in m
+                                                        for m in client.logs[logs:]))
+    assert client.results_for(uri) == []
+    new = path.parent / "calibration_data" / "digit_099.gray"  # a new sample dropped into the folder
+    new.write_bytes(bytes(255 - b for b in (path.parent / "calibration_data" / "digit_001.gray").read_bytes()))
+    result = await client.next_result(uri, 0)
+    assert result["ok"], result["problems"]
+    assert result["calibration"]["samples"] == 33
+    assert "digits.hb.yaml: calibration_data/digit_099.gray changed; compiling" in [
+        m.removeprefix("hblsp: ") for m in client.logs]
+
+
 async def test_a_compiler_parameters_change_reuses_calibration(client: LiveClient, tmp_path: Path):
     path = digits(tmp_path)
     uri = await compiled(client, path)
