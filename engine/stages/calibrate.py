@@ -40,7 +40,8 @@ from engine.quantize.types import ActQuant
 
 log = logging.getLogger("hbcompile")
 READS = ("calibration_parameters", "model_parameters.node_info")
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: SampleStats format 3 (one deflate stream), same statistics
+STATS_SUFFIX = ".hbstats"
 SEARCH_SAMPLES = 4  # calibration samples the `default` search compares output cosines on
 ACCURACY_FILE = "accuracy.json"  # node_info of mixed precision, bias corrections, checks
 SENSITIVITY_FILE = "sensitivity.json"
@@ -79,32 +80,39 @@ def _memo_key(optimize_key: str, tensors: list[str]) -> str:
 
 def collect_stats(ctx: StageContext, model: onnx.ModelProto, tensors: list[str],
                   specs: list[dict[str, Any]]) -> tuple[list[SampleStats], CalibrationSet, dict[str, Any]]:
-    """Per-sample statistics (memoised by content hash), the calibration set, and what was done."""
+    """Per-sample statistics (memoised by content hash), the calibration set, and what was done.
+
+    Samples are batched only where batched tensors equal single runs bit for bit (a sample's
+    statistics must not depend on its batch peers: they are cached alone). Computed statistics are
+    kept as computed, not read back; a memo entry that cannot be read is computed again.
+    """
     config = ctx.config
     memo = ctx.memo_dir("sample_stats") / _memo_key(ctx.upstream["optimize"].name, tensors)
     memo.mkdir(parents=True, exist_ok=True)
-    observer = Observer(model, tensors, batch=1)  # per-sample stats must not depend on batch peers
     cs = load_calibration_set(sources(config, specs))
     for name in cs.input_names:
         log.info(f"input name: {name},  number_of_samples: {len(cs)}")
     log.info(f"There are {len(cs)} samples in the calibration data set.")
     hashes = cs.content_hashes()
-    todo = [i for i, h in enumerate(hashes) if not (memo / f"{h}.npz").is_file()]
+    stats: list[SampleStats | None] = [None] * len(cs)
+    for i, h in enumerate(hashes):
+        try:
+            stats[i] = SampleStats.from_bytes((memo / f"{h}{STATS_SUFFIX}").read_bytes())
+        except (OSError, ValueError):  # missing, or a corrupt entry: computed below
+            pass
+    todo = [i for i, st in enumerate(stats) if st is None]
+    observer = Observer(model, tensors, exact_batch=True, expected_samples=len(todo))
     t0 = time.perf_counter()
     for done, (i, st) in enumerate(zip(todo, observer.observe(cs.samples(todo))), start=1):
         ctx.check_cancel()
-        tmp = memo / f".{hashes[i]}.npz.tmp"
+        tmp = memo / f".{hashes[i]}{STATS_SUFFIX}.tmp"
         tmp.write_bytes(st.to_bytes())
-        tmp.replace(memo / f"{hashes[i]}.npz")
+        tmp.replace(memo / f"{hashes[i]}{STATS_SUFFIX}")
+        stats[i] = st.compact()
         rate = done / max(time.perf_counter() - t0, 1e-9)
         ctx.report(f"calibration sample {done}/{len(todo)} ({rate:.1f} samples/s)", done / len(todo))
-    stats = []
-    for h in hashes:
-        try:
-            stats.append(SampleStats.from_bytes((memo / f"{h}.npz").read_bytes()))
-        except (OSError, ValueError):  # a corrupt memo entry: recompute that sample
-            (memo / f"{h}.npz").unlink(missing_ok=True)
-            raise
+    for note in observer.notes:
+        log.debug(f"calibration: {note}")
     return stats, cs, {"samples": len(cs), "computed": len(todo), "reused": len(cs) - len(todo),
                        "batch": observer.batch_used}
 

@@ -125,7 +125,7 @@ def test_memory_does_not_grow_with_the_number_of_samples():
 
     peak(4)  # build the sessions outside the measurement
     (small, alive_small), (large, alive_large) = peak(24), peak(64)
-    assert observer.batch_used > 1 and alive_small == alive_large == 2  # one batch run's two outputs
+    assert observer.batch_used > 1 and alive_small <= 2 and alive_large <= 2  # at most one batch run's two outputs
     per_sample = 2 * 32 * 128 * 128 * 4
     assert large <= small * 1.25 + (1 << 20), (small, large)
     assert large < 4 * per_sample, large  # a few samples' worth, never 64
