@@ -13,7 +13,9 @@ mapping: docs/formats.md.
 returns them dequantized, keyed by the float tensor name — the Quantized Cosine per node compares
 these with the float model's tensors (engine.similarity).
 
-Determinism: `session_options()` is the one session configuration every runner of a `.bc` uses.
+Determinism: `session_options()` / `open_session()` (engine.runtime.session, re-exported here) are
+the one session configuration every runner of a `.bc` or `.hbm` uses (onnxruntime's rewrites that
+change values, e.g. WeightBiasQuantization on CPU-island convs, are disabled there).
 The integer kernels give the same bits run after run and for any thread count; float islands (CPU
 nodes, emulated ops) give the same bits run after run, and may differ in the last float bit across
 thread counts when a kernel splits a reduction (a requantized output can then move by one code).
@@ -34,29 +36,13 @@ from engine.quantize.lower.emulate import cpu_node, emulate
 from engine.quantize.lower.encoding import Encoding
 from engine.quantize.lower.registry import GROUPS, NODES
 from engine.quantize.types import QuantPlan
+from engine.runtime.session import open_session, session_options  # noqa: F401  (session_options: re-exported)
 
 TENSOR_MAP_KEY = "hbcompile.tensor_map"
 NODE_MAP_KEY = "hbcompile.node_map"
 EMULATED_KEY = "hbcompile.emulated"
 FORMAT_KEY = "hbcompile.bc_format"
 FORMAT_VERSION = "1"
-
-
-def session_options(threads: int = 1) -> ort.SessionOptions:
-    """The fixed onnxruntime configuration for running a `.bc` (and building its tables).
-
-    All graph optimizations (onnxruntime's NHWC integer conv kernels need them), sequential
-    execution, deterministic compute; `threads` intra-op threads (1 makes float islands
-    reproducible across machines too), warnings off (unused-initializer notices).
-    """
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.use_deterministic_compute = True
-    so.log_severity_level = 3
-    return so
 
 
 def lower_to_integer(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
@@ -175,8 +161,7 @@ def integer_intermediates(bc_model: onnx.ModelProto, sample: Mapping[str, np.nda
         if entry["tensor"] not in present:  # typed by onnxruntime itself
             model.graph.output.append(helper.make_empty_tensor_value_info(entry["tensor"]))
             present.add(entry["tensor"])
-    session = ort.InferenceSession(model.SerializeToString(), session_options(threads),
-                                   providers=["CPUExecutionProvider"])
+    session = open_session(model, threads, "the integer program")
     feeds = _feeds(session, sample)
     names = [o.name for o in session.get_outputs()]
     values = dict(zip(names, session.run(names, feeds)))
@@ -236,7 +221,6 @@ def quantized_similarity(similarity, float_model: onnx.ModelProto, bc_model: onn
 
 
 def _run(bc_model: onnx.ModelProto, sample: Mapping[str, np.ndarray] | np.ndarray, threads: int = 1) -> dict:
-    session = ort.InferenceSession(bc_model.SerializeToString(), session_options(threads),
-                                   providers=["CPUExecutionProvider"])
+    session = open_session(bc_model, threads, "the integer program")
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, _feeds(session, sample)), strict=True))

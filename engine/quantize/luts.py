@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from engine.quantize.lower.encoding import Encoding
@@ -71,7 +70,7 @@ def elementwise_function(nodes: Sequence[onnx.NodeProto], source: str, output: s
     Runs the nodes themselves in onnxruntime on a 1-D tensor, so the table sees the same float
     kernels as the float model.
     """
-    from engine.quantize.integer import session_options
+    from engine.runtime.session import open_session
 
     graph = helper.make_graph(
         list(nodes), "lookup_table",
@@ -79,8 +78,7 @@ def elementwise_function(nodes: Sequence[onnx.NodeProto], source: str, output: s
         [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)], list(constants))
     model = helper.make_model(graph, opset_imports=list(opsets))
     model.ir_version = max(7, helper.find_min_ir_version_for(list(opsets), ignore_unknown=True))
-    session = ort.InferenceSession(model.SerializeToString(), session_options(),
-                                   providers=["CPUExecutionProvider"])
+    session = open_session(model, what="a lookup table's float function")
 
     def fn(x: np.ndarray) -> np.ndarray:
         return session.run(None, {source: np.asarray(x, dtype=np.float32).reshape(-1)})[0]
@@ -97,8 +95,8 @@ def onnxruntime_table(op: str, enc_in: Encoding, enc_out: Encoding, **attrs) -> 
     Those kernels build a 256-entry table once and apply it in one pass over the bytes; a table
     this returns equal to the one we need means the op computes exactly our table.
     """
-    from engine.quantize.integer import session_options
     from engine.quantize.lower.builder import MS
+    from engine.runtime.session import open_session
 
     if any(e.per_channel or e.dtype != "uint8" for e in (enc_in, enc_out)):
         return None
@@ -109,6 +107,5 @@ def onnxruntime_table(op: str, enc_in: Encoding, enc_out: Encoding, **attrs) -> 
     graph = helper.make_graph([node], "lookup", [helper.make_tensor_value_info("x", TensorProto.UINT8, [256])],
                               [helper.make_tensor_value_info("y", TensorProto.UINT8, [256])], params)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)])
-    session = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": input_codes(enc_in)})[0]
+    return open_session(model, what=f"onnxruntime's {op}").run(None, {"x": input_codes(enc_in)})[0]
 

@@ -1,38 +1,57 @@
-"""One way to open an onnxruntime session on an artefact: fixed, deterministic options.
+"""One way to open an onnxruntime session on an integer program (`.bc`, `.hbm`) or any artefact.
 
 The `.bc` and the `.hbm` must give the same bits on the same input (hb_verifier's consistency
-mode), and the quantize stage's "Quantized Cosine" is measured on the `.bc`: every run of an
-integer program therefore uses the same session options — the integer lowering's
-`engine.quantize.integer.session_options()` when that module exists, else our own, which match
-it in spirit: onnxruntime's graph rewrites off (the program is executed exactly as written; the
-`.hbm`'s ahead-of-time optimizations are applied and checked at compile time instead, see
-`engine.compile.optimize`), one sequential executor, a fixed thread count.
+mode), the quantize stage's "Quantized Cosine" is measured on the `.bc`, and the lowering builds
+its tables by running onnxruntime kernels: every one of those sessions uses `session_options()`
+(or `open_session`, which adds a clear error), so they all run the same graph.
+
+The options: all graph optimizations (onnxruntime's NHWC integer conv kernels and QLinear
+fusions need them), sequential execution, deterministic compute, a fixed intra-op thread count
+(1 also makes float islands reproducible across machines), warnings off — except the rewrites
+in `DISABLED_REWRITES`, which change what the program computes rather than how fast:
+
+- `WeightBiasQuantization` (on from the basic level) finds a float Conv / Gemm / ConvTranspose
+  between a DequantizeLinear and a QuantizeLinear — exactly a CPU-island conv of the `.bc` — and
+  quantizes its float weight to per-tensor int8 and its bias to int32 so the QDQ fusion can make
+  it a QLinearConv. The program asked for that conv in float; measured on PP-OCRv4 rec 48x320,
+  the rewrite takes the `.bc`'s output cosine from 0.982 to 0.957.
+
+They are disabled by the session config entry `optimization.disable_specified_optimizers`
+(the same effect as `InferenceSession(..., disabled_optimizers=[...])`), so callers that build
+their own `InferenceSession` from `session_options()` get them disabled too.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import onnx
 import onnxruntime as ort
 
 from engine.problems import ModelError, error
 
 PROVIDERS = ["CPUExecutionProvider"]
+DISABLED_REWRITES: tuple[str, ...] = ("WeightBiasQuantization",)
+_DISABLE_KEY = "optimization.disable_specified_optimizers"
 
 
 def session_options(threads: int = 1) -> ort.SessionOptions:
-    """Deterministic options; `threads` sets onnxruntime's intra-op thread count (>= 1)."""
-    try:
-        from engine.quantize.integer import session_options as integer_options
-    except ImportError:
-        integer_options = None
-    options = integer_options() if integer_options is not None else ort.SessionOptions()
-    if integer_options is None:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = max(1, int(threads))
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    """The fixed onnxruntime configuration for running an integer program (`threads` >= 1)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = max(1, int(threads))
+    so.inter_op_num_threads = 1
+    so.use_deterministic_compute = True
+    so.log_severity_level = 3
+    return without_value_rewrites(so)
+
+
+def without_value_rewrites(options: ort.SessionOptions) -> ort.SessionOptions:
+    """`options` with `DISABLED_REWRITES` off (in place; returned for chaining). Also for sessions
+    on Q/DQ models (calibrated, ptq), whose CPU convs the same rewrite would quantize."""
+    options.add_session_config_entry(_DISABLE_KEY, ",".join(DISABLED_REWRITES))
     return options
 
 
@@ -41,9 +60,14 @@ def available_threads(requested: int) -> int:
     return max(1, min(int(requested), os.cpu_count() or 1))
 
 
-def open_session(program: bytes, threads: int = 1, what: str = "the model") -> ort.InferenceSession:
+def open_session(program: bytes | str | Path | onnx.ModelProto, threads: int = 1,
+                 what: str = "the model") -> ort.InferenceSession:
+    """An onnxruntime session on `program` (serialized bytes, a file path or a ModelProto) with
+    `session_options(threads)`; a program onnxruntime refuses is a ModelError naming `what`."""
+    source = program.SerializeToString() if isinstance(program, onnx.ModelProto) else \
+        str(program) if isinstance(program, Path) else program
     try:
-        return ort.InferenceSession(program, session_options(threads), providers=PROVIDERS)
+        return ort.InferenceSession(source, session_options(threads), providers=PROVIDERS)
     except Exception as e:  # onnxruntime's own exception types (Fail, InvalidGraph, NotImplemented …)
         text = str(e).strip().splitlines()
         raise ModelError(error("model-load", f"onnxruntime cannot load {what}: "

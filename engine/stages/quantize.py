@@ -74,6 +74,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "batch_rewrites": [{"node": r.node, "before": list(r.before), "after": list(r.after)} for r in rewrites]}
 
 
-STAGE = Stage("quantize", 3, run, after=("optimize", "calibrate"), reads=READS,
+# version 4: int32 biases carry the plan's bias corrections (the ptq model's bias values)
+STAGE = Stage("quantize", 4, run, after=("optimize", "calibrate"), reads=READS,
               artefacts={"model.bc": "{prefix}_quantized_model.bc"},
               describe="integer program (.bc) taking the runtime input format")

@@ -30,7 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 from engine.problems import StageError, error
 from engine.quantize import luts
 from engine.quantize.lower.encoding import Encoding
-from engine.quantize.planner import quantize_bias, quantize_weight, weight_scale_array
+from engine.quantize.planner import bias_value, quantize_bias, quantize_weight, weight_scale_array
 from engine.quantize.types import QuantPlan
 
 ONNX_DTYPE = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8, "int16": TensorProto.INT16,
@@ -423,12 +423,15 @@ class Builder:
         return out
 
     def bias_codes(self, b: str, scale: np.ndarray) -> np.ndarray:
-        """int32 bias at the plan's s_in · s_w (else `scale`), half to even, saturated."""
+        """int32 bias at the plan's s_in · s_w (else `scale`), half to even, saturated.
+
+        The value quantized is the plan's (`bias_value`: the model's bias plus its bias
+        correction), the same one the ptq model holds, so the `.bc` computes the ptq model."""
         value = self.constant_value(b)
         if value is None:
             raise planner_bug(f"bias '{b}' is not a constant")
         planned = self.plan.biases.get(b)
-        return quantize_bias(value, planned.scale if planned is not None else scale)
+        return quantize_bias(bias_value(value, planned), planned.scale if planned is not None else scale)
 
     def float_bias(self, b: str) -> str:
         """A planned bias as the float values of its int32 codes (for emulated ops)."""

@@ -190,10 +190,9 @@ def _replication(b: Builder, node: onnx.NodeProto) -> tuple[int, int] | None:
 
 def _ort_resize(node: onnx.NodeProto, x: np.ndarray, scales: np.ndarray | None, sizes: np.ndarray | None) -> np.ndarray:
     """onnxruntime's Resize with `node`'s attributes on a 1×1×H×W float `x` (N, C scales 1)."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from engine.quantize.integer import session_options
+    from engine.runtime.session import open_session
 
     inits, inputs = [], ["x", ""]
     if sizes is not None and sizes.size:
@@ -206,8 +205,7 @@ def _ort_resize(node: onnx.NodeProto, x: np.ndarray, scales: np.ndarray | None, 
     graph = helper.make_graph([resize], "replication", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
-    session = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})[0]
+    return open_session(model, what="onnxruntime's Resize").run(None, {"x": x})[0]
 
 
 def replicate(b: Builder, x: str, out: str, shape: list[int], factors: tuple[int, int], name: str) -> None:

@@ -90,3 +90,26 @@ def test_a_ptq_model_compares_like_a_calibrated_one():
     plan = plan_for(model)
     rows = node_similarity(model, build_ptq_model(model, plan), random_inputs(model), plan)
     assert len(rows) == 4 and all(r.calibrated_cosine > 0.99 for r in rows)
+
+
+def test_cosine_matches_float64_dot_on_large_tensors_without_blas(monkeypatch):
+    """Slice sums equal one float64 dot product to 1e-12, identical tensors give exactly 1.0, and
+    no BLAS call is made (OpenBLAS's threaded ddot fights onnxruntime for the cores)."""
+    rng = np.random.default_rng(3)
+    cases = [(rng.standard_normal((1, 1, 640, 640)).astype(np.float32), 0.1),
+             (rng.standard_normal((1, 40, 6625)).astype(np.float32) * 30, 3.0),
+             (rng.integers(-128, 128, (1, 8, 99, 101)).astype(np.int8), 20.0)]
+    expected = []
+    for a, noise in cases:
+        b = (a.astype(np.float64) + noise * rng.standard_normal(a.shape)).astype(a.dtype)
+        x, y = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+        expected.append((a, b, float(x @ y / np.sqrt((x @ x) * (y @ y)))))
+
+    def no_blas(*args, **kwargs):
+        raise AssertionError("cosine called BLAS")
+
+    for name in ("dot", "vdot", "inner", "matmul"):
+        monkeypatch.setattr(np, name, no_blas)
+    for a, b, exact in expected:
+        assert abs(cosine(a, b) - exact) < 1e-12 and exact < 0.9999
+        assert cosine(a, a) == 1.0 and cosine(b, a) == cosine(a, b)
