@@ -1,0 +1,147 @@
+"""Incremental re-runs (issue #8): work a stage re-runs only when what it depends on changed.
+
+The report stage reuses its calibrated comparison when only the runtime side changed, and its
+float reference tensors while the first calibration sample is the same; the compile stage
+measures a program's latency once. Each is checked by making the reused work impossible (the
+function that would redo it raises) or by the value a re-measurement could not reproduce.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from engine.pipeline import Engine
+
+CONFIG = """\
+model_parameters:
+  onnx_model: model.onnx
+  march: nash-e
+  working_dir: model_output
+  output_model_file_prefix: tiny
+input_parameters:
+  input_name: data
+  input_type_train: rgb
+  input_layout_train: NCHW
+  input_type_rt: nv12
+  input_shape: 1x3x8x8
+  mean_value: 128 128 128
+  scale_value: 0.0078125
+calibration_parameters:
+  cal_data_dir: cal
+  calibration_type: max
+compiler_parameters:
+  compile_mode: latency
+  optimize_level: O2
+"""
+
+
+def write_samples(folder, n: int = 4, seed: int = 0) -> list:
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        path = folder / f"s{i:02d}.npy"
+        np.save(path, rng.uniform(0, 255, (1, 3, 8, 8)).astype(np.float32))
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def tiny(project):
+    write_samples(project.root / "cal")
+    return project
+
+
+def run_ok(engine: Engine, cfg):
+    report = engine.run(cfg)
+    assert report.ok, [p.render() for p in report.problems]
+    return report
+
+
+def memo(project, name: str) -> list:
+    folder = project.root / "model_output" / ".hb_cache" / "memo" / name
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+
+
+def test_quantize_only_change_reuses_calibrated_comparison_and_float_reference(tiny, monkeypatch):
+    """input_batch is read by quantize (and later stages) only: the float and calibrated models,
+    the thresholds and the first sample are unchanged, so neither model runs again for the report."""
+    cfg = tiny.config(CONFIG)
+    engine = Engine()
+    first = run_ok(engine, cfg)
+    reference = memo(tiny, "float_reference")
+    path = tiny.root / "model_output" / ".hb_cache" / "memo" / "float_reference" / reference[0]
+    inode = path.stat().st_ino  # a rewrite (temp file + rename) would be a new file
+
+    def redone(*args, **kwargs):
+        raise AssertionError("the float and calibrated models were compared again")
+
+    monkeypatch.setattr("engine.similarity.compare", redone)
+    tiny.config(CONFIG.replace("  input_shape: 1x3x8x8", "  input_shape: 1x3x8x8\n  input_batch: 2"))
+    again = run_ok(engine, cfg)
+    assert again.stage("calibrate").status == "reused" and again.stage("report").status == "ran"
+    assert again.stage("quantize").status == "ran"
+    rows = {r["node"]: r for r in first.results["report"]["nodes"]}
+    for r in again.results["report"]["nodes"]:  # the calibrated side is the same numbers
+        assert r["calibrated_cosine"] == rows[r["node"]]["calibrated_cosine"]
+        assert r["threshold"] == rows[r["node"]]["threshold"]
+    assert all(o["quantized_cosine"] is not None and o["quantized_cosine"] > 0.9
+               for o in again.results["report"]["outputs"])
+    assert memo(tiny, "float_reference") == reference and path.stat().st_ino == inode  # read, not written
+    assert len(memo(tiny, "calibrated_similarity")) == 1
+
+
+def test_float_reference_is_kept_while_the_first_sample_is_the_same(tiny):
+    cfg = tiny.config(CONFIG)
+    engine = Engine()
+    run_ok(engine, cfg)
+    samples = sorted((tiny.root / "cal").iterdir())
+    np.save(samples[2], np.load(samples[2])[..., ::-1].copy())  # not the first sample
+    again = run_ok(engine, cfg)
+    assert again.stage("calibrate").status == "ran" and again.stage("report").status == "ran"
+    assert len(memo(tiny, "float_reference")) == 1  # the same sample and model: the same entry
+    assert len(memo(tiny, "calibrated_similarity")) == 2  # new thresholds: compared again
+    np.save(samples[0], np.load(samples[0])[..., ::-1].copy())  # the first sample itself
+    run_ok(engine, cfg)
+    assert len(memo(tiny, "float_reference")) == 2
+
+
+def test_corrupt_float_reference_is_recomputed(tiny):
+    cfg = tiny.config(CONFIG)
+    engine = Engine()
+    first = run_ok(engine, cfg)
+    folder = tiny.root / "model_output" / ".hb_cache" / "memo" / "float_reference"
+    for p in folder.glob("*.npz"):
+        p.write_bytes(b"not a zip")
+    tiny.config(CONFIG.replace("  input_shape: 1x3x8x8", "  input_shape: 1x3x8x8\n  input_batch: 2"))
+    again = run_ok(engine, cfg)
+    assert again.stage("calibrate").status == "reused"
+    assert [o["quantized_cosine"] for o in again.results["report"]["outputs"]] == pytest.approx(
+        [o["quantized_cosine"] for o in first.results["report"]["outputs"]], abs=0.05)
+    with np.load(next(folder.glob("*.npz"))) as z:  # rewritten whole
+        assert "__names__" in z.files
+
+
+def measured(project) -> dict:
+    perf = json.loads((project.root / "model_output" / "tiny.json").read_text())
+    return perf["summary"]["measured on this machine"]
+
+
+def test_same_program_is_measured_once(tiny):
+    cfg = tiny.config(CONFIG)
+    engine = Engine()
+    run_ok(engine, cfg)
+    before = measured(tiny)
+    tiny.config(CONFIG.replace("compile_mode: latency", "compile_mode: bandwidth"))
+    again = run_ok(engine, cfg)
+    assert again.ran == ["config", "compile"]
+    perf = json.loads((tiny.root / "model_output" / "tiny.json").read_text())
+    assert perf["summary"]["compile_mode"] == "bandwidth"  # re-estimated ...
+    assert measured(tiny) == before  # ... not re-measured (a new median would differ in its last digits)
+    assert len(memo(tiny, "latency")) == 1
+    tiny.config(CONFIG.replace("optimize_level: O2", "optimize_level: O0"))  # another program
+    run_ok(engine, cfg)
+    assert len(memo(tiny, "latency")) == 2
