@@ -97,3 +97,27 @@ def test_nan_in_float_sample_is_an_error(project):
     report = Engine().run(cfg, until="calibrate")
     [err] = [p for p in report.problems if p.is_error]
     assert "bad.bin" in err.message and "NaN" in err.message
+
+
+def test_statistics_memo_entries_read_back_equal_computed_ones_and_a_corrupt_one_is_recomputed(project):
+    """Thresholds from memoised per-sample statistics equal those of a cold run; a torn memo entry
+    is computed again instead of failing the run."""
+    import json
+
+    cal = write_samples(project.root, n=8)
+    cfg = project.config(CONFIG)
+    engine = Engine()
+    assert engine.run(cfg, until="calibrate").ok
+    entries = sorted((project.root / "model_output" / ".hb_cache" / "memo" / "sample_stats").rglob("*.hbstats"))
+    assert len(entries) == 8
+    entries[0].write_bytes(entries[0].read_bytes()[:-5])  # a torn write
+    np.full((1, 3, 8, 8), 9, np.uint8).tofile(cal / "s05.rgb")  # the stage runs again
+    second = engine.run(cfg, until="calibrate")
+    assert second.ok and second.results["calibrate"]["computed"] == 2 and second.results["calibrate"]["reused"] == 6
+    def thresholds(working_dir: str) -> dict:
+        runs = (project.root / working_dir / ".hb_cache" / "calibrate").glob("*/thresholds.json")
+        return json.loads(max(runs, key=lambda p: p.stat().st_mtime_ns).read_text())
+
+    cold_cfg = project.config(CONFIG.replace("working_dir: model_output", "working_dir: cold"), name="cold.yaml")
+    assert Engine().run(cold_cfg, until="calibrate").ok
+    assert thresholds("cold") == thresholds("model_output")

@@ -178,3 +178,30 @@ def test_onnxruntime_failures_are_model_errors_naming_the_sample():
     with pytest.raises(ModelError, match="cannot load the model") as e:
         list(observe(broken, iter(data), TENSORS))
     assert e.value.problems[0].code == "calibration-load" and "\n" not in e.value.problems[0].message
+
+
+def test_small_samples_statistics_computed_together_equal_one_at_a_time():
+    """A small model's samples are reduced several at a time (`stacked_stats`): the same statistics,
+    bit for bit, as one sample at a time (a memory budget below one sample forces that)."""
+    data = list(samples((1, 3, 16, 16), 11, seed=12))
+    together = Observer(conv_relu_model(), TENSORS, batch=1)
+    alone = Observer(conv_relu_model(), TENSORS, batch=1, memory_budget=1)
+    got, want = list(together.observe(iter(data))), list(alone.observe(iter(data)))
+    assert together._group_size(together._run_single(data[0], 0)) > 1
+    assert alone._group_size(alone._run_single(data[0], 0)) == 1
+    assert len(got) == len(want) == 11 and all(a.tensors == b.tensors for a, b in zip(got, want, strict=True))
+
+
+def test_exact_batching_gives_each_sample_the_statistics_of_its_single_run():
+    """`exact_batch` (the calibrate stage's setting: statistics are cached per sample) batches only when
+    batched tensors equal single runs bit for bit; then every sample's statistics are its own."""
+    model = conv_relu_model(batch="N")
+    data = list(samples((1, 3, 16, 16), 9, seed=13))
+    exact = Observer(model, TENSORS, exact_batch=True)
+    got = list(exact.observe(iter(data)))
+    want = list(observe(model, iter(data), TENSORS, batch=1))
+    assert exact.batch_used > 1 or any("last bits" in n for n in exact.notes), exact.notes
+    assert all(a.tensors == b.tensors for a, b in zip(got, want, strict=True))
+    mixing = Observer(batch_mixing_model(), activation_tensors(batch_mixing_model()), exact_batch=True)
+    list(mixing.observe(samples((1, 3, 4, 4), 4, seed=1)))
+    assert mixing.batch_used == 1 and any("mixes the batch axis" in n for n in mixing.notes)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from engine.calibration import SampleStats, hist_quantile, merge, merge_samples, tensor_stats
-from engine.calibration.stats import rebin
+from engine.calibration.stats import rebin, stacked_stats
 
 
 def activations(seed=0, shape=(1, 8, 16, 16), scale=1.0) -> np.ndarray:
@@ -117,3 +119,50 @@ def test_merge_samples_merges_every_tensor_and_refuses_mismatched_samples():
     assert list(merged) == ["t", "u"] and merged["t"].count == 2 * a["t"].count and merged["t"].samples == 2
     with pytest.raises(ValueError, match="same tensors"):
         merge_samples([a, SampleStats({"t": a["t"]})])
+
+
+@pytest.mark.parametrize("shape,axis,rows", [((6, 8, 5, 5), 1, 1), ((6, 8, 5, 5), 1, 2), ((6, 7), None, 1),
+                                             ((4, 2, 9), -1, 1), ((9, 4, 3), 1, 3)])
+def test_stacked_stats_equal_each_samples_own_stats(shape, axis, rows):
+    """Several samples at once (a batched run, or small runs stacked) give each sample's exact stats:
+    same float32 arithmetic per value, including an all-zero sample and one whose max |x| is negative."""
+    rng = np.random.default_rng(5)
+    x = (rng.laplace(size=shape) * rng.uniform(0.1, 5, (shape[0],) + (1,) * (len(shape) - 1))).astype(np.float32)
+    x[rows:2 * rows] = 0
+    x[2 * rows].flat[1] = -2 * np.abs(x[2 * rows]).max()
+    count = shape[0] // rows
+    got = stacked_stats(x, count, 64, axis)
+    want = [tensor_stats(x[k * rows:(k + 1) * rows], 64, axis) for k in range(count)]
+    assert len(got) == count and all(a == b for a, b in zip(got, want, strict=True))
+    assert got[1].absmax == 0 and got[1].hist[0] == got[1].count
+
+
+def test_stacked_stats_with_non_finite_values_and_bad_splits():
+    x = activations(shape=(4, 3, 4, 4))
+    x[2, 1, 0, 0] = np.nan
+    assert stacked_stats(x, 4) == [tensor_stats(x[k:k + 1]) for k in range(4)]
+    with pytest.raises(ValueError, match="3 samples"):
+        stacked_stats(x, 3)
+
+
+def test_compiled_kernel_and_numpy_give_identical_bins():
+    """The kernel is loaded once per process; with it or without, the same bins (edge values included)."""
+    pytest.importorskip("numba")
+    from engine.calibration import stats
+
+    if os.environ.get(stats.KERNEL_ENV, "").lower() == "numpy":
+        pytest.skip(f"{stats.KERNEL_ENV}=numpy")
+    assert stats.load_kernel(wait=True) and stats.kernel_status() == "loaded"
+    rng = np.random.default_rng(11)
+    for n in (stats.KERNEL_VALUES, stats.KERNEL_VALUES + 3, 100_003):
+        x = np.maximum(rng.laplace(size=n), 0).astype(np.float32) * rng.choice([-1, 1], n).astype(np.float32)
+        x[:50] = 0.0
+        top = float(np.abs(x).max())
+        x[7] = -top  # |x| = absmax: the last bin
+        x[9] = np.nextafter(np.float32(top), np.float32(0))
+        scale = np.float32(2048 / top)
+        kernel = stats._abs_histogram(x, scale, 2048)
+        np.testing.assert_array_equal(kernel, stats._abs_histogram_numpy(x, scale, 2048))
+        assert kernel.sum() == n and kernel[-1] >= 2
+    t = activations(shape=(1, 16, 64, 64))
+    assert tensor_stats(t) == tensor_stats(t.copy())  # through the kernel (65 K values) and equal to itself
