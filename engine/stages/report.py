@@ -36,10 +36,9 @@ def quantized_values(bc: onnx.ModelProto, sample: dict[str, np.ndarray], specs: 
                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(dequantized intermediates by float tensor name, outputs by name) of the `.bc` on `sample`,
     fed in each input's runtime format."""
-    import onnxruntime as ort
-
     from engine.preprocess.samples import to_runtime
-    from engine.quantize.integer import integer_intermediates, session_options
+    from engine.quantize.integer import integer_intermediates
+    from engine.runtime.session import open_session
 
     feeds = {s["name"]: to_runtime(sample[s["name"]], s["input_type_rt"], s["input_type_train"],
                                    s["input_layout_train"], s.get("input_space_and_range") or "regular",
@@ -48,7 +47,7 @@ def quantized_values(bc: onnx.ModelProto, sample: dict[str, np.ndarray], specs: 
     if batch > 1:  # input_batch: the program takes N samples; every tensor keeps them on axis 0
         feeds = {k: np.repeat(v, batch, axis=0) for k, v in feeds.items()}
     inter = integer_intermediates(bc, feeds)
-    sess = ort.InferenceSession(bc.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+    sess = open_session(bc, what="the integer program")
     outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
     if batch > 1:
         inter, outs = ({k: v[:1] for k, v in d.items()} for d in (inter, outs))
