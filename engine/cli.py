@@ -177,7 +177,7 @@ def print_sensitivity(report, engine, n: int) -> None:
     else:
         log.info(text)
     how = {"calibrate": "calibrate's own ranking", "memo": "computed by an earlier --sensitivity run",
-           "computed": f"computed on this run's artefacts in {found.seconds:.1f}s"}[found.source]
+           "computed": f"computed on this run's artefacts in {found.seconds:.1f}s ({found.cpu_seconds:.1f}s of CPU)"}[found.source]
     log.info(f"Sensitivity ranking: {how}; all {len(culprits.rows)} rows in {found.path}")
     for note in culprits.notes:
         log.info(f"  {note}")

@@ -141,7 +141,11 @@ def _row_json(r: Culprit) -> dict[str, Any]:
 
 
 def _loss(v: float | None) -> str:
-    return "--" if v is None else f"{v:.6f}"
+    """Six decimals like the similarity table; below 0.001 three significant digits, so the small
+    losses of a robust model (PP-OCR cls: 1e-7 to 1e-5) still rank visibly."""
+    if v is None:
+        return "--"
+    return f"{v:.6f}" if v == 0 or abs(v) >= 1e-3 else f"{v:.2e}"
 
 
 def load_culprits(calibrate_dir: Path, sensitivity_name: str = "sensitivity.json",

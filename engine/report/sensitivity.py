@@ -35,8 +35,9 @@ Progress = Callable[[str, float], None]
 class RunSensitivity:
     culprits: Culprits
     source: str  # "calibrate" (its own ranking), "memo" (computed by an earlier request) or "computed"
-    seconds: float  # spent computing now (0 when reused)
+    seconds: float  # wall-clock seconds spent computing now (0 when reused)
     path: Path  # `{prefix}_sensitivity.json` in working_dir
+    cpu_seconds: float = 0.0  # CPU seconds of this process (onnxruntime's threads included)
 
 
 def run_sensitivity(report: Any, engine: Any, n: int, progress: Progress | None = None) -> RunSensitivity:
@@ -64,12 +65,13 @@ def run_sensitivity(report: Any, engine: Any, n: int, progress: Progress | None 
     if config.calibration.calibration_type in ("skip", "load"):
         log.warning(f"--sensitivity: calibration_type is {config.calibration.calibration_type}, so the ranking is "
                     "measured on random data, not on calibration samples")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     data = compute(optimize_dir / "model.onnx", calibrate_dir, config, progress)
     memo.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(memo, json.dumps(data))
     atomic_write_text(public, json.dumps(data, indent=1))
-    return RunSensitivity(Culprits.from_json(data, accuracy), "computed", time.perf_counter() - t0, public)
+    return RunSensitivity(Culprits.from_json(data, accuracy), "computed", time.perf_counter() - t0, public,
+                          time.process_time() - c0)
 
 
 def compute(model_path: Path, calibrate_dir: Path, config: Any, progress: Progress | None = None) -> dict[str, Any]:
