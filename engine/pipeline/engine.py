@@ -56,6 +56,13 @@ class Engine:
 
     def _run(self, config_path: Path, until: str | None, progress: Progress | None,
              cancel: threading.Event | None, loaded: LoadResult | None) -> RunReport:
+        cpu = time.process_time()
+        report = self._stages(config_path, until, progress, cancel, loaded)
+        report.cpu_seconds = time.process_time() - cpu
+        return report
+
+    def _stages(self, config_path: Path, until: str | None, progress: Progress | None,
+                cancel: threading.Event | None, loaded: LoadResult | None) -> RunReport:
         t0 = time.perf_counter()
         report = RunReport(config_path, until=until)
         result = loaded or read_config(config_path)
@@ -81,7 +88,7 @@ class Engine:
             if cancel is not None and cancel.is_set():
                 report.stages.append(StageRun(stage.name, "cancelled", "cancelled before start"))
                 break
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             try:
                 parts = self.key_parts(stage, config, keys)
             except OSError as exc:
@@ -129,6 +136,7 @@ class Engine:
                     break
                 finally:
                     run.seconds = time.perf_counter() - t
+                    run.cpu_seconds = time.process_time() - cpu
                     run.peak_rss_mb = peak_rss_mb()
                 report.results[stage.name] = out or {}
                 entries[stage.name] = entry

@@ -17,6 +17,7 @@ class StageRun:
     seconds: float = 0.0
     key: str = ""
     peak_rss_mb: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time (all its threads) while the stage ran
 
     def line(self) -> str:
         why = f" ({self.reason})" if self.reason else ""
@@ -32,6 +33,7 @@ class RunReport:
     problems: list[Problem] = field(default_factory=list)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time over the run: on a shared machine, the steadier clock
     until: str | None = None
 
     @property
@@ -58,6 +60,7 @@ class RunReport:
             "config": str(self.config_path),
             "ok": self.ok,
             "seconds": round(self.seconds, 4),
+            "cpu_seconds": round(self.cpu_seconds, 4),
             "stages": [s.__dict__ for s in self.stages],
             "artefacts": {k: str(v) for k, v in self.artefacts.items()},
             "problems": [{"code": p.code, "severity": p.severity.label, "message": p.message,

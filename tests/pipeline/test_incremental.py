@@ -145,3 +145,12 @@ def test_same_program_is_measured_once(tiny):
     tiny.config(CONFIG.replace("optimize_level: O2", "optimize_level: O0"))  # another program
     run_ok(engine, cfg)
     assert len(memo(tiny, "latency")) == 2
+
+
+def test_runs_and_stages_report_their_cpu_time(tiny):
+    cfg = tiny.config(CONFIG)
+    report = run_ok(Engine(), cfg)
+    ran = [s for s in report.stages if s.status == "ran" and s.name != "config"]
+    assert ran and all(s.cpu_seconds > 0 for s in ran)
+    assert sum(s.cpu_seconds for s in ran) <= report.cpu_seconds
+    assert report.to_json()["cpu_seconds"] == round(report.cpu_seconds, 4)
