@@ -34,8 +34,11 @@ The model (every constant is in `engine.compile.march` or below, with its source
 `measure_latency` runs the `.hbm`'s program in onnxruntime on this CPU (median of N runs, `jobs`
 threads) so the report shows a real number beside the estimate — for a different machine. It
 costs what the model costs: a run of PP-OCRv4 det at 640×640 takes ~0.25 s, so 20 runs were 6 s
-of every compile. It now stops after `min_runs` once `budget_s` is spent (the median of 5 runs
-of a 0.25 s program moves by a few percent, the noise of a shared machine), and `LatencyMemo`
+of every compile. It now stops after `min_runs` (3) once `budget_s` (0.5 s) is spent: a slow
+program is measured 3 times after one warmup run, a fast one up to `runs` times. Measured on the
+det `.bc` (2 threads, shared 2-core machine, interleaved): medians of 20 runs 199–241 ms over three
+repeats, medians of 3 runs 202–249 ms — the run-to-run spread of the 20-run median is as large as
+the difference. `LatencyMemo`
 keeps each measurement by the program's sha256 and the measuring conditions: an edit of
 compile_mode, balance_factor, advice or debug builds the same program and measures nothing.
 """
@@ -64,7 +67,7 @@ from engine.compile.program import TensorType, tensor_types
 CHANNEL_ALIGN = 8  # assumption: the BPU computes in blocks of 8 channels (hb's advice asks for multiples of 4 & 8)
 FC_OVERHEAD_S = 5e-6  # assumption: cost of one BPU function call (launch + sync)
 BUDGETS = (0.25, 0.5, 0.75, 1.0)  # on-chip shares for resident activations a plan may use
-MEASURE_VERSION = 1  # of measure_latency's method (warmup, budget, minimum runs): part of LatencyMemo's key
+MEASURE_VERSION = 2  # of measure_latency's method (warmup, budget, minimum runs): part of LatencyMemo's key
 
 # weight input index per op: (index, kind)
 _WEIGHTED = {"QLinearConv": 3, "ConvInteger": 1, "Conv": 1, "ConvTranspose": 1, "QLinearMatMul": 3,
@@ -431,9 +434,9 @@ def advice_lines(est: PerfEstimate, threshold_us: float) -> list[str]:
 # ------------------------------------------------------------------------------------ measure
 
 def measure_latency(program: bytes | onnx.ModelProto, threads: int = 1, runs: int = 20, warmup: int = 1,
-                    seed: int = 0, budget_s: float = 1.0, min_runs: int = 5) -> dict[str, Any]:
+                    seed: int = 0, budget_s: float = 0.5, min_runs: int = 3) -> dict[str, Any]:
     """Median latency of up to `runs` onnxruntime runs on seeded inputs: after `min_runs`, it stops
-    once `budget_s` is spent (a slow model is measured 5 times, a fast one `runs` times)."""
+    once `budget_s` is spent (a slow model is measured `min_runs` times, a fast one `runs` times)."""
     import onnxruntime as ort
 
     from engine.runtime.feeds import random_feeds
