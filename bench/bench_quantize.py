@@ -11,7 +11,9 @@ samples, every job in its own fresh process (`bench.quantize_jobs`), all in one 
   Entropy runs out of memory (it keeps every sample's activations: ~0.7 GB each on det) it runs
   again with its own `CalibStridedMinMax` option (histograms merged over strides of 8 samples);
 - a plain float pass over the samples, and the float pass that also outputs every tensor the
-  calibrate stage observes (session build + runs): the least work any calibration must do;
+  calibrate stage observes (session build + runs): the least work any calibration must do; the
+  issue's "calibration ≤ 1.5x" target compares the calibrate stage's statistics pass with it
+  (`collect_stats`, wall and process CPU, timed in the job's process);
 - peak RSS (VmHWM) of our run, calibration_type default, at 16 and at 128 samples;
 - output cosine against the float model on held-out samples: our calibrated model (fake quant)
   and our `.bc` fed its runtime format (uint8 pixels), ORT's QDQ model as onnxruntime runs it;
@@ -382,9 +384,11 @@ def report(case: Case, m: Measured, quality: dict[str, dict[str, float]]) -> lis
             split = ", ".join(f"{s} {r['stages'][s]:.2f} s ({r['cpu'].get(s, 0):.2f} CPU s)"
                               for s in ("parse", "optimize", "calibrate", "ptq", "quantize"))
             cos = ", ".join(f"{k} {v:.5f}" for k, v in (r.get("search_cosines") or {}).items())
-            steps = ", ".join(f"{k} {v:.2f} s" for k, v in (r.get("calibrate_split") or {}).items())
+            cpu = r.get("calibrate_split_cpu") or {}
+            steps = ", ".join(f"{k} {v:.2f} s ({cpu[k]:.2f} CPU s)" if k in cpu else f"{k} {v:.2f} s"
+                              for k, v in (r.get("calibrate_split") or {}).items())
             print(f"  ours {kind}: {split}; runs {r['all_seconds']} s\n    calibrate's steps: {steps}; "
-                  f"search cosines: {cos}")
+                  f"histogram kernel: {r.get('histogram_kernel', '-')}; search cosines: {cos}")
     if f:
         print(f"  float pass + observed tensors: session {f['aug_session']:.2f} s + runs {f['aug_run']:.2f} s, "
               f"{f['observed_mb_per_sample']:.0f} MB observed per sample; runs {f['all_seconds']} s")
@@ -408,10 +412,14 @@ def report(case: Case, m: Measured, quality: dict[str, dict[str, float]]) -> lis
         else:
             targets.append((case.name, f"{kind}: time vs ORT Entropy", f"ORT: {m.ort.get('Entropy', {}).get('error')}",
                             f"<= {TIME_VS_ENTROPY}x", "n/a"))
-        if aug:
-            ratio = r["stages"]["calibrate"] / aug
-            targets.append((case.name, f"{kind}: calibrate vs float pass + observed tensors", f"{ratio:.2f}x",
-                            f"<= {CAL_VS_FLOAT}x", "PASS" if ratio <= CAL_VS_FLOAT else "MISS"))
+        statistics = (r.get("calibrate_split") or {}).get("statistics")
+        if aug and statistics is not None:  # issue #3's calibration: the statistics pass of the calibrate stage
+            ratio = statistics / aug
+            cpu = (r.get("calibrate_split_cpu") or {}).get("statistics")
+            cpu_ratio = f" (CPU {cpu / f['aug_cpu']:.2f}x)" if cpu is not None and f.get("aug_cpu") else ""
+            targets.append((case.name, f"{kind}: calibration statistics vs float pass + observed tensors",
+                            f"{statistics:.2f} / {aug:.2f} s = {ratio:.2f}x{cpu_ratio}", f"<= {CAL_VS_FLOAT}x",
+                            "PASS" if ratio <= CAL_VS_FLOAT else "MISS"))
         if top1 and cos is not None:
             drop = quality["float"]["top1"] - quality[f"ours {kind} .bc"]["top1"]
             targets.append((case.name, f"{kind}: top-1 drop, .bc vs float", f"{drop:.1f} pt", f"<= {TOP1_DROP} pt",

@@ -73,7 +73,7 @@ def job_ours(p: dict[str, Any]) -> dict[str, Any]:
         if stage not in starts:
             starts[stage] = (time.perf_counter(), cpu_seconds(), peak_rss_mb())
 
-    split = _time_calibrate_steps()
+    split, split_cpu = _time_calibrate_steps()
     report = Engine().run(p["config"], until=p.get("until", "quantize"), progress=progress)
     end = (time.perf_counter(), cpu_seconds(), peak_rss_mb())
     if not report.ok:
@@ -86,18 +86,29 @@ def job_ours(p: dict[str, Any]) -> dict[str, Any]:
     cal = report.results.get("calibrate", {})
     return {"stages": {s.name: s.seconds for s in report.stages}, "cpu": cpu, "peak_rss_mb": end[2],
             "stage_rss_mb": rss,  # peak RSS at the end of each stage (the engine's own uses ru_maxrss)
-            "calibrate_split": split,
+            "calibrate_split": split, "calibrate_split_cpu": split_cpu,  # seconds, process CPU seconds
+            "histogram_kernel": _kernel_status(),
             "method": cal.get("method"), "search_cosines": cal.get("cosines"), "tensors": cal.get("tensors"),
             "samples": cal.get("samples"), "batch": cal.get("batch")}
 
 
-def _time_calibrate_steps() -> dict[str, float]:
-    """Seconds the calibrate stage spends in its steps, by wrapping the functions it looks up when it
-    runs: statistics (forward passes + histograms), the threshold search, the accuracy steps (bias
-    correction, sensitivity, mixed precision). A step the engine does not have is left out."""
+def _kernel_status() -> str:
+    try:
+        from engine.calibration.stats import kernel_status
+    except ImportError:
+        return "numpy"
+    return kernel_status()
+
+
+def _time_calibrate_steps() -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds (wall, and CPU of the whole process) the calibrate stage spends in its steps, by
+    wrapping the functions it looks up when it runs: statistics (forward passes + histograms), the
+    threshold search, the accuracy steps (bias correction, sensitivity, mixed precision). A step the
+    engine does not have is left out."""
     import importlib
 
     split: dict[str, float] = {}
+    split_cpu: dict[str, float] = {}
     steps = (("engine.stages.calibrate", "collect_stats", "statistics"),
              ("engine.quantize.search", "choose_thresholds", "threshold search"),
              ("engine.stages.calibrate", "collect_channel_means", "bias-correction means"),
@@ -112,14 +123,15 @@ def _time_calibrate_steps() -> dict[str, float]:
             continue
 
         def timed(*args: Any, _fn: Any = fn, _label: str = label, **kwargs: Any) -> Any:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), cpu_seconds()
             try:
                 return _fn(*args, **kwargs)
             finally:
                 split[_label] = split.get(_label, 0.0) + time.perf_counter() - t
+                split_cpu[_label] = split_cpu.get(_label, 0.0) + cpu_seconds() - c
 
         setattr(module, name, timed)
-    return split
+    return split, split_cpu
 
 
 def job_float(p: dict[str, Any]) -> dict[str, Any]:

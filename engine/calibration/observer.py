@@ -12,11 +12,18 @@ check and runs one sample at a time). The batch is sized so one batch of observe
 fits `memory_budget`. A batched run that fails later falls back to one sample at a time
 ("Reset batch_size=1 and execute forward again").
 
-Statistics of one run's tensors are computed on `threads` threads (numpy releases the GIL in the
-histogram's steps), largest tensors first, when a sample holds at least `PARALLEL_VALUES` values:
-on PP-OCRv4 det (57 M values per sample) they cost more than the forward pass itself. One sample
-at a time, the next sample runs in onnxruntime while the current one's statistics are computed and
+With `exact_batch` (the calibrate stage: statistics are cached per sample, so a sample's must not
+depend on its batch peers) the check asks for equal bits, not closeness.
+
+Statistics of one run's tensors are computed on `threads` threads (numpy and the compiled kernel
+release the GIL), largest tensors first, when a sample holds at least `PARALLEL_VALUES` values:
+on PP-OCRv4 det (58 M values per sample) they cost as much as the forward pass. One sample at a
+time, the next sample runs in onnxruntime while the current one's statistics are computed and
 consumed (10-13 % faster on det, measured; at a yield only the next run's outputs are alive).
+When the histogram work is large (`KERNEL_WORK`) the compiled kernel is loaded in the background
+(`stats.load_kernel`); until it is ready numpy computes the same bins. Small samples (below
+`STACK_VALUES`) are reduced several at a time, from a batched run or from single runs stacked
+(`stats.stacked_stats`): on digits numpy's per-call cost was most of the statistics' time.
 """
 
 from __future__ import annotations
@@ -43,7 +50,9 @@ MEMORY_BUDGET = 32 << 20  # observed bytes per batch: batching pays on small mod
 PARALLEL_VALUES = 1 << 20  # values per run from which statistics are spread over threads
 STACK_VALUES = 1 << 16  # values per sample below which several samples' statistics are computed at once
 STACK_LIMIT = 1 << 20  # values of one tensor's stack (its temporaries: ~20 bytes per value)
-KERNEL_WORK = 1 << 29  # histogram values (per sample × samples) from which the compiled kernel is loaded
+KERNEL_WORK = 1 << 27  # histogram values (per sample × samples) from which the compiled kernel is loaded:
+# ~0.25 s of numpy against ~1 s CPU (background) and ~150 MB RSS for numba + LLVM, paid once per process, so
+# a large model loads it at 16 samples as at 128 (PP-OCRv4 det at 320x320: 14.5 M values per sample)
 _BATCH_DIM = "hb_calibration_batch"
 _ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
                  "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int16)": np.int16,
@@ -224,7 +233,7 @@ class Observer:
         return int(max(1, min(MAX_BATCH, self.memory_budget // max(nbytes, 1), STACK_LIMIT // max(max(sizes), 1))))
 
     def _maybe_load_kernel(self, values: Mapping[str, np.ndarray], samples: Iterable) -> None:
-        """Start loading the compiled histogram kernel when this run's histograms repay its ~1 s load."""
+        """Start loading the compiled histogram kernel (in the background) when the histogram work is large."""
         count = self.expected_samples
         if count is None:
             count = len(samples) if isinstance(samples, Sized) else MAX_BATCH

@@ -56,7 +56,7 @@ class TensorStats:
     max: float
     absmax: float
     count: int
-    hist: np.ndarray  # int64, shape (bins,); uint16 / uint32 where the counts fit when read back from an archive
+    hist: np.ndarray  # shape (bins,): int64 from tensor_stats; uint16 / uint32 (the counts fit) from stacked_stats, read back or compacted
     channel_absmax: np.ndarray | None = None  # float32, one per channel along `axis`
     axis: int | None = None
     nonfinite: int = 0
@@ -173,10 +173,11 @@ def stacked_stats(x: np.ndarray, count: int, bins: int = DEFAULT_BINS, channel_a
     index = values.astype(np.int32)
     np.minimum(index, bins - 1, out=index)  # |x| = absmax (index bins) belongs to the last bin
     index += (np.arange(count, dtype=np.int32) * bins)[:, None]
-    hist = np.bincount(index.reshape(-1), minlength=count * bins).reshape(count, bins).astype(np.int64)
     n = per[0].size
-    return [TensorStats(float(lo[k]), float(hi[k]), float(absmax[k]), n, hist[k].copy(),
-                        channels[k].copy() if channels is not None else None, axis) for k in range(count)]
+    # already in the narrow dtype the stage keeps (`SampleStats.compact`): rows of one small matrix
+    hist = np.bincount(index.reshape(-1), minlength=count * bins).reshape(count, bins).astype(_count_dtype(n))
+    return [TensorStats(float(lo[k]), float(hi[k]), float(absmax[k]), n, hist[k],
+                        channels[k] if channels is not None else None, axis) for k in range(count)]
 
 
 _buffers = threading.local()
