@@ -130,17 +130,22 @@ def looks_normalized(x: np.ndarray, spec: Mapping[str, Any]) -> bool:
 
 def check_calibration_data(model: onnx.ModelProto, samples: Sequence[Sample], specs: Sequence[Mapping[str, Any]],
                            margin: float = 0.25, min_gap: float = 0.02) -> list[DataCheck]:
-    """One `DataCheck` per input and variant (module docstring); `suspicious` ones deserve a warning."""
-    from engine.similarity import run_model
+    """One `DataCheck` per input and variant (module docstring); `suspicious` ones deserve a warning.
+    One float session for every run (a session per run cost more than the runs on small models)."""
+    from engine.accuracy.sessions import quiet_session, run_outputs
 
     if not samples:
         return []
     outputs = [o.name for o in model.graph.output]
     cache: dict[int, Mapping[str, np.ndarray]] = {}
+    session = quiet_session(model)
+
+    def run(s: Sample) -> Mapping[str, np.ndarray]:
+        return run_outputs(session, s, outputs)
 
     def run_given(s: Sample) -> Mapping[str, np.ndarray]:
         if id(s) not in cache:
-            cache[id(s)] = run_model(model, s)
+            cache[id(s)] = run(s)
         return cache[id(s)]
 
     given = _entropy(run_given, samples, outputs)
@@ -151,7 +156,7 @@ def check_calibration_data(model: onnx.ModelProto, samples: Sequence[Sample], sp
             if label == "normalized twice" and not all(looks_normalized(np.asarray(s[name]), spec) for s in samples):
                 continue
             altered = [{**s, name: change(np.asarray(s[name], np.float32))} for s in samples]
-            other = _entropy(lambda s: run_model(model, s), altered, outputs)
+            other = _entropy(run, altered, outputs)
             if not (np.isfinite(given) and np.isfinite(other)):
                 continue
             suspicious = other < given * (1 - margin) and given - other >= min_gap

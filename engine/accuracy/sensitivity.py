@@ -161,11 +161,11 @@ class Evaluator:
 
     def __init__(self, switchable: SwitchableModel, model: onnx.ModelProto, samples: Sequence[Sample],
                  reference: Sequence[Mapping[str, np.ndarray]] | None = None):
-        from engine.similarity import run_model
+        from engine.accuracy.sessions import References
 
         self.sw = switchable
         self.samples = list(samples)
-        self.reference = list(reference) if reference is not None else [run_model(model, s) for s in self.samples]
+        self.reference = list(reference) if reference is not None else References(model, self.samples).values
         self.runs = 0
 
     def loss(self, setting: Setting) -> float:
@@ -174,13 +174,88 @@ class Evaluator:
         return output_loss(self.reference, got, self.sw.outputs)
 
 
+MIN_CROP_SIDE = 96  # pixels: a crop smaller than this says little about a real image
+
+
+def cropped(model: onnx.ModelProto, samples: Sequence[Sample], share: float, min_side: int | None = None
+            ) -> tuple[onnx.ModelProto, list[dict[str, np.ndarray]], str] | None:
+    """`model` with a smaller spatial input and the centre crops of `samples` (each input's H and W
+    times sqrt(`share`)), or None when the model is not a convolutional one that runs at the crop.
+
+    For a ranking, not a measurement: "which row hurts most when only it is quantized" needs the
+    same kind of content, not the whole image, and a fully convolutional model (PP-OCR det) costs
+    in proportion to its pixels. Text and edges keep their size in a crop (a downscaled image
+    would shrink them). Inputs must be 4-D NCHW or NHWC whose crop is at least `min_side`
+    (default `MIN_CROP_SIDE`) on each side;
+    a model with a fixed-size Reshape / Gemm after the convolutions fails to run or changes
+    output rank at the crop, and gets None.
+    """
+    from engine.accuracy.sessions import quiet_session
+
+    side = float(np.sqrt(share))
+    min_side = MIN_CROP_SIDE if min_side is None else min_side
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if not samples or not inputs or side >= 1.0:
+        return None
+    sizes: dict[str, tuple[int, int, int, int]] = {}  # input → (h axis, w axis, new h, new w)
+    for i in inputs:
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in i.type.tensor_type.shape.dim]
+        if len(dims) != 4 or 0 in dims:
+            return None
+        axes = (2, 3) if dims[1] <= 4 else (1, 2) if dims[3] <= 4 else None
+        if axes is None:
+            return None
+        h, w = dims[axes[0]], dims[axes[1]]
+        nh, nw = int(round(h * side)), int(round(w * side))
+        if min(nh, nw) < min_side:
+            return None
+        sizes[i.name] = (*axes, nh, nw)
+    small = onnx.ModelProto()
+    small.CopyFrom(model)
+    del small.graph.value_info[:]
+    for i in small.graph.input:
+        if i.name in sizes:
+            ha, wa, nh, nw = sizes[i.name]
+            i.type.tensor_type.shape.dim[ha].dim_value = nh
+            i.type.tensor_type.shape.dim[wa].dim_value = nw
+    for o in small.graph.output:
+        o.type.tensor_type.ClearField("shape")
+
+    def crop(sample: Sample) -> dict[str, np.ndarray]:
+        out = {}
+        for k, v in sample.items():
+            if k in sizes:
+                ha, wa, nh, nw = sizes[k]
+                y0, x0 = (v.shape[ha] - nh) // 2, (v.shape[wa] - nw) // 2
+                index = [slice(None)] * v.ndim
+                index[ha], index[wa] = slice(y0, y0 + nh), slice(x0, x0 + nw)
+                v = np.ascontiguousarray(v[tuple(index)])
+            out[k] = v
+        return out
+
+    crops = [crop(s) for s in samples]
+    try:
+        got = quiet_session(small).run(None, {k: v for k, v in crops[0].items() if k in sizes})
+    except Exception:  # a fixed-size op after the convolutions
+        return None
+    ranks = [len(o.type.tensor_type.shape.dim) for o in model.graph.output]
+    if (all(ranks) and [np.ndim(g) for g in got] != ranks) or not all(np.all(np.isfinite(g)) for g in got):
+        return None
+    shown = ", ".join(f"{v[2]}x{v[3]}" for v in sizes.values())
+    return small, crops, shown
+
+
 def analyse(model: onnx.ModelProto, plan: QuantPlan, samples: Sequence[Sample],
             stats: Mapping[str, MergedStats] | None = None, limit: int | None = None,
             switchable: SwitchableModel | None = None, progress: Progress | None = None,
-            weight_limit: int | None = 24) -> Sensitivity:
+            weight_limit: int | None = 24, crop: float | None = None) -> Sensitivity:
     """Sensitivity of every quantized row of `model` (the optimized float model) under `plan`.
 
     `samples`: calibration samples to compare on (one is usually enough for a ranking);
+    `crop`: run on the centre crops of the samples holding this share of their pixels, when the
+    model runs at the crop (`cropped`; mixed precision ranks with 0.25: the ranking's runs are
+    most of its cost, and a fully convolutional model costs in proportion to its pixels);
     `limit`: measure only the `limit` rows with the largest local noise (None: all);
     `weight_limit`: the same for the weight-only runs (None: all) — int8 weights per output channel
     rarely matter (PP-OCRv4 det: the largest weight loss 0.0023 against 0.0100 for activations),
@@ -190,7 +265,14 @@ def analyse(model: onnx.ModelProto, plan: QuantPlan, samples: Sequence[Sample],
 
     t0 = time.perf_counter()
     stats = stats or {}
-    sw = switchable or build_switchable(model, plan)
+    notes = []
+    small = cropped(model, samples, crop) if crop else None
+    if small is not None:  # the same rows and switches, at the crop's size
+        model, samples, shown = small[0], small[1], small[2]
+        sw = build_switchable(model, plan)
+        notes.append(f"ranked on the centre {shown} crop of the sample{'s' if len(samples) > 1 else ''}")
+    else:
+        sw = switchable or build_switchable(model, plan)
     rows = [r for r in sw.rows if r.switches]
     noise = {r.name: row_noise(r, plan, stats, model) for r in rows}
     measured = rows
@@ -204,6 +286,8 @@ def analyse(model: onnx.ModelProto, plan: QuantPlan, samples: Sequence[Sample],
     weight_runs = {r.name for r in sorted(weighted, key=lambda r: -w_noise[r.name])[:weight_limit]} \
         if weight_limit is not None else {r.name for r in weighted}
     ev = Evaluator(sw, model, samples)
+    # activation-only questions on a model whose weights stay constant (prepacked kernels: ~2x faster)
+    act_ev = Evaluator(build_switchable(model, plan, weights=False), model, samples, ev.reference)
     everything = sw.all_on()
     exposed = [r.tensor for r in rows if r.tensor and r.tensor in sw.mapping]
     accumulated: dict[str, float] = {}
@@ -221,7 +305,7 @@ def analyse(model: onnx.ModelProto, plan: QuantPlan, samples: Sequence[Sample],
         act = weight = None
         if row.name in todo:
             if row.of_kind("activation"):
-                act = ev.loss(sw.rows_on([row], ("activation",)))
+                act = act_ev.loss(act_ev.sw.rows_on([row], ("activation",)))
             if row.of_kind("weight") and row.name in weight_runs:
                 weight = ev.loss(sw.rows_on([row], ("weight",)))
             done += 1
@@ -230,7 +314,6 @@ def analyse(model: onnx.ModelProto, plan: QuantPlan, samples: Sequence[Sample],
         result.append(NodeSensitivity(row.name, row.op_type, row.tensor, act, weight,
                                       accumulated.get(row.tensor), noise[row.name], row.nodes))
     result.sort(key=lambda r: (-r.loss, -r.local))
-    notes = []
     if len(todo) < len(rows):
         notes.append(f"{len(rows) - len(todo)} of {len(rows)} rows with the least local quantization noise were "
                      f"not run (screened out)")
@@ -238,4 +321,5 @@ def analyse(model: onnx.ModelProto, plan: QuantPlan, samples: Sequence[Sample],
                        len(todo), notes)
 
 
-__all__ = ["Evaluator", "NodeSensitivity", "Sensitivity", "analyse", "local_noise", "output_loss", "row_noise"]
+__all__ = ["MIN_CROP_SIDE", "Evaluator", "NodeSensitivity", "Sensitivity", "analyse", "cropped", "local_noise",
+           "output_loss", "row_noise"]

@@ -32,7 +32,7 @@ from typing import Literal
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from engine.quantize.calibrated import QdqWriter, _subgraph_rename
 from engine.quantize.planner import bias_value, quantize_bias
@@ -155,18 +155,12 @@ def fake_quant_session(model: onnx.ModelProto, threads: int | None = None):
     without onnxruntime's WeightBiasQuantization, which at the *basic* level quantizes the float
     weight and bias of a Conv / Gemm whose input comes from a DequantizeLinear — i.e. it silently
     quantizes every float (CPU) convolution next to the integer part (measured: a CPU conv whose
-    weights int8 cannot hold, output cosine 0.906 with it, 0.9997 without).
+    weights int8 cannot hold, output cosine 0.906 with it, 0.9997 without). No spinning thread
+    pool (`engine.accuracy.sessions`).
     """
-    import onnxruntime as ort
+    from engine.accuracy.sessions import quiet_session
 
-    from engine.calibration.observer import cpu_count
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.intra_op_num_threads = threads or cpu_count()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=["WeightBiasQuantization"])
+    return quiet_session(model, threads)
 
 
 class _SwitchWriter(QdqWriter):
@@ -180,6 +174,7 @@ class _SwitchWriter(QdqWriter):
         self.switches: list[Switch] = []
         self.switch_inputs: list[onnx.ValueInfoProto] = []
         self.row_of: dict[str, str] = {}  # target → row, filled by the caller before writing
+        self.weight_values: list[str] = []  # fake-quantized weights, folded to constants at the end
 
     def _switch_input(self, base: str) -> str:
         name = self.name(f"{base}_switch")
@@ -203,8 +198,8 @@ class _SwitchWriter(QdqWriter):
         use8 = self._switch_input(f"{t}_int8")
         chosen = self.name(f"{t}_int8_or_float")
         two = self.int16 is True or (not isinstance(self.int16, bool) and t in self.int16)
-        nodes = [helper.make_node("Where", [use8, dq8, source], [chosen if two else out],
-                                  name=self.name(f"{t}_int8_switch"))]
+        q8, dq8_node = anchor_nodes.pop(-2), anchor_nodes.pop(-1)  # they move into the switch's branch
+        nodes = [self._branch(use8, [q8, dq8_node], dq8, source, chosen if two else out, f"{t}_int8_switch")]
         use16 = None
         if two:
             wide = ActQuant(t, self.wide.get(t, act.threshold), 16, act.axis, act.method)
@@ -212,15 +207,31 @@ class _SwitchWriter(QdqWriter):
             domain = self.domain(16)
             q16, dq16 = self.name(f"{t}_int16_quantized"), self.name(f"{t}_int16_output")
             use16 = self._switch_input(f"{t}_int16")
-            nodes += [helper.make_node("QuantizeLinear", [source, s, zp], [q16], name=self.name(f"{t}_int16"),
-                                       domain=domain, **self._axis(wide.axis, wide.scale)),
-                      helper.make_node("DequantizeLinear", [q16, s, zp], [dq16], name=self.name(f"{t}_int16_dq"),
-                                       domain=domain, **self._axis(wide.axis, wide.scale)),
-                      helper.make_node("Where", [use16, dq16, chosen], [out], name=self.name(f"{t}_int16_switch"))]
+            pair = [helper.make_node("QuantizeLinear", [source, s, zp], [q16], name=self.name(f"{t}_int16"),
+                                     domain=domain, **self._axis(wide.axis, wide.scale)),
+                    helper.make_node("DequantizeLinear", [q16, s, zp], [dq16], name=self.name(f"{t}_int16_dq"),
+                                     domain=domain, **self._axis(wide.axis, wide.scale))]
+            nodes.append(self._branch(use16, pair, dq16, chosen, out, f"{t}_int16_switch"))
         anchor_nodes.extend(nodes)
         self.mapping[t] = out
         self.switches.append(Switch("activation", t, self.row_of.get(t, t), use8, use16))
         return out
+
+    def _branch(self, use: str, pair: list[onnx.NodeProto], quantized: str, source: str, out: str,
+                base: str) -> onnx.NodeProto:
+        """`out` = If(use, the fake-quant `pair` ending in `quantized`, Identity(source)).
+
+        An If, not a Where: a Where computes both of its inputs on every run, so every fake-quant
+        pair of the model ran whether its switch was on or not (PP-OCRv4 det: a run with one row
+        quantized cost as much CPU as one with all of them); an If runs only its taken branch, so
+        "only this row quantized" costs about a float pass."""
+        keep = self.name(f"{base}_float")
+        then = helper.make_graph(pair, self.name(f"{base}_on"), [],
+                                 [helper.make_tensor_value_info(quantized, TensorProto.FLOAT, None)])
+        other = helper.make_graph([helper.make_node("Identity", [source], [keep], name=self.name(f"{base}_off"))],
+                                  self.name(f"{base}_off_branch"), [],
+                                  [helper.make_tensor_value_info(keep, TensorProto.FLOAT, None)])
+        return helper.make_node("If", [use], [out], name=self.name(base), then_branch=then, else_branch=other)
 
     def switched_bias(self, tensor: str, value: np.ndarray, scale: np.ndarray, use: str) -> str:
         """The bias as the integer op adds it — int32 codes at s_in · s_w, which is coarse when the
@@ -251,6 +262,7 @@ class _SwitchWriter(QdqWriter):
         for n in readers:
             _subgraph_rename(n, out, switched)
         self.switches.append(Switch("weight", wq.tensor, self.row_of.get(wq.tensor, wq.tensor), use))
+        self.weight_values.append(out)
         return switched
 
 
@@ -297,28 +309,96 @@ def table_rows(model: onnx.ModelProto, plan: QuantPlan) -> tuple[list[tuple[str,
     return entry_rows + rows, owner
 
 
+def fold_constants(model: onnx.ModelProto, names: Sequence[str]) -> int:
+    """Compute `names` (tensors made from initializers only, e.g. fake-quantized weights) once with
+    onnxruntime and store them as initializers, dropping the nodes that made them (in place).
+
+    onnxruntime keeps Q/DQ pairs on constants as written at the basic level, so without this every
+    run re-quantized every weight: on PP-OCRv4 det at 320×320 that was 20 of a run's 55 CPU ms.
+    Folding with onnxruntime itself keeps the values bit-identical to what the pairs computed.
+    Returns how many tensors were folded (0 when one of them depends on a graph input)."""
+    from engine.accuracy.sessions import quiet_session
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: i for i, n in enumerate(g.node) for o in n.output if o}
+    needed: set[int] = set()
+    stack = [n for n in names if n not in inits]
+    while stack:
+        t = stack.pop()
+        if t in inits or not t:
+            continue
+        if t not in producer:
+            return 0  # made from a graph input: not a constant
+        i = producer[t]
+        if i not in needed:
+            needed.add(i)
+            stack.extend(g.node[i].input)
+    wanted = [n for n in dict.fromkeys(names) if n not in inits]
+    if not wanted:
+        return 0
+    order = sorted(needed)
+    used = {x for i in order for x in g.node[i].input if x in inits}
+    sub = helper.make_model(helper.make_graph([g.node[i] for i in order], "fold", [],
+                                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in wanted],
+                                              [inits[n] for n in sorted(used)]),
+                            opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    values = quiet_session(sub, 1).run(wanted, {})
+    readers: dict[str, set[int]] = {}
+    for i, n in enumerate(g.node):
+        for x in n.input:
+            readers.setdefault(x, set()).add(i)
+    outputs = {o.name for o in g.output}
+    # a node goes when everything it makes is folded or read only by nodes that go
+    gone = set(order)
+    changed = True
+    while changed:
+        changed = False
+        for i in sorted(gone):
+            if any(o not in wanted and (o in outputs or readers.get(o, set()) - gone) for o in g.node[i].output if o):
+                gone.discard(i)
+                changed = True
+    for i in sorted(gone, reverse=True):
+        del g.node[i]
+    g.initializer.extend(numpy_helper.from_array(np.asarray(v), n) for n, v in zip(wanted, values, strict=True))
+    still = {x for n in g.node for x in n.input} | outputs
+    for i in reversed(range(len(g.initializer))):
+        if g.initializer[i].name in used and g.initializer[i].name not in still:
+            del g.initializer[i]
+    return len(wanted)
+
+
 def build_switchable(model: onnx.ModelProto, plan: QuantPlan, int16: bool | Collection[str] = False,
-                     wide: Mapping[str, float] | None = None, expose: Sequence[str] = ()) -> SwitchableModel:
+                     wide: Mapping[str, float] | None = None, expose: Sequence[str] = (), weights: bool = True
+                     ) -> SwitchableModel:
     """The switchable fake-quant model of `model` (the optimized float model) under `plan`.
 
     `int16` adds the 16-bit alternative of every activation (or of the tensors it lists: each
     alternative costs a Q/DQ pair per run whether used or not), at the threshold `wide` gives for it
     (mixed precision uses the tensor's max |x|: clipping buys nothing at 16 bits), else the plan's.
     `expose`: float tensors `run` may return, as their readers see them (every row's tensor is).
+    `weights`: False keeps every weight float and constant, with no weight switches: a weight that is
+    a run-time value (a switch's output) loses onnxruntime's prepacked convolution kernels, which
+    cost 25 of a run's 60 CPU ms on PP-OCRv4 det at 320×320 — the activation-only questions of
+    the sensitivity analysis ask them of this model.
     """
     writer = _SwitchWriter(model, plan, int16, wide or {})
     row_specs, owner = table_rows(model, plan)
     writer.row_of = owner
     writer.activations(plan.acts)
-    for wq in plan.weights.values():
-        writer.weight(wq, integer=False)
+    if weights:
+        for wq in plan.weights.values():
+            writer.weight(wq, integer=False)
     weight_switch = {s.target: s.input8 for s in writer.switches if s.kind == "weight"}
     for bq in plan.biases.values():
         value = writer.constant(bq.tensor)
         owner = next((p.weight for p in plan.nodes.values() if p.bias == bq.tensor), None)
         if value is not None and owner in weight_switch:
             writer.switched_bias(bq.tensor, bias_value(value, bq), bq.scale, weight_switch[owner])
+        elif value is not None and getattr(bq, "correction", None) is not None:
+            writer.corrected_bias(bq.tensor, bias_value(value, bq))  # what a switched bias is when off
     out = writer.finish("switchable")
+    fold_constants(out, writer.weight_values)
     out.graph.input.extend(writer.switch_inputs)
     present = {o.name for o in out.graph.output} | {i.name for i in out.graph.input}
     wanted = [*expose, *(tensor for *_, tensor in row_specs if tensor)]

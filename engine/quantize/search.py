@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from engine.calibration.methods import Threshold, kl_threshold, max_threshold, percentile_threshold, threshold
 from engine.calibration.stats import MergedStats
@@ -125,13 +125,73 @@ def candidates(merged: Mapping[str, MergedStats], percentile: float = DEFAULT_PE
 def output_cosine(model: onnx.ModelProto, acts: Mapping[str, ActQuant], samples: Sequence[Sample],
                   options: QuantOptions, reference: Sequence[Mapping[str, np.ndarray]] | None = None) -> float:
     """Mean output cosine of the calibrated model built from `acts` against the float model."""
-    from engine.similarity import mean_output_cosine, run_model
+    return CandidateScorer(model, samples, options, reference).cosines({"": acts})[""]
 
-    names = [o.name for o in model.graph.output]
-    reference = reference if reference is not None else [run_model(model, s) for s in samples]
-    calibrated = build_calibrated_model(model, make_plan(model, acts, options))
-    got = [run_model(calibrated, s) for s in samples]
-    return mean_output_cosine(reference, got, names)
+
+def _differing_initializers(models: Sequence[onnx.ModelProto]) -> list[str] | None:
+    """Names of the initializers whose values differ between `models`, or None when the models
+    differ in anything else (nodes, inputs, outputs, which initializers exist)."""
+    base = models[0].graph
+    values = {t.name: t.SerializeToString() for t in base.initializer}
+    differ: set[str] = set()
+    for m in models[1:]:
+        g = m.graph
+        if g.node != base.node or g.input != base.input or g.output != base.output or \
+                len(g.initializer) != len(base.initializer):
+            return None
+        for t in g.initializer:
+            if t.name not in values:
+                return None
+            if t.SerializeToString() != values[t.name]:
+                differ.add(t.name)
+    return [t.name for t in base.initializer if t.name in differ]
+
+
+class CandidateScorer:
+    """Output cosines of calibrated models that differ only in thresholds, in one onnxruntime session.
+
+    Candidates (max, max-percentile, kl, mix) give the same plan with other scales, so their
+    calibrated models differ only in the values of the Q/DQ scale initializers. Those become graph
+    inputs of one model (an ONNX initializer that is also a graph input is a default the feed
+    overrides), and each candidate's scales are fed: one session build instead of one per
+    candidate, and one float reference session instead of one per sample (`run_model`). Models
+    that differ in more than initializer values get their own session.
+    """
+
+    def __init__(self, model: onnx.ModelProto, samples: Sequence[Sample], options: QuantOptions,
+                 reference: Sequence[Mapping[str, np.ndarray]] | None = None):
+        from engine.accuracy.sessions import References
+
+        self.model, self.options = model, options
+        self.samples = list(samples)
+        self.names = [o.name for o in model.graph.output]
+        self.reference = list(reference) if reference is not None else References(model, self.samples).values
+
+    def cosines(self, tried: Mapping[str, Mapping[str, ActQuant]]) -> dict[str, float]:
+        from engine.accuracy.sessions import quiet_session, run_outputs
+        from engine.similarity import mean_output_cosine
+
+        models = {k: build_calibrated_model(self.model, make_plan(self.model, acts, self.options))
+                  for k, acts in tried.items()}
+        differ = _differing_initializers(list(models.values())) if len(models) > 1 else []
+        out: dict[str, float] = {}
+        if differ is None:  # structurally different: a session each
+            for k, m in models.items():
+                session = quiet_session(m)
+                out[k] = mean_output_cosine(self.reference, [run_outputs(session, s, self.names)
+                                                             for s in self.samples], self.names)
+            return out
+        shared = onnx.ModelProto()
+        shared.CopyFrom(next(iter(models.values())))
+        inits = {t.name: t for t in shared.graph.initializer}
+        shared.graph.input.extend(helper.make_tensor_value_info(n, inits[n].data_type, list(inits[n].dims))
+                                  for n in differ)
+        session = quiet_session(shared)
+        for k, m in models.items():
+            feeds = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer if t.name in set(differ)}
+            got = [run_outputs(session, s, self.names, feeds) for s in self.samples]
+            out[k] = mean_output_cosine(self.reference, got, self.names)
+        return out
 
 
 def search_default(model: onnx.ModelProto, merged: Mapping[str, MergedStats], samples: Sequence[Sample],
@@ -141,9 +201,8 @@ def search_default(model: onnx.ModelProto, merged: Mapping[str, MergedStats], sa
 
     Besides hb's three (max, max-percentile, kl), `with_mix` also tries `mix`'s per-tensor
     least-error thresholds (measured on PP-OCRv4 det, 8 held-out photos: output cosine 0.9755
-    against 0.9733 for max-percentile, the best of the three); ties keep the earlier candidate."""
-    from engine.similarity import run_model
-
+    against 0.9733 for max-percentile, the best of the three); ties keep the earlier candidate.
+    All candidates run in one session (`CandidateScorer`)."""
     options = options or QuantOptions()
     chosen = list(samples[:max(int(cosine_samples), 1)])
     if not chosen:
@@ -151,19 +210,15 @@ def search_default(model: onnx.ModelProto, merged: Mapping[str, MergedStats], sa
                                          "calibrated model with the float model on calibration samples, but "
                                          "there are none", ("calibration_parameters", "cal_data_dir")))
     log.info("Run calibration model with modelwise search method.")
-    reference = [run_model(model, s) for s in chosen]
-    cosines: dict[str, float] = {}
-    results: dict[str, dict[str, ActQuant]] = {}
     tried = {name: _acts(found) for name, found in candidates(merged, percentile).items()}
     if with_mix:
         tried["mix"] = search_mix(merged, percentile, quiet=True).acts
-    for name, acts in tried.items():
-        results[name] = acts
-        cosines[name] = output_cosine(model, results[name], chosen, options, reference)
-        log.debug(f"calibration method {name}: output cosine {cosines[name]:.6f}")
+    cosines = CandidateScorer(model, chosen, options).cosines(tried)
+    for name, value in cosines.items():
+        log.debug(f"calibration method {name}: output cosine {value:.6f}")
     best = max(cosines, key=lambda k: (cosines[k], -list(cosines).index(k)))
     log.info(f"Select {best} method.")
-    return SearchResult(results[best], best, cosines)
+    return SearchResult(tried[best], best, cosines)
 
 
 # ----------------------------------------------------------------------------------------- mix

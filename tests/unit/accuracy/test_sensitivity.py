@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from engine.accuracy.sensitivity import Sensitivity, analyse, local_noise
 from tests.unit.accuracy.acc_models import calibrate, outlier_chain, samples
 
@@ -37,3 +39,37 @@ def test_local_noise_screens_without_running_and_json_round_trips():
     assert sum(r.activation is None for r in sens.rows) == len(sens.rows) - 1
     again = Sensitivity.from_json(json.loads(json.dumps(sens.to_json())))
     assert again.rows == sens.rows and "conv_b+relu_b" in sens.table_text(3)
+
+
+def test_a_cropped_ranking_still_puts_the_broken_node_first(monkeypatch):
+    from engine.accuracy import sensitivity
+
+    monkeypatch.setattr(sensitivity, "MIN_CROP_SIDE", 4)
+    model = outlier_chain()  # 16x16: the centre 8x8 is a quarter of the pixels
+    data = samples(model, 3)
+    merged, _, plan = calibrate(model, data)
+    small, crops, shown = sensitivity.cropped(model, data[:1], 0.25)
+    assert shown == "8x8" and crops[0]["x"].shape == (1, 3, 8, 8)
+    np.testing.assert_array_equal(crops[0]["x"], data[0]["x"][:, :, 4:12, 4:12])
+    sens = analyse(model, plan, data[:1], merged, crop=0.25)
+    assert any("8x8 crop" in n for n in sens.notes)
+    assert sens.rows[0].node == "conv_b+relu_b" and sens.rows[0].activation > 0.3
+
+
+def test_no_crop_for_a_model_that_cannot_run_at_one():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from engine.accuracy.sensitivity import cropped
+
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.standard_normal((4 * 128 * 128, 5)).astype(np.float32), "G")]
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Flatten", ["c"], ["f"]), helper.make_node("MatMul", ["f", "G"], ["y"])]
+    g = helper.make_graph(nodes, "fc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 128, 128])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = {"x": rng.standard_normal((1, 3, 128, 128)).astype(np.float32)}
+    assert cropped(model, [x], 0.25, min_side=8) is None  # the classifier's MatMul needs every pixel
+    assert cropped(model, [x], 0.25) is None  # and 64 px is below the smallest crop anyway
