@@ -49,6 +49,7 @@ class Culprits:
     samples: int  # calibration samples it compared on
     measured: int  # rows that got model runs
     mixed_cosine: float | None = None  # output cosine after mixed precision's moves (ptq model), if any
+    mixed_before: float | None = None  # the same before its moves: on its own evaluation samples, not this one
     notes: list[str] = field(default_factory=list)
 
     def top(self, n: int | None = None) -> list[Culprit]:
@@ -75,9 +76,10 @@ class Culprits:
                                 None if act is None and weight is None else (act or 0.0) + (weight or 0.0),
                                 act, weight, r.get("accumulated"), r.get("culprit") or "-", moved.get(r["node"]),
                                 tuple(r.get("nodes", ()))))
-        after = mixed.get("verified", mixed.get("after")) if moved else None
+        after = mixed.get("verified") if mixed.get("verified") is not None else mixed.get("after")
         return cls(rows, float(sensitivity.get("output_cosine", math.nan)), int(sensitivity.get("samples", 0)),
-                   int(sensitivity.get("measured", len(rows))), after, list(sensitivity.get("notes", [])))
+                   int(sensitivity.get("measured", len(rows))), after if moved else None,
+                   mixed.get("before") if moved else None, list(sensitivity.get("notes", [])))
 
     @classmethod
     def from_sensitivity(cls, sensitivity: Any, accuracy: Mapping[str, Any] | None = None) -> Culprits:
@@ -91,11 +93,13 @@ class Culprits:
 
     def title(self, n: int | None = None) -> str:
         shown = len(self.top(n))
+        plural = "s" if self.samples != 1 else ""
         text = (f"Sensitivity: the top {shown} of {len(self.rows)} quantized nodes by output cosine loss when only "
-                f"the node is quantized ({self.samples} calibration sample{'s' if self.samples != 1 else ''}; "
-                f"every node int8: output cosine {self.output_cosine:.6f}")
-        if self.mixed_cosine is not None:
-            text += f"; after mixed precision: {self.mixed_cosine:.6f}"
+                f"the node is quantized (every node int8: output cosine {self.output_cosine:.6f} on "
+                f"{self.samples} calibration sample{plural}")
+        if self.mixed_cosine is not None:  # its cosines are on its own evaluation samples: compare them together
+            before = "" if self.mixed_before is None else f"{self.mixed_before:.6f} -> "
+            text += f"; mixed precision, on its evaluation samples: {before}{self.mixed_cosine:.6f}"
         return text + ")"
 
     def table_text(self, n: int | None = 10) -> str:
@@ -123,7 +127,8 @@ class Culprits:
         return {"what": "output cosine loss (1 - cosine against the float model) when only the node is quantized "
                         "(isolated = activation + weight), and at the node's own output with every node quantized "
                         "(accumulated); ranked worst first, on the int8 plan before mixed precision",
-                "output_cosine": self.output_cosine, "mixed_precision_cosine": self.mixed_cosine,
+                "output_cosine": self.output_cosine, "mixed_precision_before": self.mixed_before,
+                "mixed_precision_cosine": self.mixed_cosine,
                 "samples": self.samples, "measured": self.measured, "notes": self.notes,
                 "ranking": [_row_json(r) for r in self.top(n)]}
 

@@ -35,7 +35,8 @@ def test_broken_node_is_first_and_marked_moved(ranked):
     assert (first.rank, first.node, first.moved, first.culprit) == (1, BROKEN, "int16", "activation")
     assert first.isolated == pytest.approx(first.activation + first.weight)
     assert [r.node for r in culprits.moved] == [BROKEN]  # nothing else needed moving
-    assert culprits.mixed_cosine is not None and culprits.mixed_cosine >= 0.999 > 0.7 > culprits.output_cosine
+    assert culprits.mixed_cosine >= 0.999 > 0.7 > culprits.mixed_before
+    assert "mixed precision, on its evaluation samples: 0." in culprits.title()
     assert culprits.covers(len(culprits.rows)) and [r.rank for r in culprits.rows] == list(range(1, 6))
     lines = culprits.table_text(2).splitlines()
     assert lines[1].split() == ["Rank", "Node", "NodeType", "Isolated", "Loss", "Weight-only", "Loss",
@@ -43,7 +44,8 @@ def test_broken_node_is_first_and_marked_moved(ranked):
     assert lines[3].split()[:3] == ["1", BROKEN, "Conv+Relu"] and lines[3].split()[-1] == "int16"
     assert len(lines) == 5  # the top two only
     without = Culprits.from_sensitivity(sens)
-    assert without.rows[0].moved is None and without.mixed_cosine is None
+    assert without.rows[0].moved is None and without.mixed_cosine is None and without.mixed_before is None
+    assert "mixed precision" not in without.title()
 
 
 def test_rich_table_and_screened_rows(ranked):
@@ -87,6 +89,7 @@ def test_quant_info_carries_the_ranking_and_keeps_hb_layout(chain_run):
     assert ranking[0]["node"] == BROKEN and ranking[0]["rank"] == 1 and ranking[0]["mixed_precision"] == "int16"
     assert ranking[0]["isolated_loss"] > 0.3 > ranking[1]["isolated_loss"]
     assert info[QUANT_INFO_KEY]["output_cosine"] < 0.7 and info[QUANT_INFO_KEY]["mixed_precision_cosine"] >= 0.999
+    assert info[QUANT_INFO_KEY]["mixed_precision_before"] < 0.7
     assert info[BROKEN]["sensitivity"]["rank"] == 1 and info["conv_c+relu_c"]["sensitivity"]["rank"] == 2
     # reference §12.3: node entries keep type / inputs / outputs / thresholds / cosine_similarity, the
     # output key is unchanged, and without a ranking nothing is added
