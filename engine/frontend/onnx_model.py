@@ -6,6 +6,7 @@ line names the file and says what was expected and what was found.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from pathlib import Path
 
@@ -34,6 +35,38 @@ def load_onnx(path: Path, load_weights: bool = True, key: str = "onnx_model") ->
     if not model.graph.node and not model.graph.output:
         raise ModelError(_bad(shown, key, "it holds no graph (empty or truncated file)"))
     return model
+
+
+def external_data_files(path: Path) -> list[Path]:
+    """The files an ONNX model keeps its weights in (`save_as_external_data`), beside the model.
+
+    They are as much the model as the `.onnx` itself: the parse stage hashes them into its key and
+    hblsp watches them, or a weights-only change would reuse stale artefacts. Memoised on the
+    model file's size and mtime (reading a large model's graph costs a parse each time).
+    """
+    try:
+        st = path.stat()
+    except OSError:
+        return []
+    return [Path(p) for p in _external_locations(str(path), st.st_size, st.st_mtime_ns)]
+
+
+@functools.lru_cache(maxsize=32)
+def _external_locations(path: str, size: int, mtime_ns: int) -> tuple[str, ...]:
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception:  # unreadable here: the parse stage reports it with its own wording
+        return ()
+    folder = Path(path).parent
+    found: dict[str, None] = {}
+    tensors = list(model.graph.initializer)
+    tensors += [a.t for n in model.graph.node for a in n.attribute if a.HasField("t")]
+    for t in tensors:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in t.external_data if e.key == "location"), None)
+            if loc:
+                found[str(folder / loc)] = None
+    return tuple(found)
 
 
 def _bad(shown: str, key: str, why: str):

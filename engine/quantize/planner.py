@@ -715,7 +715,14 @@ def _split_output_concats(a: _Analysis, raw: dict[str, Any], options: QuantOptio
 
 
 def _weights_and_biases(a: _Analysis, plan: QuantPlan, corrections: Mapping[str, np.ndarray]) -> None:
+    """Per-channel weight scales, then the int32 bias scales s_in · s_w.
+
+    Two passes: a weight shared by several convs may have its scale raised by a later reader (a
+    near-zero channel whose bias would not fit int32), and every reader's bias scale must use the
+    final weight scale — the integer program accumulates with it.
+    """
     g = a.graph
+    pending: list[tuple[str, str, str, float, np.ndarray, np.ndarray | None]] = []
     for u in a.units:
         if not u.bpu or u.rule.weight is None:
             continue
@@ -759,11 +766,13 @@ def _weights_and_biases(a: _Analysis, plan: QuantPlan, corrections: Mapping[str,
             plan.weights[wname] = wq
             plan.notes.append(f"weight '{wname}' of {head.name}: the scale of {int(low.sum())} near-zero channels is "
                               f"raised so their bias fits int32")
-        scale = bias_scale(s_in, wq.scale)
+        pending.append((bname, head.name, wname, s_in, b64, shift))
+    for bname, head_name, wname, s_in, b64, shift in pending:
+        scale = bias_scale(s_in, plan.weights[wname].scale)
         plan.biases[bname] = BiasQuant(bname, scale) if shift is None else \
-            CorrectedBias(bname, scale, np.asarray(shift, np.float32).reshape(b.shape))
+            CorrectedBias(bname, scale, np.asarray(shift, np.float32).reshape(g.constant(bname).shape))
         if (over := int(np.count_nonzero(b64 / scale.astype(np.float64) > INT32_MAX))):
-            plan.notes.append(f"bias '{bname}' of {head.name}: {over} values exceed int32 at scale s_in·s_w and "
+            plan.notes.append(f"bias '{bname}' of {head_name}: {over} values exceed int32 at scale s_in·s_w and "
                               f"are saturated")
 
 

@@ -115,7 +115,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 
 def model_files(config: Config) -> list[Path]:
-    return list(config.model.model_files)
+    """The model file(s) and the external-data files its weights live in."""
+    files = list(config.model.model_files)
+    return files + [e for f in files if f.suffix.lower() == ".onnx" for e in fe.external_data_files(f)]
 
 
 STAGE = Stage("parse", 2, run, reads=READS, files=model_files,
