@@ -102,7 +102,8 @@ def optimize_program(program: onnx.ModelProto, level: str) -> OptimizeResult:
     o2 = onnx.ModelProto()
     o2.CopyFrom(model)
     o2_rewrites = {"per_channel_scaling": per_channel_scaling(o2), "narrow_conv_in_float": narrow_conv_in_float(o2),
-                   "merge_sibling_convs": merge_sibling_convs(o2)}
+                   "merge_sibling_convs": merge_sibling_convs(o2), "index_tables_directly": index_tables_directly(o2),
+                   "untranspose_float_side_tables": untranspose_float_side_tables(o2)}
     if any(o2_rewrites.values()):
         remove_dead(o2)
     before = len(o2.graph.node)
@@ -743,6 +744,181 @@ def _rename_in_node_map(model: onnx.ModelProto, renamed: Mapping[str, list[str]]
                     out.append(q)
         node_map[float_node] = out
     set_metadata(model, NODE_MAP, node_map)
+
+
+# --------------------------------------------------------------------------- tables (O2)
+
+@dataclass(frozen=True)
+class _Table:
+    """A lookup table as the lowering writes it: [Transpose] → Cast<int32> → [Add offset] → Reshape(-1)
+    → GatherElements(table) → Reshape → [Transpose back]."""
+
+    cast: onnx.NodeProto
+    add: onnx.NodeProto | None
+    flatten: onnx.NodeProto
+    gather: onnx.NodeProto
+    unflatten: onnx.NodeProto
+    before: onnx.NodeProto | None  # the Transpose into the table's layout
+    after: onnx.NodeProto | None  # the Transpose back (its only reader)
+
+
+def _tables(g: onnx.GraphProto) -> list[_Table]:
+    readers = _consumers(g)
+    outputs = {o.name for o in g.output}
+
+    def only_reader(name: str, op_type: str) -> onnx.NodeProto | None:
+        rs = readers.get(name, [])
+        ok = len(rs) == 1 and rs[0].op_type == op_type and rs[0].domain in ("", "ai.onnx") and name not in outputs
+        return rs[0] if ok else None
+
+    producer = {o: n for n in g.node for o in n.output}
+    found = []
+    for cast in g.node:
+        if cast.op_type != "Cast" or any(a.name == "to" and a.i != onnx.TensorProto.INT32 for a in cast.attribute):
+            continue
+        add = only_reader(cast.output[0], "Add")
+        flatten = only_reader((add or cast).output[0], "Reshape") if add else only_reader(cast.output[0], "Reshape")
+        gather = flatten and only_reader(flatten.output[0], "GatherElements")
+        if gather is None or gather.input[1] != flatten.output[0]:
+            continue
+        unflatten = only_reader(gather.output[0], "Reshape")
+        if unflatten is None:
+            continue
+        before = producer.get(cast.input[0])
+        before = before if before is not None and before.op_type == "Transpose" else None
+        after = only_reader(unflatten.output[0], "Transpose")
+        found.append(_Table(cast, add, flatten, gather, unflatten, before, after))
+    return found
+
+
+def index_tables_directly(model: onnx.ModelProto) -> int:
+    """int16 tables index with the codes themselves: GatherElements takes negative indices (counted
+    from the end), so the table rolled by its offset, R = roll(T, −32 768), gives T[q + 32 768] at
+    index q for every code q ∈ [−32 768, 32 767] — the Add of the offset goes (an int32 pass over the
+    tensor: PP-OCRv4 det's first int16 table runs on 1×32×320×320). Checked on every code."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    rewritten = 0
+    for table in _tables(g):
+        add = table.add
+        if add is None or add.input[0] != table.cast.output[0] or add.input[1] not in inits \
+                or table.gather.input[0] not in inits:
+            continue
+        offset = numpy_helper.to_array(inits[add.input[1]])
+        values = numpy_helper.to_array(inits[table.gather.input[0]])
+        if offset.size != 1 or offset.dtype != np.int32 or values.ndim != 1:
+            continue
+        codes = _code_range(g, table.cast.input[0], inits)
+        if codes is None:
+            continue
+        o, n = int(offset.reshape(())), len(values)
+        if codes[0] + o < 0 or codes[1] + o >= n or codes[0] < -n:
+            continue
+        rolled = numpy_helper.from_array(np.roll(values, -o), f"{table.gather.input[0]}_rolled")
+        if not _table_codes_equal(table, rolled, inits, codes):
+            continue
+        table.flatten.input[0] = table.cast.output[0]
+        table.gather.input[0] = rolled.name
+        g.node.remove(add)
+        g.initializer.append(rolled)
+        rewritten += 1
+    return rewritten
+
+
+def _code_range(g: onnx.GraphProto, name: str, inits: Mapping[str, onnx.TensorProto]) -> tuple[int, int] | None:
+    """The integer range of the tensor `name` from its producer's zero-point dtype (QuantizeLinear) or
+    a Transpose of one; None when unknown."""
+    producer = {o: n for n in g.node for o in n.output}
+    node = producer.get(name)
+    while node is not None and node.op_type == "Transpose":
+        node = producer.get(node.input[0])
+    if node is None or node.op_type != "QuantizeLinear" or len(node.input) < 3 or node.input[2] not in inits:
+        return None
+    dtype = numpy_helper.to_array(inits[node.input[2]]).dtype
+    if dtype.kind not in "iu":
+        return None
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
+def _table_codes_equal(table: _Table, rolled: onnx.TensorProto, inits: Mapping[str, onnx.TensorProto],
+                       codes: tuple[int, int]) -> bool:
+    """Cast → Add → GatherElements(T) and Cast → GatherElements(roll(T)) on every code: equal?"""
+    from onnx import helper
+
+    from engine.runtime.session import open_session
+
+    dtype = np.int16 if codes[0] < 0 and codes[1] > 127 else np.int8 if codes[0] < 0 else \
+        np.uint16 if codes[1] > 255 else np.uint8
+    x = np.arange(codes[0], codes[1] + 1).astype(dtype)
+    out_type = inits[table.gather.input[0]].data_type
+    results = []
+    for with_add in (True, False):
+        nodes = [helper.make_node("Cast", ["x"], ["i"], to=onnx.TensorProto.INT32)]
+        constants = [rolled]
+        if with_add:
+            nodes.append(helper.make_node("Add", ["i", table.add.input[1]], ["j"]))
+            constants = [inits[table.add.input[1]], inits[table.gather.input[0]]]
+        nodes.append(helper.make_node("GatherElements", [constants[-1].name, "j" if with_add else "i"], ["y"], axis=0))
+        graph = helper.make_graph(nodes, "check", [helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(
+            x.dtype), [len(x)])], [helper.make_tensor_value_info("y", out_type, [len(x)])], constants)
+        try:
+            session = open_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+                                   .SerializeToString())
+            results.append(session.run(None, {"x": x})[0])
+        except Exception:  # onnxruntime refused the graph: keep the table as it is
+            return False
+    return results[0].tobytes() == results[1].tobytes()
+
+
+def untranspose_float_side_tables(model: onnx.ModelProto) -> int:
+    """A table between float kernels runs in the tensor's own layout. The lowering looks 4-D codes up
+    in NHWC (Transpose in, Transpose back) so that onnxruntime cancels the Transposes against its
+    NHWC integer convs; when the codes come from a QuantizeLinear and go only to DequantizeLinear
+    (an int16 tensor between emulated float convs) there is nothing to cancel against, and the two
+    Transposes are full copies of the tensor. A lookup is elementwise: without them it gives the same
+    code at every position; the final Reshape then takes the NCHW shape."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    readers = _consumers(g)
+    rewritten = 0
+    for table in _tables(g):
+        before, after = table.before, table.after
+        if before is None or after is None:
+            continue
+        perm = next((list(a.ints) for a in before.attribute if a.name == "perm"), None)
+        back = next((list(a.ints) for a in after.attribute if a.name == "perm"), None)
+        if perm is None or back is None or [perm[i] for i in back] != list(range(len(perm))):
+            continue
+        source = producer.get(before.input[0])
+        if source is None or source.op_type != "QuantizeLinear":
+            continue
+        if not all(r.op_type == "DequantizeLinear" for r in readers.get(after.output[0], [])):
+            continue
+        shape_of = producer.get(table.unflatten.input[1])  # the NHWC shape: a Shape of the Transpose, or a constant
+        shape_reader = shape_of is not None and shape_of.op_type == "Shape" and shape_of.input[0] == before.output[0] \
+            and len(shape_of.attribute) == 0
+        expected = {table.cast.output[0]} | ({shape_of.output[0]} if shape_reader else set())
+        if sorted(r.output[0] for r in readers.get(before.output[0], [])) != sorted(expected):
+            continue
+        if shape_reader:
+            shape_of.input[0] = before.input[0]  # now the tensor's own (NCHW) shape
+        elif table.unflatten.input[1] in inits:
+            shape = numpy_helper.to_array(inits[table.unflatten.input[1]])
+            if shape.ndim != 1 or len(shape) != len(perm) or np.any(shape <= 0):
+                continue
+            nchw = numpy_helper.from_array(shape[back].astype(np.int64), f"{table.unflatten.input[1]}_{after.name}")
+            g.initializer.append(nchw)
+            table.unflatten.input[1] = nchw.name
+        else:
+            continue
+        table.cast.input[0] = before.input[0]
+        table.unflatten.output[0] = after.output[0]
+        g.node.remove(before)
+        g.node.remove(after)
+        rewritten += 1
+    return rewritten
 
 
 # ------------------------------------------------------------------------ onnxruntime offline

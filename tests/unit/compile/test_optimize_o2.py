@@ -15,11 +15,12 @@ from engine.compile.program import NODE_MAP, json_metadata, set_metadata
 from engine.runtime.session import open_session
 
 
-def _model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
+def _model(nodes, inputs, outputs, inits, opset: int = 17) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(np.asarray(v), k)
                                                               for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
-    model.ir_version = 8
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 10 if opset >= 21 else 8
     return model
 
 
@@ -178,3 +179,59 @@ def test_the_input_scaling_is_one_dequantization_on_every_code(bias):
     a = open_session(program.SerializeToString()).run(None, {"x": every_code})[0]
     b = open_session(result.program.SerializeToString()).run(None, {"x": every_code})[0]
     assert len(np.unique(a)) > 100 and a.tobytes() == b.tobytes()
+
+
+def int16_table_program(reader: str = "DequantizeLinear") -> onnx.ModelProto:
+    """float → int16 codes → a 65 536-entry table as the lowering writes it for a 4-D tensor (Transpose
+    to NHWC, Cast, Add 32 768, flat GatherElements, Reshape to the Transpose's Shape, Transpose back)
+    → `reader` (DequantizeLinear: a float kernel reads it; Identity: something else)."""
+    table = np.random.default_rng(9).integers(-32768, 32768, 65536).astype(np.int16)
+    inits = {"s": np.float32(1.0), "z": np.int16(0), "offset": np.int32(32768), "flat": np.array([-1], np.int64),
+             "table": table}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q"),
+             helper.make_node("Transpose", ["q"], ["q_nhwc"], name="t_Transpose", perm=[0, 2, 3, 1]),
+             helper.make_node("Shape", ["q_nhwc"], ["nhwc_shape"], name="t_Shape"),
+             helper.make_node("Cast", ["q_nhwc"], ["i"], name="t_Cast", to=TensorProto.INT32),
+             helper.make_node("Add", ["i", "offset"], ["j"], name="t_Add"),
+             helper.make_node("Reshape", ["j", "flat"], ["j_flat"], name="t_Reshape"),
+             helper.make_node("GatherElements", ["table", "j_flat"], ["t_flat"], name="t", axis=0),
+             helper.make_node("Reshape", ["t_flat", "nhwc_shape"], ["t_nhwc"], name="t_Reshape_1"),
+             helper.make_node("Transpose", ["t_nhwc"], ["t_codes"], name="t_Transpose_1", perm=[0, 3, 1, 2])]
+    if reader == "DequantizeLinear":
+        nodes.append(helper.make_node("DequantizeLinear", ["t_codes", "s", "z"], ["y"], name="dq"))
+        out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 128, 128])
+    else:
+        nodes.append(helper.make_node("Identity", ["t_codes"], ["y"], name="id"))
+        out = helper.make_tensor_value_info("y", TensorProto.INT16, [1, 4, 128, 128])
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 128, 128])], [out], inits,
+                  opset=21)  # int16 QuantizeLinear
+
+
+def test_an_int16_table_between_float_kernels_loses_its_offset_and_transposes():
+    program = int16_table_program()
+    result = optimize_program(program, "O2")
+    assert result.rewrites["index_tables_directly"] == 1 and result.rewrites["untranspose_float_side_tables"] == 1
+    assert result.checked and not result.fallback
+    ops = [n.op_type for n in result.program.graph.node]
+    assert "Transpose" not in ops and "Add" not in ops and "GatherElements" in ops
+    codes = np.random.default_rng(1).permutation(np.arange(-32768, 32768)).astype(np.float32).reshape(1, 4, 128, 128)
+    a = open_session(program.SerializeToString()).run(None, {"x": codes})[0]
+    b = open_session(result.program.SerializeToString()).run(None, {"x": codes})[0]
+    assert a.tobytes() == b.tobytes()
+
+
+def test_a_table_read_by_other_ops_keeps_its_layout():
+    result = optimize_program(int16_table_program(reader="Identity"), "O2")
+    assert result.rewrites["index_tables_directly"] == 1 and result.rewrites["untranspose_float_side_tables"] == 0
+    assert [n.op_type for n in result.program.graph.node].count("Transpose") == 2
+
+
+def test_a_rolled_table_that_differs_is_refused(monkeypatch):
+    """If the rolled table gave another value for any code (here: rolled by one entry too many) it is not used."""
+    import engine.compile.optimize as optimize
+
+    real_roll = np.roll
+    monkeypatch.setattr(optimize.np, "roll", lambda a, shift: real_roll(a, shift - 1))
+    result = optimize_program(int16_table_program(), "O2")
+    assert result.rewrites["index_tables_directly"] == 0
+    assert "Add" in [n.op_type for n in result.program.graph.node]
