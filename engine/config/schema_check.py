@@ -7,6 +7,7 @@ at the offending key path (reference §13 wording, "did you mean" for unknown ke
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +26,21 @@ def check_schema(data: dict[str, Any]) -> list[Problem]:
     for err in sorted(schema.validator().iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
         problems.extend(_translate(err, data))
     problems.extend(_deprecations(data))
+    told = {p.path for p in problems}
+    problems.extend(p for p in _non_finite(data) if p.path not in told)
     return _dedupe(problems)
+
+
+def _non_finite(data: Any, path: tuple = ()) -> Iterator[Problem]:
+    """`.nan` / `.inf` pass JSON Schema's minimum and maximum (every comparison with NaN is false)."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            yield from _non_finite(v, path + (k,))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            yield from _non_finite(v, path + (i,))
+    elif isinstance(data, float) and not math.isfinite(data):
+        yield error("out-of-range", f"Invalid {_name(path)}: {data}, a finite number is required", path)
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

@@ -74,7 +74,10 @@ def parse_shape(item: str | None) -> tuple[int, ...] | None:
         return None
     if not _SHAPE.match(str(item)):
         raise ValueFormatError(str(item))
-    return tuple(int(p) for p in str(item).lower().replace(" ", "").split("x"))
+    shape = tuple(int(p) for p in str(item).lower().replace(" ", "").split("x"))
+    if 0 in shape:  # an empty tensor: nothing to calibrate or run
+        raise ValueFormatError(str(item))
+    return shape
 
 
 def format_shape(shape) -> str:

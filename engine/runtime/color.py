@@ -182,9 +182,9 @@ def _nv12_planes(nv12: np.ndarray, h: int | None, w: int | None) -> tuple[np.nda
     if nv12.ndim not in (2, 3):
         raise ValueError(f"NV12 data must be (H*3/2, W) or (N, H*3/2, W), got shape {nv12.shape}")
     rows, w = nv12.shape[-2:]
-    if rows % 3 or (rows // 3) % 2 or w % 2:
-        raise _odd_size(nv12.shape)
     h = rows * 2 // 3
+    if rows % 3 or h % 2 or w % 2:
+        raise _odd_size(nv12.shape)
     y = nv12[..., :h, :]
     uv = nv12[..., h:, :].reshape(*nv12.shape[:-2], h // 2, w // 2, 2)
     return y, uv

@@ -167,3 +167,20 @@ def test_custom_domain_operator(project, capsys):
     msg, line = only_error(project, capsys, GOOD_CONFIG)
     assert "nodes:['Foo'] are specified as domain:com.custom, which are not supported by official onnx" in msg
     assert line == 2
+
+
+def test_zero_dimension_in_input_shape(project, capsys):
+    text = GOOD_CONFIG.replace("input_shape: 1x3x8x8", "input_shape: 0x3x8x8")
+    assert text != GOOD_CONFIG
+    msg, _ = only_error(project, capsys, text)
+    assert "Invalid input_shape format: '0x3x8x8'" in msg
+
+
+@pytest.mark.parametrize("value,told", [(".nan", "nan, a finite number is required"),
+                                        (".inf", "inf, avaliable range: 0~1"), ("-.inf", "-inf, avaliable range")])
+def test_non_finite_number(project, capsys, value, told):
+    """NaN passes JSON Schema's range checks (every comparison is false): told apart, once."""
+    text = GOOD_CONFIG.replace("calibration_parameters:", f"calibration_parameters:\n  max_percentile: {value}")
+    assert text != GOOD_CONFIG
+    msg, _ = only_error(project, capsys, text)
+    assert f"Invalid max_percentile: {told}" in msg
