@@ -101,8 +101,7 @@ def stamp(model: onnx.ModelProto, stage: str, config: Config, specs: list[InputS
         "hbcompile.stage": stage,
         "hbcompile.inputs": json.dumps([s.describe() for s in specs]),
         "hbcompile.config_sha256": sha256_json(config.slice(*slice_keys)),
-        "hbcompile.march": config.model.march,
-    })
+    })  # no march: the float model is not march-specific, and march is not in this stage's key
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
