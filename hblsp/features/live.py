@@ -318,6 +318,10 @@ class Live:
                 self._watch(uri)
             elif self.watcher is not None:
                 self.watcher.unwatch(uri)
+        if self.ls.settings.watch_files:  # configs opened while watching was off: watched from now
+            for doc in self.ls.documents.configs():
+                if doc.uri not in self.inputs:
+                    self._spawn(self.opened(doc.uri), "watch")
 
     def close(self) -> None:
         self.runner.close()
