@@ -136,7 +136,7 @@ class PlanEvaluator:
         self.wide = {t: float(s.absmax) for t, s in stats.items() if s.absmax > 0}
         self.references = references if references is not None else References(model, self.samples)
         self.outputs = [o.name for o in model.graph.output]
-        self.cache: dict[frozenset, float] = {}
+        self.cache: dict[tuple[frozenset, int], float] = {}
         self.builds = 0
 
     @property
@@ -151,16 +151,18 @@ class PlanEvaluator:
         widen_int16(self.model, out, self.options, self.stats)
         return out
 
-    def loss(self, moves: Mapping[str, Target]) -> float:
-        key = frozenset(moves.items())
+    def loss(self, moves: Mapping[str, Target], samples: int | None = None) -> float:
+        """1 − mean output cosine of the ptq model with `moves`, on the first `samples` samples (all)."""
+        n = len(self.samples) if samples is None else max(1, min(int(samples), len(self.samples)))
+        key = (frozenset(moves.items()), n)
         if key not in self.cache:
             from engine.quantize.ptq import build_ptq_model
             from engine.similarity import mean_output_cosine
 
             ptq = build_ptq_model(self.model, make_plan(self.model, self.calibration_for(moves), self.options))
             session = quiet_session(ptq)
-            got = [run_outputs(session, s, self.outputs) for s in self.samples]
-            self.cache[key] = 1.0 - mean_output_cosine(self.reference, got, self.outputs)
+            got = [run_outputs(session, s, self.outputs) for s in self.samples[:n]]
+            self.cache[key] = 1.0 - mean_output_cosine(self.reference[:n], got, self.outputs)
             self.builds += 1
         return self.cache[key]
 
@@ -251,7 +253,8 @@ def mixed_precision(model: onnx.ModelProto, calibration: Calibration, samples: S
 
 
 def _prefix_scan(ev: PlanEvaluator, shortlist: Sequence[tuple[Row, Target, float]], loss0: float, target: float,
-                 progress: Callable[[str, float], None] | None = None) -> tuple[float, int, dict[str, tuple[float, float]]]:
+                 progress: Callable[[str, float], None] | None = None, samples: int | None = None
+                 ) -> tuple[float, int, dict[str, tuple[float, float]]]:
     """(loss, k, curve): the shortest prefix of the ranked `shortlist` whose real plan meets `target`.
 
     Bisection over the prefix length, each prefix judged as a set on the real ptq model: ~log2(n) + 1
@@ -269,7 +272,7 @@ def _prefix_scan(ev: PlanEvaluator, shortlist: Sequence[tuple[Row, Target, float
 
     def judge(k: int) -> float:
         if k not in judged:
-            judged[k] = ev.loss({row.name: to for row, to, _ in shortlist[:k]})
+            judged[k] = ev.loss({row.name: to for row, to, _ in shortlist[:k]}, samples)
             if progress is not None:
                 progress(f"mixed precision: the {k} best-ranked moves, output cosine {1 - judged[k]:.5f}",
                          min((len(judged) - 1) / expected, 1.0))

@@ -131,12 +131,17 @@ def output_cosine(model: onnx.ModelProto, acts: Mapping[str, ActQuant], samples:
 def _differing_initializers(models: Sequence[onnx.ModelProto]) -> list[str] | None:
     """Names of the initializers whose values differ between `models`, or None when the models
     differ in anything else (nodes, inputs, outputs, which initializers exist)."""
+    def structure(g: onnx.GraphProto) -> list[tuple]:  # nodes without doc strings (they name thresholds)
+        return [(n.op_type, n.domain, tuple(n.input), tuple(n.output), tuple(a.SerializeToString() for a in n.attribute))
+                for n in g.node]
+
     base = models[0].graph
+    nodes = structure(base)
     values = {t.name: t.SerializeToString() for t in base.initializer}
     differ: set[str] = set()
     for m in models[1:]:
         g = m.graph
-        if g.node != base.node or g.input != base.input or g.output != base.output or \
+        if structure(g) != nodes or g.input != base.input or g.output != base.output or \
                 len(g.initializer) != len(base.initializer):
             return None
         for t in g.initializer:
@@ -210,9 +215,10 @@ def search_default(model: onnx.ModelProto, merged: Mapping[str, MergedStats], sa
                                          "calibrated model with the float model on calibration samples, but "
                                          "there are none", ("calibration_parameters", "cal_data_dir")))
     log.info("Run calibration model with modelwise search method.")
-    tried = {name: _acts(found) for name, found in candidates(merged, percentile).items()}
-    if with_mix:
-        tried["mix"] = search_mix(merged, percentile, quiet=True).acts
+    found = candidates(merged, percentile)
+    tried = {name: _acts(per_tensor) for name, per_tensor in found.items()}
+    if with_mix:  # the same three thresholds per tensor: kl's histogram search runs once
+        tried["mix"] = search_mix(merged, percentile, quiet=True, found=found).acts
     cosines = CandidateScorer(model, chosen, options).cosines(tried)
     for name, value in cosines.items():
         log.debug(f"calibration method {name}: output cosine {value:.6f}")
@@ -244,11 +250,13 @@ MIX_GRID = 48  # thresholds searched per tensor besides the three methods', from
 
 def search_mix(merged: Mapping[str, MergedStats], percentile: float = DEFAULT_PERCENTILE,
                model: onnx.ModelProto | None = None, samples: Sequence[Sample] = (),
-               options: QuantOptions | None = None, grid: int = MIX_GRID, quiet: bool = False) -> SearchResult:
+               options: QuantOptions | None = None, grid: int = MIX_GRID, quiet: bool = False,
+               found: Mapping[str, Mapping[str, Threshold]] | None = None) -> SearchResult:
     """Per tensor, the threshold with the least fake-quant error on its own histogram: the three
     methods' thresholds and a geometric grid of `grid` more between 2 % of max|x| and max|x|
-    (label ``mse`` when a grid point wins). Merged histograms only: no model run."""
-    found = candidates(merged, percentile)
+    (label ``mse`` when a grid point wins). Merged histograms only: no model run. `found`: the
+    three methods' thresholds when the caller has them (`candidates`)."""
+    found = found if found is not None else candidates(merged, percentile)
     names = list(found)
     acts: dict[str, ActQuant] = {}
     counts = dict.fromkeys([*names, "mse"], 0)

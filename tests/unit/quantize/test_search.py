@@ -193,3 +193,25 @@ def test_max_with_max_percentile_is_max_percentile():
     result = choose_thresholds(SearchSettings("max", max_percentile=0.99), model, merged)
     assert result.method == "max-percentile:percentile=0.99"
     assert result.acts["x"].threshold == percentile_threshold(merged["x"], 0.99).value
+
+
+def test_candidates_share_one_session_and_score_as_their_own_calibrated_models():
+    from engine.quantize.planner import QuantOptions
+    from engine.quantize.search import CandidateScorer, _acts, _differing_initializers
+    from engine.similarity import mean_output_cosine, run_model
+
+    model = conv_model()
+    samples = outlier_samples()
+    merged = merge_samples(list(observe(model, samples, plan_tensors(model))))
+    tried = {name: _acts(found) for name, found in candidates(merged).items()}
+    models = [build_calibrated_model(model, make_plan(model, acts)) for acts in tried.values()]
+    differ = _differing_initializers(models)
+    assert differ and all(n.endswith("_scale") for n in differ)  # only the activation scales change
+    got = CandidateScorer(model, samples[:3], QuantOptions()).cosines(tried)
+    for name, calibrated in zip(tried, models, strict=True):
+        alone = mean_output_cosine([run_model(model, s) for s in samples[:3]],
+                                   [run_model(calibrated, s) for s in samples[:3]], ["y"])
+        assert got[name] == pytest.approx(alone, abs=1e-9)
+    assert len(set(got.values())) > 1  # the candidates did differ
+    # a model with another structure cannot share (None: each gets its own session)
+    assert _differing_initializers([models[0], model]) is None
