@@ -110,6 +110,15 @@ def model_file(ctx: RuleContext) -> Iterator[Problem]:
 
 
 @rule
+def prefix_is_a_file_name(ctx: RuleContext) -> Iterator[Problem]:
+    """Every artefact is `working_dir/{prefix}…`: a separator would write outside working_dir or fail there."""
+    v = ctx.get(MP, "output_model_file_prefix")
+    if isinstance(v, str) and ("/" in v or "\\" in v or v in (".", "..")):
+        yield error("bad-prefix", f"Invalid output_model_file_prefix: '{v}', expected a file name prefix without "
+                    "'/' or '\\' (the outputs are written into working_dir)", (MP, "output_model_file_prefix"))
+
+
+@rule
 def node_info_format(ctx: RuleContext) -> Iterator[Problem]:
     v = ctx.get(MP, "node_info")
     if isinstance(v, str):

@@ -184,3 +184,11 @@ def test_non_finite_number(project, capsys, value, told):
     assert text != GOOD_CONFIG
     msg, _ = only_error(project, capsys, text)
     assert f"Invalid max_percentile: {told}" in msg
+
+
+@pytest.mark.parametrize("prefix", ["a/b", "..", "sub\\name"])
+def test_prefix_with_a_path_separator(project, capsys, prefix):
+    text = GOOD_CONFIG.replace("output_model_file_prefix: tiny", f"output_model_file_prefix: '{prefix}'")
+    assert text != GOOD_CONFIG
+    msg, _ = only_error(project, capsys, text)
+    assert "Invalid output_model_file_prefix:" in msg
