@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from engine.pipeline.cache import atomic_write_bytes, atomic_write_text
+from engine.pipeline.cache import atomic_write_text
 from engine.pipeline.stage import Stage, StageContext
 from engine.quantize.planner import QuantOptions, make_plan
 from engine.report import tables
@@ -61,7 +61,10 @@ def program_batch(bc: onnx.ModelProto) -> int:
 
 
 MEMO_VERSION = 1
-KEEP_REFERENCES = 2  # float reference files kept (each holds every row's tensor on one sample)
+# float reference files kept: one (each holds every row's tensor on one sample, PP-OCRv4 det 640×640:
+# 247 MB; an older one is only of use if the first sample comes back); bigger ones are not kept
+KEEP_REFERENCES = 1
+MAX_REFERENCE_BYTES = 1 << 30
 
 
 def _digest(*parts: Any) -> str:
@@ -116,18 +119,26 @@ def float_reference(ctx: StageContext, optimized: onnx.ModelProto, sample: dict[
         pass
     ref = run_model(optimized, sample, tensors)
     kept = [t for t in tensors if t in ref]
-    buffer = _npz_bytes({"__names__": np.array(json.dumps(kept)), **{f"t{i}": ref[t] for i, t in enumerate(kept)}})
-    atomic_write_bytes(path, buffer)
-    _prune(memo, KEEP_REFERENCES)
+    if sum(np.asarray(ref[t]).nbytes for t in kept) <= MAX_REFERENCE_BYTES:
+        arrays = {"__names__": np.array(json.dumps(kept)), **{f"t{i}": ref[t] for i, t in enumerate(kept)}}
+        _write_npz(path, arrays)
+        _prune(memo, KEEP_REFERENCES)
     return ref
 
 
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    import io
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Streamed into a temporary file renamed into place: whole or absent, never held twice in memory."""
+    import os
+    import tempfile
 
-    out = io.BytesIO()
-    np.savez(out, **arrays)
-    return out.getvalue()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _prune(folder: Path, keep: int) -> None:

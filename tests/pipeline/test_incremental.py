@@ -104,9 +104,11 @@ def test_float_reference_is_kept_while_the_first_sample_is_the_same(tiny):
     assert again.stage("calibrate").status == "ran" and again.stage("report").status == "ran"
     assert len(memo(tiny, "float_reference")) == 1  # the same sample and model: the same entry
     assert len(memo(tiny, "calibrated_similarity")) == 2  # new thresholds: compared again
+    kept = memo(tiny, "float_reference")
     np.save(samples[0], np.load(samples[0])[..., ::-1].copy())  # the first sample itself
     run_ok(engine, cfg)
-    assert len(memo(tiny, "float_reference")) == 2
+    now = memo(tiny, "float_reference")
+    assert len(now) == 1 and now != kept  # a new entry replaces the old one (they are big)
 
 
 def test_corrupt_float_reference_is_recomputed(tiny):
