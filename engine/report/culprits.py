@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -139,10 +139,9 @@ class Culprits:
 
 
 def _row_json(r: Culprit) -> dict[str, Any]:
-    d = asdict(r)
     return {"rank": r.rank, "node": r.node, "node_type": r.node_type, "isolated_loss": r.isolated,
             "weight_loss": r.weight, "activation_loss": r.activation, "accumulated_loss": r.accumulated,
-            "culprit": r.culprit, "mixed_precision": r.moved, "nodes": list(d["nodes"])}
+            "culprit": r.culprit, "mixed_precision": r.moved, "nodes": list(r.nodes)}
 
 
 def _loss(v: float | None) -> str:
