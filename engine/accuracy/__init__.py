@@ -32,6 +32,7 @@ import onnx
 from engine.accuracy.checks import DataCheck, check_calibration_data
 from engine.accuracy.mixed import MixedPrecision, mixed_precision, widen_int16
 from engine.accuracy.sensitivity import Sensitivity, analyse
+from engine.accuracy.sessions import References
 from engine.calibration.stats import MergedStats
 from engine.quantize.planner import Calibration, QuantOptions, make_plan
 from engine.quantize.types import ActQuant
@@ -90,14 +91,14 @@ class AccuracyResult:
 def verify(model: onnx.ModelProto, calibration: Calibration, options: QuantOptions, samples: Sequence[Sample]
            ) -> float:
     """Mean output cosine of the ptq model (the integer program in float) on `samples`."""
-    from engine.accuracy.switchable import fake_quant_session
+    from engine.accuracy.sessions import quiet_session, run_outputs
     from engine.quantize.ptq import build_ptq_model
-    from engine.similarity import mean_output_cosine, run_model
+    from engine.similarity import mean_output_cosine
 
-    session = fake_quant_session(build_ptq_model(model, make_plan(model, calibration, options)))
+    session = quiet_session(build_ptq_model(model, make_plan(model, calibration, options)))
     names = [o.name for o in model.graph.output]
-    got = [dict(zip([o.name for o in session.get_outputs()], session.run(None, s), strict=True)) for s in samples]
-    return mean_output_cosine([run_model(model, s) for s in samples], got, names)
+    got = [run_outputs(session, s, names) for s in samples]
+    return mean_output_cosine(References(model, samples).values, got, names)
 
 
 def improve(model: onnx.ModelProto, calibration: Calibration, options: QuantOptions,
@@ -108,8 +109,10 @@ def improve(model: onnx.ModelProto, calibration: Calibration, options: QuantOpti
     calibration = Calibration(calibration, calibration.node_info, calibration.bias_corrections)
     result = AccuracyResult(calibration)
     samples = list(samples)[:settings.samples]
+    references = References(model, samples)  # the float outputs, computed once for every step
     if settings.check_data and samples:
-        result.checks = check_calibration_data(model, samples[:4], specs)
+        result.checks = check_calibration_data(model, samples[:4], specs,  # mixed precision needs them all anyway
+                                               given=references.values[:4] if settings.target > 0 else None)
     if bias_corrections:
         calibration.bias_corrections.update({k: np.asarray(v, np.float32) for k, v in bias_corrections.items()})
         result.bias_corrected = len(bias_corrections)
@@ -125,7 +128,7 @@ def improve(model: onnx.ModelProto, calibration: Calibration, options: QuantOpti
                                 f"{nodes} to move")
         else:
             mp = mixed_precision(model, calibration, samples, merged, settings.target, budget, options,
-                                 result.sensitivity, progress=progress)
+                                 result.sensitivity, progress=progress, references=references)
             result.mixed = mp
             result.verified_cosine = mp.verified
             if mp.moves:

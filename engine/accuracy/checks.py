@@ -129,15 +129,19 @@ def looks_normalized(x: np.ndarray, spec: Mapping[str, Any]) -> bool:
 
 
 def check_calibration_data(model: onnx.ModelProto, samples: Sequence[Sample], specs: Sequence[Mapping[str, Any]],
-                           margin: float = 0.25, min_gap: float = 0.02) -> list[DataCheck]:
+                           margin: float = 0.25, min_gap: float = 0.02,
+                           given: Sequence[Mapping[str, np.ndarray]] | None = None) -> list[DataCheck]:
     """One `DataCheck` per input and variant (module docstring); `suspicious` ones deserve a warning.
-    One float session for every run (a session per run cost more than the runs on small models)."""
+    One float session for every run (a session per run cost more than the runs on small models);
+    `given`: the float model's outputs on `samples` when the caller has them."""
     from engine.accuracy.sessions import quiet_session, run_outputs
 
     if not samples:
         return []
     outputs = [o.name for o in model.graph.output]
     cache: dict[int, Mapping[str, np.ndarray]] = {}
+    if given is not None:
+        cache.update((id(s), g) for s, g in zip(samples, given, strict=True))
     session = quiet_session(model)
 
     def run(s: Sample) -> Mapping[str, np.ndarray]:

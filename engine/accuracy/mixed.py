@@ -187,7 +187,7 @@ def mixed_precision(model: onnx.ModelProto, calibration: Calibration, samples: S
                     stats: Mapping[str, MergedStats], target: float = 0.99, budget: int | None = None,
                     options: QuantOptions | None = None, sensitivity: Sensitivity | None = None,
                     screen: int | None = None, progress: Callable[[str, float], None] | None = None,
-                    rank_crop: float | None = RANK_CROP) -> MixedPrecision:
+                    rank_crop: float | None = RANK_CROP, references: References | None = None) -> MixedPrecision:
     """Moves that bring the mean output cosine on `samples` to `target` (module docstring).
 
     `calibration`: the thresholds (and any node_info / bias corrections) of the plan to improve;
@@ -204,7 +204,7 @@ def mixed_precision(model: onnx.ModelProto, calibration: Calibration, samples: S
         if budget is None else int(budget)
     plan = make_plan(model, calibration, options)
     probe = build_switchable(model, plan)  # rows and switches; the sensitivity ranking runs on it
-    ev = PlanEvaluator(model, calibration, options, samples, stats, probe, plan)
+    ev = PlanEvaluator(model, calibration, options, samples, stats, probe, plan, references)
     loss = ev.loss({})
     before = 1.0 - loss
     if before >= target:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from engine.accuracy.mixed import mixed_precision
 from engine.quantize.planner import Calibration, QuantOptions, make_plan
 from engine.quantize.ptq import build_ptq_model
@@ -62,3 +64,31 @@ def test_a_weight_int8_cannot_hold_goes_to_the_cpu_after_int16_is_not_enough():
                             "conv_c": {"ON": "CPU", "OutputType": "int16"}, "relu_c": {"ON": "CPU", "OutputType": "int16"}}
     plan = make_plan(model, Calibration(calibration, mp.node_info))
     assert plan.nodes["conv_c"].on == "CPU" and "Wc" not in plan.weights and plan.acts["rc"].bits == 16
+
+
+def test_prefix_scan_bisects_to_the_shortest_prefix_that_meets_the_target():
+    from engine.accuracy.mixed import _prefix_scan
+    from engine.accuracy.switchable import Row
+
+    cosine_at = [0.95, 0.94, 0.96, 0.97, 0.975, 0.98, 0.985, 0.991, 0.992, 0.993, 0.994, 0.995, 0.995, 0.996, 0.996,
+                 0.997, 0.997]  # by prefix length: a dip at the start, then rising
+
+    class Judge:
+        def __init__(self):
+            self.asked: list[int] = []
+
+        def loss(self, moves, samples=None):
+            self.asked.append(len(moves))
+            return 1.0 - cosine_at[len(moves)]
+
+    shortlist = [(Row(f"r{i}", "Conv", (f"r{i}",), f"t{i}"), "int16", 1.0) for i in range(16)]
+    judge = Judge()
+    loss, k, curve = _prefix_scan(judge, shortlist, 1.0 - cosine_at[0], target=0.99)
+    assert k == 7 and loss == pytest.approx(1 - 0.991)
+    assert len(judge.asked) <= 5 < 7  # log2(16) + 1 instead of one model per prefix
+    assert list(curve) == [f"r{i}" for i in range(7)]
+    assert curve["r6"][1] == pytest.approx(0.991)
+
+    judge = Judge()
+    loss, k, _ = _prefix_scan(judge, shortlist, 1.0 - cosine_at[0], target=0.999)  # out of reach
+    assert k == 16 and loss == pytest.approx(1 - 0.997)  # the best judged prefix
