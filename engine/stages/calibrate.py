@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from engine.calibration import (
     CalibrationSource,
     Observer,
     SampleStats,
+    TensorStats,
     load_calibration_set,
     merge_samples,
     random_samples,
@@ -79,7 +81,7 @@ def _memo_key(optimize_key: str, tensors: list[str]) -> str:
 
 
 def collect_stats(ctx: StageContext, model: onnx.ModelProto, tensors: list[str],
-                  specs: list[dict[str, Any]]) -> tuple[list[SampleStats], CalibrationSet, dict[str, Any]]:
+                  specs: list[dict[str, Any]]) -> tuple[list[Mapping[str, TensorStats]], CalibrationSet, dict[str, Any]]:
     """Per-sample statistics (memoised by content hash), the calibration set, and what was done.
 
     Samples are batched only where batched tensors equal single runs bit for bit (a sample's
@@ -94,10 +96,10 @@ def collect_stats(ctx: StageContext, model: onnx.ModelProto, tensors: list[str],
         log.info(f"input name: {name},  number_of_samples: {len(cs)}")
     log.info(f"There are {len(cs)} samples in the calibration data set.")
     hashes = cs.content_hashes()
-    stats: list[SampleStats | None] = [None] * len(cs)
+    stats: list[Mapping[str, TensorStats] | None] = [None] * len(cs)
     for i, h in enumerate(hashes):
         try:
-            stats[i] = SampleStats.from_bytes((memo / f"{h}{STATS_SUFFIX}").read_bytes())
+            stats[i] = SampleStats.from_bytes((memo / f"{h}{STATS_SUFFIX}").read_bytes()).held(len(cs))
         except (OSError, ValueError):  # missing, or a corrupt entry: computed below
             pass
     todo = [i for i, st in enumerate(stats) if st is None]
@@ -108,7 +110,7 @@ def collect_stats(ctx: StageContext, model: onnx.ModelProto, tensors: list[str],
         tmp = memo / f".{hashes[i]}{STATS_SUFFIX}.tmp"
         tmp.write_bytes(st.to_bytes())
         tmp.replace(memo / f"{hashes[i]}{STATS_SUFFIX}")
-        stats[i] = st.compact()
+        stats[i] = st.held(len(cs))  # compact, or packed beyond a budget: memory must not grow with the samples
         rate = done / max(time.perf_counter() - t0, 1e-9)
         ctx.report(f"calibration sample {done}/{len(todo)} ({rate:.1f} samples/s)", done / len(todo))
     for note in observer.notes:

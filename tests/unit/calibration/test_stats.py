@@ -166,3 +166,23 @@ def test_compiled_kernel_and_numpy_give_identical_bins():
         assert kernel.sum() == n and kernel[-1] >= 2
     t = activations(shape=(1, 16, 64, 64))
     assert tensor_stats(t) == tensor_stats(t.copy())  # through the kernel (65 K values) and equal to itself
+
+
+def test_held_statistics_are_packed_beyond_the_budget_and_merge_the_same():
+    """A calibration set whose histograms exceed the budget is held packed (each histogram deflated,
+    decoded on lookup); merging packed samples gives the same result as merging them as computed."""
+    from engine.calibration.stats import HELD_BUDGET, PackedSampleStats
+
+    samples = [SampleStats({"t": tensor_stats(x), "u": tensor_stats(x[:, :3], channel_axis=None)})
+               for x in _split_samples(5)]
+    per_sample = sum(s.hist.nbytes for s in samples[0].compact().tensors.values())
+    few, many = HELD_BUDGET // per_sample - 1, HELD_BUDGET // per_sample + 1
+    assert all(isinstance(s.held(few), SampleStats) for s in samples)
+    packed = [s.held(many) for s in samples]
+    assert all(isinstance(p, PackedSampleStats) and list(p) == ["t", "u"] and len(p) == 2 for p in packed)
+    assert all(p[n] == s[n] for p, s in zip(packed, samples, strict=True) for n in s)
+    a, b = merge_samples(samples), merge_samples(packed)
+    for n in a:
+        assert np.array_equal(a[n].hist, b[n].hist) and a[n].absmax == b[n].absmax and a[n].count == b[n].count
+        assert np.array_equal(a[n].channel_absmax, b[n].channel_absmax) if a[n].channel_absmax is not None else \
+            b[n].channel_absmax is None
