@@ -17,12 +17,13 @@ line of 1–3 words on a dimmed photo crop, cls half of them turned by 180°), B
 normalization (x/255 − 0.5) / 0.5 given to hb_compile as mean_value 127.5 / scale_value 1/127.5.
 
 Ours: `hb_compile` with defaults plus the accuracy keys (target_output_cosine 0.99 by default),
-measured on the `.bc` (the integer program; the `.hbm` holds the same program) and on the ptq
-model (the same program computed in float: it carries bias corrections, which the `.bc` takes
-only once its builder applies `planner.bias_value`). Peer:
+measured on the `.bc` (the integer program, opened as every integer program is:
+`engine.runtime.session`; the `.hbm` holds the same program, checked bit for bit here) and on
+the ptq model (the same program computed in float, bias corrections included in both). Peer:
 onnxruntime.quantization.quantize_static, QDQ, per-channel int8 weights, MinMax (Entropy /
-Percentile on rec and cls only: on det 640×640 they need tens of GB). Speed: the `.hbm` through
-`engine.runtime` against the float model in onnxruntime, both 2 threads.
+Percentile on rec and cls only: on det 640×640 they need tens of GB). Speed: the `.bc` and the
+`.hbm` (through `engine.runtime`) against the float model in onnxruntime, 2 threads each,
+interleaved, fastest of 10 rounds (wall in the table, process CPU time printed below it).
 
     .venv/bin/python bench/bench_accuracy.py [det] [rec] [cls] [digits] [--target 0.995] [--bias]
 """
@@ -191,10 +192,11 @@ def run_ours(name: str, model: Path, root: Path, held: list[np.ndarray], extra: 
     import onnx
     import onnxruntime as ort
 
+    from engine import runtime
     from engine.accuracy.switchable import fake_quant_session
     from engine.pipeline import Engine
     from engine.preprocess.samples import to_runtime
-    from engine.quantize.integer import session_options
+    from engine.runtime.session import open_session
 
     (root / "cal").mkdir(parents=True, exist_ok=True)
     for i in range(CAL):
@@ -209,10 +211,13 @@ def run_ours(name: str, model: Path, root: Path, held: list[np.ndarray], extra: 
     out = root / "out"
     float_model = onnx.load(str(out / f"{name}_original_float_model.onnx"))
     fl = ort.InferenceSession(float_model.SerializeToString(), providers=["CPUExecutionProvider"])
-    bc = ort.InferenceSession(str(out / f"{name}_quantized_model.bc"), session_options(2),
-                              providers=["CPUExecutionProvider"])
+    bc = open_session(out / f"{name}_quantized_model.bc", threads=2)
     refs = [fl.run(None, {"x": x})[0] for x in held]
-    outs = [bc.run(None, {"x": to_runtime(x, "bgr", "bgr", "NCHW", "regular", None)})[0] for x in held]
+    feeds = [{"x": to_runtime(x, "bgr", "bgr", "NCHW", "regular", None)} for x in held]
+    outs = [bc.run(None, f)[0] for f in feeds]
+    hbm = runtime.load(out / f"{name}.hbm", threads=2)
+    same_bits = all(np.asarray(next(iter(hbm.run(f).values()))).tobytes() == o.tobytes()
+                    for f, o in zip(feeds, outs, strict=True))
     ptq = fake_quant_session(onnx.load(str(out / f"{name}_ptq_model.onnx")))  # the integer program in float
     ptq_metrics = metrics(name, refs, [ptq.run(None, {"x": x})[0] for x in held])
     cal = report.results["calibrate"]
@@ -221,38 +226,45 @@ def run_ours(name: str, model: Path, root: Path, held: list[np.ndarray], extra: 
                  if n.op_type != "Constant"])
     stages = {s.name: s.seconds for s in report.stages}
     speed = hbm_speed(name, out, held[0])
-    return {**metrics(name, refs, outs), "ptq": ptq_metrics, "method": cal.get("method"), "moved": mixed.get("moved_nodes", 0),
+    return {**metrics(name, refs, outs), "ptq": ptq_metrics, "bc == hbm bits": same_bits,
+            "method": cal.get("method"), "moved": mixed.get("moved_nodes", 0),
             "nodes": nodes, "node_info": mixed.get("node_info") or {}, "seconds": seconds,
             "calibrate s": stages.get("calibrate", 0.0), **speed}
 
 
 def hbm_speed(name: str, out: Path, x: np.ndarray, repeat: int = 10) -> dict:
-    """Median latency of the `.hbm` (engine.runtime) and of the float model (onnxruntime), 2 threads."""
+    """Latency of the float model (onnxruntime), the `.bc` and the `.hbm` (engine.runtime), 2 threads.
+
+    The three run interleaved (one run of each per round, so a load change on the shared machine
+    hits all three alike); each reports its fastest round, wall clock and process CPU time.
+    """
     import onnxruntime as ort
 
     from engine import runtime
     from engine.preprocess.samples import to_runtime
+    from engine.runtime.session import open_session
 
-    hbm = out / f"{name}.hbm"
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
     fl = ort.InferenceSession(str(out / f"{name}_original_float_model.onnx"), so, providers=["CPUExecutionProvider"])
-
-    def median(fn) -> float:
-        fn()
-        times = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return float(np.median(times))
-
-    result = {"float ms": 1e3 * median(lambda: fl.run(None, {"x": x}))}
+    feed = {"x": to_runtime(x, "bgr", "bgr", "NCHW", "regular", None)}
+    runs = {"float": lambda: fl.run(None, {"x": x})}
+    bc = open_session(out / f"{name}_quantized_model.bc", threads=2)
+    runs["bc"] = lambda: bc.run(None, feed)
+    hbm = out / f"{name}.hbm"
     if hbm.is_file():
         loaded = runtime.load(hbm, threads=2)
-        feed = {"x": to_runtime(x, "bgr", "bgr", "NCHW", "regular", None)}
-        result["hbm ms"] = 1e3 * median(lambda: loaded.run(feed))
-    return result
+        runs["hbm"] = lambda: loaded.run(feed)
+    wall = {k: float("inf") for k in runs}
+    cpu = dict(wall)
+    for fn in runs.values():
+        fn()  # warm-up
+    for _ in range(repeat):
+        for k, fn in runs.items():
+            t, c = time.perf_counter(), time.process_time()
+            fn()
+            wall[k], cpu[k] = min(wall[k], time.perf_counter() - t), min(cpu[k], time.process_time() - c)
+    return {**{f"{k} ms": 1e3 * v for k, v in wall.items()}, **{f"{k} cpu ms": 1e3 * v for k, v in cpu.items()}}
 
 
 def run_ort(name: str, model: Path, root: Path, held: list[np.ndarray], method: str) -> dict:
@@ -357,14 +369,19 @@ def main(argv: list[str] | None = None) -> None:
                        *((f"ORT {k}", v) for k, v in peers.items())]:
             rows.append((name, who, f"{m['cosine']:.4f}", f"{m['min cosine']:.4f}", f"{key} {m[key]:.4f}",
                          f"{m.get('moved', '-')}/{m.get('nodes', '-')}", f"{m['seconds']:.0f}" if "seconds" in m else "-",
-                         f"{m['hbm ms']:.1f} / {m['float ms']:.1f}" if "hbm ms" in m else "-"))
+                         f"{m['bc ms']:.1f} / {m['hbm ms']:.1f} / {m['float ms']:.1f}" if "hbm ms" in m else "-",
+                         {True: "yes", False: "NO"}.get(m.get("bc == hbm bits"), "-")))
     if "digits" in wanted:
         d = run_digits(extra)
         details["digits"] = d
-        rows.append(("digits", "hbcompile .bc", "-", "-", f"top-1 agree {d['top-1 agree']:.4f}", "-", "-", "-"))
+        rows.append(("digits", "hbcompile .bc", "-", "-", f"top-1 agree {d['top-1 agree']:.4f}", "-", "-", "-", "-"))
     print_table(f"accuracy on held-out samples vs the float model ({extra.strip() or 'defaults'})", rows,
-                ("model", "who", "cosine", "min cos", "task metric", "moved/nodes", "build s", "hbm / float ms"))
+                ("model", "who", "cosine", "min cos", "task metric", "moved/nodes", "build s", "bc / hbm / float ms",
+                 ".bc == .hbm"))
     for name, d in details.items():
+        if name != "digits" and "float cpu ms" in d["ours"]:
+            print(f"{name} CPU ms (fastest round, 2 threads): " + ", ".join(
+                f"{k} {d['ours'][f'{k} cpu ms']:.1f}" for k in ("bc", "hbm", "float") if f"{k} cpu ms" in d["ours"]))
         if name != "digits" and d["ours"]["node_info"]:
             print(f"{name} mixed precision node_info: {json.dumps(d['ours']['node_info'])}")
 
