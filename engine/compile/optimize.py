@@ -898,7 +898,7 @@ def untranspose_float_side_tables(model: onnx.ModelProto) -> int:
             continue
         shape_of = producer.get(table.unflatten.input[1])  # the NHWC shape: a Shape of the Transpose, or a constant
         shape_reader = shape_of is not None and shape_of.op_type == "Shape" and shape_of.input[0] == before.output[0] \
-            and len(shape_of.attribute) == 0
+            and len(shape_of.attribute) == 0 and len(readers.get(shape_of.output[0], [])) == 1
         expected = {table.cast.output[0]} | ({shape_of.output[0]} if shape_reader else set())
         if sorted(r.output[0] for r in readers.get(before.output[0], [])) != sorted(expected):
             continue
