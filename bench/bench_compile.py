@@ -13,7 +13,10 @@ Per model — the bundled digits model (batch 1, and batch 16 through `input_bat
 - **bits**: `.bc` vs `.hbm` on 100 inputs (real held-out samples, then perturbed copies), 1 thread.
 - **estimate**: the static estimate for the march beside the latency measured here.
 
-    .venv/bin/python bench/bench_compile.py [digits] [digits16] [det] [rec]
+`det-int8` / `rec-int8` (not run by default) compile the same models with `target_output_cosine: 0`
+(no automatic mixed precision: every tensor int8), to show what the int16 moves cost in speed.
+
+    .venv/bin/python bench/bench_compile.py [digits] [digits16] [det] [rec] [det-int8] [rec-int8]
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ def compile_digits(work: Path, batch: int = 1) -> Case:
                 [{"input": g.astype(np.float32)} for g in groups], TARGET)
 
 
-def _ppocr_config(name: str, model: Path, shape: str, input_type: str) -> str:
+def _ppocr_config(name: str, model: Path, shape: str, input_type: str, int8_only: bool = False) -> str:
     return f"""model_parameters:
   onnx_model: {model}
   march: nash-e
@@ -95,13 +98,13 @@ calibration_parameters:
   cal_data_dir: cal
   calibration_type: max
   max_percentile: 0.99995
-compiler_parameters:
+{"  target_output_cosine: 0" + chr(10) if int8_only else ""}compiler_parameters:
   optimize_level: O2
   jobs: 2
 """
 
 
-def compile_det(work: Path) -> Case | None:
+def compile_det(work: Path, int8_only: bool = False) -> Case | None:
     from bench.images import det_samples, write_npy
     from tests.support.ppocr import ppocr_models
 
@@ -110,17 +113,17 @@ def compile_det(work: Path) -> Case | None:
         return None
     work.mkdir(parents=True)
     write_npy(det_samples(16, 640, 640), work / "cal")
-    (work / "det.hb.yaml").write_text(_ppocr_config("det", models["det"], "1x3x640x640", "rgb"))
+    (work / "det.hb.yaml").write_text(_ppocr_config("det", models["det"], "1x3x640x640", "rgb", int8_only))
     from engine.pipeline import Engine
 
     report = Engine().run(work / "det.hb.yaml")
     assert report.ok, [p.render() for p in report.problems]
     fl = [{"x": s.astype(np.float32)} for s in det_samples(4, 640, 640, seed=1)]
-    return Case("PP-OCRv4 det 640x640", _batched(work / "out" / "det_original_float_model.onnx", 1),
+    return Case(f"PP-OCRv4 det 640x640{' int8' if int8_only else ''}", _batched(work / "out" / "det_original_float_model.onnx", 1),
                 work / "out" / "det.hbm", fl, TARGET)
 
 
-def compile_rec(work: Path) -> Case | None:
+def compile_rec(work: Path, int8_only: bool = False) -> Case | None:
     from bench.bench_accuracy import sample
     from tests.support.ppocr import ppocr_models
 
@@ -130,13 +133,13 @@ def compile_rec(work: Path) -> Case | None:
     (work / "cal").mkdir(parents=True)
     for i in range(16):
         np.save(work / "cal" / f"s{i:03d}.npy", sample("rec", i, seed=0))
-    (work / "rec.hb.yaml").write_text(_ppocr_config("rec", models["rec"], "1x3x48x320", "bgr"))
+    (work / "rec.hb.yaml").write_text(_ppocr_config("rec", models["rec"], "1x3x48x320", "bgr", int8_only))
     from engine.pipeline import Engine
 
     report = Engine().run(work / "rec.hb.yaml")
     assert report.ok, [p.render() for p in report.problems]
     fl = [{"x": sample("rec", 100 + i, seed=1)} for i in range(8)]  # BGR NCHW float pixels
-    return Case("PP-OCRv4 rec 48x320", _batched(work / "out" / "rec_original_float_model.onnx", 1),
+    return Case(f"PP-OCRv4 rec 48x320{' int8' if int8_only else ''}", _batched(work / "out" / "rec_original_float_model.onnx", 1),
                 work / "out" / "rec.hbm", fl, 1.0)
 
 
@@ -216,13 +219,18 @@ def _consistency(case: Case, feeds: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    wanted = [a for a in args if a in ("digits", "digits16", "det", "rec")] or ["digits", "digits16", "det", "rec"]
+    known = ("digits", "digits16", "det", "rec", "det-int8", "rec-int8")
+    wanted = [a for a in args if a in known] or ["digits", "digits16", "det", "rec"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in wanted:
             work = Path(tmp) / name
-            case = compile_digits(work, 16) if name == "digits16" else \
-                {"digits": compile_digits, "det": compile_det, "rec": compile_rec}[name](work)
+            if name == "digits16":
+                case = compile_digits(work, 16)
+            elif name.endswith("-int8"):
+                case = {"det-int8": compile_det, "rec-int8": compile_rec}[name](work, True)
+            else:
+                case = {"digits": compile_digits, "det": compile_det, "rec": compile_rec}[name](work)
             if case is None:
                 print(f"bench_compile: {name} skipped (PP-OCR models cannot be fetched)")
                 continue
