@@ -36,6 +36,7 @@ th{background:#eef3f5}td.n{text-align:right;font-variant-numeric:tabular-nums}tr
 tr.warn td{background:#fff4e0}tr.moved td{background:#e3f4ea}.src{color:#5c6b7a;font-size:11px}svg text{font-size:11px;fill:#1d2731}
 .legend span{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px;vertical-align:middle}
 ul.advice{font-family:ui-monospace,monospace;font-size:12px}
+.charts{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}
 """
 
 
@@ -83,8 +84,10 @@ def _legend(series: Sequence[tuple[str, str]]) -> str:
 
 def bar_chart(labels: Sequence[str], series: Sequence[tuple[str, Sequence[float], str]], unit: str,
               title: str, stacked: bool = True, x_min: float = 0.0, x_max: float | None = None,
-              marks: Sequence[tuple[float, str, str]] = ()) -> str:
-    """Horizontal bars, one row per label; `series` are (name, values, colour), stacked or side by side."""
+              marks: Sequence[tuple[float, str, str]] = (), label_width: int = LABEL_W,
+              plot_width: int = PLOT_W, show_labels: bool = True) -> str:
+    """Horizontal bars, one row per label; `series` are (name, values, colour), stacked or side by side.
+    `show_labels` False: a second chart beside one that has them (rows aligned), labels in tooltips only."""
     n = len(labels)
     if n == 0:
         return f"<p>{_e(title)}: nothing to show.</p>"
@@ -94,35 +97,36 @@ def bar_chart(labels: Sequence[str], series: Sequence[tuple[str, Sequence[float]
     sub = len(series) if not stacked else 1
     row = ROW_H if stacked else max(ROW_H, 7 * sub + 4)
     height = 24 + n * row + 22
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{LABEL_W + PLOT_W + 90}" height="{height}" '
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_width + plot_width + 90}" height="{height}" '
              f'role="img" aria-label="{_e(title)}">', f'<text x="0" y="14" font-weight="bold">{_e(title)}</text>']
     for i, label in enumerate(labels):
         y = 24 + i * row
         short = label if len(label) <= 38 else "…" + label[-37:]
-        parts.append(f'<text x="{LABEL_W - 6}" y="{y + row - 5}" text-anchor="end">{_e(short)}'
-                     f"<title>{_e(label)}</title></text>")
-        x = LABEL_W
+        if show_labels:
+            parts.append(f'<text x="{label_width - 6}" y="{y + row - 5}" text-anchor="end">{_e(short)}'
+                         f"<title>{_e(label)}</title></text>")
+        x = label_width
         for k, (name, values, colour) in enumerate(series):
             v = max(0.0, float(values[i]) - (x_min if not stacked else 0.0))
-            w = PLOT_W * min(v, span) / span
+            w = plot_width * min(v, span) / span
             if stacked:
                 parts.append(f'<rect x="{x:.1f}" y="{y + 2}" width="{w:.1f}" height="{row - 4}" fill="{colour}">'
                              f"<title>{_e(label)} — {_e(name)}: {_num(float(values[i]))} {_e(unit)}</title></rect>")
                 x += w
             else:
                 h = (row - 4) / sub
-                parts.append(f'<rect x="{LABEL_W}" y="{y + 2 + k * h:.1f}" width="{w:.1f}" height="{h - 1:.1f}" '
+                parts.append(f'<rect x="{label_width}" y="{y + 2 + k * h:.1f}" width="{w:.1f}" height="{h - 1:.1f}" '
                              f'fill="{colour}"><title>{_e(label)} — {_e(name)}: {_num(float(values[i]))} '
                              f"{_e(unit)}</title></rect>")
-        parts.append(f'<text x="{LABEL_W + PLOT_W + 6}" y="{y + row - 5}">{_si(totals[i])}</text>')
+        parts.append(f'<text x="{label_width + plot_width + 6}" y="{y + row - 5}">{_si(totals[i])}</text>')
     axis_y = 24 + n * row
-    parts.append(f'<line x1="{LABEL_W}" y1="{axis_y}" x2="{LABEL_W + PLOT_W}" y2="{axis_y}" stroke="#8d99ae"/>')
+    parts.append(f'<line x1="{label_width}" y1="{axis_y}" x2="{label_width + plot_width}" y2="{axis_y}" stroke="#8d99ae"/>')
     for frac in (0.0, 0.5, 1.0):
-        parts.append(f'<text x="{LABEL_W + PLOT_W * frac:.1f}" y="{axis_y + 14}" text-anchor="middle">'
+        parts.append(f'<text x="{label_width + plot_width * frac:.1f}" y="{axis_y + 14}" text-anchor="middle">'
                      f"{_si(x_min + span * frac)} {_e(unit) if frac == 1.0 else ''}</text>")
     for value, label, colour in marks:
         if x_min <= value <= top:
-            mx = LABEL_W + PLOT_W * (value - x_min) / span
+            mx = label_width + plot_width * (value - x_min) / span
             parts.append(f'<line x1="{mx:.1f}" y1="20" x2="{mx:.1f}" y2="{axis_y}" stroke="{colour}" '
                          f'stroke-dasharray="4 3"><title>{_e(label)}</title></line>')
     parts.append("</svg>")
@@ -169,10 +173,19 @@ def similarity_section(rows: Sequence[Any], outputs: Sequence[Any] = ()) -> str:
     return "".join(parts)
 
 
+def _culprit_label(r: Any, width: int = 38) -> str:
+    """`rank. node → int16`, the node shortened in the middle so rank and move stay readable."""
+    head, tail = f"{r.rank}. ", f" → {r.moved}" if r.moved else ""
+    room = width - len(head) - len(tail)
+    node = r.node if len(r.node) <= room else r.node[:room // 2 - 1] + "…" + r.node[-(room - room // 2):]
+    return head + node + tail
+
+
 def sensitivity_section(culprits: Culprits, n: int = SENSITIVITY_ROWS) -> str:
-    """The top `n` culprits: isolated loss (only this node quantized) beside accumulated loss (every
-    node quantized, at the node's own output) per node, worst first, and the table with the
-    weight / activation split; rows mixed precision moved are green and say where to."""
+    """The top `n` culprits worst first: isolated loss (only this node quantized; activation and
+    weight parts) and, beside it on its own scale, the accumulated loss (every node quantized, at
+    the node's own output) — on real models the second is 10–100× the first, one axis would hide
+    the ranking. Then the table; rows mixed precision moved are green and say where to."""
     rows = culprits.top(n)
     parts = ['<h2 id="sensitivity">Sensitivity</h2>',
              f'<div class="sub">{_e(culprits.title(n))}. Loss = 1 − output cosine against the float model. A large '
@@ -180,14 +193,22 @@ def sensitivity_section(culprits: Culprits, n: int = SENSITIVITY_ROWS) -> str:
              "loss with a small isolated one is error piled up before it.</div>"]
     if not rows:
         return "".join(parts) + "<p>No quantized node to rank.</p>"
-    labels = [f"{r.rank}. {r.node}" + (f" → {r.moved}" if r.moved else "") for r in rows]
-    parts.append(bar_chart(labels, [("isolated loss", [r.isolated or 0.0 for r in rows], RED),
-                                    ("accumulated loss", [r.accumulated or 0.0 for r in rows], GREY)],
-                           "", "Output cosine loss per node, worst first", stacked=False))
+    labels = [_culprit_label(r) for r in rows]
+    isolated = bar_chart(labels, [("isolated: activation", [r.activation or 0.0 for r in rows], RED),
+                                  ("isolated: weight", [r.weight or 0.0 for r in rows], ORANGE)],
+                         "", "Isolated loss (only this node quantized)", plot_width=340)
+    accumulated = bar_chart(labels, [("accumulated", [r.accumulated or 0.0 for r in rows], GREY)], "",
+                            "Accumulated loss (at its output)", label_width=16, plot_width=260, show_labels=False)
+    parts.append(f'<div class="charts"><div>{isolated}</div><div>{accumulated}</div></div>')
     moved = culprits.moved
     if moved:
-        parts.append("<p>Automatic mixed precision moved: " + ", ".join(
-            f'<b style="color:{GREEN}">{_e(r.node)} → {_e(r.moved)}</b> (rank {r.rank})' for r in moved) + ".</p>")
+        counts = ", ".join(f"{sum(r.moved == to for r in moved)} to {'the ' if to == 'CPU' else ''}{to}"
+                           for to in sorted({r.moved for r in moved}, reverse=True))
+        beyond = [r for r in moved if r.rank > len(rows)]
+        parts.append(f'<p>Automatic mixed precision moved <b style="color:{GREEN}">{len(moved)} '
+                     f"row{'s' if len(moved) != 1 else ''}</b> ({counts}): green in the table"
+                     + ("; beyond it: " + ", ".join(f"{_e(r.node)} → {_e(r.moved)} (rank {r.rank})" for r in beyond)
+                        if beyond else "") + ".</p>")
     classes = ["moved" if r.moved else "bad" if (r.isolated or 0.0) >= 1.0 - COSINE_GOOD else "" for r in rows]
     parts.append(_table(["Rank", "Node", "NodeType", "Isolated Loss", "Weight-only Loss", "Activation-only Loss",
                          "Accumulated Loss", "Culprit", "Mixed Precision"],

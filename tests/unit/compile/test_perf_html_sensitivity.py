@@ -11,7 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from engine.compile.perf_html import RED, render, sensitivity_section
+from engine.compile.perf_html import GREY, RED, render, sensitivity_section
 from engine.report.culprits import load_culprits
 from tests.unit.report.sens_support import BROKEN, compiled_chain
 
@@ -40,13 +40,16 @@ def test_section_ranks_the_broken_node_first_beside_the_similarity_table(page_pa
     assert [(r[1], r[2]) for r in table_rows[:2]] == [("1", BROKEN), ("2", "conv_c+relu_c")]
     assert table_rows[0][0] == ' class="moved"' and table_rows[1][0] == ""  # the moved row is marked
     labels = re.findall(r'text-anchor="end">([^<]+)<title>', section)
-    assert labels[0] == f"1. {BROKEN} → int16" and labels[1] == "2. conv_c+relu_c"
-    # two bars per node: isolated (red) and accumulated; the broken node's isolated bar is the longest
-    bars = re.findall(r'<rect x="\d+" y="[\d.]+" width="([\d.]+)" height="[\d.]+" fill="(#\w+)"><title>([^<]+)',
+    assert labels[0] == f"1. {BROKEN} → int16" and labels[1] == "2. conv_c+relu_c" and len(labels) == 5
+    # isolated loss (activation red + weight orange, stacked) and accumulated loss (grey) on their own
+    # scales: the broken node's activation bar is the longest red one, conv_c's grey bar the longest grey
+    bars = re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="([\d.]+)" height="[\d.]+" fill="(#\w+)"><title>([^<]+)',
                       section)
-    isolated = {t.split(" — ")[0]: float(w) for w, fill, t in bars if fill == RED}
-    assert max(isolated, key=isolated.get) == f"1. {BROKEN} → int16" and len(isolated) == len(culprits.rows)
-    assert f"{BROKEN} → int16</b> (rank 1)" in section
+    red = {t.split(" — ")[0]: float(w) for w, fill, t in bars if fill == RED}
+    grey = {t.split(" — ")[0]: float(w) for w, fill, t in bars if fill == GREY}
+    assert max(red, key=red.get) == f"1. {BROKEN} → int16" and red[f"1. {BROKEN} → int16"] == pytest.approx(340)
+    assert max(grey, key=grey.get) == "2. conv_c+relu_c" and len(red) == len(grey) == len(culprits.rows)
+    assert "moved <b" in section and "1 row</b> (1 to int16): green in the table." in section
     assert re.search(r"every node int8: output cosine 0\.4\d+ on 1 calibration sample; mixed precision, on its "
                      r"evaluation samples: 0\.[0-6]\d+ -&gt; 0\.999", section)
 
@@ -81,6 +84,6 @@ def test_section_draws_in_chromium(page_parts, tmp_path):
     perf, nodes, outputs, culprits = page_parts
     without = _red_pixels(render(perf, nodes, outputs), tmp_path, "without")
     with_section = _red_pixels(render(perf, nodes, outputs, culprits), tmp_path, "with")
-    # the broken node's isolated-loss bar: half the plot (0.473 of the 0.938 accumulated maximum,
-    # 560 px) by 6 px; measured 1,792 red pixels, none without the section
-    assert with_section - without > 1000
+    # the broken node's activation bar spans the isolated chart's plot (340 × 12 px): measured 4,180
+    # red pixels, none without the section
+    assert with_section - without > 3000, (with_section, without)
