@@ -19,7 +19,7 @@ from typing import Any
 from engine.config import Config, read_config
 from engine.config.loader import LoadResult, locate
 from engine.pipeline.cache import StageCache, atomic_copy
-from engine.pipeline.hashing import HashMemo
+from engine.pipeline.hashing import shared_hashes
 from engine.pipeline.report import RunReport, StageRun
 from engine.pipeline.stage import Cancelled, KeyParts, Stage, StageContext, explain
 from engine.problems import HbError, error
@@ -30,7 +30,7 @@ Progress = Callable[[str, str, float | None], None]  # (stage, message, fraction
 
 class Engine:
     def __init__(self) -> None:
-        self.hashes = HashMemo()
+        self.hashes = shared_hashes()  # shared with the calibration set's per-sample digests
         self.warm: dict[str, Any] = {}  # stage-owned warm state (sessions, parsed models)
         self.lock = threading.Lock()  # one run at a time per engine
 

@@ -2,6 +2,12 @@
 
 A warm process (daemon, language server) re-hashes only files whose stat changed; a touch
 that changes nothing is re-hashed once and then recognised as unchanged by content.
+
+File timestamps are coarse (a kernel tick, 1–10 ms; 2 s on FAT), so a file rewritten with the
+same size within one tick keeps its (size, mtime): a hash taken while the file's mtime is that
+recent is not trusted and is taken again next time ("racy" entries, as git treats its index).
+`shared_hashes()` is the process's one memo: the engine's stage keys and the calibration set's
+per-sample digests (engine.calibration.data) read each file once between them.
 """
 
 from __future__ import annotations
@@ -10,10 +16,12 @@ import hashlib
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 _CHUNK = 1 << 20
+RACY_NS = 2_000_000_000  # a hash taken less than this after the file's mtime is taken again next time
 
 
 class HashMemo:
@@ -22,16 +30,28 @@ class HashMemo:
         self._lock = threading.Lock()
 
     def file(self, path: Path) -> str:
+        """sha256 of the file's bytes (hex), read again only when its size or mtime changed or the
+        last hash was taken within `RACY_NS` of its mtime."""
         st = os.stat(path)
         key = str(Path(path).resolve())
         with self._lock:
             hit = self._memo.get(key)
         if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
             return hit[2]
+        hashed_at = time.time_ns()
         digest = sha256_file(path)
-        with self._lock:
-            self._memo[key] = (st.st_size, st.st_mtime_ns, digest)
+        if hashed_at - st.st_mtime_ns >= RACY_NS:
+            with self._lock:
+                self._memo[key] = (st.st_size, st.st_mtime_ns, digest)
         return digest
+
+
+_shared = HashMemo()
+
+
+def shared_hashes() -> HashMemo:
+    """The process's file-hash memo (engines, calibration sets): each file is read once per change."""
+    return _shared
 
 
 def sha256_file(path: Path) -> str:

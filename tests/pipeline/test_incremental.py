@@ -136,3 +136,28 @@ def test_runs_and_stages_report_their_cpu_time(tiny):
     assert ran and all(s.cpu_seconds > 0 for s in ran)
     assert sum(s.cpu_seconds for s in ran) <= report.cpu_seconds
     assert report.to_json()["cpu_seconds"] == round(report.cpu_seconds, 4)
+
+
+def test_a_hash_taken_right_after_a_write_is_taken_again(tmp_path):
+    """Timestamps are coarse: a file rewritten with the same size in the same tick keeps its
+    (size, mtime). A hash taken that close to the mtime is not trusted; a settled one is."""
+    import os
+    import time
+
+    from engine.pipeline.hashing import HashMemo, sha256_file
+
+    memo = HashMemo()
+    path = tmp_path / "sample.bin"
+    path.write_bytes(b"a" * 64)
+    st = path.stat()
+    first = memo.file(path)
+    path.write_bytes(b"b" * 64)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime: one tick
+    assert memo.file(path) == sha256_file(path) != first
+
+    settled = time.time_ns() - 60_000_000_000
+    os.utime(path, ns=(settled, settled))
+    before = memo.file(path)
+    path.write_bytes(b"c" * 64)
+    os.utime(path, ns=(settled, settled))
+    assert memo.file(path) == before  # a settled entry is trusted: the memo is what saves the reads
