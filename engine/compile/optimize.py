@@ -45,6 +45,12 @@ may only apply rewrites that cannot change a single output bit:
   Div/Mul, Gemm sum/transpose fusions, Q/DQ pair removal). The result is then run against the O0
   program on seeded random inputs of every input; if any output differs in any bit, the O1
   program is kept and the result says so (`OptimizeResult.fallback`).
+  Then the kernel-count rewrites, each checked against the nodes it replaces before it is kept
+  (exhaustively where the input is one 8/16-bit code, on seeded random inputs otherwise):
+  ``per_channel_scaling`` in its compact form DequantizeLinear(x, d·M) [→ Add b·M] → QuantizeLinear
+  (`_compact_scaling_nodes`), the narrow conv's Relu moved before its multiplier (`_relu_after`),
+  ``merge_sibling_convs``, ``index_tables_directly``, ``untranspose_float_side_tables`` and
+  ``si32_head_as_qgemm`` (their docstrings say why each is exact). docs/formats.md lists them.
 - **O3** (hb_mapper generation) is O2.
 
 Measured (tests/unit/compile/test_hbm.py, generated integer conv nets incl. a CPU island and
@@ -103,7 +109,8 @@ def optimize_program(program: onnx.ModelProto, level: str) -> OptimizeResult:
     o2.CopyFrom(model)
     o2_rewrites = {"per_channel_scaling": per_channel_scaling(o2), "narrow_conv_in_float": narrow_conv_in_float(o2),
                    "merge_sibling_convs": merge_sibling_convs(o2), "index_tables_directly": index_tables_directly(o2),
-                   "untranspose_float_side_tables": untranspose_float_side_tables(o2)}
+                   "untranspose_float_side_tables": untranspose_float_side_tables(o2),
+                   "si32_head_as_qgemm": si32_head_as_qgemm(o2)}
     if any(o2_rewrites.values()):
         remove_dead(o2)
     before = len(o2.graph.node)
@@ -919,6 +926,109 @@ def untranspose_float_side_tables(model: onnx.ModelProto) -> int:
         g.node.remove(after)
         rewritten += 1
     return rewritten
+
+
+# ------------------------------------------------------------------------ si32 head as QGemm (O2)
+
+def si32_head_as_qgemm(model: onnx.ModelProto) -> int:
+    """MatMulInteger (2-D codes × constant int8 B) → Add int32 bias → DequantizeLinear(scale s_n per
+    column) — an si32 output dequantized — as one com.microsoft QGemm with a float output: A's scale 1,
+    B's scale s_n, the int32 bias as C. QGemm adds C to the int32 accumulator and multiplies by
+    fl(a_scale · b_scale_n) = s_n once, as DequantizeLinear computes fl(float(acc) · s_n); checked on
+    random inputs. Three kernels → one (the digits classifier)."""
+    from onnx import helper
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    readers = _consumers(g)
+    outputs = {o.name for o in g.output}
+    producer = {o: n for n in g.node for o in n.output}
+    rewritten = 0
+    for mm in list(g.node):
+        if mm.op_type != "MatMulInteger" or mm.domain not in ("", "ai.onnx") or len(mm.input) < 3 \
+                or mm.input[1] not in inits or mm.input[2] not in inits or (len(mm.input) > 3 and mm.input[3]):
+            continue
+        flat = producer.get(mm.input[0])
+        if flat is None or flat.op_type != "Flatten":  # QGemm is 2-D
+            continue
+        b, a_zero_point = (numpy_helper.to_array(inits[n]) for n in mm.input[1:3])
+        if b.dtype != np.int8 or b.ndim != 2 or a_zero_point.size != 1:
+            continue
+        chain = [mm]
+        nxt = readers.get(mm.output[0], [])
+        bias = None
+        if len(nxt) == 1 and nxt[0].op_type == "Add" and mm.output[0] not in outputs:
+            add = nxt[0]
+            other = add.input[1] if add.input[0] == mm.output[0] else add.input[0]
+            value = numpy_helper.to_array(inits[other]) if other in inits else None
+            if value is None or value.dtype != np.int32 or value.shape not in ((b.shape[1],), (1, b.shape[1])):
+                continue
+            bias, chain = value.reshape(-1), chain + [add]
+            nxt = readers.get(add.output[0], [])
+        if len(nxt) != 1 or nxt[0].op_type != "DequantizeLinear" or chain[-1].output[0] in outputs:
+            continue
+        dq = nxt[0]
+        if dq.input[1] not in inits or (len(dq.input) > 2 and dq.input[2] and dq.input[2] not in inits):
+            continue
+        scale = numpy_helper.to_array(inits[dq.input[1]])
+        zero = numpy_helper.to_array(inits[dq.input[2]]) if len(dq.input) > 2 and dq.input[2] else np.zeros(1, np.int32)
+        if scale.dtype != np.float32 or np.any(zero != 0) or scale.size not in (1, b.shape[1]) \
+                or (scale.size > 1 and _axis(dq) not in (1, -1)):
+            continue
+        base = dq.name or dq.output[0]
+        constants = {f"{base}_one": np.array(1.0, np.float32),
+                     f"{base}_column_scale": np.broadcast_to(scale.reshape(-1), (b.shape[1],)).astype(np.float32),
+                     f"{base}_column_zero_point": np.zeros(b.shape[1], np.int8)}
+        inputs = [mm.input[0], f"{base}_one", mm.input[2], mm.input[1], f"{base}_column_scale",
+                  f"{base}_column_zero_point"]
+        if bias is not None:
+            constants[f"{base}_bias"] = bias.astype(np.int32)
+            inputs.append(f"{base}_bias")
+        qgemm = helper.make_node("QGemm", inputs, [dq.output[0]], name=dq.name, domain="com.microsoft")
+        tensors = [numpy_helper.from_array(np.asarray(v), k) for k, v in constants.items()]
+        if not _qgemm_equal([*chain, dq], qgemm, tensors, inits, b.shape[0],
+                            numpy_helper.to_array(inits[mm.input[2]]).dtype):
+            continue
+        index = list(g.node).index(mm)
+        for n in (*chain, dq):
+            g.node.remove(n)
+        g.node.insert(index, qgemm)
+        g.initializer.extend(tensors)
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+        _rename_in_node_map(model, {n.name: [qgemm.name] for n in chain})
+        rewritten += 1
+    return rewritten
+
+
+def _qgemm_equal(original: list[onnx.NodeProto], qgemm: onnx.NodeProto, constants: list[onnx.TensorProto],
+                 inits: Mapping[str, onnx.TensorProto], k: int, dtype: np.dtype, rows: int = 64) -> bool:
+    """The MatMulInteger chain and the QGemm on seeded random codes (`rows` × K): equal bit for bit?"""
+    from onnx import helper
+
+    from engine.runtime.session import open_session
+
+    x_name, y_name = original[0].input[0], original[-1].output[0]
+    sessions = []
+    for nodes in (original, [qgemm]):
+        used = {i for n in nodes for i in n.input}
+        graph = helper.make_graph(nodes, "check", [helper.make_tensor_value_info(x_name, _TENSOR_TYPE[np.dtype(dtype)],
+                                                                                 [rows, k])],
+                                  [helper.make_empty_tensor_value_info(y_name)],
+                                  [t for t in [*inits.values(), *constants] if t.name in used])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19), helper.make_opsetid("com.microsoft", 1)])
+        try:
+            sessions.append(open_session(model.SerializeToString()))
+        except Exception:  # onnxruntime refused one of the two: keep the chain
+            return False
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        x = rng.integers(int(info.min), int(info.max) + 1, (rows, k)).astype(dtype)
+        a, b = (s.run(None, {x_name: x})[0] for s in sessions)
+        if a.dtype != b.dtype or a.tobytes() != b.tobytes():
+            return False
+    return True
 
 
 # ------------------------------------------------------------------------ onnxruntime offline

@@ -235,3 +235,49 @@ def test_a_rolled_table_that_differs_is_refused(monkeypatch):
     result = optimize_program(int16_table_program(), "O2")
     assert result.rewrites["index_tables_directly"] == 0
     assert "Add" in [n.op_type for n in result.program.graph.node]
+
+
+def si32_head_program(with_bias: bool = True) -> onnx.ModelProto:
+    """uint8 codes → Flatten → MatMulInteger (int8 B, A zero point 128) [→ Add int32 bias] →
+    DequantizeLinear per column: a classifier whose logits stay si32 until the output."""
+    rng = np.random.default_rng(2)
+    inits = {"B": rng.integers(-127, 128, (32, 10)).astype(np.int8), "z": np.uint8(128),
+             "bias": rng.integers(-3000, 3000, 10).astype(np.int32),
+             "scale": rng.uniform(1e-4, 2e-4, 10).astype(np.float32), "zero": np.zeros(10, np.int32)}
+    nodes = [helper.make_node("Flatten", ["x"], ["flat"], name="flatten", axis=1),
+             helper.make_node("MatMulInteger", ["flat", "B", "z"], ["acc"], name="gemm")]
+    if with_bias:
+        nodes.append(helper.make_node("Add", ["acc", "bias"], ["acc_b"], name="gemm_Add"))
+    nodes.append(helper.make_node("DequantizeLinear", ["acc_b" if with_bias else "acc", "scale", "zero"], ["logits"],
+                                  name="logits_dequantize", axis=-1))
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 32, 1, 1])],
+                   [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], inits)
+    set_metadata(model, NODE_MAP, {"Gemm_0": ["gemm", "gemm_Add"] if with_bias else ["gemm"]})
+    return model
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_an_si32_classifier_head_runs_as_one_qgemm(with_bias):
+    program = si32_head_program(with_bias)
+    result = optimize_program(program, "O2")
+    assert result.rewrites["si32_head_as_qgemm"] == 1 and result.checked and not result.fallback
+    assert [n.op_type for n in result.program.graph.node] == ["Flatten", "QGemm"]
+    assert json_metadata(result.program, NODE_MAP)["Gemm_0"] == ["logits_dequantize"]
+    _same_outputs(program, result.program, (1, 32, 1, 1), seeds=20)
+
+
+def test_a_qgemm_that_differs_is_refused(monkeypatch):
+    """A QGemm whose column scales are a hair off gives other floats: the chain stays."""
+    import engine.compile.optimize as optimize
+
+    real = optimize._qgemm_equal
+
+    def with_wrong_scale(original, qgemm, constants, *args):
+        wrong = [numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(1.0001), t.name)
+                 if t.name.endswith("_column_scale") else t for t in constants]
+        return real(original, qgemm, wrong, *args)
+
+    monkeypatch.setattr(optimize, "_qgemm_equal", with_wrong_scale)
+    result = optimize_program(si32_head_program(), "O2")
+    assert result.rewrites["si32_head_as_qgemm"] == 0
+    assert "MatMulInteger" in [n.op_type for n in result.program.graph.node]
