@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from engine.accuracy.sensitivity import Sensitivity, analyse, local_noise
 from tests.unit.accuracy.acc_models import calibrate, outlier_chain, samples
@@ -54,6 +55,13 @@ def test_a_cropped_ranking_still_puts_the_broken_node_first(monkeypatch):
     sens = analyse(model, plan, data[:1], merged, crop=0.25)
     assert any("8x8 crop" in n for n in sens.notes)
     assert sens.rows[0].node == "conv_b+relu_b" and sens.rows[0].activation > 0.3
+    # refined: the crop's top two measured again on the whole sample, as the uncropped analysis does
+    whole = {r.node: r.activation for r in analyse(model, plan, data[:1], merged).rows}
+    refined = analyse(model, plan, data[:1], merged, crop=0.25, refine=2)
+    assert [r.node for r in refined.rows[:2]] == sorted([r.node for r in sens.rows[:2]], key=lambda n: -whole[n])
+    for r in refined.rows[:2]:
+        assert r.activation == pytest.approx(whole[r.node], abs=1e-9)
+    assert refined.rows[2].activation == next(r.activation for r in sens.rows if r.node == refined.rows[2].node)
 
 
 def test_no_crop_for_a_model_that_cannot_run_at_one():
