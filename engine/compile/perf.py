@@ -33,12 +33,13 @@ The model (every constant is in `engine.compile.march` or below, with its source
 
 `measure_latency` runs the `.hbm`'s program in onnxruntime on this CPU (median of N runs, `jobs`
 threads) so the report shows a real number beside the estimate — for a different machine. It
-costs what the model costs: a run of PP-OCRv4 det at 640×640 takes ~0.25 s, so 20 runs were 6 s
-of every compile. It now stops after `min_runs` (3) once `budget_s` (0.5 s) is spent: a slow
-program is measured 3 times after one warmup run, a fast one up to `runs` times. Measured on the
-det `.bc` (2 threads, shared 2-core machine, interleaved): medians of 20 runs 199–241 ms over three
-repeats, medians of 3 runs 202–249 ms — the run-to-run spread of the 20-run median is as large as
-the difference. `LatencyMemo`
+costs what the model costs: 3 warmups + 20 runs of PP-OCRv4 det's program (0.25 s a run on the
+loaded machine of the first measurement) were 6 s of every compile. It now stops after `min_runs` (3) once `budget_s` (0.25 s) is spent: a slow
+program is measured 3 times after one warmup run, a fast one up to `runs` times. Measured on
+PP-OCRv4 det's O2 `.hbm` program (2 threads, interleaved, three repeats): the old 20 runs after 3
+warmups gave medians of 34.9–35.5 ms for 1.7–2.0 CPU s, the 8 runs of the budget after 1 warmup
+34.6–34.9 ms for 0.7 CPU s (earlier, on the slower `.bc`: 20-run medians 199–241 ms, 3-run
+medians 202–249 ms — the spread of the 20-run median is as large as the difference). `LatencyMemo`
 keeps each measurement by the program's sha256 and the measuring conditions: an edit of
 compile_mode, balance_factor, advice or debug builds the same program and measures nothing.
 """
@@ -67,7 +68,7 @@ from engine.compile.program import TensorType, tensor_types
 CHANNEL_ALIGN = 8  # assumption: the BPU computes in blocks of 8 channels (hb's advice asks for multiples of 4 & 8)
 FC_OVERHEAD_S = 5e-6  # assumption: cost of one BPU function call (launch + sync)
 BUDGETS = (0.25, 0.5, 0.75, 1.0)  # on-chip shares for resident activations a plan may use
-MEASURE_VERSION = 2  # of measure_latency's method (warmup, budget, minimum runs): part of LatencyMemo's key
+MEASURE_VERSION = 3  # of measure_latency's method (warmup, budget, minimum runs): part of LatencyMemo's key
 
 # weight input index per op: (index, kind)
 _WEIGHTED = {"QLinearConv": 3, "ConvInteger": 1, "Conv": 1, "ConvTranspose": 1, "QLinearMatMul": 3,
@@ -434,7 +435,7 @@ def advice_lines(est: PerfEstimate, threshold_us: float) -> list[str]:
 # ------------------------------------------------------------------------------------ measure
 
 def measure_latency(program: bytes | onnx.ModelProto, threads: int = 1, runs: int = 20, warmup: int = 1,
-                    seed: int = 0, budget_s: float = 0.5, min_runs: int = 3) -> dict[str, Any]:
+                    seed: int = 0, budget_s: float = 0.25, min_runs: int = 3) -> dict[str, Any]:
     """Median latency of up to `runs` onnxruntime runs on seeded inputs: after `min_runs`, it stops
     once `budget_s` is spent (a slow model is measured `min_runs` times, a fast one `runs` times)."""
     import onnxruntime as ort

@@ -64,8 +64,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "optimize_level": options.optimize_level if hasattr(options, "optimize_level") else None}
 
 
-# version 4: the measured latency stops after 3 runs once 0.5 s is spent (v2: 20 runs within 10 s)
-STAGE = Stage("compile", 4, run, after=("optimize", "calibrate", "quantize", "report"), reads=READS,
+# version 5: the measured latency stops after 3 runs once 0.25 s is spent (v2: 20 runs within 10 s)
+STAGE = Stage("compile", 5, run, after=("optimize", "calibrate", "quantize", "report"), reads=READS,
               artefacts={"model.hbm": "{prefix}.hbm", "removed.bc": "{prefix}_quantized_removed_model.bc",
                          "advice.json": "{prefix}_advice.json", "perf.json": "{prefix}.json",
                          "perf.html": "{prefix}.html"},
