@@ -545,8 +545,10 @@ def _layer_json(lay: Layer) -> dict[str, Any]:
     return keep
 
 
-def write_perf_reports(directory, prefix: str, perf: Mapping[str, Any], similarity=(), outputs=()):
-    """`{prefix}.json` and `{prefix}.html` in `directory`, each written atomically; returns both paths."""
+def write_perf_reports(directory, prefix: str, perf: Mapping[str, Any], similarity=(), outputs=(),
+                       sensitivity=None):
+    """`{prefix}.json` and `{prefix}.html` in `directory`, each written atomically; returns both paths.
+    `sensitivity`: calibrate's ranking (`engine.report.culprits.Culprits`), drawn beside the similarity table."""
     import json
     from pathlib import Path
 
@@ -556,7 +558,7 @@ def write_perf_reports(directory, prefix: str, perf: Mapping[str, Any], similari
     directory = Path(directory)
     paths = []
     for suffix, text in ((".json", json.dumps(perf, indent=1, sort_keys=False, default=str)),
-                         (".html", render(perf, similarity, outputs))):
+                         (".html", render(perf, similarity, outputs, sensitivity))):
         path = directory / f"{prefix}{suffix}"
         atomic_write_text(path, text)
         paths.append(path)

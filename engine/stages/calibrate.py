@@ -287,6 +287,6 @@ def _jsonable(o: Any) -> Any:
     return str(o)
 
 
-STAGE = Stage("calibrate", 2, run, after=("optimize",), reads=READS, files=calibrate_files,
+STAGE = Stage("calibrate", 3, run, after=("optimize",), reads=READS, files=calibrate_files,
               artefacts={"model.onnx": "{prefix}_calibrated_model.onnx", SENSITIVITY_FILE: "{prefix}_sensitivity.json"},
               describe="statistics per calibration sample, thresholds, accuracy steps, fake-quant model")

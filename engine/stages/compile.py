@@ -31,6 +31,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from engine.compile.perf import LatencyMemo, perf_log_lines, perf_report, write_perf_reports
     from engine.compile.remove_nodes import remove_nodes
     from engine.problems import StageError
+    from engine.report.culprits import load_culprits
 
     config, out = ctx.config, ctx.out_dir
     optimized = onnx.load(str(ctx.input("optimize", "model.onnx")))
@@ -56,7 +57,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     perf = perf_report(build.program, options, config.prefix, memo=LatencyMemo(ctx.memo_dir("latency")))
     report = ctx.upstream.get("report")
     rows = json.loads((report / "meta.json").read_text())["result"] if report else {}
-    write_perf_reports(out, "perf", perf, rows.get("nodes", []), rows.get("outputs", []))
+    write_perf_reports(out, "perf", perf, rows.get("nodes", []), rows.get("outputs", []),
+                       load_culprits(ctx.upstream["calibrate"]))
     log.info("HBDK hbm perf SUCCESS")
     for line in perf_log_lines(perf, f"{config.prefix}.html"):
         log.info(line)
@@ -65,7 +67,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 
 # version 5: the measured latency stops after 3 runs once 0.25 s is spent (v2: 20 runs within 10 s)
-STAGE = Stage("compile", 5, run, after=("optimize", "calibrate", "quantize", "report"), reads=READS,
+STAGE = Stage("compile", 6, run, after=("optimize", "calibrate", "quantize", "report"), reads=READS,
               artefacts={"model.hbm": "{prefix}.hbm", "removed.bc": "{prefix}_quantized_removed_model.bc",
                          "advice.json": "{prefix}_advice.json", "perf.json": "{prefix}.json",
                          "perf.html": "{prefix}.html"},

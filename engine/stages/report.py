@@ -28,6 +28,7 @@ from engine.pipeline.cache import atomic_write_text
 from engine.pipeline.stage import Stage, StageContext
 from engine.quantize.planner import QuantOptions, make_plan
 from engine.report import tables
+from engine.report.culprits import load_culprits
 from engine.stages.calibrate import load_thresholds
 from engine.stages.quantize import READS as QUANTIZE_READS
 
@@ -60,7 +61,7 @@ def program_batch(bc: onnx.ModelProto) -> int:
     return max((int(s.get("input_batch") or 1) for s in json.loads(stored)), default=1)
 
 
-MEMO_VERSION = 1
+MEMO_VERSION = 2  # 2: float runs without onnxruntime's WeightBiasQuantization (CPU convs stay float)
 
 
 def _digest(*parts: Any) -> str:
@@ -108,14 +109,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
     calibrated_flag = ctx.config.calibration.calibration_type != "skip"
     (ctx.out_dir / "node_info.csv").write_text(tables.node_info_csv(nodes, calibrated_flag))
     node_io = {n.name: (list(n.input), list(n.output)) for n in optimized.graph.node}
-    info = tables.quant_info(nodes, outputs, node_io, json.loads(thresholds_path.read_text()))
+    info = tables.quant_info(nodes, outputs, node_io, json.loads(thresholds_path.read_text()),
+                             load_culprits(ctx.upstream["calibrate"]))
     (ctx.out_dir / "quant_info.json").write_text(json.dumps(info, indent=1))
     return {"calibrated": calibrated_flag, "nodes": [asdict(r) for r in nodes],
             "outputs": [asdict(o) for o in outputs]}
 
 
 # version 2 (1095d6c, since reverted): compared against a wider float run for a while
-STAGE = Stage("report", 2, run, after=("optimize", "calibrate", "quantize"),
+STAGE = Stage("report", 3, run, after=("optimize", "calibrate", "quantize"),
               reads=QUANTIZE_READS + ("calibration_parameters.calibration_type",),
               artefacts={"node_info.csv": "{prefix}_node_info.csv", "quant_info.json": "{prefix}_quant_info.json"},
               describe="similarity tables (calibrated and quantized cosine per node and output)")
