@@ -32,7 +32,6 @@ from engine.calibration import (
     TensorStats,
     load_calibration_set,
     merge_samples,
-    random_samples,
 )
 from engine.config import Config
 from engine.pipeline.stage import Stage, StageContext
@@ -164,6 +163,23 @@ def calibrate_files(config: Config) -> list[Path]:
     return files
 
 
+def report_sample(config: Config, specs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """The sample the report compares float and quantized models on when thresholds are not calibrated.
+
+    `load` with calibration files: the first of them (random data would report damage the real
+    inputs do not see). Otherwise random: 0–255 for image inputs, standard normal for featuremaps.
+    """
+    cal = config.calibration
+    if (cal.calibration_type == "load" and len(cal.cal_data_dir) >= len(specs)
+            and all(d is not None and d.is_dir() for d in cal.cal_data_dir[:len(specs)]) and calibration_files(config)):
+        cs = load_calibration_set(sources(config, specs))
+        if len(cs):
+            return cs.load(0)
+    rng = np.random.default_rng([0, 0])  # random_samples' first sample for image inputs
+    return {s["name"]: (rng.standard_normal(tuple(s["shape"])) if s.get("input_type_train") == "featuremap"
+                        else rng.uniform(0.0, 255.0, tuple(s["shape"]))).astype(np.float32) for s in specs}
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     from engine.quantize.calibrated import build_calibrated_model
     from engine.quantize.search import SearchSettings, choose_thresholds
@@ -181,7 +197,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                         "for performance checks")
         result = choose_thresholds(settings, model, None, options=options, tensors=tensors,
                                    load_source=load_source(config) if kind == "load" else None)
-        first = next(random_samples({s["name"]: s["shape"] for s in specs}, 1))
+        first = report_sample(config, specs)
         info: dict[str, Any] = {"samples": 0}
         calibration, accuracy = Calibration(result.acts), {}
     else:
@@ -287,6 +303,8 @@ def _jsonable(o: Any) -> Any:
     return str(o)
 
 
-STAGE = Stage("calibrate", 3, run, after=("optimize",), reads=READS, files=calibrate_files,
+# version 4: `load` reports on the first calibration sample when there is one; `skip` on normal values
+# for featuremap inputs (both were uniform 0–255)
+STAGE = Stage("calibrate", 4, run, after=("optimize",), reads=READS, files=calibrate_files,
               artefacts={"model.onnx": "{prefix}_calibrated_model.onnx", SENSITIVITY_FILE: "{prefix}_sensitivity.json"},
               describe="statistics per calibration sample, thresholds, accuracy steps, fake-quant model")

@@ -121,3 +121,36 @@ def test_statistics_memo_entries_read_back_equal_computed_ones_and_a_corrupt_one
     cold_cfg = project.config(CONFIG.replace("working_dir: model_output", "working_dir: cold"), name="cold.yaml")
     assert Engine().run(cold_cfg, until="calibrate").ok
     assert thresholds("cold") == thresholds("model_output")
+
+
+def _report_sample(project) -> dict:
+    entries = (project.root / "model_output" / ".hb_cache" / "calibrate").glob("*/first_sample.npz")
+    with np.load(max(entries, key=lambda p: p.stat().st_mtime_ns)) as z:
+        return dict(z)
+
+
+def test_load_reports_on_the_first_calibration_sample(project):
+    """`load` with cal_data_dir: the report's sample is the first calibration file, not random pixels."""
+    import json
+
+    cal = write_samples(project.root, n=3)
+    np.full((1, 3, 8, 8), 5, np.uint8).tofile(cal / "s00.rgb")
+    assert Engine().run(project.config(CONFIG), until="calibrate").ok
+    found = json.loads(next((project.root / "model_output" / ".hb_cache" / "calibrate").glob("*/thresholds.json"))
+                       .read_text())
+    (project.root / "thr.json").write_text(json.dumps({t: v["threshold"] for t, v in found.items()}))
+    cfg = project.config(CONFIG.replace("calibration_type: max", "calibration_type: load\n  quant_config: thr.json"))
+    run = Engine().run(cfg, until="calibrate")
+    assert run.ok, [p.render() for p in run.problems]
+    assert np.array_equal(_report_sample(project)["data"], np.full((1, 3, 8, 8), 5, np.float32))
+
+
+def test_skip_reports_on_normal_values_for_a_featuremap_input(project):
+    text = (CONFIG.replace("calibration_type: max", "calibration_type: skip")
+            .replace("input_type_train: rgb", "input_type_train: featuremap")
+            .replace("input_type_rt: rgb", "input_type_rt: featuremap")
+            .replace("  mean_value: 128\n  scale_value: 0.0078125\n", "").replace("  cal_data_dir: cal\n", ""))
+    run = Engine().run(project.config(text), until="calibrate")
+    assert run.ok, [p.render() for p in run.problems]
+    x = _report_sample(project)["data"]
+    assert x.min() < 0 and abs(float(x.mean())) < 0.5 and 0.5 < float(x.std()) < 1.5
