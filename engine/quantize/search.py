@@ -12,9 +12,9 @@
   error over the tensor's own merged histogram of |x| (bin centres as values: clipped values cost
   (|x| − t)², the others their rounding error to the grid t/127) — the threshold that minimizes
   the node's own output error. Vectorized over candidates × bins; merged histograms only.
-- ``load``: thresholds from a QDQ model (each QuantizeLinear's scale: threshold = scale · qmax,
-  e.g. 127 · s for int8 with zero point 0; per-axis scales give per-channel thresholds), keyed by
-  the tensor the QuantizeLinear reads — or, for our own calibrated models, by the name in
+- ``load``: thresholds from a QDQ model (each QuantizeLinear's scale: 127 · s for the symmetric
+  int8 / uint8-at-128 encodings, the larger side of the represented range otherwise; per-axis
+  scales give per-channel thresholds), keyed by the tensor the QuantizeLinear reads — or, for our own calibrated models, by the name in
   ``<tensor>_HzCalibration`` — or from a JSON file ``{tensor: threshold}``. Where it comes from is
   decided by the caller (`load_thresholds` takes a model, a path or a mapping): hb's meaning is
   "the onnx_model is a QAT model", whose pairs the frontend strips while keeping the scales; a JSON
@@ -277,12 +277,17 @@ def search_mix(merged: Mapping[str, MergedStats], percentile: float = DEFAULT_PE
 
 # ---------------------------------------------------------------------------------------- load
 def _qdq_threshold(scale: np.ndarray, zero_point: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
-    """The |x| a QuantizeLinear saturates at: s · (qmax − zp), or s · (zp − qmin) if that is smaller
-    (a symmetric int8 pair: 127 · s; uint8 with zero point 128: 127 · s; uint8 with 0: 255 · s)."""
+    """The |x| range a QuantizeLinear represents, as one symmetric threshold.
+
+    Symmetric encodings (int8 with zero point 0, uint8 with 128): 127 · s, hb's qmax (not 128 · s).
+    Otherwise the larger side, s · max(qmax − zp, zp − qmin): onnxruntime's asymmetric uint8
+    activations (range [-0.5, 10] → zero point 12) must not be clipped to their small negative side.
+    """
     info = np.iinfo(dtype)
     zp = np.zeros_like(scale) if zero_point is None else zero_point.astype(np.float64)
     up, down = (info.max - zp) * scale, (zp - info.min) * scale
-    return np.where(zp <= info.min, up, np.minimum(up, down))
+    centre = 0 if info.min < 0 else (info.max + 1) // 2
+    return np.where(zp == centre, np.minimum(up, down), np.maximum(up, down))
 
 
 def load_thresholds(source: onnx.ModelProto | str | Path | Mapping[str, Any]) -> dict[str, float | np.ndarray]:

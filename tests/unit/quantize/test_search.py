@@ -143,8 +143,37 @@ def test_load_reads_a_qdq_models_scales_back_exactly():
     found = load_thresholds(qdq_model())
     assert set(found) == {"x", "r", "c"}  # the weight's pair is not an activation
     assert found["x"] == float(np.float32(0.02)) * 127
-    assert found["r"] == float(np.float32(0.01)) * 127  # uint8 around 128: the symmetric part
+    assert found["r"] == float(np.float32(0.01)) * 127  # uint8 around 128: symmetric, 127 · s (not 128 · s)
     assert np.array_equal(found["c"], np.float32([0.1, 0.2]).astype(np.float64) * 127)
+
+
+def test_load_covers_the_larger_side_of_an_asymmetric_range(tmp_path):
+    """onnxruntime's quantize_static writes uint8 activations with a zero point fitted to [min, max]:
+    the threshold covers the larger side (here about 10), not the small negative one (about 0.5)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    b = Builder("asym")
+    b.output(b.op("Relu", [b.conv(b.input("x", [1, 3, 8, 8]), 3, 4, k=1)], out="y"))
+    float_path, qdq_path = tmp_path / "float.onnx", tmp_path / "qdq.onnx"
+    onnx.save(b.build(), str(float_path))
+    x = np.random.default_rng(0).uniform(-0.5, 10.0, (1, 3, 8, 8)).astype(np.float32)
+    x.flat[0], x.flat[1] = -0.5, 10.0
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.left = [{"x": x}]
+
+        def get_next(self):
+            return self.left.pop() if self.left else None
+
+    quantize_static(str(float_path), str(qdq_path), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    q = next(n for n in onnx.load(str(qdq_path)).graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(qdq_path)).graph.initializer}
+    scale, zp = float(inits[q.input[1]]), int(inits[q.input[2]])
+    assert 0 < zp < 128  # asymmetric: the case at stake
+    found = load_thresholds(qdq_path)
+    assert found["x"] == pytest.approx(scale * (255 - zp)) and 9.9 < found["x"] < 10.1
 
 
 def test_load_round_trips_our_own_calibrated_model(tmp_path):
