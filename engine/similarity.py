@@ -165,13 +165,27 @@ def _row_tensors(float_model: onnx.ModelProto, plan: QuantPlan) -> list[tuple[st
     return rows
 
 
+def compared_tensors(float_model: onnx.ModelProto, plan: QuantPlan) -> list[str]:
+    """The float tensors `compare` reads (every row's tensors, then the model outputs): a caller that
+    runs the float model anyway passes `run_model(float_model, sample, compared_tensors(...))` as
+    `compare`'s reference."""
+    wanted = [t for *_, ts in _row_tensors(float_model, plan) for t in ts]
+    return list(dict.fromkeys(wanted + [o.name for o in float_model.graph.output]))
+
+
 def compare(float_model: onnx.ModelProto, calibrated_model: onnx.ModelProto, sample: Mapping[str, np.ndarray],
-            plan: QuantPlan) -> Similarity:
-    """Node rows and output rows from one run of each model on `sample`."""
+            plan: QuantPlan, reference: Mapping[str, np.ndarray] | None = None) -> Similarity:
+    """Node rows and output rows from one run of each model on `sample`; `reference`: the float
+    model's values of `compared_tensors` on `sample` when the caller has them (the report stage
+    compares the `.bc` with the same run), else the float model runs here."""
     rows = _row_tensors(float_model, plan)
     mapping = calibration_map(calibrated_model)
     wanted = [t for *_, ts in rows for t in ts]
-    ref = run_model(float_model, sample, wanted)
+    if reference is not None:
+        missing = [t for t in wanted + [o.name for o in float_model.graph.output] if t not in reference]
+        if missing:
+            raise ValueError(f"compare: the float reference lacks tensor(s) {', '.join(missing[:5])}")
+    ref = run_model(float_model, sample, wanted) if reference is None else reference
     got = run_model(calibrated_model, sample, [mapping.get(t, t) for t in wanted])
     thresholds = plan.calibrated_acts or plan.acts
     result = Similarity()
@@ -212,5 +226,5 @@ def mean_output_cosine(reference: Sequence[Mapping[str, np.ndarray]], other: Seq
     return float(np.mean(values)) if values else 1.0
 
 
-__all__ = ["NodeRow", "OutputRow", "Similarity", "compare", "cosine", "distances", "mean_output_cosine",
+__all__ = ["NodeRow", "OutputRow", "Similarity", "compare", "compared_tensors", "cosine", "distances", "mean_output_cosine",
            "node_similarity", "output_rows", "output_similarity", "run_model"]

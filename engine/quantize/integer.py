@@ -11,7 +11,8 @@ mapping: docs/formats.md.
 
 `integer_intermediates(bc, sample)` runs the `.bc` with every mapped integer tensor exposed and
 returns them dequantized, keyed by the float tensor name — the Quantized Cosine per node compares
-these with the float model's tensors (engine.similarity).
+these with the float model's tensors (engine.similarity); `integer_values` gives the `.bc`'s
+outputs from the same run too.
 
 Determinism: `session_options()` / `open_session()` (engine.runtime.session, re-exported here) are
 the one session configuration every runner of a `.bc` or `.hbm` uses (onnxruntime's rewrites that
@@ -153,10 +154,20 @@ def integer_intermediates(bc_model: onnx.ModelProto, sample: Mapping[str, np.nda
     Keys are the float model's tensor names, so each value compares directly with the float
     model's tensor of the same name (the Quantized Cosine).
     """
+    return integer_values(bc_model, sample, threads)[0]
+
+
+def integer_values(bc_model: onnx.ModelProto, sample: Mapping[str, np.ndarray] | np.ndarray,
+                   threads: int = 1) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(`integer_intermediates`, the `.bc`'s outputs by name) from one session and one run: the
+    report needs both, and a second session on the program cost as much as the run (det 640).
+    The outputs are the values a plain run gives: exposing the mapped tensors adds graph outputs
+    only, and the integer kernels give the same bits whatever is read (checked in the tests)."""
     tmap = read_tensor_map(bc_model)
     model = onnx.ModelProto()
     model.CopyFrom(bc_model)
-    present = {o.name for o in model.graph.output}
+    outputs = [o.name for o in bc_model.graph.output]
+    present = set(outputs)
     for entry in tmap.values():
         if entry["tensor"] not in present:  # typed by onnxruntime itself
             model.graph.output.append(helper.make_empty_tensor_value_info(entry["tensor"]))
@@ -175,7 +186,7 @@ def integer_intermediates(bc_model: onnx.ModelProto, sample: Mapping[str, np.nda
             enc = Encoding(entry["dtype"], tuple(scale) if isinstance(scale, list) else scale,
                            entry["zero_point"], entry.get("axis"))
             result[t] = enc.dequantize(v)
-    return result
+    return result, {n: values[n] for n in outputs}
 
 
 def _feeds(session: ort.InferenceSession, sample: Mapping[str, np.ndarray] | np.ndarray) -> dict:
@@ -208,19 +219,12 @@ def quantized_similarity(similarity, float_model: onnx.ModelProto, bc_model: onn
 
     from engine.similarity import Similarity, cosine, run_model
 
-    inter = integer_intermediates(bc_model, sample)
+    inter, bc_outputs = integer_values(bc_model, sample)
     tensors = [r.tensor for r in similarity.nodes if r.tensor] + [o.tensor for o in similarity.outputs]
     reference = run_model(float_model, sample, tensors)
-    outputs = {o.name for o in bc_model.graph.output}
-    bc_outputs = _run(bc_model, sample)
+    outputs = set(bc_outputs)
     nodes = [dataclasses.replace(r, quantized_cosine=cosine(reference[r.tensor], inter[r.tensor]))
              if r.tensor in inter and r.tensor in reference else r for r in similarity.nodes]
     rows = [dataclasses.replace(o, quantized_cosine=cosine(reference[o.tensor], bc_outputs[o.tensor]))
             if o.tensor in outputs else o for o in similarity.outputs]
     return Similarity(nodes, rows)
-
-
-def _run(bc_model: onnx.ModelProto, sample: Mapping[str, np.ndarray] | np.ndarray, threads: int = 1) -> dict:
-    session = open_session(bc_model, threads, "the integer program")
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, _feeds(session, sample)), strict=True))

@@ -10,8 +10,9 @@ recomputed) and a change read by quantize only (input_batch) reuses it. The `.bc
 reference it is compared with run every time: a memo of the float reference tensors on disk was
 measured and dropped — on PP-OCRv4 det 640×640 it is 247 MB, and reading it back cost as much
 CPU as the float run it saved (report after one calibration file changed: 2.07 vs 2.18 CPU s).
-The float model still runs twice per report (inside `compare`, and here for the rows the `.bc`
-maps) until `compare` can take a reference.
+The float model runs once per report: on a memo miss with every compared tensor exposed, and that
+run is `compare`'s reference too; on a hit with only the tensors the `.bc` maps. The `.bc` runs
+once for its intermediates and outputs (`integer_values`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,8 +40,7 @@ def quantized_values(bc: onnx.ModelProto, sample: dict[str, np.ndarray], specs: 
     """(dequantized intermediates by float tensor name, outputs by name) of the `.bc` on `sample`,
     fed in each input's runtime format."""
     from engine.preprocess.samples import to_runtime
-    from engine.quantize.integer import integer_intermediates
-    from engine.runtime.session import open_session
+    from engine.quantize.integer import integer_values
 
     feeds = {s["name"]: to_runtime(sample[s["name"]], s["input_type_rt"], s["input_type_train"],
                                    s["input_layout_train"], s.get("input_space_and_range") or "regular",
@@ -47,9 +48,7 @@ def quantized_values(bc: onnx.ModelProto, sample: dict[str, np.ndarray], specs: 
     batch = program_batch(bc)
     if batch > 1:  # input_batch: the program takes N samples; every tensor keeps them on axis 0
         feeds = {k: np.repeat(v, batch, axis=0) for k, v in feeds.items()}
-    inter = integer_intermediates(bc, feeds)
-    sess = open_session(bc, what="the integer program")
-    outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    inter, outs = integer_values(bc, feeds)  # one session and one run for both
     if batch > 1:
         inter, outs = ({k: v[:1] for k, v in d.items()} for d in (inter, outs))
     return inter, outs
@@ -68,28 +67,41 @@ def _digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps([MEMO_VERSION, *parts], default=str).encode()).hexdigest()[:32]
 
 
-def calibrated_similarity(ctx: StageContext, optimized: onnx.ModelProto, sample: dict[str, np.ndarray],
-                          plan: Any) -> Any:
-    """`compare(optimized, calibrated model, sample, plan)`, memoised by the optimize and calibrate keys
-    (the calibrated model, thresholds, plan options and first sample are all calibrate's output)."""
-    from engine.similarity import NodeRow, OutputRow, Similarity, compare
-
+def _similarity_memo(ctx: StageContext) -> Path:
     key = _digest(ctx.upstream["optimize"].name, ctx.upstream["calibrate"].name)
-    path = ctx.memo_dir("calibrated_similarity") / f"{key}.json"
+    return ctx.memo_dir("calibrated_similarity") / f"{key}.json"
+
+
+def saved_similarity(ctx: StageContext) -> Any:
+    """The memoised calibrated comparison of this optimize + calibrate output, None when absent or unreadable
+    (the calibrated model, thresholds, plan options and first sample are all calibrate's output)."""
+    from engine.similarity import NodeRow, OutputRow, Similarity
+
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads(_similarity_memo(ctx).read_text())
         return Similarity([NodeRow(**{**r, "nodes": tuple(r["nodes"])}) for r in saved["nodes"]],
                           [OutputRow(**o) for o in saved["outputs"]])
     except (OSError, ValueError, KeyError, TypeError):
-        pass
-    sim = compare(optimized, onnx.load(str(ctx.input("calibrate", "model.onnx"))), sample, plan)
-    atomic_write_text(path, json.dumps({"nodes": [asdict(r) for r in sim.nodes],
-                                        "outputs": [asdict(o) for o in sim.outputs]}))
+        return None
+
+
+def calibrated_similarity(ctx: StageContext, optimized: onnx.ModelProto, sample: dict[str, np.ndarray],
+                          plan: Any, reference: dict[str, np.ndarray] | None = None) -> Any:
+    """`compare(optimized, calibrated model, sample, plan, reference)`, memoised by the optimize and
+    calibrate keys; `reference`: the float run of `compared_tensors` when the caller has it."""
+    from engine.similarity import compare
+
+    sim = saved_similarity(ctx)
+    if sim is not None:
+        return sim
+    sim = compare(optimized, onnx.load(str(ctx.input("calibrate", "model.onnx"))), sample, plan, reference)
+    atomic_write_text(_similarity_memo(ctx), json.dumps({"nodes": [asdict(r) for r in sim.nodes],
+                                                         "outputs": [asdict(o) for o in sim.outputs]}))
     return sim
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from engine.similarity import cosine, run_model
+    from engine.similarity import compared_tensors, cosine, run_model
 
     optimized = onnx.load(str(ctx.input("optimize", "model.onnx")))
     bc = onnx.load(str(ctx.input("quantize", "model.bc")))
@@ -98,10 +110,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
         sample = {k: z[k] for k in z.files}
     thresholds_path = ctx.input("calibrate", "thresholds.json")
     plan = make_plan(optimized, load_thresholds(thresholds_path), QuantOptions.from_config(ctx.config))
-    sim = calibrated_similarity(ctx, optimized, sample, plan)
     inter, bc_outputs = quantized_values(bc, sample, specs)
-    wanted = sorted({r.tensor for r in sim.nodes if r.tensor and r.tensor in inter})
-    ref = run_model(optimized, sample, wanted)
+    sim = saved_similarity(ctx)
+    if sim is None:  # one float run serves the calibrated comparison and the `.bc`'s
+        ref = run_model(optimized, sample, compared_tensors(optimized, plan))
+        sim = calibrated_similarity(ctx, optimized, sample, plan, ref)
+    else:  # only the tensors the `.bc` maps
+        ref = run_model(optimized, sample, sorted({r.tensor for r in sim.nodes if r.tensor and r.tensor in inter}))
     nodes = [replace(r, quantized_cosine=cosine(ref[r.tensor], inter[r.tensor]) if r.tensor in inter else None)
              for r in sim.nodes]
     outputs = [replace(o, quantized_cosine=cosine(ref[o.tensor], bc_outputs[o.tensor])

@@ -1,0 +1,88 @@
+"""Incremental re-runs, part 2 (issue #8): each model runs once per report, and the calibration-data
+check is memoised per sample by content (engine.accuracy.checks).
+
+Runs are counted by wrapping the function that would run the model again.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import onnx
+import pytest
+
+from engine.pipeline import Engine
+from tests.pipeline.test_incremental import CONFIG, memo, run_ok, write_samples
+
+BATCH2 = CONFIG.replace("  input_shape: 1x3x8x8", "  input_shape: 1x3x8x8\n  input_batch: 2")
+BATCH1 = CONFIG.replace("  input_shape: 1x3x8x8", "  input_shape: 1x3x8x8\n  input_batch: 1")
+
+
+@pytest.fixture
+def tiny(project):
+    write_samples(project.root / "cal")
+    return project
+
+
+def float_runs(monkeypatch) -> list[str]:
+    """Records 'float' / 'calibrated' for every engine.similarity.run_model call the report stage
+    makes from now on (other stages run models too: the `.bc` check, the input conversion's)."""
+    import traceback
+
+    import engine.similarity as similarity
+
+    calls: list[str] = []
+    real = similarity.run_model
+
+    def counting(model: onnx.ModelProto, *args, **kwargs):
+        if any(f.filename.endswith("engine/stages/report.py") for f in traceback.extract_stack()):
+            fake_quant = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+            calls.append("calibrated" if fake_quant else "float")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(similarity, "run_model", counting)
+    return calls
+
+
+def test_report_runs_the_float_model_once_with_or_without_the_comparison_memo(tiny, monkeypatch):
+    cfg = tiny.config(CONFIG)
+    engine = Engine()
+    first = run_ok(engine, cfg)
+    shutil.rmtree(tiny.root / "model_output" / ".hb_cache" / "memo" / "calibrated_similarity")
+    calls = float_runs(monkeypatch)
+    tiny.config(BATCH2)  # quantize, compile and report re-run; calibrate is reused
+    missed = run_ok(engine, cfg)
+    assert missed.stage("calibrate").status == "reused" and missed.stage("report").status == "ran"
+    assert calls == ["float", "calibrated"]  # the comparison was computed again, on the same float run
+    assert len(memo(tiny, "calibrated_similarity")) == 1
+    calls.clear()
+    tiny.config(BATCH1)
+    hit = run_ok(engine, cfg)
+    assert hit.stage("report").status == "ran" and calls == ["float"]
+    for a, b, c in zip(first.results["report"]["nodes"], missed.results["report"]["nodes"],
+                       hit.results["report"]["nodes"], strict=True):
+        assert a["calibrated_cosine"] == b["calibrated_cosine"] == c["calibrated_cosine"]
+        assert a["quantized_cosine"] == pytest.approx(c["quantized_cosine"], abs=1e-6)
+    assert all(o["quantized_cosine"] is not None and o["quantized_cosine"] > 0.9
+               for o in hit.results["report"]["outputs"])
+
+
+def test_report_opens_one_integer_session(tiny, monkeypatch):
+    import engine.quantize.integer as integer
+
+    cfg = tiny.config(CONFIG)
+    engine = Engine()
+    run_ok(engine, cfg)
+    opened: list[str] = []
+    real = integer.open_session
+
+    def counting(program, *args, **kwargs):
+        opened.append(kwargs.get("what") or (args[1] if len(args) > 1 else ""))
+        return real(program, *args, **kwargs)
+
+    monkeypatch.setattr(integer, "open_session", counting)
+    monkeypatch.setattr("engine.runtime.session.open_session", counting)
+    tiny.config(BATCH2)
+    again = run_ok(engine, cfg)
+    assert again.stage("report").status == "ran"
+    assert opened.count("the integer program") == 1
