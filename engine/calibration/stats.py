@@ -89,7 +89,8 @@ def tensor_stats(x: np.ndarray, bins: int = DEFAULT_BINS, channel_axis: int | No
     Passes over the data: per-channel min and max (every extremum follows from them), then
     |x|·bins/absmax truncated to a bin index and counted with `np.bincount`. `channel_axis` is the
     channel axis (1 for NCHW activations); None, or a tensor with too few dimensions, gives no
-    per-channel absmax.
+    per-channel absmax. An absmax below bins / FLT_MAX (≈ 6e-36) has no float32 scale: its
+    histogram is taken in float64.
     """
     x = np.asarray(x)
     if x.dtype != np.float32:
@@ -122,7 +123,9 @@ def tensor_stats(x: np.ndarray, bins: int = DEFAULT_BINS, channel_axis: int | No
     else:
         channels, absmax = None, max(-lo, hi)
     if absmax > 0:
-        hist = _abs_histogram(x.reshape(-1), np.float32(bins / absmax), bins)
+        scale = _float32_scale(bins / absmax)
+        hist = (_abs_histogram(x.reshape(-1), scale, bins) if scale is not None
+                else _abs_histogram_float64(x.reshape(-1), bins / absmax, bins))
     else:
         hist = np.zeros(bins, np.int64)
         hist[0] = x.size
@@ -168,8 +171,10 @@ def stacked_stats(x: np.ndarray, count: int, bins: int = DEFAULT_BINS, channel_a
     else:
         channels, absmax = None, np.maximum(-lo, hi)
     absmax64 = absmax.astype(np.float64)
-    with np.errstate(divide="ignore"):  # absmax 0: scale 0 puts every (finite) value in bin 0, as tensor_stats
+    with np.errstate(divide="ignore", over="ignore"):  # absmax 0: scale 0 puts every (finite) value in bin 0
         scale = np.where(absmax64 > 0, bins / np.where(absmax64 > 0, absmax64, 1.0), 0.0).astype(np.float32)
+    if not np.isfinite(scale).all():  # absmax < bins / FLT_MAX (≈ 6e-36): tensor_stats' float64 histogram
+        return [tensor_stats(per[k], bins, channel_axis) for k in range(count)]
     values = np.abs(per.reshape(count, -1) * scale[:, None])
     index = values.astype(np.int32)
     np.minimum(index, bins - 1, out=index)  # |x| = absmax (index bins) belongs to the last bin
@@ -195,6 +200,24 @@ def _abs_histogram(flat: np.ndarray, scale: np.float32, bins: int) -> np.ndarray
     if kernel is not None and flat.size >= KERNEL_VALUES and flat.dtype == np.float32:
         return kernel(flat, np.float32(scale), bins)
     return _abs_histogram_numpy(flat, scale, bins)
+
+
+def _float32_scale(scale: float) -> np.float32 | None:
+    """bins / absmax in float32, or None when it overflows (absmax below bins / FLT_MAX ≈ 6e-36:
+    the product would be inf, 0 · inf NaN, and its int cast a negative bin)."""
+    with np.errstate(over="ignore"):
+        s32 = np.float32(scale)
+    return s32 if np.isfinite(s32) else None
+
+
+def _abs_histogram_float64(flat: np.ndarray, scale: float, bins: int) -> np.ndarray:
+    """`_abs_histogram` for tiny ranges whose scale has no float32: the same bins computed in float64."""
+    hist = np.zeros(bins, np.int64)
+    for start in range(0, flat.size, CHUNK):
+        index = np.abs(flat[start:start + CHUNK].astype(np.float64) * scale).astype(np.int64)
+        np.minimum(index, bins - 1, out=index)  # |x| = absmax belongs to the last bin
+        hist += np.bincount(index, minlength=bins)
+    return hist
 
 
 def _abs_histogram_numpy(flat: np.ndarray, scale: np.float32, bins: int) -> np.ndarray:

@@ -154,3 +154,17 @@ def test_skip_reports_on_normal_values_for_a_featuremap_input(project):
     assert run.ok, [p.render() for p in run.problems]
     x = _report_sample(project)["data"]
     assert x.min() < 0 and abs(float(x.mean())) < 0.5 and 0.5 < float(x.std()) < 1.5
+
+
+def test_calibration_data_of_tiny_values_quantizes(project):
+    """Samples of 1e-38 (below 2048 / FLT_MAX): statistics, thresholds and the ptq model, no crash."""
+    cal = project.root / "cal"
+    cal.mkdir()
+    for i in range(2):
+        np.save(cal / f"s{i}.npy", np.full((1, 3, 8, 8), 1e-38 * (i + 1), np.float32))
+    text = (CONFIG.replace("input_type_train: rgb", "input_type_train: featuremap")
+            .replace("input_type_rt: rgb", "input_type_rt: featuremap")
+            .replace("  mean_value: 128\n  scale_value: 0.0078125\n", ""))
+    run = Engine().run(project.config(text), until="ptq")
+    assert run.ok, [p.render() for p in run.problems]
+    assert run.results["calibrate"]["computed"] == 2

@@ -186,3 +186,23 @@ def test_held_statistics_are_packed_beyond_the_budget_and_merge_the_same():
         assert np.array_equal(a[n].hist, b[n].hist) and a[n].absmax == b[n].absmax and a[n].count == b[n].count
         assert np.array_equal(a[n].channel_absmax, b[n].channel_absmax) if a[n].channel_absmax is not None else \
             b[n].channel_absmax is None
+
+
+@pytest.mark.parametrize("absmax", [1e-45, 1e-40, 1e-38, 5e-36])
+@pytest.mark.parametrize("size", [32, 1 << 15])
+def test_tiny_ranges_get_a_float64_histogram_instead_of_crashing(absmax, size):
+    """absmax below 2048 / FLT_MAX (≈ 6e-36, normal floats included): bins / absmax has no float32,
+    so the histogram is taken in float64, with the kernel loaded or not (`size` reaches it)."""
+    from engine.calibration import stats
+
+    if size >= stats.KERNEL_VALUES and os.environ.get(stats.KERNEL_ENV, "").lower() != "numpy":
+        stats.load_kernel(wait=True)
+    top = np.float32(absmax)
+    x = (np.random.default_rng(3).uniform(-1, 1, (1, 2, size // 2)) * top).astype(np.float32)
+    x.flat[5] = -top
+    s = tensor_stats(x)
+    assert s.absmax == float(top) and s.count == x.size and s.hist.sum() == x.size and s.hist[-1] >= 1
+    index = np.minimum((np.abs(x.astype(np.float64)) * (2048 / float(top))).astype(np.int64), 2047).reshape(-1)
+    np.testing.assert_array_equal(s.hist, np.bincount(index, minlength=2048))
+    stacked = np.concatenate([x, x * np.float32(0.5)])
+    assert stacked_stats(stacked, 2) == [tensor_stats(stacked[k:k + 1]) for k in range(2)]
