@@ -240,6 +240,8 @@ def gemm(b: Builder, node: onnx.NodeProto) -> str | None:
         return "not an 8-bit activation times a planned constant weight"
     if c and (not b.is_constant(c) or b.constant_value(c).squeeze().ndim > 1):
         return "a non-constant or 2-D Gemm bias"
+    if c and c not in b.plan.biases:  # e.g. a one-element C broadcast over the N outputs: the ptq model
+        return "a Gemm bias the plan keeps float"  # adds it in float, so the node is emulated
     out, si32 = node.output[0], _si32(b, [node])
     enc_out = None if si32 else b.required(out, f"output of Gemm '{node.name}'")
     if not si32 and not _uint8(enc_out):

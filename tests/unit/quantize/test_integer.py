@@ -496,3 +496,23 @@ def test_inputs_are_fed_in_the_type_the_program_declares():
     inter = integer_intermediates(bc, {"x": sample})
     np.testing.assert_array_equal(inter["y"], np.maximum(sample, 0).astype(np.float32))
     np.testing.assert_array_equal(inter["f"], sample.astype(np.float32))
+
+
+@pytest.mark.parametrize("options", [INT8_OUT, QuantOptions()], ids=["int8_output", "default_output"])
+def test_gemm_with_a_one_element_bias_is_emulated_like_the_ptq_model(options):
+    """Gemm(x, W, C=[0.5]) broadcasts C over N outputs: the plan keeps C float, so the node runs
+    emulated (the ptq model adds C in float) instead of crashing on int32 codes for one value."""
+    b = Builder("gemm_scalar_bias", seed=21)
+    b.output(b.op("Gemm", [b.input("x", [1, 8]), b.weight((8, 4)), b.const(np.array([0.5], np.float32), "C")],
+                  out="y"))
+    opt, plan, bc = lowered(b.build(), options)
+    assert "C" not in plan.biases and "QGemm" not in ops(bc) and "MatMulInteger" not in ops(bc)
+    calibrated = build_calibrated_model(opt, plan)
+    for seed in (11, 12):
+        feeds = random_inputs(opt, seed)
+        got, ref = run_bc(bc, feeds)["y"], run_model(calibrated, feeds)["y"]
+        if "y" in plan.acts:  # an int8 output: the same codes
+            assert np.array_equal(got, ref)
+        else:  # a float (si32) output: within one accumulator step s_x · s_w, as a planned bias is
+            step = float(plan.acts[opt.graph.input[0].name].scale * plan.weights[opt.graph.node[0].input[1]].scale.max())
+            assert within_one_step(got, ref, step) == 1.0
