@@ -8,13 +8,14 @@ omission rather than a hidden cache bug:
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.pipeline.hashing import sha256_json
+from engine.pipeline.hashing import canonical_json, sha256_json
 
 if TYPE_CHECKING:
     from engine.config import Config
@@ -69,8 +70,8 @@ def explain(new: KeyParts, old: dict[str, Any] | None) -> str:
     changed_up = [k for k, v in new.upstream.items() if old.get("upstream", {}).get(k) != v]
     if changed_up:
         reasons.append(f"upstream {', '.join(changed_up)} changed")
-    old_slice = old.get("slice", {})
-    changed_keys = sorted(k for k in set(new.slice) | set(old_slice) if new.slice.get(k) != old_slice.get(k))
+    old_slice, new_slice = old.get("slice", {}), json.loads(canonical_json(new.slice))
+    changed_keys = sorted(k for k in set(new_slice) | set(old_slice) if new_slice.get(k) != old_slice.get(k))
     if changed_keys:
         reasons.append("config changed: " + ", ".join(changed_keys))
     old_files = old.get("files", {})
@@ -83,7 +84,7 @@ def explain(new: KeyParts, old: dict[str, Any] | None) -> str:
         if removed:
             part += f", {removed} removed"
         reasons.append(part)
-    if old.get("extra") != new.extra:
+    if old.get("extra") != json.loads(canonical_json(new.extra)):  # the old parts came back from JSON: lists
         reasons.append("implementation changed")
     return "; ".join(reasons) or "cache entry missing"
 

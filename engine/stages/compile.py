@@ -14,6 +14,7 @@ from typing import Any
 
 import onnx
 
+from engine.pipeline.hashing import sha256_json
 from engine.pipeline.stage import Stage, StageContext
 from engine.quantize.planner import QuantOptions, make_plan
 from engine.stages.calibrate import load_thresholds
@@ -21,7 +22,8 @@ from engine.stages.quantize import READS as QUANTIZE_READS
 
 log = logging.getLogger("hbcompile")
 READS = QUANTIZE_READS + ("compiler_parameters", "model_parameters.march", "model_parameters.remove_node_type",
-                          "model_parameters.remove_node_name")
+                          "model_parameters.remove_node_name",
+                          "model_parameters.output_model_file_prefix")  # the .hbm's source name, the perf report's model
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -50,7 +52,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         onnx.save(bc, str(out / "removed.bc"))
         for r in removed:
             log.info(f"deleted nodes: {r.name}")
-    build = build_hbm(bc, options, plan=plan, config_sha256=config.digest, source_name=config.prefix)
+    # the digest of what this stage read: an edit outside its slice reuses the .hbm, which must not name it
+    build = build_hbm(bc, options, plan=plan, config_sha256=sha256_json(config.slice(*READS)),
+                      source_name=config.prefix)
     build.write(out / "model.hbm")
     log.info("Successfully compile the hbm model")
     (out / "advice.json").write_text(json.dumps(advice_json(partition(optimized, plan)), indent=1))
@@ -67,7 +71,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 
 # version 5: the measured latency stops after 3 runs once 0.25 s is spent (v2: 20 runs within 10 s)
-STAGE = Stage("compile", 6, run, after=("optimize", "calibrate", "quantize", "report"), reads=READS,
+# version 7: build.config_sha256 is the digest of the compile slice (was the whole config's)
+STAGE = Stage("compile", 7, run, after=("optimize", "calibrate", "quantize", "report"), reads=READS,
               artefacts={"model.hbm": "{prefix}.hbm", "removed.bc": "{prefix}_quantized_removed_model.bc",
                          "advice.json": "{prefix}_advice.json", "perf.json": "{prefix}.json",
                          "perf.html": "{prefix}.html"},

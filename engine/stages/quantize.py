@@ -29,7 +29,8 @@ from engine.stages.calibrate import load_thresholds
 from engine.stages.ptq import READS as PTQ_READS
 
 READS = PTQ_READS + ("input_parameters.input_type_rt", "input_parameters.input_layout_rt",
-                     "input_parameters.input_space_and_range", "input_parameters.input_batch")
+                     "input_parameters.input_space_and_range", "input_parameters.input_batch",
+                     "model_parameters.march")  # stamped into the .bc (hbcompile.march, hb_model_info's BPU march)
 
 
 def attach_runtime_inputs(bc: onnx.ModelProto, specs: list[dict[str, Any]], float_model: onnx.ModelProto,
