@@ -18,12 +18,20 @@ per-element probability map, or softmax of logits). A variant that is clearly mo
 (entropy lower by `margin` of the given samples' entropy, and by at least `min_gap` nats) gives a
 warning naming the input and what to check. Only a warning: a model whose outputs carry no
 confidence (a regression head) can mislead it.
+
+The entropies are per sample, so a `CheckMemo` keeps them per sample by content (the optimized
+model's key, the sample files' digest, the input specs): after one calibration file changed,
+only that sample is run again — none when it is not among the checked ones (issue #8). The memo
+only accelerates: the same inputs give the same entropies, so the same checks.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +39,37 @@ import onnx
 
 Sample = Mapping[str, np.ndarray]
 EPS = 1e-7
+MEMO_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CheckMemo:
+    """Per-sample entropies on disk: `folder` (a stage memo folder), the key of the model the check
+    runs (the optimize stage's), and each checked sample's content digest in sample order."""
+
+    folder: Path
+    model_key: str
+    sample_keys: Sequence[str]
+
+    def path(self, index: int, specs: Sequence[Mapping[str, Any]]) -> Path:
+        text = json.dumps([MEMO_VERSION, self.model_key, self.sample_keys[index], list(specs)], sort_keys=True,
+                          default=str)
+        return self.folder / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.json"
+
+    def load(self, index: int, specs: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
+        """{"given" / "<input>|<variant>": entropy per model output} saved for sample `index`; {} if none."""
+        try:
+            saved = json.loads(self.path(index, specs).read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(saved, dict):
+            return {}
+        return {k: [float(x) for x in v] for k, v in saved.items() if isinstance(v, list)}
+
+    def save(self, index: int, specs: Sequence[Mapping[str, Any]], entry: Mapping[str, list[float]]) -> None:
+        from engine.pipeline.cache import atomic_write_text
+
+        atomic_write_text(self.path(index, specs), json.dumps(dict(entry)))  # NaN as JSON's NaN literal
 
 
 @dataclass(frozen=True)
@@ -71,11 +110,9 @@ def output_entropy(y: np.ndarray) -> float:
     return float(np.mean(-(p * np.log(p + EPS)).sum(axis=axis)))
 
 
-def _entropy(run: Callable[[Sample], Mapping[str, np.ndarray]], samples: Sequence[Sample], outputs: Sequence[str]
-             ) -> float:
-    values = [output_entropy(run(s)[o]) for s in samples for o in outputs]
-    values = [v for v in values if np.isfinite(v)]
-    return float(np.mean(values)) if values else float("nan")
+def _mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def _channel_axis(spec: Mapping[str, Any]) -> int:
@@ -130,42 +167,54 @@ def looks_normalized(x: np.ndarray, spec: Mapping[str, Any]) -> bool:
 
 def check_calibration_data(model: onnx.ModelProto, samples: Sequence[Sample], specs: Sequence[Mapping[str, Any]],
                            margin: float = 0.25, min_gap: float = 0.02,
-                           given: Sequence[Mapping[str, np.ndarray]] | None = None) -> list[DataCheck]:
+                           given: Sequence[Mapping[str, np.ndarray]] | None = None,
+                           memo: CheckMemo | None = None) -> list[DataCheck]:
     """One `DataCheck` per input and variant (module docstring); `suspicious` ones deserve a warning.
-    One float session for every run (a session per run cost more than the runs on small models);
-    `given`: the float model's outputs on `samples` when the caller has them."""
+    One float session for every run, opened only when a run is needed (a session per run cost more
+    than the runs on small models); `given`: the float model's outputs on `samples` when the caller
+    has them; `memo`: per-sample entropies kept by content (`CheckMemo`), read first, completed here."""
     from engine.accuracy.sessions import quiet_session, run_outputs
 
     if not samples:
         return []
+    if given is not None and len(given) != len(samples):
+        raise ValueError(f"check_calibration_data: {len(given)} float outputs for {len(samples)} samples")
     outputs = [o.name for o in model.graph.output]
-    cache: dict[int, Mapping[str, np.ndarray]] = {}
-    if given is not None:
-        cache.update((id(s), g) for s, g in zip(samples, given, strict=True))
-    session = quiet_session(model)
+    sessions: list[Any] = []
+    entries = [memo.load(i, specs) if memo is not None else {} for i in range(len(samples))]
+    changed: set[int] = set()
 
     def run(s: Sample) -> Mapping[str, np.ndarray]:
-        return run_outputs(session, s, outputs)
+        if not sessions:
+            sessions.append(quiet_session(model))
+        return run_outputs(sessions[0], s, outputs)
 
-    def run_given(s: Sample) -> Mapping[str, np.ndarray]:
-        if id(s) not in cache:
-            cache[id(s)] = run(s)
-        return cache[id(s)]
+    def entropies(i: int, key: str, values: Callable[[], Mapping[str, np.ndarray]]) -> list[float]:
+        """Sample i's entropy per output under `key`, from the memo or computed (`values`: its outputs)."""
+        if len(entries[i].get(key, ())) != len(outputs):
+            y = values()
+            entries[i][key] = [output_entropy(y[o]) for o in outputs]
+            changed.add(i)
+        return entries[i][key]
 
-    given = _entropy(run_given, samples, outputs)
+    mean_given = _mean([e for i, s in enumerate(samples)
+                        for e in entropies(i, "given", lambda s=s, i=i: given[i] if given is not None else run(s))])
     found = []
     for spec in specs:
         name = spec["name"]
         for label, change in variants(spec).items():
             if label == "normalized twice" and not all(looks_normalized(np.asarray(s[name]), spec) for s in samples):
                 continue
-            altered = [{**s, name: change(np.asarray(s[name], np.float32))} for s in samples]
-            other = _entropy(run, altered, outputs)
-            if not (np.isfinite(given) and np.isfinite(other)):
+            other = _mean([e for i, s in enumerate(samples) for e in entropies(
+                i, f"{name}|{label}", lambda s=s, n=name, f=change: run({**s, n: f(np.asarray(s[n], np.float32))}))])
+            if not (np.isfinite(mean_given) and np.isfinite(other)):
                 continue
-            suspicious = other < given * (1 - margin) and given - other >= min_gap
-            found.append(DataCheck(name, label, given, other, bool(suspicious)))
+            suspicious = other < mean_given * (1 - margin) and mean_given - other >= min_gap
+            found.append(DataCheck(name, label, mean_given, other, bool(suspicious)))
+    if memo is not None:
+        for i in sorted(changed):
+            memo.save(i, specs, entries[i])
     return found
 
 
-__all__ = ["DataCheck", "check_calibration_data", "output_entropy", "variants"]
+__all__ = ["CheckMemo", "DataCheck", "check_calibration_data", "output_entropy", "variants"]

@@ -241,8 +241,15 @@ def _improve(ctx: StageContext, model: onnx.ModelProto, calibration: Calibration
         log.info(f"bias_correction: {len(corrections)} layers corrected on {len(cs)} calibration samples")
         for note in notes:
             log.debug(note)
-    res = improve(model, calibration, options, merged, samples, specs, acc, corrections,
-                  progress=lambda m, f: ctx.report(m, f))
+    # the data check runs here, memoised per sample by content (issue #8: one changed file re-runs one sample)
+    res = improve(model, calibration, options, merged, samples, specs, dataclasses.replace(acc, check_data=False),
+                  corrections, progress=lambda m, f: ctx.report(m, f))
+    if acc.check_data and samples:
+        from engine.accuracy.checks import CheckMemo, check_calibration_data
+
+        checked = samples[:4]  # as improve() checks
+        res.checks = check_calibration_data(model, checked, specs, memo=CheckMemo(
+            ctx.memo_dir("data_checks"), ctx.upstream["optimize"].name, [cs.content_hash(i) for i in range(len(checked))]))
     for check in res.checks:
         if check.suspicious:
             log.warning(check.message())

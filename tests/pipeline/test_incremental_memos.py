@@ -86,3 +86,41 @@ def test_report_opens_one_integer_session(tiny, monkeypatch):
     again = run_ok(engine, cfg)
     assert again.stage("report").status == "ran"
     assert opened.count("the integer program") == 1
+
+
+def test_data_check_runs_again_on_the_changed_sample_only(project, monkeypatch):
+    """6 files, the check reads the first 4: a change to the 6th runs no check, a change to the 2nd
+    runs that sample's readings; the check after the 6th changed is the first run's, number for number."""
+    import json
+    import traceback
+
+    import numpy as np
+
+    import engine.accuracy.sessions as sessions
+
+    paths = write_samples(project.root / "cal", n=6)
+    cfg = project.config(CONFIG)
+    engine = Engine()
+    run_ok(engine, cfg)
+    assert len(memo(project, "data_checks")) == 4
+    readings: list[int] = []
+    real = sessions.run_outputs
+
+    def counting(*args, **kwargs):
+        if any(f.filename.endswith("engine/accuracy/checks.py") for f in traceback.extract_stack()):
+            readings.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sessions, "run_outputs", counting)
+    np.save(paths[5], np.load(paths[5])[..., ::-1].copy())
+    again = run_ok(engine, cfg)
+    assert again.stage("calibrate").status == "ran" and readings == []
+    np.save(paths[1], np.load(paths[1])[..., ::-1].copy())
+    third = run_ok(engine, cfg)
+    assert third.stage("calibrate").status == "ran"
+    assert len(readings) == 2  # as given, channels swapped (normalized twice: samples not in its range)
+    assert len(memo(project, "data_checks")) == 5
+    written = [json.loads(p.read_text())["checks"] for p in (project.root / "model_output" / ".hb_cache").rglob(
+        "accuracy.json")]
+    assert len(written) == 3 and len({json.dumps(c) for c in written}) == 2  # the 6th file's run = the first's
+    assert [c["variant"] for c in written[0]] == ["channels swapped"]
