@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hb_compile", description="Quantize and compile a float ONNX/Caffe model "
                                 "from an hb_compile YAML config.")
     p.add_argument("-c", "--config", help="YAML config")
-    p.add_argument("-m", "--model", help="model file (.onnx, .caffemodel, or .bc to recompile)")
+    p.add_argument("-m", "--model", help="model file (.onnx or .caffemodel; recompiling a .bc is not supported)")
     p.add_argument("--proto", help="Caffe prototxt (with -m x.caffemodel)")
     p.add_argument("--march", help="target march; required in fast-perf and check modes")
     p.add_argument("-i", "--input-shape", nargs=2, action="append", metavar=("NAME", "SHAPE"),

@@ -1,8 +1,9 @@
 """hb_compile's modes (reference §2.1): which config a command line stands for.
 
-config (`-c`), fast-perf (`--fast-perf -m --march`), check (`-m --march`), bc recompile
-(`-c -m x.bc`). fast-perf and check generate their YAML, written beside their outputs so the
-run is reproducible and the language server can open it.
+config (`-c`), fast-perf (`--fast-perf -m --march`), check (`-m --march`). hb_compile's bc
+recompile (`-c -m x.bc`) is refused with one line: a `.bc` carries no float model to rebuild
+from, and `-c` alone compiles the `.hbm`. fast-perf and check generate their YAML, written beside
+their outputs so the run is reproducible and the language server can open it.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ def config_for_mode(args: argparse.Namespace) -> tuple[Path, str | None]:
     if args.config and args.model:
         if not str(args.model).endswith(".bc"):
             raise _fail("cli-mode", "Only recompiling the bc model is supported")
-        raise _fail("cli-mode", f"Recompiling {args.model} needs the compile stage, which this hbcompile "
-                    "version does not have yet")
+        raise _fail("cli-mode", f"Recompiling a .bc model ({args.model}) is not supported by hbcompile: run "
+                    f"-c {args.config} alone, which builds the .hbm from the config's model")
     if args.config:
         if args.input_shape or args.proto:
             raise _fail("cli-mode", "Invalid parameter configuration: -i/--input-shape and --proto are used with "
@@ -88,8 +89,12 @@ def _auto_inputs(mp: dict, overrides: dict[str, str]) -> dict:
                     f"{info.input_names}")
     names, trains, rts, layouts, shapes = [], [], [], [], []
     for t in info.inputs:
-        shape = V.parse_shape(overrides[t.name]) if t.name in overrides else (
-            tuple(t.shape) if t.is_static else None)
+        try:
+            shape = V.parse_shape(overrides[t.name]) if t.name in overrides else (
+                tuple(t.shape) if t.is_static else None)
+        except V.ValueFormatError:
+            raise _fail("input-shape-format", f"-i/--input-shape {t.name} {overrides[t.name]}: expected a shape "
+                        "like 1x3x224x224 (dimensions ≥ 1 joined by 'x')") from None
         if shape is None:
             raise _fail("input-dynamic", f"The model is a dynamically input model. Please specify the input shape "
                         f"with -i {t.name} NxCxHxW")

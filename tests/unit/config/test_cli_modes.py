@@ -76,3 +76,28 @@ def test_dynamic_model_needs_shape_in_check_mode(model_dir, capsys):
 def test_bad_march_in_check_mode(model_dir, capsys):
     assert main(["-m", "net.onnx", "--march", "nash-q"]) != 0
     assert "The specified march 'nash-q' is invalid" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("shape", ["1x3x", "abc", "0x3x16x16"])
+def test_malformed_input_shape_is_one_line_naming_the_option(model_dir, capsys, shape):
+    assert main(["-m", "net.onnx", "--march", "nash-e", "-i", "data", shape]) not in (0, None)
+    out = capsys.readouterr().out
+    [line] = error_lines(out)
+    assert f"-i/--input-shape data {shape}: expected a shape like 1x3x224x224" in line
+    assert "internal error" not in out
+
+
+def test_bc_recompile_is_refused_with_what_to_run_instead(model_dir, capsys):
+    (model_dir / "cfg.yaml").write_text("model_parameters: {}\n")
+    (model_dir / "net.bc").write_bytes(b"")
+    assert main(["-c", "cfg.yaml", "-m", "net.bc"]) not in (0, None)
+    [line] = error_lines(capsys.readouterr().out)
+    assert "Recompiling a .bc model (net.bc) is not supported by hbcompile: run -c cfg.yaml alone" in line
+    assert "does not have yet" not in line
+
+
+def test_help_does_not_advertise_bc_recompile(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
+    assert ".bc to recompile" not in out and "recompiling a .bc is not supported" in out
