@@ -51,11 +51,28 @@ class StageCache:
         (tmp / "meta.json").write_text(json.dumps({"stage": stage, "key": key, "files": files,
                                                    "result": result or {}}, indent=1, default=str))
         dest = self.entry(stage, key)
-        if dest.exists():
-            shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
+        for _ in range(3):
+            try:
+                os.replace(tmp, dest)  # atomic; refused (ENOTEMPTY / EEXIST) when dest holds an entry
+                break
+            except OSError:
+                if not dest.is_dir():
+                    raise
+            if self._complete(dest):  # another process committed this key meanwhile: same inputs, keep theirs
+                self.discard(tmp)
+                break
+            shutil.rmtree(dest, ignore_errors=True)  # a torn entry: ours replaces it
+        else:
+            raise OSError(f"cannot commit cache entry {dest}: it keeps reappearing incomplete")
         self._prune(stage, keep=dest)
         return dest
+
+    @staticmethod
+    def _complete(entry: Path) -> bool:
+        try:
+            return all((entry / f).is_file() for f in json.loads((entry / "meta.json").read_text())["files"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
 
     def result(self, entry: Path) -> dict[str, Any]:
         return json.loads((entry / "meta.json").read_text()).get("result", {})

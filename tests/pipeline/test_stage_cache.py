@@ -119,3 +119,32 @@ def test_explain_counts_changed_calibration_files():
     files = {f"f{i}": "x" for i in range(32)} | {"f3": "y", "f7": "z"}
     new = KeyParts("calibrate", 1, {}, files, {"optimize": "k"}, {})
     assert explain(new, old) == "2 of 32 calibration files changed"
+
+
+def test_commit_keeps_an_entry_another_process_committed_meanwhile(tmp_path):
+    """Two processes computing one key: the second commit finds a complete entry, keeps it and
+    discards its own folder instead of failing on a non-empty destination."""
+    from engine.pipeline.cache import StageCache
+
+    cache = StageCache(tmp_path)
+    theirs, ours = cache.new_temp("parse"), cache.new_temp("parse")
+    (theirs / "model.onnx").write_text("theirs")
+    (ours / "model.onnx").write_text("ours")
+    first = cache.commit("parse", "k" * 64, theirs, {"by": "them"})
+    second = cache.commit("parse", "k" * 64, ours, {"by": "us"})
+    assert first == second and (second / "model.onnx").read_text() == "theirs"
+    assert cache.result(second) == {"by": "them"} and not ours.exists()
+    assert cache.lookup("parse", "k" * 64) == second
+
+
+def test_commit_replaces_a_torn_entry(tmp_path):
+    from engine.pipeline.cache import StageCache
+
+    cache = StageCache(tmp_path)
+    torn = cache.entry("parse", "t" * 64)
+    torn.mkdir(parents=True)
+    (torn / "model.onnx").write_text("half")  # no meta.json: never completed
+    ours = cache.new_temp("parse")
+    (ours / "model.onnx").write_text("ours")
+    dest = cache.commit("parse", "t" * 64, ours, None)
+    assert (dest / "model.onnx").read_text() == "ours" and cache.lookup("parse", "t" * 64) == dest
