@@ -3,6 +3,10 @@
 An entry is a folder written under a temporary name and renamed into place, so it is either
 complete or absent. `meta.json` lists its files; an entry whose files are missing is a corrupt
 entry: logged, removed and treated as a miss.
+
+Finer memos live in `.hb_cache/memo/<kind>/`. One named by `memo_name(owner key, …)` belongs to
+that stage entry and is removed once the entry is pruned (every commit checks), so per-sample
+memos do not outgrow the kept entries (about 0.6 MB per sample and model version on det).
 """
 
 from __future__ import annotations
@@ -10,13 +14,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("hbcompile")
 KEEP_PER_STAGE = 4
+MEMO = "memo"
+_OWNED = re.compile(r"^([0-9a-f]{16})-")  # memo entries named by memo_name
+STALE_TEMP_SECONDS = 3600  # a memo temp file this old was left by a process that died
 
 
 class StageCache:
@@ -65,7 +74,24 @@ class StageCache:
         else:
             raise OSError(f"cannot commit cache entry {dest}: it keeps reappearing incomplete")
         self._prune(stage, keep=dest)
+        self.prune_memos()
         return dest
+
+    def prune_memos(self) -> list[Path]:
+        """Remove memo entries (`memo/<kind>/<owner>-…`) whose owner stage entry no longer exists."""
+        memo = self.root / MEMO
+        if not memo.is_dir():
+            return []
+        live = {e.name[:16] for stage in self.root.iterdir() if stage.is_dir() and stage.name != MEMO
+                for e in stage.iterdir()}
+        removed = []
+        for kind in (k for k in memo.iterdir() if k.is_dir()):
+            for entry in kind.iterdir():
+                m = _OWNED.match(entry.name)
+                if m and m.group(1) not in live:
+                    (shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True))
+                    removed.append(entry)
+        return removed
 
     @staticmethod
     def _complete(entry: Path) -> bool:
@@ -97,6 +123,39 @@ class StageCache:
     def save_parts(self, parts: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.root / "last_run.json", json.dumps(parts, indent=1, default=str))
+
+
+def memo_name(owner_key: str, rest: str) -> str:
+    """The name of a memo entry that lives as long as the stage entry `owner_key` (see `prune_memos`)."""
+    return f"{owner_key[:16]}-{rest}"
+
+
+def memo_temp(folder: Path, name: str) -> Path:
+    """A temp path for writing memo file `name`, unique per process (two runs may fill one memo)."""
+    return folder / f".{name}.{os.getpid()}.tmp"
+
+
+def prune_memo_files(folder: Path, keep: set[str]) -> list[Path]:
+    """Remove the files of a per-sample memo folder that are not in `keep` (samples no longer in the
+    set), and temp files left by dead processes; another process's fresh temp files stay."""
+    removed = []
+    now = time.time()
+    try:
+        entries = list(folder.iterdir())
+    except OSError:  # the whole folder was pruned meanwhile
+        return []
+    for p in entries:
+        try:
+            if p.name.startswith("."):
+                if p.name.endswith(".tmp") and now - p.stat().st_mtime > STALE_TEMP_SECONDS:
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+            elif p.is_file() and p.name not in keep:
+                p.unlink(missing_ok=True)
+                removed.append(p)
+        except OSError:  # gone meanwhile
+            pass
+    return removed
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -34,6 +34,7 @@ from engine.calibration import (
     merge_samples,
 )
 from engine.config import Config
+from engine.pipeline.cache import memo_name, memo_temp, prune_memo_files
 from engine.pipeline.stage import Stage, StageContext
 from engine.problems import CalibrationDataError, error
 from engine.quantize.planner import Calibration, QuantOptions, make_plan, plan_tensors
@@ -75,8 +76,20 @@ def sources(config: Config, specs: list[dict[str, Any]]) -> list[CalibrationSour
 
 
 def _memo_key(optimize_key: str, tensors: list[str]) -> str:
+    """The memo folder of one (optimized model, observed tensors): removed with the optimize entry."""
     h = hashlib.sha256(json.dumps([STATS_VERSION, optimize_key, tensors]).encode()).hexdigest()
-    return h[:32]
+    return memo_name(optimize_key, h[:32])
+
+
+def _memo_write(memo: Path, name: str, data: bytes) -> None:
+    """Save one per-sample memo file; a folder pruned meanwhile by another process only loses the memo."""
+    tmp = memo_temp(memo, name)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(memo / name)
+    except OSError as e:
+        log.debug(f"memo {memo.name}/{name} not saved: {e}")
+        tmp.unlink(missing_ok=True)
 
 
 def collect_stats(ctx: StageContext, model: onnx.ModelProto, tensors: list[str],
@@ -106,14 +119,13 @@ def collect_stats(ctx: StageContext, model: onnx.ModelProto, tensors: list[str],
     t0 = time.perf_counter()
     for done, (i, st) in enumerate(zip(todo, observer.observe(cs.samples(todo))), start=1):
         ctx.check_cancel()
-        tmp = memo / f".{hashes[i]}{STATS_SUFFIX}.tmp"
-        tmp.write_bytes(st.to_bytes())
-        tmp.replace(memo / f"{hashes[i]}{STATS_SUFFIX}")
+        _memo_write(memo, f"{hashes[i]}{STATS_SUFFIX}", st.to_bytes())
         stats[i] = st.held(len(cs))  # compact, or packed beyond a budget: memory must not grow with the samples
         rate = done / max(time.perf_counter() - t0, 1e-9)
         ctx.report(f"calibration sample {done}/{len(todo)} ({rate:.1f} samples/s)", done / len(todo))
     for note in observer.notes:
         log.debug(f"calibration: {note}")
+    prune_memo_files(memo, {f"{h}{STATS_SUFFIX}" for h in cs.content_hashes()})  # replaced samples' entries
     return stats, cs, {"samples": len(cs), "computed": len(todo), "reused": len(cs) - len(todo),
                        "batch": observer.batch_used}
 
@@ -137,10 +149,9 @@ def collect_channel_means(ctx: StageContext, model: onnx.ModelProto, cs: Calibra
             pass
         ctx.check_cancel()
         means = bias.channel_means(run_model(model, cs.load(i), list(wanted)), wanted)
-        tmp = memo / f".{h}.npz.tmp"
-        tmp.write_bytes(bias.to_bytes(means))
-        tmp.replace(path)
+        _memo_write(memo, path.name, bias.to_bytes(means))
         per_sample.append(means)
+    prune_memo_files(memo, {f"{h}.npz" for h in cs.content_hashes()})
     return bias.merge_means(per_sample)
 
 

@@ -168,3 +168,32 @@ def test_calibration_data_of_tiny_values_quantizes(project):
     run = Engine().run(project.config(text), until="ptq")
     assert run.ok, [p.render() for p in run.problems]
     assert run.results["calibrate"]["computed"] == 2
+
+
+def test_memos_are_pruned_with_their_optimize_entry_and_replaced_samples(project):
+    """Six model edits, each with one calibration file replaced: the per-sample memo keeps one folder
+    per kept optimize entry, and the current folder only the current samples' files."""
+    from engine.pipeline.cache import KEEP_PER_STAGE
+
+    cal = write_samples(project.root, n=3)
+    cfg = project.config(CONFIG)
+    engine = Engine()
+    cache = project.root / "model_output" / ".hb_cache"
+    for edit in range(6):
+        model = onnx.load(str(project.root / "model.onnx"))
+        w = next(t for t in model.graph.initializer if len(t.dims) == 4)
+        w.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(w) * np.float32(0.9), w.name))
+        onnx.save(model, str(project.root / "model.onnx"))
+        np.full((1, 3, 8, 8), edit, np.uint8).tofile(cal / "s01.rgb")
+        run = engine.run(cfg, until="calibrate")
+        assert run.ok and run.results["calibrate"]["computed"] == 3
+    optimize = {p.name[:16] for p in (cache / "optimize").iterdir() if not p.name.startswith(".")}
+    folders = sorted((cache / "memo" / "sample_stats").iterdir())
+    assert len(optimize) == KEEP_PER_STAGE and {f.name[:16] for f in folders} <= optimize and len(folders) <= len(optimize)
+    current = next(f for f in folders if f.name.startswith(run.stage("optimize").key[:16]))
+    assert len([p for p in current.iterdir() if not p.name.startswith(".")]) == 3
+    (current / "0123.hbstats").write_bytes(b"stale")  # a sample no longer in the set
+    np.full((1, 3, 8, 8), 99, np.uint8).tofile(cal / "s01.rgb")
+    assert engine.run(cfg, until="calibrate").ok
+    names = [p.name for p in current.iterdir()]
+    assert len(names) == 3 and "0123.hbstats" not in names and all(n.endswith(".hbstats") for n in names)
