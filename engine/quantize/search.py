@@ -20,8 +20,8 @@
   "the onnx_model is a QAT model", whose pairs the frontend strips while keeping the scales; a JSON
   file is for thresholds exported from elsewhere. `quant_config` is not used for it, because its
   schema is hb_compile's fine-grained settings.
-- ``skip``: thresholds from `random_samples` (uniform 0–255 in the train view) + max, with a
-  warning: only good for performance and flow checks.
+- ``skip``: thresholds from `skip_samples` (uniform 0–255 in the train view, standard normal for
+  featuremap inputs) + max, with a warning: only good for performance and flow checks.
 
 Every result says which method each tensor got (`ActQuant.method`) and, where models were run,
 the output cosine of each candidate (`SearchResult.cosines`) for the log and quant_info.
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -359,9 +359,20 @@ def search_load(source: onnx.ModelProto | str | Path | Mapping[str, Any], tensor
 
 
 # ---------------------------------------------------------------------------------------- skip
-def search_skip(model: onnx.ModelProto, tensors: Sequence[str], samples: int = 4, seed: int = 0) -> SearchResult:
+def skip_samples(shapes: Mapping[str, Sequence[int]], n: int, seed: int = 0,
+                 featuremaps: Collection[str] = ()) -> Iterator[Sample]:
+    """`skip`'s random samples: image inputs uniform 0–255 (`random_samples`' values, the train view's
+    pixels), `featuremaps` standard normal (a featuremap is not pixels). Sample i depends on (seed, i)."""
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        yield {name: (rng.standard_normal(tuple(shape)) if name in featuremaps
+                      else rng.uniform(0.0, 255.0, size=tuple(shape))).astype(np.float32)
+               for name, shape in shapes.items()}
+
+
+def search_skip(model: onnx.ModelProto, tensors: Sequence[str], samples: int = 4, seed: int = 0,
+                featuremaps: Collection[str] = ()) -> SearchResult:
     """`skip`: max thresholds over a few random samples (no calibration data)."""
-    from engine.calibration.data import random_samples
     from engine.calibration.observer import observe
     from engine.calibration.stats import merge_samples
 
@@ -370,7 +381,7 @@ def search_skip(model: onnx.ModelProto, tensors: Sequence[str], samples: int = 4
     inits = {t.name for t in model.graph.initializer}
     shapes = {i.name: [d.dim_value if d.HasField("dim_value") else 1 for d in i.type.tensor_type.shape.dim]
               for i in model.graph.input if i.name not in inits}
-    merged = merge_samples(list(observe(model, random_samples(shapes, samples, seed), list(tensors))))
+    merged = merge_samples(list(observe(model, skip_samples(shapes, samples, seed, featuremaps), list(tensors))))
     return SearchResult({n: ActQuant(n, max_threshold(s).value, method="skip") for n, s in merged.items()}, "skip")
 
 
@@ -378,10 +389,10 @@ def search_skip(model: onnx.ModelProto, tensors: Sequence[str], samples: int = 4
 def choose_thresholds(settings: SearchSettings, model: onnx.ModelProto, merged: Mapping[str, MergedStats] | None,
                       samples: Sequence[Sample] = (), options: QuantOptions | None = None,
                       load_source: onnx.ModelProto | str | Path | Mapping[str, Any] | None = None,
-                      tensors: Sequence[str] | None = None) -> SearchResult:
+                      tensors: Sequence[str] | None = None, featuremaps: Collection[str] = ()) -> SearchResult:
     """The thresholds `settings.calibration_type` asks for. `merged` (statistics of the tensors the
     planner listed) is needed by default / mix / max / kl; `load_source` by load; `tensors` (the
-    planner's list) by load and skip."""
+    planner's list) by load and skip; `featuremaps` (inputs skip draws normal values for) by skip."""
     kind = settings.calibration_type
     if kind not in SEARCH_TYPES:
         raise ValueError(f"unknown calibration_type {kind!r}")  # the config check rejects it earlier
@@ -392,7 +403,8 @@ def choose_thresholds(settings: SearchSettings, model: onnx.ModelProto, merged: 
                                              ("calibration_parameters", "calibration_type")))
         return search_load(load_source, list(tensors if tensors is not None else merged or ()))
     if kind == "skip":
-        return search_skip(model, list(tensors if tensors is not None else merged or ()), settings.skip_samples)
+        return search_skip(model, list(tensors if tensors is not None else merged or ()), settings.skip_samples,
+                           featuremaps=featuremaps)
     if merged is None:
         raise ValueError(f"calibration_type {kind} needs merged statistics")
     if kind == "default":

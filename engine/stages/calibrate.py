@@ -178,7 +178,8 @@ def report_sample(config: Config, specs: list[dict[str, Any]]) -> dict[str, np.n
     """The sample the report compares float and quantized models on when thresholds are not calibrated.
 
     `load` with calibration files: the first of them (random data would report damage the real
-    inputs do not see). Otherwise random: 0–255 for image inputs, standard normal for featuremaps.
+    inputs do not see). Otherwise skip's first random sample (`skip_samples`: 0–255 for image
+    inputs, standard normal for featuremaps), one its thresholds were taken on.
     """
     cal = config.calibration
     if (cal.calibration_type == "load" and len(cal.cal_data_dir) >= len(specs)
@@ -186,9 +187,13 @@ def report_sample(config: Config, specs: list[dict[str, Any]]) -> dict[str, np.n
         cs = load_calibration_set(sources(config, specs))
         if len(cs):
             return cs.load(0)
-    rng = np.random.default_rng([0, 0])  # random_samples' first sample for image inputs
-    return {s["name"]: (rng.standard_normal(tuple(s["shape"])) if s.get("input_type_train") == "featuremap"
-                        else rng.uniform(0.0, 255.0, tuple(s["shape"]))).astype(np.float32) for s in specs}
+    from engine.quantize.search import skip_samples
+
+    return next(skip_samples({s["name"]: s["shape"] for s in specs}, 1, featuremaps=featuremap_inputs(specs)))
+
+
+def featuremap_inputs(specs: list[dict[str, Any]]) -> list[str]:
+    return [s["name"] for s in specs if s.get("input_type_train") == "featuremap"]
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -207,7 +212,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             log.warning("calibration_type is skip: thresholds come from random data; the model is only good "
                         "for performance checks")
         result = choose_thresholds(settings, model, None, options=options, tensors=tensors,
-                                   load_source=load_source(config) if kind == "load" else None)
+                                   load_source=load_source(config) if kind == "load" else None,
+                                   featuremaps=featuremap_inputs(specs))
         first = report_sample(config, specs)
         info: dict[str, Any] = {"samples": 0}
         calibration, accuracy = Calibration(result.acts), {}
@@ -321,8 +327,9 @@ def _jsonable(o: Any) -> Any:
     return str(o)
 
 
-# version 4: `load` reports on the first calibration sample when there is one; `skip` on normal values
-# for featuremap inputs (both were uniform 0–255)
+# version 4: `load` reports on the first calibration sample when there is one; `skip` takes thresholds
+# and reports on normal values for featuremap inputs (both were uniform 0–255); `load` from an
+# asymmetric QDQ range covers its larger side
 STAGE = Stage("calibrate", 4, run, after=("optimize",), reads=READS, files=calibrate_files,
               artefacts={"model.onnx": "{prefix}_calibrated_model.onnx", SENSITIVITY_FILE: "{prefix}_sensitivity.json"},
               describe="statistics per calibration sample, thresholds, accuracy steps, fake-quant model")

@@ -154,6 +154,11 @@ def test_skip_reports_on_normal_values_for_a_featuremap_input(project):
     assert run.ok, [p.render() for p in run.problems]
     x = _report_sample(project)["data"]
     assert x.min() < 0 and abs(float(x.mean())) < 0.5 and 0.5 < float(x.std()) < 1.5
+    import json
+
+    found = json.loads(next((project.root / "model_output" / ".hb_cache" / "calibrate").glob("*/thresholds.json"))
+                       .read_text())
+    assert float(np.abs(x).max()) <= found["data"]["threshold"] < 10  # taken on normal values too, not 0-255
 
 
 def test_calibration_data_of_tiny_values_quantizes(project):
