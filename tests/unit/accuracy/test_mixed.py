@@ -92,3 +92,76 @@ def test_prefix_scan_finds_the_first_prefix_that_meets_the_target_in_few_judgeme
     judge = Judge()
     loss, k, _ = _prefix_scan(judge, shortlist, 1.0 - cosine_at[0], target=0.999)  # out of reach
     assert k == 16 and loss == pytest.approx(1 - 0.997)  # the best judged prefix
+
+
+def test_int16_on_a_convolution_input_costs_more_than_on_an_elementwise_input():
+    """onnxruntime has no int16 Conv: an int16 tensor a Conv reads makes that Conv a float kernel."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from engine.accuracy.mixed import FLOAT_KERNEL_COST, _costs
+    from engine.accuracy.switchable import build_switchable
+    from tests.support.models import finish
+    from tests.unit.accuracy.acc_models import calibrate, samples
+    from tests.unit.quantize.quant_support import optimized
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 4, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s1"], name="to_conv"),  # read by a Conv
+             helper.make_node("Conv", ["s1", "w"], ["y1"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Tanh", ["x"], ["s2"], name="to_add"),  # same size, read by an elementwise Add
+             helper.make_node("Add", ["s2", "x"], ["y2"], name="add")]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4, 8, 8]) for n in ("x", "y1", "y2")]
+    g = helper.make_graph(nodes, "costs", vi[:1], vi[1:], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model = optimized(finish(model))
+    _, calibration, _ = calibrate(model, samples(model, 2))
+    plan = make_plan(model, calibration)
+    rows = {r.name: r for r in build_switchable(model, plan).rows}
+    costs = _costs(model, list(rows.values()), plan)
+    assert {"to_conv", "conv", "to_add", "add"} <= set(rows), sorted(rows)
+    assert costs["to_conv"] == pytest.approx(costs["to_add"] + FLOAT_KERNEL_COST)  # one median-size float kernel
+    assert costs["conv"] == pytest.approx(costs["add"] + FLOAT_KERNEL_COST)  # its own int16 output: the same
+    plain = _costs(model, list(rows.values()))  # without a plan: bytes only, as before
+    assert plain["to_conv"] == pytest.approx(plain["to_add"])
+
+
+def test_prefix_scan_asks_for_the_standard_error_as_margin():
+    """A prefix only meets the target when its mean cosine less its standard error does (capped at
+    half the allowed loss): the evaluation samples are few, held-out data falls below their mean."""
+    from engine.accuracy.mixed import _prefix_scan
+    from engine.accuracy.switchable import Row
+
+    cosine_at = [0.95, 0.96, 0.97, 0.98, 0.985, 0.9905, 0.991, 0.992, 0.994, 0.996, 0.997]
+
+    class Judge:
+        def loss(self, moves, samples=None):
+            return 1.0 - cosine_at[len(moves)]
+
+    shortlist = [(Row(f"r{i}", "Conv", (f"r{i}",), f"t{i}"), "int16", 1.0) for i in range(10)]
+    loss, k, _ = _prefix_scan(Judge(), shortlist, 1.0 - cosine_at[0], target=0.99)
+    assert k == 5  # no margin: the first prefix at 0.99
+    loss, k, _ = _prefix_scan(Judge(), shortlist, 1.0 - cosine_at[0], target=0.99, margin=lambda moves, n: 0.0015)
+    assert k == 7 and loss == pytest.approx(1 - 0.992)
+    loss, k, _ = _prefix_scan(Judge(), shortlist, 1.0 - cosine_at[0], target=0.99, margin=lambda moves, n: 0.5)
+    assert k == 9  # the margin is capped at (1 - 0.99) / 2: 0.996 - 0.005 meets it
+
+
+def test_the_evaluator_measures_the_spread_of_the_mean_cosine():
+    import numpy as np
+
+    from engine.accuracy.mixed import PlanEvaluator
+    from engine.accuracy.switchable import build_switchable
+    from tests.unit.accuracy.acc_models import outlier_chain
+
+    model = outlier_chain()
+    data = samples(model, 5)
+    merged, calibration, _ = calibrate(model, data)
+    plan = make_plan(model, calibration)
+    ev = PlanEvaluator(model, calibration, QuantOptions(), data, merged, build_switchable(model, plan), plan)
+    ptq = build_ptq_model(model, plan)
+    each = [cosine(run_model(model, s)["y"], run_model(ptq, s)["y"]) for s in data]
+    assert ev.loss({}) == pytest.approx(1 - np.mean(each), abs=1e-6)
+    assert ev.margin({}) == pytest.approx(np.std(each, ddof=1) / np.sqrt(len(each)), rel=1e-3, abs=1e-7)
+    assert ev.builds == 1  # margin reuses loss's run
