@@ -72,3 +72,28 @@ def test_compare_refuses_a_reference_without_a_compared_tensor():
     with pytest.raises(ValueError, match=dropped):
         compare(opt, build_calibrated_model(opt, plan), feeds, plan,
                 {k: v for k, v in reference.items() if k != dropped})
+
+
+def test_run_model_sessions_do_not_spin_and_give_the_same_values(monkeypatch):
+    """Spinning workers only burn CPU between kernels: off in run_model, values as a spinning session's."""
+    import onnxruntime as ort
+
+    opt, plan, _ = lowered(silu_block())
+    feeds = random_inputs(opt, 2)
+    seen: list[str] = []
+    real = ort.InferenceSession
+
+    def capturing(data, options=None, *args, **kwargs):
+        seen.append(options.get_session_config_entry("session.intra_op.allow_spinning"))
+        return real(data, options, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", capturing)
+    quiet = run_model(opt, feeds, compared_tensors(opt, plan), threads=2)
+    assert seen == ["0"]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.intra_op_num_threads = 2
+    spinning = real(opt.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in opt.graph.output]
+    for name, value in zip(names, spinning.run(names, feeds), strict=True):
+        np.testing.assert_array_equal(quiet[name], value)
