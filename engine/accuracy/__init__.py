@@ -122,7 +122,8 @@ def improve(model: onnx.ModelProto, calibration: Calibration, options: QuantOpti
         result.sensitivity = analyse(model, plan, samples[:1], merged, progress=progress)
     if settings.target > 0 and samples:
         nodes = sum(1 for n in model.graph.node if n.op_type != "Constant")
-        budget = math.ceil(settings.budget * nodes - 1e-9)  # a share of the nodes, at least one when above 0
+        # at most that share of the nodes (floor), but one node on models too small for a whole one
+        budget = max(math.floor(settings.budget * nodes + 1e-9), 1 if settings.budget > 0 else 0)
         if budget < 1:
             result.notes.append(f"mixed precision: mixed_precision_budget {settings.budget} allows no node of "
                                 f"{nodes} to move")

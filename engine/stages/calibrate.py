@@ -330,6 +330,6 @@ def _jsonable(o: Any) -> Any:
 # version 4: `load` reports on the first calibration sample when there is one; `skip` takes thresholds
 # and reports on normal values for featuremap inputs (both were uniform 0–255); `load` from an
 # asymmetric QDQ range covers its larger side
-STAGE = Stage("calibrate", 4, run, after=("optimize",), reads=READS, files=calibrate_files,
+STAGE = Stage("calibrate", 5, run, after=("optimize",), reads=READS, files=calibrate_files,
               artefacts={"model.onnx": "{prefix}_calibrated_model.onnx", SENSITIVITY_FILE: "{prefix}_sensitivity.json"},
               describe="statistics per calibration sample, thresholds, accuracy steps, fake-quant model")
