@@ -54,7 +54,10 @@ class CheckMemo:
     def path(self, index: int, specs: Sequence[Mapping[str, Any]]) -> Path:
         text = json.dumps([MEMO_VERSION, self.model_key, self.sample_keys[index], list(specs)], sort_keys=True,
                           default=str)
-        return self.folder / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.json"
+        from engine.pipeline.cache import memo_name
+
+        # owned by the model's stage entry: pruned with it (engine.pipeline.cache.prune_memos)
+        return self.folder / memo_name(self.model_key, f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.json")
 
     def load(self, index: int, specs: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
         """{"given" / "<input>|<variant>": entropy per model output} saved for sample `index`; {} if none."""

@@ -68,8 +68,11 @@ def _digest(*parts: Any) -> str:
 
 
 def _similarity_memo(ctx: StageContext) -> Path:
+    from engine.pipeline.cache import memo_name
+
     key = _digest(ctx.upstream["optimize"].name, ctx.upstream["calibrate"].name)
-    return ctx.memo_dir("calibrated_similarity") / f"{key}.json"
+    # owned by the calibrate entry: pruned with it (engine.pipeline.cache.prune_memos)
+    return ctx.memo_dir("calibrated_similarity") / memo_name(ctx.upstream["calibrate"].name, f"{key}.json")
 
 
 def saved_similarity(ctx: StageContext) -> Any:

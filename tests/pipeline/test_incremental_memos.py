@@ -55,6 +55,8 @@ def test_report_runs_the_float_model_once_with_or_without_the_comparison_memo(ti
     assert missed.stage("calibrate").status == "reused" and missed.stage("report").status == "ran"
     assert calls == ["float", "calibrated"]  # the comparison was computed again, on the same float run
     assert len(memo(tiny, "calibrated_similarity")) == 1
+    calibrate = [e.name[:16] for e in (tiny.root / "model_output" / ".hb_cache" / "calibrate").iterdir()]
+    assert memo(tiny, "calibrated_similarity")[0][:16] in calibrate  # pruned with the calibrate entry
     calls.clear()
     tiny.config(BATCH1)
     hit = run_ok(engine, cfg)
@@ -103,6 +105,8 @@ def test_data_check_runs_again_on_the_changed_sample_only(project, monkeypatch):
     engine = Engine()
     run_ok(engine, cfg)
     assert len(memo(project, "data_checks")) == 4
+    optimize = [e.name[:16] for e in (project.root / "model_output" / ".hb_cache" / "optimize").iterdir()]
+    assert all(name[:16] in optimize for name in memo(project, "data_checks"))  # pruned with the optimize entry
     readings: list[int] = []
     real = sessions.run_outputs
 
