@@ -101,6 +101,14 @@ def verify(model: onnx.ModelProto, calibration: Calibration, options: QuantOptio
     return mean_output_cosine(References(model, samples).values, got, names)
 
 
+def move_budget(share: float, nodes: int) -> int:
+    """Nodes mixed precision may move: at most `share` of them (floor: "at most 10 %" means 19 of
+    199, not 20), but one on models too small for a whole one, and none when the share is 0."""
+    if share <= 0:
+        return 0
+    return max(math.floor(share * nodes + 1e-9), 1)
+
+
 def improve(model: onnx.ModelProto, calibration: Calibration, options: QuantOptions,
             merged: Mapping[str, MergedStats], samples: Sequence[Sample], specs: Sequence[Mapping[str, Any]],
             settings: AccuracySettings, bias_corrections: Mapping[str, np.ndarray] | None = None,
@@ -122,8 +130,7 @@ def improve(model: onnx.ModelProto, calibration: Calibration, options: QuantOpti
         result.sensitivity = analyse(model, plan, samples[:1], merged, progress=progress)
     if settings.target > 0 and samples:
         nodes = sum(1 for n in model.graph.node if n.op_type != "Constant")
-        # at most that share of the nodes (floor), but one node on models too small for a whole one
-        budget = max(math.floor(settings.budget * nodes + 1e-9), 1 if settings.budget > 0 else 0)
+        budget = move_budget(settings.budget, nodes)
         if budget < 1:
             result.notes.append(f"mixed precision: mixed_precision_budget {settings.budget} allows no node of "
                                 f"{nodes} to move")

@@ -165,3 +165,12 @@ def test_the_evaluator_measures_the_spread_of_the_mean_cosine():
     assert ev.loss({}) == pytest.approx(1 - np.mean(each), abs=1e-6)
     assert ev.margin({}) == pytest.approx(np.std(each, ddof=1) / np.sqrt(len(each)), rel=1e-3, abs=1e-7)
     assert ev.builds == 1  # margin reuses loss's run
+
+
+def test_move_budget_is_at_most_the_share_of_nodes():
+    from engine.accuracy import move_budget
+    assert move_budget(0.1, 199) == 19  # 10.05 % would be over "at most 10 %"
+    assert move_budget(0.1, 200) == 20
+    assert move_budget(0.1, 265) == 26
+    assert move_budget(0.1, 5) == 1  # a tiny model may still move one node
+    assert move_budget(0.0, 199) == 0
