@@ -119,7 +119,10 @@ def collect_stats(ctx: StageContext, model: onnx.ModelProto, tensors: list[str],
     t0 = time.perf_counter()
     for done, (i, st) in enumerate(zip(todo, observer.observe(cs.samples(todo))), start=1):
         ctx.check_cancel()
-        _memo_write(memo, f"{hashes[i]}{STATS_SUFFIX}", st.to_bytes())
+        read = cs.content_hash(i)  # the bytes these statistics came from (load() records it)
+        _memo_write(memo, f"{read}{STATS_SUFFIX}", st.to_bytes())
+        if read != hashes[i]:  # rewritten after the stage key was taken: this run's result would be filed wrongly
+            raise _changed_during_run(cs, i)
         stats[i] = st.held(len(cs))  # compact, or packed beyond a budget: memory must not grow with the samples
         rate = done / max(time.perf_counter() - t0, 1e-9)
         ctx.report(f"calibration sample {done}/{len(todo)} ({rate:.1f} samples/s)", done / len(todo))
@@ -128,6 +131,12 @@ def collect_stats(ctx: StageContext, model: onnx.ModelProto, tensors: list[str],
     prune_memo_files(memo, {f"{h}{STATS_SUFFIX}" for h in cs.content_hashes()})  # replaced samples' entries
     return stats, cs, {"samples": len(cs), "computed": len(todo), "reused": len(cs) - len(todo),
                        "batch": observer.batch_used}
+
+
+def _changed_during_run(cs: CalibrationSet, i: int) -> CalibrationDataError:
+    names = ", ".join(str(p) for p in cs.files[i])
+    return CalibrationDataError(error("cal-data-changed", f"calibration file {names} changed during the run; "
+                                      "run again", ("calibration_parameters", "cal_data_dir")))
 
 
 def collect_channel_means(ctx: StageContext, model: onnx.ModelProto, cs: CalibrationSet,
@@ -149,7 +158,9 @@ def collect_channel_means(ctx: StageContext, model: onnx.ModelProto, cs: Calibra
             pass
         ctx.check_cancel()
         means = bias.channel_means(run_model(model, cs.load(i), list(wanted)), wanted)
-        _memo_write(memo, path.name, bias.to_bytes(means))
+        _memo_write(memo, f"{cs.content_hash(i)}.npz", bias.to_bytes(means))
+        if cs.content_hash(i) != h:
+            raise _changed_during_run(cs, i)
         per_sample.append(means)
     prune_memo_files(memo, {f"{h}.npz" for h in cs.content_hashes()})
     return bias.merge_means(per_sample)
