@@ -462,6 +462,9 @@ def measure_latency(program: bytes | onnx.ModelProto, threads: int = 1, runs: in
             "processor": platform.processor() or platform.machine(), "onnxruntime": ort.__version__}
 
 
+LATENCY_MEMO_KEEP = 64
+
+
 @dataclass(frozen=True)
 class LatencyMemo:
     """Measurements kept in `folder` by (program sha256, threads, runs, onnxruntime, machine): the same
@@ -492,7 +495,17 @@ class LatencyMemo:
         measured = measure_latency(program, threads=threads, runs=runs)
         Path(self.folder).mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(measured))
+        self._cap()
         return measured
+
+    def _cap(self) -> None:
+        """Keep the newest LATENCY_MEMO_KEEP measurements (keyed by program, not owned by a stage entry)."""
+        try:
+            files = sorted(Path(self.folder).glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        except OSError:  # a file went away meanwhile: cap next time
+            return
+        for old in files[LATENCY_MEMO_KEEP:]:
+            old.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------- json

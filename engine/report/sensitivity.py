@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.pipeline.cache import StageCache, atomic_write_text
+from engine.pipeline.cache import StageCache, atomic_write_text, memo_name
 from engine.pipeline.hashing import sha256_json
 from engine.problems import HbError, error
 from engine.report.culprits import Culprits, load_culprits
@@ -57,7 +57,8 @@ def run_sensitivity(report: Any, engine: Any, n: int, progress: Progress | None 
     own = load_culprits(calibrate_dir)
     if own is not None and own.covers(n):
         return RunSensitivity(own, "calibrate", 0.0, public)
-    memo = engine.cache_root(config) / "memo" / "sensitivity" / f"{sha256_json([VERSION, stage.key])[:32]}.json"
+    memo = (engine.cache_root(config) / "memo" / "sensitivity"  # pruned with its calibrate entry
+            / memo_name(stage.key, f"{sha256_json([VERSION, stage.key])[:32]}.json"))
     stored = _json(memo)
     if stored is not None:
         atomic_write_text(public, json.dumps(stored, indent=1))

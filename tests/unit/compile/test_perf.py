@@ -175,6 +175,18 @@ def test_latency_memo_measures_a_program_once(small, tmp_path):
     assert json.loads(path.read_text())["runs"] == 3
 
 
+def test_latency_memo_keeps_the_newest_measurements(small, tmp_path, monkeypatch):
+    import engine.compile.perf as perf_mod
+
+    monkeypatch.setattr(perf_mod, "LATENCY_MEMO_KEEP", 2)
+    memo = LatencyMemo(tmp_path)
+    for runs in (3, 4, 5):  # three conditions: three keys
+        memo.measure(small, threads=1, runs=runs)
+        os.utime(next(iter(sorted(tmp_path.glob("*.json"), key=lambda p: p.stat().st_mtime_ns))), (1, 1))
+    kept = {p.name for p in tmp_path.glob("*.json")}
+    assert len(kept) == 2 and f"{memo.key(small.SerializeToString(), 1, 5)}.json" in kept
+
+
 # ------------------------------------------------------------------------------------------- html
 
 ROWS = [NodeRow("Conv_0", "Conv", "BPU", "Conv_0_y", 3.2, 0.9995, "si8", 0.999),
