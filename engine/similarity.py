@@ -113,31 +113,17 @@ def distances(reference: np.ndarray, other: np.ndarray, tensor: str = "") -> Out
 
 def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], tensors: Sequence[str] = (),
               threads: int | None = None) -> dict[str, np.ndarray]:
-    """Run `model` in onnxruntime (CPU) and return its outputs plus the named intermediate tensors.
-
-    Graph optimizations stay at onnxruntime's basic level, which keeps every QuantizeLinear /
-    DequantizeLinear pair as written (the extended level would fuse them into integer kernels),
-    without the basic-level rewrite that quantizes float convs between them (a CPU node of a
-    calibrated model: engine.runtime.session.DISABLED_REWRITES). The thread pool does not spin between
-    kernels: spinning workers take CPU from everything sharing the cores and change no value (the
-    report's float + calibrated runs on PP-OCRv4 det 640: 1.38 -> 0.97 CPU s, wall 1.49 -> 1.00 s, min
-    of 6 interleaved on a loaded 2-core machine).
-    """
-    import onnxruntime as ort
-
-    from engine.calibration.observer import cpu_count, with_outputs
-    from engine.runtime.session import without_value_rewrites
+    """Run `model` in onnxruntime (CPU) and return its outputs plus the named intermediate tensors,
+    in `engine.runtime.session.qdq_session` (Q/DQ pairs and float CPU convs computed as written;
+    no spinning thread pool: the report's float + calibrated runs on PP-OCRv4 det 640 went
+    1.38 -> 0.97 CPU s)."""
+    from engine.calibration.observer import with_outputs
+    from engine.runtime.session import qdq_session
 
     inputs = {i.name for i in model.graph.input}
     extra = [t for t in dict.fromkeys(tensors) if t not in inputs]
     proto = with_outputs(model, extra) if extra else model
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.intra_op_num_threads = threads or cpu_count()
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    without_value_rewrites(options)
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = qdq_session(proto, threads)
     names = [o.name for o in session.get_outputs()]
     wanted = {i.name for i in session.get_inputs()}
     values = dict(zip(names, session.run(names, {k: v for k, v in feeds.items() if k in wanted}), strict=True))
@@ -186,7 +172,7 @@ def compare(float_model: onnx.ModelProto, calibrated_model: onnx.ModelProto, sam
     mapping = calibration_map(calibrated_model)
     wanted = [t for *_, ts in rows for t in ts]
     if reference is not None:
-        missing = [t for t in wanted + [o.name for o in float_model.graph.output] if t not in reference]
+        missing = [t for t in compared_tensors(float_model, plan) if t not in reference]
         if missing:
             raise ValueError(f"compare: the float reference lacks tensor(s) {', '.join(missing[:5])}")
     ref = run_model(float_model, sample, wanted) if reference is None else reference

@@ -11,9 +11,9 @@ dominated them, measured on PP-OCRv4 det 640×640 (CPU seconds, 2 threads, loade
   shared cores is CPU taken from everything else (ptq model run 0.235 → 0.141 CPU s without
   spinning, float 0.184 → 0.127, wall unchanged).
 
-`quiet_session` is the one configuration (basic optimizations, which keep Q/DQ pairs as written;
-without onnxruntime's WeightBiasQuantization, which silently quantizes float convs next to a
-DequantizeLinear; no spinning). `References` runs the float model once per sample and keeps its
+`quiet_session` is `engine.runtime.session.qdq_session` (basic optimizations, which keep Q/DQ
+pairs as written; without onnxruntime's WeightBiasQuantization, which silently quantizes float
+convs next to a DequantizeLinear; no spinning). `References` runs the float model once per sample and keeps its
 outputs.
 """
 
@@ -29,18 +29,9 @@ Sample = Mapping[str, np.ndarray]
 
 def quiet_session(model: onnx.ModelProto | bytes, threads: int | None = None):
     """An onnxruntime session that computes a (Q/DQ) model as written, without busy-waiting."""
-    import onnxruntime as ort
+    from engine.runtime.session import qdq_session
 
-    from engine.calibration.observer import cpu_count
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.intra_op_num_threads = threads or cpu_count()
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    data = model if isinstance(model, bytes) else model.SerializeToString()
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=["WeightBiasQuantization"])
+    return qdq_session(model, threads)
 
 
 def run_outputs(session, sample: Sample, names: Sequence[str] | None = None,
