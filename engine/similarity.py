@@ -19,7 +19,7 @@ row's `tensor` to know which float tensor each row compares.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -155,6 +155,19 @@ def _row_tensors(float_model: onnx.ModelProto, plan: QuantPlan) -> list[tuple[st
     return rows
 
 
+def with_quantized(similarity: Similarity, reference: Mapping[str, np.ndarray],
+                   intermediates: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> Similarity:
+    """`similarity` with `quantized_cosine` filled: each node row's float tensor (`reference`)
+    against the integer program's dequantized value of it (`intermediates`), each output row against
+    the program's output. A row whose tensor the program does not hold (inside a fusion group)
+    keeps None, printed as ``--``."""
+    nodes = [replace(r, quantized_cosine=cosine(reference[r.tensor], intermediates[r.tensor]))
+             if r.tensor in intermediates and r.tensor in reference else r for r in similarity.nodes]
+    rows = [replace(o, quantized_cosine=cosine(reference[o.tensor], outputs[o.tensor]))
+            if o.tensor in outputs else o for o in similarity.outputs]
+    return Similarity(nodes, rows)
+
+
 def compared_tensors(float_model: onnx.ModelProto, plan: QuantPlan) -> list[str]:
     """The float tensors `compare` reads (every row's tensors, then the model outputs): a caller that
     runs the float model anyway passes `run_model(float_model, sample, compared_tensors(...))` as
@@ -216,5 +229,5 @@ def mean_output_cosine(reference: Sequence[Mapping[str, np.ndarray]], other: Seq
     return float(np.mean(values)) if values else 1.0
 
 
-__all__ = ["NodeRow", "OutputRow", "Similarity", "compare", "compared_tensors", "cosine", "distances", "mean_output_cosine",
+__all__ = ["NodeRow", "OutputRow", "Similarity", "compare", "compared_tensors", "with_quantized", "cosine", "distances", "mean_output_cosine",
            "node_similarity", "output_rows", "output_similarity", "run_model"]

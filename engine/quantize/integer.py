@@ -209,22 +209,10 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(in
 
 def quantized_similarity(similarity, float_model: onnx.ModelProto, bc_model: onnx.ModelProto,
                          sample: Mapping[str, np.ndarray]):
-    """`engine.similarity.Similarity` with `quantized_cosine` filled from the `.bc` on `sample`.
-
-    Each row compares its float tensor (`NodeRow.tensor`) with the `.bc`'s value of that tensor
-    (dequantized through the tensor map); output rows compare the `.bc`'s float outputs. A row
-    whose tensor the `.bc` does not hold (inside a fusion group) keeps None, printed as ``--``.
-    """
-    import dataclasses
-
-    from engine.similarity import Similarity, cosine, run_model
+    """`engine.similarity.Similarity` with `quantized_cosine` filled from the `.bc` on `sample`
+    (`engine.similarity.with_quantized`; the float model runs here)."""
+    from engine.similarity import run_model, with_quantized
 
     inter, bc_outputs = integer_values(bc_model, sample)
     tensors = [r.tensor for r in similarity.nodes if r.tensor] + [o.tensor for o in similarity.outputs]
-    reference = run_model(float_model, sample, tensors)
-    outputs = set(bc_outputs)
-    nodes = [dataclasses.replace(r, quantized_cosine=cosine(reference[r.tensor], inter[r.tensor]))
-             if r.tensor in inter and r.tensor in reference else r for r in similarity.nodes]
-    rows = [dataclasses.replace(o, quantized_cosine=cosine(reference[o.tensor], bc_outputs[o.tensor]))
-            if o.tensor in outputs else o for o in similarity.outputs]
-    return Similarity(nodes, rows)
+    return with_quantized(similarity, run_model(float_model, sample, tensors), inter, bc_outputs)

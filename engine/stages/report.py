@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,7 @@ def calibrated_similarity(ctx: StageContext, optimized: onnx.ModelProto, sample:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from engine.similarity import compared_tensors, cosine, run_model
+    from engine.similarity import compared_tensors, run_model, with_quantized
 
     optimized = onnx.load(str(ctx.input("optimize", "model.onnx")))
     bc = onnx.load(str(ctx.input("quantize", "model.bc")))
@@ -120,10 +120,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         sim = calibrated_similarity(ctx, optimized, sample, plan, ref)
     else:  # only the tensors the `.bc` maps
         ref = run_model(optimized, sample, sorted({r.tensor for r in sim.nodes if r.tensor and r.tensor in inter}))
-    nodes = [replace(r, quantized_cosine=cosine(ref[r.tensor], inter[r.tensor]) if r.tensor in inter else None)
-             for r in sim.nodes]
-    outputs = [replace(o, quantized_cosine=cosine(ref[o.tensor], bc_outputs[o.tensor])
-                       if o.tensor in bc_outputs else None) for o in sim.outputs]
+    filled = with_quantized(sim, ref, inter, bc_outputs)
+    nodes, outputs = filled.nodes, filled.outputs
     calibrated_flag = ctx.config.calibration.calibration_type != "skip"
     (ctx.out_dir / "node_info.csv").write_text(tables.node_info_csv(nodes, calibrated_flag))
     node_io = {n.name: (list(n.input), list(n.output)) for n in optimized.graph.node}
