@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from engine.accuracy.checks import DataCheck, check_calibration_data
+from engine.accuracy.checks import CheckMemo, DataCheck, check_calibration_data
 from engine.accuracy.mixed import MixedPrecision, mixed_precision, widen_int16
 from engine.accuracy.sensitivity import Sensitivity, analyse
 from engine.accuracy.sessions import References
@@ -39,6 +39,7 @@ from engine.quantize.types import ActQuant
 
 log = logging.getLogger("hbcompile")
 Sample = Mapping[str, np.ndarray]
+CHECK_SAMPLES = 4  # calibration samples the data checks read (check_calibration_data)
 KEYS = ("target_output_cosine", "mixed_precision_budget", "sensitivity", "accuracy_samples", "check_calibration_data")
 
 
@@ -112,15 +113,17 @@ def move_budget(share: float, nodes: int) -> int:
 def improve(model: onnx.ModelProto, calibration: Calibration, options: QuantOptions,
             merged: Mapping[str, MergedStats], samples: Sequence[Sample], specs: Sequence[Mapping[str, Any]],
             settings: AccuracySettings, bias_corrections: Mapping[str, np.ndarray] | None = None,
-            progress: Callable[[str, float], None] | None = None) -> AccuracyResult:
+            progress: Callable[[str, float], None] | None = None,
+            check_memo: CheckMemo | None = None) -> AccuracyResult:
     """The accuracy steps of the module docstring on top of `calibration` (a copy is returned)."""
     calibration = Calibration(calibration, calibration.node_info, calibration.bias_corrections)
     result = AccuracyResult(calibration)
     samples = list(samples)[:settings.samples]
     references = References(model, samples)  # the float outputs, computed once for every step
     if settings.check_data and samples:
-        result.checks = check_calibration_data(model, samples[:4], specs,  # mixed precision needs them all anyway
-                                               given=references.values[:4] if settings.target > 0 else None)
+        result.checks = check_calibration_data(model, samples[:CHECK_SAMPLES], specs, memo=check_memo,
+                                               # mixed precision needs the float outputs anyway
+                                               given=references.values[:CHECK_SAMPLES] if settings.target > 0 else None)
     if bias_corrections:
         calibration.bias_corrections.update({k: np.asarray(v, np.float32) for k, v in bias_corrections.items()})
         result.bias_corrected = len(bias_corrections)

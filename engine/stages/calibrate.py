@@ -256,8 +256,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
 def _improve(ctx: StageContext, model: onnx.ModelProto, calibration: Calibration, options: QuantOptions,
              merged: dict, cs: CalibrationSet, specs: list[dict[str, Any]]) -> tuple[Calibration, dict[str, Any]]:
     """The accuracy steps (engine.accuracy) and what they tell the user."""
-    from engine.accuracy import AccuracySettings, improve
+    from engine.accuracy import CHECK_SAMPLES, AccuracySettings, improve
     from engine.accuracy import bias as bias_mod
+    from engine.accuracy.checks import CheckMemo
 
     acc = AccuracySettings.from_config(ctx.config)
     samples = [cs.load(i) for i in range(min(acc.samples, len(cs)))]
@@ -269,15 +270,11 @@ def _improve(ctx: StageContext, model: onnx.ModelProto, calibration: Calibration
         log.info(f"bias_correction: {len(corrections)} layers corrected on {len(cs)} calibration samples")
         for note in notes:
             log.debug(note)
-    # the data check runs here, memoised per sample by content (issue #8: one changed file re-runs one sample)
-    res = improve(model, calibration, options, merged, samples, specs, dataclasses.replace(acc, check_data=False),
-                  corrections, progress=lambda m, f: ctx.report(m, f))
-    if acc.check_data and samples:
-        from engine.accuracy.checks import CheckMemo, check_calibration_data
-
-        checked = samples[:4]  # as improve() checks
-        res.checks = check_calibration_data(model, checked, specs, memo=CheckMemo(
-            ctx.memo_dir("data_checks"), ctx.upstream["optimize"].name, [cs.content_hash(i) for i in range(len(checked))]))
+    # the data check is memoised per sample by content (issue #8: one changed file re-runs one sample)
+    checked = range(min(CHECK_SAMPLES, len(samples)))
+    memo = CheckMemo(ctx.memo_dir("data_checks"), ctx.upstream["optimize"].name, [cs.content_hash(i) for i in checked])
+    res = improve(model, calibration, options, merged, samples, specs, acc, corrections,
+                  progress=lambda m, f: ctx.report(m, f), check_memo=memo)
     for check in res.checks:
         if check.suspicious:
             log.warning(check.message())
@@ -340,7 +337,8 @@ def _jsonable(o: Any) -> Any:
 
 # version 4: `load` reports on the first calibration sample when there is one; `skip` takes thresholds
 # and reports on normal values for featuremap inputs (both were uniform 0–255); `load` from an
-# asymmetric QDQ range covers its larger side
+# asymmetric QDQ range covers its larger side. 5: mixed precision aims with a margin, counts float
+# kernels, and moves at most floor(budget × nodes)
 STAGE = Stage("calibrate", 5, run, after=("optimize",), reads=READS, files=calibrate_files,
               artefacts={"model.onnx": "{prefix}_calibrated_model.onnx", SENSITIVITY_FILE: "{prefix}_sensitivity.json"},
               describe="statistics per calibration sample, thresholds, accuracy steps, fake-quant model")
