@@ -432,27 +432,48 @@ def _compact_scaling_nodes(node: onnx.NodeProto, s: _Scaling, search: int = 8):
 def _same_codes(node: onnx.NodeProto, replacement: list[onnx.NodeProto], constants: list[onnx.TensorProto],
                 inits: Mapping[str, onnx.TensorProto], channels: int) -> bool:
     """The conv and its replacement on every input code of every channel (1×C×1×codes): equal?"""
+    x_dtype = numpy_helper.to_array(inits[node.input[2]]).dtype
+    info = np.iinfo(x_dtype)
+    codes = np.tile(np.arange(info.min, info.max + 1, dtype=np.int64), (channels, 1)).astype(x_dtype)
+    return _same_bits([node], replacement, [codes.reshape(1, channels, 1, -1)], [node.output[0]], inits, constants)
+
+
+def _same_bits(original: list[onnx.NodeProto], replacement: list[onnx.NodeProto], inputs: list[np.ndarray],
+               outputs: list[str], inits: Mapping[str, onnx.TensorProto], constants: list[onnx.TensorProto],
+               domains: tuple[str, ...] = ()) -> bool:
+    """`original` and `replacement` (nodes reading `original[0].input[0]`) on each of `inputs`: the
+    `outputs` equal bit for bit? Every O2 rewrite is kept only if this holds; a pair onnxruntime
+    refuses is not equal (the original stays)."""
     from onnx import helper
 
     from engine.runtime.session import open_session
 
-    x_dtype = numpy_helper.to_array(inits[node.input[2]]).dtype
-    info = np.iinfo(x_dtype)
-    codes = np.tile(np.arange(info.min, info.max + 1, dtype=np.int64), (channels, 1)).astype(x_dtype)
-    x = codes.reshape(1, channels, 1, -1)
-    used = {i for n in (node, *replacement) for i in n.input}
-    outputs = []
-    for nodes in ([node], replacement):
-        graph = helper.make_graph(nodes, "check", [helper.make_tensor_value_info(node.input[0], _TENSOR_TYPE[x_dtype],
-                                                                                 x.shape)],
-                                  [helper.make_empty_tensor_value_info(node.output[0])],
+    x_name, x0 = original[0].input[0], inputs[0]
+    opsets = [helper.make_opsetid("", 19), *(helper.make_opsetid(d, 1) for d in domains)]
+    sessions = []
+    for nodes in (original, replacement):
+        used = {i for n in nodes for i in n.input}
+        graph = helper.make_graph(nodes, "check", [helper.make_tensor_value_info(x_name, _TENSOR_TYPE[x0.dtype],
+                                                                                 list(x0.shape))],
+                                  [helper.make_empty_tensor_value_info(o) for o in outputs],
                                   [t for t in [*inits.values(), *constants] if t.name in used])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
         try:
-            outputs.append(open_session(model.SerializeToString()).run(None, {node.input[0]: x})[0])
-        except Exception:  # onnxruntime refused one of the two: keep the conv
+            sessions.append(open_session(helper.make_model(graph, opset_imports=opsets).SerializeToString()))
+        except Exception:  # onnxruntime's own exception types
             return False
-    return outputs[0].dtype == outputs[1].dtype and outputs[0].tobytes() == outputs[1].tobytes()
+    for x in inputs:
+        a, b = (sess.run(outputs, {x_name: x}) for sess in sessions)
+        if any(p.dtype != q.dtype or p.tobytes() != q.tobytes() for p, q in zip(a, b, strict=True)):
+            return False
+    return True
+
+
+def _random_codes(dtype: np.dtype, shape: tuple[int, ...], seeds: int) -> list[np.ndarray]:
+    """`seeds` arrays of random codes over the whole range of `dtype` (one fixed generator: the
+    checks, and so the program, are reproducible)."""
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(0)
+    return [rng.integers(int(info.min), int(info.max) + 1, shape).astype(dtype) for _ in range(seeds)]
 
 
 _TENSOR_TYPE = {np.dtype(np.uint8): onnx.TensorProto.UINT8, np.dtype(np.int8): onnx.TensorProto.INT8}
@@ -571,32 +592,9 @@ def _same_on_random_inputs(original: list[onnx.NodeProto], replacement: list[onn
                            channels: int, seeds: int = 4) -> bool:
     """`original` (a QLinearConv, maybe with the Clip after it) and its replacement on seeded random
     1×C×24×24 codes: equal bit for bit?"""
-    from onnx import helper
-
-    from engine.runtime.session import open_session
-
-    x_name, y_name = original[0].input[0], original[-1].output[0]
     x_dtype = numpy_helper.to_array(inits[original[0].input[2]]).dtype
-    info = np.iinfo(x_dtype)
-    used = {i for n in (*original, *replacement) for i in n.input}
-    sessions = []
-    for nodes in (original, replacement):
-        graph = helper.make_graph(nodes, "check", [helper.make_tensor_value_info(x_name, _TENSOR_TYPE[x_dtype],
-                                                                                 [1, channels, 24, 24])],
-                                  [helper.make_empty_tensor_value_info(y_name)],
-                                  [t for t in [*inits.values(), *constants] if t.name in used])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
-        try:
-            sessions.append(open_session(model.SerializeToString()))
-        except Exception:  # onnxruntime refused one of the two: keep the conv
-            return False
-    rng = np.random.default_rng(0)
-    for _ in range(seeds):
-        x = rng.integers(int(info.min), int(info.max) + 1, (1, channels, 24, 24)).astype(x_dtype)
-        a, b = (s.run(None, {x_name: x})[0] for s in sessions)
-        if a.dtype != b.dtype or a.tobytes() != b.tobytes():
-            return False
-    return True
+    return _same_bits(original, replacement, _random_codes(x_dtype, (1, channels, 24, 24), seeds),
+                      [original[-1].output[0]], inits, constants)
 
 
 # ------------------------------------------------------------------ sibling QLinearConvs (O2)
@@ -709,33 +707,9 @@ def _multipliers(parts: _ConvParts) -> np.ndarray:
 def _siblings_equal(nodes: list[onnx.NodeProto], replacement: list[onnx.NodeProto], constants: list[onnx.TensorProto],
                     inits: Mapping[str, onnx.TensorProto], channels: int, seeds: int = 3) -> bool:
     """The separate convs and the merged conv + Split on seeded random 1×C×24×24 codes: equal bit for bit?"""
-    from onnx import helper
-
-    from engine.runtime.session import open_session
-
-    x_name = nodes[0].input[0]
     x_dtype = numpy_helper.to_array(inits[nodes[0].input[2]]).dtype
-    outputs = [n.output[0] for n in nodes]
-    sessions = []
-    for graph_nodes in (nodes, replacement):
-        used = {i for n in graph_nodes for i in n.input}
-        graph = helper.make_graph(graph_nodes, "check",
-                                  [helper.make_tensor_value_info(x_name, _TENSOR_TYPE[x_dtype], [1, channels, 24, 24])],
-                                  [helper.make_empty_tensor_value_info(o) for o in outputs],
-                                  [t for t in [*inits.values(), *constants] if t.name in used])
-        try:
-            sessions.append(open_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
-                                         .SerializeToString()))
-        except Exception:  # onnxruntime refused one of the two: keep the convs
-            return False
-    info = np.iinfo(x_dtype)
-    rng = np.random.default_rng(0)
-    for _ in range(seeds):
-        x = rng.integers(int(info.min), int(info.max) + 1, (1, channels, 24, 24)).astype(x_dtype)
-        a, b = (s.run(outputs, {x_name: x}) for s in sessions)
-        if any(p.dtype != q.dtype or p.tobytes() != q.tobytes() for p, q in zip(a, b)):
-            return False
-    return True
+    return _same_bits(nodes, replacement, _random_codes(x_dtype, (1, channels, 24, 24), seeds),
+                      [n.output[0] for n in nodes], inits, constants)
 
 
 def _rename_in_node_map(model: onnx.ModelProto, renamed: Mapping[str, list[str]]) -> None:
@@ -1004,31 +978,8 @@ def si32_head_as_qgemm(model: onnx.ModelProto) -> int:
 def _qgemm_equal(original: list[onnx.NodeProto], qgemm: onnx.NodeProto, constants: list[onnx.TensorProto],
                  inits: Mapping[str, onnx.TensorProto], k: int, dtype: np.dtype, rows: int = 64) -> bool:
     """The MatMulInteger chain and the QGemm on seeded random codes (`rows` × K): equal bit for bit?"""
-    from onnx import helper
-
-    from engine.runtime.session import open_session
-
-    x_name, y_name = original[0].input[0], original[-1].output[0]
-    sessions = []
-    for nodes in (original, [qgemm]):
-        used = {i for n in nodes for i in n.input}
-        graph = helper.make_graph(nodes, "check", [helper.make_tensor_value_info(x_name, _TENSOR_TYPE[np.dtype(dtype)],
-                                                                                 [rows, k])],
-                                  [helper.make_empty_tensor_value_info(y_name)],
-                                  [t for t in [*inits.values(), *constants] if t.name in used])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19), helper.make_opsetid("com.microsoft", 1)])
-        try:
-            sessions.append(open_session(model.SerializeToString()))
-        except Exception:  # onnxruntime refused one of the two: keep the chain
-            return False
-    info = np.iinfo(dtype)
-    rng = np.random.default_rng(0)
-    for _ in range(4):
-        x = rng.integers(int(info.min), int(info.max) + 1, (rows, k)).astype(dtype)
-        a, b = (s.run(None, {x_name: x})[0] for s in sessions)
-        if a.dtype != b.dtype or a.tobytes() != b.tobytes():
-            return False
-    return True
+    return _same_bits(original, [qgemm], _random_codes(np.dtype(dtype), (rows, k), 4), [original[-1].output[0]],
+                      inits, constants, domains=("com.microsoft",))
 
 
 # ------------------------------------------------------------------------ onnxruntime offline
