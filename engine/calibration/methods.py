@@ -117,32 +117,54 @@ def kl_divergences(hist: np.ndarray, candidates: np.ndarray, levels: int = NUM_Q
                − Σ_g (PM_g / N) · log(m_g / (z_g · M_i))
 
     The first sum is a prefix sum; the rest are (candidates × levels) arrays: no loop over
-    candidates and no (candidates × bins) array.
+    candidates and no (candidates × bins) array. Candidates with the same n = ⌊i / levels⌋ share
+    every level but the last (the same bins, so the same m_g and z_g): those are computed once
+    per n (≤ 16 values of n for 2048 bins), and only the last level and the division by M_i per
+    candidate — the same float operations on the same operands as the dense (candidates × levels)
+    form, so the same bits, at a quarter of its time (the index arithmetic and gathers were most
+    of it: 7–15 → 1.7–2 ms per tensor).
     """
     h = np.asarray(hist, dtype=np.float64)
-    cand = np.asarray(candidates, dtype=np.int64)[:, None]  # (C, 1)
+    cand = np.asarray(candidates, dtype=np.int64)
     cs = np.concatenate(([0.0], np.cumsum(h)))  # mass of bins [0, k) = cs[k]
     nzc = np.concatenate(([0], np.cumsum(h > 0)))  # non-empty bins in [0, k)
     with np.errstate(divide="ignore", invalid="ignore"):
         hlogh = np.concatenate(([0.0], np.cumsum(np.where(h > 0, h * np.log(h), 0.0))))
     total = cs[-1]
-    tail = total - cs[cand]  # clipped mass, moved into P's bin i−1
-    last = h[cand - 1] + tail  # P_i's last bin
-    g = np.arange(levels)[None, :]
-    n = cand // levels  # bins per level; the last level takes the remainder
-    g_start, g_end = g * n, np.where(g < levels - 1, (g + 1) * n, cand)
-    mass = cs[g_end] - cs[g_start]  # unclipped: Q never sees the tail
-    nonempty = (nzc[g_end] - nzc[g_start]).astype(np.float64)
-    nonempty[:, -1:] += (last > 0) & ~(h[cand - 1] > 0)  # bin i−1 non-empty only through the tail
-    p_mass = mass.copy()
-    p_mass[:, -1:] += tail
     kept = cs[cand]  # M_i
+    tail = total - kept  # clipped mass, moved into P's bin i−1
+    before = h[cand - 1]
+    last = before + tail  # P_i's last bin
+    shared = levels - 1  # levels 0 … levels−2 have n bins each; the last takes the remainder
+    per_level = cand // levels
+    out = np.empty(cand.shape[0], np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = (hlogh[cand - 1] + np.where(last > 0, last * np.log(last), 0.0)) / total - np.log(total)
-        log_q = np.log(mass / (nonempty * kept))
-        cross = np.where(p_mass > 0, p_mass / total * log_q, 0.0).sum(axis=1, keepdims=True)
-    impossible = ((p_mass > 0) & ~(mass > 0)).any(axis=1, keepdims=True)  # P has mass Q cannot hold
-    return np.where(impossible, np.inf, entropy - cross)[:, 0]
+        for n in np.unique(per_level):
+            rows = np.flatnonzero(per_level == n)
+            edges = np.arange(levels) * n  # level starts; the shared levels end where the next starts
+            mass = cs[edges[1:]] - cs[edges[:-1]]  # unclipped: Q never sees the tail
+            nonempty = (nzc[edges[1:]] - nzc[edges[:-1]]).astype(np.float64)
+            ends = cand[rows]
+            mass_last = cs[ends] - cs[edges[-1]]
+            nonempty_last = (nzc[ends] - nzc[edges[-1]]).astype(np.float64)
+            nonempty_last += (last[rows] > 0) & ~(before[rows] > 0)  # bin i−1 non-empty only through the tail
+            p_last = mass_last + tail[rows]
+            k = kept[rows]
+            log_q = np.empty((rows.shape[0], levels))  # contiguous rows: the same log and row sums as the dense form
+            np.divide(mass, nonempty * k[:, None], out=log_q[:, :shared])
+            np.divide(mass_last, nonempty_last * k, out=log_q[:, shared])
+            np.log(log_q, out=log_q)
+            weight = np.empty_like(log_q)  # PM_g / N
+            weight[:, :shared] = mass / total
+            weight[:, shared] = p_last / total
+            held = np.empty(log_q.shape, bool)
+            held[:, :shared] = mass > 0
+            held[:, shared] = p_last > 0
+            cross = np.where(held, weight * log_q, 0.0).sum(axis=1)
+            impossible = (p_last > 0) & ~(mass_last > 0)  # P has mass Q cannot hold (only the last level can)
+            out[rows] = np.where(impossible, np.inf, entropy[rows] - cross)
+    return out
 
 
 def kl_threshold(stats: MergedStats, levels: int = NUM_QUANTIZED_BINS, start_bin: int | None = None,

@@ -117,6 +117,49 @@ def test_vectorized_kl_equals_the_plain_algorithm():
     np.testing.assert_allclose(got[np.isfinite(want)], want[np.isfinite(want)], rtol=1e-9, atol=1e-12)
 
 
+def _kl_dense(hist: np.ndarray, candidates: np.ndarray, levels: int = 128) -> np.ndarray:
+    """The closed form over a dense (candidates × levels) grid: `kl_divergences` before it shared the
+    levels of candidates with the same bins per level. Thresholds are argmins of these values, so the
+    grouped form must give the same bits, not only close values."""
+    h = np.asarray(hist, dtype=np.float64)
+    cand = np.asarray(candidates, dtype=np.int64)[:, None]
+    cs = np.concatenate(([0.0], np.cumsum(h)))
+    nzc = np.concatenate(([0], np.cumsum(h > 0)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        hlogh = np.concatenate(([0.0], np.cumsum(np.where(h > 0, h * np.log(h), 0.0))))
+    total = cs[-1]
+    tail = total - cs[cand]
+    last = h[cand - 1] + tail
+    g = np.arange(levels)[None, :]
+    n = cand // levels
+    g_start, g_end = g * n, np.where(g < levels - 1, (g + 1) * n, cand)
+    mass = cs[g_end] - cs[g_start]
+    nonempty = (nzc[g_end] - nzc[g_start]).astype(np.float64)
+    nonempty[:, -1:] += (last > 0) & ~(h[cand - 1] > 0)
+    p_mass = mass.copy()
+    p_mass[:, -1:] += tail
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = (hlogh[cand - 1] + np.where(last > 0, last * np.log(last), 0.0)) / total - np.log(total)
+        log_q = np.log(mass / (nonempty * cs[cand]))
+        cross = np.where(p_mass > 0, p_mass / total * log_q, 0.0).sum(axis=1, keepdims=True)
+    impossible = ((p_mass > 0) & ~(mass > 0)).any(axis=1, keepdims=True)
+    return np.where(impossible, np.inf, entropy - cross)[:, 0]
+
+
+def test_grouped_kl_gives_the_bits_of_the_dense_form():
+    rng = np.random.default_rng(7)
+    hists = [tensor_stats(DISTRIBUTIONS[name]().astype(np.float32), channel_axis=None).hist for name in DISTRIBUTIONS]
+    gappy = tensor_stats(laplace_with_outliers(200_000, seed=3), channel_axis=None).hist
+    gappy[900:960] = 0
+    hists += [gappy, rng.integers(0, 3, 2048) * (rng.random(2048) < 0.3), np.eye(1, 2048, 2047)[0] * 5]
+    grids = [np.arange(128, 2049), np.arange(128, 2049, 7), np.array([2048, 129, 1000, 256, 255]), np.array([128])]
+    for hist in hists:
+        for candidates in grids:
+            got, want = kl_divergences(hist, candidates), _kl_dense(hist, candidates)
+            assert got.tobytes() == want.tobytes(), (hist[:4], candidates[:4])
+    assert np.isinf(kl_divergences(hists[-1], grids[0])).any()  # a tail Q cannot hold
+
+
 def test_kl_stride_searches_fewer_candidates_near_the_same_answer():
     m = merged_of(laplace_with_outliers(seed=5))
     fine, coarse = kl_threshold(m), kl_threshold(m, stride=16)
