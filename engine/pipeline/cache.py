@@ -4,6 +4,12 @@ An entry is a folder written under a temporary name and renamed into place, so i
 complete or absent. `meta.json` lists its files; an entry whose files are missing is a corrupt
 entry: logged, removed and treated as a miss.
 
+`meta.json` also holds the entry's output digest (`content_digest`): what later stages key on in
+place of this stage's key, so a re-run that writes the same outputs (a changed calibration file
+that moves no threshold) re-runs nothing after it — the early cutoff of build systems (Shake's,
+Bazel's). Later stages read an entry's files only, never its result (what the run tells the user:
+"computed 1 of 32 samples").
+
 Finer memos live in `.hb_cache/memo/<kind>/`. One named by `memo_name(owner key, …)` belongs to
 that stage entry and is removed once the entry is pruned (every commit checks), so per-sample
 memos do not outgrow the kept entries (about 0.6 MB per sample and model version on det).
@@ -11,6 +17,7 @@ memos do not outgrow the kept entries (about 0.6 MB per sample and model version
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -58,7 +65,8 @@ class StageCache:
     def commit(self, stage: str, key: str, tmp: Path, result: dict[str, Any] | None) -> Path:
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         (tmp / "meta.json").write_text(json.dumps({"stage": stage, "key": key, "files": files,
-                                                   "result": result or {}}, indent=1, default=str))
+                                                   "outputs": content_digest(tmp, files),
+                                                   "result": result or {}}, default=str))
         dest = self.entry(stage, key)
         for _ in range(3):
             try:
@@ -103,6 +111,11 @@ class StageCache:
     def result(self, entry: Path) -> dict[str, Any]:
         return json.loads((entry / "meta.json").read_text()).get("result", {})
 
+    def outputs(self, entry: Path) -> str:
+        """The entry's output digest (`content_digest`), taken again for an entry written without one."""
+        meta = json.loads((entry / "meta.json").read_text())
+        return meta.get("outputs") or content_digest(entry, meta["files"])
+
     def _prune(self, stage: str, keep: Path) -> None:
         entries = [p for p in (self.root / stage).iterdir() if p.is_dir() and not p.name.startswith(".tmp-")]
         entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
@@ -123,6 +136,36 @@ class StageCache:
     def save_parts(self, parts: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.root / "last_run.json", json.dumps(parts, indent=1, default=str))
+
+
+TIMING_KEYS = frozenset({"seconds", "cpu_seconds"})  # how long a step took, not what it produced
+
+
+def content_digest(folder: Path, files: list[str]) -> str:
+    """sha256 over an entry's files by name and content: what later stages read of it. A `.json` counts
+    by its value without timings (`TIMING_KEYS` at any depth: mixed precision and sensitivity record
+    their search time in calibrate's accuracy.json / sensitivity.json, and no later stage reads it)."""
+    return hashlib.sha256(json.dumps([[name, _file_digest(folder / name)] for name in sorted(files)]).encode()
+                          ).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    data = path.read_bytes()
+    if path.suffix == ".json":
+        try:
+            value = _without_timings(json.loads(data))
+            return "json:" + hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+        except (ValueError, RecursionError):  # not JSON after all: its bytes
+            pass
+    return hashlib.sha256(data).hexdigest()
+
+
+def _without_timings(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if k not in TIMING_KEYS}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
 
 
 def memo_name(owner_key: str, rest: str) -> str:

@@ -43,6 +43,8 @@ class Engine:
         return STAGES
 
     def key_parts(self, stage: Stage, config: Config, upstream: dict[str, str]) -> KeyParts:
+        """`upstream`: each earlier stage's output digest (not its key: a stage that re-ran and wrote
+        the same outputs leaves every later key as it was)."""
         files = {}
         for p in stage.files(config):
             files[str(p)] = self.hashes.file(p)
@@ -82,6 +84,7 @@ class Engine:
         cache = StageCache(self.cache_root(config))
         previous = cache.last_parts()
         keys: dict[str, str] = {}
+        outputs: dict[str, str] = {}  # stage -> digest of its entry's files (StageCache.outputs)
         entries: dict[str, Path] = {}
         parts_now: dict[str, Any] = dict(previous)
         for stage in self.stages():
@@ -90,7 +93,7 @@ class Engine:
                 break
             t, cpu = time.perf_counter(), time.process_time()
             try:
-                parts = self.key_parts(stage, config, keys)
+                parts = self.key_parts(stage, config, outputs)
             except OSError as exc:
                 report.problems.append(error("file-unreadable", f"Cannot read {exc.filename}: {exc.strerror}",
                                              file=shown))
@@ -102,6 +105,7 @@ class Engine:
             if entry is not None:
                 report.stages.append(StageRun(stage.name, "reused", "unchanged", time.perf_counter() - t, key))
                 report.results[stage.name] = cache.result(entry)
+                outputs[stage.name] = cache.outputs(entry)
                 entries[stage.name] = entry
                 parts_now[stage.name] = parts.as_json()
             else:
@@ -139,6 +143,7 @@ class Engine:
                     run.cpu_seconds = time.process_time() - cpu
                     run.peak_rss_mb = peak_rss_mb()
                 report.results[stage.name] = out or {}
+                outputs[stage.name] = cache.outputs(entry)
                 entries[stage.name] = entry
                 parts_now[stage.name] = parts.as_json()
                 log.debug("Stage %s done in %.2fs", stage.name, run.seconds)

@@ -19,6 +19,7 @@ from engine.pipeline.stage import Stage, StageContext
 from engine.quantize.planner import QuantOptions, make_plan
 from engine.stages.calibrate import load_thresholds
 from engine.stages.quantize import READS as QUANTIZE_READS
+from engine.stages.report import ROWS_FILE
 
 log = logging.getLogger("hbcompile")
 READS = QUANTIZE_READS + ("compiler_parameters", "model_parameters.march", "model_parameters.remove_node_type",
@@ -60,7 +61,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     (out / "advice.json").write_text(json.dumps(advice_json(partition(optimized, plan)), indent=1))
     perf = perf_report(build.program, options, config.prefix, memo=LatencyMemo(ctx.memo_dir("latency")))
     report = ctx.upstream.get("report")
-    rows = json.loads((report / "meta.json").read_text())["result"] if report else {}
+    rows = json.loads((report / ROWS_FILE).read_text()) if report else {}
     write_perf_reports(out, "perf", perf, rows.get("nodes", []), rows.get("outputs", []),
                        load_culprits(ctx.upstream["calibrate"]))
     log.info("HBDK hbm perf SUCCESS")

@@ -60,6 +60,7 @@ def program_batch(bc: onnx.ModelProto) -> int:
     return max((int(s.get("input_batch") or 1) for s in json.loads(stored)), default=1)
 
 
+ROWS_FILE = "similarity.json"  # the rows of the result, for later stages
 MEMO_VERSION = 2  # 2: float runs without onnxruntime's WeightBiasQuantization (CPU convs stay float)
 
 
@@ -128,12 +129,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
     info = tables.quant_info(nodes, outputs, node_io, json.loads(thresholds_path.read_text()),
                              load_culprits(ctx.upstream["calibrate"]))
     (ctx.out_dir / "quant_info.json").write_text(json.dumps(info, indent=1))
-    return {"calibrated": calibrated_flag, "nodes": [asdict(r) for r in nodes],
-            "outputs": [asdict(o) for o in outputs]}
+    rows = {"calibrated": calibrated_flag, "nodes": [asdict(r) for r in nodes], "outputs": [asdict(o) for o in outputs]}
+    (ctx.out_dir / ROWS_FILE).write_text(json.dumps(rows))  # what compile's perf page reads (a file, see cache)
+    return rows
 
 
 # version 2 (1095d6c, since reverted): compared against a wider float run for a while
-STAGE = Stage("report", 3, run, after=("optimize", "calibrate", "quantize"),
+# version 4: the rows also in similarity.json (later stages read files only: engine.pipeline.cache)
+STAGE = Stage("report", 4, run, after=("optimize", "calibrate", "quantize"),
               reads=QUANTIZE_READS + ("calibration_parameters.calibration_type",),
               artefacts={"node_info.csv": "{prefix}_node_info.csv", "quant_info.json": "{prefix}_quant_info.json"},
               describe="similarity tables (calibrated and quantized cosine per node and output)")
