@@ -140,7 +140,7 @@ def kl_divergences(hist: np.ndarray, candidates: np.ndarray, levels: int = NUM_Q
     out = np.empty(cand.shape[0], np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = (hlogh[cand - 1] + np.where(last > 0, last * np.log(last), 0.0)) / total - np.log(total)
-        for n in np.unique(per_level):
+        for n in sorted(set(per_level.tolist())):  # (np.unique imports numpy.ma: 16 ms on a cold process)
             rows = np.flatnonzero(per_level == n)
             edges = np.arange(levels) * n  # level starts; the shared levels end where the next starts
             mass = cs[edges[1:]] - cs[edges[:-1]]  # unclipped: Q never sees the tail

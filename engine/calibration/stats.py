@@ -369,9 +369,44 @@ def rebin(hist: np.ndarray, absmax: float, target_absmax: float, bins: int | Non
 
 
 def _canonical_order(stats: Sequence[TensorStats]) -> list[int]:
-    """An order that depends only on the values, so floating-point sums are order-independent."""
-    return sorted(range(len(stats)), key=lambda i: (stats[i].absmax, stats[i].max, stats[i].min, stats[i].count,
-                                                    stats[i].hist.astype(np.int64).tobytes()))
+    """An order that depends only on the values, so floating-point sums are order-independent.
+
+    By (absmax, max, min, count), and by the bins' bytes only where those tie (building every
+    sample's bytes cost more than the sort)."""
+    def scalars(i: int) -> tuple:
+        return stats[i].absmax, stats[i].max, stats[i].min, stats[i].count
+
+    order = sorted(range(len(stats)), key=scalars)
+    if any(scalars(a) == scalars(b) for a, b in zip(order, order[1:])):
+        order = sorted(range(len(stats)), key=lambda i: (*scalars(i), stats[i].hist.astype(np.int64).tobytes()))
+    return order
+
+
+def _rebinned(stats: Sequence[TensorStats], target_absmax: float, bins: int) -> dict[int, np.ndarray]:
+    """`rebin` of every sample onto [0, target_absmax] in `bins` bins, by position.
+
+    The samples with a range (0 < absmax ≤ target, the common bin count) take their source edges
+    and cumulative counts as rows of two arrays, one call each (the same linspace / cumsum
+    arithmetic per row as `rebin`, tested bit for bit), and one np.interp per row: per-sample
+    calls to linspace, cumsum and concatenate were most of a merge (digits: 352 calls, ~55 µs each).
+    """
+    rows = [i for i, s in enumerate(stats) if 0 < s.absmax <= target_absmax and s.hist.shape[0] == stats[0].hist.shape[0]]
+    vectorized = set(rows)
+    out = {i: rebin(s.hist, s.absmax, target_absmax, bins) for i, s in enumerate(stats) if i not in vectorized}
+    if not rows:
+        return out
+    width = stats[rows[0]].hist.shape[0]
+    src_edges = np.linspace(0.0, np.array([stats[i].absmax for i in rows], np.float64), width + 1, axis=1)
+    cdf = np.zeros((len(rows), width + 1), np.float64)
+    cdf[:, 1:] = np.stack([stats[i].hist for i in rows])  # counts < 2^53: exact in float64
+    np.cumsum(cdf, axis=1, out=cdf)  # in place: 3x faster than cumsum with a dtype cast
+    out_edges = np.linspace(0.0, target_absmax, bins + 1)
+    moved = np.empty((len(rows), bins + 1), np.float64)
+    for r in range(len(rows)):
+        moved[r] = np.interp(out_edges, src_edges[r], cdf[r])
+    diffs = np.diff(moved, axis=1)
+    out.update((i, diffs[r]) for r, i in enumerate(rows))
+    return out
 
 
 def merge(stats_list: Sequence[TensorStats], labels: Sequence[int | str] | None = None,
@@ -394,8 +429,9 @@ def merge(stats_list: Sequence[TensorStats], labels: Sequence[int | str] | None 
     present = [i for i in order if stats_list[i].count]  # all-NaN / empty samples hold no values
     absmax = max((stats_list[i].absmax for i in present), default=0.0)
     hist = np.zeros(bins, np.float64)
+    moved = _rebinned(stats_list, absmax, bins)
     for i in order:  # canonical order: identical sums for any input order
-        hist += rebin(stats_list[i].hist, stats_list[i].absmax, absmax, bins)
+        hist += moved[i]
     top = [labels[i] for i in present if stats_list[i].absmax == absmax]
     channels = None
     if stats_list[0].channel_absmax is not None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine.calibration import SampleStats, hist_quantile, merge, merge_samples, tensor_stats
-from engine.calibration.stats import rebin, stacked_stats
+from engine.calibration.stats import TensorStats, rebin, stacked_stats
 
 
 def activations(seed=0, shape=(1, 8, 16, 16), scale=1.0) -> np.ndarray:
@@ -93,6 +93,25 @@ def test_rebin_keeps_mass_and_is_the_identity_on_the_same_range():
     assert rebin(np.array([7, 0]), 0.0, 2.0).tolist() == [7.0, 0.0]
     with pytest.raises(ValueError):
         rebin(h, 4.0, 2.0)
+
+
+def test_merged_histogram_is_the_sum_of_per_sample_rebins_bit_for_bit():
+    """merge rebins every sample at once (`_rebinned`): the same bits as `rebin` one sample at a
+    time, summed in the canonical order, for ranges from 1e-38 up, all-zero and all-NaN samples,
+    and histograms held as uint16 / uint32 / int64."""
+    rng = np.random.default_rng(11)
+    stats = [tensor_stats(activations(i, scale=float(s))) for i, s in enumerate(rng.uniform(0.01, 40.0, 29))]
+    stats += [tensor_stats(np.full((1, 8, 4, 4), 1e-38, np.float32)), tensor_stats(np.zeros((1, 8, 4, 4), np.float32)),
+              tensor_stats(np.full((1, 8, 4, 4), np.nan, np.float32))]
+    stats = [TensorStats(s.min, s.max, s.absmax, s.count, s.hist.astype(dtype), s.channel_absmax, s.axis, s.nonfinite)
+             for s, dtype in zip(stats, [np.uint16, np.uint32, np.int64] * 11)]
+    merged = merge(stats)
+    want = np.zeros(2048)
+    for i in sorted(range(len(stats)), key=lambda i: (stats[i].absmax, stats[i].max, stats[i].min, stats[i].count)):
+        want += rebin(stats[i].hist, stats[i].absmax, merged.absmax)
+    assert merged.hist.tobytes() == want.tobytes()
+    tiny = merge(stats[-3:])  # no sample with a usable range but the tiny one
+    assert tiny.absmax == pytest.approx(1e-38) and tiny.hist.sum() == 2 * 128
 
 
 def test_sample_stats_round_trip_through_bytes():
