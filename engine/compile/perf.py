@@ -254,14 +254,24 @@ def overlap_of(share: float) -> float:
     return min(1.0, max(0.0, (1.0 - share) / (1.0 - BUDGETS[0])))
 
 
-def _plan(program: onnx.ModelProto, part: Partition, layers: list[Layer], types: Mapping[str, TensorType],
-          budget: int, tiling: bool) -> tuple[dict[str, int], list[str]]:
-    """Decide where each activation lives; fill each layer's DDR bytes and recompute factor."""
+@dataclass
+class _Graph:
+    """What every plan reads of the program, taken once per estimate (8 candidate plans, then the
+    chosen one again): which tensors are model I/O or touch a CPU node, each tensor's last reader,
+    producing layer, halo rows, bytes and height."""
+
+    model_io: set[str]
+    cpu_touch: set[str]
+    last_use: dict[str, int]
+    layer_of: dict[str, Layer]
+    consumers_rows: dict[str, int]
+    size: dict[str, int]
+    height: dict[str, int]  # rows of a 4-D activation (NCHW's H), 0 when not known
+    fixed_memory: dict[str, int]  # input / output / static memory: the same under every plan
+
+
+def _graph(program: onnx.ModelProto, part: Partition, layers: list[Layer], types: Mapping[str, TensorType]) -> _Graph:
     g = program.graph
-    for lay in layers:
-        lay.loaded = lay.stored = 0
-        lay.recompute = 1.0
-        lay.onchip_outputs, lay.tiled_outputs = [], []
     model_io = {i.name for i in g.input} | {o.name for o in g.output}
     cpu_touch = {t for p in part.cpu_nodes for t in (*p.inputs, *p.outputs) if t}
     index = {n.name: k for k, n in enumerate(g.node)}
@@ -277,15 +287,36 @@ def _plan(program: onnx.ModelProto, part: Partition, layers: list[Layer], types:
     for lay in layers:
         for t in lay.inputs:
             consumers_rows[t] = max(consumers_rows.get(t, 1), lay.kernel_rows)
-
     size = {t: (types[t].nbytes or 0) if t in types else 0 for t in set(layer_of) | {i for lay in layers
                                                                                       for i in lay.inputs}}
+    height = {}
+    for t in layer_of:
+        shape = types[t].shape if t in types else None
+        height[t] = int(shape[2]) if shape is not None and len(shape) == 4 and isinstance(shape[2], int) else 0
+    initializers = {t.name for t in g.initializer}
+    inputs = [i for i in g.input if i.name not in initializers]
+    fixed = {
+        "input memory": sum((types[i.name].nbytes or 0) for i in inputs if i.name in types),
+        "output memory": sum((types[o.name].nbytes or 0) for o in g.output if o.name in types),
+        "static memory": sum((types[t.name].nbytes or 0) for t in g.initializer if t.name in types),
+    }
+    return _Graph(model_io, cpu_touch, last_use, layer_of, consumers_rows, size, height, fixed)
+
+
+def _plan(graph: _Graph, layers: list[Layer], budget: int, tiling: bool) -> tuple[dict[str, int], list[str]]:
+    """Decide where each activation lives; fill each layer's DDR bytes and recompute factor."""
+    for lay in layers:
+        lay.loaded = lay.stored = 0
+        lay.recompute = 1.0
+        lay.onchip_outputs, lay.tiled_outputs = [], []
+    model_io, cpu_touch, last_use, size = graph.model_io, graph.cpu_touch, graph.last_use, graph.size
     onchip: dict[str, int] = {}  # tensor → on-chip footprint
     in_ddr: set[str] = set()
     notes: list[str] = []
     live_chip = 0
     live_ddr: dict[str, int] = {}
     live_tmp: dict[str, int] = {}
+    ddr_total = tmp_total = 0  # sums of live_ddr / live_tmp (integers: kept exactly)
     peak_ddr = peak_tmp = 0
     for lay in layers:
         for t in lay.outputs:
@@ -293,6 +324,7 @@ def _plan(program: onnx.ModelProto, part: Partition, layers: list[Layer], types:
             if t in model_io or t in cpu_touch:
                 in_ddr.add(t)
                 if t not in model_io:
+                    tmp_total += s - live_tmp.get(t, 0)
                     live_tmp[t] = s
                 continue
             if live_chip + s <= budget:
@@ -300,9 +332,7 @@ def _plan(program: onnx.ModelProto, part: Partition, layers: list[Layer], types:
                 live_chip += s
                 lay.onchip_outputs.append(t)
                 continue
-            shape = types[t].shape if t in types else None
-            rows = int(shape[2]) if tiling and shape is not None and len(shape) == 4 and isinstance(shape[2], int) \
-                else 0
+            rows = graph.height.get(t, 0) if tiling else 0
             if rows > 1 and s:
                 per_row = s / rows
                 tile = int((budget - live_chip) // per_row)
@@ -310,32 +340,27 @@ def _plan(program: onnx.ModelProto, part: Partition, layers: list[Layer], types:
                     foot = int(math.ceil(tile * per_row))
                     onchip[t] = foot
                     live_chip += foot
-                    halo = consumers_rows.get(t, 1) - 1
+                    halo = graph.consumers_rows.get(t, 1) - 1
                     lay.recompute = max(lay.recompute, 1.0 + min(1.0, halo / tile))
                     lay.tiled_outputs.append(t)
                     continue
             in_ddr.add(t)
+            ddr_total += s - live_ddr.get(t, 0)
             live_ddr[t] = s
-        peak_ddr = max(peak_ddr, sum(live_ddr.values()))
-        peak_tmp = max(peak_tmp, sum(live_tmp.values()))
-        for t in list(onchip):
-            if last_use.get(t, -1) <= lay.position and t not in model_io:
-                live_chip -= onchip.pop(t)
-        for live in (live_ddr, live_tmp):
-            for t in [t for t in live if last_use.get(t, -1) <= lay.position]:
-                del live[t]
+        peak_ddr = max(peak_ddr, ddr_total)
+        peak_tmp = max(peak_tmp, tmp_total)
+        for t in [t for t in onchip if last_use.get(t, -1) <= lay.position and t not in model_io]:
+            live_chip -= onchip.pop(t)
+        for t in [t for t in live_ddr if last_use.get(t, -1) <= lay.position]:
+            ddr_total -= live_ddr.pop(t)
+        for t in [t for t in live_tmp if last_use.get(t, -1) <= lay.position]:
+            tmp_total -= live_tmp.pop(t)
+    layer_of = graph.layer_of
     for lay in layers:
         lay.loaded = lay.weight_bytes + sum(size.get(t, 0) for t in lay.inputs
                                             if t in in_ddr or t in model_io or t in cpu_touch or t not in layer_of)
         lay.stored = sum(size.get(t, 0) for t in lay.outputs if t in in_ddr)
-    inputs = [i for i in g.input if i.name not in {t.name for t in g.initializer}]
-    memory = {
-        "input memory": sum((types[i.name].nbytes or 0) for i in inputs if i.name in types),
-        "output memory": sum((types[o.name].nbytes or 0) for o in g.output if o.name in types),
-        "static memory": sum((types[t.name].nbytes or 0) for t in g.initializer if t.name in types),
-        "intermediate memory": peak_ddr,
-        "temporary memory": peak_tmp,
-    }
+    memory = {**graph.fixed_memory, "intermediate memory": peak_ddr, "temporary memory": peak_tmp}
     memory["dynamic memory"] = sum(memory[k] for k in ("input memory", "output memory", "intermediate memory",
                                                         "temporary memory"))
     memory["min memory requirement"] = memory["static memory"] + memory["dynamic memory"]
@@ -351,22 +376,23 @@ def estimate(program: onnx.ModelProto, options: CompileOptions, name: str = "mod
     """The static estimate of `program` (the `.hbm`'s program or a `.bc`) for `options.march`."""
     prof = profile(options.march)
     types = tensor_types(program)
-    part = partition(program)
+    part = partition(program, types=types)
     layers = _layers(program, part, types)
+    graph = _graph(program, part, layers, types)
     peak = prof.peak_ops(options.core_num)
     bandwidth = prof.ddr_bandwidth.value
     candidates = []
     for share in BUDGETS:
         for tiling in (False, True):
             budget = int(prof.onchip_memory.value * share)
-            _plan(program, part, layers, types, budget, tiling)
+            _plan(graph, layers, budget, tiling)
             _time(layers, peak, bandwidth, overlap_of(share))
             candidates.append({"on-chip share": share, "tiling": tiling, "overlap": overlap_of(share),
                                "latency (ms)": sum(lay.time_s for lay in layers) * 1e3,
                                "DDR bytes": sum(lay.loaded + lay.stored for lay in layers)})
     chosen = choose(candidates, options.balance_factor)
     budget = int(prof.onchip_memory.value * chosen["on-chip share"])
-    memory, notes = _plan(program, part, layers, types, budget, chosen["tiling"])
+    memory, notes = _plan(graph, layers, budget, chosen["tiling"])
     _time(layers, peak, bandwidth, chosen["overlap"])
     subgraphs = []
     calls = 0

@@ -118,6 +118,27 @@ def test_bandwidth_mode_moves_fewer_ddr_bytes_than_latency_mode(wide):
     assert bandwidth.ddr_bytes == min(c["DDR bytes"] for c in bandwidth.candidates)
 
 
+def test_estimate_types_the_program_once(wide, monkeypatch):
+    """The tensor types cost an onnxruntime session (40 ms on PP-OCRv4 det's program): the estimate
+    takes them once and hands them to the partition, whose own result is the same either way."""
+    import sys
+
+    from engine.compile.partition import partition
+    from engine.compile.program import tensor_types
+
+    calls = []
+
+    def counted(model):
+        calls.append(model.graph.name)
+        return tensor_types(model)
+
+    monkeypatch.setattr(sys.modules["engine.compile.perf"], "tensor_types", counted)
+    monkeypatch.setattr(sys.modules["engine.compile.partition"], "tensor_types", counted)
+    est = estimate(wide, opts(compile_mode="bandwidth"))
+    assert len(calls) == 1 and est.layers
+    assert partition(wide, types=tensor_types(wide)) == partition(wide)
+
+
 def test_more_cores_less_compute_time(wide):
     one, four = estimate(wide, opts("nash-p", core_num=1)), estimate(wide, opts("nash-p", core_num=4))
     assert sum(lay.compute_s for lay in four.layers) == pytest.approx(sum(lay.compute_s for lay in one.layers) / 4)
