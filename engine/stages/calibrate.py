@@ -28,11 +28,11 @@ from engine.calibration import (
     CalibrationSet,
     CalibrationSource,
     Observer,
-    SampleStats,
     TensorStats,
     load_calibration_set,
     merge_samples,
 )
+from engine.calibration.memo import StatsMemo
 from engine.config import Config
 from engine.pipeline.cache import memo_name, memo_temp, prune_memo_files
 from engine.pipeline.stage import Stage, StageContext
@@ -42,8 +42,7 @@ from engine.quantize.types import ActQuant
 
 log = logging.getLogger("hbcompile")
 READS = ("calibration_parameters", "model_parameters.node_info")
-STATS_VERSION = 2  # 2: SampleStats format 3 (one deflate stream), same statistics
-STATS_SUFFIX = ".hbstats"
+STATS_VERSION = 3  # 2: SampleStats format 3 (one deflate stream); 3: one pack per folder (`StatsMemo`), same statistics
 SEARCH_SAMPLES = 4  # calibration samples the `default` search compares output cosines on
 ACCURACY_FILE = "accuracy.json"  # node_info of mixed precision, bias corrections, checks
 SENSITIVITY_FILE = "sensitivity.json"
@@ -98,37 +97,40 @@ def collect_stats(ctx: StageContext, model: onnx.ModelProto, tensors: list[str],
 
     Samples are batched only where batched tensors equal single runs bit for bit (a sample's
     statistics must not depend on its batch peers: they are cached alone). Computed statistics are
-    kept as computed, not read back; a memo entry that cannot be read is computed again.
+    kept as computed, not read back; a memo entry that cannot be read is computed again. The memo
+    is one pack per folder (`StatsMemo`), written once at the end, also when the run stops early
+    (cancelled, or a file changed under it): what was computed is kept.
     """
     config = ctx.config
-    memo = ctx.memo_dir("sample_stats") / _memo_key(ctx.upstream["optimize"].name, tensors)
-    memo.mkdir(parents=True, exist_ok=True)
+    folder = ctx.memo_dir("sample_stats") / _memo_key(ctx.upstream["optimize"].name, tensors)
     cs = load_calibration_set(sources(config, specs))
     for name in cs.input_names:
         log.info(f"input name: {name},  number_of_samples: {len(cs)}")
     log.info(f"There are {len(cs)} samples in the calibration data set.")
     hashes = cs.content_hashes()
+    memo = StatsMemo(folder)
     stats: list[Mapping[str, TensorStats] | None] = [None] * len(cs)
     for i, h in enumerate(hashes):
-        try:
-            stats[i] = SampleStats.from_bytes((memo / f"{h}{STATS_SUFFIX}").read_bytes()).held(len(cs))
-        except (OSError, ValueError):  # missing, or a corrupt entry: computed below
-            pass
+        found = memo.get(h)
+        if found is not None:
+            stats[i] = found.held(len(cs))
     todo = [i for i, st in enumerate(stats) if st is None]
     observer = Observer(model, tensors, exact_batch=True, expected_samples=len(todo))
     t0 = time.perf_counter()
-    for done, (i, st) in enumerate(zip(todo, observer.observe(cs.samples(todo))), start=1):
-        ctx.check_cancel()
-        read = cs.content_hash(i)  # the bytes these statistics came from (load() records it)
-        _memo_write(memo, f"{read}{STATS_SUFFIX}", st.to_bytes())
-        if read != hashes[i]:  # rewritten after the stage key was taken: this run's result would be filed wrongly
-            raise _changed_during_run(cs, i)
-        stats[i] = st.held(len(cs))  # compact, or packed beyond a budget: memory must not grow with the samples
-        rate = done / max(time.perf_counter() - t0, 1e-9)
-        ctx.report(f"calibration sample {done}/{len(todo)} ({rate:.1f} samples/s)", done / len(todo))
+    try:
+        for done, (i, st) in enumerate(zip(todo, observer.observe(cs.samples(todo))), start=1):
+            ctx.check_cancel()
+            read = cs.content_hash(i)  # the bytes these statistics came from (load() records it)
+            memo.put(read, st)
+            if read != hashes[i]:  # rewritten after the stage key was taken: this run's result would be filed wrongly
+                raise _changed_during_run(cs, i)
+            stats[i] = st.held(len(cs))  # compact, or packed beyond a budget: memory must not grow with the samples
+            rate = done / max(time.perf_counter() - t0, 1e-9)
+            ctx.report(f"calibration sample {done}/{len(todo)} ({rate:.1f} samples/s)", done / len(todo))
+    finally:
+        memo.save(cs.content_hashes())  # the current samples' entries; replaced samples' are dropped
     for note in observer.notes:
         log.debug(f"calibration: {note}")
-    prune_memo_files(memo, {f"{h}{STATS_SUFFIX}" for h in cs.content_hashes()})  # replaced samples' entries
     return stats, cs, {"samples": len(cs), "computed": len(todo), "reused": len(cs) - len(todo),
                        "batch": observer.batch_used}
 

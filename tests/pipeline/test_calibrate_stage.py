@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from engine.calibration.memo import read_pack
 from engine.pipeline import Engine
 
 CONFIG = """\
@@ -108,9 +109,11 @@ def test_statistics_memo_entries_read_back_equal_computed_ones_and_a_corrupt_one
     cfg = project.config(CONFIG)
     engine = Engine()
     assert engine.run(cfg, until="calibrate").ok
-    entries = sorted((project.root / "model_output" / ".hb_cache" / "memo" / "sample_stats").rglob("*.hbstats"))
-    assert len(entries) == 8
-    entries[0].write_bytes(entries[0].read_bytes()[:-5])  # a torn write
+    [pack] = (project.root / "model_output" / ".hb_cache" / "memo" / "sample_stats").rglob("*.hbpack")
+    data = bytearray(pack.read_bytes())
+    assert len(read_pack(bytes(data))) == 8
+    data[-5] ^= 0xFF  # the last sample's entry altered: its checksum fails, the other seven read back
+    pack.write_bytes(bytes(data))
     np.full((1, 3, 8, 8), 9, np.uint8).tofile(cal / "s05.rgb")  # the stage runs again
     second = engine.run(cfg, until="calibrate")
     assert second.ok and second.results["calibrate"]["computed"] == 2 and second.results["calibrate"]["reused"] == 6
@@ -196,9 +199,33 @@ def test_memos_are_pruned_with_their_optimize_entry_and_replaced_samples(project
     folders = sorted((cache / "memo" / "sample_stats").iterdir())
     assert len(optimize) == KEEP_PER_STAGE and {f.name[:16] for f in folders} <= optimize and len(folders) <= len(optimize)
     current = next(f for f in folders if f.name.startswith(run.stage("optimize").key[:16]))
-    assert len([p for p in current.iterdir() if not p.name.startswith(".")]) == 3
-    (current / "0123.hbstats").write_bytes(b"stale")  # a sample no longer in the set
+    [pack] = [p for p in current.iterdir() if not p.name.startswith(".")]
+    before = read_pack(pack.read_bytes())
+    assert len(before) == 3
+    (current / "0123.hbstats").write_bytes(b"stale")  # a per-sample file of an older format
     np.full((1, 3, 8, 8), 99, np.uint8).tofile(cal / "s01.rgb")
-    assert engine.run(cfg, until="calibrate").ok
-    names = [p.name for p in current.iterdir()]
-    assert len(names) == 3 and "0123.hbstats" not in names and all(n.endswith(".hbstats") for n in names)
+    again = engine.run(cfg, until="calibrate")
+    assert again.ok and again.results["calibrate"]["computed"] == 1
+    [pack] = [p for p in current.iterdir()]  # one pack of exactly the current samples
+    after = read_pack(pack.read_bytes())
+    assert len(after) == 3 and len(set(after) & set(before)) == 2
+    assert all(after[d] == before[d] for d in set(after) & set(before))  # reused entries kept as they were
+
+
+def test_a_cancelled_run_keeps_the_statistics_it_computed(project):
+    """The memo pack is written when the stage stops early too: a superseded run (the daemon cancels
+    it) leaves its samples for the next."""
+    import threading
+
+    write_samples(project.root)
+    cfg = project.config(CONFIG)
+    cancel = threading.Event()
+
+    def progress(stage: str, message: str, fraction: float | None) -> None:
+        if stage == "calibrate" and message.startswith("calibration sample 3/"):
+            cancel.set()
+
+    first = Engine().run(cfg, until="calibrate", progress=progress, cancel=cancel)
+    assert first.stage("calibrate").status == "cancelled"
+    again = Engine().run(cfg, until="calibrate")
+    assert again.ok and again.results["calibrate"]["computed"] == 3 and again.results["calibrate"]["reused"] == 3

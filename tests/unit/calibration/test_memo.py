@@ -1,0 +1,78 @@
+"""The per-sample statistics memo: one pack per folder, entries by digest, torn entries computed again."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from engine.calibration import SampleStats, tensor_stats
+from engine.calibration.memo import PACK_SUFFIX, StatsMemo, pack_bytes, read_pack
+
+
+def sample(seed: int) -> SampleStats:
+    rng = np.random.default_rng(seed)
+    return SampleStats({"a": tensor_stats(rng.laplace(size=(1, 4, 8, 8)).astype(np.float32)),
+                        "b": tensor_stats(rng.normal(size=(1, 16)).astype(np.float32), channel_axis=None)})
+
+
+def packs(folder) -> list:
+    return sorted(p for p in folder.iterdir() if p.name.endswith(PACK_SUFFIX))
+
+
+def test_entries_read_back_equal_and_one_pack_holds_exactly_the_kept_samples(tmp_path):
+    memo = StatsMemo(tmp_path)
+    for k in range(4):
+        memo.put(f"d{k}", sample(k))
+    written = memo.save(["d0", "d1", "d2", "d3"])
+    assert packs(tmp_path) == [written]
+    again = StatsMemo(tmp_path)
+    assert [again.get(f"d{k}").tensors == sample(k).tensors for k in range(4)] == [True] * 4
+    assert again.get("d9") is None
+    assert again.save(["d0", "d1", "d2", "d3"]) is None and packs(tmp_path) == [written]  # nothing new: no write
+    # one sample replaced: a new pack of the current four, the old one removed, reused bytes unchanged
+    again.put("d4", sample(4))
+    newer = again.save(["d0", "d1", "d4", "d3"])
+    assert packs(tmp_path) == [newer] and newer != written
+    entries = read_pack(newer.read_bytes())
+    assert list(entries) == ["d0", "d1", "d4", "d3"]
+    assert entries["d0"] == read_pack(pack_bytes({"d0": sample(0).to_bytes()}))["d0"]
+
+
+def test_a_torn_entry_is_missing_and_a_torn_pack_is_empty(tmp_path):
+    memo = StatsMemo(tmp_path)
+    memo.put("d0", sample(0))
+    memo.put("d1", sample(1))
+    path = memo.save(["d0", "d1"])
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # inside the last entry (d1)
+    path.write_bytes(bytes(data))
+    torn = StatsMemo(tmp_path)
+    assert torn.get("d0") is not None and torn.get("d1") is None
+    torn.put("d1", sample(1))  # computed again: the pack is rewritten whole
+    assert StatsMemo(tmp_path).get("d1") is None and torn.save(["d0", "d1"]) is not None
+    assert StatsMemo(tmp_path).get("d1").tensors == sample(1).tensors
+    [path] = packs(tmp_path)
+    path.write_bytes(path.read_bytes()[:20])  # header cut: nothing reads, nothing raises
+    assert StatsMemo(tmp_path).get("d0") is None
+
+
+def test_save_removes_strays_but_not_another_process_fresh_temp_file(tmp_path):
+    (tmp_path / "0123.hbstats").write_bytes(b"an older per-sample file")
+    (tmp_path / f".x{PACK_SUFFIX}.99999.tmp").write_bytes(b"another process writing")
+    old = tmp_path / f".y{PACK_SUFFIX}.99998.tmp"
+    old.write_bytes(b"left by a dead process")
+    os.utime(old, (0, 0))
+    memo = StatsMemo(tmp_path)
+    memo.put("d0", sample(0))
+    memo.save(["d0"])
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(PACK_SUFFIX)) == [
+        f".x{PACK_SUFFIX}.99999.tmp"]
+    assert StatsMemo(tmp_path).save([]) is None and list(tmp_path.iterdir()) == [tmp_path / f".x{PACK_SUFFIX}.99999.tmp"]
+
+
+def test_a_missing_folder_is_an_empty_memo(tmp_path):
+    memo = StatsMemo(tmp_path / "not-yet")
+    assert memo.get("d0") is None
+    memo.put("d0", sample(0))
+    assert memo.save(["d0"]).parent == tmp_path / "not-yet"
