@@ -3,7 +3,9 @@
 
 The latency measured on this machine is kept per program digest (`perf.LatencyMemo` in the memo
 folder `latency`): a compiler_parameters edit that builds the same program (compile_mode,
-balance_factor, advice, debug…) re-estimates but does not re-measure.
+balance_factor, advice, debug…) re-estimates but does not re-measure. The optimized program is
+kept too (`package.ProgramMemo`, memo folder `optimized_program`, owned by the quantize entry):
+such an edit does not run the optimize_level rewrites and their bit-exactness checks again.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ READS = QUANTIZE_READS + ("compiler_parameters", "model_parameters.march", "mode
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from engine.compile.package import build_hbm
+    from engine.compile.package import ProgramMemo, build_hbm
     from engine.compile.params import resolve
     from engine.compile.partition import advice_json, partition
     from engine.compile.perf import LatencyMemo, perf_log_lines, perf_report, write_perf_reports
@@ -55,7 +57,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             log.info(f"deleted nodes: {r.name}")
     # the digest of what this stage read: an edit outside its slice reuses the .hbm, which must not name it
     build = build_hbm(bc, options, plan=plan, config_sha256=sha256_json(config.slice(*READS)),
-                      source_name=config.prefix)
+                      source_name=config.prefix,
+                      memo=ProgramMemo(ctx.memo_dir("optimized_program"), ctx.upstream["quantize"].name))
     build.write(out / "model.hbm")
     log.info("Successfully compile the hbm model")
     (out / "advice.json").write_text(json.dumps(advice_json(partition(optimized, plan)), indent=1))

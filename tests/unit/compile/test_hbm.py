@@ -141,6 +141,45 @@ def test_manifest_holds_specs_and_build_info(programs):
     assert b["source"]["sha256"] == hashlib.sha256(programs["nv12"].SerializeToString()).hexdigest()
 
 
+def test_program_memo_gives_the_same_hbm_without_optimizing_again(programs, tmp_path, monkeypatch):
+    """O2 checks its rewrites in onnxruntime: the memo keeps the result by program, level and
+    implementation, and the .hbm built from it is the one built without it, byte for byte."""
+    import engine.compile.package as package
+    from engine.compile.package import ProgramMemo
+
+    memo = ProgramMemo(tmp_path / "memo", "0123456789abcdef" * 4)
+    plain = build_hbm(programs["island_lut"], options("O2"), timestamp="t")
+    first = build_hbm(programs["island_lut"], options("O2"), timestamp="t", memo=memo)
+    [saved] = list((tmp_path / "memo").iterdir())
+    assert saved.name.startswith("0123456789abcdef-")  # owned by that stage entry: pruned with it
+
+    def optimized_again(program, level):
+        raise AssertionError(f"{level} optimized again")
+
+    monkeypatch.setattr(package, "optimize_program", optimized_again)
+    again = build_hbm(programs["island_lut"], options("O2"), timestamp="t", memo=memo)
+    assert encode_hbm(again.program_bytes, again.manifest) == encode_hbm(first.program_bytes, first.manifest) \
+        == encode_hbm(plain.program.SerializeToString(), plain.manifest)
+    assert again.optimize.rewrites == plain.optimize.rewrites and again.optimize.checked
+    with pytest.raises(AssertionError, match="O1 optimized again"):  # another level: another entry
+        build_hbm(programs["island_lut"], options("O1"), memo=memo)
+    monkeypatch.setattr(package, "optimizer_version", lambda: "another optimizer")
+    with pytest.raises(AssertionError, match="O2 optimized again"):  # another implementation: another entry
+        build_hbm(programs["island_lut"], options("O2"), memo=memo)
+
+
+def test_program_memo_recomputes_an_unreadable_entry(programs, tmp_path):
+    from engine.compile.package import ProgramMemo
+
+    memo = ProgramMemo(tmp_path, "f" * 64)
+    first = build_hbm(programs["nv12"], options("O2"), timestamp="t", memo=memo)
+    [saved] = list(tmp_path.iterdir())
+    saved.write_bytes(saved.read_bytes()[:40])  # torn
+    again = build_hbm(programs["nv12"], options("O2"), timestamp="t", memo=memo)
+    assert again.program_bytes == first.program_bytes and again.manifest == first.manifest
+    assert saved.read_bytes().split(b"\n", 1)[1] == first.program_bytes  # written again
+
+
 # ----------------------------------------------------------------------------------- damaged files
 
 @pytest.fixture
