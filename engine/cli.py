@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -73,13 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     return cold_main(argv)
 
 
-def cold_main(argv: list[str]) -> int:
-    """One run in this process (also what the daemon calls for each forwarded run)."""
+def cold_main(argv: list[str], cancel: threading.Event | None = None) -> int:
+    """One run in this process (also what the daemon calls for each forwarded run; it sets
+    `cancel` when its client hangs up)."""
     args = build_parser().parse_args(argv)
     logging.raiseExceptions = False  # a closed stdout (| head) must not print handler tracebacks
     log_path = setup_logging()
     try:
-        return _main(args, log_path)
+        return _main(args, log_path, cancel)
     except HbError as exc:
         _print_problems(exc.problems)
         return 1
@@ -94,7 +96,7 @@ def cold_main(argv: list[str]) -> int:
         return 2
 
 
-def _main(args: argparse.Namespace, log_path: Path) -> int:
+def _main(args: argparse.Namespace, log_path: Path, cancel: threading.Event | None = None) -> int:
     from engine.modes import config_for_mode
 
     log.info("Start hb_compile...")
@@ -105,11 +107,11 @@ def _main(args: argparse.Namespace, log_path: Path) -> int:
     if args.until:
         until = args.until
     check_mode = bool(args.model and not args.config and not args.fast_perf)
-    return run_config(config_path, until, log_path, check_mode, args.sensitivity)
+    return run_config(config_path, until, log_path, check_mode, args.sensitivity, cancel)
 
 
 def run_config(config_path: Path, until: str | None, log_path: Path, check_mode: bool = False,
-               sensitivity: int | None = None) -> int:
+               sensitivity: int | None = None, cancel: threading.Event | None = None) -> int:
     from engine.config import read_config
     from engine.pipeline import default_engine
     from engine.report.console import print_problems, print_run
@@ -121,9 +123,12 @@ def run_config(config_path: Path, until: str | None, log_path: Path, check_mode:
     print_problems(loaded.problems)  # warnings before the work, errors end the run here
     progress, engine = ConsoleProgress(), default_engine()
     try:
-        report = engine.run(config_path, until=until, progress=progress, loaded=loaded)
+        report = engine.run(config_path, until=until, progress=progress, cancel=cancel, loaded=loaded)
     finally:
         progress.close()
+    if report.cancelled:  # the daemon's client hung up (Ctrl-C): nothing more to say to anyone
+        log.error("interrupted")
+        return 130
     print_problems(report.problems[len(loaded.problems):])
     print_run(report)
     if report.ok and sensitivity is not None:

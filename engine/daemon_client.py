@@ -6,6 +6,9 @@ socket path and the line protocol defined here. One request per connection:
     client → {"argv": [...], "cwd": "...", "tty": false, "columns": 120}\\n
     daemon → {"out": "text"}\\n ... {"exit": 0}\\n
 
+A client that goes away (Ctrl-C) closes the connection; the daemon sees the hang-up and cancels
+the run at the next stage or sample boundary instead of finishing it for nobody.
+
 The socket lives in a folder only the user can enter (0700) and is itself 0600.
 """
 
@@ -93,6 +96,9 @@ def run_via_daemon(argv: list[str]) -> int | None:
                     return int(msg["exit"])
         except (OSError, ValueError):
             pass
+        except KeyboardInterrupt:  # closing the socket tells the daemon to cancel the run
+            sys.stdout.write("ERROR interrupted\n")
+            return 130
     if not printed:
         return None  # the daemon went away before saying anything: run cold instead
     sys.stdout.write("ERROR the hbcompile daemon stopped during the run\n")

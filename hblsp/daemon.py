@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -104,18 +105,41 @@ def _run(conn: socket.socket, msg: dict, cli) -> int:
     saved_out, saved_err, saved_cwd = sys.stdout, sys.stderr, os.getcwd()
     if msg.get("columns"):
         os.environ["COLUMNS"] = str(msg["columns"])
+    hung_up = _watch_hang_up(conn)
     try:
         os.chdir(msg.get("cwd") or saved_cwd)
         sys.stdout, sys.stderr = out, err
-        return cli.cold_main(list(msg.get("argv") or []))
+        return cli.cold_main(list(msg.get("argv") or []), cancel=hung_up)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
     except OSError:
         return 2
     finally:
+        try:
+            conn.shutdown(socket.SHUT_RD)  # wakes the hang-up watcher; replies can still be sent
+        except OSError:
+            pass
         sys.stdout, sys.stderr = saved_out, saved_err
         os.chdir(saved_cwd)
         os.environ.pop("COLUMNS", None)
+
+
+def _watch_hang_up(conn: socket.socket) -> threading.Event:
+    """An event set when the client closes its end (Ctrl-C): the run is then cancelled instead of
+    finished for nobody. The client sends one line and then only reads, so the next thing the
+    socket yields is end-of-file."""
+    hung_up = threading.Event()
+
+    def watch() -> None:
+        try:
+            while conn.recv(1):
+                pass
+        except OSError:
+            pass
+        hung_up.set()
+
+    threading.Thread(target=watch, name="hblsp-daemon-hangup", daemon=True).start()
+    return hung_up
 
 
 def _cleanup(path: Path) -> None:
