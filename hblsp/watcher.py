@@ -5,6 +5,9 @@ paths in them matter (`RunInputs.concerns`). Folders are watched non-recursively
 many configs share them. Saves that write a temporary file and rename it over the target arrive
 as a move whose destination is the file, and count as a write to it; a burst of events (an
 editor's save, a copy of 100 images) becomes one call `delay` seconds after the last event.
+Each folder's parent is watched too, so a folder replaced as a whole (`mv cal cal_old; mv new
+cal`, how sync tools refresh a data set) counts as a change and is watched again: an inotify
+watch follows the old folder, not the name.
 Whether anything really changed is for the caller to decide, by content.
 """
 
@@ -34,7 +37,7 @@ class Watcher(FileSystemEventHandler):
         self.delay_s = delay_s
         self._keys: dict[str, tuple[frozenset[Path], Concerns]] = {}  # loop thread only
         self._by_dir: dict[Path, tuple[tuple[str, Concerns], ...]] = {}  # replaced whole: read by the observer
-        self._watches: dict[Path, object] = {}
+        self._watches: dict[Path, tuple[object, int]] = {}  # folder → (watch, inode it follows)
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._observer: Observer | None = None
 
@@ -73,15 +76,30 @@ class Watcher(FileSystemEventHandler):
             self._observer = Observer()
             self._observer.daemon = True
             self._observer.start()
+        wanted = set(by_dir) | {d.parent for d in by_dir}
         for d in list(self._watches):
-            if d not in by_dir:
-                self._observer.unschedule(self._watches.pop(d))
-        for d in by_dir:
-            if d not in self._watches and d.is_dir():  # a folder that appears later is watched on the next run
+            if d not in wanted or self._inode(d) != self._watches[d][1]:  # gone, or replaced by another folder
+                self._observer.unschedule(self._watches.pop(d)[0])
+        for d in wanted:
+            inode = self._inode(d)
+            if d not in self._watches and inode is not None:  # a folder that appears later: its parent says so
                 try:
-                    self._watches[d] = self._observer.schedule(self, str(d), recursive=False)
+                    self._watches[d] = (self._observer.schedule(self, str(d), recursive=False), inode)
                 except OSError as exc:  # unreadable, or out of inotify watches: say so, keep serving
                     log.warning("cannot watch %s: %s", d, exc)
+
+    @staticmethod
+    def _inode(d: Path) -> int | None:
+        try:
+            return d.stat().st_ino if d.is_dir() else None
+        except OSError:
+            return None
+
+    def _folder_changed(self, folder: Path) -> None:
+        """A watched folder was created, removed or replaced: its keys re-run, the watch follows the name."""
+        self._rebuild()
+        for key, _ in self._by_dir.get(folder, ()):
+            self._touched(key)
 
     def _touched(self, key: str) -> None:
         if key not in self._keys:
@@ -98,7 +116,7 @@ class Watcher(FileSystemEventHandler):
 
     # ---- observer thread
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.is_directory or event.event_type not in WRITES:
+        if event.event_type not in WRITES:
             return
         paths = [event.src_path, getattr(event, "dest_path", "")]
         by_dir = self._by_dir
@@ -107,6 +125,10 @@ class Watcher(FileSystemEventHandler):
             if not raw:
                 continue
             path = norm(raw if isinstance(raw, str) else raw.decode())
+            if event.is_directory:
+                if path in by_dir and event.event_type in ("created", "moved", "deleted"):
+                    self.loop.call_soon_threadsafe(self._folder_changed, path)
+                continue
             for key, concerns in by_dir.get(path.parent, ()):
                 if concerns(path):
                     keys.add(key)

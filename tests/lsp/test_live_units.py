@@ -164,6 +164,39 @@ async def test_the_watcher_coalesces_a_burst_and_counts_renames(tmp_path: Path):
         watcher.close()
 
 
+@pytest.mark.asyncio
+async def test_the_watcher_follows_a_folder_replaced_as_a_whole(tmp_path: Path):
+    folder = tmp_path / "cal"
+    folder.mkdir()
+    (folder / "s0.bin").write_bytes(b"old")
+    calls: list[str] = []
+    fired = asyncio.Event()
+
+    def changed(key: str) -> None:
+        calls.append(key)
+        fired.set()
+
+    watcher = Watcher(asyncio.get_running_loop(), changed, delay_s=0.3)
+    try:
+        watcher.watch("cfg", {folder}, lambda p: not p.name.startswith("."))
+        new = tmp_path / "cal_new"
+        new.mkdir()
+        (new / "s0.bin").write_bytes(b"new")
+        folder.rename(tmp_path / "cal_old")  # how sync tools refresh a data set
+        new.rename(folder)
+        await asyncio.wait_for(fired.wait(), 30)
+        assert calls == ["cfg"]
+        fired.clear()
+        (folder / "s1.bin").write_bytes(b"more")  # the watch follows the name, not the old folder
+        await asyncio.wait_for(fired.wait(), 30)
+        assert calls == ["cfg", "cfg"]
+        (tmp_path / "cal_old" / "s2.bin").write_bytes(b"ignored")
+        await asyncio.sleep(1.0)
+        assert calls == ["cfg", "cfg"]
+    finally:
+        watcher.close()
+
+
 class FakeEngine:
     """Stands in for the engine: reports progress, then waits for `cancel` or `release`."""
 
