@@ -74,6 +74,12 @@ def with_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelPr
     Graph inputs are not added (their values are the feeds). Element types come from shape
     inference; a tensor it cannot type is assumed float.
     """
+    return _with_outputs(model, tensors)[0]
+
+
+def _with_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> tuple[onnx.ModelProto, int | None]:
+    """`with_outputs`, and how many values one sample's `tensors` hold by shape inference (None
+    when a shape is not fully known): one inference for both."""
     graph = model.graph
     produced = {o for n in graph.node for o in n.output if o}
     inputs = {i.name for i in graph.input}
@@ -86,19 +92,23 @@ def with_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelPr
     out = copy.deepcopy(model)
     present = {o.name for o in out.graph.output}
     wanted = [t for t in tensors if t not in present and t not in inputs]
-    if not wanted:
-        return out
     types: dict[str, int] = {}
+    sizes: dict[str, int | None] = {}
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
         for vi in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
             if vi.type.HasField("tensor_type"):
                 types[vi.name] = vi.type.tensor_type.elem_type
+                dims = vi.type.tensor_type.shape.dim if vi.type.tensor_type.HasField("shape") else None
+                known = dims is not None and all(d.HasField("dim_value") for d in dims)
+                sizes[vi.name] = int(np.prod([d.dim_value for d in dims])) if known else None
     except Exception:  # noqa: BLE001 - inference is only a source of types; unknown → float
         pass
+    counts = [sizes.get(t) for t in tensors]
+    planned = None if any(c is None for c in counts) else sum(counts)
     for name in dict.fromkeys(wanted):
         out.graph.output.append(helper.make_tensor_value_info(name, types.get(name) or TensorProto.FLOAT, None))
-    return out
+    return out, planned
 
 
 def with_symbolic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -145,7 +155,9 @@ class Observer:
     def __post_init__(self) -> None:
         proto = self.model if isinstance(self.model, onnx.ModelProto) else onnx.load(str(self.model))
         self.tensors = list(dict.fromkeys(self.tensors))
-        self._proto = with_outputs(proto, self.tensors)
+        self._proto, planned = _with_outputs(proto, self.tensors)
+        if planned is not None and self.expected_samples is not None:  # start the kernel's load now when
+            self._kernel_for(planned, self.expected_samples)  # the shapes tell: it overlaps the session build
         self._inputs = [i.name for i in proto.graph.input
                         if i.name not in {t.name for t in proto.graph.initializer}]
 
@@ -237,7 +249,11 @@ class Observer:
         count = self.expected_samples
         if count is None:
             count = len(samples) if isinstance(samples, Sized) else MAX_BATCH
-        if sum(np.size(values[t]) for t in self.tensors) * count >= KERNEL_WORK:
+        self._kernel_for(sum(np.size(values[t]) for t in self.tensors), count)
+
+    @staticmethod
+    def _kernel_for(values_per_sample: int, samples: int) -> None:
+        if values_per_sample * samples >= KERNEL_WORK:
             load_kernel()
 
     def _split(self, values: dict[str, np.ndarray], count: int, dim0: Mapping[str, int]

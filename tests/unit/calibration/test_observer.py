@@ -205,3 +205,19 @@ def test_exact_batching_gives_each_sample_the_statistics_of_its_single_run():
     mixing = Observer(batch_mixing_model(), activation_tensors(batch_mixing_model()), exact_batch=True)
     list(mixing.observe(samples((1, 3, 4, 4), 4, seed=1)))
     assert mixing.batch_used == 1 and any("mixes the batch axis" in n for n in mixing.notes)
+
+
+def test_the_histogram_kernel_starts_loading_when_the_shapes_promise_enough_work(monkeypatch):
+    """Static shapes tell the observer how many values it will histogram before any run: the
+    compiled kernel's ~1 s load starts with the observer (overlapping the session build), only for
+    work that repays it."""
+    import engine.calibration.observer as observer_module
+
+    calls = []
+    monkeypatch.setattr(observer_module, "load_kernel", lambda wait=False: calls.append(wait) or False)
+    per_sample = 3 * 16 * 16 + 2 * 8 * 16 * 16 + 8  # data, conv_out, relu_out, output
+    Observer(conv_relu_model(), TENSORS, expected_samples=observer_module.KERNEL_WORK // per_sample + 1)
+    assert calls == [False]  # in the background
+    Observer(conv_relu_model(), TENSORS, expected_samples=observer_module.KERNEL_WORK // per_sample - 1)
+    Observer(conv_relu_model(batch="N"), TENSORS, expected_samples=10 ** 9)  # unknown batch: decided after runs
+    assert calls == [False]
