@@ -42,12 +42,14 @@ def attach_runtime_inputs(bc: onnx.ModelProto, specs: list[dict[str, Any]], floa
     """
     from engine.preprocess.integer import attach_runtime_input
 
-    return {spec["name"]: attach_runtime_input(bc, spec, float_model, batch, cpu_nodes).mode for spec in specs}
+    return {spec["name"]: attach_runtime_input(bc, spec, float_model, batch * int(spec["shape"][0]), cpu_nodes).mode
+            for spec in specs}
 
 
 def runtime_specs(specs: list[dict[str, Any]], batch: int) -> list[dict[str, Any]]:
-    """The input specs the `.bc` stores: the batch it takes in `shape[0]`, and `input_batch`."""
-    return [{**s, "shape": [batch, *s["shape"][1:]], "input_batch": batch} for s in specs]
+    """The input specs the `.bc` stores: the batch it takes in `shape[0]` (the model's own N, times
+    `input_batch`, which requires N = 1), and `input_batch`."""
+    return [{**s, "shape": [batch * int(s["shape"][0]), *s["shape"][1:]], "input_batch": batch} for s in specs]
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -76,6 +78,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 
 # version 4: int32 biases carry the plan's bias corrections (the ptq model's bias values)
-STAGE = Stage("quantize", 4, run, after=("optimize", "calibrate"), reads=READS,
+# version 5: an image input with N > 1 in input_shape takes N frames (it took one)
+STAGE = Stage("quantize", 5, run, after=("optimize", "calibrate"), reads=READS,
               artefacts={"model.bc": "{prefix}_quantized_model.bc"},
               describe="integer program (.bc) taking the runtime input format")

@@ -226,3 +226,37 @@ def test_march_ranges(tmp_path, march, batch, message):
     report = Engine().run(write_project(tmp_path, classifier(), batch, march=march))
     assert [p.message for p in report.problems if p.severity.label == "error"] == [message]
     assert not (tmp_path / "model_output").exists()
+
+
+def test_an_image_input_with_its_own_batch_of_two(tmp_path):
+    """input_shape 2x3xHxW (no input_batch): the `.bc` takes both frames, and the run reaches the table
+    (the runtime input was built for one frame and the report stage crashed)."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Conv", ["img", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["out"], name="relu1")]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("img", TensorProto.FLOAT, [2, 3, H, W])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 8, H, W])],
+                              [numpy_helper.from_array(rng.normal(0, 0.4, (8, 3, 3, 3)).astype(np.float32), "w1"),
+                               numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b1")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    config = write_project(tmp_path, model, None, "rgb")
+    config.write_text(config.read_text().replace(f"input_shape: 1x3x{H}x{W}", f"input_shape: 2x3x{H}x{W}"))
+    cal = tmp_path / "calibration"
+    for i in range(3):
+        color.hwc_to_chw(np.stack([photo("astronaut", 0.2 * i), photo("coffee", 0.3 * i)])).tofile(cal / f"{i:02d}.rgb")
+    for old in sorted(cal.iterdir())[3:]:
+        old.unlink()
+    report = Engine().run(config)
+    assert report.ok, [p.render() for p in report.problems]
+    bc = tmp_path / "model_output" / "cls_quantized_model.bc"
+    assert input_dims(bc) == [2, H, W, 3]
+    frames = np.stack(HELD_OUT[:2])
+    got = run_bc(bc, frames)
+    mean = np.array([float(v) for v in MEAN.split()], np.float32).reshape(1, 3, 1, 1)
+    scale = np.array([float(v) for v in SCALE.split()], np.float32).reshape(1, 3, 1, 1)
+    x = (color.hwc_to_chw(frames).astype(np.float32) - mean) * scale
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["out"], {"img": x})[0]
+    for i in range(2):  # each frame is its own, not the first one twice
+        cos = float(np.dot(got[i].ravel(), want[i].ravel()) / np.linalg.norm(got[i]) / np.linalg.norm(want[i]))
+        assert cos > 0.99, (i, cos)
