@@ -163,17 +163,18 @@ class Observer:
 
     # ------------------------------------------------------------------ sessions
 
-    def _options(self) -> ort.SessionOptions:
+    def _options(self, quiet: bool = False) -> ort.SessionOptions:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads or cpu_count()
         opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3  # shape-mismatch warnings of the batched copy are expected
+        # the batched copy is a probe: its shape errors are expected and must not reach the console
+        opts.log_severity_level = 4 if quiet else 3
         # idle onnxruntime workers would spin on the cores the statistics threads need (18 % slower, measured)
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return opts
 
-    def _session(self, proto: onnx.ModelProto) -> ort.InferenceSession:
-        return ort.InferenceSession(proto.SerializeToString(), self._options(), providers=["CPUExecutionProvider"])
+    def _session(self, proto: onnx.ModelProto, quiet: bool = False) -> ort.InferenceSession:
+        return ort.InferenceSession(proto.SerializeToString(), self._options(quiet), providers=["CPUExecutionProvider"])
 
     @property
     def single(self) -> ort.InferenceSession:
@@ -273,7 +274,7 @@ class Observer:
         """Build the symbolic-batch session and check it against two single runs."""
         self._batch_checked = True
         try:
-            session = self._session(with_symbolic_batch(self._proto))
+            session = self._session(with_symbolic_batch(self._proto), quiet=True)
             both = self._split(self._run(session, [first, second]), 2, _first_dims(v0))
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types; any failure → batch 1
             self.notes.append(f"batching off: the model does not run with a batch of samples ({e.__class__.__name__})")
