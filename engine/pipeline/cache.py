@@ -133,9 +133,13 @@ class StageCache:
         except (OSError, ValueError):
             return {}
 
-    def save_parts(self, parts: dict[str, Any]) -> None:
+    def save_parts(self, parts: dict[str, Any], previous: dict[str, Any] | None = None) -> None:
+        """Write what this run's keys were made of; nothing when it equals `previous` (as last_parts read it)."""
+        text = json.dumps(parts, default=str)
+        if previous is not None and json.loads(text) == previous:
+            return
         self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.root / "last_run.json", json.dumps(parts, indent=1, default=str))
+        atomic_write_text(self.root / "last_run.json", text)
 
 
 TIMING_KEYS = frozenset({"seconds", "cpu_seconds"})  # how long a step took, not what it produced

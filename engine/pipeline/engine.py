@@ -156,7 +156,7 @@ class Engine:
                 report.problems.append(error("working-dir-unwritable", f"Cannot write into working_dir "
                                              f"{config.working_dir}: {exc.strerror}", ("model_parameters", "working_dir"),
                                              file=shown))
-            cache.save_parts(parts_now)
+            cache.save_parts(parts_now, previous)
         report.seconds = time.perf_counter() - t0
         return report
 

@@ -33,7 +33,9 @@ class HashMemo:
         """sha256 of the file's bytes (hex), read again only when its size or mtime changed or the
         last hash was taken within `RACY_NS` of its mtime."""
         st = os.stat(path)
-        key = str(Path(path).resolve())
+        # the memo's slot: the absolute path as written (resolving symlinks cost more than the rest of
+        # an unchanged run's keys); the slot's (size, mtime) is checked against this stat anyway
+        key = os.path.join(os.getcwd(), path)
         with self._lock:
             hit = self._memo.get(key)
         if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:

@@ -113,3 +113,18 @@ def test_cosine_matches_float64_dot_on_large_tensors_without_blas(monkeypatch):
     for a, b, exact in expected:
         assert abs(cosine(a, b) - exact) < 1e-12 and exact < 0.9999
         assert cosine(a, a) == 1.0 and cosine(b, a) == cosine(a, b)
+
+
+def test_cosine_reads_float64_in_place_and_never_writes_its_inputs():
+    """float64 slices are read without a copy; the overflow path scales copies, not the caller's arrays."""
+    from engine.similarity import _flat, cosine
+
+    rng = np.random.default_rng(7)
+    big = rng.uniform(-1, 1, 70_000) * 1e300  # x·x overflows: the scaled path
+    kept = big.copy()
+    assert cosine(big, big * 0.5) == 1.0 and np.array_equal(big, kept)
+    a32, b64 = rng.standard_normal(40_000).astype(np.float32), rng.integers(-9, 9, 30_000)
+    joined = np.concatenate([a32.astype(np.float64), b64.astype(np.float64)])
+    other = rng.standard_normal(70_000)
+    assert cosine(_flat([a32, b64]), other) == cosine(joined, other)  # the same sums, bit for bit
+    assert _flat([a32]).base is a32  # one tensor: a view
