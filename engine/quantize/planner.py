@@ -671,12 +671,24 @@ def _bits(a: _Analysis, s: _Scales, options: QuantOptions) -> dict[str, int]:
     return want
 
 
+PER_CHANNEL_WRITERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})  # requantize per output channel
+
+
 def _per_channel_tensors(a: _Analysis, s: _Scales, options: QuantOptions) -> set[str]:
+    """Model outputs that may keep per-channel thresholds: no integer op reads them, and their writer
+    requantizes per channel (a conv / matmul, alone or with its fused activation) or is a CPU node.
+    Other integer writers (pooling, Sigmoid, Softmax, …) have one output scale in onnxruntime's
+    QLinear kernels: their Q/DQ pairs are fused into those, which a per-channel scale breaks."""
     if not options.per_channel:
         return set()
     tied = {t for tie in s.ties for t in tie} | set(s.derived) | set(s.derived.values())
+
+    def writer_allows(t: str) -> bool:
+        unit = a.producer.get(t)
+        return unit is None or not unit.bpu or unit.nodes[0].op_type in PER_CHANNEL_WRITERS
+
     return {t for t in s.quantized if t in a.graph.outputs and t not in tied
-            and not any(r.bpu for r in a.readers.get(t, []))}
+            and not any(r.bpu for r in a.readers.get(t, [])) and writer_allows(t)}
 
 
 def _split_output_concats(a: _Analysis, raw: dict[str, Any], options: QuantOptions, notes: list[str]) -> set[str]:
