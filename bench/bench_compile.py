@@ -1,7 +1,8 @@
 """The deployable model against the float model it came from (issue #5's numbers, issue #10's speed target).
 
-Per model — the bundled digits model (batch 1, and batch 16 through `input_batch`), PP-OCRv4 det at
-1x3x640x640 and PP-OCRv4 rec at 1x3x48x320 (text-photo calibration, `max`):
+Per model — the bundled digits model (batch 1, and batch 16 through `input_batch`), PP-OCR cls at
+1x3x48x192, PP-OCRv4 det at 1x3x640x640 and PP-OCRv4 rec at 1x3x48x320 (text-photo calibration,
+`max`):
 
 - **throughput**: `session.run` of the `.hbm`'s program (opened as `engine.runtime` opens it) and of
   the float model (`*_original_float_model.onnx`, onnxruntime's default options) at the same
@@ -16,7 +17,7 @@ Per model — the bundled digits model (batch 1, and batch 16 through `input_bat
 `det-int8` / `rec-int8` (not run by default) compile the same models with `target_output_cosine: 0`
 (no automatic mixed precision: every tensor int8), to show what the int16 moves cost in speed.
 
-    .venv/bin/python bench/bench_compile.py [digits] [digits16] [det] [rec] [det-int8] [rec-int8]
+    .venv/bin/python bench/bench_compile.py [digits] [digits16] [cls] [det] [rec] [det-int8] [rec-int8]
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import REPO, print_table  # noqa: E402
 
 THREADS = (1, 2)
-TARGET = 2.0  # issue #5: .hbm throughput >= 2x float (digits, det); issue #10: >= 1x (rec)
+TARGET = 2.0  # issue #5: .hbm throughput >= 2x float (digits, det); issue #10: >= 1x (cls, rec)
 ROUNDS = 7
 BLOCK_SECONDS = 0.15  # one block of inferences per round and model
 
@@ -143,6 +144,27 @@ def compile_rec(work: Path, int8_only: bool = False) -> Case | None:
                 work / "out" / "rec.hbm", fl, 1.0)
 
 
+def compile_cls(work: Path) -> Case | None:
+    """PP-OCR cls 48x192 (the mobile v2.0 angle classifier), BGR text-line crops, half turned by 180°."""
+    from bench.bench_accuracy import sample
+    from tests.support.ppocr import ppocr_models
+
+    models = ppocr_models()
+    if not models:
+        return None
+    (work / "cal").mkdir(parents=True)
+    for i in range(16):
+        np.save(work / "cal" / f"s{i:03d}.npy", sample("cls", i, seed=0))
+    (work / "cls.hb.yaml").write_text(_ppocr_config("cls", models["cls"], "1x3x48x192", "bgr"))
+    from engine.pipeline import Engine
+
+    report = Engine().run(work / "cls.hb.yaml")
+    assert report.ok, [p.render() for p in report.problems]
+    fl = [{"x": sample("cls", 100 + i, seed=1)} for i in range(8)]
+    return Case("PP-OCR cls 48x192", _batched(work / "out" / "cls_original_float_model.onnx", 1),
+                work / "out" / "cls.hbm", fl, 1.0)
+
+
 def _block(run, feeds: list[dict], count: int) -> tuple[float, float]:
     """(wall s, CPU s) per inference over `count` runs cycling through `feeds`."""
     w, c = time.perf_counter(), time.process_time()
@@ -219,8 +241,8 @@ def _consistency(case: Case, feeds: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    known = ("digits", "digits16", "det", "rec", "det-int8", "rec-int8")
-    wanted = [a for a in args if a in known] or ["digits", "digits16", "det", "rec"]
+    known = ("digits", "digits16", "cls", "det", "rec", "det-int8", "rec-int8")
+    wanted = [a for a in args if a in known] or ["digits", "digits16", "cls", "det", "rec"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in wanted:
@@ -230,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
             elif name.endswith("-int8"):
                 case = {"det-int8": compile_det, "rec-int8": compile_rec}[name](work, True)
             else:
-                case = {"digits": compile_digits, "det": compile_det, "rec": compile_rec}[name](work)
+                case = {"digits": compile_digits, "cls": compile_cls, "det": compile_det, "rec": compile_rec}[name](work)
             if case is None:
                 print(f"bench_compile: {name} skipped (PP-OCR models cannot be fetched)")
                 continue

@@ -108,9 +108,11 @@ def optimize_program(program: onnx.ModelProto, level: str) -> OptimizeResult:
     o2 = onnx.ModelProto()
     o2.CopyFrom(model)
     o2_rewrites = {"per_channel_scaling": per_channel_scaling(o2), "narrow_conv_in_float": narrow_conv_in_float(o2),
+                   "depthwise_conv_in_float": depthwise_conv_in_float(o2),
                    "merge_sibling_convs": merge_sibling_convs(o2), "index_tables_directly": index_tables_directly(o2),
                    "untranspose_float_side_tables": untranspose_float_side_tables(o2),
-                   "si32_head_as_qgemm": si32_head_as_qgemm(o2)}
+                   "si32_head_as_qgemm": si32_head_as_qgemm(o2), "nhwc_max_pool": nhwc_max_pool(o2),
+                   "silu_as_quick_gelu": silu_as_quick_gelu(o2)}
     if any(o2_rewrites.values()):
         remove_dead(o2)
     before = len(o2.graph.node)
@@ -476,24 +478,27 @@ def _random_codes(dtype: np.dtype, shape: tuple[int, ...], seeds: int) -> list[n
     return [rng.integers(int(info.min), int(info.max) + 1, shape).astype(dtype) for _ in range(seeds)]
 
 
-_TENSOR_TYPE = {np.dtype(np.uint8): onnx.TensorProto.UINT8, np.dtype(np.int8): onnx.TensorProto.INT8}
+_TENSOR_TYPE = {np.dtype(np.uint8): onnx.TensorProto.UINT8, np.dtype(np.int8): onnx.TensorProto.INT8,
+                np.dtype(np.uint16): onnx.TensorProto.UINT16, np.dtype(np.int16): onnx.TensorProto.INT16}
 
 NARROW_INPUT = 4  # input channels up to which an ungrouped QLinearConv runs as a float Conv
+DEPTHWISE_FLOAT_KERNEL = 5  # depthwise QLinearConvs with kernels this large run as float Convs
 EXACT_FLOAT = 2 ** 24  # integers up to this magnitude are exact in float32
 
 
-def narrow_conv_in_float(model: onnx.ModelProto) -> int:
+def narrow_conv_in_float(model: onnx.ModelProto, depthwise: bool = False) -> int:
     """QLinearConvs with few input channels → DequantizeLinear → float Conv → Mul M → QuantizeLinear
     (module docstring), each kept only if it equals the QLinearConv on random inputs. A Relu on codes
     right after (Clip from the output zero point up) moves before the multiplier as a float Relu, which
-    onnxruntime fuses into the Conv; see `_relu_after`."""
+    onnxruntime fuses into the Conv; see `_relu_after`. With `depthwise`, the same for depthwise convs
+    with a kernel of at least `DEPTHWISE_FLOAT_KERNEL` instead (`depthwise_conv_in_float`)."""
     from onnx import helper
 
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     rewritten = 0
     for node in list(g.node):
-        parts = _narrow_conv(node, inits)
+        parts = _depthwise_conv(node, inits) if depthwise else _narrow_conv(node, inits)
         if parts is None:
             continue
         x_zero_point, weight, bias, multiplier, y_zero_point = parts
@@ -525,7 +530,7 @@ def narrow_conv_in_float(model: onnx.ModelProto) -> int:
         replacement.append(helper.make_node("QuantizeLinear", [scaled, f"{base}_one", f"{base}_y_zero_point"],
                                             [original[-1].output[0]], name=node.name))
         tensors = [numpy_helper.from_array(np.asarray(v), k) for k, v in constants.items()]
-        if not _same_on_random_inputs(original, replacement, tensors, inits, int(weight.shape[1])):
+        if not _same_on_random_inputs(original, replacement, tensors, inits, int(weight.shape[1]) * attrs.get("group", 1)):
             continue
         if relu is not None:
             g.node.remove(relu)
@@ -559,19 +564,45 @@ def _relu_after(g: onnx.GraphProto, node: onnx.NodeProto, inits: Mapping[str, on
     return clip
 
 
+def depthwise_conv_in_float(model: onnx.ModelProto) -> int:
+    """Depthwise QLinearConvs with a kernel of at least `DEPTHWISE_FLOAT_KERNEL` as float Convs of the
+    same integers (`narrow_conv_in_float`'s form and check; each output channel reads one input
+    channel, so the accumulator bound is the narrow conv's). onnxruntime's uint8 depthwise kernel is
+    the slow one there (1 thread, 5×5 on 1×200×2×96: QLinearConv NHWC 74 µs, DequantizeLinear + float
+    Conv 28 µs): PP-OCR cls 48×192 with its ten 5×5 depthwise convs 1.43 → 1.23 ms; PP-OCRv4 det
+    (5×5 on 384 channels at 20×20) and rec unchanged (67.2 / 67.7 ms, 20.1 / 20.2 ms); 3×3 ones gain
+    nothing on cls beyond the noise (1.23 / 1.28 ms) and lose on det (module docstring)."""
+    return narrow_conv_in_float(model, depthwise=True)
+
+
 def _narrow_conv(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]):
     """(z_x, float weight w − z_w, float bias or None, M per output channel, z_y) of an ungrouped
     QLinearConv with ≤ NARROW_INPUT input channels whose accumulator is exact in float32, else None.
-    (Depthwise convs read one channel per group too, but there the integer kernel is faster:
-    PP-OCRv4 det with its 12 depthwise convs in float 50.4 ms, integer 43.5 ms, 1 thread.)"""
+    (3×3 depthwise convs stay integer: PP-OCRv4 det with its 12 depthwise convs in float 50.4 ms,
+    integer 43.5 ms, 1 thread.)"""
+    return _float_conv_parts(node, inits, depthwise=False)
+
+
+def _depthwise_conv(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]):
+    """`_narrow_conv`'s parts of a depthwise QLinearConv with a kernel of at least
+    `DEPTHWISE_FLOAT_KERNEL` whose accumulator is exact in float32, else None."""
+    return _float_conv_parts(node, inits, depthwise=True)
+
+
+def _float_conv_parts(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto], depthwise: bool):
     if node.op_type != "QLinearConv" or node.domain not in ("", "ai.onnx") or len(node.input) < 8:
         return None
     names = list(node.input[1:8]) + ([node.input[8]] if len(node.input) > 8 and node.input[8] else [])
     if not all(n in inits for n in names):
         return None
     xs, xz, w, ws, wz, ys, yz = (numpy_helper.to_array(inits[n]) for n in node.input[1:8])
-    grouped = any(a.name == "group" and a.i != 1 for a in node.attribute)  # depthwise: integer is faster
-    if grouped or w.ndim != 4 or w.shape[1] > NARROW_INPUT or xs.size != 1 or xz.size != 1 or ys.size != 1 or yz.size != 1:
+    if w.ndim != 4 or xs.size != 1 or xz.size != 1 or ys.size != 1 or yz.size != 1:
+        return None
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    if depthwise:
+        if group == 1 or w.shape[1] != 1 or w.shape[0] != group or min(w.shape[2:]) < DEPTHWISE_FLOAT_KERNEL:
+            return None
+    elif group != 1 or w.shape[1] > NARROW_INPUT:
         return None
     c = w.shape[0]
     centered = w.astype(np.int64) - np.broadcast_to(wz.reshape(-1), (c,)).astype(np.int64).reshape(c, 1, 1, 1)
@@ -980,6 +1011,133 @@ def _qgemm_equal(original: list[onnx.NodeProto], qgemm: onnx.NodeProto, constant
     """The MatMulInteger chain and the QGemm on seeded random codes (`rows` × K): equal bit for bit?"""
     return _same_bits(original, [qgemm], _random_codes(np.dtype(dtype), (rows, k), 4), [original[-1].output[0]],
                       inits, constants, domains=("com.microsoft",))
+
+
+# ------------------------------------------------------------------ pooling and SiLU kernels (O2)
+
+_LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "MaxPool", "Identity", "Split",
+                         "Slice", "Clip", "Concat", "NhwcMaxPool"})
+# where a QLinear op's output zero point is (its dtype is the output's)
+_ZERO_POINT_OF_OUTPUT = {"QuantizeLinear": 2, "QLinearConv": 7, "QLinearAdd": 7, "QLinearMul": 7, "QLinearLeakyRelu": 4,
+                         "QLinearSigmoid": 4, "QLinearGlobalAveragePool": 4, "QLinearAveragePool": 4,
+                         "QLinearSoftmax": 4}
+
+
+def _code_dtype(g: onnx.GraphProto, name: str, inits: Mapping[str, onnx.TensorProto]) -> np.dtype | None:
+    """The element type of the tensor `name` when it holds codes of a known integer type: read off the
+    zero point of the QuantizeLinear / QLinear op that wrote it (through layout ops), a Cast, or a
+    graph input; None when unknown or not an integer type."""
+    producer = {o: n for n in g.node for o in n.output}
+    elem = {i.name: i.type.tensor_type.elem_type for i in g.input}
+    for _ in range(len(g.node) + 1):
+        node = producer.get(name)
+        if node is None:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(elem[name]) if elem.get(name) else None
+            return dtype if dtype is not None and dtype.kind in "iu" else None
+        if node.op_type in _LAYOUT_OPS:
+            name = node.input[0]
+            continue
+        if node.op_type == "Cast":
+            to = next((a.i for a in node.attribute if a.name == "to"), 0)
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(to) if to else None
+            return dtype if dtype is not None and dtype.kind in "iu" else None
+        index = _ZERO_POINT_OF_OUTPUT.get(node.op_type)
+        if index is None or len(node.input) <= index or node.input[index] not in inits:
+            return None
+        return numpy_helper.to_array(inits[node.input[index]]).dtype
+    return None
+
+
+def nhwc_max_pool(model: onnx.ModelProto) -> int:
+    """MaxPool on 8-bit codes → Transpose → com.microsoft NhwcMaxPool → Transpose back. The maximum of
+    codes is the code of the maximum (the encoding is monotone) in either layout; onnxruntime's NCHW
+    MaxPool for uint8 is a generic per-element loop, its NhwcMaxPool vectorized over channels, and its
+    layout transformer cancels the two Transposes against those of the NHWC integer convs around
+    (PP-OCR cls's 2×2 pool on 1×200×2×96: ~70 µs → a few; whole cls .hbm 1.49 → 1.38 ms, 1 thread).
+    Checked on seeded random codes before it is kept."""
+    from onnx import helper
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    rewritten = 0
+    for node in list(g.node):
+        if node.op_type != "MaxPool" or node.domain not in ("", "ai.onnx") or len([o for o in node.output if o]) != 1:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "storage_order"}
+        dtype = _code_dtype(g, node.input[0], inits)
+        if dtype not in (np.dtype(np.uint8), np.dtype(np.int8)) or len(attrs.get("kernel_shape", [])) != 2:
+            continue
+        base = node.name or node.output[0]
+        nhwc_in, nhwc_out = f"{base}_nhwc_in", f"{base}_nhwc_out"
+        replacement = [helper.make_node("Transpose", [node.input[0]], [nhwc_in], name=f"{base}_to_nhwc", perm=[0, 2, 3, 1]),
+                       helper.make_node("NhwcMaxPool", [nhwc_in], [nhwc_out], name=f"{base}_nhwc",
+                                        domain="com.microsoft", **attrs),
+                       helper.make_node("Transpose", [nhwc_out], [node.output[0]], name=node.name, perm=[0, 3, 1, 2])]
+        if not _same_bits([node], replacement, _random_codes(dtype, (2, 5, 17, 19), 3), [node.output[0]], inits, [],
+                          domains=("com.microsoft",)):
+            continue
+        _splice(model, node, replacement, [])
+        _use_domain(model, "com.microsoft")
+        rewritten += 1
+    return rewritten
+
+
+def silu_as_quick_gelu(model: onnx.ModelProto) -> int:
+    """SiLU on dequantized codes, DequantizeLinear → Sigmoid and Mul(x, Sigmoid(x)) (the lowering's
+    float form of an 8-bit SiLU), → one com.microsoft QuickGelu (alpha 1): x · sigmoid(1·x) with
+    onnxruntime's same logistic kernel, in one pass and with one DequantizeLinear (onnxruntime copies a
+    DequantizeLinear read by two nodes at load time). Kept only if its float output equals the pair's
+    bit for bit on every code of the input type, and on seeded random codes of an odd-sized tensor
+    (the vector loops' tails). The digits model: 5 kernels → 3."""
+    from onnx import helper
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    readers = _consumers(g)
+    outputs = {o.name for o in g.output}
+    rewritten = 0
+    for mul in list(g.node):
+        if mul.op_type != "Mul" or mul.domain not in ("", "ai.onnx") or len(mul.input) != 2:
+            continue
+        sig = next((producer.get(i) for i in mul.input if producer.get(i) is not None
+                    and producer[i].op_type == "Sigmoid" and producer[i].domain in ("", "ai.onnx")), None)
+        if sig is None or sig.output[0] in outputs or len(readers.get(sig.output[0], [])) != 1:
+            continue
+        other = mul.input[1] if mul.input[0] == sig.output[0] else mul.input[0]
+        dq_x, dq_s = producer.get(other), producer.get(sig.input[0])
+        if dq_x is None or dq_s is None or dq_x.op_type != "DequantizeLinear" or dq_s.op_type != "DequantizeLinear" \
+                or (dq_x is not dq_s and (list(dq_x.input) != list(dq_s.input) or dq_x.domain != dq_s.domain
+                                          or _axis(dq_x) != _axis(dq_s))):
+            continue
+        if len(dq_x.input) < 3 or dq_x.input[1] not in inits or dq_x.input[2] not in inits \
+                or numpy_helper.to_array(inits[dq_x.input[1]]).size != 1:
+            continue
+        dtype = numpy_helper.to_array(inits[dq_x.input[2]]).dtype
+        if dtype not in _TENSOR_TYPE:
+            continue
+        quick = helper.make_node("QuickGelu", [dq_x.output[0]], [mul.output[0]], name=mul.name or f"{sig.name}_silu",
+                                 domain="com.microsoft", alpha=1.0)
+        original = [dq_x] + ([dq_s] if dq_s is not dq_x else []) + [sig, mul]
+        info = np.iinfo(dtype)
+        every_code = np.arange(int(info.min), int(info.max) + 1).astype(dtype).reshape(1, 1, 1, -1)
+        if not (_same_bits(original, [dq_x, quick], [every_code], [mul.output[0]], inits, [], domains=("com.microsoft",))
+                and _same_bits(original, [dq_x, quick], _random_codes(dtype, (1, 7, 13, 17), 2), [mul.output[0]],
+                               inits, [], domains=("com.microsoft",))):
+            continue
+        g.node.remove(sig)
+        index = list(g.node).index(mul)
+        g.node.remove(mul)
+        g.node.insert(index, quick)
+        _use_domain(model, "com.microsoft")
+        _rename_in_node_map(model, {sig.name: [quick.name], mul.name: [quick.name]})
+        rewritten += 1
+    return rewritten
+
+
+def _use_domain(model: onnx.ModelProto, domain: str) -> None:
+    if not any(o.domain == domain for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
 
 
 # ------------------------------------------------------------------------ onnxruntime offline
