@@ -625,7 +625,7 @@ def make_plan(model: onnx.ModelProto, thresholds: Mapping[str, Any], options: Qu
             shared.append(tuple(members))
     if reduced:
         notes.append(f"per_channel: {reduced} activation tensors use one threshold (their largest channel's): "
-                     f"per-channel activation scales are kept only on model outputs no integer op reads")
+                     f"per-channel activation scales are kept only on model outputs a conv or matmul writes and no integer op reads")
 
     plan = QuantPlan(groups=list(a.groups), shared=shared, notes=notes)
     plan.acts = {t: acts[t] for t in s.quantized}
