@@ -68,7 +68,7 @@ from engine.compile.program import TensorType, tensor_types
 CHANNEL_ALIGN = 8  # assumption: the BPU computes in blocks of 8 channels (hb's advice asks for multiples of 4 & 8)
 FC_OVERHEAD_S = 5e-6  # assumption: cost of one BPU function call (launch + sync)
 BUDGETS = (0.25, 0.5, 0.75, 1.0)  # on-chip shares for resident activations a plan may use
-MEASURE_VERSION = 3  # of measure_latency's method (warmup, budget, minimum runs): part of LatencyMemo's key
+MEASURE_VERSION = 4  # of measure_latency's method (warmup, budget, minimum runs) and LatencyMemo's key (4: by structure)
 
 # weight input index per op: (index, kind)
 _WEIGHTED = {"QLinearConv": 3, "ConvInteger": 1, "Conv": 1, "ConvTranspose": 1, "QLinearMatMul": 3,
@@ -491,28 +491,66 @@ def measure_latency(program: bytes | onnx.ModelProto, threads: int = 1, runs: in
 LATENCY_MEMO_KEEP = 64
 
 
+_INTEGER_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
+                  onnx.TensorProto.INT32, onnx.TensorProto.UINT32, onnx.TensorProto.INT64}
+
+
+def _shape_only(t: onnx.TensorProto) -> onnx.TensorProto:
+    """`t` without its values: name, type and dims, and for an integer tensor whether it is all zero
+    (a zero point of 0 can select another kernel)."""
+    from onnx import numpy_helper
+
+    out = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims)
+    if t.data_type in _INTEGER_TYPES:
+        out.doc_string = "zero" if not numpy_helper.to_array(t).any() else "nonzero"
+    return out
+
+
+def program_structure(program: onnx.ModelProto) -> str:
+    """sha256 of what the program's speed depends on: its nodes (ops, attributes, wiring), inputs,
+    outputs, and each constant's type and shape — not the constants' values nor the metadata. A
+    calibration file that moves thresholds changes scales, biases and tables, not the work."""
+    shape = onnx.ModelProto()
+    shape.CopyFrom(program)
+    del shape.metadata_props[:]
+    g = shape.graph
+    stripped = [_shape_only(t) for t in g.initializer]
+    del g.initializer[:]
+    g.initializer.extend(stripped)
+    for node in g.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                a.t.CopyFrom(_shape_only(a.t))
+    return hashlib.sha256(shape.SerializeToString()).hexdigest()
+
+
 @dataclass(frozen=True)
 class LatencyMemo:
-    """Measurements kept in `folder` by (program sha256, threads, runs, onnxruntime, machine): the same
-    program measured under the same conditions is not measured again. Only an accelerator — a
-    missing or unreadable entry is measured."""
+    """Measurements kept in `folder` by (program structure, threads, runs, onnxruntime, machine): a
+    program of the same structure (`program_structure`: the same nodes and constant shapes, other
+    values) measured under the same conditions is not measured again — the measurement is the
+    latency of that work on this machine; its run-to-run spread is far larger than any effect of the
+    constants' values. Only an accelerator — a missing or unreadable entry is measured."""
 
     folder: Path
 
-    def key(self, program: bytes, threads: int, runs: int) -> str:
+    def key(self, program: bytes | onnx.ModelProto, threads: int, runs: int) -> str:
         import onnxruntime as ort
 
         from engine.runtime.session import available_threads
 
-        what = [MEASURE_VERSION, hashlib.sha256(program).hexdigest(), available_threads(threads), runs, ort.__version__,
+        if isinstance(program, bytes):
+            program = onnx.load_from_string(program)
+
+        what = [MEASURE_VERSION, program_structure(program), available_threads(threads), runs, ort.__version__,
                 platform.machine(), platform.processor()]
         return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:32]
 
     def measure(self, program: bytes | onnx.ModelProto, threads: int = 1, runs: int = 20) -> dict[str, Any]:
         from engine.pipeline.cache import atomic_write_text
 
-        if isinstance(program, onnx.ModelProto):
-            program = program.SerializeToString()
+        if isinstance(program, bytes):
+            program = onnx.load_from_string(program)
         path = Path(self.folder) / f"{self.key(program, threads, runs)}.json"
         try:
             return json.loads(path.read_text())

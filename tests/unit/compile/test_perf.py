@@ -10,6 +10,7 @@ import shutil
 import subprocess
 
 import numpy as np
+import onnx
 import pytest
 
 from engine.compile.march import PROFILES, profile
@@ -194,6 +195,34 @@ def test_latency_memo_measures_a_program_once(small, tmp_path):
     assert memo.measure(small, threads=1, runs=3)["runs"] == 3
     path = tmp_path / f"{memo.key(small.SerializeToString(), 1, 3)}.json"
     assert json.loads(path.read_text())["runs"] == 3
+
+
+def test_latency_memo_is_keyed_by_the_programs_structure(small, tmp_path):
+    """New thresholds change a program's scales, biases and tables, not its work: measured once. Other
+    work (a node more) or a zero point that turns non-zero (another kernel) is measured again."""
+    from onnx import numpy_helper
+
+    from engine.compile.perf import program_structure
+
+    def with_values(program, pick, change):
+        other = onnx.ModelProto()
+        other.CopyFrom(program)
+        t = next(t for t in other.graph.initializer if pick(t))
+        t.CopyFrom(numpy_helper.from_array(change(numpy_helper.to_array(t)), t.name))
+        return other
+
+    is_float = lambda t: t.data_type == onnx.TensorProto.FLOAT and t.dims  # noqa: E731
+    zero_point = lambda t: t.data_type == onnx.TensorProto.UINT8 and not numpy_helper.to_array(t).any()  # noqa: E731
+    rescaled = with_values(small, is_float, lambda a: a * 1.5)
+    assert rescaled.SerializeToString() != small.SerializeToString()
+    assert program_structure(rescaled) == program_structure(small)
+    memo = LatencyMemo(tmp_path)
+    assert memo.measure(rescaled, threads=1, runs=3) == memo.measure(small, threads=1, runs=3)
+    assert program_structure(with_values(small, zero_point, lambda a: a + 1)) != program_structure(small)
+    more = onnx.ModelProto()
+    more.CopyFrom(small)
+    more.graph.node.append(onnx.helper.make_node("Identity", [more.graph.output[0].name], ["spare"], name="spare"))
+    assert program_structure(more) != program_structure(small)
 
 
 def test_latency_memo_keeps_the_newest_measurements(small, tmp_path, monkeypatch):
