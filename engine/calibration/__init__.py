@@ -4,11 +4,14 @@ Pure functions and small typed values; the calibrate stage persists what they re
 with statistics cached per sample by content hash::
 
     cs = load_calibration_set([source_for_input(s, cp.preprocess_on) for s in specs])  # lists, counts
-    todo = [i for i in range(len(cs)) if cs.content_hash(i) not in cache]
+    memo = StatsMemo(folder)                                 # the folder's pack: digest → archive
+    per_sample = [memo.get(h) for h in cs.content_hashes()]  # SampleStats, or None
+    todo = [i for i, st in enumerate(per_sample) if st is None]
     observer = Observer(optimized_model, tensors)
     for i, st in zip(todo, observer.observe(cs.samples(todo))):
-        cache[cs.content_hash(i)] = st.to_bytes()             # SampleStats → .npz bytes
-    per_sample = [SampleStats.from_bytes(cache[h]) for h in cs.content_hashes()]
+        per_sample[i] = st
+        memo.put(cs.content_hash(i), st)
+    memo.save(cs.content_hashes())                           # one pack of the current samples
     merged = merge_samples(per_sample)                       # exact extrema, rebinned histograms
     found = thresholds(merged, "kl")                         # {tensor: Threshold}
 """
