@@ -385,7 +385,7 @@ def report(case: Case, m: Measured, quality: dict[str, dict[str, float]]) -> lis
                               for s in ("parse", "optimize", "calibrate", "ptq", "quantize"))
             cos = ", ".join(f"{k} {v:.5f}" for k, v in (r.get("search_cosines") or {}).items())
             cpu = r.get("calibrate_split_cpu") or {}
-            steps = ", ".join(f"{k} {v:.2f} s ({cpu[k]:.2f} CPU s)" if k in cpu else f"{k} {v:.2f} s"
+            steps = ", ".join(f"{k} {v:.3f} s ({cpu[k]:.3f} CPU s)" if k in cpu else f"{k} {v:.3f} s"
                               for k, v in (r.get("calibrate_split") or {}).items())
             print(f"  ours {kind}: {split}; runs {r['all_seconds']} s\n    calibrate's steps: {steps}; "
                   f"histogram kernel: {r.get('histogram_kernel', '-')}; search cosines: {cos}")

@@ -119,14 +119,15 @@ def _kernel_status() -> str:
 
 def _time_calibrate_steps() -> tuple[dict[str, float], dict[str, float]]:
     """Seconds (wall, and CPU of the whole process) the calibrate stage spends in its steps, by
-    wrapping the functions it looks up when it runs: statistics (forward passes + histograms), the
-    threshold search, the accuracy steps (bias correction, sensitivity, mixed precision). A step the
-    engine does not have is left out."""
+    wrapping the functions it looks up when it runs: statistics (forward passes + histograms), their
+    merge over samples, the threshold search, the accuracy steps (bias correction, sensitivity,
+    mixed precision). A step the engine does not have is left out."""
     import importlib
 
     split: dict[str, float] = {}
     split_cpu: dict[str, float] = {}
     steps = (("engine.stages.calibrate", "collect_stats", "statistics"),
+             ("engine.stages.calibrate", "merge_samples", "merge"),
              ("engine.quantize.search", "choose_thresholds", "threshold search"),
              ("engine.stages.calibrate", "collect_channel_means", "bias-correction means"),
              ("engine.accuracy", "improve", "accuracy steps"))
