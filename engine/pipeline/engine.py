@@ -120,6 +120,7 @@ class Engine:
                                    (lambda m, f, s=stage.name: progress(s, m, f)) if progress else None, log)
                 try:
                     out = stage.fn(ctx)
+                    self._inputs_unchanged(stage, config, outputs, parts)
                     entry = cache.commit(stage.name, key, tmp, out)
                 except Cancelled:
                     cache.discard(tmp)
@@ -160,6 +161,17 @@ class Engine:
         report.seconds = time.perf_counter() - t0
         return report
 
+    def _inputs_unchanged(self, stage: Stage, config: Config, outputs: dict[str, str], before: KeyParts) -> None:
+        """A stage's result is filed under the key of the inputs it was started on: an input file
+        rewritten while it ran would file one file's result under another's key (an undo in the
+        editor then reuses the wrong thresholds). The hash memo re-reads only files whose stat changed."""
+        after = self.key_parts(stage, config, outputs)
+        if after.key == before.key:
+            return
+        changed = sorted(f for f in set(before.files) | set(after.files) if before.files.get(f) != after.files.get(f))
+        what = f"input file {', '.join(changed[:3])}{' …' if len(changed) > 3 else ''}" if changed else "an input"
+        raise InputsChangedError(error("input-changed", f"{what} changed during the {stage.name} stage; run again"))
+
     def _working_dir_ok(self, config: Config, report: RunReport, result: LoadResult, shown: str) -> bool:
         wd = config.working_dir
         try:
@@ -176,7 +188,9 @@ class Engine:
             return False
 
     def _publish(self, config: Config, entries: dict[str, Path]) -> dict[str, Path]:
-        """Copy each stage's artefacts into working_dir (temp file + os.replace each)."""
+        """Copy each stage's artefacts into working_dir (temp file + os.replace each). An artefact the
+        stage's entry does not have this time (sensitivity off, no removed nodes) is removed, so
+        working_dir never mixes this run's files with an older run's."""
         out: dict[str, Path] = {}
         for stage in self.stages():
             entry = entries.get(stage.name)
@@ -184,13 +198,18 @@ class Engine:
                 continue
             for src_name, template in stage.artefacts.items():
                 src = entry / src_name
-                if not src.is_file():
-                    continue
                 dest = config.working_dir / template.format(prefix=config.prefix)
+                if not src.is_file():
+                    dest.unlink(missing_ok=True)
+                    continue
                 if not (dest.is_file() and self.hashes.file(dest) == self.hashes.file(src)):
                     atomic_copy(src, dest)
                 out[template.format(prefix="{prefix}")] = dest
         return out
+
+
+class InputsChangedError(HbError):
+    """An input file of a stage was rewritten while the stage ran."""
 
 
 def peak_rss_mb() -> float:

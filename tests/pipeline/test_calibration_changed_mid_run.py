@@ -55,3 +55,27 @@ def test_file_rewritten_mid_run_fails_the_run_and_poisons_nothing(tmp_path, monk
     report = Engine().run(cfg)
     assert report.ok
     assert _input_threshold(tmp_path) == pytest.approx(99.0, abs=1.0)
+
+
+def test_file_rewritten_between_the_key_and_the_stage_is_caught_by_the_engine(tmp_path):
+    """The file changes after calibrate's key was taken but before the stage read anything (the
+    stage's own check compares against what it read first): the engine re-takes the key after the
+    stage and files nothing under the old one."""
+    cfg = _project(tmp_path)
+    s0 = tmp_path / "cal" / "s0.bin"
+    original = s0.read_bytes()
+
+    def progress(stage, message, fraction):  # announced after the key is taken, before the stage runs
+        if stage == "calibrate" and message.startswith("Start to"):
+            s0.write_bytes(np.full(len(original), 250, np.uint8).tobytes())
+
+    report = Engine().run(cfg, progress=progress)
+    assert not report.ok
+    errors = [p.message for p in report.problems if p.severity.name == "ERROR"]
+    assert len(errors) == 1 and "s0.bin changed during the calibrate stage; run again" in errors[0], errors
+    assert not (tmp_path / "out" / "conv_quantized_model.bc").exists()
+
+    s0.write_bytes(original)
+    report = Engine().run(cfg)
+    assert report.ok and report.stage("calibrate").status == "ran"
+    assert _input_threshold(tmp_path) == pytest.approx(99.0, abs=1.0)

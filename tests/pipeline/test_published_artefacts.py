@@ -1,0 +1,29 @@
+"""working_dir holds one run's artefacts: a file the new run does not produce is removed, not left
+beside the new ones (an old removed-node `.bc` next to a new `.hbm` misleads)."""
+
+from __future__ import annotations
+
+from engine.pipeline import Engine
+from tests.pipeline.test_stage_cache import PLAIN
+
+
+def test_an_artefact_the_new_run_does_not_make_is_removed(project):
+    project.model()
+    removing = PLAIN.replace("  output_model_file_prefix: tiny\n",
+                             "  output_model_file_prefix: tiny\n  remove_node_type: Dequantize\n")
+    cfg = project.config(removing)
+    first = Engine().run(cfg)
+    assert first.ok, [p.render() for p in first.problems]
+    assert "tiny_quantized_removed_model.bc" in project.artefacts()
+
+    project.config(PLAIN)
+    second = Engine().run(cfg)
+    assert second.ok and second.stage("compile").status == "ran"
+    names = project.artefacts()
+    assert "tiny_quantized_removed_model.bc" not in names
+    assert {"tiny.hbm", "tiny_quantized_model.bc", "tiny_advice.json"} <= set(names)
+
+    project.config(removing)  # back: the reused entry publishes it again
+    third = Engine().run(cfg)
+    assert third.ok and third.stage("compile").status == "reused"
+    assert "tiny_quantized_removed_model.bc" in project.artefacts()
