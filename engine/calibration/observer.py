@@ -34,7 +34,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
@@ -269,25 +269,28 @@ class Observer:
             return max(int(self.batch), 1)
         return int(min(MAX_BATCH, max(self.memory_budget // max(per_sample, 1), 1)))
 
-    def _try_batched(self, first: Mapping[str, np.ndarray], second: Mapping[str, np.ndarray],
-                     v0: Mapping[str, np.ndarray], v1: Mapping[str, np.ndarray]) -> bool:
-        """Build the symbolic-batch session and check it against two single runs."""
+    def _try_batched(self, chunk: Sequence[Mapping[str, np.ndarray]], singles: Sequence[Mapping[str, np.ndarray]],
+                     dim0: Mapping[str, int]) -> dict[str, np.ndarray] | None:
+        """Build the symbolic-batch session and run `chunk` (whose first samples gave `singles` alone):
+        its values when every sample's tensors split off axis 0 and the first ones equal the single
+        runs (bit for bit with `exact_batch`), else None with a note saying why."""
         self._batch_checked = True
         try:
             session = self._session(with_symbolic_batch(self._proto), quiet=True)
-            both = self._split(self._run(session, [first, second]), 2, _first_dims(v0))
+            values = self._run(session, chunk)
+            parts = self._split(values, len(chunk), dim0)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types; any failure → batch 1
             self.notes.append(f"batching off: the model does not run with a batch of samples ({e.__class__.__name__})")
-            return False
+            return None
         same = _equal if self.exact_batch else _close
-        if both is None or not all(same(both[0][t], v0[t]) and same(both[1][t], v1[t]) for t in self.tensors):
+        pairs = list(zip(parts or [], singles))
+        if parts is None or not all(same(p[t], v[t]) for p, v in pairs for t in self.tensors):
             self.notes.append("batching off: batched tensors differ from single runs (the model mixes the batch axis)"
-                              if both is None or not all(_close(both[0][t], v0[t]) and _close(both[1][t], v1[t])
-                                                         for t in self.tensors)
+                              if parts is None or not all(_close(p[t], v[t]) for p, v in pairs for t in self.tensors)
                               else "batching off: batched tensors differ from single runs in the last bits")
-            return False
+            return None
         self._batched = session
-        return True
+        return values
 
     def observe(self, samples: Iterable[Mapping[str, np.ndarray]]) -> Iterator[SampleStats]:
         """Per-sample statistics, one `SampleStats` per sample, in order, streamed.
@@ -302,17 +305,26 @@ class Observer:
         self._maybe_load_kernel(singles[0], samples)
         group = self._group_size(singles[0])
         k = self._batch_size(sum(a.nbytes for a in singles[0].values()))
-        batched = False
-        if len(head) == 2 and k > 1:
-            batched = self._batched is not None or (
-                not self._batch_checked and self._try_batched(head[0], head[1], singles[0], singles[1]))
         dim0 = _first_dims(singles[0])
-        first_stats = self._group(singles) if group > 1 else [self._stats(v) for v in singles]
+        batched, first_stats = self._batched is not None, None
+        if len(head) == 2 and k > 1 and not batched and not self._batch_checked:
+            # the check runs a whole first batch: for a small model (statistics of a group at once) its
+            # values serve every sample of it, instead of a batch of two for the check alone
+            chunk = head + list(islice(it, k - 2)) if group > 1 else head
+            values = self._try_batched(chunk, singles, dim0)
+            batched = values is not None
+            if batched and group > 1:
+                first_stats = self._stacked(values, len(chunk), dim0)
+            elif len(chunk) > 2:
+                it = chain(chunk[2:], it)  # batching off: the samples drawn for the check run as usual
+            del values, chunk
+        if first_stats is None:
+            first_stats = self._group(singles) if group > 1 else [self._stats(v) for v in singles]
         del singles, head  # only statistics outlive a sample
         self.batch_used = k if batched else 1
+        done = len(first_stats)
         while first_stats:
             yield first_stats.pop(0)
-        done = 2
         if self.batch_used == 1 and self.prefetch and group == 1:
             yield from self._one_ahead(it, done)
             return

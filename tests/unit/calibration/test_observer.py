@@ -221,3 +221,25 @@ def test_the_histogram_kernel_starts_loading_when_the_shapes_promise_enough_work
     Observer(conv_relu_model(), TENSORS, expected_samples=observer_module.KERNEL_WORK // per_sample - 1)
     Observer(conv_relu_model(batch="N"), TENSORS, expected_samples=10 ** 9)  # unknown batch: decided after runs
     assert calls == [False]
+
+
+def test_the_batching_check_runs_a_whole_first_batch_and_uses_it(monkeypatch):
+    """A small model: the check that batched runs equal single runs is made on a full first batch,
+    whose values then give its samples' statistics (no batch of two run for the check alone)."""
+    runs = []
+    original = Observer._run
+
+    def counted(self, session, chunk):
+        runs.append(len(chunk))
+        return original(self, session, chunk)
+
+    monkeypatch.setattr(Observer, "_run", counted)
+    data = list(samples((1, 3, 16, 16), 7, seed=6))
+    observer = Observer(conv_relu_model(batch="N"), TENSORS, batch=4, exact_batch=True)
+    got = list(observer.observe(iter(data)))
+    assert runs == [1, 1, 4, 3] and observer.batch_used == 4  # two singles, the checked batch, the rest
+    runs.clear()
+    single = list(observe(conv_relu_model(batch="N"), iter(data), TENSORS, batch=1))
+    assert len(runs) == 7
+    for a, b in zip(got, single, strict=True):
+        assert a.tensors == b.tensors  # the checked batch's values: the same bits as one at a time
