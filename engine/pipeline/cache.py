@@ -62,11 +62,14 @@ class StageCache:
         (self.root / stage).mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root / stage))
 
-    def commit(self, stage: str, key: str, tmp: Path, result: dict[str, Any] | None) -> Path:
+    def commit(self, stage: str, key: str, tmp: Path, result: dict[str, Any] | None, digest: bool = True) -> Path:
+        """Rename `tmp` into place as the entry of (`stage`, `key`). `digest`: record the output digest
+        (no later stage reading this one: it is taken if ever asked for, by `outputs`)."""
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-        (tmp / "meta.json").write_text(json.dumps({"stage": stage, "key": key, "files": files,
-                                                   "outputs": content_digest(tmp, files),
-                                                   "result": result or {}}, default=str))
+        meta = {"stage": stage, "key": key, "files": files, "result": result or {}}
+        if digest:
+            meta["outputs"] = content_digest(tmp, files)
+        (tmp / "meta.json").write_text(json.dumps(meta, default=str))
         dest = self.entry(stage, key)
         for _ in range(3):
             try:

@@ -90,3 +90,28 @@ def test_output_digest_of_json_leaves_out_timings(tmp_path):
     assert content_digest(a, ["accuracy.json"]) == content_digest(b, ["accuracy.json"])
     (b / "accuracy.json").write_text(json.dumps({"node_info": {"n": "int16"}, "mixed_precision": {"met": True}}))
     assert content_digest(a, ["accuracy.json"]) != content_digest(b, ["accuracy.json"])
+
+
+def test_only_stages_read_by_later_ones_record_an_output_digest(project):
+    """compile's outputs feed no stage: no digest is taken of its .hbm and reports at commit."""
+    samples(project.root / "cal")
+    report = run_ok(Engine(), project.config(CONFIG))
+    cache = project.root / "model_output" / ".hb_cache"
+    metas = {s: json.loads((cache / s / report.stage(s).key / "meta.json").read_text())
+             for s in ("calibrate", "report", "compile")}
+    assert "outputs" in metas["calibrate"] and "outputs" in metas["report"] and "outputs" not in metas["compile"]
+    entry = cache / "compile" / report.stage("compile").key
+    assert StageCache(cache).outputs(entry) == content_digest(entry, metas["compile"]["files"])
+
+
+def test_an_artefact_changed_in_working_dir_is_published_again(project):
+    """Publishing skips files this engine copied and nobody touched since; an edited one is restored."""
+    samples(project.root / "cal")
+    cfg = project.config(CONFIG)
+    engine = Engine()
+    run_ok(engine, cfg)
+    csv = project.root / "model_output" / "tiny_node_info.csv"
+    published = csv.read_bytes()
+    csv.write_bytes(b"edited by hand\n")
+    run_ok(engine, cfg)
+    assert csv.read_bytes() == published
