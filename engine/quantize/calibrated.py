@@ -34,7 +34,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from engine.passes.graph import constant_node_value, used_names
-from engine.quantize.planner import bias_value, quantize_weight
+from engine.quantize.planner import bias_value, quantize_weight, zero_point_of
 from engine.quantize.types import ActQuant, QuantPlan, WeightQuant
 
 SUFFIX = "_HzCalibration"
@@ -107,9 +107,10 @@ class QdqWriter:
     def _add(self, anchor: int, *nodes: onnx.NodeProto) -> None:
         self.after.setdefault(anchor, []).extend(nodes)
 
-    def _scale_zp(self, base: str, scale: float | np.ndarray, bits: int) -> tuple[str, str]:
+    def _scale_zp(self, base: str, scale: float | np.ndarray, bits: int, zero_point: int = 0) -> tuple[str, str]:
         s = np.asarray(scale, np.float32)
-        return self.const(f"{base}_scale", s), self.const(f"{base}_zero_point", np.zeros(s.shape, _NPTYPE[bits]))
+        return self.const(f"{base}_scale", s), self.const(f"{base}_zero_point",
+                                                          np.full(s.shape, zero_point, _NPTYPE[bits]))
 
     def _axis(self, axis: int | None, scale: float | np.ndarray) -> dict:
         return {"axis": axis} if axis is not None and np.ndim(scale) else {}
@@ -121,7 +122,7 @@ class QdqWriter:
         t = act.tensor
         base = f"{t}{SUFFIX}"
         scale = act.scale
-        s, zp = self._scale_zp(base, scale, act.bits)
+        s, zp = self._scale_zp(base, scale, act.bits, zero_point_of(act))
         source, out = t, None
         if whole and t in self.outputs and t in self.index:
             source = self.name(f"{base}_input")

@@ -35,10 +35,11 @@ class Encoding:
 
     @classmethod
     def of(cls, act: ActQuant) -> Encoding:
-        """The executed encoding of a planned activation (int8 → uint8/128, int16 → int16/0)."""
+        """The executed encoding of a planned activation (int8 → uint8/128, or 128 + its zero point
+        for an offset range (planner.OffsetAct); int16 → int16/0)."""
         if act.bits not in (8, 16):
             raise ValueError(f"activation '{act.tensor}': {act.bits}-bit activations are not supported")
-        dtype, zp = ("uint8", UINT8_ZERO_POINT) if act.bits == 8 else ("int16", 0)
+        dtype, zp = ("uint8", UINT8_ZERO_POINT + int(getattr(act, "zero_point", 0))) if act.bits == 8 else ("int16", 0)
         if act.axis is None:
             return cls(dtype, _positive(float(act.scale)), zp)
         scales = np.atleast_1d(np.asarray(act.scale, dtype=np.float64))
