@@ -1,0 +1,57 @@
+"""Float references: one run per (model, sample) content, shared by every step that asks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.accuracy import sessions
+from engine.accuracy.sessions import FloatOutputs, References, quiet_session, run_outputs
+from tests.unit.accuracy.acc_models import outlier_chain
+
+
+def inputs(n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(n)]
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Sessions opened, and a fresh memo so other tests' models do not interfere."""
+    opened = []
+
+    def counting(model, threads=None):
+        opened.append(model)
+        return quiet_session(model, threads)
+
+    monkeypatch.setattr(sessions, "quiet_session", counting)
+    monkeypatch.setattr(sessions, "FLOAT_OUTPUTS", FloatOutputs())
+    return opened
+
+
+def test_references_of_the_same_samples_run_the_model_once(counted):
+    model, samples = outlier_chain(), inputs(6)
+    first = References(model, samples[:4]).values  # the threshold search's samples
+    assert len(counted) == 1
+    again = References(model, [{k: v.copy() for k, v in s.items()} for s in samples]).values  # equal content
+    assert len(counted) == 2  # one session, for the two samples not seen yet
+    session = quiet_session(model)
+    for got, s in zip(again, samples, strict=True):
+        want = run_outputs(session, s)
+        assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+    assert all(a[k] is b[k] for a, b in zip(first, again[:4]) for k in a)  # the same arrays, not recomputed
+    with pytest.raises(ValueError):
+        next(iter(first[0].values()))[...] = 0  # read-only: no step can alter another's reference
+    assert len(References(model, samples).values) == 6
+    assert len(counted) == 2  # everything known: no session at all
+
+
+def test_another_model_replaces_the_kept_outputs_and_the_budget_bounds_them(counted):
+    a, b, samples = outlier_chain(seed=0), outlier_chain(seed=1), inputs(3)
+    for model, some in ((a, samples), (b, samples), (a, samples[:1])):
+        assert len(References(model, some).values) == len(some)
+    assert len(counted) == 3  # b replaced a's outputs
+    small = FloatOutputs(budget=1)
+    for k in range(3):
+        small.put("m", f"s{k}", {"y": np.zeros(4, np.float32)})
+    assert small.get("m", "s2") is not None and small.get("m", "s0") is None and small.get("other", "s2") is None
