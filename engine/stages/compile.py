@@ -18,8 +18,7 @@ import onnx
 
 from engine.pipeline.hashing import sha256_json
 from engine.pipeline.stage import Stage, StageContext
-from engine.quantize.planner import QuantOptions, make_plan
-from engine.stages.calibrate import load_thresholds
+from engine.stages.ptq import stage_plan
 from engine.stages.quantize import READS as QUANTIZE_READS
 from engine.stages.report import ROWS_FILE
 
@@ -42,8 +41,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     optimized = onnx.load(str(ctx.input("optimize", "model.onnx")))
     bc = onnx.load(str(ctx.input("quantize", "model.bc")))
     specs = json.loads(ctx.input("calibrate", "inputs.json").read_text())
-    plan = make_plan(optimized, load_thresholds(ctx.input("calibrate", "thresholds.json")),
-                     QuantOptions.from_config(config))
+    plan = stage_plan(ctx, optimized)
     options, problems = resolve(config.compiler, config.model.march, specs)
     for p in problems:
         if p.is_error:

@@ -2,26 +2,53 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+from collections import OrderedDict
 from typing import Any
 
 import onnx
 
 from engine.pipeline.stage import Stage, StageContext
 from engine.quantize.planner import QuantOptions, make_plan
-from engine.stages.calibrate import load_thresholds
+from engine.quantize.types import QuantPlan
+from engine.stages.calibrate import ACCURACY_FILE, load_thresholds
+
+PLANS_KEPT = 4  # plans an engine keeps (a few configs or edits back)
 
 READS = ("calibration_parameters.run_on_cpu", "calibration_parameters.run_on_bpu",
          "calibration_parameters.optimization", "calibration_parameters.per_channel",
          "model_parameters.node_info")
 
 
+def stage_plan(ctx: StageContext, model: onnx.ModelProto) -> QuantPlan:
+    """`make_plan` of the optimized model (`model`, read from the optimize entry) and calibrate's output
+    under this config's options: the same plan for ptq, quantize, report and compile, made once per
+    engine (26 ms each on PP-OCRv4 det, a third of digits' ptq stage). Keyed by the optimized model's
+    cache file, the contents of calibrate's thresholds and accuracy steps, and the options; its users
+    only read it."""
+    options = QuantOptions.from_config(ctx.config)
+    source = ctx.input("optimize", "model.onnx")  # a cache file: it never changes once its entry is committed
+    st = os.stat(source)
+    made_from = [ctx.input("calibrate", "thresholds.json"), ctx.input("calibrate", ACCURACY_FILE)]
+    key = (str(source), st.st_size, st.st_mtime_ns, repr(options),
+           *(hashlib.sha256(f.read_bytes()).hexdigest() if f.is_file() else "" for f in made_from))
+    plans: OrderedDict = ctx.engine.warm.setdefault("plans", OrderedDict())
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans[key] = make_plan(model, load_thresholds(ctx.input("calibrate", "thresholds.json")), options)
+        while len(plans) > PLANS_KEPT:
+            plans.popitem(last=False)
+    plans.move_to_end(key)
+    return plan
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     from engine.quantize.ptq import build_ptq_model
 
     model = onnx.load(str(ctx.input("optimize", "model.onnx")))
-    plan = make_plan(model, load_thresholds(ctx.input("calibrate", "thresholds.json")),
-                     QuantOptions.from_config(ctx.config))
+    plan = stage_plan(ctx, model)
     onnx.save(build_ptq_model(model, plan), str(ctx.out_dir / "model.onnx"))
     placement = {n.node: {"on": n.on, "reason": n.reason, "dtype": n.output_dtype} for n in plan.nodes.values()}
     (ctx.out_dir / "placement.json").write_text(json.dumps(placement, indent=1))

@@ -24,9 +24,8 @@ import onnx
 
 from engine.frontend import onnx_model as fe
 from engine.pipeline.stage import Stage, StageContext
-from engine.quantize.planner import QuantOptions, make_plan
-from engine.stages.calibrate import load_thresholds
 from engine.stages.ptq import READS as PTQ_READS
+from engine.stages.ptq import stage_plan
 
 READS = PTQ_READS + ("input_parameters.input_type_rt", "input_parameters.input_layout_rt",
                      "input_parameters.input_space_and_range", "input_parameters.input_batch",
@@ -59,8 +58,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     model = onnx.load(str(ctx.input("optimize", "model.onnx")))
     specs = json.loads(ctx.input("calibrate", "inputs.json").read_text())
     batch = int(ctx.config.inputs.input_batch or 1)
-    plan = make_plan(model, load_thresholds(ctx.input("calibrate", "thresholds.json")),
-                     QuantOptions.from_config(ctx.config))
+    plan = stage_plan(ctx, model)
     rewrites = []
     body = model
     if batch > 1:

@@ -28,10 +28,9 @@ import onnx
 
 from engine.pipeline.cache import atomic_write_text
 from engine.pipeline.stage import Stage, StageContext
-from engine.quantize.planner import QuantOptions, make_plan
 from engine.report import tables
 from engine.report.culprits import load_culprits
-from engine.stages.calibrate import load_thresholds
+from engine.stages.ptq import stage_plan
 from engine.stages.quantize import READS as QUANTIZE_READS
 
 
@@ -113,7 +112,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     with np.load(ctx.input("calibrate", "first_sample.npz")) as z:
         sample = {k: z[k] for k in z.files}
     thresholds_path = ctx.input("calibrate", "thresholds.json")
-    plan = make_plan(optimized, load_thresholds(thresholds_path), QuantOptions.from_config(ctx.config))
+    plan = stage_plan(ctx, optimized)
     inter, bc_outputs = quantized_values(bc, sample, specs)
     sim = saved_similarity(ctx)
     if sim is None:  # one float run serves the calibrated comparison and the `.bc`'s

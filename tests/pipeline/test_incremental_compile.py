@@ -3,6 +3,8 @@ neither the optimize_level rewrites (with their bit-exactness checks) nor the la
 
 from __future__ import annotations
 
+import shutil
+
 from engine.compile.hbm import read_hbm
 from engine.pipeline import Engine
 from tests.pipeline.test_incremental import CONFIG, memo, run_ok, write_samples
@@ -34,3 +36,35 @@ def test_a_compile_mode_edit_reuses_the_optimized_program(project, monkeypatch):
     project.config(CONFIG.replace("optimize_level: O2", "optimize_level: O1"))
     run_ok(engine, cfg)  # another level: optimized (O1) and kept beside
     assert len(memo(project, "optimized_program")) == 2
+
+
+def test_later_stages_share_one_plan_and_give_what_fresh_plans_give(project, monkeypatch):
+    """ptq, quantize, report and compile plan the same model, thresholds and options: the plan is made
+    once per engine. Its users only read it: fresh plans in every stage give the same artefacts."""
+    import engine.stages.ptq as ptq
+
+    write_samples(project.root / "cal")
+    cfg = project.config(CONFIG)
+    made = []
+    real = ptq.make_plan
+
+    def counted(*args, **kwargs):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ptq, "make_plan", counted)
+    engine = Engine()
+    run_ok(engine, cfg)
+    assert len(made) == 1
+    names = ("tiny_ptq_model.onnx", "tiny_quantized_model.bc", "tiny_node_info.csv", "tiny_quant_info.json")
+    shared = {n: (project.root / "model_output" / n).read_bytes() for n in names}
+    shared_hbm = read_hbm(project.root / "model_output" / "tiny.hbm").program
+
+    shutil.rmtree(project.root / "model_output")
+    monkeypatch.setattr(ptq, "stage_plan", lambda ctx, model: real(
+        model, ptq.load_thresholds(ctx.input("calibrate", "thresholds.json")), ptq.QuantOptions.from_config(ctx.config)))
+    for module in ("quantize", "report", "compile"):
+        monkeypatch.setattr(f"engine.stages.{module}.stage_plan", ptq.stage_plan)
+    run_ok(Engine(), cfg)
+    assert {n: (project.root / "model_output" / n).read_bytes() for n in names} == shared
+    assert read_hbm(project.root / "model_output" / "tiny.hbm").program == shared_hbm
