@@ -38,6 +38,7 @@ STALE_TEMP_SECONDS = 3600  # a memo temp file this old was left by a process tha
 class StageCache:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._meta: dict[Path, dict[str, Any]] = {}  # meta.json of entries looked up (entries never change)
 
     def entry(self, stage: str, key: str) -> Path:
         return self.root / stage / key
@@ -48,9 +49,10 @@ class StageCache:
         if not meta.is_file():
             return None
         try:
-            files = json.loads(meta.read_text())["files"]
-            if all((d / f).is_file() for f in files):
+            read = json.loads(meta.read_text())
+            if all((d / f).is_file() for f in read["files"]):
                 os.utime(d)  # recency for pruning
+                self._meta[d] = read
                 return d
         except (OSError, ValueError, KeyError):
             pass
@@ -111,12 +113,17 @@ class StageCache:
         except (OSError, ValueError, KeyError, TypeError):
             return False
 
+    def meta(self, entry: Path) -> dict[str, Any]:
+        if entry not in self._meta:
+            self._meta[entry] = json.loads((entry / "meta.json").read_text())
+        return self._meta[entry]
+
     def result(self, entry: Path) -> dict[str, Any]:
-        return json.loads((entry / "meta.json").read_text()).get("result", {})
+        return self.meta(entry).get("result", {})
 
     def outputs(self, entry: Path) -> str:
         """The entry's output digest (`content_digest`), taken again for an entry written without one."""
-        meta = json.loads((entry / "meta.json").read_text())
+        meta = self.meta(entry)
         return meta.get("outputs") or content_digest(entry, meta["files"])
 
     def _prune(self, stage: str, keep: Path) -> None:
