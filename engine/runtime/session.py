@@ -19,6 +19,14 @@ in `DISABLED_REWRITES`, which change what the program computes rather than how f
 They are disabled by the session config entry `optimization.disable_specified_optimizers`
 (the same effect as `InferenceSession(..., disabled_optimizers=[...])`), so callers that build
 their own `InferenceSession` from `session_options()` get them disabled too.
+
+With more than one thread the pool's workers do not spin between kernels
+(`session.intra_op.allow_spinning` 0), as in `qdq_session`: an integer program is many short
+kernels, and on a shared machine a spinning worker takes the core the other thread needs, so every
+parallel kernel waits for it. Scheduling only: the same values (`.bc` == `.hbm` at 2 threads on
+100/100 inputs of digits, cls, rec). Measured at 2 threads on the loaded 2-core machine, best of 7
+interleaved rounds, wall: digits batch 16 2.38 → 0.88 ms, PP-OCR cls 2.69 → 1.32 ms, PP-OCRv4 rec
+61 → 29 ms (the float model with onnxruntime's defaults: 2.03, 1.47, 51 ms).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from engine.problems import ModelError, error
 PROVIDERS = ["CPUExecutionProvider"]
 DISABLED_REWRITES: tuple[str, ...] = ("WeightBiasQuantization",)
 _DISABLE_KEY = "optimization.disable_specified_optimizers"
+NO_SPINNING = "session.intra_op.allow_spinning"
 
 
 def session_options(threads: int = 1) -> ort.SessionOptions:
@@ -45,6 +54,8 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
     so.inter_op_num_threads = 1
     so.use_deterministic_compute = True
     so.log_severity_level = 3
+    if so.intra_op_num_threads > 1:
+        so.add_session_config_entry(NO_SPINNING, "0")
     return without_value_rewrites(so)
 
 
@@ -70,7 +81,7 @@ def qdq_session(model: onnx.ModelProto | bytes, threads: int | None = None) -> o
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.intra_op_num_threads = threads or cpu_count()
     options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry(NO_SPINNING, "0")
     data = model if isinstance(model, bytes) else model.SerializeToString()
     return ort.InferenceSession(data, without_value_rewrites(options), providers=PROVIDERS)
 

@@ -95,3 +95,15 @@ def test_integer_convs_are_still_fused_into_qlinearconv(tmp_path):
 def test_a_program_onnxruntime_refuses_is_a_model_error():
     with pytest.raises(ModelError, match="onnxruntime cannot load the broken program"):
         open_session(b"not a model", what="the broken program")
+
+
+def test_worker_threads_do_not_spin_between_kernels_and_change_no_value():
+    """With 2 threads the pool's workers block instead of spinning (a shared machine's other thread
+    needs the core); one thread has no pool. The integer program gives the same bits either way."""
+    assert session_options(2).get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(Exception, match="does not have configuration"):
+        session_options(1).get_session_config_entry("session.intra_op.allow_spinning")
+    model = island_conv(weight_int8=True)
+    x = np.random.default_rng(7).integers(0, 256, (1, 4, 8, 8)).astype(np.uint8)
+    one, two = (open_session(model, threads=t).run(None, {"xq": x})[0] for t in (1, 2))
+    assert one.tobytes() == two.tobytes()
