@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -39,6 +39,9 @@ from engine.pipeline.stage import Stage, StageContext
 from engine.problems import CalibrationDataError, error
 from engine.quantize.planner import Calibration, QuantOptions, make_plan, plan_tensors
 from engine.quantize.types import ActQuant
+
+if TYPE_CHECKING:
+    from engine.accuracy import AccuracySettings
 
 log = logging.getLogger("hbcompile")
 READS = ("calibration_parameters", "model_parameters.node_info")
@@ -210,6 +213,8 @@ def featuremap_inputs(specs: list[dict[str, Any]]) -> list[str]:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
+    from engine.accuracy import AccuracySettings
+    from engine.accuracy.sessions import References
     from engine.quantize.calibrated import build_calibrated_model
     from engine.quantize.search import SearchSettings, choose_thresholds
 
@@ -233,13 +238,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
     else:
         stats, cs, info = collect_stats(ctx, model, tensors, specs)
         merged = merge_samples(stats)
+        acc = AccuracySettings.from_config(config)
+        loaded = [cs.load(i) for i in range(min(max(SEARCH_SAMPLES, acc.samples), len(cs)))]
+        if acc.target > 0:  # the search's samples and the accuracy steps' share one float session
+            References(model, loaded).values  # noqa: B018 - kept by content (sessions.FLOAT_OUTPUTS)
         # `default` compares candidates on a few samples, not hb_mapper's one: on PP-OCRv4 det the
         # first sample alone picked max (held-out cosine 0.957) over max-percentile (0.980)
-        compare = [cs.load(i) for i in range(min(SEARCH_SAMPLES, len(cs)))]
+        compare = loaded[:SEARCH_SAMPLES]
         first = compare[0]
         settings = dataclasses.replace(settings, cosine_samples=len(compare))
         result = choose_thresholds(settings, model, merged, compare, options, tensors=tensors)
-        calibration, accuracy = _improve(ctx, model, Calibration(result.acts), options, merged, cs, specs)
+        calibration, accuracy = _improve(ctx, model, Calibration(result.acts), options, merged, cs, specs, acc,
+                                         loaded[:acc.samples])
     plan = make_plan(model, calibration, options)
     for note in plan.notes:  # advice (a split output head, …) is worth a line; the rest is detail
         (log.info if " joins " in note else log.debug)(note)
@@ -256,14 +266,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 
 def _improve(ctx: StageContext, model: onnx.ModelProto, calibration: Calibration, options: QuantOptions,
-             merged: dict, cs: CalibrationSet, specs: list[dict[str, Any]]) -> tuple[Calibration, dict[str, Any]]:
-    """The accuracy steps (engine.accuracy) and what they tell the user."""
-    from engine.accuracy import CHECK_SAMPLES, AccuracySettings, improve
+             merged: dict, cs: CalibrationSet, specs: list[dict[str, Any]], acc: AccuracySettings,
+             samples: list[dict[str, np.ndarray]]) -> tuple[Calibration, dict[str, Any]]:
+    """The accuracy steps (engine.accuracy) on the first `acc.samples` calibration samples, and what
+    they tell the user."""
+    from engine.accuracy import CHECK_SAMPLES, improve
     from engine.accuracy import bias as bias_mod
     from engine.accuracy.checks import CheckMemo
 
-    acc = AccuracySettings.from_config(ctx.config)
-    samples = [cs.load(i) for i in range(min(acc.samples, len(cs)))]
     corrections = None
     if acc.bias_correction:
         layers, notes = bias_mod.layers(model, make_plan(model, calibration, options))
