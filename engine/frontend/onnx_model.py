@@ -117,6 +117,21 @@ def upgrade_opset(model: onnx.ModelProto, shown: str, key: str = "onnx_model") -
         raise ModelError(_bad(shown, key, f"cannot convert opset {opset} to {TARGET_OPSET}: {first}")) from None
 
 
+def initializers_as_constants(model: onnx.ModelProto) -> int:
+    """Initializers also listed as graph inputs (required before IR 4; torch's
+    keep_initializers_as_inputs=True) are weights to hb_compile, not inputs: drop them from the
+    inputs (else no pass may fold them, and the integer program fails onnx's IR 3 check) and raise
+    the IR version to one where that is legal. Returns how many inputs were dropped."""
+    weights = {t.name for t in model.graph.initializer}
+    kept = [i for i in model.graph.input if i.name not in weights]
+    dropped = len(model.graph.input) - len(kept)
+    if dropped:
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+    model.ir_version = max(model.ir_version, onnx.helper.find_min_ir_version_for(list(model.opset_import)), 4)
+    return dropped
+
+
 def name_nodes(model: onnx.ModelProto) -> int:
     """Give every unnamed or duplicate-named node a stable `OpType_index` name (hb style)."""
     used = Counter(n.name for n in model.graph.node if n.name)

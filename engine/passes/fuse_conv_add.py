@@ -20,7 +20,7 @@ from engine.passes.graph import Graph
 from engine.passes.groups import FusionGroup, write_groups
 from engine.passes.result import PassResult
 
-NAME, VERSION = "fuse_conv_add", 1
+NAME, VERSION = "fuse_conv_add", 2
 CONVS = ("Conv", "ConvTranspose")
 
 
@@ -29,6 +29,9 @@ def run(model: onnx.ModelProto) -> PassResult:
     groups: list[FusionGroup] = []
     for add in [n for n in model.graph.node if n.op_type == "Add" and n.domain in ("", "ai.onnx")]:
         if len(add.input) != 2 or any(g.constant(i) is not None for i in add.input):
+            continue
+        if add.input[0] == add.input[1]:  # c + c: no residual to add in the accumulator (a plain Add)
+            result.skip(add.name, f"not fused: it adds {add.input[0]} to itself")
             continue
         convs = [p for p in map(g.producer, add.input) if p is not None and p.op_type in CONVS]
         if not convs:

@@ -154,7 +154,7 @@ class Graph:
     # --- edits ---------------------------------------------------------------------------------
     def set_initializer(self, name: str, value: np.ndarray) -> None:
         """Add `name`, or overwrite its values in place (the caller checked nobody else reads it)."""
-        tensor = numpy_helper.from_array(np.ascontiguousarray(value), name)
+        tensor = numpy_helper.from_array(np.asarray(value, order="C"), name)
         if name in self.initializers:
             self.initializers[name].CopyFrom(tensor)
         else:

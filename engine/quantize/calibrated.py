@@ -92,7 +92,7 @@ class QdqWriter:
 
     def const(self, base: str, value: np.ndarray) -> str:
         name = self.name(base)
-        self.g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        self.g.initializer.append(numpy_helper.from_array(np.asarray(value, order="C"), name))
         return name
 
     def domain(self, bits: int) -> str:

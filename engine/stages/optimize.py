@@ -34,6 +34,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                        if p.key == "hb_fusion_groups"), "[]"))}
 
 
-STAGE = Stage("optimize", 1, run, after=("parse",), extra=_signature,
+# version 2: folded scalar constants keep rank 0 (they became shape [1])
+STAGE = Stage("optimize", 2, run, after=("parse",), extra=_signature,
               artefacts={"model.onnx": "{prefix}_optimized_float_model.onnx"},
               describe="graph optimizations (BN folding, constant folding, fusions)")

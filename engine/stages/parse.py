@@ -47,7 +47,9 @@ def load_float_model(onnx_model: Path | None = None, caffe_model: Path | None = 
         model = convert(prototxt, caffe_model, input_shapes or None)
     fe.check(model, shown, key)
     fe.check_domains(model, key)
-    return fe.upgrade_opset(model, shown, key), shown, key
+    model = fe.upgrade_opset(model, shown, key)
+    fe.initializers_as_constants(model)
+    return model, shown, key
 
 
 def parse_model(config: Config) -> tuple[onnx.ModelProto, list[InputSpec], dict[str, Any]]:
@@ -119,6 +121,7 @@ def model_files(config: Config) -> list[Path]:
     return files + [e for f in files if f.suffix.lower() == ".onnx" for e in fe.external_data_files(f)]
 
 
-STAGE = Stage("parse", 2, run, reads=READS, files=model_files,
+# version 3: initializers listed as graph inputs are weights (dropped from the inputs, IR ≥ 4)
+STAGE = Stage("parse", 3, run, reads=READS, files=model_files,
               artefacts={"model.onnx": "{prefix}_original_float_model.onnx"},
               describe="load, check and normalize the float model")
