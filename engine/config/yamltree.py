@@ -36,6 +36,7 @@ class YNode:
     # map: list of (key node, value node) in document order; seq: list of nodes
     items: list = field(default_factory=list)
     style: str | None = None  # scalar quoting style ('"', "'", None for plain)
+    flow: bool = False  # map / seq written in flow style (`{a: 1}`, `[1, 2]`): edits must stay inside
 
     def get(self, key: str) -> YNode | None:
         for k, v in self.items if self.kind == "map" else ():
@@ -149,7 +150,7 @@ class _Builder:
         if depth > MAX_DEPTH:
             raise _TooBig(f"the document nests deeper than {MAX_DEPTH} levels")
         if isinstance(node, yaml.MappingNode):
-            out = YNode("map", _span(node), tag=node.tag)
+            out = YNode("map", _span(node), tag=node.tag, flow=bool(node.flow_style))
             seen: dict[Any, Span] = {}
             for knode, vnode in node.value:
                 key = self.build(knode, depth + 1, path)
@@ -171,7 +172,7 @@ class _Builder:
                 out.items.append((key, self.build(vnode, depth + 1, path + (key_value,))))
             return out
         if isinstance(node, yaml.SequenceNode):
-            out = YNode("seq", _span(node), tag=node.tag)
+            out = YNode("seq", _span(node), tag=node.tag, flow=bool(node.flow_style))
             out.items = [self.build(v, depth + 1, path + (i,)) for i, v in enumerate(node.value)]
             return out
         try:

@@ -9,8 +9,9 @@ hints):
 - a layout that contradicts the shape (`replace_item`, and nv12 inputs with odd H/W because the
   layout picks the wrong axes): use the other layout.
 
+Keys added to a flow-style mapping (`input_parameters: {…}`) go inside its braces as `, key: value`.
 Every candidate edit is applied to the text and checked again with the same analysis: it is
-offered only if the problem is gone and it adds no error that the other candidates for the same
+offered only if the text still reads as YAML, the problem is gone and it adds no error that the other candidates for the same
 problem do not add too (errors every candidate reveals were hidden behind the first one — the
 CLI stops at schema errors — and are not the fix's doing).
 """
@@ -69,6 +70,14 @@ def yaml_scalar(value: str) -> str:
     return value if plain_ok else "'" + value.replace("'", "''") + "'"
 
 
+def yaml_flow_scalar(value: str) -> str:
+    """`value` as a scalar inside `{…}` / `[…]`, where `,` and brackets end a plain scalar."""
+    text = yaml_scalar(value)
+    if text == value and any(c in value for c in ",[]{}"):
+        return "'" + value.replace("'", "''") + "'"
+    return text
+
+
 class Fixer:
     """Builds and checks the candidate fixes for the problems of one document version."""
 
@@ -116,12 +125,25 @@ class Fixer:
             return line_start
         return self.after_line(end)
 
-    def insertion(self, path: tuple, lines: list[str]) -> Edit | None:
-        """An edit adding `lines` (already `key: value`) as the last keys of the mapping at `path`."""
+    def flow_insertion(self, node: YNode, additions: dict[str, Any]) -> Edit | None:
+        """`, key: value` before the `}` of a flow mapping (`{a: 1}`): a block line there would not parse."""
+        end = self.p.yaml_offset(node.span.end_line, node.span.end_col)
+        close = self.text.rfind("}", 0, end)
+        if close < 0:
+            return None
+        at = len(self.text[:close].rstrip())
+        sep = "" if self.text[at - 1] in "{" else (" " if self.text[at - 1] == "," else ", ")
+        return Edit(at, at, sep + self.render_flow(additions))
+
+    def insertion(self, path: tuple, lines: list[str], additions: dict[str, Any] | None = None) -> Edit | None:
+        """An edit adding `lines` (already `key: value`) as the last keys of the mapping at `path`
+        (`additions`, the same keys as a dict, when that mapping is written in flow style)."""
         if self.tree is None or self.tree.root is None:
             return None
         node = self.tree.node_at(path)
         unit = indent_unit(self.p.lines)
+        if node is not None and node.kind == "map" and node.flow:
+            return self.flow_insertion(node, additions) if additions is not None else None
         if node is not None and node.kind == "map" and node.items:
             key, value = node.items[-1]
             indent, at = key.span.col, self.block_end(key, value)
@@ -147,6 +169,11 @@ class Fixer:
     def _new_errors(self, after: Analysis) -> set[tuple[str, str]]:
         return {(q.code, q.message) for q in after.problems if is_error(q)} - self.errors
 
+    def _breaks_yaml(self, after: Analysis) -> bool:
+        """The edit made text that no longer reads as YAML: every other check stopped there, so the
+        problem looks gone; such a candidate is never offered."""
+        return any(code.startswith("yaml-") for code, _ in self._new_errors(after))
+
     @staticmethod
     def _same(a: Problem, b: Problem) -> bool:
         return a.code == b.code and a.path == b.path and a.data.get("item") == b.data.get("item")
@@ -155,7 +182,7 @@ class Fixer:
         checked = []
         for c in candidates[:MAX_CANDIDATES]:
             after = self.check(c.edits)
-            if any(self._same(problem, q) for q in after.problems):
+            if self._breaks_yaml(after) or any(self._same(problem, q) for q in after.problems):
                 continue
             checked.append((c, self._new_errors(after)))
         if not checked:
@@ -281,6 +308,12 @@ class Fixer:
         return lines
 
     @staticmethod
+    def render_flow(additions: dict[str, Any]) -> str:
+        """The same keys in flow style: `a: 1, b: {c: 2}`."""
+        return ", ".join(f"{key}: {{{Fixer.render_flow(value)}}}" if isinstance(value, dict)
+                         else f"{key}: {yaml_flow_scalar(str(value))}" for key, value in additions.items())
+
+    @staticmethod
     def slot(additions: dict[str, Any], path: tuple, mapping: tuple) -> dict[str, Any] | None:
         """The dict in `additions` that holds keys of the document mapping at `mapping`."""
         if mapping == path:
@@ -299,7 +332,7 @@ class Fixer:
         pending = [(path, key) for key in missing]
 
         def edit() -> Edit | None:
-            return self.insertion(path, self.render(additions, unit))
+            return self.insertion(path, self.render(additions, unit), additions)
 
         for _ in range(4):  # a new key may make others required (input_type_train → input_layout_train)
             while pending:

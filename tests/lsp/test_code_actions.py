@@ -133,3 +133,63 @@ async def test_quoted_value_keeps_its_quotes(client: HbClient, workspace: Path, 
     [d] = await client.wait_diagnostics(uri, 1)
     first = (await actions_for(client, uri, d))[0]
     assert apply(text, list(first.edit.changes[uri])).splitlines()[2] == "  march: 'nash-p'"
+
+
+# ------------------------------------------------------------------ flow-style sections (pure core)
+
+FLOW = ("model_parameters: {onnx_model: m.onnx, march: nash-e}\n"
+        "input_parameters: {input_type_train: rgb, input_type_rt: nv12, input_shape: 1x3x8x8}\n"
+        "calibration_parameters: {calibration_type: skip}\n")
+
+
+def _core_actions(text: str, line: int) -> tuple[object, list[types.CodeAction]]:
+    from hblsp.documents import ConfigDoc
+    from hblsp.features.code_actions import actions_for as core_actions
+
+    doc = ConfigDoc("file:///tmp/flow.hb.yaml", 1, text, True, Path("/tmp"), check_files=False)
+    rng = types.Range(start=types.Position(line, 0), end=types.Position(line, 200))
+    return doc, core_actions(doc, rng, None)
+
+
+async def test_missing_key_in_a_flow_mapping_goes_inside_the_braces():
+    """A block line after `{…}` does not parse; the key is added as `, key: value` before the `}`."""
+    from engine.config.loader import load_config_text
+
+    doc, actions = _core_actions(FLOW, 1)
+    [add] = actions
+    assert add.title == "Add missing key: input_layout_train: NCHW"
+    assert list(add.edit.changes[doc.uri]) == [types.TextEdit(
+        range=types.Range(start=types.Position(1, 83), end=types.Position(1, 83)),
+        new_text=", input_layout_train: NCHW")]
+    fixed = apply(FLOW, list(add.edit.changes[doc.uri]))
+    assert fixed.splitlines()[1] == ("input_parameters: {input_type_train: rgb, input_type_rt: nv12, "
+                                     "input_shape: 1x3x8x8, input_layout_train: NCHW}")
+    assert load_config_text(fixed, Path("/tmp"), check_files=False).problems == []
+
+
+async def test_missing_keys_in_an_empty_flow_mapping():
+    from engine.config.loader import load_config_text
+
+    text = FLOW.replace("input_parameters: {input_type_train: rgb, input_type_rt: nv12, input_shape: 1x3x8x8}",
+                        "input_parameters: {input_type_train: rgb, input_shape: 1x3x8x8, }")
+    doc, actions = _core_actions(text, 1)
+    [add] = actions
+    fixed = apply(text, list(add.edit.changes[doc.uri]))
+    assert fixed.splitlines()[1].startswith("input_parameters: {input_type_train: rgb, input_shape: 1x3x8x8, "
+                                            "input_type_rt: ")
+    assert not [p for p in load_config_text(fixed, Path("/tmp"), check_files=False).problems if p.is_error]
+
+
+async def test_a_candidate_that_breaks_the_yaml_is_never_offered():
+    """Even when it is the only candidate (the 'revealed errors' intersection of one set is itself)."""
+    from hblsp.features.code_actions import Candidate, Edit, Fixer
+
+    doc, _ = _core_actions(FLOW, 1)
+    fixer = Fixer(doc, None)
+    [missing] = [p for p in fixer.analysis.problems if p.code == "missing-key"]
+    at = FLOW.index("calibration_parameters")
+    broken = Candidate("block line after a flow map", (Edit(at, at, "  input_layout_train: NCHW\n"),))
+    good = Candidate("inside the braces", (Edit(FLOW.index("}\ncal"), FLOW.index("}\ncal"),
+                                                ", input_layout_train: NCHW"),))
+    assert fixer.verified(missing, [broken]) == []
+    assert fixer.verified(missing, [broken, good]) == [good]
