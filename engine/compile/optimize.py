@@ -51,8 +51,8 @@ may only apply rewrites that cannot change a single output bit:
   (`_compact_scaling_nodes`), the narrow conv's Relu moved before its multiplier (`_relu_after`),
   ``merge_sibling_convs``, ``index_tables_directly``, ``untranspose_float_side_tables``,
   ``si32_head_as_qgemm``, and the kernel swaps for onnxruntime's slow kernels: ``depthwise_conv_in_float``
-  (5×5 depthwise convs), ``nhwc_max_pool``, ``silu_as_quick_gelu`` and ``select_by_saturation_table``
-  (the Conv+Add fine/wide choice) — their docstrings say why each is exact. docs/formats.md lists them.
+  (5×5 depthwise convs), ``nhwc_max_pool`` and ``silu_as_quick_gelu`` — their docstrings say why each
+  is exact. docs/formats.md lists them.
 - **O3** (hb_mapper generation) is O2.
 
 Measured (tests/unit/compile/test_hbm.py, generated integer conv nets incl. a CPU island and
@@ -114,8 +114,7 @@ def optimize_program(program: onnx.ModelProto, level: str) -> OptimizeResult:
                    "merge_sibling_convs": merge_sibling_convs(o2), "index_tables_directly": index_tables_directly(o2),
                    "untranspose_float_side_tables": untranspose_float_side_tables(o2),
                    "si32_head_as_qgemm": si32_head_as_qgemm(o2), "nhwc_max_pool": nhwc_max_pool(o2),
-                   "silu_as_quick_gelu": silu_as_quick_gelu(o2),
-                   "select_by_saturation_table": select_by_saturation_table(o2)}
+                   "silu_as_quick_gelu": silu_as_quick_gelu(o2)}
     if any(o2_rewrites.values()):
         remove_dead(o2)
     before = len(o2.graph.node)
@@ -443,32 +442,31 @@ def _same_codes(node: onnx.NodeProto, replacement: list[onnx.NodeProto], constan
     return _same_bits([node], replacement, [codes.reshape(1, channels, 1, -1)], [node.output[0]], inits, constants)
 
 
-def _same_bits(original: list[onnx.NodeProto], replacement: list[onnx.NodeProto],
-               inputs: list[np.ndarray] | list[dict[str, np.ndarray]], outputs: list[str],
-               inits: Mapping[str, onnx.TensorProto], constants: list[onnx.TensorProto],
+def _same_bits(original: list[onnx.NodeProto], replacement: list[onnx.NodeProto], inputs: list[np.ndarray],
+               outputs: list[str], inits: Mapping[str, onnx.TensorProto], constants: list[onnx.TensorProto],
                domains: tuple[str, ...] = ()) -> bool:
-    """`original` and `replacement` (nodes reading `original[0].input[0]`, or the tensors each feed of
-    `inputs` names) on each of `inputs`: the `outputs` equal bit for bit? Every O2 rewrite is kept only
-    if this holds; a pair onnxruntime refuses is not equal (the original stays)."""
+    """`original` and `replacement` (nodes reading `original[0].input[0]`) on each of `inputs`: the
+    `outputs` equal bit for bit? Every O2 rewrite is kept only if this holds; a pair onnxruntime
+    refuses is not equal (the original stays)."""
     from onnx import helper
 
     from engine.runtime.session import open_session
 
-    feeds = [x if isinstance(x, Mapping) else {original[0].input[0]: x} for x in inputs]
+    x_name, x0 = original[0].input[0], inputs[0]
     opsets = [helper.make_opsetid("", 19), *(helper.make_opsetid(d, 1) for d in domains)]
     sessions = []
     for nodes in (original, replacement):
         used = {i for n in nodes for i in n.input}
-        graph = helper.make_graph(nodes, "check", [helper.make_tensor_value_info(name, _TENSOR_TYPE[x.dtype], list(x.shape))
-                                                   for name, x in feeds[0].items()],
+        graph = helper.make_graph(nodes, "check", [helper.make_tensor_value_info(x_name, _TENSOR_TYPE[x0.dtype],
+                                                                                 list(x0.shape))],
                                   [helper.make_empty_tensor_value_info(o) for o in outputs],
                                   [t for t in [*inits.values(), *constants] if t.name in used])
         try:
             sessions.append(open_session(helper.make_model(graph, opset_imports=opsets).SerializeToString()))
         except Exception:  # onnxruntime's own exception types
             return False
-    for feed in feeds:
-        a, b = (sess.run(outputs, dict(feed)) for sess in sessions)
+    for x in inputs:
+        a, b = (sess.run(outputs, {x_name: x}) for sess in sessions)
         if any(p.dtype != q.dtype or p.tobytes() != q.tobytes() for p, q in zip(a, b, strict=True)):
             return False
     return True
@@ -1135,90 +1133,6 @@ def silu_as_quick_gelu(model: onnx.ModelProto) -> int:
         g.node.insert(index, quick)
         _use_domain(model, "com.microsoft")
         _rename_in_node_map(model, {sig.name: [quick.name], mul.name: [quick.name]})
-        rewritten += 1
-    return rewritten
-
-
-# onnxruntime's QLinearLeakyRelu with these parameters looks every uint8 code up in a table that is 1
-# at codes 0 and 255 and 0 at 1…254: leaky(q − 127) with alpha −1.0067 is 127.85 / 128 at the two
-# ends and at most 127 (q = 254) or 126.84 (q = 1) inside, and the output scale 255.5 (zero point 0)
-# rounds 127.75 and above to 1, below to 0. Checked on every code before it is used.
-SATURATED_ALPHA, SATURATED_X_ZERO_POINT, SATURATED_Y_SCALE = -1.0067, 127, 255.5
-
-
-def select_by_saturation_table(model: onnx.ModelProto) -> int:
-    """The Conv+Add lowering's choice between the fine and the wide sum (`quantize.lower.conv._select`):
-    Clip(fine, 1, 254) → Equal(·, fine) → Cast<uint8> = m → y_wide + m·(y_fine − y_wide), six kernels →
-    s = QLinearLeakyRelu(fine) (1 where the fine conv saturated, `SATURATED_ALPHA`) → y_fine + s·(y_wide −
-    y_fine), four; the same code in uint8 wrapping arithmetic wherever s = 1 − m, and onnxruntime's
-    lookup kernel is the fast elementwise pass. Checked on every fine code with random sums."""
-    from onnx import helper
-
-    g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    readers = _consumers(g)
-    outputs = {o.name for o in g.output}
-
-    def only(name: str, op_type: str) -> onnx.NodeProto | None:
-        rs = readers.get(name, [])
-        ok = len(rs) == 1 and rs[0].op_type == op_type and rs[0].domain in ("", "ai.onnx") and name not in outputs
-        return rs[0] if ok else None
-
-    def constant(name: str) -> int | None:
-        value = numpy_helper.to_array(inits[name]) if name in inits else None
-        return int(value.reshape(())) if value is not None and value.dtype == np.uint8 and value.size == 1 else None
-
-    rewritten = 0
-    for clip in list(g.node):
-        if clip.op_type != "Clip" or clip.domain not in ("", "ai.onnx") or len(clip.input) != 3 \
-                or constant(clip.input[1]) != 1 or constant(clip.input[2]) != 254:
-            continue
-        fine = clip.input[0]
-        equal = only(clip.output[0], "Equal")
-        if equal is None or sorted(equal.input) != sorted([clip.output[0], fine]):
-            continue
-        cast = only(equal.output[0], "Cast")
-        if cast is None or any(a.name == "to" and a.i != onnx.TensorProto.UINT8 for a in cast.attribute):
-            continue
-        mul = only(cast.output[0], "Mul")
-        if mul is None:
-            continue
-        difference = mul.input[1] if mul.input[0] == cast.output[0] else mul.input[0]
-        sub = producer.get(difference)
-        add = only(mul.output[0], "Add")
-        if sub is None or sub.op_type != "Sub" or add is None or only(sub.output[0], "Mul") is not mul \
-                or sorted(add.input) != sorted([mul.output[0], sub.input[1]]):
-            continue
-        y_fine, y_wide = sub.input[0], sub.input[1]
-        base = clip.name or clip.output[0]
-        constants = [numpy_helper.from_array(np.asarray(v), f"{base}_saturated_{k}") for k, v in (
-            ("x_scale", np.float32(1.0)), ("x_zero_point", np.uint8(SATURATED_X_ZERO_POINT)),
-            ("y_scale", np.float32(SATURATED_Y_SCALE)), ("y_zero_point", np.uint8(0)))]
-        saturated, other_way, picked = f"{base}_saturated", f"{base}_saturated_difference", f"{base}_saturated_picked"
-        replacement = [
-            helper.make_node("QLinearLeakyRelu", [fine, *(c.name for c in constants)], [saturated],
-                             name=f"{base}_saturated", domain="com.microsoft", alpha=SATURATED_ALPHA),
-            helper.make_node("Sub", [y_wide, y_fine], [other_way], name=sub.name),
-            helper.make_node("Mul", [other_way, saturated], [picked], name=mul.name),
-            helper.make_node("Add", [y_fine, picked], [add.output[0]], name=add.name)]
-        original = [clip, equal, cast, sub, mul, add]
-        rng = np.random.default_rng(0)
-        every_code = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16)
-        feeds = [{fine: every_code, y_fine: rng.integers(0, 256, every_code.shape).astype(np.uint8),
-                  y_wide: rng.integers(0, 256, every_code.shape).astype(np.uint8)} for _ in range(2)]
-        if len({fine, y_fine, y_wide}) != 3 or not _same_bits(original, replacement, feeds, [add.output[0]], inits,
-                                                              constants, domains=("com.microsoft",)):
-            continue
-        index = min(list(g.node).index(n) for n in original)
-        for n in original:
-            g.node.remove(n)
-        for k, n in enumerate(replacement):
-            g.node.insert(index + k, n)
-        g.initializer.extend(constants)
-        _use_domain(model, "com.microsoft")
-        _rename_in_node_map(model, {clip.name: [replacement[0].name], equal.name: [replacement[0].name],
-                                    cast.name: [replacement[0].name]})
         rewritten += 1
     return rewritten
 
