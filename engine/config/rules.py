@@ -15,6 +15,7 @@ from typing import Any
 
 from engine import schema
 from engine.config import values as V
+from engine.config.schema_check import deprecated_here, march_generation
 from engine.problems import Problem, error, warning
 
 MP, IP, CP, XP, CO = ("model_parameters", "input_parameters", "calibration_parameters",
@@ -319,6 +320,17 @@ def _norm_type(ctx: RuleContext, parsed: dict[str, list]) -> Iterator[Problem]:
         derived = derived_norm_type(mean, scale, std)
         needs_mean = "mean" in given
         needs_scale = "scale" in given
+        if deprecated_here(schema.key_schema(IP, "norm_type") or {}, ctx.data):
+            # hb_compile derives norm_type (reference §15: a deprecated key warns, never fails)
+            if given != derived and not given.startswith("mean_file"):
+                absent = [k for k, need, v in (("mean_value", needs_mean, mean),
+                                               ("scale_value", needs_scale, scale if std is None else std))
+                          if need and v is None]
+                why = (f"asks for {' and '.join(absent)} but none is given" if absent
+                       else "does not match the given mean/scale/std values")
+                yield warning("norm-type-mismatch", f"norm_type '{given}' of input {i} {why}; using '{derived}'",
+                              (IP, "norm_type"), data={"item": i})
+            continue
         if needs_mean and mean is None:
             yield error("mean-missing", f"Mean value not given: input {i} norm type {given} require mean value "
                         "input but not given", (IP, "norm_type"), data={"item": i})
@@ -328,6 +340,59 @@ def _norm_type(ctx: RuleContext, parsed: dict[str, list]) -> Iterator[Problem]:
         elif given != derived and not given.startswith("mean_file"):
             yield warning("norm-type-mismatch", f"norm_type '{given}' of input {i} does not match the given "
                           f"mean/scale/std values; using '{derived}'", (IP, "norm_type"), data={"item": i})
+
+
+def _deprecation(section: str, key: str) -> str:
+    return (schema.key_schema(section, key) or {}).get("x-hb-deprecation") or (
+        f"Please note that the parameter '{key}' has been deprecated. Specifying this parameter will have no effect")
+
+
+@rule
+def input_layout_rt(ctx: RuleContext) -> Iterator[Problem]:
+    """hb_compile (nash-*) deprecates input_layout_rt, yet hbcompile lays the .bc/.hbm input out by it:
+    the warning says which, per input; hb_mapper marches take it as a normal key (nv12: no layout)."""
+    if not ctx.has(IP, "input_layout_rt"):
+        return
+    implied_of = schema.load_schema().get("x-hb-rt-layout", {})
+    rts, names = ctx.per_input("input_type_rt"), ctx.per_input("input_name")
+    in_use = []
+    for i, layout in enumerate(ctx.per_input("input_layout_rt")):
+        rt = _at(rts, i)
+        if layout is None or rt is None or rt == "featuremap" or rt not in implied_of:
+            continue
+        implied = implied_of[rt]
+        if implied is None:
+            if march_generation(ctx.data) == "hb_mapper":
+                yield warning("layout-rt-unused", f"input_layout_rt {layout} of input {_at(names, i) or i} has no "
+                              f"effect: input_type_rt {rt} has no layout", (IP, "input_layout_rt"),
+                              data={"item": i})
+        elif layout != implied:
+            in_use.append((i, rt, implied, layout))
+    if not deprecated_here(schema.key_schema(IP, "input_layout_rt") or {}, ctx.data):
+        return
+    if not in_use:
+        yield warning("deprecated-key", _deprecation(IP, "input_layout_rt"), (IP, "input_layout_rt"),
+                      data={"on_key": True, "replacement": None})
+    for i, rt, implied, layout in in_use:
+        yield warning("deprecated-key", "Please note that the parameter 'input_layout_rt' has been deprecated: "
+                      f"hb_compile lays the runtime input out as input_type_rt implies ({rt}: {implied}). hbcompile "
+                      f"still applies it: the .bc/.hbm input {_at(names, i) or i} takes layout {layout}",
+                      (IP, "input_layout_rt"), data={"item": i, "replacement": None})
+
+
+@rule
+def preprocess_on(ctx: RuleContext) -> Iterator[Problem]:
+    """Deprecated in hb_compile (nash-*), yet `True` is what lets hbcompile read image files."""
+    if not ctx.has(CP, "preprocess_on") or not deprecated_here(schema.key_schema(CP, "preprocess_on") or {},
+                                                               ctx.data):
+        return
+    reads = ctx.get(CP, "preprocess_on") is True and ctx.has(CP, "cal_data_dir") \
+        and ctx.get(CP, "calibration_type") not in ("skip", "load")
+    msg = ("Please note that the parameter 'preprocess_on' has been deprecated: hb_compile reads prepared .npy "
+           "calibration samples only (or use calibration_type: skip). hbcompile still applies it: jpg/jpeg/png/bmp "
+           "files in cal_data_dir are decoded and resized to the input size") if reads else \
+        _deprecation(CP, "preprocess_on")
+    yield warning("deprecated-key", msg, (CP, "preprocess_on"), data={"on_key": True, "replacement": None})
 
 
 @rule

@@ -132,13 +132,32 @@ def _translate(err: ValidationError, data: dict) -> Iterator[Problem]:
         yield error("schema", f"{'.'.join(map(str, path)) or 'config'}: {err.message}", path)
 
 
+def march_generation(data: dict) -> str:
+    """'hb_mapper' or 'hb_compile': the generation of the config's march (an unknown or missing march
+    counts as hb_compile, the tool this project reimplements)."""
+    mp = data.get("model_parameters")
+    march = mp.get("march") if isinstance(mp, dict) else None
+    spec = schema.marches().get(march) if isinstance(march, str) else None
+    return (spec or {}).get("generation") or "hb_compile"
+
+
+def deprecated_here(ks: dict, data: dict) -> bool:
+    """A key deprecated in one generation only (`x-hb-deprecated-in`) is a normal key on the other's marches."""
+    if not ks.get("deprecated"):
+        return False
+    only = ks.get("x-hb-deprecated-in")
+    return only is None or only == march_generation(data)
+
+
 def _deprecations(data: dict) -> Iterator[Problem]:
     for section, body in data.items():
         if not isinstance(body, dict):
             continue
         for key in body:
             ks = schema.key_schema(section, key) or {}
-            if ks.get("deprecated"):
+            if ks.get("x-hb-deprecation-by-value"):
+                continue  # engine.config.rules words it after what the value does
+            if deprecated_here(ks, data):
                 msg = ks.get("x-hb-deprecation") or (
                     f"Please note that the parameter '{key}' has been deprecated. "
                     "Specifying this parameter will have no effect")
