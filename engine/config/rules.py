@@ -447,6 +447,25 @@ def calibration_dirs(ctx: RuleContext) -> Iterator[Problem]:
                         data={"item": i, "resolved": str(p)})
 
 
+_SUFFIX_TYPES = {"_f32": "float32", "_uint8": "uint8"}  # reference §6: a folder-name hint (hb_mapper: _f32)
+
+
+@rule
+def cal_data_type_vs_suffix(ctx: RuleContext) -> Iterator[Problem]:
+    """Reference §6: an explicit cal_data_type wins over the folder's `_f32` suffix, with a warning when they
+    disagree (a raw float32 file read as uint8 has 4x the values: 'cannot reshape array of size ...')."""
+    dirs, types = V.split_list(ctx.get(CP, "cal_data_dir")), V.split_list(ctx.get(CP, "cal_data_type"))
+    for i, (d, given) in enumerate(zip(dirs, types)):
+        if d is None or given is None:
+            continue
+        name = Path(d.rstrip("/\\")).name
+        hinted = next((t for suffix, t in _SUFFIX_TYPES.items() if name.endswith(suffix)), None)
+        if hinted is not None and hinted != given:
+            yield warning("cal-data-type-suffix", f"cal_data_type '{given}' of input {i} disagrees with the name of "
+                          f"its cal_data_dir '{name}' (the suffix means {hinted}); raw calibration files are read as "
+                          f"{given}", (CP, "cal_data_type"), data={"item": i, "replace_item": hinted})
+
+
 @rule
 def optimization_values(ctx: RuleContext) -> Iterator[Problem]:
     import re
