@@ -15,7 +15,16 @@ from typing import Any
 
 from engine.config import values as V
 from engine.config.model import Config
-from engine.config.rules import CP, IP, MP, PER_INPUT_KEYS, derived_norm_type, shape_problems
+from engine.config.rules import (
+    CP,
+    IP,
+    MP,
+    PER_INPUT_KEYS,
+    XP,
+    derived_norm_type,
+    input_source_problems,
+    shape_problems,
+)
 from engine.frontend.model_info import ModelInfo
 from engine.problems import ConfigError, Problem, error, errors, warning
 
@@ -123,6 +132,10 @@ def _model_rules(data: dict[str, dict[str, Any]], info: ModelInfo) -> Iterator[P
                 yield warning("input-shape-differs", f"input_shape {V.format_shape(shape)} of input '{name}' differs "
                               f"from the model's {list(t.shape)}; the given shape is used", (IP, "input_shape"),
                               data={"item": i})
+    if not given:  # with input_name given, the config rules checked input_source by those names already
+        rts = V.split_list(ip.get("input_type_rt"))
+        yield from input_source_problems(data.get(XP, {}).get("input_source"),
+                                         {n: _at(rts, i) for i, n in enumerate(model_names)}, True)
     known = set(info.node_names)
     node_keys = [(MP, "output_nodes"), (MP, "remove_node_name"), (CP, "run_on_cpu"), (CP, "run_on_bpu")]
     for section, key in node_keys:

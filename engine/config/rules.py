@@ -524,6 +524,39 @@ def march_ranges(ctx: RuleContext) -> Iterator[Problem]:
                       (XP, "max_l2m_size"))
 
 
+def input_source_problems(given: Any, rts: dict[str, str | None], known: bool) -> Iterator[Problem]:
+    """input_source against the inputs' rt types (reference §7, x-hb-rt-types) and, when `known` (input_name
+    given, or the model read), against the input names. `_default_value` is hb's own internal key."""
+    if not isinstance(given, dict):
+        return
+    accepts = (schema.key_schema(XP, "input_source") or {}).get("x-hb-rt-types", {})
+    for name, src in given.items():
+        if name == "_default_value" or src not in accepts:
+            continue  # a bad value is the schema's enum error
+        if known and name not in rts:
+            yield error("input-source-name", f"input_source names '{name}', which is not a model input "
+                        f"({', '.join(map(str, rts))})", (XP, "input_source", name),
+                        data={"on_key": True, "allowed": list(rts)})
+            continue
+        rt = rts.get(name) if known else next(iter(rts.values()), None)
+        if rt is not None and rt not in accepts[src]:
+            yield error("input-source", f"Wrong input_source received. input type rt : {rt} does not support "
+                        f"input_source {src}", (XP, "input_source", name),
+                        data={"allowed": [s for s, types in accepts.items() if rt in types]})
+
+
+@rule
+def input_source(ctx: RuleContext) -> Iterator[Problem]:
+    """Without the model: names checked against input_name when given; rt types by name, or, for a
+    one-input config without input_name, against that input's rt type."""
+    names, rts = ctx.per_input("input_name"), ctx.per_input("input_type_rt")
+    if any(names):
+        yield from input_source_problems(ctx.get(XP, "input_source"),
+                                         {n: _at(rts, i) for i, n in enumerate(names) if n}, True)
+    elif len(rts) == 1:
+        yield from input_source_problems(ctx.get(XP, "input_source"), {"": rts[0]}, False)
+
+
 @rule
 def cache(ctx: RuleContext) -> Iterator[Problem]:
     mode = ctx.get(XP, "cache_mode")

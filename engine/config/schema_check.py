@@ -54,8 +54,20 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
 
 
 def _name(path: tuple) -> str:
-    strs = [p for p in path if isinstance(p, str)]
-    return strs[-1] if strs else "config"
+    """The config key a path ends in: the user's own names (input_source's input names, node_info's node
+    names, …) are values of a key, so the key's name is told, not theirs."""
+    name, node = "config", schema.load_schema()
+    for step in path:
+        props = node.get("properties", {}) if isinstance(node, dict) else {}
+        if isinstance(step, str) and step in props:
+            name, node = step, props[step]
+        elif isinstance(node, dict) and isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+        elif isinstance(node, dict) and isinstance(node.get("items"), dict):
+            node = node["items"]
+        else:
+            break
+    return name
 
 
 def _translate(err: ValidationError, data: dict) -> Iterator[Problem]:
