@@ -144,6 +144,12 @@ def _model_rules(data: dict[str, dict[str, Any]], info: ModelInfo) -> Iterator[P
                 sev = error if key == "output_nodes" else warning
                 yield sev("node-unknown", f"The node '{name}' given in {key} is not a node of the model",
                           (section, key), data={"name": name})
+    qc = data.get(CP, {}).get("quant_config")
+    node_config = qc.get("node_config") if isinstance(qc, dict) else None
+    for name in node_config if isinstance(node_config, dict) else ():
+        if name not in known:
+            yield warning("node-unknown", f"The node '{name}' given in quant_config.node_config is not a node of the "
+                          "model", (CP, "quant_config", "node_config", name), data={"name": name, "on_key": True})
     node_info = data.get(MP, {}).get("node_info")
     names_in_info = list(node_info) if isinstance(node_info, dict) else [
         item.rpartition(":")[0].strip() for item in V.split_names(node_info)]

@@ -21,6 +21,7 @@ from engine.config.model import (
     ModelParameters,
     parse_node_info,
 )
+from engine.config.quant_config import read_quant_config
 from engine.config.rules import CP, IP, MP, XP, RuleContext, run_rules
 from engine.config.schema_check import check_schema
 from engine.config.yamltree import YamlDoc, parse_yaml
@@ -161,6 +162,10 @@ def build_config(data: dict[str, Any], base_dir: Path, path: Path | None) -> Con
     def g(sec: dict, section: str, key: str, fallback: Any = None) -> Any:
         return sec.get(key, _default(section, key, fallback))
 
+    qc = read_quant_config(cp.get("quant_config"), base_dir, cp)
+    node_info = {name: dict(entry) for name, entry in qc.node_info.items()}
+    for name, entry in parse_node_info(mp.get("node_info")).items():  # the user's node_info wins per node
+        node_info[name] = {**node_info.get(name, {}), **entry}
     model = ModelParameters(
         onnx_model=_resolve(base_dir, mp.get("onnx_model")),
         caffe_model=_resolve(base_dir, mp.get("caffe_model")),
@@ -172,7 +177,7 @@ def build_config(data: dict[str, Any], base_dir: Path, path: Path | None) -> Con
         remove_node_type=tuple(V.split_names(mp.get("remove_node_type"))),
         remove_node_name=tuple(V.split_names(mp.get("remove_node_name"))),
         debug_mode=mp.get("debug_mode"),
-        node_info=parse_node_info(mp.get("node_info")),
+        node_info=node_info,
         layer_out_dump=bool(g(mp, MP, "layer_out_dump", False)),
     )
     shapes = tuple(V.parse_shape(s) for s in V.split_list(ip.get("input_shape")))
@@ -192,18 +197,18 @@ def build_config(data: dict[str, Any], base_dir: Path, path: Path | None) -> Con
         separate_batch=bool(ip.get("separate_batch", False)),
         separate_name=tuple(V.split_names(ip.get("separate_name"))),
     )
-    ctype = cp.get("calibration_type", _default(CP, "calibration_type", "default"))
+    ctype = qc.calibration_type or cp.get("calibration_type", _default(CP, "calibration_type", "default"))
     if "cal_data_dir" not in cp and ctype not in ("load", "skip"):
         ctype = "skip"
     calibration = CalibrationParameters(
         cal_data_dir=tuple(_resolve(base_dir, d) for d in V.split_list(cp.get("cal_data_dir"))),
         cal_data_type=tuple(V.split_list(cp.get("cal_data_type"))),
         calibration_type=ctype,
-        max_percentile=float(g(cp, CP, "max_percentile", 1.0)),
-        per_channel=bool(g(cp, CP, "per_channel", False)),
+        max_percentile=float(qc.max_percentile if qc.max_percentile is not None else g(cp, CP, "max_percentile", 1.0)),
+        per_channel=bool(qc.per_channel if qc.per_channel is not None else g(cp, CP, "per_channel", False)),
         run_on_cpu=tuple(V.split_names(cp.get("run_on_cpu"))),
         run_on_bpu=tuple(V.split_names(cp.get("run_on_bpu"))),
-        optimization=tuple(V.split_comma(cp.get("optimization"))),
+        optimization=tuple(dict.fromkeys(V.split_comma(cp.get("optimization")) + list(qc.optimization))),
         preprocess_on=bool(g(cp, CP, "preprocess_on", False)),
         quant_config=cp.get("quant_config"),
     )

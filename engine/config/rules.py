@@ -15,6 +15,7 @@ from typing import Any
 
 from engine import schema
 from engine.config import values as V
+from engine.config.quant_config import read_quant_config
 from engine.config.schema_check import deprecated_here, march_generation
 from engine.problems import Problem, error, warning
 
@@ -129,6 +130,21 @@ def node_info_format(ctx: RuleContext) -> Iterator[Problem]:
                 yield error("node-info-format", f"The format you gave is {v}, currently we only support the following "
                             "format: Conv_0:int16;Conv_1:int16", (MP, "node_info"))
                 return
+
+
+@rule
+def debug_keys(ctx: RuleContext) -> Iterator[Problem]:
+    """Debug switches hb documents that the engine has nothing to act on yet: say so instead of silence."""
+    if ctx.get(MP, "debug_mode") == "dump_calibration_data":
+        yield warning("no-effect", "Please note that the parameter 'debug_mode: dump_calibration_data' is recorded "
+                      "but has no effect here: the calibration inputs are not written to "
+                      "working_dir/calibration_data/<input>/<k>.npy (cal_data_dir holds the samples as given; "
+                      "mean/scale are applied inside the model)", (MP, "debug_mode"), data={"on_key": True})
+    if ctx.get(MP, "layer_out_dump") is True:
+        yield warning("no-effect", "Please note that the parameter 'layer_out_dump' is recorded but has no effect "
+                      "here: no per-layer outputs are added to the model (the node table in *_node_info.csv and "
+                      "*_quant_info.json compares every node's output with the float model instead)",
+                      (MP, "layer_out_dump"), data={"on_key": True})
 
 
 @rule
@@ -464,6 +480,14 @@ def cal_data_type_vs_suffix(ctx: RuleContext) -> Iterator[Problem]:
             yield warning("cal-data-type-suffix", f"cal_data_type '{given}' of input {i} disagrees with the name of "
                           f"its cal_data_dir '{name}' (the suffix means {hinted}); raw calibration files are read as "
                           f"{given}", (CP, "cal_data_type"), data={"item": i, "replace_item": hinted})
+
+
+@rule
+def quant_config(ctx: RuleContext) -> Iterator[Problem]:
+    """What of quant_config has nothing to act on here (the rest becomes engine options in the loader)."""
+    if ctx.has(CP, "quant_config"):
+        yield from read_quant_config(ctx.get(CP, "quant_config"), ctx.base_dir, ctx.data.get(CP, {}),
+                                     ctx.check_files).problems
 
 
 @rule
