@@ -233,5 +233,8 @@ def build_config(data: dict[str, Any], base_dir: Path, path: Path | None) -> Con
     for section, key in ((MP, "onnx_model"), (MP, "caffe_model"), (MP, "prototxt"), (MP, "working_dir")):
         if key in resolved.get(section, {}):
             resolved[section][key] = str(_resolve(base_dir, resolved[section][key]))
+    if isinstance(cp.get("quant_config"), str) and qc.source is not None:
+        # a JSON file's content, not its name, is what the stage keys must hash (an edit re-runs calibrate)
+        resolved[CP]["quant_config"] = {"file": str(_resolve(base_dir, cp["quant_config"])), **qc.source}
     return Config(path=path, base_dir=base_dir, data=resolved, model=model, inputs=inputs,
                   calibration=calibration, compiler=compiler)

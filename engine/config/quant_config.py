@@ -49,6 +49,7 @@ class QuantConfig:
     max_percentile: float | None = None
     per_channel: bool | None = None
     problems: tuple[Problem, ...] = ()
+    source: Mapping | None = None  # the object read (from the config, or the JSON file it names)
 
 
 def _no_effect(path: tuple, what: str) -> Problem:
@@ -112,7 +113,7 @@ def read_quant_config(value: Any, base_dir: Path, given: Mapping[str, Any] | Non
             m.problems.append(_no_effect(path, "subgraphs are not configured separately; use node_config per "
                                                "node, or model_parameters.node_info"))
     return QuantConfig(tuple(dict.fromkeys(m.optimization)), m.node_info, m.calibration_type, m.max_percentile,
-                       m.per_channel, tuple(m.problems))
+                       m.per_channel, tuple(m.problems), qc)
 
 
 class _Mapper:

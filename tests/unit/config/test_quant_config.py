@@ -170,3 +170,17 @@ def test_node_config_names_are_checked_against_the_model():
     found = [(p.code, p.message) for p in check_with_model(config.data, model_info(onnx_text(MODEL)))]
     assert found == [("node-unknown", "The node 'Sigmoid_9' given in quant_config.node_config is not a node of the "
                                       "model")]
+
+
+def test_editing_the_json_file_changes_what_the_stage_keys_hash(tmp_path: Path):
+    """The calibrate stage key hashes calibration_parameters: with a file, its content must be in there."""
+    (tmp_path / "cal").mkdir()
+    (tmp_path / "m.onnx").write_bytes(b"")
+    qc = tmp_path / "qc.json"
+    slices = []
+    for all_node_type in ("int8", "int16", "int8"):
+        qc.write_text(json.dumps({"model_config": {"all_node_type": all_node_type}}))
+        config, _ = load("  quant_config: qc.json\n", base=tmp_path, check_files=True)
+        slices.append(json.dumps(config.slice("calibration_parameters"), sort_keys=True))
+    assert slices[0] != slices[1] and slices[0] == slices[2]
+    assert config.calibration.quant_config == "qc.json"  # the typed value keeps the user's path
