@@ -26,6 +26,7 @@ Percentile on rec and cls only: on det 640×640 they need tens of GB). Speed: th
 interleaved, fastest of 10 rounds (wall in the table, process CPU time printed below it).
 
     .venv/bin/python bench/bench_accuracy.py [det] [rec] [cls] [digits] [--target 0.995] [--bias]
+                                             [--no-peers] [--held N]
 """
 
 from __future__ import annotations
@@ -351,6 +352,14 @@ def main(argv: list[str] | None = None) -> None:
     if "--bias" in args:
         args.remove("--bias")
         extra += "  optimization: bias_correction\n"
+    peers_wanted = "--no-peers" not in args  # ours only: a rec run in ~1 min instead of ~2
+    if not peers_wanted:
+        args.remove("--no-peers")
+    held_count = dict(HELD)
+    if "--held" in args:  # more held-out samples: rec's CER over 64 lines (~730 characters) moves ±0.007
+        i = args.index("--held")
+        held_count = dict.fromkeys(HELD, int(args[i + 1]))
+        del args[i:i + 2]
     wanted = [a for a in args if a in ("det", "rec", "cls", "digits")] or ["det", "rec", "cls", "digits"]
     models = ppocr_models()
     rows, details = [], {}
@@ -358,10 +367,10 @@ def main(argv: list[str] | None = None) -> None:
         if not models:
             print(f"bench_accuracy {name}: skipped ({why_missing()})")
             continue
-        held = [sample(name, i, seed=1) for i in range(HELD[name])]
+        held = [sample(name, i, seed=1) for i in range(held_count[name])]
         with tempfile.TemporaryDirectory() as tmp:
             ours = run_ours(name, models[name], Path(tmp) / "ours", held, extra)
-            peers = {m: run_ort(name, models[name], Path(tmp), held, m)
+            peers = {} if not peers_wanted else {m: run_ort(name, models[name], Path(tmp), held, m)
                      for m in (("MinMax",) if name == "det" else ("MinMax", "Entropy", "Percentile"))}
         details[name] = {"ours": ours, "ort": peers}
         key = {"det": "IoU", "rec": "CER", "cls": "agree"}[name]
