@@ -393,7 +393,7 @@ def input_layout_rt(ctx: RuleContext) -> Iterator[Problem]:
         yield warning("deprecated-key", "Please note that the parameter 'input_layout_rt' has been deprecated: "
                       f"hb_compile lays the runtime input out as input_type_rt implies ({rt}: {implied}). hbcompile "
                       f"still applies it: the .bc/.hbm input {_at(names, i) or i} takes layout {layout}",
-                      (IP, "input_layout_rt"), data={"item": i, "replacement": None})
+                      (IP, "input_layout_rt"), data={"item": i, "replacement": None, "in_use": True})
 
 
 @rule
@@ -408,7 +408,8 @@ def preprocess_on(ctx: RuleContext) -> Iterator[Problem]:
            "calibration samples only (or use calibration_type: skip). hbcompile still applies it: jpg/jpeg/png/bmp "
            "files in cal_data_dir are decoded and resized to the input size") if reads else \
         _deprecation(CP, "preprocess_on")
-    yield warning("deprecated-key", msg, (CP, "preprocess_on"), data={"on_key": True, "replacement": None})
+    yield warning("deprecated-key", msg, (CP, "preprocess_on"), data={"on_key": True, "replacement": None,
+                                                                     "in_use": reads})
 
 
 @rule

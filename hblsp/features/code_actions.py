@@ -207,8 +207,8 @@ class Fixer:
             yield Candidate(f"Use {new} in {problem.path[-1]}", (self.token_edit(problem.span, new),))
         if problem.code == "input-nv12-odd-size" and "item" in hints:
             yield from self.switch_layout(hints["item"])
-        if problem.code == "deprecated-key" and problem.span is not None:
-            yield from self.deprecated(problem, hints.get("replacement"))
+        if problem.code == "deprecated-key" and problem.span is not None and not hints.get("in_use"):
+            yield from self.deprecated(problem, hints.get("replacement"))  # not a key hbcompile still applies
         missing = hints.get("missing")
         if not missing and hints.get("inputs") and len(problem.path) == 1:  # input names the model needs
             missing = [k for k in sv.key_names(problem.path) if self.names_inputs(problem.path + (k,))][:1]

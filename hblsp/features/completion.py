@@ -26,7 +26,15 @@ from engine.frontend.model_info import ModelInfo
 from hblsp import schema_view as sv
 from hblsp.cursor import Cursor, cursor_at, indent_of, indent_unit, sibling_keys
 from hblsp.documents import ConfigDoc
-from hblsp.explain import input_detail, key_markdown, node_detail, type_words, value_doc
+from hblsp.explain import (
+    deprecated_on,
+    generation_of,
+    input_detail,
+    key_markdown,
+    node_detail,
+    type_words,
+    value_doc,
+)
 
 if TYPE_CHECKING:
     from hblsp.server import HbServer
@@ -96,11 +104,12 @@ def key_items(doc: ConfigDoc, cur: Cursor, env: Env) -> tuple[list[types.Complet
     rng = _edit_range(doc, cur.line, cur.key_start, cur.key_end if cur.has_colon else max(cur.key_end, cur.column))
     items: list[types.CompletionItem] = []
     names = sv.key_names(cur.path)
+    generation = generation_of(doc.load().doc)
     for order, key in enumerate(names):
         if key in present and key != cur.key:
             continue
         s = sv.at(cur.path + (key,)) or {}
-        deprecated = bool(s.get("deprecated"))
+        deprecated = deprecated_on(s, generation)
         if cur.has_colon:
             text, fmt = key, types.InsertTextFormat.PlainText
         else:
@@ -109,7 +118,7 @@ def key_items(doc: ConfigDoc, cur: Cursor, env: Env) -> tuple[list[types.Complet
             label=key,
             kind=types.CompletionItemKind.Module if not cur.path else types.CompletionItemKind.Property,
             detail=type_words(s) if cur.path else "section",
-            documentation=_doc(key_markdown(cur.path + (key,))),
+            documentation=_doc(key_markdown(cur.path + (key,), generation)),
             tags=[types.CompletionItemTag.Deprecated] if deprecated else None,
             sort_text=f"{1 if deprecated else 0}{order:04d}",
             insert_text_format=fmt,

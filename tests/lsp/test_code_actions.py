@@ -193,3 +193,16 @@ async def test_a_candidate_that_breaks_the_yaml_is_never_offered():
                                                 ", input_layout_train: NCHW"),))
     assert fixer.verified(missing, [broken]) == []
     assert fixer.verified(missing, [broken, good]) == [good]
+
+
+async def test_no_removal_offered_for_a_deprecated_key_hbcompile_still_applies():
+    """input_layout_rt: NCHW on nash changes the .hbm input layout: removing it is not a harmless clean-up."""
+    text = ("model_parameters:\n  onnx_model: m.onnx\n  march: nash-e\n"
+            "input_parameters:\n  input_type_train: rgb\n  input_layout_train: NCHW\n  input_type_rt: rgb\n"
+            "  input_layout_rt: NCHW\n  input_shape: 1x3x8x8\n"
+            "calibration_parameters:\n  calibration_type: skip\n")
+    _, in_use = _core_actions(text, 7)
+    assert not [a for a in in_use if "Remove deprecated" in a.title]
+    _, unused = _core_actions(text.replace("input_type_rt: rgb", "input_type_rt: nv12")
+                              .replace("input_layout_rt: NCHW", "input_layout_rt: NHWC"), 7)
+    assert [a.title for a in unused if "Remove deprecated" in a.title] == ["Remove deprecated 'input_layout_rt'"]

@@ -54,9 +54,31 @@ async def test_default_and_deprecation(client: HbClient, doc: str):
     h = await hover(client, doc, 15, 4)  # calibration_type
     assert "Default: `default`" in h.contents.value and "- `kl` — " in h.contents.value
     dep = await hover(client, doc, 17, 5)  # preprocess_on
-    ks = schema.key_schema("calibration_parameters", "preprocess_on")
-    assert f"**Deprecated.** {ks['x-hb-deprecation']}" in dep.contents.value
+    assert "**Deprecated on hb_compile marches.** hb_compile ignores it; hbcompile still applies" in dep.contents.value
     assert "Default: `false`" in dep.contents.value
+
+
+async def test_deprecation_follows_the_march_generation():
+    """input_layout_rt is deprecated on hb_compile (nash) marches only: a bayes-e config gets no such note."""
+    from hblsp.documents import ConfigDoc
+    from hblsp.features.completion import Env, key_items
+    from hblsp.features.hover import hover_at
+
+    def doc(march: str) -> ConfigDoc:
+        text = (f"model_parameters:\n  march: {march}\ninput_parameters:\n  input_layout_rt: NHWC\n  \n")
+        return ConfigDoc("file:///tmp/g.hb.yaml", 1, text, True, Path("/tmp"), check_files=False)
+
+    nash, bayes = doc("nash-e"), doc("bayes-e")
+    assert "**Deprecated on hb_compile marches.**" in hover_at(nash, types.Position(3, 4), None).contents.value
+    assert "Deprecated" not in hover_at(bayes, types.Position(3, 4), None).contents.value
+    from hblsp.cursor import cursor_at
+
+    def tags(d: ConfigDoc) -> dict[str, object]:
+        items, _ = key_items(d, cursor_at(d.positions.lines, 4, 2), Env())
+        return {i.label: i.tags for i in items}
+
+    assert tags(nash)["norm_type"] == [types.CompletionItemTag.Deprecated]
+    assert tags(bayes)["norm_type"] is None
 
 
 async def test_section_hover(client: HbClient, doc: str):
