@@ -134,12 +134,8 @@ def node_info_format(ctx: RuleContext) -> Iterator[Problem]:
 
 @rule
 def debug_keys(ctx: RuleContext) -> Iterator[Problem]:
-    """Debug switches hb documents that the engine has nothing to act on yet: say so instead of silence."""
-    if ctx.get(MP, "debug_mode") == "dump_calibration_data":
-        yield warning("no-effect", "Please note that the parameter 'debug_mode: dump_calibration_data' is recorded "
-                      "but has no effect here: the calibration inputs are not written to "
-                      "working_dir/calibration_data/<input>/<k>.npy (cal_data_dir holds the samples as given; "
-                      "mean/scale are applied inside the model)", (MP, "debug_mode"), data={"on_key": True})
+    """Debug switches hb documents that the engine has nothing to act on: say so instead of silence
+    (debug_mode: dump_calibration_data is acted on by the calibrate stage)."""
     if ctx.get(MP, "layer_out_dump") is True:
         yield warning("no-effect", "Please note that the parameter 'layer_out_dump' is recorded but has no effect "
                       "here: no per-layer outputs are added to the model (the node table in *_node_info.csv and "

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 import traceback
@@ -203,8 +205,18 @@ class Engine:
             for src_name, template in stage.artefacts.items():
                 src = entry / src_name
                 dest = config.working_dir / template.format(prefix=config.prefix)
+                if src.is_dir():  # a folder artefact (calibration_data/): replaced as a whole
+                    if self.copied.get(str(dest)) != (str(src), 0, 0) or not dest.is_dir():
+                        replace_folder(src, dest)
+                        self.copied[str(dest)] = (str(src), 0, 0)
+                    out[template.format(prefix="{prefix}")] = dest
+                    continue
                 if not src.is_file():
-                    dest.unlink(missing_ok=True)
+                    if dest.is_dir():
+                        shutil.rmtree(dest)
+                    else:
+                        dest.unlink(missing_ok=True)
+                    self.copied.pop(str(dest), None)
                     continue
                 if not self._published_from(dest, src):
                     atomic_copy(src, dest)
@@ -230,6 +242,23 @@ class Engine:
     def _remember_copy(self, dest: Path, src: Path) -> None:
         st = os.stat(dest)
         self.copied[str(dest)] = (str(src), st.st_size, st.st_mtime_ns)
+
+
+def replace_folder(src: Path, dest: Path) -> None:
+    """`dest` becomes a copy of `src`: copied beside it first, then swapped in by renames."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        if dest.is_dir():
+            old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 class InputsChangedError(HbError):

@@ -44,7 +44,8 @@ if TYPE_CHECKING:
     from engine.accuracy import AccuracySettings
 
 log = logging.getLogger("hbcompile")
-READS = ("calibration_parameters", "model_parameters.node_info")
+READS = ("calibration_parameters", "model_parameters.node_info", "model_parameters.debug_mode")
+DUMP_FOLDER = "calibration_data"  # debug_mode: dump_calibration_data
 STATS_VERSION = 3  # 2: SampleStats format 3 (one deflate stream); 3: one pack per folder (`StatsMemo`), same statistics
 SEARCH_SAMPLES = 4  # calibration samples the `default` search compares output cosines on
 ACCURACY_FILE = "accuracy.json"  # node_info of mixed precision, bias corrections, checks
@@ -136,6 +137,16 @@ def collect_stats(ctx: StageContext, model: onnx.ModelProto, tensors: list[str],
         log.debug(f"calibration: {note}")
     return stats, cs, {"samples": len(cs), "computed": len(todo), "reused": len(cs) - len(todo),
                        "batch": observer.batch_used}
+
+
+def dump_calibration_inputs(folder: Path, cs: CalibrationSet) -> None:
+    """`debug_mode: dump_calibration_data`: each sample as the model's input sees it (read, decoded and
+    shaped; mean / scale are applied inside the model), `<folder>/<input>/<k>.npy` as hb_compile does."""
+    for k in range(len(cs)):
+        for name, value in cs.load(k).items():
+            sub = folder / name.replace("/", "_")
+            sub.mkdir(parents=True, exist_ok=True)
+            np.save(sub / f"{k}.npy", value)
 
 
 def _changed_during_run(cs: CalibrationSet, i: int) -> CalibrationDataError:
@@ -237,6 +248,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         calibration, accuracy = Calibration(result.acts), {}
     else:
         stats, cs, info = collect_stats(ctx, model, tensors, specs)
+        if config.model.debug_mode == "dump_calibration_data":
+            dump_calibration_inputs(ctx.out_dir / DUMP_FOLDER, cs)
         merged = merge_samples(stats)
         acc = AccuracySettings.from_config(config)
         loaded = [cs.load(i) for i in range(min(max(SEARCH_SAMPLES, acc.samples), len(cs)))]
@@ -350,7 +363,9 @@ def _jsonable(o: Any) -> Any:
 # version 4: `load` reports on the first calibration sample when there is one; `skip` takes thresholds
 # and reports on normal values for featuremap inputs (both were uniform 0–255); `load` from an
 # asymmetric QDQ range covers its larger side. 5: mixed precision aims with a margin, counts float
-# kernels, and moves at most floor(budget × nodes)
-STAGE = Stage("calibrate", 5, run, after=("optimize",), reads=READS, files=calibrate_files,
-              artefacts={"model.onnx": "{prefix}_calibrated_model.onnx", SENSITIVITY_FILE: "{prefix}_sensitivity.json"},
+# kernels, and moves at most floor(budget × nodes). 6: lookup-table outputs with offset ranges,
+# per-channel outputs only where a conv / matmul writes them, scalar scales, dump_calibration_data
+STAGE = Stage("calibrate", 6, run, after=("optimize",), reads=READS, files=calibrate_files,
+              artefacts={"model.onnx": "{prefix}_calibrated_model.onnx", SENSITIVITY_FILE: "{prefix}_sensitivity.json",
+                         DUMP_FOLDER: DUMP_FOLDER},
               describe="statistics per calibration sample, thresholds, accuracy steps, fake-quant model")

@@ -1,5 +1,6 @@
-"""debug_mode: dump_calibration_data and layer_out_dump are accepted (hb documents them) but the engine
-has nothing to act on for them yet: each gets a warning naming it instead of silence."""
+"""layer_out_dump is accepted (hb documents it) but the engine has nothing to act on for it: it gets a
+warning naming it instead of silence. debug_mode: dump_calibration_data is acted on (the calibrate
+stage writes working_dir/calibration_data/<input>/<k>.npy): no warning."""
 
 from __future__ import annotations
 
@@ -27,12 +28,8 @@ def problems(mp: str):
     return [(p.code, p.message, p.path, p.span.line) for p in r.problems]
 
 
-def test_dump_calibration_data_says_nothing_is_written():
-    assert problems("  debug_mode: dump_calibration_data\n") == [(
-        "no-effect", "Please note that the parameter 'debug_mode: dump_calibration_data' is recorded but has no "
-        "effect here: the calibration inputs are not written to working_dir/calibration_data/<input>/<k>.npy "
-        "(cal_data_dir holds the samples as given; mean/scale are applied inside the model)",
-        ("model_parameters", "debug_mode"), 3)]
+def test_dump_calibration_data_is_a_plain_setting():
+    assert problems("  debug_mode: dump_calibration_data\n") == []
 
 
 def test_layer_out_dump_true_says_no_outputs_are_added():
