@@ -8,7 +8,9 @@ never decide anything: if a choice is not in the plan, it is a planner bug.
 
 Scheme (DESIGN §5): activations symmetric per tensor, scale = threshold / (2**(bits-1) - 1),
 zero point 0 (the integer program may *execute* int8 as uint8 with zero point 128 for speed —
-same values, shifted); weights symmetric per output channel int8; bias int32 at s_in · s_w.
+same values, shifted) — except lookup-table outputs whose table is lopsided, which get an offset
+range (`engine.quantize.planner.OffsetAct`); weights symmetric per output channel int8; bias int32
+at s_in · s_w.
 """
 
 from __future__ import annotations

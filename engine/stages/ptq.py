@@ -56,6 +56,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return {"nodes": len(placement), "cpu_nodes": cpu, "notes": plan.notes}
 
 
-STAGE = Stage("ptq", 1, run, after=("optimize", "calibrate"), reads=READS,
+# version 2: lookup-table outputs with offset ranges; per-channel outputs only where a conv / matmul writes them
+STAGE = Stage("ptq", 2, run, after=("optimize", "calibrate"), reads=READS,
               artefacts={"model.onnx": "{prefix}_ptq_model.onnx"},
               describe="int8 weights, int32 bias, shared scales, placement")
