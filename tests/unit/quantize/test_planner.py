@@ -201,15 +201,20 @@ def test_constant_operands_are_quantized_from_their_values():
     assert "gain" not in plan_tensors(model) and "shift" not in plan_tensors(model)
 
 
-def test_per_channel_thresholds_are_kept_only_on_model_outputs():
+def _per_channel_plan(last_op: str):
+    """x → Conv → Relu → Conv 1×1 → `last_op` → y, every threshold per channel, planned with per_channel."""
     b = Builder("pc")
     x = b.op("Relu", [b.conv(b.input("x", [1, 2, 4, 4]), 2, 3)])
-    b.output(b.op("Relu", [b.conv(x, 3, 3, k=1)], out="y"))
+    b.output(b.op(last_op, [b.conv(x, 3, 3, k=1)], out="y"))
     model = optimized(b.build())
     found = {t: Threshold(float(v), "max", channels=np.array([v, v / 2, v / 4]), axis=1)
              for t, v in max_thresholds(model).items() if t != "x"}
     found["x"] = 3.0
-    plan = make_plan(model, found, QuantOptions.build(per_channel=True))
+    return make_plan(model, found, QuantOptions.build(per_channel=True)), found
+
+
+def test_per_channel_thresholds_are_kept_only_on_model_outputs():
+    plan, found = _per_channel_plan("Relu")
     assert plan.acts["y"].axis == 1 and np.allclose(plan.acts["y"].threshold, found["y"].channels)
     assert plan.acts["Relu_1_y"].axis is None and plan.acts["Relu_1_y"].threshold == found["Relu_1_y"].value
     assert any(n.startswith("per_channel: 1 activation tensors use one threshold") for n in plan.notes)
@@ -217,14 +222,7 @@ def test_per_channel_thresholds_are_kept_only_on_model_outputs():
 
 def test_per_channel_thresholds_need_a_writer_that_requantizes_per_channel():
     """A Sigmoid's integer kernel has one output scale: its output stays per-tensor under per_channel."""
-    b = Builder("pc")
-    x = b.op("Relu", [b.conv(b.input("x", [1, 2, 4, 4]), 2, 3)])
-    b.output(b.op("Sigmoid", [b.conv(x, 3, 3, k=1)], out="y"))
-    model = optimized(b.build())
-    found = {t: Threshold(float(v), "max", channels=np.array([v, v / 2, v / 4]), axis=1)
-             for t, v in max_thresholds(model).items() if t != "x"}
-    found["x"] = 3.0
-    plan = make_plan(model, found, QuantOptions.build(per_channel=True))
+    plan, found = _per_channel_plan("Sigmoid")
     assert plan.acts["y"].axis is None and plan.acts["y"].threshold == found["y"].value
 
 
