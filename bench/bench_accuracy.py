@@ -26,7 +26,7 @@ Percentile on rec and cls only: on det 640×640 they need tens of GB). Speed: th
 interleaved, fastest of 10 rounds (wall in the table, process CPU time printed below it).
 
     .venv/bin/python bench/bench_accuracy.py [det] [rec] [cls] [digits] [--target 0.995] [--bias]
-                                             [--no-peers] [--held N]
+                                             [--samples N] [--no-peers] [--held N]
 """
 
 from __future__ import annotations
@@ -226,11 +226,13 @@ def run_ours(name: str, model: Path, root: Path, held: list[np.ndarray], extra: 
     nodes = len([n for n in onnx.load(str(out / f"{name}_optimized_float_model.onnx")).graph.node
                  if n.op_type != "Constant"])
     stages = {s.name: s.seconds for s in report.stages}
+    cpu = {s.name: getattr(s, "cpu_seconds", 0.0) for s in report.stages}
     speed = hbm_speed(name, out, held[0])
     return {**metrics(name, refs, outs), "ptq": ptq_metrics, "bc == hbm bits": same_bits,
             "method": cal.get("method"), "moved": mixed.get("moved_nodes", 0),
+            "mixed": {k: mixed.get(k) for k in ("before", "after", "met")},
             "nodes": nodes, "node_info": mixed.get("node_info") or {}, "seconds": seconds,
-            "calibrate s": stages.get("calibrate", 0.0), **speed}
+            "calibrate s": stages.get("calibrate", 0.0), "calibrate cpu s": cpu.get("calibrate", 0.0), **speed}
 
 
 def hbm_speed(name: str, out: Path, x: np.ndarray, repeat: int = 10) -> dict:
@@ -349,6 +351,10 @@ def main(argv: list[str] | None = None) -> None:
         i = args.index("--target")
         extra += f"  target_output_cosine: {args[i + 1]}\n"
         del args[i:i + 2]
+    if "--samples" in args:  # accuracy_samples: what mixed precision judges its moves on
+        i = args.index("--samples")
+        extra += f"  accuracy_samples: {args[i + 1]}\n"
+        del args[i:i + 2]
     if "--bias" in args:
         args.remove("--bias")
         extra += "  optimization: bias_correction\n"
@@ -388,6 +394,9 @@ def main(argv: list[str] | None = None) -> None:
                 ("model", "who", "cosine", "min cos", "task metric", "moved/nodes", "build s", "bc / hbm / float ms",
                  ".bc == .hbm"))
     for name, d in details.items():
+        if name != "digits":
+            print(f"{name} calibrate stage: {d['ours']['calibrate s']:.1f} s wall, {d['ours']['calibrate cpu s']:.1f} CPU s; "
+                  f"mixed precision on the accuracy samples: {json.dumps(d['ours']['mixed'])}")
         if name != "digits" and "float cpu ms" in d["ours"]:
             print(f"{name} CPU ms (fastest round, 2 threads): " + ", ".join(
                 f"{k} {d['ours'][f'{k} cpu ms']:.1f}" for k in ("bc", "hbm", "float") if f"{k} cpu ms" in d["ours"]))

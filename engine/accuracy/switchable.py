@@ -14,8 +14,8 @@ where `use8_T` / `use16_T` are scalar bool graph inputs; every quantized weight 
 The quantization is the plan's (`QuantPlan.acts`: shared scales applied, the view of the ptq
 model and the `.bc`), the same Q/DQ layout as `engine.quantize.calibrated` (it is a `QdqWriter`),
 so with every int8 switch on the outputs equal the calibrated model built from `plan.acts`.
-A bias follows its weight's switch: float (bias-corrected where the plan says) when off, its
-int32 codes at s_in · s_w when on — as the integer program adds it, which is coarse when the
+A bias follows its weight's switch: the model's float bias when off, its int32 codes at
+s_in · s_w (of the bias-corrected value where the plan says) when on — as the integer program adds it, which is coarse when the
 input's scale is large.
 
 Switches are grouped into *rows*, the units of the node table: a node or a fusion group owns its
@@ -233,14 +233,17 @@ class _SwitchWriter(QdqWriter):
                                   [helper.make_tensor_value_info(keep, TensorProto.FLOAT, None)])
         return helper.make_node("If", [use], [out], name=self.name(base), then_branch=then, else_branch=other)
 
-    def switched_bias(self, tensor: str, value: np.ndarray, scale: np.ndarray, use: str) -> str:
-        """The bias as the integer op adds it — int32 codes at s_in · s_w, which is coarse when the
-        input's scale is large — when its weight's switch is on, else the float bias (corrected if
-        the plan says so)."""
+    def switched_bias(self, tensor: str, value: np.ndarray, scale: np.ndarray, use: str,
+                      floating_value: np.ndarray | None = None) -> str:
+        """The bias as the integer op adds it — int32 codes at s_in · s_w of `value` (bias-corrected if
+        the plan says so), which is coarse when the input's scale is large — when its weight's switch
+        is on, else `floating_value` (the model's own bias: a correction undoes the int8 weight's
+        error, so with the float weight it would be an error of its own)."""
         codes = quantize_bias(value, scale)
         step = np.asarray(scale, np.float64).reshape(np.shape(value)) if np.size(scale) == np.size(value) else scale
         quantized = self.const(f"{tensor}_int32_value", (codes.astype(np.float64) * step).astype(np.float32))
-        floating = self.const(f"{tensor}_float_value", np.asarray(value, np.float32))
+        floating = self.const(f"{tensor}_float_value",
+                              np.asarray(value if floating_value is None else floating_value, np.float32))
         out = self.name(f"{tensor}_switched")
         self._add(-1, helper.make_node("Where", [use, quantized, floating], [out], name=self.name(f"{tensor}_switch")))
         for n in self.readers.get(tensor, []):
@@ -393,10 +396,11 @@ def build_switchable(model: onnx.ModelProto, plan: QuantPlan, int16: bool | Coll
     for bq in plan.biases.values():
         value = writer.constant(bq.tensor)
         owner = next((p.weight for p in plan.nodes.values() if p.bias == bq.tensor), None)
+        # a correction belongs to the int8 weight: with its weight float (switch off, or `weights`
+        # False) the bias is the model's own — corrected, the "float" baseline of every sensitivity
+        # question carried every layer's correction as an error (mixed precision ranked on noise)
         if value is not None and owner in weight_switch:
-            writer.switched_bias(bq.tensor, bias_value(value, bq), bq.scale, weight_switch[owner])
-        elif value is not None and getattr(bq, "correction", None) is not None:
-            writer.corrected_bias(bq.tensor, bias_value(value, bq))  # what a switched bias is when off
+            writer.switched_bias(bq.tensor, bias_value(value, bq), bq.scale, weight_switch[owner], value)
     out = writer.finish("switchable")
     fold_constants(out, writer.weight_values)
     out.graph.input.extend(writer.switch_inputs)

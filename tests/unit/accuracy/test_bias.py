@@ -51,3 +51,25 @@ def test_channel_means_merge_exactly_and_round_trip():
     again = bias.from_bytes(bias.to_bytes(merged))
     np.testing.assert_array_equal(again["t"].sums, merged["t"].sums)
     assert again["t"].count == merged["t"].count == 48
+
+
+def test_a_corrected_bias_goes_with_its_int8_weight_in_the_switchable_model():
+    """The correction undoes the int8 weight's error: with the weight float (switch off, or the
+    constant-weight model of the activation questions) the bias must be the model's own, else every
+    sensitivity question carries the corrections as an error of their own."""
+    from engine.accuracy.switchable import Setting, build_switchable
+
+    model = biased_input_conv()
+    data = samples(model, 8, offset=4.0)
+    _, calibration, plan = calibrate(model, data)
+    means = bias.merge_means([bias.channel_means(run_model(model, s, ["x"]), {"x": 1}) for s in data])
+    corrected = make_plan(model, Calibration(calibration, bias_corrections=bias.corrections(model, plan, means)))
+    assert np.abs(corrected.biases["B"].correction).max() > 1e-3  # a correction worth seeing
+    ptq = build_ptq_model(model, corrected)
+    for weights in (True, False):
+        sw = build_switchable(model, corrected, weights=weights)
+        for s in data[:2]:
+            off = sw.run(s, Setting())["y"]
+            np.testing.assert_allclose(off, run_model(model, s)["y"], rtol=0, atol=1e-5)
+            if weights:
+                np.testing.assert_allclose(sw.run(s, sw.all_on())["y"], run_model(ptq, s)["y"], rtol=0, atol=1e-4)
