@@ -225,7 +225,6 @@ def featuremap_inputs(specs: list[dict[str, Any]]) -> list[str]:
 
 def run(ctx: StageContext) -> dict[str, Any]:
     from engine.accuracy import AccuracySettings
-    from engine.accuracy.sessions import References
     from engine.quantize.calibrated import build_calibrated_model
     from engine.quantize.search import SearchSettings, choose_thresholds
 
@@ -253,16 +252,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
         merged = merge_samples(stats)
         acc = AccuracySettings.from_config(config)
         loaded = [cs.load(i) for i in range(min(max(SEARCH_SAMPLES, acc.samples), len(cs)))]
-        if acc.target > 0:  # the search's samples and the accuracy steps' share one float session
-            References(model, loaded).values  # noqa: B018 - kept by content (sessions.FLOAT_OUTPUTS)
+        # no float run of the accuracy samples here: when the accuracy steps' result is memoised
+        # (`_improve`) they need none (PP-OCRv4 det: ~0.15 CPU s a sample); the search's and the
+        # steps' float outputs are still computed once each, by content (sessions.FLOAT_OUTPUTS)
         # `default` compares candidates on a few samples, not hb_mapper's one: on PP-OCRv4 det the
         # first sample alone picked max (held-out cosine 0.957) over max-percentile (0.980)
         compare = loaded[:SEARCH_SAMPLES]
         first = compare[0]
         settings = dataclasses.replace(settings, cosine_samples=len(compare))
         result = choose_thresholds(settings, model, merged, compare, options, tensors=tensors)
-        calibration, accuracy = _improve(ctx, model, Calibration(result.acts), options, merged, cs, specs, acc,
-                                         loaded[:acc.samples])
+        calibration, accuracy, reused = _improve(ctx, model, Calibration(result.acts), options, merged, cs, specs,
+                                                 acc, loaded[:acc.samples])
+        info["accuracy_steps"] = "reused" if reused else "computed"
     plan = make_plan(model, calibration, options)
     for note in plan.notes:  # advice (a split output head, …) is worth a line; the rest is detail
         (log.info if " joins " in note else log.debug)(note)
@@ -280,12 +281,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 def _improve(ctx: StageContext, model: onnx.ModelProto, calibration: Calibration, options: QuantOptions,
              merged: dict, cs: CalibrationSet, specs: list[dict[str, Any]], acc: AccuracySettings,
-             samples: list[dict[str, np.ndarray]]) -> tuple[Calibration, dict[str, Any]]:
-    """The accuracy steps (engine.accuracy) on the first `acc.samples` calibration samples, and what
-    they tell the user."""
+             samples: list[dict[str, np.ndarray]]) -> tuple[Calibration, dict[str, Any], bool]:
+    """The accuracy steps (engine.accuracy) on the first `acc.samples` calibration samples, what they
+    tell the user (the same log lines whether computed or reused), and whether the result was reused
+    (`engine.accuracy.memo`)."""
     from engine.accuracy import CHECK_SAMPLES, improve
     from engine.accuracy import bias as bias_mod
     from engine.accuracy.checks import CheckMemo
+    from engine.accuracy.memo import AccuracyMemo, memo_key
 
     corrections = None
     if acc.bias_correction:
@@ -298,8 +301,19 @@ def _improve(ctx: StageContext, model: onnx.ModelProto, calibration: Calibration
     # the data check is memoised per sample by content (issue #8: one changed file re-runs one sample)
     checked = range(min(CHECK_SAMPLES, len(samples)))
     memo = CheckMemo(ctx.memo_dir("data_checks"), ctx.upstream["optimize"].name, [cs.content_hash(i) for i in checked])
-    res = improve(model, calibration, options, merged, samples, specs, acc, corrections,
-                  progress=lambda m, f: ctx.report(m, f), check_memo=memo)
+    # the whole result is memoised by its inputs: a calibration change that moves no threshold (a file
+    # re-saved with the same values, a sample past the accuracy samples) does not run the steps again
+    results = AccuracyMemo(ctx.memo_dir("accuracy"), ctx.upstream["optimize"].name)
+    key = memo_key(ctx.input("optimize", "model.onnx").read_bytes(), calibration, options, merged, samples, specs,
+                   acc, corrections)
+    res = results.load(key)
+    reused = res is not None
+    if res is None:
+        res = improve(model, calibration, options, merged, samples, specs, acc, corrections,
+                      progress=lambda m, f: ctx.report(m, f), check_memo=memo)
+        results.save(key, res)
+    else:
+        ctx.report("accuracy steps: reused (same model, thresholds, statistics and samples)", 1.0)
     for check in res.checks:
         if check.suspicious:
             log.warning(check.message())
@@ -323,7 +337,7 @@ def _improve(ctx: StageContext, model: onnx.ModelProto, calibration: Calibration
         log.warning(mp.summary())
     for note in (mp.notes if mp is not None else []) + res.notes:
         log.info(note)
-    return res.calibration, res.to_json()
+    return res.calibration, res.to_json(), reused
 
 
 def save_thresholds(path: Path, found: dict[str, Any]) -> None:
