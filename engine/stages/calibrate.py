@@ -270,7 +270,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     onnx.save(build_calibrated_model(model, plan), str(ctx.out_dir / "model.onnx"))
     save_thresholds(ctx.out_dir / "thresholds.json", dict(calibration))
     (ctx.out_dir / ACCURACY_FILE).write_text(json.dumps(accuracy, indent=1, default=_jsonable))
-    np.savez(ctx.out_dir / "first_sample.npz", **first)
+    # by value: a first sample re-saved in other bytes (Fortran order) writes the same file (early cutoff)
+    np.savez(ctx.out_dir / "first_sample.npz", **{k: np.ascontiguousarray(v) for k, v in first.items()})
     (ctx.out_dir / "inputs.json").write_text(json.dumps(specs, indent=1))
     mixed = accuracy.get("mixed_precision") or {}
     return {**info, "method": result.method, "cosines": result.cosines, "tensors": len(tensors),
