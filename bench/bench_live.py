@@ -9,7 +9,9 @@ Printed against the issue's targets, each against its peer measured in the same 
   calibration_type max, with and without the calibrate stage's automatic mixed precision; skipped
   with the reason when the model cannot be fetched). Each incremental case changes something never
   seen before (a new key). On det, a calibration file re-saved with the same values in other bytes
-  shows the early cutoff: calibrate re-runs on it, no later stage runs. Each run is timed by the
+  shows the early cutoff: calibrate re-runs on it, no later stage runs; with the accuracy steps on,
+  their result is read back from its memo (same model, thresholds, statistics and accuracy samples:
+  "accuracy steps reused" beside calibrate's CPU seconds). Each run is timed by the
   wall clock and by this process's CPU time (all its threads, `RunReport.cpu_seconds`): on a shared
   machine the CPU share is the steadier number; the stages that ran are listed with their CPU seconds.
 - cold CLI vs warm daemon on digits (target ≥ 3× faster): `hb_compile -c digits.hb.yaml` as a
@@ -70,20 +72,31 @@ def resave(path: Path) -> None:
     np.save(path, np.asfortranarray(np.load(path)))
 
 
+def accuracy_note(report) -> str:
+    """" (accuracy steps reused)" when calibrate ran and read its accuracy steps' result back from the memo
+    (engine.accuracy.memo: the same model, thresholds, statistics and accuracy samples)."""
+    ran = any(s.name == "calibrate" and s.status == "ran" for s in report.stages)
+    return " (accuracy steps reused)" if ran and report.results.get("calibrate", {}).get("accuracy_steps") == "reused" \
+        else ""
+
+
 def stages_line(report) -> str:
     """The stages that ran with their CPU seconds (this process, all threads)."""
-    return ", ".join(f"{s.name} {s.cpu_seconds:.2f}" for s in report.stages if s.status == "ran" and s.name != "config")
+    return ", ".join(f"{s.name} {s.cpu_seconds:.2f}" + (accuracy_note(report) if s.name == "calibrate" else "")
+                     for s in report.stages if s.status == "ran" and s.name != "config")
 
 
 def stages_min(reports: list) -> str:
     """Per stage, the least CPU seconds over `reports` (the stages each ran): one run's line swings
     with the machine's load, the minimum of the repeats is the steadier per-stage cost."""
     least: dict[str, float] = {}
+    reused = bool(reports) and all(accuracy_note(r) for r in reports)
     for report in reports:
         for s in report.stages:
             if s.status == "ran" and s.name != "config":
                 least[s.name] = min(least.get(s.name, float("inf")), s.cpu_seconds)
-    return ", ".join(f"{name} {cpu:.2f}" for name, cpu in least.items())
+    return ", ".join(f"{name} {cpu:.2f}" + (" (accuracy steps reused)" if reused and name == "calibrate" else "")
+                     for name, cpu in least.items())
 
 
 def incremental(engine, config: Path, cal_files: list[Path], repeats: int) -> dict[str, Any]:
