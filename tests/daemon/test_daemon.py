@@ -63,6 +63,9 @@ def test_daemon_reports_errors_like_a_cold_run(daemon, example):
                                                                                              "march: nash-x"))
     code, out = hb_compile(["-c", "digits.hb.yaml"], example, env)
     assert code != 0 and "The specified march 'nash-x' is invalid" in out and "Traceback" not in out
+    status = subprocess.run([sys.executable, "-m", "hblsp.daemon", "status"], env=env, capture_output=True,
+                            text=True, timeout=30)
+    assert "1 runs" in status.stdout  # the daemon served it (a client falling back to a cold run prints the same)
 
 
 def test_socket_is_user_only(daemon):
