@@ -213,7 +213,12 @@ def test_legal_pair_end_to_end(tmp_path, train, rt, layout, space):
     photo = rgb_crop(*HELD_OUT)
     got = run_bc(bc_path, runtime_pixels(photo, rt, space, None))
     want = float_reference(tmp_path, photo, train, layout)
-    assert cosine(got, want) >= 0.99
+    # int8 on this small model measures 0.9988–0.9996 through nv12 (chroma at half resolution) and
+    # 0.99964–0.99996 otherwise: bounds a missing bias or a coarser weight grid cannot meet
+    lossy = rt == "nv12" or space == "bt601_video"
+    assert cosine(got, want) >= (0.998 if lossy else 0.9993)
+    (out,) = report.results["report"]["outputs"]
+    assert out["quantized_cosine"] >= (0.995 if lossy else 0.9995), out
 
     (row,) = [r for r in report.results["report"]["nodes"] if "HZ_PREPROCESS_FOR_data" in r["nodes"]]
     assert row["quantized_cosine"] is not None and row["quantized_cosine"] >= (0.99 if rt == "nv12" else 0.995)
