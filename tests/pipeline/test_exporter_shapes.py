@@ -108,7 +108,7 @@ def test_exported_model_runs_with_its_shapes(tmp_path, build):
         got = load(out / art).run({"x": x})["y"]  # every artefact loads (AveragePool's fused Q/DQ did not)
         assert got.shape == want.shape, art
     (row,) = report.results["report"]["outputs"]
-    assert row["quantized_cosine"] > 0.99, row
+    assert row["quantized_cosine"] > 0.9997, row  # int8 measures 0.99986+ here; 5-bit weights at most 0.9994
 
 
 def test_initializers_listed_as_inputs_are_weights(tmp_path):

@@ -151,7 +151,7 @@ def test_image_and_featuremap_end_to_end(compiled):
     assert pre["quantized_cosine"] >= 0.99
     assert not any(r["node"].startswith("HZ_PREPROCESS_FOR_feat") for r in rows)  # no mean/scale on it
     (output,) = report.results["report"]["outputs"]
-    assert output["quantized_cosine"] >= 0.99 and output["cosine"] >= 0.99
+    assert output["quantized_cosine"] >= 0.999 and output["cosine"] >= 0.999  # int8: 0.99934; 5-bit weights 0.9976
     assert report.results["calibrate"]["samples"] == len(PHOTOS)
 
 

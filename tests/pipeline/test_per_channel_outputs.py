@@ -65,4 +65,4 @@ def test_per_channel_output_runs_and_the_bc_matches(tmp_path, tail):
     assert report.ok, [p.render() for p in report.problems]
     (out,) = report.results["report"]["outputs"]
     assert out["quantized_cosine"] >= out["cosine"] - 0.002, out
-    assert out["quantized_cosine"] > 0.99, out
+    assert out["quantized_cosine"] > 0.9998, out  # int8 measures 0.9999+ here; 5-bit weights 0.9992–0.9997
