@@ -69,7 +69,7 @@ def test_hbm_equals_bc_bit_for_bit(compiled):
     images = np.load(EXAMPLE / "heldout.npz")["images"][:20]
     for x in images:
         a, b = bc.run({"input": x[None]}), hbm.run({"input": x[None]})
-        assert all(np.array_equal(a[k], b[k]) for k in a)
+        assert set(a) == set(b) == {"logits"} and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_integer_model_keeps_top1(compiled):
