@@ -305,14 +305,19 @@ def _improve(ctx: StageContext, model: onnx.ModelProto, calibration: Calibration
     # the whole result is memoised by its inputs: a calibration change that moves no threshold (a file
     # re-saved with the same values, a sample past the accuracy samples) does not run the steps again
     results = AccuracyMemo(ctx.memo_dir("accuracy"), ctx.upstream["optimize"].name)
-    key = memo_key(ctx.input("optimize", "model.onnx").read_bytes(), calibration, options, merged, samples, specs,
-                   acc, corrections)
-    res = results.load(key)
+    try:
+        key = memo_key(ctx.input("optimize", "model.onnx").read_bytes(), calibration, options, merged, samples,
+                       specs, acc, corrections)
+    except (TypeError, ValueError) as e:  # an input the key cannot hold exactly: computed, not memoised
+        log.debug(f"accuracy steps not memoised: {e}")
+        key = None
+    res = results.load(key) if key is not None else None
     reused = res is not None
     if res is None:
         res = improve(model, calibration, options, merged, samples, specs, acc, corrections,
                       progress=lambda m, f: ctx.report(m, f), check_memo=memo)
-        results.save(key, res)
+        if key is not None:
+            results.save(key, res)
     else:
         ctx.report("accuracy steps: reused (same model, thresholds, statistics and samples)", 1.0)
     for check in res.checks:

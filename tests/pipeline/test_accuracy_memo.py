@@ -192,3 +192,19 @@ def test_a_change_to_what_the_steps_read_is_a_miss(chain, improve_calls, change)
         after = json.loads((entry / again.stage("calibrate").key / "thresholds.json").read_text())
         assert {t: v["threshold"] for t, v in before.items()} == {t: v["threshold"] for t, v in after.items()}
     assert len(memo_files(chain)) == 2  # both results kept (the optimized model is the owner)
+
+
+def test_inputs_the_key_cannot_hold_are_computed_not_memoised(chain, improve_calls, monkeypatch):  # noqa: F811
+    import engine.accuracy.memo as memo_mod
+
+    def refuse(*args, **kwargs):
+        raise TypeError("cannot memoise a function")
+
+    monkeypatch.setattr(memo_mod, "memo_key", refuse)
+    cfg = chain.config(MEMO_CONFIG)
+    engine = Engine()
+    first = run(engine, cfg)
+    resave(chain.root / "cal" / "s2.npy")
+    again = run(engine, cfg)
+    assert [r.results["calibrate"]["accuracy_steps"] for r in (first, again)] == ["computed", "computed"]
+    assert len(improve_calls) == 2 and memo_files(chain) == []
