@@ -174,3 +174,16 @@ def test_move_budget_is_at_most_the_share_of_nodes():
     assert move_budget(0.1, 265) == 26
     assert move_budget(0.1, 5) == 1  # a tiny model may still move one node
     assert move_budget(0.0, 199) == 0
+
+
+def test_the_ranking_runs_on_the_first_rank_samples_evaluation_samples():
+    from engine.accuracy.mixed import RANK_SAMPLES
+
+    model = outlier_chain()
+    data = samples(model, 6)
+    merged, calibration, _ = calibrate(model, data)
+    default = mixed_precision(model, calibration, data[:4], merged, target=0.999)
+    assert default.sensitivity.samples == min(RANK_SAMPLES, 4)
+    three = mixed_precision(model, calibration, data[:4], merged, target=0.999, rank_samples=3)
+    assert three.sensitivity.samples == 3
+    assert [(m.row, m.to) for m in three.moves] == [("conv_b+relu_b", "int16")]  # the broken node either way
