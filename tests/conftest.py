@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import textwrap
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -96,3 +100,33 @@ def project(tmp_path: Path):
     p = Project()
     p.model()
     return p
+
+
+@contextmanager
+def hb_records(keep: Callable[[logging.LogRecord], Any] = lambda record: record) -> Iterator[list]:
+    """What the 'hbcompile' logger (which may not propagate to the root logger) emits meanwhile, at
+    every level, each record passed through `keep` (None drops it)."""
+    records: list = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            kept = keep(record)
+            if kept is not None:
+                records.append(kept)
+
+    logger = logging.getLogger("hbcompile")
+    handler, level = Keep(level=logging.DEBUG), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@pytest.fixture
+def hb_log():
+    """Records of the 'hbcompile' logger."""
+    with hb_records() as records:
+        yield records

@@ -4,7 +4,6 @@ later stage, visible in the table, reproducible from the node_info it prints."""
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import onnx
@@ -43,23 +42,6 @@ def chain(project):
     for i, s in enumerate(samples(model, 8)):
         np.save(cal / f"s{i}.npy", s["x"])
     return project
-
-
-@pytest.fixture
-def hb_log():
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record)
-
-    logger = logging.getLogger("hbcompile")
-    handler, level = Keep(level=logging.DEBUG), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield records
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def rows(report) -> dict[str, dict]:

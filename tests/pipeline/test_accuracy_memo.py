@@ -5,7 +5,6 @@ writes and prints is what a cold run writes and prints."""
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import engine.accuracy as accuracy
 from engine.pipeline import Engine
 from engine.pipeline.cache import TIMING_KEYS
+from tests.conftest import hb_records
 from tests.pipeline.test_accuracy import CONFIG, chain  # noqa: F401 - the fixture
 
 MEMO_CONFIG = CONFIG.format(node_info="", target=0.999) + "  optimization: bias_correction\n"
@@ -38,20 +38,11 @@ def improve_calls(monkeypatch) -> list[int]:
 @pytest.fixture
 def calibrate_log():
     """Messages logged by the calibrate stage (engine/stages/calibrate.py), cleared by the test."""
-    records: list[str] = []
+    def calibrate_line(record):
+        return f"{record.levelname}: {record.getMessage()}" if record.pathname.endswith("stages/calibrate.py") else None
 
-    class Keep(logging.Handler):
-        def emit(self, record):
-            if record.pathname.endswith("stages/calibrate.py"):
-                records.append(f"{record.levelname}: {record.getMessage()}")
-
-    logger = logging.getLogger("hbcompile")
-    handler, level = Keep(level=logging.DEBUG), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield records
-    logger.removeHandler(handler)
-    logger.setLevel(level)
+    with hb_records(calibrate_line) as records:
+        yield records
 
 
 def run(engine: Engine, cfg: Path, until: str = "calibrate"):

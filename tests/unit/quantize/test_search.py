@@ -30,24 +30,6 @@ from tests.support.models import Builder, multi_io
 from tests.unit.quantize.quant_support import optimized, plan_for
 
 
-@pytest.fixture
-def hb_log():
-    """Records of the 'hbcompile' logger (which may not propagate to the root logger)."""
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record)
-
-    logger = logging.getLogger("hbcompile")
-    handler, level = Keep(level=logging.DEBUG), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield records
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 def conv_model():
     """x → Conv 1x1 → Relu → y (one Conv+Relu group): x's threshold decides most of the cosine."""
     b = Builder("conv1x1")
