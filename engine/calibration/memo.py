@@ -22,11 +22,14 @@ the forward passes again, as a pruned per-sample file did.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from engine.calibration.stats import SampleStats
 
@@ -36,15 +39,20 @@ PACK_MAGIC = b"HBSPACK\x01"
 PACK_FORMAT = "hbcompile.calibration.StatsPack"
 
 
-def pack_bytes(entries: dict[str, bytes]) -> bytes:
+def pack_header(sizes: dict[str, int]) -> bytes:
     """`PACK_MAGIC`, the JSON header's length (uint32 LE), the header {format, entries: [[digest,
-    offset, length], …]} (offsets from the end of the header), then every archive in that order."""
+    offset, length], …]} (offsets from the end of the header); the archives follow in that order."""
     index, offset = [], 0
-    for digest, blob in entries.items():
-        index.append([digest, offset, len(blob)])
-        offset += len(blob)
+    for digest, size in sizes.items():
+        index.append([digest, offset, size])
+        offset += size
     header = json.dumps({"format": PACK_FORMAT, "entries": index}).encode()
-    return PACK_MAGIC + len(header).to_bytes(4, "little") + header + b"".join(entries.values())
+    return PACK_MAGIC + len(header).to_bytes(4, "little") + header
+
+
+def pack_bytes(entries: dict[str, bytes]) -> bytes:
+    """A whole pack in memory (`pack_header`, then every archive)."""
+    return pack_header({d: len(b) for d, b in entries.items()}) + b"".join(entries.values())
 
 
 def read_pack(data: bytes) -> dict[str, bytes]:
@@ -70,7 +78,9 @@ class StatsMemo:
     """One memo folder's entries: read once when built, written once by `save`."""
 
     folder: Path
-    _blobs: dict[str, bytes] = field(default_factory=dict, init=False, repr=False)  # digest → archive
+    _blobs: dict[str, bytes] = field(default_factory=dict, init=False, repr=False)  # digest → archive (read)
+    _spooled: dict[str, tuple[int, int]] = field(default_factory=dict, init=False, repr=False)  # put: (offset, size)
+    _spool: BinaryIO | None = field(default=None, init=False, repr=False)
     _packs: list[Path] = field(default_factory=list, init=False, repr=False)
     _added: bool = field(default=False, init=False, repr=False)
 
@@ -91,19 +101,39 @@ class StatsMemo:
 
     def get(self, digest: str) -> SampleStats | None:
         """The statistics kept for `digest`, or None when there are none or they do not read back."""
-        blob = self._blobs.get(digest)
+        blob = self._blob(digest)
         if blob is None:
             return None
         try:
             return SampleStats.from_bytes(blob)
         except ValueError as e:  # a torn or altered entry: computed again
             log.debug(f"statistics memo entry {digest[:12]} not read: {e}")
-            del self._blobs[digest]
+            self._blobs.pop(digest, None)
+            self._spooled.pop(digest, None)
             return None
 
     def put(self, digest: str, stats: SampleStats) -> None:
-        self._blobs[digest] = stats.to_bytes()
+        """Remember `stats` for `save`. Its archive goes to an anonymous spool file at once, not into
+        memory: a run's new entries would otherwise grow with the number of samples (digits at 128
+        samples: +6 MB; PP-OCRv4 det ~1 MB per sample), which the statistics pass must not."""
+        blob = stats.to_bytes()
+        try:
+            if self._spool is None:
+                self._spool = tempfile.TemporaryFile()
+            offset = self._spool.seek(0, io.SEEK_END)
+            self._spool.write(blob)
+            self._spooled[digest] = (offset, len(blob))
+            self._blobs.pop(digest, None)
+        except OSError:  # no temp space: keep it in memory
+            self._blobs[digest] = blob
         self._added = True
+
+    def _blob(self, digest: str) -> bytes | None:
+        if digest in self._spooled:
+            offset, size = self._spooled[digest]
+            self._spool.seek(offset)
+            return self._spool.read(size)
+        return self._blobs.get(digest)
 
     def save(self, keep: Iterable[str]) -> Path | None:
         """Write the kept entries it holds as one pack, remove the folder's other files (old packs,
@@ -111,20 +141,29 @@ class StatsMemo:
         holds exactly them. Returns the pack written, if any. A failure only loses the memo."""
         from engine.pipeline.cache import memo_temp, prune_memo_files
 
-        kept = {d: self._blobs[d] for d in dict.fromkeys(keep) if d in self._blobs}
-        unchanged = not self._added and len(self._packs) == 1 and set(kept) == set(self._blobs)
+        held = set(self._blobs) | set(self._spooled)
+        kept = [d for d in dict.fromkeys(keep) if d in held]
+        unchanged = not self._added and len(self._packs) == 1 and set(kept) == held
         if unchanged or not kept:  # nothing to write: only strays (per-sample files, dead temp files) go
             prune_memo_files(self.folder, {self._packs[0].name} if unchanged else set())
             return None
-        data = pack_bytes(kept)
-        path = self.folder / f"{hashlib.sha256(data).hexdigest()[:32]}{PACK_SUFFIX}"
-        tmp = memo_temp(self.folder, path.name)
-        try:
+        tmp = memo_temp(self.folder, f"pack{PACK_SUFFIX}")
+        try:  # streamed: one archive in memory at a time
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(data)
+            digest = hashlib.sha256()
+            with open(tmp, "wb") as fh:
+                sizes = {d: (self._spooled[d][1] if d in self._spooled else len(self._blobs[d])) for d in kept}
+                head = pack_header(sizes)
+                fh.write(head)
+                digest.update(head)
+                for d in kept:
+                    blob = self._blob(d)
+                    fh.write(blob)
+                    digest.update(blob)
+            path = self.folder / f"{digest.hexdigest()[:32]}{PACK_SUFFIX}"
             tmp.replace(path)
         except OSError as e:
-            log.debug(f"statistics memo {path.name} not saved: {e}")
+            log.debug(f"statistics memo not saved: {e}")
             tmp.unlink(missing_ok=True)
             return None
         prune_memo_files(self.folder, {path.name})
@@ -132,4 +171,4 @@ class StatsMemo:
         return path
 
 
-__all__ = ["PACK_SUFFIX", "StatsMemo", "pack_bytes", "read_pack"]
+__all__ = ["PACK_SUFFIX", "StatsMemo", "pack_bytes", "pack_header", "read_pack"]

@@ -76,3 +76,27 @@ def test_a_missing_folder_is_an_empty_memo(tmp_path):
     assert memo.get("d0") is None
     memo.put("d0", sample(0))
     assert memo.save(["d0"]).parent == tmp_path / "not-yet"
+
+
+def test_new_entries_are_not_held_in_memory(tmp_path):
+    """A run's statistics memo must not grow with the number of samples (issue #3's RSS target): put()
+    spools each archive to disk, save() streams them into the pack."""
+    import tracemalloc
+
+    big = SampleStats({f"t{k}": tensor_stats(np.random.default_rng(k).laplace(size=(1, 16, 32, 32))
+                                             .astype(np.float32)) for k in range(8)})
+    one = len(big.to_bytes())
+    memo = StatsMemo(tmp_path)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for k in range(40):
+            memo.put(f"d{k}", big)
+        held = tracemalloc.get_traced_memory()[0] - base
+        path = memo.save([f"d{k}" for k in range(40)])
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert held < 4 * one and peak < 8 * one, (held, peak, one)  # 40 archives held would be 40 × one
+    assert list(read_pack(path.read_bytes())) == [f"d{k}" for k in range(40)]
+    assert StatsMemo(tmp_path).get("d39").tensors == big.tensors
