@@ -22,11 +22,12 @@ def test_client_ctrl_c_exits_130_without_traceback(tmp_path):
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(str(run / "daemon.sock"))
     srv.listen(1)
-    hung_up = threading.Event()
+    hung_up, served = threading.Event(), threading.Event()
 
     def busy_daemon() -> None:  # reads the request, says one line, then works until the client leaves
         conn, _ = srv.accept()
         conn.makefile("r").readline()
+        served.set()
         conn.sendall(b'{"out": "Start hb_compile...\\n"}\n')
         conn.settimeout(30)
         try:
@@ -39,11 +40,18 @@ def test_client_ctrl_c_exits_130_without_traceback(tmp_path):
     threading.Thread(target=busy_daemon, daemon=True).start()
     env = {**os.environ, "HBCOMPILE_DAEMON_SOCKET": str(run / "daemon.sock")}
     env.pop("HBCOMPILE_NO_DAEMON", None)
+    env["PYTHONFAULTHANDLER"] = "1"  # a hang dumps the client's stacks (SIGABRT below) into the failure
     client = subprocess.Popen([sys.executable, "-m", "engine.cli", "-c", "x.yaml"], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert client.stdout.readline().startswith("Start hb_compile")  # the daemon is serving it now
+    assert client.stdout.readline().startswith("Start hb_compile")
+    assert served.wait(30)  # the daemon is serving it (not a cold run after a failed connect)
     client.send_signal(signal.SIGINT)
-    out, err = client.communicate(timeout=30)
+    try:
+        out, err = client.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        client.send_signal(signal.SIGABRT)
+        out, err = client.communicate(timeout=30)
+        raise AssertionError(f"the client did not exit after Ctrl-C:\n{out}\n{err}") from None
     assert client.returncode == 130
     assert out.strip().splitlines()[-1] == "ERROR interrupted"
     assert "Traceback" not in err + out
