@@ -5,14 +5,13 @@ them into QLinear kernels with a scalar scale: a crash, an unloadable `.bc`, or 
 
 from __future__ import annotations
 
-import textwrap
-
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from engine.pipeline import Engine
+from tests.conftest import GOOD_CONFIG
 
 TAILS = {
     "gap": (helper.make_node("GlobalAveragePool", ["a"], ["output"], name="gap"), [1, 4, 1, 1]),
@@ -43,24 +42,8 @@ def test_per_channel_output_runs_and_the_bc_matches(tmp_path, tail):
     rng = np.random.default_rng(1)
     for i in range(4):
         np.save(tmp_path / "cal" / f"s{i}.npy", rng.uniform(0, 255, (1, 3, 8, 8)).astype(np.float32))
-    (tmp_path / "config.yaml").write_text(textwrap.dedent("""\
-        model_parameters:
-          onnx_model: model.onnx
-          march: nash-e
-          working_dir: model_output
-          output_model_file_prefix: tiny
-        input_parameters:
-          input_type_train: rgb
-          input_layout_train: NCHW
-          input_type_rt: rgb
-          input_shape: 1x3x8x8
-          mean_value: 128 128 128
-          scale_value: 0.0078125
-        calibration_parameters:
-          cal_data_dir: cal
-          calibration_type: max
-          per_channel: true
-        """))
+    (tmp_path / "config.yaml").write_text(GOOD_CONFIG.replace("input_type_rt: nv12", "input_type_rt: rgb").replace(
+        "  calibration_type: max\n", "  cal_data_dir: cal\n  calibration_type: max\n  per_channel: true\n"))
     report = Engine().run(tmp_path / "config.yaml")
     assert report.ok, [p.render() for p in report.problems]
     (out,) = report.results["report"]["outputs"]
