@@ -124,7 +124,9 @@ def compile_det(work: Path, int8_only: bool = False) -> Case | None:
                 work / "out" / "det.hbm", fl, TARGET)
 
 
-def compile_rec(work: Path, int8_only: bool = False) -> Case | None:
+def _compile_text_model(work: Path, name: str, shape: str, label: str, int8_only: bool = False,
+                        target: float = 1.0) -> Case | None:
+    """PP-OCR rec / cls: 16 BGR text-line calibration samples (bench_accuracy's), 8 held-out ones."""
     from bench.bench_accuracy import sample
     from tests.support.ppocr import ppocr_models
 
@@ -133,36 +135,25 @@ def compile_rec(work: Path, int8_only: bool = False) -> Case | None:
         return None
     (work / "cal").mkdir(parents=True)
     for i in range(16):
-        np.save(work / "cal" / f"s{i:03d}.npy", sample("rec", i, seed=0))
-    (work / "rec.hb.yaml").write_text(_ppocr_config("rec", models["rec"], "1x3x48x320", "bgr", int8_only))
+        np.save(work / "cal" / f"s{i:03d}.npy", sample(name, i, seed=0))
+    (work / f"{name}.hb.yaml").write_text(_ppocr_config(name, models[name], shape, "bgr", int8_only))
     from engine.pipeline import Engine
 
-    report = Engine().run(work / "rec.hb.yaml")
+    report = Engine().run(work / f"{name}.hb.yaml")
     assert report.ok, [p.render() for p in report.problems]
-    fl = [{"x": sample("rec", 100 + i, seed=1)} for i in range(8)]  # BGR NCHW float pixels
-    return Case(f"PP-OCRv4 rec 48x320{' int8' if int8_only else ''}", _batched(work / "out" / "rec_original_float_model.onnx", 1),
-                work / "out" / "rec.hbm", fl, 1.0)
+    fl = [{"x": sample(name, 100 + i, seed=1)} for i in range(8)]  # BGR NCHW float pixels
+    return Case(label, _batched(work / "out" / f"{name}_original_float_model.onnx", 1), work / "out" / f"{name}.hbm",
+                fl, target)
+
+
+def compile_rec(work: Path, int8_only: bool = False) -> Case | None:
+    return _compile_text_model(work, "rec", "1x3x48x320", f"PP-OCRv4 rec 48x320{' int8' if int8_only else ''}",
+                               int8_only)
 
 
 def compile_cls(work: Path) -> Case | None:
     """PP-OCR cls 48x192 (the mobile v2.0 angle classifier), BGR text-line crops, half turned by 180°."""
-    from bench.bench_accuracy import sample
-    from tests.support.ppocr import ppocr_models
-
-    models = ppocr_models()
-    if not models:
-        return None
-    (work / "cal").mkdir(parents=True)
-    for i in range(16):
-        np.save(work / "cal" / f"s{i:03d}.npy", sample("cls", i, seed=0))
-    (work / "cls.hb.yaml").write_text(_ppocr_config("cls", models["cls"], "1x3x48x192", "bgr"))
-    from engine.pipeline import Engine
-
-    report = Engine().run(work / "cls.hb.yaml")
-    assert report.ok, [p.render() for p in report.problems]
-    fl = [{"x": sample("cls", 100 + i, seed=1)} for i in range(8)]
-    return Case("PP-OCR cls 48x192", _batched(work / "out" / "cls_original_float_model.onnx", 1),
-                work / "out" / "cls.hbm", fl, 1.0)
+    return _compile_text_model(work, "cls", "1x3x48x192", "PP-OCR cls 48x192")
 
 
 def _block(run, feeds: list[dict], count: int) -> tuple[float, float]:
