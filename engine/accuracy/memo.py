@@ -45,7 +45,7 @@ from engine.accuracy import AccuracyResult, AccuracySettings
 from engine.accuracy.checks import DataCheck
 from engine.accuracy.mixed import MixedPrecision, Move
 from engine.accuracy.sensitivity import NodeSensitivity, Sensitivity
-from engine.accuracy.sessions import sample_key
+from engine.accuracy.sessions import sample_key, update_array
 from engine.calibration.stats import MergedStats
 from engine.quantize.planner import Calibration, OffsetAct, QuantOptions
 from engine.quantize.types import ActQuant
@@ -219,9 +219,7 @@ def merged_digest(merged: Mapping[str, MergedStats]) -> str:
             if value is None:
                 h.update(b"none\0")
             else:
-                a = np.ascontiguousarray(value)
-                h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-                h.update(a.data)
+                update_array(h, name, value)
     return h.hexdigest()
 
 

@@ -45,7 +45,7 @@ from engine.accuracy.sensitivity import Sensitivity, analyse
 from engine.accuracy.sessions import References, quiet_session, run_outputs
 from engine.accuracy.switchable import INPUT_ROW, Row, SwitchableModel, build_switchable
 from engine.calibration.stats import MergedStats
-from engine.quantize.planner import Calibration, QuantOptions, make_plan
+from engine.quantize.planner import PER_CHANNEL_WRITERS, Calibration, QuantOptions, make_plan
 from engine.quantize.types import ActQuant, QuantPlan
 
 log = logging.getLogger("hbcompile")
@@ -119,7 +119,7 @@ def user_placed(options: QuantOptions) -> set[str]:
     return set(options.node_info) | set(options.run_on_cpu) | set(options.run_on_bpu)
 
 
-ACCUMULATING = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+ACCUMULATING = PER_CHANNEL_WRITERS  # ops that accumulate int8 products (a float kernel when a reader is int16)
 # An integer Conv / Gemm / MatMul that reads or writes an int16 tensor has no int16 kernel in onnxruntime's
 # CPU provider: the lowering emulates it as a float kernel (engine.quantize.lower.emulate). Measured on the
 # PP-OCRv4 `.hbm`s: det's 13 such convs ~28 ms of 62, rec's ~8 ms of its 30, while an int16 LUT or

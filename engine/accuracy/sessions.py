@@ -91,13 +91,18 @@ def model_key(model: onnx.ModelProto) -> str:
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
 
 
+def update_array(h, name: str, value: np.ndarray) -> None:
+    """Feed `h` an array's name, dtype, shape and bytes (the content keys of samples and statistics)."""
+    a = np.ascontiguousarray(value)
+    h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+    h.update(a.data)
+
+
 def sample_key(sample: Sample) -> str:
     """The sample's content: every input's name, dtype, shape and bytes."""
     h = hashlib.sha256()
     for name in sorted(sample):
-        a = np.ascontiguousarray(sample[name])
-        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(a.data)
+        update_array(h, name, sample[name])
     return h.hexdigest()
 
 

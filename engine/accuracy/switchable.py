@@ -234,7 +234,7 @@ class _SwitchWriter(QdqWriter):
         return helper.make_node("If", [use], [out], name=self.name(base), then_branch=then, else_branch=other)
 
     def switched_bias(self, tensor: str, value: np.ndarray, scale: np.ndarray, use: str,
-                      floating_value: np.ndarray | None = None) -> str:
+                      floating_value: np.ndarray) -> str:
         """The bias as the integer op adds it — int32 codes at s_in · s_w of `value` (bias-corrected if
         the plan says so), which is coarse when the input's scale is large — when its weight's switch
         is on, else `floating_value` (the model's own bias: a correction undoes the int8 weight's
@@ -243,7 +243,7 @@ class _SwitchWriter(QdqWriter):
         step = np.asarray(scale, np.float64).reshape(np.shape(value)) if np.size(scale) == np.size(value) else scale
         quantized = self.const(f"{tensor}_int32_value", (codes.astype(np.float64) * step).astype(np.float32))
         floating = self.const(f"{tensor}_float_value",
-                              np.asarray(value if floating_value is None else floating_value, np.float32))
+                              np.asarray(floating_value, np.float32))
         out = self.name(f"{tensor}_switched")
         self._add(-1, helper.make_node("Where", [use, quantized, floating], [out], name=self.name(f"{tensor}_switch")))
         for n in self.readers.get(tensor, []):

@@ -192,6 +192,20 @@ def memo_temp(folder: Path, name: str) -> Path:
     return folder / f".{name}.{os.getpid()}.tmp"
 
 
+def memo_write(folder: Path, name: str, data: bytes) -> bool:
+    """Save memo file `name` through a `memo_temp` path (so `prune_memo_files` clears what a crashed
+    writer leaves); a folder pruned meanwhile by another process only loses the memo (False)."""
+    tmp = memo_temp(folder, name)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(folder / name)
+        return True
+    except OSError as e:
+        log.debug(f"memo {folder.name}/{name} not saved: {e}")
+        tmp.unlink(missing_ok=True)
+        return False
+
+
 def prune_memo_files(folder: Path, keep: set[str]) -> list[Path]:
     """Remove the files of a per-sample memo folder that are not in `keep` (samples no longer in the
     set), and temp files left by dead processes; another process's fresh temp files stay."""

@@ -34,7 +34,7 @@ from engine.calibration import (
 )
 from engine.calibration.memo import StatsMemo
 from engine.config import Config
-from engine.pipeline.cache import memo_name, memo_temp, prune_memo_files
+from engine.pipeline.cache import memo_name, memo_write, prune_memo_files
 from engine.pipeline.stage import Stage, StageContext
 from engine.problems import CalibrationDataError, error
 from engine.quantize.planner import Calibration, QuantOptions, make_plan, plan_tensors
@@ -82,17 +82,6 @@ def _memo_key(optimize_key: str, tensors: list[str]) -> str:
     """The memo folder of one (optimized model, observed tensors): removed with the optimize entry."""
     h = hashlib.sha256(json.dumps([STATS_VERSION, optimize_key, tensors]).encode()).hexdigest()
     return memo_name(optimize_key, h[:32])
-
-
-def _memo_write(memo: Path, name: str, data: bytes) -> None:
-    """Save one per-sample memo file; a folder pruned meanwhile by another process only loses the memo."""
-    tmp = memo_temp(memo, name)
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(memo / name)
-    except OSError as e:
-        log.debug(f"memo {memo.name}/{name} not saved: {e}")
-        tmp.unlink(missing_ok=True)
 
 
 def collect_stats(ctx: StageContext, model: onnx.ModelProto, tensors: list[str],
@@ -174,7 +163,7 @@ def collect_channel_means(ctx: StageContext, model: onnx.ModelProto, cs: Calibra
             pass
         ctx.check_cancel()
         means = bias.channel_means(run_model(model, cs.load(i), list(wanted)), wanted)
-        _memo_write(memo, f"{cs.content_hash(i)}.npz", bias.to_bytes(means))
+        memo_write(memo, f"{cs.content_hash(i)}.npz", bias.to_bytes(means))
         if cs.content_hash(i) != h:
             raise _changed_during_run(cs, i)
         per_sample.append(means)
