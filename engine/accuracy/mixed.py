@@ -241,13 +241,15 @@ class PlanEvaluator:
         key = (frozenset(moves.items()), n)
         if key not in self.cache:
             from engine.quantize.ptq import build_ptq_model
-            from engine.similarity import mean_output_cosine
+            from engine.similarity import cosine
 
             ptq = build_ptq_model(self.model, make_plan(self.model, self.calibration_for(moves), self.options))
             session = quiet_session(ptq)
             got = [run_outputs(session, s, self.outputs) for s in self.samples[:n]]
-            self.cache[key] = 1.0 - mean_output_cosine(self.reference[:n], got, self.outputs)
-            each = [mean_output_cosine([r], [g], self.outputs) for r, g in zip(self.reference[:n], got, strict=True)]
+            per = [[cosine(r[o], g[o]) for o in self.outputs] for r, g in zip(self.reference[:n], got, strict=True)]
+            # each cosine once: the mean over samples and outputs (`mean_output_cosine`) and its spread
+            self.cache[key] = 1.0 - (float(np.mean([c for p in per for c in p])) if self.outputs else 1.0)
+            each = [float(np.mean(p)) if p else 1.0 for p in per]
             self.spread[key] = float(np.std(each, ddof=1) / np.sqrt(n)) if n > 1 else 0.0
             self.builds += 1
         return self.cache[key]
@@ -302,7 +304,7 @@ def mixed_precision(model: onnx.ModelProto, calibration: Calibration, samples: S
     ev = PlanEvaluator(model, calibration, options, samples, stats, probe, plan, references)
     loss = ev.loss({})
     before = 1.0 - loss
-    if before - min(ev.margin({}), (1.0 - target) / 2) >= target:  # met with the margin `_prefix_scan` asks
+    if meets_target(before, ev.margin({}), target):  # met with the margin `_prefix_scan` asks
         return MixedPrecision(target, before, before, [], {}, {}, budget, True, ev.builds,
                               time.perf_counter() - t0, sensitivity, verified=before)
     if sensitivity is None:
@@ -347,6 +349,12 @@ def mixed_precision(model: onnx.ModelProto, calibration: Calibration, samples: S
                           ev.builds, time.perf_counter() - t0, sensitivity, verified=after, notes=notes)
 
 
+def meets_target(cosine: float, margin: float, target: float) -> bool:
+    """A plan meets `target` only with one standard error (`margin`) to spare, at most half the
+    distance from the target to 1 (so a noisy estimate cannot ask for the impossible)."""
+    return cosine - min(margin, (1.0 - target) / 2) >= target
+
+
 def _prefix_scan(ev: PlanEvaluator, shortlist: Sequence[tuple[Row, Target, float]], loss0: float, target: float,
                  progress: Callable[[str, float], None] | None = None, samples: int | None = None,
                  margin: Callable[[Mapping[str, Target], int | None], float] | None = None
@@ -381,10 +389,10 @@ def _prefix_scan(ev: PlanEvaluator, shortlist: Sequence[tuple[Row, Target, float
         return judged[k]
 
     def meets(k: int) -> bool:
-        spare = 0.0
-        if margin is not None and k > 0:
-            spare = min(margin({row.name: to for row, to, _ in shortlist[:k]}, samples), (1.0 - target) / 2)
-        return 1.0 - judge(k) - spare >= target
+        cosine = 1.0 - judge(k)
+        if margin is None or k == 0:
+            return cosine >= target
+        return meets_target(cosine, margin({row.name: to for row, to, _ in shortlist[:k]}, samples), target)
 
     step = max(1, -(-total // SCAN_STRIDES))
     lo = hi = 0  # the last prefix that missed the target, the first that met it (0: none yet)
