@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.config.schema_check import deprecated_here
 from engine.frontend.model_info import ModelInfo, NodeInfo, TensorInfo
 from hblsp import schema_view as sv
 
@@ -33,9 +34,9 @@ def _fmt_default(value: Any) -> str:
     return repr(value) if value == "" else str(value)
 
 
-def key_markdown(path: tuple[str, ...], generation: str | None = None) -> str:
+def key_markdown(path: tuple[str, ...], data: dict | None = None) -> str:
     """Description, type, default, allowed values with their meaning, deprecation (as it stands on
-    the config's march `generation`, 'hb_compile' or 'hb_mapper'; None: unknown)."""
+    the march of the config `data`: `schema_check.deprecated_here`)."""
     s = sv.at(path) or {}
     out = [f"**{path[-1]}** — `{'.'.join(path)}`" if len(path) > 1 else f"**{path[-1]}** (section)"]
     if len(path) > 1:
@@ -52,7 +53,7 @@ def key_markdown(path: tuple[str, ...], generation: str | None = None) -> str:
             meaning = c.description or (_march_line(c.value) if march else None)
             lines.append(f"- `{c.value}`" + (f" — {meaning}" if meaning else ""))
         out.append("Allowed values:\n" + "\n".join(lines))
-    if deprecated_on(s, generation):
+    if deprecated_here(s, data or {}):
         text = s.get("x-hb-deprecation") or "Deprecated."
         if s.get("x-hb-deprecation-by-value"):
             text = "hb_compile ignores it; hbcompile still applies what the value asks (the warning on it says what)."
@@ -63,20 +64,6 @@ def key_markdown(path: tuple[str, ...], generation: str | None = None) -> str:
     if s.get("x-hb-generation") in GENERATIONS:
         out.append(f"_{GENERATIONS[s['x-hb-generation']]}_")
     return "\n\n".join(out)
-
-
-def deprecated_on(s: dict, generation: str | None) -> bool:
-    """Deprecated on this generation's marches (`x-hb-deprecated-in` limits it to one generation;
-    an unknown generation counts as hb_compile, as the config checks do)."""
-    only = s.get("x-hb-deprecated-in")
-    return bool(s.get("deprecated")) and (only is None or only == (generation or "hb_compile"))
-
-
-def generation_of(doc) -> str | None:
-    """The march generation of a parsed config text (`YamlDoc`), or None when it names no known march."""
-    node = doc.node_at(("model_parameters", "march")) if doc is not None else None
-    spec = sv.march(node.value) if node is not None and isinstance(node.value, str) else None
-    return (spec or {}).get("generation")
 
 
 def _march_line(name: str) -> str:

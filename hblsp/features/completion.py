@@ -22,13 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
 
+from engine.config.schema_check import deprecated_here
 from engine.frontend.model_info import ModelInfo
 from hblsp import schema_view as sv
 from hblsp.cursor import Cursor, cursor_at, indent_of, indent_unit, sibling_keys
 from hblsp.documents import ConfigDoc
 from hblsp.explain import (
-    deprecated_on,
-    generation_of,
     input_detail,
     key_markdown,
     node_detail,
@@ -104,12 +103,12 @@ def key_items(doc: ConfigDoc, cur: Cursor, env: Env) -> tuple[list[types.Complet
     rng = _edit_range(doc, cur.line, cur.key_start, cur.key_end if cur.has_colon else max(cur.key_end, cur.column))
     items: list[types.CompletionItem] = []
     names = sv.key_names(cur.path)
-    generation = generation_of(doc.load().doc)
+    data = doc.data or {}
     for order, key in enumerate(names):
         if key in present and key != cur.key:
             continue
         s = sv.at(cur.path + (key,)) or {}
-        deprecated = deprecated_on(s, generation)
+        deprecated = deprecated_here(s, data)
         if cur.has_colon:
             text, fmt = key, types.InsertTextFormat.PlainText
         else:
@@ -118,7 +117,7 @@ def key_items(doc: ConfigDoc, cur: Cursor, env: Env) -> tuple[list[types.Complet
             label=key,
             kind=types.CompletionItemKind.Module if not cur.path else types.CompletionItemKind.Property,
             detail=type_words(s) if cur.path else "section",
-            documentation=_doc(key_markdown(cur.path + (key,), generation)),
+            documentation=_doc(key_markdown(cur.path + (key,), data)),
             tags=[types.CompletionItemTag.Deprecated] if deprecated else None,
             sort_text=f"{1 if deprecated else 0}{order:04d}",
             insert_text_format=fmt,

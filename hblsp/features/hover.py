@@ -11,7 +11,7 @@ from engine.frontend.model_info import ModelInfo
 from hblsp import schema_view as sv
 from hblsp.cursor import cursor_at
 from hblsp.documents import ConfigDoc
-from hblsp.explain import generation_of, input_markdown, key_markdown, node_markdown, value_markdown
+from hblsp.explain import input_markdown, key_markdown, node_markdown, value_markdown
 
 if TYPE_CHECKING:
     from hblsp.server import HbServer
@@ -44,7 +44,7 @@ def hover_at(doc: ConfigDoc, pos: types.Position, model: ModelInfo | None) -> ty
         start, end = cur.key_start, cur.key_end
         text = _model_markdown(sv.model_values(sv.at(cur.path)), cur.key, model) if sv.entry_schema(cur.path) else None
         if text is None and cur.key in sv.key_names(cur.path):
-            text = key_markdown(cur.path + (cur.key,), generation_of(doc.load().doc))
+            text = key_markdown(cur.path + (cur.key,), doc.data)
     else:
         s = sv.at(cur.path)
         if s is None:
@@ -56,7 +56,7 @@ def hover_at(doc: ConfigDoc, pos: types.Position, model: ModelInfo | None) -> ty
         if value:
             text = value_markdown(cur.path, value) or _model_markdown(sv.model_values(s), value, model)
         if text is None:
-            text = key_markdown(cur.path, generation_of(doc.load().doc))
+            text = key_markdown(cur.path, doc.data)
     if not text:
         return None
     return types.Hover(contents=types.MarkupContent(kind=types.MarkupKind.Markdown, value=text),
