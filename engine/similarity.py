@@ -173,7 +173,10 @@ def compared_tensors(float_model: onnx.ModelProto, plan: QuantPlan) -> list[str]
     """The float tensors `compare` reads (every row's tensors, then the model outputs): a caller that
     runs the float model anyway passes `run_model(float_model, sample, compared_tensors(...))` as
     `compare`'s reference."""
-    wanted = [t for *_, ts in _row_tensors(float_model, plan) for t in ts]
+    return _with_outputs([t for *_, ts in _row_tensors(float_model, plan) for t in ts], float_model)
+
+
+def _with_outputs(wanted: list[str], float_model: onnx.ModelProto) -> list[str]:
     return list(dict.fromkeys(wanted + [o.name for o in float_model.graph.output]))
 
 
@@ -186,7 +189,7 @@ def compare(float_model: onnx.ModelProto, calibrated_model: onnx.ModelProto, sam
     mapping = calibration_map(calibrated_model)
     wanted = [t for *_, ts in rows for t in ts]
     if reference is not None:
-        missing = [t for t in compared_tensors(float_model, plan) if t not in reference]
+        missing = [t for t in _with_outputs(wanted, float_model) if t not in reference]
         if missing:
             raise ValueError(f"compare: the float reference lacks tensor(s) {', '.join(missing[:5])}")
     ref = run_model(float_model, sample, wanted) if reference is None else reference

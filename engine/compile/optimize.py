@@ -1001,8 +1001,7 @@ def si32_head_as_qgemm(model: onnx.ModelProto) -> int:
             g.node.remove(n)
         g.node.insert(index, qgemm)
         g.initializer.extend(tensors)
-        if not any(o.domain == "com.microsoft" for o in model.opset_import):
-            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+        _use_domain(model, "com.microsoft")
         _rename_in_node_map(model, {n.name: [qgemm.name] for n in chain})
         rewritten += 1
     return rewritten

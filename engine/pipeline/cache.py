@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.pipeline.hashing import sha256_file
+
 log = logging.getLogger("hbcompile")
 KEEP_PER_STAGE = 4
 MEMO = "memo"
@@ -164,14 +166,14 @@ def content_digest(folder: Path, files: list[str]) -> str:
 
 
 def _file_digest(path: Path) -> str:
-    data = path.read_bytes()
     if path.suffix == ".json":
+        data = path.read_bytes()
         try:
             value = _without_timings(json.loads(data))
             return "json:" + hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
         except (ValueError, RecursionError):  # not JSON after all: its bytes
-            pass
-    return hashlib.sha256(data).hexdigest()
+            return hashlib.sha256(data).hexdigest()
+    return sha256_file(path)  # models: streamed, not read whole into memory
 
 
 def _without_timings(value: Any) -> Any:
