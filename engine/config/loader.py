@@ -21,7 +21,7 @@ from engine.config.model import (
     ModelParameters,
     parse_node_info,
 )
-from engine.config.quant_config import read_quant_config
+from engine.config.quant_config import QuantConfig, read_quant_config
 from engine.config.rules import CP, IP, MP, XP, RuleContext, run_rules
 from engine.config.schema_check import check_schema
 from engine.config.yamltree import YamlDoc, parse_yaml
@@ -98,12 +98,13 @@ def load_config_text(text: str, base_dir: Path, file: str | None = None, path: P
         return LoadResult(None, locate(doc.problems, doc, file), doc)
     data, problems = normalize(doc.root.to_python())
     problems += check_schema(data)
+    ctx = RuleContext(data, base_dir, check_files)
     if not errors(problems):
-        problems += run_rules(RuleContext(data, base_dir, check_files))
+        problems += run_rules(ctx)
     problems = locate(doc.problems + problems, doc, file)
     if errors(problems):
         return LoadResult(None, problems, doc)
-    return LoadResult(build_config(data, base_dir, path), problems, doc)
+    return LoadResult(build_config(data, base_dir, path, ctx.quant if check_files else None), problems, doc)
 
 
 def normalize(data: dict[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
@@ -156,13 +157,14 @@ def _resolve(base: Path, value: Any) -> Path | None:
     return p if p.is_absolute() else (base / p)
 
 
-def build_config(data: dict[str, Any], base_dir: Path, path: Path | None) -> Config:
+def build_config(data: dict[str, Any], base_dir: Path, path: Path | None, quant: QuantConfig | None = None) -> Config:
+    """The typed Config; `quant`: quant_config as the rules already read it (else read here)."""
     mp, ip, cp, xp = (data.get(s, {}) for s in (MP, IP, CP, XP))
 
     def g(sec: dict, section: str, key: str, fallback: Any = None) -> Any:
         return sec.get(key, _default(section, key, fallback))
 
-    qc = read_quant_config(cp.get("quant_config"), base_dir, cp)
+    qc = quant if quant is not None else read_quant_config(cp.get("quant_config"), base_dir, cp)
     node_info = {name: dict(entry) for name, entry in qc.node_info.items()}
     for name, entry in parse_node_info(mp.get("node_info")).items():  # the user's node_info wins per node
         node_info[name] = {**node_info.get(name, {}), **entry}

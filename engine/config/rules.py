@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from engine import schema
 from engine.config import values as V
-from engine.config.quant_config import read_quant_config
+from engine.config.quant_config import QuantConfig, read_quant_config
 from engine.config.schema_check import deprecated_here, march_generation
 from engine.problems import Problem, error, warning
 
@@ -43,6 +44,12 @@ class RuleContext:
 
     def get(self, section: str, key: str, default: Any = None) -> Any:
         return self.data.get(section, {}).get(key, default)
+
+    @cached_property
+    def quant(self) -> QuantConfig:
+        """quant_config read and mapped once per load (the rule reports its problems, the loader builds
+        the Config's options from the same result)."""
+        return read_quant_config(self.get(CP, "quant_config"), self.base_dir, self.data.get(CP, {}), self.check_files)
 
     def has(self, section: str, key: str) -> bool:
         return key in self.data.get(section, {})
@@ -483,8 +490,7 @@ def cal_data_type_vs_suffix(ctx: RuleContext) -> Iterator[Problem]:
 def quant_config(ctx: RuleContext) -> Iterator[Problem]:
     """What of quant_config has nothing to act on here (the rest becomes engine options in the loader)."""
     if ctx.has(CP, "quant_config"):
-        yield from read_quant_config(ctx.get(CP, "quant_config"), ctx.base_dir, ctx.data.get(CP, {}),
-                                     ctx.check_files).problems
+        yield from ctx.quant.problems
 
 
 @rule
