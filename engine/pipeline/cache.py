@@ -47,17 +47,16 @@ class StageCache:
 
     def lookup(self, stage: str, key: str) -> Path | None:
         d = self.entry(stage, key)
-        meta = d / "meta.json"
-        if not meta.is_file():
+        if not (d / "meta.json").is_file():
             return None
-        try:
-            read = json.loads(meta.read_text())
-            if all((d / f).is_file() for f in read["files"]):
+        read = self._complete(d)
+        if read is not None:
+            try:
                 os.utime(d)  # recency for pruning
                 self._meta[d] = read
                 return d
-        except (OSError, ValueError, KeyError):
-            pass
+            except OSError:
+                pass
         log.warning("cache entry %s/%s is corrupt; it is removed and recomputed", stage, key[:12])
         shutil.rmtree(d, ignore_errors=True)
         return None
@@ -82,7 +81,7 @@ class StageCache:
             except OSError:
                 if not dest.is_dir():
                     raise
-            if self._complete(dest):  # another process committed this key meanwhile: same inputs, keep theirs
+            if self._complete(dest) is not None:  # another process committed this key meanwhile: same inputs, keep theirs
                 self.discard(tmp)
                 break
             shutil.rmtree(dest, ignore_errors=True)  # a torn entry: ours replaces it
@@ -109,11 +108,13 @@ class StageCache:
         return removed
 
     @staticmethod
-    def _complete(entry: Path) -> bool:
+    def _complete(entry: Path) -> dict[str, Any] | None:
+        """The entry's meta when every file it lists is there, else None (missing, torn or corrupt)."""
         try:
-            return all((entry / f).is_file() for f in json.loads((entry / "meta.json").read_text())["files"])
+            meta = json.loads((entry / "meta.json").read_text())
+            return meta if all((entry / f).is_file() for f in meta["files"]) else None
         except (OSError, ValueError, KeyError, TypeError):
-            return False
+            return None
 
     def meta(self, entry: Path) -> dict[str, Any]:
         if entry not in self._meta:
