@@ -17,7 +17,7 @@ from typing import Any
 from engine import schema
 from engine.config import values as V
 from engine.config.quant_config import QuantConfig, read_quant_config
-from engine.config.schema_check import deprecated_here, march_generation
+from engine.config.schema_check import deprecated_here, deprecation_text, march_generation
 from engine.problems import Problem, error, warning
 
 MP, IP, CP, XP, CO = ("model_parameters", "input_parameters", "calibration_parameters",
@@ -361,11 +361,6 @@ def _norm_type(ctx: RuleContext, parsed: dict[str, list]) -> Iterator[Problem]:
                           f"mean/scale/std values; using '{derived}'", (IP, "norm_type"), data={"item": i})
 
 
-def _deprecation(section: str, key: str) -> str:
-    return (schema.key_schema(section, key) or {}).get("x-hb-deprecation") or (
-        f"Please note that the parameter '{key}' has been deprecated. Specifying this parameter will have no effect")
-
-
 @rule
 def input_layout_rt(ctx: RuleContext) -> Iterator[Problem]:
     """hb_compile (nash-*) deprecates input_layout_rt, yet hbcompile lays the .bc/.hbm input out by it:
@@ -390,7 +385,7 @@ def input_layout_rt(ctx: RuleContext) -> Iterator[Problem]:
     if not deprecated_here(schema.key_schema(IP, "input_layout_rt") or {}, ctx.data):
         return
     if not in_use:
-        yield warning("deprecated-key", _deprecation(IP, "input_layout_rt"), (IP, "input_layout_rt"),
+        yield warning("deprecated-key", deprecation_text(IP, "input_layout_rt"), (IP, "input_layout_rt"),
                       data={"on_key": True, "replacement": None})
     for i, rt, implied, layout in in_use:
         yield warning("deprecated-key", "Please note that the parameter 'input_layout_rt' has been deprecated: "
@@ -410,7 +405,7 @@ def preprocess_on(ctx: RuleContext) -> Iterator[Problem]:
     msg = ("Please note that the parameter 'preprocess_on' has been deprecated: hb_compile reads prepared .npy "
            "calibration samples only (or use calibration_type: skip). hbcompile still applies it: jpg/jpeg/png/bmp "
            "files in cal_data_dir are decoded and resized to the input size") if reads else \
-        _deprecation(CP, "preprocess_on")
+        deprecation_text(CP, "preprocess_on")
     yield warning("deprecated-key", msg, (CP, "preprocess_on"), data={"on_key": True, "replacement": None,
                                                                      "in_use": reads})
 

@@ -161,6 +161,12 @@ def deprecated_here(ks: dict, data: dict) -> bool:
     return only is None or only == march_generation(data)
 
 
+def deprecation_text(section: str, key: str) -> str:
+    """The key's own deprecation wording (`x-hb-deprecation`), else hb_compile's "no effect" line."""
+    return (schema.key_schema(section, key) or {}).get("x-hb-deprecation") or (
+        f"Please note that the parameter '{key}' has been deprecated. Specifying this parameter will have no effect")
+
+
 def _deprecations(data: dict) -> Iterator[Problem]:
     for section, body in data.items():
         if not isinstance(body, dict):
@@ -170,9 +176,7 @@ def _deprecations(data: dict) -> Iterator[Problem]:
             if ks.get("x-hb-deprecation-by-value"):
                 continue  # engine.config.rules words it after what the value does
             if deprecated_here(ks, data):
-                msg = ks.get("x-hb-deprecation") or (
-                    f"Please note that the parameter '{key}' has been deprecated. "
-                    "Specifying this parameter will have no effect")
+                msg = deprecation_text(section, key)
                 if ks.get("x-hb-replacement"):
                     msg += f" (use '{ks['x-hb-replacement']}' instead)"
                 yield warning("deprecated-key", msg, (section, key),
