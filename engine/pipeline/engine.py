@@ -236,11 +236,12 @@ class Engine:
             return True
         if self.hashes.file(dest) != self.hashes.file(src):
             return False
-        self.copied[str(dest)] = (str(src), st.st_size, st.st_mtime_ns)
+        self._remember_copy(dest, src, st)
         return True
 
-    def _remember_copy(self, dest: Path, src: Path) -> None:
-        st = os.stat(dest)
+    def _remember_copy(self, dest: Path, src: Path, st: os.stat_result | None = None) -> None:
+        """`dest` now holds `src`'s bytes: remembered by (size, mtime) so the next publish skips it."""
+        st = st or os.stat(dest)
         self.copied[str(dest)] = (str(src), st.st_size, st.st_mtime_ns)
 
 

@@ -70,7 +70,8 @@ def explain(new: KeyParts, old: dict[str, Any] | None) -> str:
     changed_up = [k for k, v in new.upstream.items() if old.get("upstream", {}).get(k) != v]
     if changed_up:
         reasons.append(f"upstream {', '.join(changed_up)} changed")
-    old_slice, new_slice = old.get("slice", {}), json.loads(canonical_json(new.slice))
+    fresh = json.loads(canonical_json(new.as_json()))  # the old parts came back from JSON: compare like with like
+    old_slice, new_slice = old.get("slice", {}), fresh["slice"]
     changed_keys = sorted(k for k in set(new_slice) | set(old_slice) if new_slice.get(k) != old_slice.get(k))
     if changed_keys:
         reasons.append("config changed: " + ", ".join(changed_keys))
@@ -84,7 +85,7 @@ def explain(new: KeyParts, old: dict[str, Any] | None) -> str:
         if removed:
             part += f", {removed} removed"
         reasons.append(part)
-    if old.get("extra") != json.loads(canonical_json(new.extra)):  # the old parts came back from JSON: lists
+    if old.get("extra") != fresh["extra"]:
         reasons.append("implementation changed")
     return "; ".join(reasons) or "cache entry missing"
 
