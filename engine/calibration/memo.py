@@ -17,6 +17,12 @@ Entries are each a `SampleStats.to_bytes` archive with its own checksum, so one 
 sample computed again. A pack is written to a temp name and renamed: a reader sees the old pack or
 the new one. Two processes on one folder may remove each other's packs: a lost memo only costs
 the forward passes again, as a pruned per-sample file did.
+
+A warm engine also keeps the statistics it decoded or computed (`DecodedStats`, one memo folder's,
+within a byte budget): after one of 32 calibration files changed, decoding the other 31 archives
+was 8.6 ms each on PP-OCRv4 det 640 (0.27 CPU s, half of the warm statistics step). An entry is
+served from there only while the pack still holds the very archive it came from (same size and
+CRC-32), so a damaged or replaced entry is decoded, and computed again, as without it.
 """
 
 from __future__ import annotations
@@ -26,12 +32,13 @@ import io
 import json
 import logging
 import tempfile
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from engine.calibration.stats import SampleStats
+from engine.calibration.stats import HELD_BUDGET, SampleStats, TensorStats
 
 log = logging.getLogger("hbcompile")
 PACK_SUFFIX = ".hbpack"
@@ -74,17 +81,68 @@ def read_pack(data: bytes) -> dict[str, bytes]:
 
 
 @dataclass
+class DecodedStats:
+    """Per-sample statistics already in memory, by digest, for one memo folder at a time: what a warm
+    engine keeps between calibrate runs. Each entry carries the size and CRC-32 of the archive it
+    stands for; at most `budget` histogram bytes are kept (beyond, samples are decoded per run, as
+    the stage packs them: memory must not grow with the number of samples)."""
+
+    budget: int = HELD_BUDGET
+    folder: Path | None = None
+    entries: dict[str, tuple[tuple[int, int], SampleStats]] = field(default_factory=dict)
+    nbytes: int = 0
+
+    def use(self, folder: Path) -> None:
+        """Start holding `folder`'s entries (another folder's are dropped: one model at a time)."""
+        if folder != self.folder:
+            self.folder, self.entries, self.nbytes = folder, {}, 0
+
+    def get(self, digest: str, archive: tuple[int, int]) -> SampleStats | None:
+        hit = self.entries.get(digest)
+        return hit[1] if hit is not None and hit[0] == archive else None
+
+    def add(self, digest: str, archive: tuple[int, int], stats: Mapping[str, TensorStats]) -> None:
+        """Keep `stats` (a compact `SampleStats`; a packed one is not worth holding decoded) if it fits."""
+        if not isinstance(stats, SampleStats):
+            return
+        self.drop(digest)
+        size = sum(s.hist.nbytes for s in stats.tensors.values())
+        if self.nbytes + size <= self.budget:
+            self.entries[digest] = (archive, stats)
+            self.nbytes += size
+
+    def drop(self, digest: str) -> None:
+        hit = self.entries.pop(digest, None)
+        if hit is not None:
+            self.nbytes -= sum(s.hist.nbytes for s in hit[1].tensors.values())
+
+    def keep_only(self, digests: set[str]) -> None:
+        for digest in [d for d in self.entries if d not in digests]:
+            self.drop(digest)
+
+
+def archive_key(blob: bytes) -> tuple[int, int]:
+    """What identifies an archive's bytes for `DecodedStats`: its size and CRC-32."""
+    return len(blob), zlib.crc32(blob)
+
+
+@dataclass
 class StatsMemo:
-    """One memo folder's entries: read once when built, written once by `save`."""
+    """One memo folder's entries: read once when built, written once by `save`. `decoded`: a warm
+    engine's `DecodedStats`, which `get` serves from and `remember` fills."""
 
     folder: Path
+    decoded: DecodedStats | None = None
     _blobs: dict[str, bytes] = field(default_factory=dict, init=False, repr=False)  # digest → archive (read)
     _spooled: dict[str, tuple[int, int]] = field(default_factory=dict, init=False, repr=False)  # put: (offset, size)
     _spool: BinaryIO | None = field(default=None, init=False, repr=False)
     _packs: list[Path] = field(default_factory=list, init=False, repr=False)
     _added: bool = field(default=False, init=False, repr=False)
+    _put_keys: dict[str, tuple[int, int]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.decoded is not None:
+            self.decoded.use(self.folder)
         try:
             names = sorted(p for p in self.folder.iterdir() if p.name.endswith(PACK_SUFFIX))
         except OSError:  # not there yet, or pruned meanwhile
@@ -104,19 +162,36 @@ class StatsMemo:
         blob = self._blob(digest)
         if blob is None:
             return None
+        key = archive_key(blob) if self.decoded is not None else None
+        if key is not None and (found := self.decoded.get(digest, key)) is not None:
+            return found
         try:
-            return SampleStats.from_bytes(blob)
+            stats = SampleStats.from_bytes(blob)
         except ValueError as e:  # a torn or altered entry: computed again
             log.debug(f"statistics memo entry {digest[:12]} not read: {e}")
             self._blobs.pop(digest, None)
             self._spooled.pop(digest, None)
+            if self.decoded is not None:
+                self.decoded.drop(digest)
             return None
+        if key is not None:
+            self._put_keys[digest] = key
+        return stats
+
+    def remember(self, digest: str, held: Mapping[str, TensorStats]) -> None:
+        """Keep `held` (the form the caller holds of the statistics of `digest`, which `put` or `get`
+        just handled) in `decoded` for the next run of a warm engine: one copy, not a second."""
+        key = self._put_keys.get(digest)
+        if self.decoded is not None and key is not None:
+            self.decoded.add(digest, key, held)
 
     def put(self, digest: str, stats: SampleStats) -> None:
         """Remember `stats` for `save`. Its archive goes to an anonymous spool file at once, not into
         memory: a run's new entries would otherwise grow with the number of samples (digits at 128
         samples: +6 MB; PP-OCRv4 det ~1 MB per sample), which the statistics pass must not."""
         blob = stats.to_bytes()
+        if self.decoded is not None:
+            self._put_keys[digest] = archive_key(blob)
         try:
             if self._spool is None:
                 self._spool = tempfile.TemporaryFile()
@@ -143,6 +218,8 @@ class StatsMemo:
 
         held = set(self._blobs) | set(self._spooled)
         kept = [d for d in dict.fromkeys(keep) if d in held]
+        if self.decoded is not None:
+            self.decoded.keep_only(set(kept))
         unchanged = not self._added and len(self._packs) == 1 and set(kept) == held
         if unchanged or not kept:  # nothing to write: only strays (per-sample files, dead temp files) go
             prune_memo_files(self.folder, {self._packs[0].name} if unchanged else set())
@@ -171,4 +248,4 @@ class StatsMemo:
         return path
 
 
-__all__ = ["PACK_SUFFIX", "StatsMemo", "pack_bytes", "pack_header", "read_pack"]
+__all__ = ["PACK_SUFFIX", "DecodedStats", "StatsMemo", "archive_key", "pack_bytes", "pack_header", "read_pack"]

@@ -100,3 +100,46 @@ def test_new_entries_are_not_held_in_memory(tmp_path):
     assert held < 4 * one and peak < 8 * one, (held, peak, one)  # 40 archives held would be 40 × one
     assert list(read_pack(path.read_bytes())) == [f"d{k}" for k in range(40)]
     assert StatsMemo(tmp_path).get("d39").tensors == big.tensors
+
+
+def test_a_warm_memo_serves_what_it_decoded_while_the_pack_holds_the_same_archive(tmp_path, monkeypatch):
+    """issue #8: a warm engine does not decode the unchanged samples' archives again; an entry whose
+    archive changed on disk is decoded (and, when torn, computed again) exactly as without the cache."""
+    from engine.calibration.memo import DecodedStats
+
+    decoded = DecodedStats()
+    memo = StatsMemo(tmp_path, decoded=decoded)
+    for k in range(3):
+        memo.put(f"d{k}", sample(k))
+        memo.remember(f"d{k}", sample(k).compact())
+    memo.save(["d0", "d1", "d2"])
+    reads = []
+    real = SampleStats.from_bytes
+    monkeypatch.setattr(SampleStats, "from_bytes", classmethod(lambda cls, b: reads.append(1) or real(b)))
+    again = StatsMemo(tmp_path, decoded=decoded)
+    assert [again.get(f"d{k}").tensors == sample(k).tensors for k in range(3)] == [True] * 3
+    assert reads == []  # all three served decoded
+    [pack] = packs(tmp_path)
+    data = bytearray(pack.read_bytes())
+    data[-5] ^= 0xFF  # the last entry (d2) altered on disk
+    pack.write_bytes(bytes(data))
+    torn = StatsMemo(tmp_path, decoded=decoded)
+    assert torn.get("d0").tensors == sample(0).tensors and reads == []
+    assert torn.get("d2") is None and reads == [1]  # decoded, its checksum fails: computed again
+    assert "d2" not in decoded.entries
+    StatsMemo(tmp_path / "other", decoded=decoded)  # another model's folder: the first one's entries go
+    assert decoded.entries == {} and decoded.nbytes == 0
+
+
+def test_decoded_statistics_stay_within_their_budget_and_follow_the_kept_samples(tmp_path):
+    from engine.calibration.memo import DecodedStats
+
+    one = sum(s.hist.nbytes for s in sample(0).compact().tensors.values())
+    decoded = DecodedStats(budget=2 * one)
+    memo = StatsMemo(tmp_path, decoded=decoded)
+    for k in range(4):
+        memo.put(f"d{k}", sample(k))
+        memo.remember(f"d{k}", sample(k).compact())
+    assert sorted(decoded.entries) == ["d0", "d1"] and decoded.nbytes == 2 * one
+    memo.save(["d1", "d2", "d3"])  # d0 replaced
+    assert sorted(decoded.entries) == ["d1"] and decoded.nbytes == one
