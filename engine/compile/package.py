@@ -7,11 +7,12 @@ layout, shape, dtype, input_source), output specs, the parameters of removed bou
 build info (tool version, config hash, compile parameters, optimization applied, timestamp,
 checksums of the `.bc` it came from and of the program it holds).
 
-`ProgramMemo` keeps optimized programs by what they are computed from — the stamped program's
-sha256, the level, and the implementation (the source of the optimizer and of what it runs, and the
-onnx / onnxruntime / numpy versions): O2's rewrites check themselves bit for bit in onnxruntime
-(0.34 CPU s on PP-OCRv4 det, 20 ms on digits), and a compile_mode / balance / advice / jobs edit
-builds the same program again.
+`ProgramMemo` keeps optimized programs by what they are computed from (`program_key`) — the `.bc`'s
+sha256 (the compile stage hashes the file it reads), the placement stamped into it, the level, and
+the implementation (the source of the optimizer and of what it runs, and the onnx / onnxruntime /
+numpy versions): O2's rewrites check themselves bit for bit in onnxruntime (0.34 CPU s on PP-OCRv4
+det, 20 ms on digits), and a compile_mode / balance / advice / jobs edit builds the same program
+again — from the memo, without copying, stamping or serializing the `.bc`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cache
@@ -31,15 +33,20 @@ from engine import __version__
 from engine.compile.hbm import FORMAT_VERSION, write_hbm
 from engine.compile.optimize import OptimizeResult, optimize_program
 from engine.compile.params import CompileOptions, default_source
-from engine.compile.partition import stamp_placement
+from engine.compile.partition import placement_table
 from engine.compile.program import (
     CONFIG_SHA256,
     MARCH,
+    PLACEMENT,
     REMOVED_NODES,
     STAGE,
+    TensorType,
     io_specs,
     json_metadata,
+    kept_types,
     metadata,
+    set_metadata,
+    tensor_types,
 )
 from engine.quantize.types import QuantPlan
 
@@ -47,7 +54,10 @@ log = logging.getLogger("hbcompile")
 # what optimize_program's result depends on besides its input: these modules' source and versions
 OPTIMIZER_MODULES = ("engine.compile.optimize", "engine.compile.program", "engine.runtime.session",
                      "engine.runtime.feeds")
-MEMO_VERSION = 1  # of ProgramMemo's file format
+# of ProgramMemo's file format and key (2: keyed by the `.bc`'s sha256 and the placement stamped into it, so a
+# hit neither copies and stamps the `.bc` nor serializes and hashes the stamped copy)
+MEMO_VERSION = 2
+LEVELS_KEEPING_TYPES = ("O0", "O1")  # optimize.py: O0 is the `.bc`; O1 only drops and rewires nodes and constants
 
 
 @dataclass
@@ -56,9 +66,25 @@ class HbmBuild:
     manifest: dict[str, Any]
     optimize: OptimizeResult
     program_bytes: bytes = field(repr=False, default=b"")
+    source: onnx.ModelProto | None = field(repr=False, default=None)  # the `.bc` it was built from
 
     def write(self, path: str | Path) -> Path:
         return write_hbm(path, self.program_bytes or self.program.SerializeToString(), self.manifest)
+
+    @property
+    def program_sha256(self) -> str:
+        return self.manifest["program"]["sha256"]
+
+    def tensor_types(self) -> dict[str, TensorType]:
+        """The program's `tensor_types`. A program at O0 or O1 (or O2 fallen back to O1) keeps every
+        value of its `.bc` it keeps at all with its type, so those levels read the `.bc`'s types —
+        one onnxruntime probe per `.bc`, not one per level (an optimize_level edit between O0 and O1
+        probes nothing)."""
+        if self.source is not None and (self.optimize.level in LEVELS_KEEPING_TYPES or self.optimize.fallback):
+            kept = kept_types(self.program, tensor_types(self.source, self.manifest["build"]["source"]["sha256"]))
+            if kept is not None:
+                return kept
+        return tensor_types(self.program, self.program_sha256)
 
 
 def _sha256(data: bytes) -> str:
@@ -80,26 +106,34 @@ def optimizer_version() -> str:
     return h.hexdigest()
 
 
+def program_key(source_sha256: str, placement: str | None, level: str) -> str:
+    """What an optimized program is computed from: the `.bc` (the sha256 of its bytes), the placement
+    stamped into it (`placement_table`'s JSON, None without a plan), the level and the optimizer's
+    implementation (`optimizer_version`)."""
+    stamp = _sha256(placement.encode()) if placement is not None else None
+    return _sha256(json.dumps([MEMO_VERSION, source_sha256, stamp, level, optimizer_version()]).encode())[:32]
+
+
 @dataclass(frozen=True)
 class ProgramMemo:
     """Optimized programs in `folder`, one file each (a JSON line, then the program's bytes), named
-    `memo_name(owner, …)`: `owner` is the stage entry of the `.bc` (quantize's), pruned with it.
-    Only an accelerator: a missing or unreadable file is optimized again."""
+    `memo_name(owner, program_key)`: `owner` is the stage entry of the `.bc` (quantize's), pruned
+    with it. Only an accelerator: a missing or unreadable file is optimized again."""
 
     folder: Path
     owner: str
 
-    def path(self, program: bytes, level: str) -> Path:
+    def path(self, key: str) -> Path:
         from engine.pipeline.cache import memo_name
 
-        key = _sha256(json.dumps([_sha256(program), level, optimizer_version()]).encode())[:32]
         return self.folder / memo_name(self.owner, f"{key}.opt")
 
-    def optimize(self, program: onnx.ModelProto, level: str) -> tuple[OptimizeResult, bytes]:
-        """`optimize_program(program, level)` and the optimized program's bytes, from the memo when there."""
+    def optimize(self, key: str, level: str, program: Callable[[], onnx.ModelProto]) -> tuple[OptimizeResult, bytes]:
+        """`optimize_program(program(), level)` and the optimized program's bytes, from the memo file
+        of `key` (`program_key`) when there: `program` is only called to optimize."""
         from engine.pipeline.cache import atomic_write_bytes
 
-        path = self.path(program.SerializeToString(), level)
+        path = self.path(key)
         try:
             head, body = path.read_bytes().split(b"\n", 1)
             meta = json.loads(head)
@@ -109,7 +143,7 @@ class ProgramMemo:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # protobuf's DecodeError is a ValueError
             if not isinstance(e, FileNotFoundError):
                 log.debug(f"optimized program memo {path.name} unreadable ({e}); optimizing again")
-        result = optimize_program(program, level)
+        result = optimize_program(program(), level)
         body = result.program.SerializeToString()
         head = json.dumps({"level": result.level, "rewrites": result.rewrites, "fallback": result.fallback,
                            "checked": result.checked}).encode()
@@ -123,26 +157,33 @@ class ProgramMemo:
 
 def build_hbm(bc: onnx.ModelProto, options: CompileOptions, *, plan: QuantPlan | None = None,
               config_sha256: str | None = None, timestamp: str | None = None, source_name: str = "",
-              memo: ProgramMemo | None = None) -> HbmBuild:
+              memo: ProgramMemo | None = None, source_sha256: str | None = None) -> HbmBuild:
     """The `.hbm` contents for `bc` (a `.bc` or `*_quantized_removed_model.bc`).
 
     With the `plan` the `.bc` was lowered from, the program also records the plan's placement
     (``hbcompile.placement``, metadata only) so tools partition the `.hbm` as the plan did.
-    `memo`: optimized programs kept across runs (the compile stage's).
+    `memo`: optimized programs kept across runs (the compile stage's). `source_sha256`: the sha256
+    of `bc`'s bytes when the caller read them from its file (else `bc` is serialized to take it).
     """
     meta = metadata(bc)
-    source_sha256 = _sha256(bc.SerializeToString())
-    if plan is not None:
-        stamped = onnx.ModelProto()
-        stamped.CopyFrom(bc)
-        stamp_placement(stamped, plan)
-        bc = stamped
+    source_sha256 = source_sha256 or _sha256(bc.SerializeToString())
+    placement = json.dumps(placement_table(plan), sort_keys=True) if plan is not None else None
+
+    def stamped() -> onnx.ModelProto:
+        if placement is None:
+            return bc
+        program = onnx.ModelProto()
+        program.CopyFrom(bc)
+        set_metadata(program, PLACEMENT, placement)  # what partition.stamp_placement writes
+        return program
+
     if memo is not None:
-        result, program_bytes = memo.optimize(bc, options.optimize_level)
+        result, program_bytes = memo.optimize(program_key(source_sha256, placement, options.optimize_level),
+                                              options.optimize_level, stamped)
     else:
-        result = optimize_program(bc, options.optimize_level)
+        result = optimize_program(stamped(), options.optimize_level)
         program_bytes = result.program.SerializeToString()
-    inputs, outputs = io_specs(bc, "runtime")
+    inputs, outputs = io_specs(bc, "runtime", source_sha256)  # the placement stamp changes neither
     for spec in inputs:
         spec["input_source"] = options.input_source.get(spec["name"]) or default_source(spec.get("input_type_rt"))
     opsets = {(o.domain or "ai.onnx"): o.version for o in result.program.opset_import}
@@ -167,4 +208,4 @@ def build_hbm(bc: onnx.ModelProto, options: CompileOptions, *, plan: QuantPlan |
         "program": {"format": "onnx", "ir_version": result.program.ir_version, "opsets": opsets,
                     "nodes": len(result.program.graph.node), "sha256": _sha256(program_bytes)},
     }
-    return HbmBuild(result.program, manifest, result, program_bytes)
+    return HbmBuild(result.program, manifest, result, program_bytes, bc)

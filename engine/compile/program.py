@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -91,11 +93,11 @@ class TensorType:
     dtype: str
     shape: tuple[int | str | None, ...] | None
 
-    @property
+    @cached_property  # the estimate asks for a tensor's size from every layer that touches it
     def static(self) -> bool:
         return self.shape is not None and all(isinstance(d, int) and d >= 0 for d in self.shape)
 
-    @property
+    @cached_property
     def elements(self) -> int | None:
         return math.prod(self.shape) if self.static else None  # type: ignore[arg-type]
 
@@ -131,14 +133,16 @@ TYPES_MEMO_SIZE = 8  # programs whose tensor types are kept (a warm engine compi
 _types_memo: dict[str, dict[str, TensorType]] = {}
 
 
-def tensor_types(model: onnx.ModelProto) -> dict[str, TensorType]:
+def tensor_types(model: onnx.ModelProto, digest: str | None = None) -> dict[str, TensorType]:
     """Every graph input, initializer and node output (top-level graph) with its type and shape.
 
     Kept per program content: onnxruntime has to load the program to say them (digits: ~5 ms of a
-    ~15 ms compile stage), and a compiler_parameters edit compiles the same program again."""
+    ~15 ms compile stage), and a compiler_parameters edit compiles the same program again.
+    `digest`: a sha256 of the program's bytes the caller already has (the `.hbm` manifest's), so
+    the program is not serialized again just to look it up."""
     import hashlib
 
-    key = hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    key = digest or hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
     if key in _types_memo:
         _types_memo[key] = _types_memo.pop(key)  # most recently used last
         return dict(_types_memo[key])
@@ -147,6 +151,26 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, TensorType]:
     while len(_types_memo) > TYPES_MEMO_SIZE:
         _types_memo.pop(next(iter(_types_memo)))
     return dict(types)
+
+
+def kept_types(model: onnx.ModelProto, source: Mapping[str, TensorType]) -> dict[str, TensorType] | None:
+    """`model`'s tensor types read from `source`, the types of a program it was derived from by
+    rewrites that keep every surviving value's name and type (O0 / O1: nodes and constants dropped
+    or rewired, none created): its graph inputs and node outputs from `source`, its initializers
+    from themselves. None when a value is not in `source` (not such a program)."""
+    types: dict[str, TensorType] = {}
+    for t in model.graph.initializer:
+        types[t.name] = TensorType(t.name, helper.tensor_dtype_to_np_dtype(t.data_type).name,
+                                   tuple(int(d) for d in t.dims))
+    inits = set(types)
+    for name in [i.name for i in model.graph.input if i.name not in inits] + \
+            [o for n in model.graph.node for o in n.output if o]:
+        if name in types:
+            continue
+        if name not in source:
+            return None
+        types[name] = source[name]
+    return types
 
 
 def _tensor_types(model: onnx.ModelProto) -> dict[str, TensorType]:
@@ -191,19 +215,20 @@ def _value_dims(vi: onnx.ValueInfoProto) -> list[int | str | None] | None:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
 
 
-def io_specs(model: onnx.ModelProto, view: str = "runtime") -> tuple[list[dict], list[dict]]:
+def io_specs(model: onnx.ModelProto, view: str = "runtime", digest: str | None = None) -> tuple[list[dict], list[dict]]:
     """JSON-ready input and output specs: name, shape, dtype, plus what the model stores about them.
 
     Inputs carry the config's input spec (``hbcompile.inputs``: input_type_rt / _train, layouts,
     space and range, mean / scale) and, in the runtime view, the runtime tensor's layout
     (``input_layout_rt``, implied by the rt type when not given). An input or output whose boundary
     node was removed (``hbcompile.removed_nodes``) lists those nodes, and carries ``quantization``
-    (scale, zero point, dtype) when the tensor now holds integer codes.
+    (scale, zero point, dtype) when the tensor now holds integer codes. `digest`: the sha256 of the
+    model's bytes, for `tensor_types` when an output's type is not declared.
     """
     stored = {s.get("name"): s for s in json_metadata(model, INPUTS, []) or [] if isinstance(s, dict)}
     removed = json_metadata(model, REMOVED_NODES, []) or []
     needs_types = any(_value_dims(o) is None or not o.type.tensor_type.elem_type for o in model.graph.output)
-    types = tensor_types(model) if needs_types else {}
+    types = tensor_types(model, digest) if needs_types else {}
     inputs = []
     for vi in graph_inputs(model):
         spec = {k: v for k, v in stored.get(vi.name, {}).items() if k != "shape"}

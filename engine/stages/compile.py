@@ -10,6 +10,7 @@ such an edit does not run the optimize_level rewrites and their bit-exactness ch
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from typing import Any
@@ -39,7 +40,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     config, out = ctx.config, ctx.out_dir
     optimized = onnx.load(str(ctx.input("optimize", "model.onnx")))
-    bc = onnx.load(str(ctx.input("quantize", "model.bc")))
+    bc_bytes = ctx.input("quantize", "model.bc").read_bytes()
+    bc, bc_sha256 = onnx.load_from_string(bc_bytes), hashlib.sha256(bc_bytes).hexdigest()
     specs = json.loads(ctx.input("calibrate", "inputs.json").read_text())
     plan = stage_plan(ctx, optimized)
     options, problems = resolve(config.compiler, config.model.march, specs)
@@ -50,17 +52,20 @@ def run(ctx: StageContext) -> dict[str, Any]:
     removed = []
     if config.model.remove_node_type or config.model.remove_node_name:
         bc, removed = remove_nodes(bc, list(config.model.remove_node_type), list(config.model.remove_node_name))
-        onnx.save(bc, str(out / "removed.bc"))
+        bc_bytes = bc.SerializeToString()
+        (out / "removed.bc").write_bytes(bc_bytes)  # what onnx.save writes
+        bc_sha256 = hashlib.sha256(bc_bytes).hexdigest()
         for r in removed:
             log.info(f"deleted nodes: {r.name}")
     # the digest of what this stage read: an edit outside its slice reuses the .hbm, which must not name it
     build = build_hbm(bc, options, plan=plan, config_sha256=sha256_json(config.slice(*READS)),
-                      source_name=config.prefix,
+                      source_name=config.prefix, source_sha256=bc_sha256,
                       memo=ProgramMemo(ctx.memo_dir("optimized_program"), ctx.upstream["quantize"].name))
     build.write(out / "model.hbm")
     log.info("Successfully compile the hbm model")
     (out / "advice.json").write_text(json.dumps(advice_json(partition(optimized, plan)), indent=1))
-    perf = perf_report(build.program, options, config.prefix, memo=LatencyMemo(ctx.memo_dir("latency")))
+    perf = perf_report(build.program, options, config.prefix, memo=LatencyMemo(ctx.memo_dir("latency")),
+                       types=build.tensor_types(), digest=build.program_sha256)
     report = ctx.upstream.get("report")
     rows = json.loads((report / ROWS_FILE).read_text()) if report else {}
     write_perf_reports(out, "perf", perf, rows.get("nodes", []), rows.get("outputs", []),

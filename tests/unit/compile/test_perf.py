@@ -129,9 +129,9 @@ def test_estimate_types_the_program_once(wide, monkeypatch):
 
     calls = []
 
-    def counted(model):
+    def counted(model, digest=None):
         calls.append(model.graph.name)
-        return tensor_types(model)
+        return tensor_types(model, digest)
 
     monkeypatch.setattr(sys.modules["engine.compile.perf"], "tensor_types", counted)
     monkeypatch.setattr(sys.modules["engine.compile.partition"], "tensor_types", counted)
