@@ -38,36 +38,73 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     engine shares (measured on a 2-core machine beside onnxruntime: 38 ms against 5.6 ms on a
     640×640 output), and the slices never hold float64 copies of whole tensors.
     """
+    return _cosine(a, b)[0]
+
+
+def _cosine(a: np.ndarray, b: np.ndarray, aa: float | None = None) -> tuple[float, float]:
+    """(cosine of `a` and `b`, a·a); `aa`: a·a as an earlier call returned it, so the slices of `a`
+    are read for a·b only (a float reference is compared with two models, and memoised across runs)."""
     x = np.asarray(a).reshape(-1)
     y = np.asarray(b).reshape(-1)
     if x.shape != y.shape:
         raise ValueError(f"cosine of tensors of different sizes: {np.shape(a)} vs {np.shape(b)}")
     with np.errstate(over="ignore", invalid="ignore"):
-        xx, yy, xy = _sums(x, y, 1.0, 1.0)
+        xx, yy, xy = _sums(x, y, 1.0, 1.0, aa)
         if xx == 0.0 and yy == 0.0:
-            return 1.0
+            return 1.0, xx
         if xx == 0.0 or yy == 0.0:
-            return 0.0
+            return 0.0, xx
         if not (np.isfinite(xx) and np.isfinite(yy) and np.isfinite(xx * yy)):  # overflow: directions scaled down
-            xx, yy, xy = _sums(x, y, float(np.max(np.abs(x))), float(np.max(np.abs(y))))
+            sx, sy, sxy = _sums(x, y, float(np.max(np.abs(x))), float(np.max(np.abs(y))))
+            return float(np.clip(sxy / np.sqrt(sx * sy), -1.0, 1.0)), xx
     # one square root of the product: identical tensors give exactly 1.0
-    return float(np.clip(xy / np.sqrt(xx * yy), -1.0, 1.0))
+    return float(np.clip(xy / np.sqrt(xx * yy), -1.0, 1.0)), xx
 
 
-def _sums(x: np.ndarray, y: np.ndarray, x_div: float, y_div: float) -> tuple[float, float, float]:
-    """(x·x, y·y, x·y) in float64 of x / x_div and y / y_div, slice by slice."""
-    xx = yy = xy = 0.0
+def _sums(x: np.ndarray, y: np.ndarray, x_div: float, y_div: float,
+          xx_known: float | None = None) -> tuple[float, float, float]:
+    """(x·x, y·y, x·y) in float64 of x / x_div and y / y_div, slice by slice; x·x is `xx_known`
+    when given (unscaled sums only) and not summed again."""
     scaled = x_div != 1.0 or y_div != 1.0
+    skip_xx = xx_known is not None and not scaled
+    xx = float(xx_known) if skip_xx else 0.0
+    yy = xy = 0.0
     for start in range(0, x.size, CHUNK):
         xs = x[start:start + CHUNK].astype(np.float64, copy=scaled)  # a float64 slice is read in place
         ys = y[start:start + CHUNK].astype(np.float64, copy=scaled)
         if scaled:
             xs /= x_div
             ys /= y_div
-        xx += float(np.einsum("i,i->", xs, xs))
+        if not skip_xx:
+            xx += float(np.einsum("i,i->", xs, xs))
         yy += float(np.einsum("i,i->", ys, ys))
         xy += float(np.einsum("i,i->", xs, ys))
     return xx, yy, xy
+
+
+class Reference(dict):
+    """The float model's tensors on one sample (name → array), with x·x of each compared row kept
+    once summed: a row's float tensor is compared with the calibrated model and with the `.bc`, and
+    the report stage keeps the reference across runs of a warm engine (engine.stages.report)."""
+
+    def __init__(self, values: Mapping[str, np.ndarray]):
+        super().__init__(values)
+        self.squares: dict[tuple[str, ...], float] = {}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(np.asarray(v).nbytes for v in self.values())
+
+
+def row_cosine(reference: Mapping[str, np.ndarray], tensors: Sequence[str], other: np.ndarray) -> float:
+    """The cosine of the float `tensors` (flattened, joined) against `other`; with a `Reference`,
+    their x·x is summed once and then read from it (same sums: the same slices in the same order)."""
+    names = tuple(tensors)
+    squares = reference.squares if isinstance(reference, Reference) else None
+    cos, xx = _cosine(_flat([reference[t] for t in names]), other, None if squares is None else squares.get(names))
+    if squares is not None:
+        squares[names] = xx
+    return cos
 
 
 @dataclass(frozen=True)
@@ -162,9 +199,9 @@ def with_quantized(similarity: Similarity, reference: Mapping[str, np.ndarray],
     against the integer program's dequantized value of it (`intermediates`), each output row against
     the program's output. A row whose tensor the program does not hold (inside a fusion group)
     keeps None, printed as ``--``."""
-    nodes = [replace(r, quantized_cosine=cosine(reference[r.tensor], intermediates[r.tensor]))
+    nodes = [replace(r, quantized_cosine=row_cosine(reference, (r.tensor,), intermediates[r.tensor]))
              if r.tensor in intermediates and r.tensor in reference else r for r in similarity.nodes]
-    rows = [replace(o, quantized_cosine=cosine(reference[o.tensor], outputs[o.tensor]))
+    rows = [replace(o, quantized_cosine=row_cosine(reference, (o.tensor,), outputs[o.tensor]))
             if o.tensor in outputs else o for o in similarity.outputs]
     return Similarity(nodes, rows)
 
@@ -192,7 +229,7 @@ def compare(float_model: onnx.ModelProto, calibrated_model: onnx.ModelProto, sam
         missing = [t for t in _with_outputs(wanted, float_model) if t not in reference]
         if missing:
             raise ValueError(f"compare: the float reference lacks tensor(s) {', '.join(missing[:5])}")
-    ref = run_model(float_model, sample, wanted) if reference is None else reference
+    ref = Reference(run_model(float_model, sample, wanted)) if reference is None else reference
     got = run_model(calibrated_model, sample, [mapping.get(t, t) for t in wanted])
     thresholds = plan.calibrated_acts or plan.acts
     result = Similarity()
@@ -201,7 +238,7 @@ def compare(float_model: onnx.ModelProto, calibrated_model: onnx.ModelProto, sam
         on = last.on if last is not None else "CPU"
         cos = None
         if tensors:  # as they are: cosine takes float64 slices of them (a float64 copy of each cost 0.3 s on det)
-            cos = cosine(_flat([ref[t] for t in tensors]), _flat([got[mapping.get(t, t)] for t in tensors]))
+            cos = row_cosine(ref, tensors, _flat([got[mapping.get(t, t)] for t in tensors]))
         act = thresholds.get(tensors[0]) if tensors and on == "BPU" else None
         result.nodes.append(NodeRow(name, op_type, on, tensors[0] if tensors else "",
                                     None if act is None else float(np.max(act.threshold)), cos,
@@ -239,5 +276,6 @@ def mean_output_cosine(reference: Sequence[Mapping[str, np.ndarray]], other: Seq
     return float(np.mean(values)) if values else 1.0
 
 
-__all__ = ["NodeRow", "OutputRow", "Similarity", "compare", "compared_tensors", "with_quantized", "cosine", "distances", "mean_output_cosine",
-           "node_similarity", "output_rows", "output_similarity", "run_model"]
+__all__ = ["NodeRow", "OutputRow", "Reference", "Similarity", "compare", "compared_tensors", "with_quantized", "cosine",
+           "distances", "mean_output_cosine", "node_similarity", "output_rows", "output_similarity", "row_cosine",
+           "run_model"]

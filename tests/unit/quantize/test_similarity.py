@@ -128,3 +128,58 @@ def test_cosine_reads_float64_in_place_and_never_writes_its_inputs():
     other = rng.standard_normal(70_000)
     assert cosine(_flat([a32, b64]), other) == cosine(joined, other)  # the same sums, bit for bit
     assert _flat([a32]).base is a32  # one tensor: a view
+
+
+def test_a_reference_sums_each_rows_x_squared_once_and_gives_cosines_bit_for_bit():
+    """row_cosine with a Reference equals cosine of the (joined) tensors exactly, and a second
+    comparison reads x·x from the Reference instead of summing it again."""
+    from engine.similarity import Reference, _flat, row_cosine
+
+    rng = np.random.default_rng(11)
+    ref = Reference({"a": rng.standard_normal((1, 8, 70, 90)).astype(np.float32),
+                     "b": rng.standard_normal((1, 3, 50)).astype(np.float32)})
+    for names in (("a",), ("a", "b")):
+        joined = _flat([ref[n] for n in names])
+        first = joined + rng.standard_normal(joined.size).astype(np.float32) * 0.3
+        second = joined + rng.standard_normal(joined.size).astype(np.float32) * 0.05
+        assert row_cosine(ref, names, first) == cosine(joined, first)
+        x = joined.astype(np.float64)
+        assert ref.squares[names] == pytest.approx(float(x @ x), rel=1e-12)
+        assert row_cosine(ref, names, second) == cosine(joined, second)
+        ref.squares[names] *= 4.0  # a kept x·x is what the second comparison reads: the cosine halves
+        assert row_cosine(ref, names, second) == pytest.approx(cosine(joined, second) / 2, rel=1e-12)
+    plain = {"a": ref["a"]}  # a plain mapping: nothing kept, the same number
+    other = ref["a"] * 0.5 + 1.0
+    assert row_cosine(plain, ("a",), other) == cosine(ref["a"], other)
+
+
+def test_a_kept_x_squared_that_overflowed_still_gives_the_scaled_cosine():
+    from engine.similarity import Reference, row_cosine
+
+    big = np.array([1e200, 1e200, -1e200, 3e199])
+    ref = Reference({"t": big})
+    other = big * 0.5 + 1e199
+    expected = cosine(big, other)
+    assert row_cosine(ref, ("t",), other) == expected and not np.isfinite(ref.squares[("t",)])
+    assert row_cosine(ref, ("t",), other) == expected and 0.9 < expected < 1.0
+    zeros = Reference({"z": np.zeros(4)})
+    assert row_cosine(zeros, ("z",), np.zeros(4)) == 1.0 and row_cosine(zeros, ("z",), big) == 0.0
+
+
+def test_compare_and_with_quantized_give_the_same_rows_with_a_reference_or_a_plain_dict():
+    from engine.similarity import Reference, compared_tensors, with_quantized
+
+    model = residual()
+    plan = plan_for(model)
+    cal = build_calibrated_model(model, plan)
+    sample = random_inputs(model, 4)
+    values = run_model(model, sample, compared_tensors(model, plan))
+    reference = Reference(values)
+    plain = compare(model, cal, sample, plan, dict(values))
+    kept = compare(model, cal, sample, plan, reference)
+    assert kept == plain and reference.squares
+    noisy = {t: v + np.float32(0.01) for t, v in values.items()}
+    outputs = {o.tensor: noisy[o.tensor] for o in plain.outputs}
+    filled = with_quantized(kept, reference, noisy, outputs)
+    assert filled == with_quantized(plain, dict(values), noisy, outputs)
+    assert all(r.quantized_cosine is not None and r.quantized_cosine < 1.0 for r in filled.nodes)
