@@ -64,14 +64,16 @@ def _cosine(a: np.ndarray, b: np.ndarray, aa: float | None = None) -> tuple[floa
 def _sums(x: np.ndarray, y: np.ndarray, x_div: float, y_div: float,
           xx_known: float | None = None) -> tuple[float, float, float]:
     """(x·x, y·y, x·y) in float64 of x / x_div and y / y_div, slice by slice; x·x is `xx_known`
-    when given (unscaled sums only) and not summed again."""
+    when given (unscaled sums only) and not summed again. Slices are converted into two float64
+    buffers taken once per call: a new 256 KB array per slice came from fresh pages in the engine's
+    process (PP-OCRv4 det report: ~16,000 slices, 100 µs each against 23 µs in a small process)."""
     scaled = x_div != 1.0 or y_div != 1.0
     skip_xx = xx_known is not None and not scaled
     xx = float(xx_known) if skip_xx else 0.0
     yy = xy = 0.0
+    x_buf, y_buf = (_buffer(v, scaled, x.size) for v in (x, y))
     for start in range(0, x.size, CHUNK):
-        xs = x[start:start + CHUNK].astype(np.float64, copy=scaled)  # a float64 slice is read in place
-        ys = y[start:start + CHUNK].astype(np.float64, copy=scaled)
+        xs, ys = _float64(x[start:start + CHUNK], x_buf), _float64(y[start:start + CHUNK], y_buf)
         if scaled:
             xs /= x_div
             ys /= y_div
@@ -80,6 +82,20 @@ def _sums(x: np.ndarray, y: np.ndarray, x_div: float, y_div: float,
         yy += float(np.einsum("i,i->", ys, ys))
         xy += float(np.einsum("i,i->", xs, ys))
     return xx, yy, xy
+
+
+def _buffer(values: np.ndarray, scaled: bool, size: int) -> np.ndarray | None:
+    """A float64 slice buffer for `values`, None when their float64 slices are read in place."""
+    return None if values.dtype == np.float64 and not scaled else np.empty(min(size, CHUNK), np.float64)
+
+
+def _float64(part: np.ndarray, buffer: np.ndarray | None) -> np.ndarray:
+    """`part` as float64: itself (read in place) without a buffer, else converted into the buffer."""
+    if buffer is None:
+        return part
+    out = buffer[:part.size]
+    np.copyto(out, part, casting="unsafe")
+    return out
 
 
 class Reference(dict):
