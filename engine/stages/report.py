@@ -2,23 +2,28 @@
 float vs the integer `.bc` (Quantized Cosine) on the first calibration sample — as
 `*_node_info.csv`, `*_quant_info.json` and the tables the CLI prints and the editor shows.
 
-The work is split by what it depends on: the calibrated comparison (`compare`: float vs
-fake-quant model, per node and output) depends on the optimized model and the calibrate stage's
-output only (its plan options are part of calibrate's slice), so it is memoised by those two keys
-(memo folder `calibrated_similarity`, a small JSON; only an accelerator, a missing entry is
-recomputed) and a change read by quantize only (input_batch) reuses it. The `.bc` and the float
-reference it is compared with run every time: a memo of the float reference tensors on disk was
-measured and dropped — on PP-OCRv4 det 640×640 it is 247 MB, and reading it back cost as much
-CPU as the float run it saved (report after one calibration file changed: 2.07 vs 2.18 CPU s).
-The float model runs once per report: on a memo miss with every compared tensor exposed, and that
-run is `compare`'s reference too; on a hit with only the tensors the `.bc` maps. The `.bc` runs
-once for its intermediates and outputs (`integer_values`).
+The work is split by what it depends on:
+- the float model's tensors on the sample (`float_reference`) depend on the optimized model and
+  the sample only, so a warm engine keeps them (by the model file's and the sample's content, and
+  the tensors asked for; `REFERENCE_BYTES` at most, newest first) and a calibration change that
+  leaves the first sample alone does not run the float model again. Kept in memory, not on disk:
+  a memo of them on disk was measured and dropped — on PP-OCRv4 det 640×640 it is 247 MB, and
+  reading it back cost as much CPU as the float run it saved (2.07 vs 2.18 CPU s);
+- the calibrated comparison (`compare`: float vs fake-quant model, per node and output) depends
+  on the optimized model and the calibrate stage's output only (its plan options are part of
+  calibrate's slice), so it is memoised by those two keys (memo folder `calibrated_similarity`, a
+  small JSON; only an accelerator, a missing entry is recomputed) and a change read by quantize
+  only (input_batch) reuses it;
+- the `.bc` runs every time, once for its intermediates and outputs (`integer_values`), after the
+  calibrated run's tensors are freed (one model's tensors beside the reference at a time).
+Each row's x·x of the float tensor is summed once and kept with the reference (`Reference`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -88,6 +93,32 @@ def saved_similarity(ctx: StageContext) -> Any:
         return None
 
 
+REFERENCE_BYTES = 384 << 20  # float references a warm engine keeps (PP-OCRv4 det 640: 252 MB, one)
+
+
+def float_reference(ctx: StageContext, optimized: onnx.ModelProto, sample: dict[str, np.ndarray],
+                    tensors: list[str]) -> Any:
+    """`Reference(run_model(optimized, sample, tensors))`, kept in the engine's warm state by the
+    content of the optimized model file and of `sample`, and `tensors`; the newest references
+    whose sizes add up to `REFERENCE_BYTES` stay (a larger one serves this run only). The arrays
+    are read-only: every later run reads the same ones."""
+    from engine.accuracy.sessions import sample_key
+    from engine.pipeline.hashing import shared_hashes
+    from engine.similarity import Reference, run_model
+
+    key = _digest("float", shared_hashes().file(ctx.input("optimize", "model.onnx")), sample_key(sample), tensors)
+    kept: OrderedDict[str, Any] = ctx.engine.warm.setdefault("float_references", OrderedDict())
+    reference = kept.pop(key, None)
+    if reference is None:
+        reference = Reference(run_model(optimized, sample, tensors))
+        for value in reference.values():
+            value.flags.writeable = False
+    kept[key] = reference
+    while sum(r.nbytes for r in kept.values()) > REFERENCE_BYTES:
+        kept.popitem(last=False)
+    return reference
+
+
 def calibrated_similarity(ctx: StageContext, optimized: onnx.ModelProto, sample: dict[str, np.ndarray],
                           plan: Any, reference: dict[str, np.ndarray] | None = None) -> Any:
     """`compare(optimized, calibrated model, sample, plan, reference)`, memoised by the optimize and
@@ -104,23 +135,19 @@ def calibrated_similarity(ctx: StageContext, optimized: onnx.ModelProto, sample:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from engine.similarity import compared_tensors, run_model, with_quantized
+    from engine.similarity import compared_tensors, with_quantized
 
     optimized = onnx.load(str(ctx.input("optimize", "model.onnx")))
-    bc = onnx.load(str(ctx.input("quantize", "model.bc")))
     specs = json.loads(ctx.input("calibrate", "inputs.json").read_text())
     with np.load(ctx.input("calibrate", "first_sample.npz")) as z:
         sample = {k: z[k] for k in z.files}
     thresholds_path = ctx.input("calibrate", "thresholds.json")
     plan = stage_plan(ctx, optimized)
-    inter, bc_outputs = quantized_values(bc, sample, specs)
-    sim = saved_similarity(ctx)
-    if sim is None:  # one float run serves the calibrated comparison and the `.bc`'s
-        ref = run_model(optimized, sample, compared_tensors(optimized, plan))
-        sim = calibrated_similarity(ctx, optimized, sample, plan, ref)
-    else:  # only the tensors the `.bc` maps
-        ref = run_model(optimized, sample, sorted({r.tensor for r in sim.nodes if r.tensor and r.tensor in inter}))
-    filled = with_quantized(sim, ref, inter, bc_outputs)
+    reference = float_reference(ctx, optimized, sample, compared_tensors(optimized, plan))
+    sim = calibrated_similarity(ctx, optimized, sample, plan, reference)
+    inter, bc_outputs = quantized_values(onnx.load(str(ctx.input("quantize", "model.bc"))), sample, specs)
+    filled = with_quantized(sim, reference, inter, bc_outputs)
+    del inter, bc_outputs
     nodes, outputs = filled.nodes, filled.outputs
     calibrated_flag = ctx.config.calibration.calibration_type != "skip"
     (ctx.out_dir / "node_info.csv").write_text(tables.node_info_csv(nodes, calibrated_flag))
