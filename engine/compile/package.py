@@ -80,11 +80,12 @@ class HbmBuild:
         value of its `.bc` it keeps at all with its type, so those levels read the `.bc`'s types —
         one onnxruntime probe per `.bc`, not one per level (an optimize_level edit between O0 and O1
         probes nothing)."""
-        if self.source is not None and (self.optimize.level in LEVELS_KEEPING_TYPES or self.optimize.fallback):
-            kept = kept_types(self.program, tensor_types(self.source, self.manifest["build"]["source"]["sha256"]))
-            if kept is not None:
-                return kept
-        return tensor_types(self.program, self.program_sha256)
+        source = self.source
+        if source is None or not (self.optimize.level in LEVELS_KEEPING_TYPES or self.optimize.fallback):
+            return tensor_types(self.program, self.program_sha256)
+        source_sha256 = self.manifest["build"]["source"]["sha256"]
+        return tensor_types(self.program, self.program_sha256,
+                            derive=lambda: kept_types(self.program, tensor_types(source, source_sha256)))
 
 
 def _sha256(data: bytes) -> str:
@@ -177,7 +178,7 @@ def build_hbm(bc: onnx.ModelProto, options: CompileOptions, *, plan: QuantPlan |
         set_metadata(program, PLACEMENT, placement)  # what partition.stamp_placement writes
         return program
 
-    if memo is not None:
+    if memo is not None and options.optimize_level != "O0":  # O0 is the stamped `.bc` itself: nothing to keep
         result, program_bytes = memo.optimize(program_key(source_sha256, placement, options.optimize_level),
                                               options.optimize_level, stamped)
     else:

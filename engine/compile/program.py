@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -133,20 +133,23 @@ TYPES_MEMO_SIZE = 8  # programs whose tensor types are kept (a warm engine compi
 _types_memo: dict[str, dict[str, TensorType]] = {}
 
 
-def tensor_types(model: onnx.ModelProto, digest: str | None = None) -> dict[str, TensorType]:
+def tensor_types(model: onnx.ModelProto, digest: str | None = None,
+                 derive: Callable[[], dict[str, TensorType] | None] | None = None) -> dict[str, TensorType]:
     """Every graph input, initializer and node output (top-level graph) with its type and shape.
 
     Kept per program content: onnxruntime has to load the program to say them (digits: ~5 ms of a
     ~15 ms compile stage), and a compiler_parameters edit compiles the same program again.
     `digest`: a sha256 of the program's bytes the caller already has (the `.hbm` manifest's), so
-    the program is not serialized again just to look it up."""
+    the program is not serialized again just to look it up. `derive`: a cheaper way to the same
+    answer (`kept_types` from the program it was derived from), tried before onnxruntime; None
+    when it does not apply."""
     import hashlib
 
     key = digest or hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
     if key in _types_memo:
         _types_memo[key] = _types_memo.pop(key)  # most recently used last
         return dict(_types_memo[key])
-    types = _tensor_types(model)
+    types = (derive() if derive is not None else None) or _tensor_types(model)
     _types_memo[key] = types
     while len(_types_memo) > TYPES_MEMO_SIZE:
         _types_memo.pop(next(iter(_types_memo)))
