@@ -147,6 +147,7 @@ class Observer:
     expected_samples: int | None = None  # how many samples `observe` will see (None: unknown); sizes the kernel choice
     batch_used: int = field(default=1, init=False)  # the batch size the last `observe` settled on
     notes: list[str] = field(default_factory=list, init=False)  # e.g. why batching was turned off
+    planned_values: int | None = field(default=None, init=False)  # observed values per sample by shape inference
     _proto: onnx.ModelProto = field(init=False, repr=False)
     _single: ort.InferenceSession | None = field(default=None, init=False, repr=False)
     _batched: ort.InferenceSession | None = field(default=None, init=False, repr=False)
@@ -156,10 +157,19 @@ class Observer:
         proto = self.model if isinstance(self.model, onnx.ModelProto) else onnx.load(str(self.model))
         self.tensors = list(dict.fromkeys(self.tensors))
         self._proto, planned = _with_outputs(proto, self.tensors)
+        self.planned_values = planned
         if planned is not None and self.expected_samples is not None:  # start the kernel's load now when
             self._kernel_for(planned, self.expected_samples)  # the shapes tell: it overlaps the session build
         self._inputs = [i.name for i in proto.graph.input
                         if i.name not in {t.name for t in proto.graph.initializer}]
+
+    def again(self, expected_samples: int | None = None) -> Observer:
+        """This observer, ready for another `observe` of other samples: its sessions and batching
+        decision stay (a warm engine's calibrate re-run on one changed sample builds no session)."""
+        self.expected_samples, self.notes = expected_samples, []
+        if self.planned_values is not None and expected_samples is not None:
+            self._kernel_for(self.planned_values, expected_samples)
+        return self
 
     # ------------------------------------------------------------------ sessions
 
