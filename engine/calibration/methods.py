@@ -15,6 +15,7 @@ channel its own absmax; the histogram methods keep one clipping ratio t / absmax
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,9 +124,30 @@ def kl_divergences(hist: np.ndarray, candidates: np.ndarray, levels: int = NUM_Q
     candidate — the same float operations on the same operands as the dense (candidates × levels)
     form, so the same bits, at a quarter of its time (the index arithmetic and gathers were most
     of it: 7–15 → 1.7–2 ms per tensor).
+
+    A candidate i right after candidate i − 1 with the same n, whose bins i − 1 and i − 2 are both
+    empty, has the same P_i, Q_i (the same M_i, tail, last bin and level masses) as i − 1, so the
+    same KL bits: it is not computed again (merged histograms' empty stretches, digits: 17–53 % of
+    the candidates).
     """
     h = np.asarray(hist, dtype=np.float64)
     cand = np.asarray(candidates, dtype=np.int64)
+    if cand.shape[0] > 1:
+        i = cand[1:]
+        repeat = np.zeros(cand.shape[0], bool)
+        repeat[1:] = (cand[:-1] == i - 1) & (i >= 2) & (i // levels == (i - 1) // levels)
+        repeat[1:] &= (h[np.maximum(i - 1, 0)] == 0) & (h[np.maximum(i - 2, 0)] == 0)
+        if repeat.any():
+            out = np.empty(cand.shape[0], np.float64)
+            out[~repeat] = _kl_rows(h, cand[~repeat], levels)
+            source = np.where(repeat, 0, np.arange(cand.shape[0]))
+            np.maximum.accumulate(source, out=source)  # each repeat takes the last candidate computed
+            return out[source]
+    return _kl_rows(h, cand, levels)
+
+
+def _kl_rows(h: np.ndarray, cand: np.ndarray, levels: int) -> np.ndarray:
+    """`kl_divergences` of float64 `h` for every candidate of `cand`, each computed."""
     cs = np.concatenate(([0.0], np.cumsum(h)))  # mass of bins [0, k) = cs[k]
     nzc = np.concatenate(([0], np.cumsum(h > 0)))  # non-empty bins in [0, k)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -151,20 +173,34 @@ def kl_divergences(hist: np.ndarray, candidates: np.ndarray, levels: int = NUM_Q
             nonempty_last += (last[rows] > 0) & ~(before[rows] > 0)  # bin i−1 non-empty only through the tail
             p_last = mass_last + tail[rows]
             k = kept[rows]
-            log_q = np.empty((rows.shape[0], levels))  # contiguous rows: the same log and row sums as the dense form
-            np.divide(mass, nonempty * k[:, None], out=log_q[:, :shared])
+            # contiguous rows of this thread's scratch: the same log and row sums as the dense form (fresh
+            # (rows × levels) arrays were fresh pages: their faults cost as much as the arithmetic)
+            log_q, weight = _kl_scratch(rows.shape[0], levels)
+            np.multiply(nonempty, k[:, None], out=weight[:, :shared])
+            np.divide(mass, weight[:, :shared], out=log_q[:, :shared])
             np.divide(mass_last, nonempty_last * k, out=log_q[:, shared])
             np.log(log_q, out=log_q)
-            weight = np.empty_like(log_q)  # PM_g / N
-            weight[:, :shared] = mass / total
+            weight[:, :shared] = mass / total  # PM_g / N
             weight[:, shared] = p_last / total
-            held = np.empty(log_q.shape, bool)
-            held[:, :shared] = mass > 0
-            held[:, shared] = p_last > 0
-            cross = np.where(held, weight * log_q, 0.0).sum(axis=1)
+            np.multiply(weight, log_q, out=weight)  # then 0 where P has no mass: np.where(held, weight · log_q, 0)
+            weight[:, np.flatnonzero(~(mass > 0))] = 0.0
+            weight[~(p_last > 0), shared] = 0.0
+            cross = weight.sum(axis=1)
             impossible = (p_last > 0) & ~(mass_last > 0)  # P has mass Q cannot hold (only the last level can)
             out[rows] = np.where(impossible, np.inf, entropy[rows] - cross)
     return out
+
+
+_scratch = threading.local()
+
+
+def _kl_scratch(rows: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """This thread's two (rows, levels) float64 arrays, grown when a call needs more rows."""
+    have = getattr(_scratch, "arrays", None)
+    if have is None or have[0].shape[0] < rows or have[0].shape[1] != levels:
+        size = max(rows, have[0].shape[0] if have is not None and have[0].shape[1] == levels else 0)
+        have = _scratch.arrays = (np.empty((size, levels)), np.empty((size, levels)))
+    return have[0][:rows], have[1][:rows]
 
 
 def kl_threshold(stats: MergedStats, levels: int = NUM_QUANTIZED_BINS, start_bin: int | None = None,
