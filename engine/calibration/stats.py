@@ -277,7 +277,7 @@ def _abs_histogram_numpy(flat: np.ndarray, scale: np.float32, bins: int) -> np.n
 # ---------------------------------------------------------------------------- compiled kernel
 KERNEL_VALUES = 1 << 14  # values from which a tensor's histogram goes to the kernel (a call costs ~1 µs)
 KERNEL_ENV = "HB_CALIBRATION_KERNEL"  # "numpy": never load the compiled kernel
-_kernel: dict = {"fn": None, "thread": None, "error": None}
+_kernel: dict = {"fn": None, "rebin": None, "thread": None, "error": None}
 _kernel_lock = threading.Lock()
 
 
@@ -313,12 +313,68 @@ def _build_kernel():  # noqa: ANN202 - a numba dispatcher
     return abs_histogram
 
 
+def _build_rebin_kernel():  # noqa: ANN202 - a numba dispatcher
+    """`_rebinned`'s rows as one numba loop: per row the cumulative counts (numpy's cumsum: one float64
+    add per bin), the source edges k · (absmax / width) with the last one absmax (linspace), and
+    np.interp's arithmetic at every merged edge — the bin j with xp[j] ≤ x < xp[j+1] (unique: the
+    edges strictly increase), its end values at and past the last edge, slopes (dy[j+1] − dy[j]) /
+    (dx[j+1] − dx[j]) and slope · (x − dx[j]) + dy[j] — then the differences (np.diff). The same
+    operations on the same operands in the same order, so the same bits (tested against the numpy
+    path); no per-row calls: PP-OCRv4 det's 134 merges of 32 samples 0.13 s → see the commit."""
+    import numba
+
+    @numba.njit(nogil=True, cache=True)
+    def rebin_rows(hists, absmax, out_edges, diffs):  # noqa: ANN001, ANN202
+        rows, width = hists.shape
+        points = out_edges.shape[0]
+        cdf = np.empty(width + 1)
+        xp = np.empty(width + 1)
+        for r in range(rows):
+            step = absmax[r] / width
+            cdf[0] = 0.0
+            for k in range(width):
+                cdf[k + 1] = cdf[k] + np.float64(hists[r, k])
+                xp[k] = np.float64(k) * step
+            xp[width] = absmax[r]
+            j = 0
+            previous = 0.0
+            for i in range(points):
+                x = out_edges[i]
+                if x >= xp[width]:  # at the last edge (j = width) and past it (right = fp[-1])
+                    value = cdf[width]
+                elif x < xp[0]:  # left = fp[0]
+                    value = cdf[0]
+                else:
+                    while xp[j] > x:
+                        j -= 1
+                    while xp[j + 1] <= x:
+                        j += 1
+                    if xp[j] == x or cdf[j + 1] == cdf[j]:  # an empty bin: slope 0, so 0 · (x − dx[j]) + dy[j]
+                        value = cdf[j]
+                    else:  # the slope np.interp precomputes for every bin, here only for the bins used
+                        slope = (cdf[j + 1] - cdf[j]) / (xp[j + 1] - xp[j])
+                        value = slope * (x - xp[j]) + cdf[j]
+                        if np.isnan(value):  # np.interp: if NaN in one direction, try the other
+                            value = slope * (x - xp[j + 1]) + cdf[j + 1]
+                            if np.isnan(value) and cdf[j] == cdf[j + 1]:
+                                value = cdf[j]
+                if i > 0:
+                    diffs[r, i - 1] = value - previous
+                previous = value
+
+    # the types `_rebinned` passes (its counts are a strided view of a scratch array): loaded or compiled now
+    rebin_rows(np.zeros((1, 3))[:, :2], np.ones(1), np.linspace(0.0, 1.0, 3), np.empty((1, 2)))
+    return rebin_rows
+
+
 def _load_kernel() -> None:
     try:
         fn = _build_kernel()
+        rebin_rows = _build_rebin_kernel()
     except Exception as e:  # noqa: BLE001 - no numba, or it cannot compile here: numpy does the same work
         _kernel["error"] = f"{e.__class__.__name__}: {e}"
         return
+    _kernel["rebin"] = rebin_rows
     _kernel["fn"] = fn
 
 
@@ -435,6 +491,12 @@ def _rebinned(stats: Sequence[TensorStats], target_absmax: float, bins: int) -> 
         return out
     width = stats[rows[0]].hist.shape[0]
     src_edges, cdf, moved, diffs = _merge_scratch(len(rows), width, bins)
+    if _kernel["rebin"] is not None:  # loaded for a large statistics pass (`load_kernel`): the same bits
+        np.stack([stats[i].hist for i in rows], out=cdf[:, :width], casting="unsafe")
+        _kernel["rebin"](cdf[:, :width], np.array([stats[i].absmax for i in rows], np.float64),
+                         np.linspace(0.0, target_absmax, bins + 1), diffs)
+        out.update((i, diffs[r]) for r, i in enumerate(rows))
+        return out
     # np.linspace(0, absmax, width + 1, axis=1) row by row, as linspace computes it: k · (absmax / width), the
     # last edge absmax itself (`rebin`'s edges; a fresh strided linspace also cost interp a copy per row)
     absmax = np.array([stats[i].absmax for i in rows], np.float64)

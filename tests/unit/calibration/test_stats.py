@@ -231,3 +231,32 @@ def test_tiny_ranges_get_a_float64_histogram_instead_of_crashing(absmax, size):
     np.testing.assert_array_equal(s.hist, np.bincount(index, minlength=2048))
     stacked = np.concatenate([x, x * np.float32(0.5)])
     assert stacked_stats(stacked, 2) == [tensor_stats(stacked[k:k + 1]) for k in range(2)]
+
+
+def test_compiled_rebin_gives_the_bits_of_numpy_interp(monkeypatch):
+    """With the compiled kernel loaded, `_rebinned` moves every sample's histogram in one numba loop
+    that repeats np.interp's arithmetic: the same bits as the numpy path, for ranges from 1e-38 to
+    1e4, samples at the merged range itself, sparse and uint16 / uint32 / int64 histograms, and a
+    merged grid finer than the samples'."""
+    pytest.importorskip("numba")
+    from engine.calibration import stats
+
+    if os.environ.get(stats.KERNEL_ENV, "").lower() == "numpy":
+        pytest.skip(f"{stats.KERNEL_ENV}=numpy")
+    assert stats.load_kernel(wait=True) and stats._kernel["rebin"] is not None
+    rng = np.random.default_rng(5)
+    ranges = [1e-38, 3e-5, 0.7, 1.0, 1.0, 255.0, 1e4] + list(rng.uniform(0.01, 40.0, 25))
+    samples = [tensor_stats(activations(i, scale=float(s))) for i, s in enumerate(ranges)]
+    sparse = np.zeros(2048, np.int64)
+    sparse[rng.integers(0, 2048, 40)] = rng.integers(1, 9, 40)
+    samples.append(TensorStats(0.0, 3.0, 3.0, int(sparse.sum()), sparse))
+    samples = [TensorStats(s.min, s.max, s.absmax, s.count, s.hist.astype(dtype), s.channel_absmax, s.axis)
+               for s, dtype in zip(samples, [np.uint16, np.uint32, np.int64] * 11)]
+    for target, bins in ((1e4, 2048), (1e4 * 1.5, 2048), (255.0, 4096)):
+        fitting = [s for s in samples if s.absmax <= target]
+        compiled = {i: d.copy() for i, d in stats._rebinned(fitting, target, bins).items()}
+        monkeypatch.setitem(stats._kernel, "rebin", None)
+        numpy = stats._rebinned(fitting, target, bins)
+        monkeypatch.undo()
+        assert compiled.keys() == numpy.keys()
+        assert all(compiled[i].tobytes() == numpy[i].tobytes() for i in numpy), target
