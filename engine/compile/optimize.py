@@ -37,8 +37,10 @@ may only apply rewrites that cannot change a single output bit:
   QuantizeLinear right after the Conv turned back into its own QLinearConv.) onnxruntime's float
   kernels handle 1–3 input channels far better than its integer ones (measured at 1 thread:
   digits' 1→8 3×3 conv on 32×32 31 → 15 µs; PP-OCRv4 det's 3→16 3×3/2 stem on 640×640
-  3.0 → 2.0 ms). Each rewritten node is compared with the QLinearConv on random inputs before
-  it is kept. Then onnxruntime's basic-level graph optimization applied offline (constant
+  3.0 → 2.0 ms). Where a float32 divisor S_c of the accumulator gives the same codes, the
+  requantization is one QuantizeLinear(acc, S, z_y, axis 1) instead (`_divided_requantization`:
+  checked on every accumulator near a rounding tie, where alone the two can differ). Each rewritten
+  node is compared with the QLinearConv on random inputs before it is kept. Then onnxruntime's basic-level graph optimization applied offline (constant
   folding with onnxruntime's own CPU kernels — the same kernels that would compute those values
   at run time, so the same bits — and redundant-node elimination), with every basic rewrite that
   re-associates float arithmetic disabled (Conv/MatMul + Add/Mul/BatchNormalization fusions,
@@ -457,7 +459,8 @@ def _same_bits(original: list[onnx.NodeProto], replacement: list[onnx.NodeProto]
     sessions = []
     for nodes in (original, replacement):
         used = {i for n in nodes for i in n.input}
-        graph = helper.make_graph(nodes, "check", [helper.make_tensor_value_info(x_name, _TENSOR_TYPE[x0.dtype],
+        x_type = _TENSOR_TYPE.get(x0.dtype) or helper.np_dtype_to_tensor_dtype(x0.dtype)
+        graph = helper.make_graph(nodes, "check", [helper.make_tensor_value_info(x_name, x_type,
                                                                                  list(x0.shape))],
                                   [helper.make_empty_tensor_value_info(o) for o in outputs],
                                   [t for t in [*inits.values(), *constants] if t.name in used])
@@ -532,13 +535,91 @@ def narrow_conv_in_float(model: onnx.ModelProto, depthwise: bool = False) -> int
         replacement.append(helper.make_node("QuantizeLinear", [scaled, f"{base}_one", f"{base}_y_zero_point"],
                                             [original[-1].output[0]], name=node.name))
         tensors = [numpy_helper.from_array(np.asarray(v), k) for k, v in constants.items()]
-        if not _same_on_random_inputs(original, replacement, tensors, inits, int(weight.shape[1]) * attrs.get("group", 1)):
+        channels = int(weight.shape[1]) * attrs.get("group", 1)
+        bound = np.abs(weight).reshape(len(multiplier), -1).sum(axis=1) * _code_span(x_zero_point) + \
+            (np.abs(bias) if bias is not None else 0)
+        short = _divided_requantization(replacement[-3:], tensors, multiplier, y_zero_point, bound, base)
+        chosen = None
+        for tail, extra in ([short] if short else []) + [(replacement[-3:], [])]:
+            candidate = replacement[:-3] + tail
+            kept = [t for t in tensors if any(t.name in n.input for n in candidate)] + extra
+            if _same_on_random_inputs(original, candidate, kept, inits, channels):
+                chosen = candidate, kept
+                break
+        if chosen is None:
             continue
         if relu is not None:
             g.node.remove(relu)
-        _splice(model, node, replacement, tensors)
+        _splice(model, node, *chosen)
         rewritten += 1
     return rewritten
+
+
+TIE_SLACK = 3.2e-4  # |fl(a·M) − fl(a / S)| for |a·M| ≤ 257 and S within 8 float32 steps of 1/M
+DIVISOR_STEPS = 8  # float32 neighbours of 1/M tried as the QuantizeLinear scale
+TIE_RADIUS_MAX = 64  # accumulators checked on each side of a tie; smaller multipliers keep the long form
+
+
+def _code_span(zero_point: np.ndarray) -> int:
+    info = np.iinfo(zero_point.dtype)
+    return int(max(abs(int(info.min) - int(zero_point)), abs(int(info.max) - int(zero_point))))
+
+
+def _divided_requantization(tail: list[onnx.NodeProto], constants: list[onnx.TensorProto], multiplier: np.ndarray,
+                            y_zero_point: np.ndarray, bound: np.ndarray, base: str):
+    """The float conv's requantization Cast<int32> → DequantizeLinear(M, axis 1) → QuantizeLinear(1, z_y) as
+    one QuantizeLinear(acc, S, z_y, axis 1): rne(fl(acc / S_c)) in place of rne(fl(acc · M_c)), with S_c a
+    float32 neighbour of 1/M_c. Two kernels and two passes fewer (the digits model's first conv: 60 → 56 µs).
+
+    acc is an integer (the conv is exact, |acc| ≤ `bound`). The two roundings to an integer can only differ
+    where a half-integer k + ½ lies between fl(acc · M) and fl(acc / S), which are within `TIE_SLACK` of
+    each other for every unsaturated value (|acc · M| ≤ 257): so only the integers within
+    TIE_SLACK / M of a tie (k + ½) / M can differ, and saturation follows the rounded value. Those
+    integers, for every tie from the lowest code to the highest, are what both forms are run on in
+    onnxruntime; S_c is the first of 1/M_c's float32 neighbours that gives the same codes there
+    (numpy's float32 division picks the candidates, onnxruntime's kernels decide). Returns
+    (nodes, constants) or None (no divisor fits, or a multiplier so small that the ties would need
+    more than `TIE_RADIUS_MAX` integers each side)."""
+    from onnx import helper
+
+    m = multiplier.astype(np.float64)
+    if m.ndim != 1 or not np.all(np.isfinite(m) & (m > 0)):
+        return None
+    radius = np.ceil(TIE_SLACK / m).astype(np.int64) + 1
+    if np.any(radius > TIE_RADIUS_MAX):
+        return None
+    info = np.iinfo(y_zero_point.dtype)
+    ties = np.arange(int(info.min) - int(y_zero_point) - 1, int(info.max) - int(y_zero_point) + 1) + 0.5
+    rows = []
+    for c in range(len(m)):
+        near = np.rint(ties / m[c]).astype(np.int64)[:, None] + np.arange(-radius[c], radius[c] + 1)[None, :]
+        near = np.unique(near[np.abs(near) <= bound[c]])
+        rows.append(near if near.size else np.zeros(1, np.int64))
+    width = max(len(r) for r in rows)
+    acc = np.stack([np.pad(r, (0, width - len(r)), mode="edge") for r in rows]).astype(np.float32)[None]
+    want = np.clip(np.rint(acc * multiplier.reshape(1, -1, 1)) + int(y_zero_point), info.min, info.max)
+    divisor = (np.float32(1) / multiplier).astype(np.float32)
+    chosen = np.zeros_like(divisor)
+    for c in range(len(m)):
+        for step in sorted(range(-DIVISOR_STEPS, DIVISOR_STEPS + 1), key=abs):
+            s = np.float32(divisor[c] + step * np.spacing(divisor[c]))
+            got = np.clip(np.rint(acc[0, c] / s) + int(y_zero_point), info.min, info.max)
+            if np.array_equal(got, want[0, c]):
+                chosen[c] = s
+                break
+        else:
+            return None
+    cast = tail[0]
+    out = tail[-1].output[0]
+    names = {"scale": f"{base}_divisor", "zero_point": f"{base}_divisor_zero_point"}
+    tensors = [numpy_helper.from_array(chosen, names["scale"]),
+               numpy_helper.from_array(np.full(len(m), y_zero_point, y_zero_point.dtype), names["zero_point"])]
+    quantize = helper.make_node("QuantizeLinear", [cast.input[0], names["scale"], names["zero_point"]], [out],
+                                name=tail[-1].name, axis=1)
+    inits = {t.name: t for t in constants}
+    if not _same_bits(tail, [quantize], [acc], [out], inits, tensors):
+        return None
+    return [quantize], tensors
 
 
 def _relu_after(g: onnx.GraphProto, node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]) -> onnx.NodeProto | None:
