@@ -53,7 +53,7 @@ import platform
 import statistics
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -683,9 +683,9 @@ def perf_json(est: PerfEstimate, measured: Mapping[str, Any] | None = None) -> d
 
 
 def _layer_json(lay: Layer) -> dict[str, Any]:
-    d = asdict(lay)
-    keep = {k: d[k] for k in ("name", "type", "subgraph", "nodes", "macs", "weight_bytes", "inputs", "outputs",
-                              "onchip_outputs", "tiled_outputs")}
+    keep = {"name": lay.name, "type": lay.type, "subgraph": lay.subgraph, "nodes": list(lay.nodes), "macs": lay.macs,
+            "weight_bytes": lay.weight_bytes, "inputs": list(lay.inputs), "outputs": list(lay.outputs),
+            "onchip_outputs": list(lay.onchip_outputs), "tiled_outputs": list(lay.tiled_outputs)}
     keep.update({"ops": lay.ops * lay.recompute, "recompute": lay.recompute, "DDR loaded bytes": lay.loaded,
                  "DDR stored bytes": lay.stored, "compute time (us)": lay.compute_s * 1e6,
                  "data time (us)": lay.data_s * 1e6, "time (us)": lay.time_s * 1e6,
@@ -694,9 +694,10 @@ def _layer_json(lay: Layer) -> dict[str, Any]:
 
 
 def write_perf_reports(directory, prefix: str, perf: Mapping[str, Any], similarity=(), outputs=(),
-                       sensitivity=None):
+                       sensitivity=None, *, quality: str | None = None):
     """`{prefix}.json` and `{prefix}.html` in `directory`, each written atomically; returns both paths.
-    `sensitivity`: calibrate's ranking (`engine.report.culprits.Culprits`), drawn beside the similarity table."""
+    `sensitivity`: calibrate's ranking (`engine.report.culprits.Culprits`), drawn beside the similarity table;
+    `quality`: the page's similarity and sensitivity sections already made (`perf_html.quality_sections`)."""
     import json
     from pathlib import Path
 
@@ -706,7 +707,7 @@ def write_perf_reports(directory, prefix: str, perf: Mapping[str, Any], similari
     directory = Path(directory)
     paths = []
     for suffix, text in ((".json", json.dumps(perf, indent=1, sort_keys=False, default=str)),
-                         (".html", render(perf, similarity, outputs, sensitivity))):
+                         (".html", render(perf, similarity, outputs, sensitivity, quality=quality))):
         path = directory / f"{prefix}{suffix}"
         atomic_write_text(path, text)
         paths.append(path)

@@ -225,10 +225,22 @@ def sensitivity_section(culprits: Culprits, n: int = SENSITIVITY_ROWS) -> str:
     return "".join(parts)
 
 
+def quality_sections(similarity: Sequence[Any] = (), outputs: Sequence[Any] = (),
+                     sensitivity: Culprits | None = None) -> str:
+    """The similarity and sensitivity sections of the page: made from the report and calibrate
+    stages' results alone, the same text for every compiler_parameters edit (the compile stage keeps it)."""
+    parts = []
+    if similarity or outputs:
+        parts.append(similarity_section(similarity, outputs))
+    if sensitivity is not None:
+        parts.append(sensitivity_section(sensitivity))
+    return "".join(parts)
+
+
 def render(perf: Mapping[str, Any], similarity: Sequence[Any] = (), outputs: Sequence[Any] = (),
-           sensitivity: Culprits | None = None) -> str:
+           sensitivity: Culprits | None = None, *, quality: str | None = None) -> str:
     """The page for a `perf_json` dict (plus the node / output similarity rows and the sensitivity
-    ranking, if any)."""
+    ranking, if any; or `quality`, those sections as `quality_sections` made them)."""
     s = perf["summary"]
     prof = perf.get("march profile", {})
     measured = s.get("measured on this machine")
@@ -290,10 +302,7 @@ def render(perf: Mapping[str, Any], similarity: Sequence[Any] = (), outputs: Seq
     if perf.get("advice"):
         body += ["<h2>Advice</h2>", '<ul class="advice">' + "".join(f"<li>{_e(a)}</li>" for a in perf["advice"])
                  + "</ul>"]
-    if similarity or outputs:
-        body.append(similarity_section(similarity, outputs))
-    if sensitivity is not None:
-        body.append(sensitivity_section(sensitivity))
+    body.append(quality if quality is not None else quality_sections(similarity, outputs, sensitivity))
     if prof:
         rows = []
         for key in ("peak_int8_ops", "ddr_bandwidth", "onchip_memory", "cores"):

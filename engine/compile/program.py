@@ -159,21 +159,14 @@ def tensor_types(model: onnx.ModelProto, digest: str | None = None,
 def kept_types(model: onnx.ModelProto, source: Mapping[str, TensorType]) -> dict[str, TensorType] | None:
     """`model`'s tensor types read from `source`, the types of a program it was derived from by
     rewrites that keep every surviving value's name and type (O0 / O1: nodes and constants dropped
-    or rewired, none created): its graph inputs and node outputs from `source`, its initializers
-    from themselves. None when a value is not in `source` (not such a program)."""
-    types: dict[str, TensorType] = {}
-    for t in model.graph.initializer:
-        types[t.name] = TensorType(t.name, helper.tensor_dtype_to_np_dtype(t.data_type).name,
-                                   tuple(int(d) for d in t.dims))
-    inits = set(types)
-    for name in [i.name for i in model.graph.input if i.name not in inits] + \
-            [o for n in model.graph.node for o in n.output if o]:
-        if name in types:
-            continue
-        if name not in source:
-            return None
-        types[name] = source[name]
-    return types
+    or rewired, none created or changed): its graph inputs, initializers and node outputs, each
+    from `source`. None when a value is not in `source` (not such a program)."""
+    g = model.graph
+    names = [t.name for t in g.initializer] + [i.name for i in g.input] + [o for n in g.node for o in n.output if o]
+    try:
+        return {name: source[name] for name in names}
+    except KeyError:
+        return None
 
 
 def _tensor_types(model: onnx.ModelProto) -> dict[str, TensorType]:

@@ -40,7 +40,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from engine.compile.perf import LatencyMemo, perf_log_lines, perf_report, write_perf_reports
     from engine.compile.remove_nodes import remove_nodes
     from engine.problems import StageError
-    from engine.report.culprits import load_culprits
 
     config, out = ctx.config, ctx.out_dir
     optimized = onnx.load(str(ctx.input("optimize", "model.onnx")))
@@ -70,10 +69,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     (out / "advice.json").write_text(_advice_text(ctx, plan, lambda: advice_json(partition(optimized, plan))))
     perf = perf_report(build.program, options, config.prefix, memo=LatencyMemo(ctx.memo_dir("latency")),
                        types=build.tensor_types(), digest=build.program_sha256)
-    report = ctx.upstream.get("report")
-    rows = json.loads((report / ROWS_FILE).read_text()) if report else {}
-    write_perf_reports(out, "perf", perf, rows.get("nodes", []), rows.get("outputs", []),
-                       load_culprits(ctx.upstream["calibrate"]))
+    write_perf_reports(out, "perf", perf, quality=_quality_html(ctx))
     log.info("HBDK hbm perf SUCCESS")
     for line in perf_log_lines(perf, f"{config.prefix}.html"):
         log.info(line)
@@ -93,6 +89,24 @@ def _advice_text(ctx: StageContext, plan: QuantPlan, advice: Callable[[], Any]) 
         return kept[2]
     text = json.dumps(advice(), indent=1)
     ctx.engine.warm["compile_advice"] = (key, plan, text)  # the plan held: its id is not reused meanwhile
+    return text
+
+
+def _quality_html(ctx: StageContext) -> str:
+    """perf.html's similarity and sensitivity sections: from the report and calibrate entries alone
+    (cache folders whose files never change once committed), kept in the warm engine for those two
+    entries — a compiler_parameters edit does not read and draw them again."""
+    from engine.compile.perf_html import quality_sections
+    from engine.report.culprits import load_culprits
+
+    report, calibrate = ctx.upstream.get("report"), ctx.upstream["calibrate"]
+    key = (str(report), str(calibrate))
+    kept = ctx.engine.warm.get("compile_quality_html")
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    rows = json.loads((report / ROWS_FILE).read_text()) if report else {}
+    text = quality_sections(rows.get("nodes", []), rows.get("outputs", []), load_culprits(calibrate))
+    ctx.engine.warm["compile_quality_html"] = (key, text)
     return text
 
 
