@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import zlib
 
 import numpy as np
 import pytest
 
 from engine.calibration import SampleStats, hist_quantile, merge, merge_samples, tensor_stats
+from engine.calibration import stats as stats_module
 from engine.calibration.stats import TensorStats, rebin, stacked_stats
 
 
@@ -260,3 +263,30 @@ def test_compiled_rebin_gives_the_bits_of_numpy_interp(monkeypatch):
         monkeypatch.undo()
         assert compiled.keys() == numpy.keys()
         assert all(compiled[i].tobytes() == numpy[i].tobytes() for i in numpy), target
+
+
+def test_bins_above_65535_are_kept_apart_and_read_back_exactly():
+    """Format 4 stores bins as uint16 and lists the wider ones (a ReLU output's zeros): they read back
+    exactly, in the dtype the tensor's count needs; a listed position outside the bins is corrupt."""
+    relu = np.maximum(activations(shape=(1, 8, 128, 128)), 0)  # ~65 K zeros in bin 0
+    big = np.zeros((1, 4, 512, 512), np.float32)
+    big[0, 0, 0, :7] = np.arange(7, dtype=np.float32)  # 1 M values: bin 0 holds ~1 M
+    sample = SampleStats({"relu": tensor_stats(relu), "big": tensor_stats(big), "small": tensor_stats(activations())})
+    assert sample["big"].hist[0] > 1 << 19 and sample["relu"].hist.max() > 0
+    blob = sample.to_bytes()
+    back = SampleStats.from_bytes(blob)
+    assert back.tensors == sample.tensors and back["big"].hist.dtype == np.uint32 and back["small"].hist.dtype == np.uint16
+    assert len(blob) < sum(s.hist.size for s in sample.values()) * 2 + 4096  # two bytes a bin, not four
+    header_end = len(stats_module.MAGIC) + 4 + int.from_bytes(blob[len(stats_module.MAGIC):len(stats_module.MAGIC) + 4],
+                                                               "little")
+    bins = sum(s.hist.size for s in sample.values())
+    wide = int(json.loads(blob[len(stats_module.MAGIC) + 4:header_end])["wide"])
+    assert wide >= 1
+    payload = bytearray(blob[header_end:])
+    payload[2 * bins:2 * bins + 4] = (bins + 5).to_bytes(4, "little")  # the first wide position, out of range
+    header = json.loads(blob[len(stats_module.MAGIC) + 4:header_end])
+    header["crc32"] = zlib.crc32(bytes(payload))
+    text = json.dumps(header).encode()
+    forged = stats_module.MAGIC + len(text).to_bytes(4, "little") + text + bytes(payload)
+    with pytest.raises(ValueError, match="wide bin"):
+        SampleStats.from_bytes(forged)
