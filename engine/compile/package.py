@@ -60,13 +60,16 @@ MEMO_VERSION = 2
 LEVELS_KEEPING_TYPES = ("O0", "O1")  # optimize.py: O0 is the `.bc`; O1 only drops and rewires nodes and constants
 
 
+FAMILY_KEEP = 8  # `.bc`s whose O0 / O1 program types are kept
+_family_types: dict[str, dict[str, TensorType]] = {}  # `.bc` sha256 → types of its O0 / O1 programs seen
+
+
 @dataclass
 class HbmBuild:
     program: onnx.ModelProto
     manifest: dict[str, Any]
     optimize: OptimizeResult
     program_bytes: bytes = field(repr=False, default=b"")
-    source: onnx.ModelProto | None = field(repr=False, default=None)  # the `.bc` it was built from
 
     def write(self, path: str | Path) -> Path:
         return write_hbm(path, self.program_bytes or self.program.SerializeToString(), self.manifest)
@@ -76,16 +79,21 @@ class HbmBuild:
         return self.manifest["program"]["sha256"]
 
     def tensor_types(self) -> dict[str, TensorType]:
-        """The program's `tensor_types`. A program at O0 or O1 (or O2 fallen back to O1) keeps every
-        value of its `.bc` it keeps at all with its type, so those levels read the `.bc`'s types —
-        one onnxruntime probe per `.bc`, not one per level (an optimize_level edit between O0 and O1
-        probes nothing)."""
-        source = self.source
-        if source is None or not (self.optimize.level in LEVELS_KEEPING_TYPES or self.optimize.fallback):
+        """The program's `tensor_types`. A program at O0 or O1 (or O2 fallen back to O1) keeps each
+        value of its `.bc` it keeps at all with its name and type, so every such program of one `.bc`
+        gives the same type for a name: one read from another level's program (`kept_types`) when
+        it has every value — an optimize_level edit between O0 and O1 of digits (O1 shares and
+        drops constants only) does not load the program in onnxruntime again."""
+        if not (self.optimize.level in LEVELS_KEEPING_TYPES or self.optimize.fallback):
             return tensor_types(self.program, self.program_sha256)
-        source_sha256 = self.manifest["build"]["source"]["sha256"]
-        return tensor_types(self.program, self.program_sha256,
-                            derive=lambda: kept_types(self.program, tensor_types(source, source_sha256)))
+        source = self.manifest["build"]["source"]["sha256"]
+        family = _family_types.pop(source, {})
+        types = tensor_types(self.program, self.program_sha256,
+                             derive=lambda: kept_types(self.program, family) if family else None)
+        _family_types[source] = {**family, **types}  # most recently used last
+        while len(_family_types) > FAMILY_KEEP:
+            _family_types.pop(next(iter(_family_types)))
+        return types
 
 
 def _sha256(data: bytes) -> str:
@@ -209,4 +217,4 @@ def build_hbm(bc: onnx.ModelProto, options: CompileOptions, *, plan: QuantPlan |
         "program": {"format": "onnx", "ir_version": result.program.ir_version, "opsets": opsets,
                     "nodes": len(result.program.graph.node), "sha256": _sha256(program_bytes)},
     }
-    return HbmBuild(result.program, manifest, result, program_bytes, bc)
+    return HbmBuild(result.program, manifest, result, program_bytes)

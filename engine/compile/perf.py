@@ -40,8 +40,14 @@ PP-OCRv4 det's O2 `.hbm` program (2 threads, interleaved, three repeats): the ol
 warmups gave medians of 34.9–35.5 ms for 1.7–2.0 CPU s, the 8 runs of the budget after 1 warmup
 34.6–34.9 ms for 0.7 CPU s (earlier, on the slower `.bc`: 20-run medians 199–241 ms, 3-run
 medians 202–249 ms — the spread of the 20-run median is as large as the difference). `LatencyMemo`
-keeps each measurement by the program's sha256 and the measuring conditions: an edit of
-compile_mode, balance_factor, advice or debug builds the same program and measures nothing.
+keeps each measurement by the program's structure (`program_structure`: operators, wiring, constant
+kinds) and the measuring conditions: an edit of compile_mode, balance_factor, advice or debug builds
+the same program and measures nothing, nor does new calibration (other values) or an optimize_level
+whose program differs in constant sharing only (digits' O0 and O1).
+
+A warm engine estimates the same program again on every compiler_parameters edit: the estimate's
+options-independent part (types, partition, layers, the plans' view of the graph) is kept in this
+process by the program's sha256 (`estimate(..., digest=)`), so an edit re-plans and re-times only.
 """
 
 from __future__ import annotations

@@ -157,16 +157,22 @@ def tensor_types(model: onnx.ModelProto, digest: str | None = None,
 
 
 def kept_types(model: onnx.ModelProto, source: Mapping[str, TensorType]) -> dict[str, TensorType] | None:
-    """`model`'s tensor types read from `source`, the types of a program it was derived from by
-    rewrites that keep every surviving value's name and type (O0 / O1: nodes and constants dropped
-    or rewired, none created or changed): its graph inputs, initializers and node outputs, each
-    from `source`. None when a value is not in `source` (not such a program)."""
+    """`model`'s tensor types read from `source`: the types of programs derived, like `model`, from one
+    `.bc` by rewrites that keep every surviving value's name and type (O0 / O1: nodes and constants
+    dropped or rewired, none created or changed). Its graph inputs and node outputs from `source`,
+    its initializers from `source` or from themselves. None when a graph input or node output is
+    not in `source`."""
     g = model.graph
-    names = [t.name for t in g.initializer] + [i.name for i in g.input] + [o for n in g.node for o in n.output if o]
+    types: dict[str, TensorType] = {}
+    for t in g.initializer:
+        types[t.name] = source.get(t.name) or TensorType(t.name, helper.tensor_dtype_to_np_dtype(t.data_type).name,
+                                                         tuple(int(d) for d in t.dims))
     try:
-        return {name: source[name] for name in names}
+        for name in [i.name for i in g.input if i.name not in types] + [o for n in g.node for o in n.output if o]:
+            types[name] = source[name]
     except KeyError:
         return None
+    return types
 
 
 def _tensor_types(model: onnx.ModelProto) -> dict[str, TensorType]:

@@ -5,7 +5,13 @@ The latency measured on this machine is kept per program digest (`perf.LatencyMe
 folder `latency`): a compiler_parameters edit that builds the same program (compile_mode,
 balance_factor, advice, debug…) re-estimates but does not re-measure. The optimized program is
 kept too (`package.ProgramMemo`, memo folder `optimized_program`, owned by the quantize entry):
-such an edit does not run the optimize_level rewrites and their bit-exactness checks again.
+such an edit does not run the optimize_level rewrites and their bit-exactness checks again, nor
+copy, stamp or serialize the `.bc` (the memo is keyed by the digest of the `.bc` file read here).
+In this process (the warm engine) the estimate's program-only part is kept by the program's digest,
+the O0 / O1 programs of one `.bc` share their tensor types (digits: one onnxruntime probe for both
+levels), and advice.json
+and the report page's similarity / sensitivity sections — made from upstream entries alone — are
+kept for those entries.
 """
 
 from __future__ import annotations

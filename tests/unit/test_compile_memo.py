@@ -1,6 +1,6 @@
 """What the compile stage keeps between compiler_parameters edits (issue #8) and that none of it goes
-stale: the optimized program by `.bc` digest, placement and level; the tensor types of O0 / O1
-programs read from their `.bc`; the estimate's options-independent part by program digest; the
+stale: the optimized program by `.bc` digest, placement and level; the tensor types shared by the
+O0 / O1 programs of one `.bc`; the estimate's options-independent part by program digest; the
 latency by program structure. Each kept answer is compared with the answer computed afresh."""
 
 from __future__ import annotations
@@ -110,33 +110,55 @@ def test_a_given_source_digest_builds_the_same_hbm(bc):
 
 # ------------------------------------------------------------------------------------ tensor types
 
-def test_o0_and_o1_programs_read_their_types_from_the_bc(bc, monkeypatch):
-    """O1's rewrites drop and rewire values, never make or retype one: the `.bc`'s types, restricted,
-    are what onnxruntime says of each program — and an O0 / O1 edit probes the `.bc` once."""
-    builds = {level: build_hbm(bc, options(level)) for level in ("O0", "O1", "O2")}
-    rewrites = builds["O1"].optimize.rewrites
-    assert rewrites["remove_identity"] and rewrites["dedupe_initializers"] and rewrites["remove_dead"]
-    assert "first_out_id" not in builds["O1"].tensor_types()  # a value O1 dropped
-    probed = {level: program_mod._tensor_types(b.program) for level, b in builds.items()}
+def probes(monkeypatch) -> list[int]:
+    """Counts the onnxruntime sessions made from now on, with no tensor types kept."""
+    from engine.compile import package
+
     program_mod._types_memo.clear()
-    sessions = []
+    package._family_types.clear()
+    made: list[int] = []
     real = ort.InferenceSession
 
     def counted(*args, **kwargs):
-        sessions.append(1)
+        made.append(1)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ort, "InferenceSession", counted)
-    for level in ("O1", "O0", "O1"):
+    return made
+
+
+def test_o0_and_o1_programs_share_their_types(bc, sharing_only, monkeypatch):
+    """O1's rewrites drop and rewire values, never make or retype one: an O0 / O1 program of a `.bc`
+    reads its types from another level's program when that one has all its values — what
+    onnxruntime says of the program itself — and probes only when it has not."""
+    builds = {level: build_hbm(bc, options(level)) for level in ("O0", "O1", "O2")}
+    rewrites = builds["O1"].optimize.rewrites
+    assert rewrites["remove_identity"] and rewrites["dedupe_initializers"] and rewrites["remove_dead"]
+    probed = {level: program_mod._tensor_types(b.program) for level, b in builds.items()}
+    assert "first_out_id" in probed["O0"] and "first_out_id" not in probed["O1"]  # a value O1 dropped
+
+    made = probes(monkeypatch)
+    for level in ("O0", "O1", "O0", "O1"):
         assert builds[level].tensor_types() == probed[level], level
-    assert len(sessions) == 1  # the .bc's probe, shared by both levels
-    assert builds["O2"].tensor_types() == probed["O2"]  # O2 makes values: its own probe
-    assert len(sessions) == 2
+    assert len(made) == 1  # O0's values include O1's: one probe for both
+    assert builds["O2"].tensor_types() == probed["O2"] and len(made) == 2  # O2 makes values: its own probe
+
+    made = probes(monkeypatch)
+    assert builds["O1"].tensor_types() == probed["O1"] and builds["O0"].tensor_types() == probed["O0"]
+    assert len(made) == 2  # O1 lacks the Identity's output O0 has: O0 is probed
+
+    shared = {level: build_hbm(sharing_only, options(level)) for level in ("O0", "O1")}
+    expected = {level: program_mod._tensor_types(b.program) for level, b in shared.items()}
+    made = probes(monkeypatch)
+    assert shared["O1"].tensor_types() == expected["O1"] and shared["O0"].tensor_types() == expected["O0"]
+    assert len(made) == 1  # digits' case: O1 only shares and drops constants, O0 reads O1's types
 
 
 def test_kept_types_refuse_a_program_with_values_the_source_lacks(bc):
     o2 = optimize_program(bc, "O2").program
     assert program_mod.kept_types(o2, program_mod._tensor_types(bc)) is None
+    o0 = optimize_program(bc, "O0").program
+    assert program_mod.kept_types(o0, program_mod._tensor_types(optimize_program(bc, "O1").program)) is None
 
 
 # ---------------------------------------------------------------------------------- estimate, latency
