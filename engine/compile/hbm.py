@@ -87,12 +87,18 @@ def encode_hbm(program: bytes | onnx.ModelProto, manifest: dict[str, Any],
 
 
 def write_hbm(path: str | Path, program: bytes | onnx.ModelProto, manifest: dict[str, Any],
-              extra: dict[str, bytes] | None = None) -> Path:
-    """Write atomically (temp file in the same folder, then `os.replace`): never a partial .hbm."""
+              extra: dict[str, bytes] | None = None, atomic: bool = True) -> Path:
+    """Write atomically (temp file in the same folder, then `os.replace`): never a partial .hbm.
+    `atomic` False: straight into `path`, for a folder that is itself put in place whole (a stage's
+    cache entry) — one file operation less."""
     from engine.pipeline.cache import atomic_write_bytes
 
     path = Path(path)
-    atomic_write_bytes(path, encode_hbm(program, manifest, extra))
+    data = encode_hbm(program, manifest, extra)
+    if atomic:
+        atomic_write_bytes(path, data)
+    else:
+        path.write_bytes(data)
     return path
 
 

@@ -71,8 +71,8 @@ class HbmBuild:
     optimize: OptimizeResult
     program_bytes: bytes = field(repr=False, default=b"")
 
-    def write(self, path: str | Path) -> Path:
-        return write_hbm(path, self.program_bytes or self.program.SerializeToString(), self.manifest)
+    def write(self, path: str | Path, atomic: bool = True) -> Path:
+        return write_hbm(path, self.program_bytes or self.program.SerializeToString(), self.manifest, atomic=atomic)
 
     @property
     def program_sha256(self) -> str:

@@ -700,10 +700,11 @@ def _layer_json(lay: Layer) -> dict[str, Any]:
 
 
 def write_perf_reports(directory, prefix: str, perf: Mapping[str, Any], similarity=(), outputs=(),
-                       sensitivity=None, *, quality: str | None = None):
-    """`{prefix}.json` and `{prefix}.html` in `directory`, each written atomically; returns both paths.
-    `sensitivity`: calibrate's ranking (`engine.report.culprits.Culprits`), drawn beside the similarity table;
-    `quality`: the page's similarity and sensitivity sections already made (`perf_html.quality_sections`)."""
+                       sensitivity=None, *, quality: str | None = None, atomic: bool = True):
+    """`{prefix}.json` and `{prefix}.html` in `directory`, each written atomically (`atomic` False: straight,
+    into a folder put in place whole); returns both paths. `sensitivity`: calibrate's ranking
+    (`engine.report.culprits.Culprits`), drawn beside the similarity table; `quality`: the page's
+    similarity and sensitivity sections already made (`perf_html.quality_sections`)."""
     import json
     from pathlib import Path
 
@@ -715,7 +716,10 @@ def write_perf_reports(directory, prefix: str, perf: Mapping[str, Any], similari
     for suffix, text in ((".json", json.dumps(perf, indent=1, sort_keys=False, default=str)),
                          (".html", render(perf, similarity, outputs, sensitivity, quality=quality))):
         path = directory / f"{prefix}{suffix}"
-        atomic_write_text(path, text)
+        if atomic:
+            atomic_write_text(path, text)
+        else:
+            path.write_bytes(text.encode())  # UTF-8, as atomic_write_text writes
         paths.append(path)
     return paths[0], paths[1]
 

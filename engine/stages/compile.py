@@ -70,12 +70,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     build = build_hbm(bc, options, plan=plan, config_sha256=sha256_json(config.slice(*READS)),
                       source_name=config.prefix, source_sha256=bc_sha256,
                       memo=ProgramMemo(ctx.memo_dir("optimized_program"), ctx.upstream["quantize"].name))
-    build.write(out / "model.hbm")
+    build.write(out / "model.hbm", atomic=False)  # out is a temporary entry folder, committed whole
     log.info("Successfully compile the hbm model")
     (out / "advice.json").write_text(_advice_text(ctx, plan, lambda: advice_json(partition(optimized, plan))))
     perf = perf_report(build.program, options, config.prefix, memo=LatencyMemo(ctx.memo_dir("latency")),
                        types=build.tensor_types(), digest=build.program_sha256)
-    write_perf_reports(out, "perf", perf, quality=_quality_html(ctx))
+    write_perf_reports(out, "perf", perf, quality=_quality_html(ctx), atomic=False)
     log.info("HBDK hbm perf SUCCESS")
     for line in perf_log_lines(perf, f"{config.prefix}.html"):
         log.info(line)
