@@ -33,6 +33,7 @@ from engine.calibration import (
     merge_samples,
 )
 from engine.calibration.memo import DecodedStats, StatsMemo
+from engine.calibration.stats import RebinnedRows
 from engine.config import Config
 from engine.pipeline.cache import memo_name, memo_write, prune_memo_files
 from engine.pipeline.stage import Stage, StageContext
@@ -259,7 +260,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         stats, cs, info = collect_stats(ctx, model, tensors, specs)
         if config.model.debug_mode == "dump_calibration_data":
             dump_calibration_inputs(ctx.out_dir / DUMP_FOLDER, cs)
-        merged = merge_samples(stats)
+        # a warm engine moves only the changed samples' histograms onto the merged grid (same bits)
+        merged = merge_samples(stats, rows=ctx.engine.warm.setdefault("calibration_rebinned_rows", RebinnedRows()))
         acc = AccuracySettings.from_config(config)
         loaded = [cs.load(i) for i in range(min(max(SEARCH_SAMPLES, acc.samples), len(cs)))]
         # no float run of the accuracy samples here: when the accuracy steps' result is memoised

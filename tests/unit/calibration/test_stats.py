@@ -290,3 +290,35 @@ def test_bins_above_65535_are_kept_apart_and_read_back_exactly():
     forged = stats_module.MAGIC + len(text).to_bytes(4, "little") + text + bytes(payload)
     with pytest.raises(ValueError, match="wide bin"):
         SampleStats.from_bytes(forged)
+
+
+def test_a_warm_merge_moves_only_the_changed_samples_with_the_same_bits(monkeypatch):
+    """`RebinnedRows` (a warm engine's): after one sample is replaced, merging again moves that sample's
+    histogram only (when the merged range stays) and gives the bits of a fresh merge; when the range
+    grows, every row is moved again; tensors no longer merged are dropped."""
+    from engine.calibration import stats
+
+    samples = [SampleStats({"t": tensor_stats(x), "u": tensor_stats(x[:, :3] * 0.5, channel_axis=None)})
+               for x in _split_samples(6)]
+    rows = stats.RebinnedRows()
+    first = merge_samples(samples, rows=rows)
+    moved = []
+    real = stats._rebinned
+    monkeypatch.setattr(stats, "_rebinned", lambda st, target, bins: moved.append(len(st)) or real(st, target, bins))
+    again = merge_samples(samples, rows=rows)
+    assert moved == [] and all(again[n].hist.tobytes() == first[n].hist.tobytes() for n in first)
+    top = max(range(6), key=lambda k: samples[k]["t"].absmax)
+    changed = (top + 1) % 6  # not the sample holding the range: the range stays
+    x = _split_samples(6)[changed] * np.float32(0.25)
+    samples[changed] = SampleStats({"t": tensor_stats(x), "u": tensor_stats(x[:, :3] * 0.5, channel_axis=None)})
+    got = merge_samples(samples, rows=rows)
+    fresh = merge_samples(samples)
+    assert all(got[n].hist.tobytes() == fresh[n].hist.tobytes() for n in fresh)
+    assert moved[:2] == [1, 1] or sorted(moved[:2]) == [1, 6]  # t: one row; u: one, or all if its range moved
+    moved.clear()
+    x = _split_samples(6)[changed] * np.float32(100.0)  # now it holds the range: every row moves
+    samples[changed] = SampleStats({"t": tensor_stats(x), "u": tensor_stats(x[:, :3] * 0.5, channel_axis=None)})
+    got = merge_samples(samples, rows=rows)
+    assert moved == [6, 6] and all(got[n].hist.tobytes() == merge_samples(samples)[n].hist.tobytes() for n in got)
+    merge_samples([{"t": s["t"]} for s in samples], rows=rows)
+    assert rows.nbytes == sum(r.nbytes for _, r in rows._tensors["t"][2].values()) and "u" not in rows._tensors
