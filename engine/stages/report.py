@@ -100,8 +100,8 @@ def float_reference(ctx: StageContext, optimized: onnx.ModelProto, sample: dict[
                     tensors: list[str]) -> Any:
     """`Reference(run_model(optimized, sample, tensors))`, kept in the engine's warm state by the
     content of the optimized model file and of `sample`, and `tensors`; the newest references
-    whose sizes add up to `REFERENCE_BYTES` stay (a larger one serves this run only). The arrays
-    are read-only: every later run reads the same ones."""
+    whose sizes add up to `REFERENCE_BYTES` stay (one larger than that serves this run only and
+    evicts none). The arrays are read-only: every later run reads the same ones."""
     from engine.accuracy.sessions import sample_key
     from engine.pipeline.hashing import shared_hashes
     from engine.similarity import Reference, run_model
@@ -113,9 +113,10 @@ def float_reference(ctx: StageContext, optimized: onnx.ModelProto, sample: dict[
         reference = Reference(run_model(optimized, sample, tensors))
         for value in reference.values():
             value.flags.writeable = False
-    kept[key] = reference
-    while sum(r.nbytes for r in kept.values()) > REFERENCE_BYTES:
-        kept.popitem(last=False)
+    if reference.nbytes <= REFERENCE_BYTES:
+        kept[key] = reference
+        while sum(r.nbytes for r in kept.values()) > REFERENCE_BYTES:
+            kept.popitem(last=False)
     return reference
 
 

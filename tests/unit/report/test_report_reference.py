@@ -136,3 +136,33 @@ def test_an_optimized_model_changed_in_place_is_not_served(tiny, monkeypatch):
     change(tiny.samples[2])  # calibrate re-runs on the rewritten model, so does the report
     run_ok(engine, tiny.cfg)
     assert calls == ["float", "calibrated"]
+
+
+def test_a_reference_over_the_budget_evicts_no_smaller_one(tiny, monkeypatch, tmp_path):
+    """Two configs in one engine: the 8×8 model's reference stays when the 16×16 model's is too
+    large to keep, and it is evicted (oldest first) when the larger one fits but both do not."""
+    big = tmp_path / "big"
+    big.mkdir()
+    onnx.save(conv_relu_model(shape=(1, 3, 16, 16)), str(big / "model.onnx"))
+    rng = np.random.default_rng(3)
+    (big / "cal").mkdir()
+    for i in range(3):
+        np.save(big / "cal" / f"s{i:02d}.npy", rng.uniform(0, 255, (1, 3, 16, 16)).astype(np.float32))
+    big_cfg = big / "config.yaml"
+    big_cfg.write_text(CONFIG.replace("1x3x8x8", "1x3x16x16"))
+    engine = Engine()
+    run_ok(engine, tiny.cfg)
+    kept = engine.warm["float_references"]
+    (small,) = kept.values()
+    monkeypatch.setattr(report, "REFERENCE_BYTES", 2 * small.nbytes)  # the 16×16 one is ~4× as large
+    run_ok(engine, big_cfg)
+    assert list(kept.values()) == [small]
+    calls = float_runs(monkeypatch)
+    change(tiny.samples[2])
+    run_ok(engine, tiny.cfg)
+    assert calls == ["calibrated"]
+    monkeypatch.setattr(report, "REFERENCE_BYTES", int(4.5 * small.nbytes))  # one of each does not fit
+    change(big / "cal" / "s00.npy")  # the first sample: a new reference, kept; the small one goes
+    run_ok(engine, big_cfg)
+    (large,) = kept.values()
+    assert 2 * small.nbytes < large.nbytes <= 4.5 * small.nbytes
