@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 DEFAULT_BINS = 2048
-FORMAT_VERSION = 4  # 4: uint16 bins + the wider ones listed; 3: one dtype for all bins (1-3 are no longer read)
-MAGIC = b"HBSTATS\x04"
+FORMAT_VERSION = 5  # 5: scalars as float64; 4: uint16 bins + the wider ones listed (1-4 are no longer read)
+MAGIC = b"HBSTATS\x05"
 DEFLATE_BYTES = 1 << 20  # payloads from this size are deflated (disk space); smaller ones are not worth the CPU
 NARROW = np.iinfo(np.uint16).max  # bins above this count are stored apart (`SampleStats.to_bytes`)
 HELD_BUDGET = 64 << 20  # histogram bytes of a whole calibration set held as they are; beyond, packed (`held`)
@@ -643,21 +643,20 @@ class SampleStats(Mapping[str, TensorStats]):
         return len(self.tensors)
 
     def to_bytes(self) -> bytes:
-        """Format 4: `MAGIC`, the JSON header's length (uint32 LE) and the header, then every histogram's
-        bins as uint16 (one above `NARROW` stored as NARROW), the wider bins' positions (uint32) and
-        counts (uint64), and every per-channel array (float32), in header order; one level-1 deflate
-        stream when that takes at least `DEFLATE_BYTES`. PP-OCRv4 det: 134 histograms with ~40 bins
-        above 65535 (zeros of ReLU outputs, mostly): 0.55 MB written as is, where format 3 held every
-        bin as uint32 (1.1 MB) and deflated it (9-30 ms CPU per sample on a loaded machine: a third of
-        the statistics pass's cost over the forward pass at 320x320; reading it back 7 ms). Digits'
-        45 KB are the same bytes as before but for the header."""
+        """Format 5: `MAGIC`, the JSON header's length (uint32 LE) and the header — format, version, the
+        tensors' names, axes, bin and channel counts (the same for every sample of a model: its text is
+        built once per layout, `_layout_text`), how many wide bins, deflate, CRC-32 — then each tensor's
+        min, max, absmax, count and non-finite count (float64: exact), every histogram's bins as uint16
+        (one above `NARROW` stored as NARROW), the wider bins' positions (uint32) and counts (uint64),
+        and every per-channel array (float32), in header order; one level-1 deflate stream when that
+        takes at least `DEFLATE_BYTES`. PP-OCRv4 det: 134 histograms with ~40 bins above 65535 (zeros
+        of ReLU outputs, mostly): 0.55 MB written as is, where format 3 held every bin as uint32 (1.1 MB)
+        and deflated it (9-30 ms CPU per sample on a loaded machine: a third of the statistics pass's
+        cost over the forward pass at 320x320; reading it back 7 ms). The scalars were JSON: encoding
+        their float reprs was most of digits' 80 µs per archive."""
         stats = list(self.tensors.values())
-        tensors = []
-        for name, s in self.tensors.items():
-            tensors.append({"name": name, "min": s.min, "max": s.max, "absmax": s.absmax, "count": s.count,
-                            "axis": s.axis, "nonfinite": s.nonfinite, "bins": int(s.hist.shape[0]),
-                            "channels": None if s.channel_absmax is None else list(s.channel_absmax.shape)})
-        parts, positions, values, offset = [], [], [], 0
+        scalars = np.array([(s.min, s.max, s.absmax, s.count, s.nonfinite) for s in stats], "<f8").reshape(-1, 5)
+        parts, positions, values, offset = [scalars.tobytes()], [], [], 0
         for s in stats:  # one histogram at a time: no temporary the size of them all
             hist = s.hist
             if hist.dtype.itemsize > 2 and (over := np.flatnonzero(hist > NARROW)).size:
@@ -674,9 +673,11 @@ class SampleStats(Mapping[str, TensorStats]):
         deflate = len(payload) >= DEFLATE_BYTES
         if deflate:
             payload = zlib.compress(payload, 1)
-        header = json.dumps({"format": "hbcompile.calibration.SampleStats", "version": FORMAT_VERSION,
-                             "wide": int(wide.size), "deflate": deflate, "crc32": zlib.crc32(payload),
-                             "tensors": tensors}).encode()
+        layout = tuple((name, s.axis, int(s.hist.shape[0]), None if s.channel_absmax is None
+                        else tuple(s.channel_absmax.shape)) for name, s in self.tensors.items())
+        header = (f'{{"format": "hbcompile.calibration.SampleStats", "version": {FORMAT_VERSION}, "wide": {wide.size}, '
+                  f'"deflate": {"true" if deflate else "false"}, "crc32": {zlib.crc32(payload)}, '
+                  f'"tensors": {_layout_text(layout)}}}').encode()
         return MAGIC + len(header).to_bytes(4, "little") + header + payload
 
     @classmethod
@@ -698,8 +699,10 @@ class SampleStats(Mapping[str, TensorStats]):
             specs = header["tensors"]
             bins = [int(t["bins"]) for t in specs]
             wide = int(header["wide"])
-            hists = np.frombuffer(payload, "<u2", count=sum(bins))
-            offset = hists.nbytes
+            scalars = np.frombuffer(payload, "<f8", count=5 * len(specs)).reshape(-1, 5).tolist()
+            offset = 40 * len(specs)
+            hists = np.frombuffer(payload, "<u2", count=sum(bins), offset=offset)
+            offset += hists.nbytes
             positions = np.frombuffer(payload, "<u4", count=wide, offset=offset)
             offset += positions.nbytes
             values = np.frombuffer(payload, "<u8", count=wide, offset=offset)
@@ -714,13 +717,12 @@ class SampleStats(Mapping[str, TensorStats]):
             if offset + channels.nbytes != len(payload):
                 raise ValueError("payload size does not match the header")
             tensors, h, c = {}, 0, 0
-            for t, n, k in zip(specs, bins, channel_counts, strict=True):
+            for t, n, k, (lo, hi, top, count, nonfinite) in zip(specs, bins, channel_counts, scalars, strict=True):
                 tensors[t["name"]] = TensorStats(
-                    min=float(t["min"]), max=float(t["max"]), absmax=float(t["absmax"]), count=int(t["count"]),
-                    hist=_counts(hists[h:h + n], int(t["count"])),
+                    min=lo, max=hi, absmax=top, count=int(count), hist=_counts(hists[h:h + n], int(count)),
                     channel_absmax=channels[c:c + k].reshape(t["channels"]).astype(np.float32)
                     if t["channels"] is not None else None,
-                    axis=t["axis"], nonfinite=int(t.get("nonfinite", 0)))
+                    axis=t["axis"], nonfinite=int(nonfinite))
                 h, c = h + n, c + k
         except (KeyError, TypeError, ValueError, UnicodeDecodeError, zlib.error) as e:
             raise ValueError(f"corrupt SampleStats archive: {e}") from e
@@ -746,6 +748,21 @@ class SampleStats(Mapping[str, TensorStats]):
         if samples * sum(s.hist.nbytes for s in compact.tensors.values()) < HELD_BUDGET:
             return compact
         return PackedSampleStats(compact)
+
+
+_layouts: dict[tuple, str] = {}
+
+
+def _layout_text(layout: tuple) -> str:
+    """The header's JSON list of a model's tensors (name, axis, bins, channels), built once per layout."""
+    text = _layouts.get(layout)
+    if text is None:
+        if len(_layouts) >= 16:  # a few models per process
+            _layouts.clear()
+        text = _layouts[layout] = json.dumps([{"name": name, "axis": axis, "bins": bins,
+                                               "channels": None if channels is None else list(channels)}
+                                              for name, axis, bins, channels in layout])
+    return text
 
 
 class PackedSampleStats(Mapping[str, TensorStats]):

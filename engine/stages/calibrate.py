@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hbcompile")
 READS = ("calibration_parameters", "model_parameters.node_info", "model_parameters.debug_mode")
 DUMP_FOLDER = "calibration_data"  # debug_mode: dump_calibration_data
-STATS_VERSION = 4  # 2: SampleStats format 3 (one deflate stream); 3: one pack per folder (`StatsMemo`), same statistics; 4: format 4
+STATS_VERSION = 5  # 2: SampleStats format 3 (one deflate stream); 3: one pack per folder (`StatsMemo`), same statistics; 4-5: formats 4-5
 WARM_OBSERVER_VALUES = 1 << 20  # observed values per sample up to which a warm engine keeps the observer
 SEARCH_SAMPLES = 4  # calibration samples the `default` search compares output cosines on
 ACCURACY_FILE = "accuracy.json"  # node_info of mixed precision, bias corrections, checks

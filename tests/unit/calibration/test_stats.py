@@ -283,7 +283,8 @@ def test_bins_above_65535_are_kept_apart_and_read_back_exactly():
     wide = int(json.loads(blob[len(stats_module.MAGIC) + 4:header_end])["wide"])
     assert wide >= 1
     payload = bytearray(blob[header_end:])
-    payload[2 * bins:2 * bins + 4] = (bins + 5).to_bytes(4, "little")  # the first wide position, out of range
+    first = 40 * len(sample) + 2 * bins  # after the scalars (5 float64 a tensor) and the uint16 bins
+    payload[first:first + 4] = (bins + 5).to_bytes(4, "little")  # the first wide position, out of range
     header = json.loads(blob[len(stats_module.MAGIC) + 4:header_end])
     header["crc32"] = zlib.crc32(bytes(payload))
     text = json.dumps(header).encode()
