@@ -146,9 +146,10 @@ def tensor_types(model: onnx.ModelProto, digest: str | None = None,
     import hashlib
 
     key = digest or hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
-    if key in _types_memo:
-        _types_memo[key] = _types_memo.pop(key)  # most recently used last
-        return dict(_types_memo[key])
+    kept = _types_memo.pop(key, None)  # one pop: another engine's thread may drop the key meanwhile
+    if kept is not None:
+        _types_memo[key] = kept  # most recently used last
+        return dict(kept)
     types = (derive() if derive is not None else None) or _tensor_types(model)
     _types_memo[key] = types
     while len(_types_memo) > TYPES_MEMO_SIZE:
