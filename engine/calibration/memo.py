@@ -227,17 +227,16 @@ class StatsMemo:
         tmp = memo_temp(self.folder, f"pack{PACK_SUFFIX}")
         try:  # streamed: one archive in memory at a time
             self.folder.mkdir(parents=True, exist_ok=True)
-            digest = hashlib.sha256()
             with open(tmp, "wb") as fh:
                 sizes = {d: (self._spooled[d][1] if d in self._spooled else len(self._blobs[d])) for d in kept}
                 head = pack_header(sizes)
                 fh.write(head)
-                digest.update(head)
                 for d in kept:
-                    blob = self._blob(d)
-                    fh.write(blob)
-                    digest.update(blob)
-            path = self.folder / f"{digest.hexdigest()[:32]}{PACK_SUFFIX}"
+                    fh.write(self._blob(d))
+            # named by its header (which samples, how many bytes each): an entry's bytes follow from its sample's
+            # digest in this folder (model, tensors and format are the folder's key), so the header names the
+            # content without hashing every archive (PP-OCRv4 det: 21 MB, ~11 ms of a warm re-run's 19 ms save)
+            path = self.folder / f"{hashlib.sha256(head).hexdigest()[:32]}{PACK_SUFFIX}"
             tmp.replace(path)
         except OSError as e:
             log.debug(f"statistics memo not saved: {e}")
