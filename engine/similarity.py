@@ -10,6 +10,9 @@
   fake-quantized one (found through the model's `hb_calibration_tensors` map).
 - `output_similarity(...)`: per model output, cosine and the distances hb_mapper prints:
   L1 = mean |a − b|, L2 = √(mean (a − b)²) (root mean square), Chebyshev = max |a − b|.
+- `Reference`: the float model's tensors on a sample, keeping each row's x·x once summed
+  (`row_cosine`): the same float tensor is compared with the calibrated model and with the `.bc`,
+  and the report stage keeps a reference across runs.
 
 `NodeRow.quantized_cosine` / `OutputRow.quantized_cosine` stay None here: they are filled (with
 `dataclasses.replace`) by the integer lowering's comparison against the `.bc`, which reads the
