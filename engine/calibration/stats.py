@@ -528,6 +528,17 @@ def _merge_scratch(rows: int, width: int, bins: int) -> tuple[np.ndarray, np.nda
     return tuple(a[:rows] for a in have)  # type: ignore[return-value]
 
 
+SCRATCH_KEPT = 4 << 20  # bytes of merge scratch a thread keeps between merges (more goes: 128 samples' is 8 MB)
+
+
+def _release_scratch() -> None:
+    """Drop this thread's merge scratch when it is large: it must not raise the peak RSS of what runs
+    after the merge with the number of samples (a few MB kept serve every merge of up to ~60 samples)."""
+    have = getattr(_scratch, "arrays", None)
+    if have is not None and sum(a.nbytes for a in have) > SCRATCH_KEPT:
+        _scratch.arrays = None
+
+
 def _arange(n: int) -> np.ndarray:
     """0.0, 1.0, …, n − 1 as float64 (linspace's steps), kept per length."""
     cached = getattr(_scratch, "arange", None)
@@ -544,9 +555,10 @@ class RebinnedRows:
     A row is reused only for the very `TensorStats` object it was computed from (the warm engine keeps
     unchanged samples' statistics as the same objects, `memo.DecodedStats`) and the same merged range
     and bin count: a row is a function of those alone, so the merge gives the same bits. Rows of
-    samples a merge did not see are dropped; at most `budget` bytes of rows are kept, the first
-    tensors' (digits' 32 samples: 5.8 MB, all of them; PP-OCRv4 det's: 70 MB, so ~1 in 9 tensors): the
-    rows outlive the merge, and a budget that grew with the samples would grow the peak RSS with them.
+    samples a merge did not see are dropped. Rows are kept only for a whole merge that fits `budget`
+    (digits' 32 samples: 5.8 MB; at 128 samples, 23 MB, and PP-OCRv4 det's 70 MB, are not kept): the
+    rows outlive the merge, and rows that grew with the samples would grow the peak RSS with them (the
+    issue's 128- vs 16-sample target).
     """
 
     def __init__(self, budget: int = 8 << 20):
@@ -573,6 +585,13 @@ class RebinnedRows:
             self.nbytes += size
         return found
 
+
+    def fits(self, samples: Sequence[Mapping[str, TensorStats]]) -> bool:
+        """Whether the rows of merging `samples` (every tensor, every sample) fit the budget."""
+        return len(samples) * sum(8 * s.hist.shape[0] for s in samples[0].values()) <= self.budget
+
+    def clear(self) -> None:
+        self._tensors, self.nbytes = {}, 0
 
     def retain(self, tensors: Sequence[str]) -> None:
         """Drop the rows of tensors other than `tensors` (another model's, or no longer observed)."""
@@ -824,9 +843,13 @@ def merge_samples(samples: Sequence[Mapping[str, TensorStats]],
         if set(s) != set(names):
             missing = sorted(set(names) ^ set(s))
             raise ValueError(f"sample {k} does not hold the same tensors as sample 0: {missing[:5]}")
+    if rows is not None and not rows.fits(samples):
+        rows.clear()
+        rows = None
     merged = {n: merge([s[n] for s in samples], labels, rows=None if rows is None else (rows, n)) for n in names}
     if rows is not None:
         rows.retain(names)
+    _release_scratch()
     return merged
 
 

@@ -323,3 +323,18 @@ def test_a_warm_merge_moves_only_the_changed_samples_with_the_same_bits(monkeypa
     assert moved == [6, 6] and all(got[n].hist.tobytes() == merge_samples(samples)[n].hist.tobytes() for n in got)
     merge_samples([{"t": s["t"]} for s in samples], rows=rows)
     assert rows.nbytes == sum(r.nbytes for _, r in rows._tensors["t"][2].values()) and "u" not in rows._tensors
+
+
+def test_rows_of_a_merge_beyond_the_budget_are_not_kept():
+    """The warm rows outlive the merge: a merge whose rows exceed the budget keeps none (at 128 samples
+    they would raise the peak RSS against 16), and the merge gives the same bits as without rows."""
+    from engine.calibration import stats
+
+    samples = [SampleStats({"t": tensor_stats(x)}) for x in _split_samples(6)]
+    small = stats.RebinnedRows(budget=6 * 2048 * 8 - 1)
+    merged = merge_samples(samples, rows=small)
+    assert small.nbytes == 0 and not small._tensors
+    assert merged["t"].hist.tobytes() == merge_samples(samples)["t"].hist.tobytes()
+    enough = stats.RebinnedRows(budget=6 * 2048 * 8)
+    merge_samples(samples, rows=enough)
+    assert enough.nbytes == 6 * 2048 * 8
