@@ -1,11 +1,14 @@
-"""Content hashes of input files and canonical JSON, memoised by (path, size, mtime).
+"""Content hashes of input files and canonical JSON, memoised by (path, size, mtime, ctime, inode).
 
 A warm process (daemon, language server) re-hashes only files whose stat changed; a touch
-that changes nothing is re-hashed once and then recognised as unchanged by content.
+that changes nothing is re-hashed once and then recognised as unchanged by content. The stamp
+holds ctime and the inode as well as (size, mtime), as git's index does: `cp -p`, `rsync -t` or
+an archive with normalised timestamps writes new bytes under the old (size, mtime), but no user
+call can set ctime, and a replace-by-rename brings a new inode.
 
 File timestamps are coarse (a kernel tick, 1–10 ms; 2 s on FAT), so a file rewritten with the
-same size within one tick keeps its (size, mtime): a hash taken while the file's mtime is that
-recent is not trusted and is taken again next time ("racy" entries, as git treats its index).
+same size within one tick keeps its stamp: a hash taken while the file's ctime is that recent is
+not trusted and is taken again next time ("racy" entries, as git treats its index).
 `shared_hashes()` is the process's one memo: the engine's stage keys and the calibration set's
 per-sample digests (engine.calibration.data) read each file once between them.
 """
@@ -21,30 +24,31 @@ from pathlib import Path
 from typing import Any
 
 _CHUNK = 1 << 20
-RACY_NS = 2_000_000_000  # a hash taken less than this after the file's mtime is taken again next time
+RACY_NS = 2_000_000_000  # a hash taken less than this after the file's last change is taken again next time
 
 
 class HashMemo:
     def __init__(self) -> None:
-        self._memo: dict[str, tuple[int, int, str]] = {}
+        self._memo: dict[str, tuple[tuple[int, int, int, int], str]] = {}
         self._lock = threading.Lock()
 
     def file(self, path: Path) -> str:
-        """sha256 of the file's bytes (hex), read again only when its size or mtime changed or the
-        last hash was taken within `RACY_NS` of its mtime."""
+        """sha256 of the file's bytes (hex), read again only when its stat stamp changed or the last
+        hash was taken within `RACY_NS` of its last change."""
         st = os.stat(path)
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
         # the memo's slot: the absolute path as written (resolving symlinks cost more than the rest of
         # an unchanged run's keys); the slot's (size, mtime) is checked against this stat anyway
         key = os.path.join(os.getcwd(), path)
         with self._lock:
             hit = self._memo.get(key)
-        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
-            return hit[2]
+        if hit and hit[0] == stamp:
+            return hit[1]
         hashed_at = time.time_ns()
         digest = sha256_file(path)
-        if hashed_at - st.st_mtime_ns >= RACY_NS:
+        if hashed_at - max(st.st_mtime_ns, st.st_ctime_ns) >= RACY_NS:
             with self._lock:
-                self._memo[key] = (st.st_size, st.st_mtime_ns, digest)
+                self._memo[key] = (stamp, digest)
         return digest
 
 

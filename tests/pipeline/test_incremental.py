@@ -138,12 +138,14 @@ def test_runs_and_stages_report_their_cpu_time(tiny):
     assert report.to_json()["cpu_seconds"] == round(report.cpu_seconds, 4)
 
 
-def test_a_hash_taken_right_after_a_write_is_taken_again(tmp_path):
+def test_a_hash_taken_right_after_a_write_is_taken_again(tmp_path, monkeypatch):
     """Timestamps are coarse: a file rewritten with the same size in the same tick keeps its
-    (size, mtime). A hash taken that close to the mtime is not trusted; a settled one is."""
+    (size, mtime). A hash taken that close to the file's last change is not trusted; a settled
+    one is, until the stat stamp (size, mtime, ctime, inode) changes."""
     import os
     import time
 
+    import engine.pipeline.hashing as hashing
     from engine.pipeline.hashing import HashMemo, sha256_file
 
     memo = HashMemo()
@@ -155,9 +157,40 @@ def test_a_hash_taken_right_after_a_write_is_taken_again(tmp_path):
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime: one tick
     assert memo.file(path) == sha256_file(path) != first
 
+    monkeypatch.setattr(hashing, "RACY_NS", 1_000_000)  # 1 ms: settle without sleeping for seconds
     settled = time.time_ns() - 60_000_000_000
     os.utime(path, ns=(settled, settled))
+    time.sleep(0.01)
     before = memo.file(path)
-    path.write_bytes(b"c" * 64)
-    os.utime(path, ns=(settled, settled))
-    assert memo.file(path) == before  # a settled entry is trusted: the memo is what saves the reads
+    reads: list[object] = []
+    monkeypatch.setattr(hashing, "sha256_file", lambda p: reads.append(p) or sha256_file(p))
+    assert memo.file(path) == before and reads == []  # a settled entry is trusted: the memo saves the reads
+
+
+def test_new_bytes_under_the_old_size_and_mtime_are_hashed_again(tmp_path, monkeypatch):
+    """`cp -p` / `rsync -t` of a retrained checkpoint, or an archive with normalised timestamps:
+    same size, same mtime, other weights. ctime (which no user call can set) tells them apart."""
+    import os
+    import time
+
+    import engine.pipeline.hashing as hashing
+    from engine.pipeline.hashing import HashMemo, sha256_file
+
+    monkeypatch.setattr(hashing, "RACY_NS", 1_000_000)
+    memo = HashMemo()
+    path = tmp_path / "model.onnx"
+    old_time = 315_532_800_000_000_000  # 1980-01-01, zip's epoch
+    path.write_bytes(b"old weights.")
+    os.utime(path, ns=(old_time, old_time))
+    time.sleep(0.01)
+    first = memo.file(path)
+    assert memo.file(path) == first
+    time.sleep(0.01)
+    path.write_bytes(b"new weights.")
+    os.utime(path, ns=(old_time, old_time))
+    assert memo.file(path) == sha256_file(path) != first
+    replacement = tmp_path / "model.onnx.tmp"  # replaced by rename: a new inode under the old stamp
+    replacement.write_bytes(b"2nd weights.")
+    os.utime(replacement, ns=(old_time, old_time))
+    os.replace(replacement, path)
+    assert memo.file(path) == sha256_file(path)
