@@ -195,16 +195,21 @@ class Engine:
 
     def _publish(self, config: Config, entries: dict[str, Path]) -> dict[str, Path]:
         """Copy each stage's artefacts into working_dir (temp file + os.replace each). An artefact the
-        stage's entry does not have this time (sensitivity off, no removed nodes) is removed, so
-        working_dir never mixes this run's files with an older run's."""
+        stage's entry does not have this time (sensitivity off, no removed nodes), or of a stage this
+        run stopped before (`--skip compile`: no `.hbm`), is removed, so working_dir never mixes this
+        run's files with an older run's (an old `.hbm` beside a new `.bc` is not the model just built)."""
         out: dict[str, Path] = {}
         for stage in self.stages():
             entry = entries.get(stage.name)
-            if entry is None:
-                continue
             for src_name, template in stage.artefacts.items():
-                src = entry / src_name
                 dest = config.working_dir / template.format(prefix=config.prefix)
+                if entry is None:
+                    if dest.exists():
+                        log.info("removed %s: a stage this run stopped before (%s) built it", dest.name, stage.name)
+                    _unpublish(dest)
+                    self.copied.pop(str(dest), None)
+                    continue
+                src = entry / src_name
                 if src.is_dir():  # a folder artefact (calibration_data/): replaced as a whole
                     if self.copied.get(str(dest)) != (str(src), 0, 0) or not dest.is_dir():
                         replace_folder(src, dest)
@@ -212,10 +217,7 @@ class Engine:
                     out[template.format(prefix="{prefix}")] = dest
                     continue
                 if not src.is_file():
-                    if dest.is_dir():
-                        shutil.rmtree(dest)
-                    else:
-                        dest.unlink(missing_ok=True)
+                    _unpublish(dest)
                     self.copied.pop(str(dest), None)
                     continue
                 if not self._published_from(dest, src):
@@ -243,6 +245,14 @@ class Engine:
         """`dest` now holds `src`'s bytes: remembered by (size, mtime) so the next publish skips it."""
         st = st or os.stat(dest)
         self.copied[str(dest)] = (str(src), st.st_size, st.st_mtime_ns)
+
+
+def _unpublish(dest: Path) -> None:
+    """An artefact this run does not make leaves working_dir (a folder artefact as a whole)."""
+    if dest.is_dir():
+        shutil.rmtree(dest)
+    else:
+        dest.unlink(missing_ok=True)
 
 
 def replace_folder(src: Path, dest: Path) -> None:

@@ -27,3 +27,22 @@ def test_an_artefact_the_new_run_does_not_make_is_removed(project):
     third = Engine().run(cfg)
     assert third.ok and third.stage("compile").status == "reused"
     assert "tiny_quantized_removed_model.bc" in project.artefacts()
+
+
+def test_artefacts_of_stages_a_run_stops_before_are_removed(project):
+    """`hb_compile --skip compile` after a full run: the old `.hbm` / perf report are not this config's
+    model, so they leave working_dir; the next full run publishes them again."""
+    project.model()
+    cfg = project.config(PLAIN)
+    assert Engine().run(cfg).ok
+    assert {"tiny.hbm", "tiny.json", "tiny.html"} <= set(project.artefacts())
+
+    skipped = Engine().run(cfg, until="report")
+    assert skipped.ok
+    names = set(project.artefacts())
+    assert "tiny_quantized_model.bc" in names
+    assert not {"tiny.hbm", "tiny.json", "tiny.html", "tiny_advice.json"} & names
+
+    again = Engine().run(cfg)
+    assert again.ok and again.stage("compile").status == "reused"
+    assert {"tiny.hbm", "tiny.json", "tiny.html"} <= set(project.artefacts())
