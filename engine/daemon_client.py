@@ -8,6 +8,8 @@ socket path and the line protocol defined here. One request per connection:
 
 A client that goes away (Ctrl-C) closes the connection; the daemon sees the hang-up and cancels
 the run at the next stage or sample boundary instead of finishing it for nobody.
+A reader that leaves early (`| head`) is not a hang-up: the client stops printing, keeps
+reading until the exit code and exits with it, as a cold run does.
 
 The socket lives in a folder only the user can enter (0700) and is itself 0600.
 """
@@ -20,6 +22,7 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
+from typing import TextIO
 
 PROTOCOL = 1
 
@@ -69,6 +72,40 @@ def replies(sock: socket.socket):
                 yield json.loads(line)
 
 
+class _Console:
+    """One of the client's outputs (stdout or stderr). A reader that goes away (`| head`, `grep -m1`,
+    quitting `less`) silences it for the rest of the run instead of ending the client: a cold run
+    carries on the same way (its logging drops the writes), and a client that hung up would make
+    the daemon cancel the run."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream, self.gone = stream, False
+
+    def write(self, text: str) -> None:
+        if self.gone:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except BrokenPipeError:
+            self.gone = True
+            _point_at_devnull(self.stream)
+
+
+def _point_at_devnull(stream: TextIO) -> None:
+    """Send the rest of `stream` (and what its buffer still holds, flushed at exit) to /dev/null,
+    so the interpreter's last flush cannot fail on the closed pipe either."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # not a real file (tests capturing output): nothing is flushed at exit
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 def run_via_daemon(argv: list[str]) -> int | None:
     """Forward an hb_compile run to a running daemon; None when there is none (run cold)."""
     sock = connect()
@@ -78,6 +115,7 @@ def run_via_daemon(argv: list[str]) -> int | None:
         columns = os.get_terminal_size().columns if sys.stdout.isatty() else 0
     except OSError:
         columns = 0
+    out, err = _Console(sys.stdout), _Console(sys.stderr)
     printed = False
     with sock:
         try:
@@ -85,21 +123,19 @@ def run_via_daemon(argv: list[str]) -> int | None:
                            "columns": columns})
             for msg in replies(sock):
                 if "out" in msg:
-                    sys.stdout.write(msg["out"])
-                    sys.stdout.flush()
+                    out.write(msg["out"])
                     printed = True
                 elif "err" in msg:
-                    sys.stderr.write(msg["err"])
-                    sys.stderr.flush()
+                    err.write(msg["err"])
                     printed = True
                 elif "exit" in msg:
                     return int(msg["exit"])
         except (OSError, ValueError):
             pass
         except KeyboardInterrupt:  # closing the socket tells the daemon to cancel the run
-            sys.stdout.write("ERROR interrupted\n")
+            out.write("ERROR interrupted\n")
             return 130
     if not printed:
         return None  # the daemon went away before saying anything: run cold instead
-    sys.stdout.write("ERROR the hbcompile daemon stopped during the run\n")
+    out.write("ERROR the hbcompile daemon stopped during the run\n")
     return 2
