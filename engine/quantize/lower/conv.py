@@ -13,7 +13,7 @@
                       Q_y(conv + r); the exact int32 form measured slower than float here)
     si32 output     → ConvInteger (uint8 weights, zero point 128) + int32 bias: the accumulator
                       itself, scale s_x·s_w per channel (+ Max / Min on int32 for a fused Relu / Clip)
-    1×1, int16 out  → ConvInteger → DequantizeLinear(M per channel, zero point −b) → QuantizeLinear
+    1×1, int16 out  → ConvInteger + int32 bias → DequantizeLinear(M per channel) → QuantizeLinear
                       int16: QLinearConv's arithmetic with an int16 result (`_conv_to_int16`)
     Gemm            → QGemm (int8 B per column, int32 C);   si32: MatMulInteger + int32 bias
     MatMul          → QLinearMatMul (constant B: int8 per column; activation B: uint8 per tensor);
@@ -124,33 +124,30 @@ def _pointwise(b: Builder, node: onnx.NodeProto) -> bool:
 def _conv_to_int16(b: Builder, node: onnx.NodeProto, enc_out: Encoding) -> None:
     """A 1×1 Conv from uint8 to an int16 output (mixed precision's int16 tensors) on integer kernels:
 
-        acc = ConvInteger(x uint8 / z_x, W + 128 uint8 / 128)        the exact int32 accumulator
-        y   = QuantizeLinear(DequantizeLinear(acc, M_c, −b_c, axis 1), 1, 0)  → int16
-            = sat16(rne(fl((acc + b_c) · M_c))),  M_c = fl(fl(s_x · s_w[c]) / s_y)
+        acc = ConvInteger(x uint8 / z_x, W + 128 uint8 / 128) + b     the exact int32 accumulator
+        y   = QuantizeLinear(DequantizeLinear(acc, M_c, 0, axis 1), 1, 0)  → int16
+            = sat16(rne(fl(acc · M_c))),  M_c = fl(fl(s_x · s_w[c]) / s_y)
 
     QLinearConv's arithmetic (int32 accumulation, one float32 multiply by its multiplier, round half
-    to even, saturate) with an int16 result, which QLinearConv cannot write. The bias enters as the
-    int32 zero point of the DequantizeLinear (onnxruntime ≥ 1.23 takes a non-zero int32 zero point;
-    ONNX says it "should be" 0): an int32 Add would be one more pass over the accumulator. Before,
-    these convs ran as float kernels (DequantizeLinear → float Conv → QuantizeLinear, the fake-quant
-    value in float32); measured on PP-OCRv4 det's six 1×1 int16-output convs (1 thread, alone):
-    16→32 at 320×320 4.8 → 3.6 ms, 32→48 at 160² 1.8 → 1.3, 48→48 2.2 → 1.6, 96→192 at 40² 0.71 →
-    0.51, 192→192 1.33 → 0.88, 192→384 at 20² 0.64 → 0.44. (3×3 and depthwise ConvInteger are
-    no faster than the float kernel, or much slower: those stay emulated.)"""
+    to even, saturate) with an int16 result, which QLinearConv cannot write. Before, these convs ran
+    as float kernels (DequantizeLinear → float Conv → QuantizeLinear, the fake-quant value in
+    float32); measured on PP-OCRv4 det's six 1×1 int16-output convs (1 thread, alone): 16→32 at
+    320×320 4.8 → 3.9 ms, 48→48 at 160² 2.2 → 1.6, 192→192 at 40² 1.33 → 0.90. The bias could be
+    DequantizeLinear's int32 zero point instead of an Add (one pass fewer: 3.9 → 3.2 ms on the
+    first), but onnxruntime takes a non-zero int32 zero point only from 1.23 and the `.bc` / `.hbm`
+    must run on every onnxruntime this project supports (≥ 1.18). (3×3 and depthwise ConvInteger
+    are no faster than the float kernel, or much slower: those stay emulated.)"""
     x, w = b.int_of(node.input[0]), b.weight(node.input[1], unsigned=True)
     scale_xw = np.float32(x.enc.scale_array()) * w.scales
     multiplier = (scale_xw / np.float32(enc_out.scale_array())).astype(np.float32)
-    bias = node.input[2] if len(node.input) > 2 else ""
-    codes = b.bias_codes(bias, scale_xw).reshape(-1).astype(np.int64) if bias else np.zeros(len(w.scales), np.int64)
-    codes = np.clip(codes, -np.iinfo(np.int32).max, np.iinfo(np.int32).max)  # its negation is an int32 too
     out = node.output[0]
     with b.lowering(node.name):
         y = b.define_int(out, enc_out)
         acc, scaled = b.fresh(f"{out}_accumulator"), b.fresh(f"{out}_requantized")
-        b.emit("ConvInteger", [x.name, w.name, x.zero_point, w.zero_point], [acc], node.name,
-               **{k: attr(node, k) for k in CONV_ATTRS})
+        _conv_integer(b, node, x, w, acc)
         b.emit("DequantizeLinear", [acc, b.const(f"{out}_multiplier", multiplier),
-                                    b.const(f"{out}_negated_bias", (-codes).astype(np.int32))], [scaled], axis=1)
+                                    b.const(f"{out}_accumulator_zero_point", np.zeros(len(multiplier), np.int32))],
+               [scaled], axis=1)
         b.emit("QuantizeLinear", [scaled, b.const(f"{out}_one", np.array(1.0, np.float32)), y.zero_point], [y.name],
                domain="" if b.opset >= 21 else MS)
 
