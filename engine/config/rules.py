@@ -17,7 +17,7 @@ from typing import Any
 from engine import schema
 from engine.config import values as V
 from engine.config.quant_config import QuantConfig, read_quant_config
-from engine.config.schema_check import deprecated_here, deprecation_text, march_generation
+from engine.config.schema_check import deprecated_here, deprecation_text, format_error, march_generation
 from engine.problems import Problem, error, warning
 
 MP, IP, CP, XP, CO = ("model_parameters", "input_parameters", "calibration_parameters",
@@ -207,8 +207,8 @@ def _shapes(ctx: RuleContext) -> tuple[list[tuple[int, ...] | None], list[Proble
             shapes.append(V.parse_shape(item))
         except V.ValueFormatError:
             shapes.append(None)
-            problems.append(error("bad-format", f"Invalid input_shape format: '{item}', expected NxCxHxW such as "
-                                  "1x3x224x224", (IP, "input_shape"), data={"item": i}))
+            problems.append(error("bad-format", format_error((IP, "input_shape"), item), (IP, "input_shape"),
+                                  data={"item": i}))
     return shapes, problems
 
 
@@ -291,7 +291,7 @@ def normalization(ctx: RuleContext) -> Iterator[Problem]:
         try:
             parsed[key] = V.per_input_numbers(ctx.get(IP, key))
         except V.ValueFormatError as exc:
-            yield error("bad-format", f"Wrong {key} format {exc}, please refer to user manual", (IP, key))
+            yield error("bad-format", format_error((IP, key), exc), (IP, key))
             parsed[key] = []
     n = max([len(v) for v in parsed.values()] + [len(rts), len(ctx.per_input("norm_type"))] or [0])
     for i in range(n):
@@ -418,7 +418,7 @@ def input_batch(ctx: RuleContext) -> Iterator[Problem]:
     try:
         batch = int(str(raw).strip())
     except ValueError:
-        yield error("bad-format", f"Invalid input_batch: '{raw}', expected one integer", (IP, "input_batch"))
+        yield error("bad-format", format_error((IP, "input_batch"), raw), (IP, "input_batch"))
         return
     march = ctx.get(MP, "march")
     lo, hi = (schema.marches().get(march, {}).get("input_batch") or [1, 4096])[:2]

@@ -131,8 +131,7 @@ def _translate(err: ValidationError, data: dict) -> Iterator[Problem]:
             msg = f"Invalid {name}: {err.instance}, available range: {lo}~{hi}"
         yield error("out-of-range", msg, path)
     elif v == "pattern":
-        yield error("bad-format", f"Invalid {name} format: '{err.instance}' (expected to match "
-                    f"{err.validator_value})", path)
+        yield error("bad-format", format_error(path, err.instance), path)
     elif v in ("minLength",) and name == "output_model_file_prefix":
         yield error("empty-prefix", "The output_model_file_prefix cannot be empty, please specify a valid prefix "
                     "in your yaml config file", path)
@@ -142,6 +141,16 @@ def _translate(err: ValidationError, data: dict) -> Iterator[Problem]:
         return
     else:
         yield error("schema", f"{'.'.join(map(str, path)) or 'config'}: {err.message}", path)
+
+
+def format_error(path: tuple, value: Any) -> str:
+    """A value of the wrong form, told with the key's own example (`x-hb-format-error`): the schema's
+    regular expression is for validators, not for people."""
+    node = schema.key_schema(str(path[0]), str(path[1])) if len(path) >= 2 else None
+    text = (node or {}).get("x-hb-format-error")
+    if text:
+        return text.replace("{value}", str(value))
+    return f"Invalid {_name(path)} format: '{value}'"
 
 
 def march_generation(data: dict) -> str:

@@ -1,0 +1,68 @@
+"""Reviewer-found config-check bugs (session 4 review §4, §7, §14, §16 b/e): each test is the repro,
+on the loader the CLI and the language server share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.config.loader import load_config_text
+from engine.problems import Problem
+from tests.conftest import GOOD_CONFIG
+
+
+def load(tmp_path: Path, text: str) -> list[Problem]:
+    return load_config_text(text, tmp_path, "config.yaml", check_files=False).problems
+
+
+def only(problems: list[Problem], code: str) -> Problem:
+    found = [p for p in problems if p.code == code]
+    assert len(found) == 1, [(p.code, p.message) for p in problems]
+    return found[0]
+
+
+# ---------------------------------------------------------------- §4: no regular expression in messages
+
+@pytest.mark.parametrize(("old", "new", "key", "example"), [
+    ("input_shape: 1x3x8x8", "input_shape: 1X3X8X8", "input_shape", "1x3x224x224"),
+    ("mean_value: 128 128 128", "mean_value: 'mean 1 2 3'", "mean_value", "103.94 116.78 123.68"),
+    ("scale_value: 0.0078125", "scale_value: nan", "scale_value", "0.017"),
+    ("scale_value: 0.0078125", "std_value: 'a b c'", "std_value", "58.4 57.1 57.4"),
+])
+def test_format_error_gives_an_example_not_the_pattern(tmp_path, old, new, key, example):
+    problems = load(tmp_path, GOOD_CONFIG.replace(old, new))
+    p = only(problems, "bad-format")
+    assert p.path[-1] == key and p.span is not None and p.span.line + 1 == _line_of(GOOD_CONFIG, old)
+    assert example in p.message, p.message
+    assert "^" not in p.message and "\\d" not in p.message and "(?:" not in p.message, p.message
+    assert len(p.message) < 200
+
+
+def test_zero_dim_shape_says_the_same_as_a_capital_x(tmp_path):
+    """One wording per key, whichever check (schema pattern or the shape parser) finds it."""
+    zero = only(load(tmp_path, GOOD_CONFIG.replace("1x3x8x8", "0x3x8x8")), "bad-format").message
+    capital = only(load(tmp_path, GOOD_CONFIG.replace("1x3x8x8", "1X3X8X8")), "bad-format").message
+    assert zero.replace("0x3x8x8", "{}") == capital.replace("1X3X8X8", "{}")
+
+
+def test_every_pattern_key_has_a_format_error_text():
+    from engine import schema
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            if "pattern" in node and "if" not in path and "then" not in path:
+                yield path, node
+            for k, v in node.items():
+                yield from walk(v, path + (k,))
+
+    keys = list(walk(schema.load_schema(), ()))
+    assert len(keys) >= 5
+    for path, node in keys:
+        assert "{value}" in node.get("x-hb-format-error", ""), path
+
+
+def _line_of(text: str, needle: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
