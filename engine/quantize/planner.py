@@ -71,6 +71,9 @@ MIN_THRESHOLD = 1e-6  # a tensor that was all zeros (a dead Relu) still needs a 
 INT32_MAX = 2**31 - 1
 BIAS_HEADROOM = float(2**30)  # |bias| / (s_in·s_w) stays below 2^30: int32 with room left for the accumulation
 CONCAT_RANGE_RATIO = 8.0
+# a weight channel whose every |w| is below this counts as all zeros (step 1/127): a subnormal one (PP-OCRv4
+# rec has a channel at 3e-40) made a step of 2.5e-42 whose bias scale s_in · s_w underflowed float32 to 0
+ZERO_WEIGHT = 1e-20
 
 
 class MissingThresholdError(LookupError):
@@ -657,6 +660,8 @@ def make_plan(model: onnx.ModelProto, thresholds: Mapping[str, Any], options: Qu
                      f"per-channel activation scales are kept only on model outputs a conv or matmul writes and no integer op reads")
 
     singletons = {m for members in sets.members(s.quantized).values() if len(members) == 1 for m in members}
+    if NARROW_INPUTS:
+        _offset_table_inputs(a, singletons, acts, calibrated)
     _offset_table_outputs(a, singletons, acts, calibrated)
     plan = QuantPlan(groups=list(a.groups), shared=shared, notes=notes)
     plan.acts = {t: acts[t] for t in s.quantized}
@@ -681,6 +686,9 @@ def make_plan(model: onnx.ModelProto, thresholds: Mapping[str, Any], options: Qu
 # A table output gets an offset range when its table's image spans at most this share of the symmetric
 # range [-T, T]: below it the finer scale is worth a zero point (PP-OCRv4 rec's hswish-affine outputs: ~0.52).
 OFFSET_SHARE = 0.9
+NARROW_INPUTS = True
+FLAT_GRID = 4097  # points over [-T, T] at which a table input's flat ends are looked for
+FLAT_TOLERANCE = 0.0  # of the table output's step: how far from its end value a table counts as flat
 _table_functions: dict[bytes, Any] = {}  # chain signature → its float function (one onnxruntime session each)
 
 
@@ -716,6 +724,56 @@ def _table_function(g: Graph, nodes: list[onnx.NodeProto], source: str):
     return _table_functions[key]
 
 
+def _flat_ends(fn, threshold: float, tolerance: float) -> tuple[float, float] | None:
+    """[lo, hi] inside [-threshold, threshold] outside of which `fn` is constant (within `tolerance`):
+    the input values a table cannot tell apart from its ends. None when `fn` fails on the grid."""
+    x = np.linspace(-threshold, threshold, FLAT_GRID, dtype=np.float64).astype(np.float32)
+    y = np.asarray(fn(x), np.float64).reshape(-1)
+    if y.size != x.size or not np.all(np.isfinite(y)):
+        return None
+    moves_low = np.flatnonzero(np.abs(y - y[0]) > tolerance)
+    moves_high = np.flatnonzero(np.abs(y - y[-1]) > tolerance)
+    if not moves_low.size:  # constant over the whole range
+        return 0.0, 0.0
+    lo = float(x[max(moves_low[0] - 1, 0)])
+    hi = float(x[min(moves_high[-1] + 1, x.size - 1)])
+    return lo, hi
+
+
+def _offset_table_inputs(a: _Analysis, singletons: set[str], acts: dict[str, ActQuant],
+                         calibrated: dict[str, ActQuant]) -> None:
+    """Tensors read only by lookup tables that are flat beyond some input value get an offset range
+    that ends there (`OffsetAct`), in place: HardSwish is 0 for every x ≤ −3, so the codes of a conv
+    output between −T and −3 all make the same table entry. Spread over [−3, T] instead, 255 codes
+    give up to twice the resolution where the table changes."""
+    outputs = {o.name for o in a.graph.g.output}
+    for t, readers in a.readers.items():
+        act = acts.get(t)
+        if act is None or t not in singletons or t in outputs or act.bits != 8 or act.axis is not None \
+                or zero_point_of(act) or np.ndim(act.threshold) or not readers:
+            continue
+        if not all(_table_unit(u) and u.acts == [t] for u in readers):
+            continue
+        threshold = float(act.threshold)
+        lo, hi = 0.0, 0.0
+        for u in readers:
+            fn = _table_function(a.graph, u.nodes, t)
+            out = acts.get(u.outputs[0])
+            ends = None if fn is None or out is None else _flat_ends(fn, threshold, FLAT_TOLERANCE * float(np.max(out.scale)))
+            if ends is None:
+                break
+            lo, hi = min(lo, ends[0]), max(hi, ends[1])
+        else:
+            if hi - lo > OFFSET_SHARE * 2 * threshold or hi - lo <= 0:
+                continue
+            scale = (hi - lo) / 255.0
+            zp = int(np.clip(np.ceil(-128.0 - lo / scale - 1e-9), -127, 127))  # the bottom code at or below lo
+            scale = max(scale, hi / (127 - zp))  # and the top code at or above hi: neither end clips more
+            for table in (acts, calibrated):
+                old = table[t]
+                table[t] = OffsetAct(t, old.threshold, 8, None, old.method, zp, scale)
+
+
 def _offset_table_outputs(a: _Analysis, singletons: set[str], acts: dict[str, ActQuant],
                           calibrated: dict[str, ActQuant]) -> None:
     """Table outputs whose table cannot make values on one side of zero as far out as on the other
@@ -740,13 +798,14 @@ def _offset_table_outputs(a: _Analysis, singletons: set[str], acts: dict[str, Ac
         out, src = u.outputs[0], u.acts[0]
         act, inp = acts.get(out), acts.get(src)
         if act is None or inp is None or out not in singletons or out in outputs or act.bits != 8 or act.axis is not None \
-                or inp.axis is not None or zero_point_of(inp) or np.ndim(act.threshold):
+                or inp.axis is not None or np.ndim(act.threshold):
             continue
         fn = _table_function(a.graph, u.nodes, src)
         if fn is None:
             continue
         qmax = inp.qmax
-        x = (np.arange(-qmax - 1, qmax + 1, dtype=np.float64) * float(inp.scale)).astype(np.float32)
+        x = ((np.arange(-qmax - 1, qmax + 1, dtype=np.float64) - zero_point_of(inp)) * float(inp.scale)
+             ).astype(np.float32)
         y = np.asarray(fn(x), np.float64)
         if y.size != x.size or not np.all(np.isfinite(y)):
             continue
@@ -903,7 +962,8 @@ def _weights_and_biases(a: _Analysis, plan: QuantPlan, corrections: Mapping[str,
 
 
 def weight_scales(w: np.ndarray, axis: int, groups: int = 1) -> np.ndarray:
-    """Per-output-channel int8 scales max|W_c| / 127 (float32; an all-zero channel gets 1/127).
+    """Per-output-channel int8 scales max|W_c| / 127 (float32; an all-zero channel, or one under
+    ZERO_WEIGHT, gets 1/127).
 
     `groups` > 1 (grouped ConvTranspose, W: [C_in, C_out/groups, k…]): channel g·(C_out/groups)+j
     takes the max over W[g·C_in/groups:(g+1)·C_in/groups, j].
@@ -915,7 +975,7 @@ def weight_scales(w: np.ndarray, axis: int, groups: int = 1) -> np.ndarray:
         m = a.reshape(-1)
     else:
         m = np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1).max(axis=1)
-    m = np.where(m > 0, m, 1.0)
+    m = np.where(m > ZERO_WEIGHT, m, 1.0)
     return (m / 127.0).astype(np.float32)
 
 

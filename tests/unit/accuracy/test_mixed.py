@@ -187,3 +187,48 @@ def test_the_ranking_runs_on_the_first_rank_samples_evaluation_samples():
     three = mixed_precision(model, calibration, data[:4], merged, target=0.999, rank_samples=3)
     assert three.sensitivity.samples == 3
     assert [(m.row, m.to) for m in three.moves] == [("conv_b+relu_b", "int16")]  # the broken node either way
+
+
+def test_graph_order_candidates_are_the_noisy_activation_rows_from_the_input_on_within_the_budget():
+    from engine.accuracy.mixed import GRAPH_ORDER_NOISE, _in_graph_order
+    from engine.accuracy.sensitivity import row_noise
+    from engine.accuracy.switchable import build_switchable
+
+    model = outlier_chain()
+    data = samples(model, 4)
+    merged, calibration, plan = calibrate(model, data)
+    probe = build_switchable(model, plan)
+    rows = [r for r in probe.rows if r.switches]
+    noisy = {r.name for r in rows if r.of_kind("activation") and row_noise(r, plan, merged) >= GRAPH_ORDER_NOISE}
+    assert "conv_b+relu_b" in noisy and len(noisy) < len(rows)  # the broken tensor is noisy, not every row is
+
+    def size(moves):
+        return len(moves)
+
+    listed = _in_graph_order(model, rows, plan, merged, size, budget=10)
+    names = [r.name for r, _, _ in listed]
+    assert set(names) == noisy and all(to == "int16" for _, to, _ in listed)
+    order = [r.name for r in probe.rows if r.name in noisy]  # table rows: entry tensors first, then graph order
+    position = {n.name: i for i, n in enumerate(model.graph.node)}
+    assert names == sorted(order, key=lambda n: position.get(probe.row(n).nodes[0], -1) if probe.row(n).nodes else -1)
+    assert [r.name for r, _, _ in _in_graph_order(model, rows, plan, merged, size, budget=1)] == names[:1]
+
+
+def test_graph_order_is_tried_when_the_isolated_ranking_misses_the_target(monkeypatch):
+    """Errors that compound from the start of the graph, which the isolated ranking does not see:
+    with a ranking that offers nothing useful, the graph-order candidates still reach the target."""
+    from engine.accuracy import mixed
+
+    model = outlier_chain()
+    data = samples(model, 6)
+    merged, calibration, _ = calibrate(model, data)
+    monkeypatch.setattr(mixed, "_candidates", lambda rows, sens, cost: [])  # the isolated ranking finds nothing
+    mp = mixed.mixed_precision(model, calibration, data[:4], merged, target=0.999, budget=4)
+    assert mp.met and mp.after >= 0.999
+    assert "conv_b+relu_b" in {m.row for m in mp.moves} and all(m.to == "int16" for m in mp.moves)
+    assert any("in graph order" in n for n in mp.notes)
+    assert all("not ranked" in m.reason or "rank" in m.reason for m in mp.moves)
+
+    monkeypatch.setattr(mixed, "GRAPH_ORDER_NOISE", float("inf"))  # no graph-order candidates either
+    none = mixed.mixed_precision(model, calibration, data[:4], merged, target=0.999, budget=4)
+    assert none.moves == [] and not none.met

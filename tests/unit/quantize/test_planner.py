@@ -98,6 +98,20 @@ def test_weight_scales_of_an_all_zero_channel_stay_valid():
     assert np.array_equal(weight_scales(w, 0), np.array([1 / 127, 0.02], np.float32))
 
 
+def test_a_subnormal_weight_channel_counts_as_zero_and_its_bias_scale_stays_positive():
+    """PP-OCRv4 rec has a channel at 3e-40: max|W| / 127 was 2.5e-42, and s_in · s_w underflowed to 0."""
+    w = np.ones((2, 3, 1, 1), np.float32)
+    w[0] = 3e-40
+    assert np.array_equal(weight_scales(w, 0), np.array([1 / 127, 1 / 127], np.float32))
+    b = Builder("subnormal_channel")
+    x = b.input("x", [1, 3, 4, 4])
+    b.output(b.op("Conv", [x, b.const(w, "w"), b.const([0.0, 0.5], "b")], out="y"))
+    model = optimized(b.build())
+    plan = plan_for(model, QuantOptions.build(node_info={"Conv_0": {"InputType0": "int16"}}), x=1e-3)
+    assert np.all(plan.biases["b"].scale > 0) and plan.acts["x"].bits == 16
+    assert np.array_equal(quantize_bias(np.array([0.0, 0.5]), plan.biases["b"].scale)[:1], [0])
+
+
 def test_bias_is_int32_at_input_scale_times_weight_scale():
     model = residual()
     plan = plan_for(model, x=2.54)

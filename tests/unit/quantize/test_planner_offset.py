@@ -116,3 +116,77 @@ def test_no_offset_when_the_table_spans_both_sides(share, monkeypatch):
     model = _affine_model()
     plan = make_plan(model, max_thresholds(model))
     assert all(zero_point_of(a) == 0 for a in plan.acts.values())
+
+
+def _conv_output(model) -> str:
+    """The first Conv's output: the input of the HardSwish-affine table."""
+    return [n for n in model.graph.node if n.op_type == "Conv"][0].output[0]
+
+
+def test_a_conv_output_read_only_by_a_hardswish_table_gets_a_range_from_minus_3():
+    """HardSwish is 0 for every x <= -3: the codes below -3 all make one table entry, so the range
+    starts there and 255 codes cover [-3, T] instead of [-T, T]."""
+    model = _affine_model()
+    t = _conv_output(model)
+    plan = make_plan(model, max_thresholds(model))
+    act = plan.acts[t]
+    assert isinstance(act, OffsetAct) and plan.calibrated_acts[t] == act
+    threshold = float(act.threshold)
+    low, high = (-128 - act.zero_point) * act.scale, (127 - act.zero_point) * act.scale
+    assert -3.0 - 2 * act.scale <= low <= -3.0  # covers -3 (the table's last change), not much more
+    assert high == pytest.approx(threshold, abs=act.scale)
+    assert act.scale < 0.9 * threshold / 127 and act.scale == pytest.approx((threshold + 3.0) / 255, rel=0.02)
+
+
+def test_the_table_reads_its_narrowed_input_with_less_error(monkeypatch):
+    """Where the table changes (x > -3), the conv output's rounding error falls with the step."""
+    model = _affine_model()
+    thresholds = max_thresholds(model)
+    t = _conv_output(model)
+    feeds = [random_inputs(model, seed) for seed in range(3, 7)]
+
+    def error(plan) -> float:
+        """Mean squared error against float of the fake-quantized conv output, on the values above -3."""
+        calibrated = build_calibrated_model(model, plan)
+        fq = json.loads({p.key: p.value for p in calibrated.metadata_props}[MAP_KEY])[t]
+        errs = []
+        for f in feeds:
+            ref, got = run_model(calibrated, f, [t])[t], run_model(calibrated, f, [fq])[fq]
+            live = ref > -3.0
+            errs.append(float(((got[live] - ref[live]) ** 2).mean()))
+        return float(np.mean(errs))
+
+    narrowed = make_plan(model, thresholds)
+    monkeypatch.setattr(planner, "NARROW_INPUTS", False)
+    symmetric = make_plan(model, thresholds)
+    assert zero_point_of(symmetric.acts[t]) == 0 and zero_point_of(narrowed.acts[t]) != 0
+    ratio = (narrowed.acts[t].scale / symmetric.acts[t].scale) ** 2  # rounding noise goes with step²: 0.76 here
+    assert error(narrowed) < 1.1 * ratio * error(symmetric) and ratio < 0.8, (error(narrowed), error(symmetric))
+
+
+def test_a_table_input_another_op_reads_too_keeps_its_symmetric_range():
+    b = Builder("shared_input")
+    x = b.input("x", [1, 4, 6, 6])
+    c = b.conv(x, 4, 4)
+    h = b.op("HardSwish", [c])
+    b.output(b.conv(b.op("Add", [h, b.conv(c, 4, 4)]), 4, 4, k=1, out="y"))  # c is read by a Conv as well
+    model = optimized(b.build())
+    conv_out = [n for n in model.graph.node if n.op_type == "Conv"][0].output[0]
+    plan = make_plan(model, max_thresholds(model))
+    assert conv_out in plan.acts and zero_point_of(plan.acts[conv_out]) == 0
+
+
+def test_integer_program_reads_the_narrowed_conv_output_as_the_ptq_model_does():
+    import onnxruntime as ort
+
+    model = _affine_model()
+    plan = make_plan(model, max_thresholds(model))
+    assert zero_point_of(plan.acts[_conv_output(model)]) != 0
+    bc = lower_to_integer(model, plan)
+    session = ort.InferenceSession(bc.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+    ptq = fake_quant_session(build_ptq_model(model, plan))
+    for seed in range(3):
+        feed = random_inputs(model, seed)
+        got, want = session.run(["y"], feed)[0], ptq.run(["y"], feed)[0]
+        assert np.max(np.abs(got - want)) <= 1e-4 * float(np.max(np.abs(want))) + 1e-5 or \
+            np.mean(np.abs(got - want) > 1e-3 * float(np.max(np.abs(want)))) < 0.01
