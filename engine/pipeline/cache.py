@@ -232,6 +232,25 @@ def prune_memo_files(folder: Path, keep: set[str]) -> list[Path]:
     return removed
 
 
+def _process_umask() -> int:
+    """The umask, read without changing it where Linux says it (/proc, 4.7+); else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def published_mode(directory: bool = False) -> int:
+    """The mode a plain `open()` / `mkdir()` would give: mkstemp / mkdtemp make 0600 / 0700 files,
+    which other users, a container or a web server serving the models could not read."""
+    return (0o777 if directory else 0o666) & ~_process_umask()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
@@ -241,6 +260,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            os.fchmod(fh.fileno(), published_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -249,6 +269,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_copy(src: Path, dest: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    os.fchmod(fd, published_mode())
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)

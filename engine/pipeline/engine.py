@@ -20,7 +20,7 @@ from typing import Any
 
 from engine.config import Config, read_config
 from engine.config.loader import LoadResult, locate
-from engine.pipeline.cache import StageCache, atomic_copy
+from engine.pipeline.cache import StageCache, atomic_copy, published_mode
 from engine.pipeline.hashing import shared_hashes
 from engine.pipeline.report import RunReport, StageRun
 from engine.pipeline.stage import Cancelled, KeyParts, Stage, StageContext, explain
@@ -260,6 +260,7 @@ def replace_folder(src: Path, dest: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
+        os.chmod(tmp, published_mode(directory=True))  # after copytree: it copies the entry folder's mode
         if dest.is_dir():
             old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
             os.replace(dest, old)

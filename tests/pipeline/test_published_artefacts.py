@@ -3,6 +3,8 @@ beside the new ones (an old removed-node `.bc` next to a new `.hbm` misleads).""
 
 from __future__ import annotations
 
+import pytest
+
 from engine.pipeline import Engine
 from tests.pipeline.test_stage_cache import PLAIN
 
@@ -46,3 +48,32 @@ def test_artefacts_of_stages_a_run_stops_before_are_removed(project):
     again = Engine().run(cfg)
     assert again.ok and again.stage("compile").status == "reused"
     assert {"tiny.hbm", "tiny.json", "tiny.html"} <= set(project.artefacts())
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_artefacts_get_the_mode_the_umask_gives(project, umask):
+    """Artefacts are written through temp files (mkstemp: 0600) and renamed into place; they must end
+    up with the mode a plain open() gives, so another user or a server can read the .hbm."""
+    import os
+    import stat
+
+    project.model()
+    from engine.pipeline.engine import replace_folder
+
+    cfg = project.config(PLAIN)
+    folder = project.root / "entry" / "calibration_data"  # a folder artefact, as dump_calibration_data makes
+    folder.mkdir(parents=True)
+    (folder / "0.npy").write_bytes(b"x")
+    old = os.umask(umask)
+    try:
+        report = Engine().run(cfg)
+        replace_folder(folder, project.root / "model_output" / "calibration_data")
+    finally:
+        os.umask(old)
+    assert report.ok, [p.render() for p in report.problems]
+    wd = project.root / "model_output"
+    files = [wd / n for n in ("tiny.hbm", "tiny_quantized_model.bc", "tiny_node_info.csv", "tiny.html",
+                              "tiny_quant_info.json", "tiny_calibrated_model.onnx")]
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {oct(0o666 & ~umask)}
+    dumped = wd / "calibration_data"
+    assert stat.S_IMODE(dumped.stat().st_mode) == 0o777 & ~umask
