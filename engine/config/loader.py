@@ -97,7 +97,7 @@ def load_config_text(text: str, base_dir: Path, file: str | None = None, path: P
     if doc.root is None or doc.root.kind != "map" or errors(doc.problems):
         return LoadResult(None, locate(doc.problems, doc, file), doc)
     data, problems = normalize(doc.root.to_python())
-    problems += check_schema(data)
+    problems += _drop_told_missing(check_schema(data), {p.path for p in problems if p.code == "empty-value"})
     ctx = RuleContext(data, base_dir, check_files)
     if not errors(problems):
         problems += run_rules(ctx)
@@ -119,16 +119,46 @@ def normalize(data: dict[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
             out[section] = body
             continue
         kept = {}
+        required = (schema.section_schema(section) or {}).get("required") or ()
         for key, value in body.items():
             ks = schema.key_schema(section, key) or {}
             if value is None or (isinstance(value, str) and not value.strip()):
                 if ks.get("x-hb-nonempty") and value is not None:
                     problems.append(error("empty-prefix", "The output_model_file_prefix cannot be empty, please "
                                           "specify a valid prefix in your yaml config file", (section, key)))
+                elif key in required and value is None:  # (`''` stays "missing": the LSP corpus expects it)
+                    problems.append(_no_value(section, key, ks))
                 continue
             kept[key] = value
         out[section] = kept
     return out, problems
+
+
+def _no_value(section: str, key: str, ks: dict[str, Any]) -> Problem:
+    """`march:` left blank is there but empty: told on its own line, not as a key missing from its section."""
+    allowed = ks.get("enum") or schema.item_enum(section, key, hidden=False)
+    if allowed:
+        expected = f"one of {list(allowed)}" + (" (';' between inputs)" if ks.get("x-hb-list") == "per-input" else "")
+    else:
+        expected = f"a {ks.get('type', 'value')}"
+    return error("empty-value", f"{key} has no value, expected {expected}", (section, key),
+                 data={"on_key": True, "allowed": list(allowed or [])})
+
+
+def _drop_told_missing(problems: list[Problem], told: set[tuple]) -> list[Problem]:
+    """A required key given without a value is told once (empty-value), not also as missing."""
+    out = []
+    for p in problems:
+        if p.code == "missing-key" and told:
+            missing = [k for k in p.data.get("missing", []) if tuple(p.path) + (k,) not in told]
+            if not missing:
+                continue
+            if len(missing) != len(p.data.get("missing", [])):
+                where = p.message.split(" error: ")[0]
+                p = error("missing-key", f"{where} error: Missing keys: " + ", ".join(f"'{k}'" for k in missing),
+                          p.path, data={**p.data, "missing": missing})
+        out.append(p)
+    return out
 
 
 def locate(problems: list[Problem], doc: YamlDoc, file: str | None) -> list[Problem]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine.config.loader import load_config_text
-from engine.problems import Problem
+from engine.problems import Problem, Severity
 from tests.conftest import GOOD_CONFIG
 
 
@@ -65,4 +65,22 @@ def test_every_pattern_key_has_a_format_error_text():
 def _line_of(text: str, needle: str) -> int:
     return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
 
+
+# ---------------------------------------------------------------- §7: a required key with no value
+
+def test_required_key_without_value_is_told_at_its_line(tmp_path):
+    problems = load(tmp_path, GOOD_CONFIG.replace("  march: nash-e", "  march:"))
+    assert not [p for p in problems if p.code == "missing-key"], [p.message for p in problems]
+    p = only(problems, "empty-value")
+    assert p.severity == Severity.ERROR and p.path == ("model_parameters", "march")
+    assert p.message.startswith("march has no value"), p.message
+    assert "nash-e" in p.message  # what is expected
+    assert (p.span.line, p.span.col) == (2, 2)
+
+
+def test_absent_required_key_is_still_missing_on_the_parent(tmp_path):
+    problems = load(tmp_path, GOOD_CONFIG.replace("  march: nash-e\n", ""))
+    p = only(problems, "missing-key")
+    assert "Missing keys: 'march'" in p.message and p.span.line == 0
+    assert not [q for q in problems if q.code == "empty-value"]
 
