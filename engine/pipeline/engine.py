@@ -36,6 +36,7 @@ class Engine:
         self.warm: dict[str, Any] = {}  # stage-owned warm state (sessions, parsed models)
         self.lock = threading.Lock()  # one run at a time per engine
         self.copied: dict[str, tuple[str, int, int]] = {}  # published artefact -> (cache file, size, mtime_ns)
+        self.writable: set[str] = set()  # working_dirs a probe file was written into by this engine
 
     def cache_root(self, config: Config) -> Path:
         return config.working_dir / ".hb_cache"
@@ -180,11 +181,14 @@ class Engine:
 
     def _working_dir_ok(self, config: Config, report: RunReport, result: LoadResult, shown: str) -> bool:
         wd = config.working_dir
+        if str(wd) in self.writable and os.access(wd, os.W_OK | os.X_OK):  # probed before: a warm run asks only
+            return True
         try:
             wd.mkdir(parents=True, exist_ok=True)
             probe = wd / f".hb_write_probe_{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
+            self.writable.add(str(wd))
             return True
         except OSError as exc:
             p = error("working-dir-unwritable", f"Cannot write into working_dir {wd}: {exc.strerror}",

@@ -77,3 +77,22 @@ def test_artefacts_get_the_mode_the_umask_gives(project, umask):
     assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {oct(0o666 & ~umask)}
     dumped = wd / "calibration_data"
     assert stat.S_IMODE(dumped.stat().st_mode) == 0o777 & ~umask
+
+
+def test_a_warm_engine_still_notices_a_working_dir_that_went_away(project):
+    """The write probe runs once per engine and working_dir; later runs ask os.access, so a
+    working_dir deleted (recreated) or replaced by a file between runs is still handled."""
+    import shutil
+
+    project.model()
+    cfg = project.config(PLAIN)
+    engine = Engine()
+    assert engine.run(cfg).ok
+    wd = project.root / "model_output"
+    shutil.rmtree(wd)
+    assert engine.run(cfg).ok and (wd / "tiny.hbm").is_file()  # deleted: made again
+    shutil.rmtree(wd)
+    wd.write_text("not a folder")
+    blocked = engine.run(cfg)
+    assert not blocked.ok
+    assert any("Cannot write into working_dir" in p.message for p in blocked.problems)
