@@ -274,10 +274,14 @@ def _apply_removed(spec: dict, removed: list, position: str) -> None:
     if not mine:
         return
     spec["removed_nodes"] = mine
-    for r in mine:  # the innermost removed Quantize / Dequantize says how the codes are read
+    for r in mine:  # in removal order: the innermost removal that re-reads the codes says how they are read
         q = r.get("params", {})
         if r.get("op_type") in ("QuantizeLinear", "DequantizeLinear") and "scale" in q:
             spec["quantization"] = {k: q[k] for k in ("scale", "zero_point", "dtype", "axis") if k in q}
+        elif r.get("op_type") == "QLinearSoftmax" and position == "output" and "input_scale" in q:
+            # the output is the softmax's input codes now, at the softmax's input scale
+            spec["quantization"] = {"scale": q["input_scale"], "zero_point": q["input_zero_point"],
+                                    "dtype": q.get("input_dtype") or "uint8"}
 
 
 def _first_line(e: BaseException) -> str:

@@ -171,6 +171,13 @@ def test_quantized_softmax_behind_a_dequantize():
     assert [r.op_type for r in removed] == ["DequantizeLinear", "QLinearSoftmax"]
     assert {"input_scale", "input_zero_point", "output_scale", "output_zero_point", "axis"} <= set(removed[1].params)
     np.testing.assert_array_equal(run(out, feeds)["y"], before[softmax_in])
+    # the output now holds the softmax's *input* codes: the spec says how to read them (not the removed
+    # Dequantize's softmax-output scale, which read them ~7x too small)
+    (spec,) = io_specs(out)[1]
+    q = removed[1].params
+    assert spec["quantization"]["scale"] == q["input_scale"] != removed[0].params["scale"]
+    assert spec["quantization"]["zero_point"] == q["input_zero_point"]
+    assert spec["quantization"]["dtype"] == "uint8"
 
 
 @pytest.mark.parametrize("name", ["conv", "Conv_0", "conv_y_HzCalibration", "conv_dequantize"])
