@@ -192,8 +192,9 @@ class CandidateScorer:
         shared.graph.input.extend(helper.make_tensor_value_info(n, inits[n].data_type, list(inits[n].dims))
                                   for n in differ)
         session = quiet_session(shared)
+        fed = set(differ)
         for k, m in models.items():
-            feeds = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer if t.name in set(differ)}
+            feeds = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer if t.name in fed}
             got = [run_outputs(session, s, self.names, feeds) for s in self.samples]
             out[k] = mean_output_cosine(self.reference, got, self.names)
         return out
