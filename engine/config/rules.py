@@ -151,6 +151,18 @@ def debug_keys(ctx: RuleContext) -> Iterator[Problem]:
 
 
 @rule
+def no_effect_keys(ctx: RuleContext) -> Iterator[Problem]:
+    """Keys the schema marks `x-hb-no-effect`: accepted, recorded in the stage keys, not acted on; a value
+    other than the default says so instead of being ignored in silence."""
+    for section, body in ctx.data.items():
+        for key, value in body.items() if isinstance(body, dict) else ():
+            ks = schema.key_schema(section, key) or {}
+            if ks.get("x-hb-no-effect") and value != ks.get("default"):
+                yield warning("no-effect", f"Please note that the parameter '{key}' is recorded but has no effect "
+                              f"here: {ks['x-hb-no-effect']}", (section, key), data={"on_key": True})
+
+
+@rule
 def remove_node_types(ctx: RuleContext) -> Iterator[Problem]:
     allowed = schema.item_enum(MP, "remove_node_type") or ["Quantize", "Transpose", "Dequantize", "Cast",
                                                            "Reshape", "Softmax", "DequantizeFilter"]

@@ -84,3 +84,19 @@ def test_absent_required_key_is_still_missing_on_the_parent(tmp_path):
     assert "Missing keys: 'march'" in p.message and p.span.line == 0
     assert not [q for q in problems if q.code == "empty-value"]
 
+# ---------------------------------------------------------------- §14: separate_batch / separate_name
+
+@pytest.mark.parametrize("line", ["  separate_batch: true", "  separate_name: data"])
+def test_separate_keys_warn_they_have_no_effect(tmp_path, line):
+    text = GOOD_CONFIG.replace("  input_shape: 1x3x8x8", "  input_shape: 1x3x8x8\n" + line)
+    problems = load(tmp_path, text)
+    key = line.split(":")[0].strip()
+    p = only(problems, "no-effect")
+    assert p.severity == Severity.WARNING and p.path == ("input_parameters", key)
+    assert f"'{key}' is recorded but has no effect" in p.message
+    assert p.span.line == 11 and p.span.col == 2  # on the key
+
+
+def test_separate_batch_false_is_silent(tmp_path):
+    text = GOOD_CONFIG.replace("  input_shape: 1x3x8x8", "  input_shape: 1x3x8x8\n  separate_batch: false")
+    assert not [p for p in load(tmp_path, text) if p.code == "no-effect"]
