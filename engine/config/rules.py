@@ -494,6 +494,16 @@ def cal_data_type_vs_suffix(ctx: RuleContext) -> Iterator[Problem]:
 
 
 @rule
+def cpu_and_bpu(ctx: RuleContext) -> Iterator[Problem]:
+    """A node named in both lists: the planner puts it on the CPU (run_on_cpu is applied first); say so."""
+    on_bpu = V.split_names(ctx.get(CP, "run_on_bpu"))
+    for name in dict.fromkeys(n for n in V.split_names(ctx.get(CP, "run_on_cpu")) if n in on_bpu):
+        yield warning("cpu-and-bpu", f"The node '{name}' is given in both run_on_cpu and run_on_bpu: run_on_cpu "
+                      "wins, it runs on CPU (node_info, when it names the node, decides over both)",
+                      (CP, "run_on_bpu"), data={"name": name})
+
+
+@rule
 def quant_config(ctx: RuleContext) -> Iterator[Problem]:
     """What of quant_config has nothing to act on here (the rest becomes engine options in the loader)."""
     if ctx.has(CP, "quant_config"):

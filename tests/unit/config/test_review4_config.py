@@ -3,6 +3,7 @@ on the loader the CLI and the language server share."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,13 @@ def test_separate_keys_warn_they_have_no_effect(tmp_path, line):
 def test_separate_batch_false_is_silent(tmp_path):
     text = GOOD_CONFIG.replace("  input_shape: 1x3x8x8", "  input_shape: 1x3x8x8\n  separate_batch: false")
     assert not [p for p in load(tmp_path, text) if p.code == "no-effect"]
+
+# ---------------------------------------------------------------- §16 e: a node on both CPU and BPU
+
+def test_node_in_run_on_cpu_and_run_on_bpu_is_a_warning_naming_it(tmp_path):
+    text = GOOD_CONFIG.replace("  calibration_type: max",
+                               "  calibration_type: max\n  run_on_cpu: Conv_0;Relu_2\n  run_on_bpu: Relu_2")
+    p = only(load(tmp_path, text), "cpu-and-bpu")
+    assert p.severity == Severity.WARNING and "'Relu_2'" in p.message and "Conv_0" not in p.message
+    assert re.search(r"run_on_cpu wins|runs on CPU", p.message)
+    assert p.path == ("calibration_parameters", "run_on_bpu") and p.span.line == 16
