@@ -328,37 +328,42 @@ def _build_rebin_kernel():  # noqa: ANN202 - a numba dispatcher
     def rebin_rows(hists, absmax, out_edges, diffs):  # noqa: ANN001, ANN202
         rows, width = hists.shape
         points = out_edges.shape[0]
-        cdf = np.empty(width + 1)
-        xp = np.empty(width + 1)
         for r in range(rows):
-            step = absmax[r] / width
-            cdf[0] = 0.0
-            for k in range(width):
-                cdf[k + 1] = cdf[k] + np.float64(hists[r, k])
-                xp[k] = np.float64(k) * step
-            xp[width] = absmax[r]
+            top = absmax[r]
+            step = top / width
+            # one walk over the source bins as the merged edges rise: j with xp[j] ≤ x < xp[j+1], and the
+            # cumulative counts cdf[j], cdf[j+1] summed bin by bin as cumsum does (never a step back)
             j = 0
+            low, high = 0.0, np.float64(hists[r, 0])
+            total, have_total = 0.0, False
             previous = 0.0
             for i in range(points):
                 x = out_edges[i]
-                if x >= xp[width]:  # at the last edge (j = width) and past it (right = fp[-1])
-                    value = cdf[width]
-                elif x < xp[0]:  # left = fp[0]
-                    value = cdf[0]
+                if x >= top:  # at the last edge (j = width) and past it (right = fp[-1]): cdf[width]
+                    if not have_total:
+                        total = high
+                        for k in range(j + 1, width):
+                            total = total + np.float64(hists[r, k])
+                        have_total = True
+                    value = total
+                elif x < 0.0:  # left = fp[0]
+                    value = 0.0
                 else:
-                    while xp[j] > x:
-                        j -= 1
-                    while xp[j + 1] <= x:
+                    while j + 1 < width and np.float64(j + 1) * step <= x:
                         j += 1
-                    if xp[j] == x or cdf[j + 1] == cdf[j]:  # an empty bin: slope 0, so 0 · (x − dx[j]) + dy[j]
-                        value = cdf[j]
-                    else:  # the slope np.interp precomputes for every bin, here only for the bins used
-                        slope = (cdf[j + 1] - cdf[j]) / (xp[j + 1] - xp[j])
-                        value = slope * (x - xp[j]) + cdf[j]
+                        low = high
+                        high = low + np.float64(hists[r, j])
+                    start = np.float64(j) * step
+                    if start == x or high == low:  # an edge, or an empty bin (slope 0): cdf[j]
+                        value = low
+                    else:  # the slope np.interp precomputes for every bin, here for the bins used
+                        end = np.float64(j + 1) * step if j + 1 < width else top
+                        slope = (high - low) / (end - start)
+                        value = slope * (x - start) + low
                         if np.isnan(value):  # np.interp: if NaN in one direction, try the other
-                            value = slope * (x - xp[j + 1]) + cdf[j + 1]
-                            if np.isnan(value) and cdf[j] == cdf[j + 1]:
-                                value = cdf[j]
+                            value = slope * (x - end) + high
+                            if np.isnan(value) and low == high:
+                                value = low
                 if i > 0:
                     diffs[r, i - 1] = value - previous
                 previous = value

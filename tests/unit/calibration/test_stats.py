@@ -240,7 +240,7 @@ def test_compiled_rebin_gives_the_bits_of_numpy_interp(monkeypatch):
     """With the compiled kernel loaded, `_rebinned` moves every sample's histogram in one numba loop
     that repeats np.interp's arithmetic: the same bits as the numpy path, for ranges from 1e-38 to
     1e4, samples at the merged range itself, sparse and uint16 / uint32 / int64 histograms, and a
-    merged grid finer than the samples'."""
+    merged grid finer or coarser than the samples'."""
     pytest.importorskip("numba")
     from engine.calibration import stats
 
@@ -255,7 +255,7 @@ def test_compiled_rebin_gives_the_bits_of_numpy_interp(monkeypatch):
     samples.append(TensorStats(0.0, 3.0, 3.0, int(sparse.sum()), sparse))
     samples = [TensorStats(s.min, s.max, s.absmax, s.count, s.hist.astype(dtype), s.channel_absmax, s.axis)
                for s, dtype in zip(samples, [np.uint16, np.uint32, np.int64] * 11)]
-    for target, bins in ((1e4, 2048), (1e4 * 1.5, 2048), (255.0, 4096)):
+    for target, bins in ((1e4, 2048), (1e4 * 1.5, 2048), (255.0, 4096), (40.0, 1000), (40.0, 2049)):
         fitting = [s for s in samples if s.absmax <= target]
         compiled = {i: d.copy() for i, d in stats._rebinned(fitting, target, bins).items()}
         monkeypatch.setitem(stats._kernel, "rebin", None)
