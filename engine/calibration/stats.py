@@ -376,11 +376,13 @@ def _build_rebin_kernel():  # noqa: ANN202 - a numba dispatcher
 def _load_kernel() -> None:
     try:
         fn = _build_kernel()
-        rebin_rows = _build_rebin_kernel()
     except Exception as e:  # noqa: BLE001 - no numba, or it cannot compile here: numpy does the same work
         _kernel["error"] = f"{e.__class__.__name__}: {e}"
         return
-    _kernel["rebin"] = rebin_rows
+    try:
+        _kernel["rebin"] = _build_rebin_kernel()
+    except Exception:  # noqa: BLE001 - the merge then runs in numpy, with the same bits
+        _kernel["rebin"] = None
     _kernel["fn"] = fn
 
 
