@@ -740,6 +740,16 @@ def _flat_ends(fn, threshold: float, tolerance: float) -> tuple[float, float] | 
     return lo, hi
 
 
+def _covering(lo: float, hi: float) -> tuple[int, float]:
+    """(zero point, step) of the int8 range [(−128 − zp)·step, (127 − zp)·step] that covers [lo, hi]
+    (lo ≤ 0 ≤ hi) with the finest step: a zero point rounded to the nearest code would move both ends
+    by up to half a step and clip the values at the top (measured: the output range of the table then
+    lost 0.02 of its top on the test model)."""
+    scale = (hi - lo) / 255.0
+    zp = int(np.clip(np.ceil(-128.0 - lo / scale - 1e-9), -127, 127))  # the bottom code at or below lo
+    return zp, max(scale, hi / (127 - zp))  # and the top code at or above hi
+
+
 def _offset_table_inputs(a: _Analysis, singletons: set[str], acts: dict[str, ActQuant],
                          calibrated: dict[str, ActQuant]) -> None:
     """Tensors read only by lookup tables that are flat beyond some input value get an offset range
@@ -766,9 +776,7 @@ def _offset_table_inputs(a: _Analysis, singletons: set[str], acts: dict[str, Act
         else:
             if hi - lo > OFFSET_SHARE * 2 * threshold or hi - lo <= 0:
                 continue
-            scale = (hi - lo) / 255.0
-            zp = int(np.clip(np.ceil(-128.0 - lo / scale - 1e-9), -127, 127))  # the bottom code at or below lo
-            scale = max(scale, hi / (127 - zp))  # and the top code at or above hi: neither end clips more
+            zp, scale = _covering(lo, hi)
             for table in (acts, calibrated):
                 old = table[t]
                 table[t] = OffsetAct(t, old.threshold, 8, None, old.method, zp, scale)
