@@ -129,6 +129,7 @@ def run_config(config_path: Path, until: str | None, log_path: Path, check_mode:
     if report.cancelled:  # the daemon's client hung up (Ctrl-C): nothing more to say to anyone
         log.error("interrupted")
         return 130
+    print_problems(model_warnings(report, loaded))
     print_problems(report.problems[len(loaded.problems):])
     print_run(report)
     if report.ok and sensitivity is not None:
@@ -144,6 +145,21 @@ def run_config(config_path: Path, until: str | None, log_path: Path, check_mode:
         print_check_table(report)
     log.info("The hb_compile completes running")
     return 0
+
+
+def model_warnings(report, loaded) -> list[Problem]:
+    """The config rules that need the model (unknown node names, input_shape differing from the model's),
+    run on this run's config with the model facts parse keeps: the same warnings hblsp shows."""
+    from engine.config.inputs import check_with_model
+    from engine.config.loader import locate
+    from engine.frontend.model_info import ModelInfo
+
+    part = (report.results.get("parse") or {}).get("model_check")
+    if report.config is None or not part:
+        return []
+    found = [p for p in check_with_model(report.config.data, ModelInfo.from_checked_part(part)) if not p.is_error]
+    placed = locate(found, loaded.doc, str(report.config_path)) if loaded.doc else found
+    return sorted(placed, key=lambda p: (p.span.line, p.span.col) if p.span else (-1, -1))
 
 
 def _available_stages() -> list[str]:

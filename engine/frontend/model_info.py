@@ -60,6 +60,20 @@ class ModelInfo:
     def node_names(self) -> list[str]:
         return [n.name for n in self.nodes]
 
+    def checked_part(self) -> dict:
+        """What the config rules read (input names, shapes, types; node names) as JSON: the parse stage
+        keeps it with its result, so a run that reuses parse still checks the config of this run."""
+        return {"inputs": [[t.name, list(t.shape) if t.shape is not None else None, t.elem_type]
+                           for t in self.inputs],
+                "nodes": [[n.name, n.op_type] for n in self.nodes], "opset": self.opset}
+
+    @classmethod
+    def from_checked_part(cls, part: dict) -> ModelInfo:
+        inputs = tuple(TensorInfo(name, tuple(shape) if shape is not None else None, int(elem))
+                       for name, shape, elem in part["inputs"])
+        nodes = tuple(NodeInfo(name, op, (), ()) for name, op in part["nodes"])
+        return cls(inputs, (), nodes, int(part.get("opset", 0)), {})
+
 
 def _shape(vi: onnx.ValueInfoProto) -> tuple[Dim, ...] | None:
     t = vi.type.tensor_type

@@ -58,7 +58,8 @@ def parse_model(config: Config) -> tuple[onnx.ModelProto, list[InputSpec], dict[
     model, shown, key = load_float_model(mp.onnx_model, mp.caffe_model, mp.prototxt, shapes)
     opset_from = fe.default_opset(model)
     renamed = fe.name_nodes(model)
-    specs = resolve_inputs(config, model_info(model))
+    info = model_info(model)
+    specs = resolve_inputs(config, info)
     for spec in specs:
         fe.set_input_shape(model, spec.name, spec.shape)
     fe.clear_inferred_shapes(model)
@@ -70,7 +71,8 @@ def parse_model(config: Config) -> tuple[onnx.ModelProto, list[InputSpec], dict[
         fe.add_outputs(model, list(config.model.output_nodes))
     _check_static(model, shown, key)
     return model, specs, {"opset_from": opset_from, "opset": fe.default_opset(model), "renamed_nodes": renamed,
-                          "normalized_inputs": normalized, "nodes": len(model.graph.node)}
+                          "normalized_inputs": normalized, "nodes": len(model.graph.node),
+                          "model_check": info.checked_part()}
 
 
 def insert_normalizations(model: onnx.ModelProto, specs: list[InputSpec]) -> list[str]:
@@ -122,6 +124,7 @@ def model_files(config: Config) -> list[Path]:
 
 
 # version 3: initializers listed as graph inputs are weights (dropped from the inputs, IR ≥ 4)
-STAGE = Stage("parse", 3, run, reads=READS, files=model_files,
+# version 4: the result keeps the model's names and input types (`model_check`) for the run's config warnings
+STAGE = Stage("parse", 4, run, reads=READS, files=model_files,
               artefacts={"model.onnx": "{prefix}_original_float_model.onnx"},
               describe="load, check and normalize the float model")

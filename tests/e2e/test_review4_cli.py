@@ -1,0 +1,90 @@
+"""Reviewer-found CLI bugs (session 4 review §1, §9, §10, §13): what `hb_compile` prints for configs
+and command lines that fit the model badly, on real generated models."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from engine.cli import main
+from tests.conftest import GOOD_CONFIG
+
+FEATUREMAP = (GOOD_CONFIG.replace("input_type_train: rgb", "input_type_train: featuremap")
+              .replace("input_type_rt: nv12", "input_type_rt: featuremap")
+              .replace("  mean_value: 128 128 128\n", "").replace("  scale_value: 0.0078125\n", ""))
+
+
+def lines(out: str, level: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith(level)]
+
+
+def line_of(text: str, needle: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+# ---------------------------------------------------------------- §1: model-aware warnings on the CLI
+
+TYPOS = GOOD_CONFIG.replace("  output_model_file_prefix: tiny",
+                            "  output_model_file_prefix: tiny\n  node_info: 'Relu_9:int16'").replace(
+    "  calibration_type: max", "  calibration_type: max\n  run_on_cpu: Conv_9\n"
+    "  quant_config: {node_config: {Gap_9: {qtype: int16}}}")
+
+
+def test_unknown_node_names_are_warned_on_console_and_in_the_log(project, capsys):
+    cfg = project.config(TYPOS)
+    os.chdir(project.root)
+    assert main(["-c", str(cfg), "--until", "optimize"]) == 0
+    warnings = lines(capsys.readouterr().out, "WARNING")
+    for name, key in (("Conv_9", "run_on_cpu"), ("Relu_9", "node_info"), ("Gap_9", "quant_config.node_config")):
+        told = [w for w in warnings if f"The node '{name}' given in {key} is not a node of the model" in w]
+        assert len(told) == 1, warnings
+        assert re.search(rf"config\.yaml:{line_of(TYPOS, name)}:\d+: warning: ", told[0]), told[0]
+    log = (project.root / "model_output" / "hb_compile.log").read_text()
+    assert log.count("is not a node of the model") == 3
+
+
+def test_warnings_come_again_when_parse_is_reused_and_follow_the_edit(project, capsys):
+    """run_on_cpu is not read by parse: a run that reuses parse still checks the current names."""
+    cfg = project.config(TYPOS)
+    os.chdir(project.root)
+    assert main(["-c", str(cfg), "--until", "optimize"]) == 0
+    capsys.readouterr()
+    project.config(TYPOS.replace("run_on_cpu: Conv_9", "run_on_cpu: Conv_0"))
+    assert main(["-c", str(cfg), "--until", "optimize"]) == 0
+    warnings = lines(capsys.readouterr().out, "WARNING")
+    assert not [w for w in warnings if "Conv_" in w], warnings
+    assert len([w for w in warnings if "Relu_9" in w or "Gap_9" in w]) == 2, warnings
+
+
+def test_input_shape_differing_from_the_model_is_warned(project, capsys):
+    """1x3x8x8 model; input_shape 1x3x16x16 (the convolution takes any H, W)."""
+    text = GOOD_CONFIG.replace("input_shape: 1x3x8x8", "input_shape: 1x3x16x16")
+    cfg = project.config(text)
+    os.chdir(project.root)
+    assert main(["-c", str(cfg), "--until", "optimize"]) == 0
+    told = [w for w in lines(capsys.readouterr().out, "WARNING") if "differs from the model's [1, 3, 8, 8]" in w]
+    assert len(told) == 1 and f"config.yaml:{line_of(text, 'input_shape')}:" in told[0], told
+
+
+# ---------------------------------------------------------------- §1 through the daemon
+
+def test_daemon_prints_the_same_model_warnings(project, tmp_path):
+    env = {**os.environ, "HBCOMPILE_DAEMON_SOCKET": str(tmp_path / "run" / "daemon.sock")}
+    env.pop("HBCOMPILE_NO_DAEMON", None)
+    daemon = [sys.executable, "-m", "hblsp.daemon"]
+    started = subprocess.run(daemon + ["start"], env=env, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        project.config(TYPOS)
+        run = subprocess.run([sys.executable, "-m", "engine.cli", "-c", "config.yaml", "--until", "optimize"],
+                             cwd=project.root, env=env, capture_output=True, text=True, timeout=120)
+        status = subprocess.run(daemon + ["status"], env=env, capture_output=True, text=True, timeout=30)
+    finally:
+        subprocess.run(daemon + ["stop"], env=env, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 runs" in status.stdout  # it went through the daemon
+    assert run.stdout.count("is not a node of the model") == 3, run.stdout
+    assert (Path(project.root) / "model_output" / "hb_compile.log").read_text().count("is not a node of the") == 3
