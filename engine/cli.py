@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from engine import __version__
@@ -97,7 +98,7 @@ def cold_main(argv: list[str], cancel: threading.Event | None = None) -> int:
 
 
 def _main(args: argparse.Namespace, log_path: Path, cancel: threading.Event | None = None) -> int:
-    from engine.modes import config_for_mode
+    from engine.modes import config_for_mode, on_command_line
 
     log.info("Start hb_compile...")
     log.info(f"hb_compile version: {__version__}")
@@ -107,14 +108,23 @@ def _main(args: argparse.Namespace, log_path: Path, cancel: threading.Event | No
     if args.until:
         until = args.until
     check_mode = bool(args.model and not args.config and not args.fast_perf)
-    return run_config(config_path, until, log_path, check_mode, args.sensitivity, cancel)
+    generated = bool(args.model and not args.config)
+    told = (lambda problems: on_command_line(problems, config_path, args)) if generated else None
+    return run_config(config_path, until, log_path, check_mode, args.sensitivity, cancel, told)
 
 
 def run_config(config_path: Path, until: str | None, log_path: Path, check_mode: bool = False,
-               sensitivity: int | None = None, cancel: threading.Event | None = None) -> int:
+               sensitivity: int | None = None, cancel: threading.Event | None = None,
+               told: Callable[[list[Problem]], list[Problem]] | None = None) -> int:
+    """`told`: how problems are placed for the user (check / fast-perf mode: on the command-line option,
+    not in the config the tool generated)."""
     from engine.config import read_config
     from engine.pipeline import default_engine
-    from engine.report.console import print_problems, print_run
+    from engine.report.console import print_problems as print_placed
+    from engine.report.console import print_run
+
+    def print_problems(problems: list[Problem]) -> None:
+        print_placed(told(problems) if told else problems)
 
     stages = _available_stages()
     if until is not None and until not in stages:

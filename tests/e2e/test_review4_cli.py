@@ -9,8 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
+import pytest
+
 from engine.cli import main
-from tests.conftest import GOOD_CONFIG
+from tests.conftest import GOOD_CONFIG, conv_relu_model
 
 FEATUREMAP = (GOOD_CONFIG.replace("input_type_train: rgb", "input_type_train: featuremap")
               .replace("input_type_rt: nv12", "input_type_rt: featuremap")
@@ -67,6 +70,20 @@ def test_input_shape_differing_from_the_model_is_warned(project, capsys):
     assert main(["-c", str(cfg), "--until", "optimize"]) == 0
     told = [w for w in lines(capsys.readouterr().out, "WARNING") if "differs from the model's [1, 3, 8, 8]" in w]
     assert len(told) == 1 and f"config.yaml:{line_of(text, 'input_shape')}:" in told[0], told
+
+
+# ---------------------------------------------------------------- §13: -i errors name the option
+
+@pytest.mark.parametrize("mode", [[], ["--fast-perf"]])
+def test_input_shape_option_errors_name_the_option_not_a_generated_file(tmp_path, capsys, mode):
+    onnx.save(conv_relu_model(shape=(1, 3, 16, 16)), str(tmp_path / "net.onnx"))
+    os.chdir(tmp_path)
+    assert main([*mode, "-m", "net.onnx", "--march", "nash-e", "-i", "data", "1x3x16"]) == 1
+    errors = lines(capsys.readouterr().out, "ERROR")
+    assert len(errors) == 1, errors
+    assert "check_config.yaml" not in errors[0] and "fast_perf_config.yaml" not in errors[0], errors[0]
+    assert re.match(r"ERROR\s+-i/--input-shape data 1x3x16: error: ", errors[0]), errors[0]
+    assert "has 3 dims but the model input has 4" in errors[0]
 
 
 # ---------------------------------------------------------------- §1 through the daemon
