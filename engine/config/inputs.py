@@ -28,6 +28,8 @@ from engine.config.rules import (
 from engine.frontend.model_info import ModelInfo
 from engine.problems import ConfigError, Problem, error, errors, warning
 
+FLOAT32 = 1  # onnx.TensorProto.FLOAT
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -104,6 +106,13 @@ def _model_rules(data: dict[str, dict[str, Any]], info: ModelInfo) -> Iterator[P
                         (CP, "cal_data_dir"))
     by_name = {t.name: t for t in info.inputs}
     names = given or model_names
+    for i, name in enumerate(names):
+        t = by_name.get(name)
+        if t is not None and t.elem_type not in (0, FLOAT32):
+            yield error("input-dtype", f"Input '{name}' of the model has element type {t.dtype_name}; hbcompile "
+                        "takes float32 model inputs only (calibration samples and runtime inputs are fed as "
+                        "float32): export the model with a float32 input, or cast inside the model",
+                        (IP, "input_name") if given else (IP,), data={"item": i} if given else {"on_key": True})
     try:
         shapes = [V.parse_shape(s) for s in V.split_list(ip.get("input_shape"))]
     except V.ValueFormatError:

@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from engine.cli import main
 from tests.conftest import GOOD_CONFIG, conv_relu_model
@@ -70,6 +72,46 @@ def test_input_shape_differing_from_the_model_is_warned(project, capsys):
     assert main(["-c", str(cfg), "--until", "optimize"]) == 0
     told = [w for w in lines(capsys.readouterr().out, "WARNING") if "differs from the model's [1, 3, 8, 8]" in w]
     assert len(told) == 1 and f"config.yaml:{line_of(text, 'input_shape')}:" in told[0], told
+
+
+# ---------------------------------------------------------------- §9: input element types
+
+def _cast_model(elem: int) -> onnx.ModelProto:
+    """A float16 / int64 input the model casts to float before a Relu."""
+    nodes = [helper.make_node("Cast", ["data"], ["f"], to=TensorProto.FLOAT), helper.make_node("Relu", ["f"], ["y"])]
+    g = helper.make_graph(nodes, "cast", [helper.make_tensor_value_info("data", elem, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def _embedding_model() -> onnx.ModelProto:
+    table = numpy_helper.from_array(np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32), "table")
+    g = helper.make_graph([helper.make_node("Gather", ["table", "data"], ["y"])], "embed",
+                          [helper.make_tensor_value_info("data", TensorProto.INT64, [1, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 4])], [table])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize(("model", "shape", "dtype"), [
+    (_cast_model(TensorProto.FLOAT16), "1x3x8x8", "float16"),
+    (_embedding_model(), "1x6", "int64"),
+])
+def test_non_float32_input_is_one_early_error(project, capsys, model, shape, dtype):
+    project.model(model)
+    cfg = project.config(FEATUREMAP.replace("1x3x8x8", shape))
+    os.chdir(project.root)
+    assert main(["-c", str(cfg)]) == 1
+    out = capsys.readouterr().out
+    errors = lines(out, "ERROR")
+    assert len(errors) == 1, errors
+    assert "'data'" in errors[0] and dtype in errors[0] and "float32" in errors[0], errors[0]
+    assert "ONNXRuntime" not in out and "ERROR-OCCUR-DURING" not in out
+    assert "Start to calibrate" not in out  # told before any work on the model
+    assert project.artefacts() == []
 
 
 # ---------------------------------------------------------------- §13: -i errors name the option
