@@ -237,6 +237,13 @@ class ModelCache:
         except Exception:  # a bug in load_state: log it, leave the model unknown
             log.exception("model load failed for %s", source)
             return
+        if state.status == "failed" and (_stamp(source.files) != stamp
+                                         or any(p.code == "file-missing" for p in state.problems)):
+            # the file went away (maybe only for a moment: moved and back) or changed during the
+            # read: the failure says nothing of the bytes hashed before it (kept by digest, it would
+            # stand for every identical copy); the re-check reads the file again if it is there
+            self.on_loaded(source)
+            return
         if state.status == "skipped":
             self._skipped[(source, stamp)] = state
             self._stamps[source] = (stamp, "")

@@ -10,13 +10,13 @@ pool, which also reads stdin; the model parse itself runs in a short-lived child
 `hblsp.models`); their results come back to the loop, which drops stale ones.
 
 Extending it: a feature module appended to `FEATURES` registers handlers, subscribes to
-`on_changed` / `on_closed` / `on_model_loaded` / `on_settings`, may own another executor, and
-publishes its own diagnostics under its own source name with `publish_diagnostics` (they are
-merged with the config checks'). Diagnostics that must follow the text (placed by key path on
+`on_changed` / `on_closed` / `on_model_loaded` / `on_settings` / `on_shutdown`, may own another
+executor, and publishes its own diagnostics under its own source name with `publish_diagnostics`
+(they are merged with the config checks'). Diagnostics that must follow the text (placed by key path on
 every version, like the compile results') are a `diagnostic_providers` entry instead: computed
 with the config checks of each version, in the same pool job, and published in the same message.
 The live recompile (`features/live.py`) is such a module: it owns the compile worker and the
-file watcher.
+file watcher; `features/disk_files.py` re-checks a config when a file it names changes on disk.
 """
 
 from __future__ import annotations
@@ -41,7 +41,17 @@ from pygls.lsp.server import LanguageServer
 from engine.frontend.model_info import ModelInfo
 from hblsp.debounce import Debouncer
 from hblsp.documents import ConfigDoc, DocumentStore, base_dir_of
-from hblsp.features import code_actions, completion, diagnostics, hover, inlay_hints, live, symbols, sync
+from hblsp.features import (
+    code_actions,
+    completion,
+    diagnostics,
+    disk_files,
+    hover,
+    inlay_hints,
+    live,
+    symbols,
+    sync,
+)
 from hblsp.models import ModelCache, ModelSource, ProcessReader
 from hblsp.positions import UTF16
 from hblsp.recognize import is_hb_config
@@ -51,7 +61,7 @@ log = logging.getLogger("hblsp")
 timing = logging.getLogger("hblsp.timing")
 
 VERSION = "0.1.0"
-FEATURES = (sync, diagnostics, completion, hover, code_actions, symbols, live, inlay_hints)
+FEATURES = (sync, diagnostics, completion, hover, code_actions, symbols, live, inlay_hints, disk_files)
 # (server, document version) → None (nothing to say) or a function computing the items, run in `check_pool`
 DiagnosticProvider = Callable[["HbServer", ConfigDoc], Callable[[], list[types.Diagnostic]] | None]
 
@@ -73,6 +83,7 @@ class HbServer(LanguageServer):
         self.on_closed: list[Callable[[HbServer, str], Any]] = []
         self.on_model_loaded: list[Callable[[HbServer, ModelSource], Any]] = []
         self.on_settings: list[Callable[[HbServer], Any]] = []
+        self.on_shutdown: list[Callable[[HbServer], Any]] = []
         self.diagnostic_providers: dict[str, DiagnosticProvider] = {}
         self.live: Any = None  # features.live.Live: compile runs, results, the file watcher
         self._published: dict[str, dict[str, list[types.Diagnostic]]] = {}
@@ -167,6 +178,7 @@ class HbServer(LanguageServer):
         self.model_reader.close()
         if self.live is not None:
             self.live.close()
+        self.emit(self.on_shutdown)
 
 
 def guarded(ls: HbServer, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:

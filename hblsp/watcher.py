@@ -8,6 +8,8 @@ editor's save, a copy of 100 images) becomes one call `delay` seconds after the 
 Each folder's parent is watched too, so a folder replaced as a whole (`mv cal cal_old; mv new
 cal`, how sync tools refresh a data set) counts as a change and is watched again: an inotify
 watch follows the old folder, not the name.
+A folder created, removed or moved inside a watched folder is asked about like a file (a config
+watching the folder that holds its cal_data_dir sees the folder come and go).
 Whether anything really changed is for the caller to decide, by content.
 """
 
@@ -125,11 +127,9 @@ class Watcher(FileSystemEventHandler):
             if not raw:
                 continue
             path = norm(raw if isinstance(raw, str) else raw.decode())
-            if event.is_directory:
-                if path in by_dir and event.event_type in ("created", "moved", "deleted"):
-                    self.loop.call_soon_threadsafe(self._folder_changed, path)
-                continue
-            for key, concerns in by_dir.get(path.parent, ()):
+            if event.is_directory and path in by_dir and event.event_type in ("created", "moved", "deleted"):
+                self.loop.call_soon_threadsafe(self._folder_changed, path)
+            for key, concerns in by_dir.get(path.parent, ()):  # a folder may be what concerns a key
                 if concerns(path):
                     keys.add(key)
         for key in keys:
