@@ -52,7 +52,7 @@ may only apply rewrites that cannot change a single output bit:
   ``per_channel_scaling`` in its compact form DequantizeLinear(x, d·M) [→ Add b·M] → QuantizeLinear
   (`_compact_scaling_nodes`), the narrow conv's Relu moved before its multiplier (`_relu_after`),
   ``merge_sibling_convs``, ``index_tables_directly``, ``untranspose_float_side_tables``,
-  ``si32_head_as_qgemm``, and the kernel swaps for onnxruntime's slow kernels: ``depthwise_conv_in_float``
+  ``dequantized_tables``, ``si32_head_as_qgemm``, and the kernel swaps for onnxruntime's slow kernels: ``depthwise_conv_in_float``
   (5×5 depthwise convs), ``nhwc_max_pool`` and ``silu_as_quick_gelu`` — their docstrings say why each
   is exact. docs/formats.md lists them.
 - **O3** (hb_mapper generation) is O2.
@@ -115,6 +115,7 @@ def optimize_program(program: onnx.ModelProto, level: str) -> OptimizeResult:
                    "depthwise_conv_in_float": depthwise_conv_in_float(o2),
                    "merge_sibling_convs": merge_sibling_convs(o2), "index_tables_directly": index_tables_directly(o2),
                    "untranspose_float_side_tables": untranspose_float_side_tables(o2),
+                   "dequantized_tables": dequantized_tables(o2),
                    "si32_head_as_qgemm": si32_head_as_qgemm(o2), "nhwc_max_pool": nhwc_max_pool(o2),
                    "silu_as_quick_gelu": silu_as_quick_gelu(o2)}
     if any(o2_rewrites.values()):
@@ -1028,6 +1029,60 @@ def untranspose_float_side_tables(model: onnx.ModelProto) -> int:
         table.unflatten.output[0] = after.output[0]
         g.node.remove(before)
         g.node.remove(after)
+        rewritten += 1
+    return rewritten
+
+
+def dequantized_tables(model: onnx.ModelProto) -> int:
+    """A table read only by DequantizeLinear (one scale and zero point, per tensor) holds the dequantized
+    values instead: GatherElements of DQ(T) gives DQ(T[i]) at every index — DequantizeLinear is
+    elementwise, and DQ(T) is computed by onnxruntime's own kernel — so the DequantizeLinear pass over
+    the tensor goes (an int16 table's output before an emulated float conv: PP-OCRv4 det's first
+    one runs on 1×32×320×320). The table grows to float32 (256 KB for 65 536 entries). Checked on
+    every entry against the DequantizeLinear it replaces."""
+    from onnx import helper
+
+    from engine.runtime.session import open_session
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    readers = _consumers(g)
+    outputs = {o.name for o in g.output}
+    rewritten = 0
+    for table in _tables(g):
+        last = table.after or table.unflatten
+        found = readers.get(last.output[0], [])
+        if last.output[0] in outputs or not found or table.gather.input[0] not in inits:
+            continue
+        dq = found[0]
+        params = list(dq.input[1:])
+        if any(r.op_type != "DequantizeLinear" or r.domain != dq.domain or list(r.input[1:]) != params
+               or r.output[0] in outputs and r is not dq for r in found) \
+                or not params or any(p and p not in inits for p in params) \
+                or numpy_helper.to_array(inits[params[0]]).size != 1:
+            continue
+        values = inits[table.gather.input[0]]
+        graph = helper.make_graph(
+            [helper.make_node("DequantizeLinear", ["codes", *params], ["values"], domain=dq.domain or None)], "dq",
+            [helper.make_tensor_value_info("codes", values.data_type, list(values.dims))],
+            [helper.make_tensor_value_info("values", onnx.TensorProto.FLOAT, None)], [inits[p] for p in params if p])
+        opsets = [o for o in model.opset_import if o.domain in ("", "ai.onnx", dq.domain or "")]
+        try:
+            session = open_session(helper.make_model(graph, opset_imports=opsets).SerializeToString())
+            dequantized = session.run(None, {"codes": numpy_helper.to_array(values)})[0]
+        except Exception:  # onnxruntime refused the graph: keep the table as it is
+            continue
+        if dequantized.dtype != np.float32 or dequantized.shape != tuple(values.dims):
+            continue
+        name = f"{table.gather.input[0]}_dequantized"
+        g.initializer.append(numpy_helper.from_array(dequantized, name))
+        table.gather.input[0] = name
+        last.output[0] = dq.output[0]
+        for r in found:
+            if r is not dq:
+                _rename_input(g, r.output[0], dq.output[0])
+            g.node.remove(r)
+        _rename_in_node_map(model, {r.name: [table.gather.name] for r in found})
         rewritten += 1
     return rewritten
 
