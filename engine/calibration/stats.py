@@ -369,7 +369,7 @@ def _build_rebin_kernel():  # noqa: ANN202 - a numba dispatcher
                 previous = value
 
     # the types `_rebinned` passes (its counts are a strided view of a scratch array): loaded or compiled now
-    rebin_rows(np.zeros((1, 3))[:, :2], np.ones(1), np.linspace(0.0, 1.0, 3), np.empty((1, 2)))
+    rebin_rows(np.zeros((2, 3))[:, :2], np.ones(2), np.linspace(0.0, 1.0, 3), np.empty((2, 2)))  # 'A' layout
     return rebin_rows
 
 
