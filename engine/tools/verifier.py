@@ -11,7 +11,11 @@ Inputs: ``-i`` gives one `.npy` per input (``allow_pickle=False``), in the first
 order. An array that fits a model's input is fed as it is; a train-view sample (e.g. a calibration
 sample) is converted to the runtime view a `.bc` / `.hbm` takes (NV12 etc., `engine.runtime.feeds`).
 Without ``-i``, seeded random inputs (``--seed``). Outputs whose Dequantize was removed are
-dequantized before a cosine comparison. Bad input is one ``ERROR`` line and exit 2.
+dequantized before a cosine comparison, and float values given to an input whose Quantize was
+removed are quantized as that node did. Two integer programs with different boundary nodes removed
+(a `_quantized_model.bc` and the `.hbm` of a `remove_node_type` run) are no consistency pair: the
+error names the `_quantized_removed_model.bc` to compare with. Bad input is one ``ERROR`` line and
+exit 2.
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ def feeds_for(model, named: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         train_shape = spec.info.get("train_shape")
         if _fits(spec, x) or model.view == "train":
             out[spec.name] = x
+        elif _takes_codes(spec):
+            out[spec.name] = _quantized(spec, x, model)
         elif train_shape and list(x.shape) == list(train_shape):
             out[spec.name] = to_runtime(x, spec.info)
         else:
@@ -104,17 +110,43 @@ def shared_inputs(a, b, arrays: Sequence[np.ndarray] | None, seed: int) -> dict[
                    _train_sample(next(s for s in a.inputs if s.name == name), rng)) for name in names}
 
 
+def _scale_and_zero_point(q: Mapping, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    scale = np.asarray(q["scale"], dtype=np.float32)
+    zp = np.asarray(q.get("zero_point", 0), dtype=np.float32)
+    if scale.ndim and "axis" in q:
+        shape = [1] * ndim
+        shape[q["axis"] % ndim] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return scale, zp
+
+
 def _dequantized(spec, value: np.ndarray) -> np.ndarray:
     q = spec.quantization
     if not q or value.dtype.kind == "f":
         return value
-    scale = np.asarray(q["scale"], dtype=np.float32)
-    zp = np.asarray(q.get("zero_point", 0), dtype=np.float32)
-    if scale.ndim and "axis" in q:
-        shape = [1] * value.ndim
-        shape[q["axis"] % value.ndim] = -1
-        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    scale, zp = _scale_and_zero_point(q, value.ndim)
     return (value.astype(np.float32) - zp) * scale
+
+
+def _takes_codes(spec) -> bool:
+    """An input whose Quantize was removed: it takes the integer codes that node made."""
+    return bool(spec.quantization) and np.dtype(spec.dtype).kind in "iu"
+
+
+def _quantized(spec, x: np.ndarray, model) -> np.ndarray:
+    """Float values → the codes an input whose Quantize was removed takes, computed as that
+    QuantizeLinear did (x / scale rounded half to even, plus the zero point, saturated)."""
+    want = spec.static_shape or tuple(spec.info.get("train_shape") or ())
+    if x.dtype.kind != "f" or (want and tuple(x.shape) != tuple(want)):
+        q = spec.quantization
+        raise VerifierInputError(error("verifier-input", (
+            f"Input '{spec.name}' of {model.path.name} expects {spec.describe()}; got {x.dtype} {tuple(x.shape)}: "
+            f"give the codes as {spec.dtype}, or float values (quantized with scale {q['scale']} and zero point "
+            f"{q.get('zero_point', 0)}, as the removed QuantizeLinear did)")))
+    scale, zp = _scale_and_zero_point(spec.quantization, x.ndim)
+    limits = np.iinfo(np.dtype(spec.dtype))
+    codes = np.rint(x.astype(np.float32) / scale) + zp
+    return np.clip(codes, limits.min, limits.max).astype(spec.dtype)
 
 
 def _differing(x: np.ndarray, y: np.ndarray) -> int:
@@ -136,6 +168,46 @@ def _pairs(a, b) -> list[tuple[str, str]]:
     return list(zip(names_a, names_b))
 
 
+def _removed(model) -> list[tuple[str, str, str, str]]:
+    """The boundary nodes removed from `model` (remove_node_type / remove_node_name), as its specs
+    record them: (op type, node name, input or output, tensor)."""
+    return [(str(r.get("op_type")), str(r.get("name")), str(r.get("position")), str(r.get("tensor")))
+            for spec in (*model.inputs, *model.outputs) for r in spec.info.get("removed_nodes") or ()
+            if isinstance(r, dict)]
+
+
+def _check_same_removals(a, b) -> None:
+    """A program with boundary nodes removed takes or gives integer codes where the other has floats:
+    not a pair to compare bit for bit. Say which nodes, and which file is the right pair."""
+    ra, rb = _removed(a), _removed(b)
+    if set(ra) == set(rb):
+        return
+    more, less = (b, a) if set(rb) - set(ra) else (a, b)
+    extra = [r for r in _removed(more) if r not in set(_removed(less))]
+    nodes = ", ".join(f"{op} '{name}' at {position} '{tensor}'" for op, name, position, tensor in extra)
+    text = (f"{more.path.name} has nodes removed that {less.path.name} has not ({nodes}; remove_node_type / "
+            f"remove_node_name): their inputs or outputs differ, so they are not a consistency pair")
+    twin = _removed_twin(more, less)
+    if twin is not None:
+        pair = f"{twin},{more.path}" if more.format == "hbm" else f"{more.path},{twin}"
+        text += f"; compare {more.path.name} with {twin.name}, which has the same nodes removed: hb_verifier -m {pair}"
+    elif more.format == "hbm":
+        text += (f"; compare it with the {more.path.stem}_quantized_removed_model.bc its run wrote (the .hbm is "
+                 "built from it)")
+    raise VerifierInputError(error("verifier-models", text))
+
+
+def _removed_twin(more, less) -> Path | None:
+    """The `{prefix}_quantized_removed_model.bc` next to the files: what the .hbm of a run with
+    removed nodes is built from, so the .bc it must equal bit for bit."""
+    names = []
+    if less.path.name.endswith("_quantized_model.bc"):
+        names.append(less.path.with_name(less.path.name[:-len("_quantized_model.bc")] + "_quantized_removed_model.bc"))
+    if more.format == "hbm":
+        names.append(more.path.with_name(f"{more.path.stem}_quantized_removed_model.bc"))
+    return next((p for p in names if p.is_file() and p != more.path), None)
+
+
 def verify(paths: Sequence[str], inputs: Sequence[str] | None = None, seed: int = 0,
            digits: int = 6) -> tuple[int, list[str]]:
     """(exit code, lines to print)."""
@@ -145,11 +217,13 @@ def verify(paths: Sequence[str], inputs: Sequence[str] | None = None, seed: int 
         raise VerifierInputError(error("verifier-models", f"-m takes two models separated by a comma, got "
                                                           f"{len(paths)}: {','.join(paths)}"))
     a, b = load(paths[0]), load(paths[1])
+    consistency = a.format in CONSISTENCY_FORMATS and b.format in CONSISTENCY_FORMATS
+    if consistency:
+        _check_same_removals(a, b)
     arrays = load_arrays(inputs) if inputs else None
     named = shared_inputs(a, b, arrays, seed)
     out_a, out_b = a.run(feeds_for(a, named)), b.run(feeds_for(b, named))
     pairs = _pairs(a, b)
-    consistency = a.format in CONSISTENCY_FORMATS and b.format in CONSISTENCY_FORMATS
     lines = [f"mode: {'consistency' if consistency else 'cosine'} ({Path(paths[0]).name} vs {Path(paths[1]).name}, "
              f"{'given' if arrays is not None else f'random (seed {seed})'} input)"]
     if consistency:
