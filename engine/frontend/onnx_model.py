@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -178,6 +179,40 @@ def infer_shapes(model: onnx.ModelProto, shown: str, key: str = "onnx_model") ->
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(error("model-shape", f"model conversion faild: {first}", ("model_parameters", key))) from None
+
+
+@dataclass(frozen=True)
+class ChannelMismatch:
+    """A Conv / ConvTranspose whose input carries another channel count than its weight takes."""
+
+    node: str
+    op_type: str
+    expected: int
+    found: int
+
+
+def channel_mismatches(model: onnx.ModelProto) -> list[ChannelMismatch]:
+    """onnx's shape inference does not compare a Conv's input channels with its weight (onnxruntime only
+    finds out when it runs): checked here on the inferred shapes, so a wrong input_shape fails at parse."""
+    shapes: dict[str, list[int]] = {}
+    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if vi.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = [d.dim_value for d in dims]
+    for init in model.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    found = []
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2:
+            continue
+        x, w = shapes.get(node.input[0]), shapes.get(node.input[1])
+        if not x or not w or len(x) < 2 or len(w) < 2:
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1) or 1
+        expected = w[1] * group if node.op_type == "Conv" else w[0]
+        if x[1] != expected:
+            found.append(ChannelMismatch(node.name, node.op_type, expected, x[1]))
+    return found
 
 
 def add_outputs(model: onnx.ModelProto, node_names: list[str]) -> None:

@@ -63,7 +63,7 @@ def parse_model(config: Config) -> tuple[onnx.ModelProto, list[InputSpec], dict[
     for spec in specs:
         fe.set_input_shape(model, spec.name, spec.shape)
     fe.clear_inferred_shapes(model)
-    model = fe.infer_shapes(model, shown, key)
+    model = _infer_with_given_shapes(model, specs, info, shown, key)
     normalized = insert_normalizations(model, specs)
     if normalized:
         model = fe.infer_shapes(model, shown, key)
@@ -73,6 +73,36 @@ def parse_model(config: Config) -> tuple[onnx.ModelProto, list[InputSpec], dict[
     return model, specs, {"opset_from": opset_from, "opset": fe.default_opset(model), "renamed_nodes": renamed,
                           "normalized_inputs": normalized, "nodes": len(model.graph.node),
                           "model_check": info.checked_part()}
+
+
+def _infer_with_given_shapes(model: onnx.ModelProto, specs: list[InputSpec], info, shown: str,
+                             key: str) -> onnx.ModelProto:
+    """Shape inference after input_shape is applied; a model that cannot take the given shape is told on
+    input_shape (what the model's input is, what was given, the first node that refuses it), not left to
+    fail in onnxruntime during calibration on an internal node."""
+    original = {t.name: list(t.shape or []) for t in info.inputs}
+    changed = [(i, s) for i, s in enumerate(specs) if list(s.shape) != original.get(s.name)]
+    try:
+        model = fe.infer_shapes(model, shown, key)
+        mismatches = fe.channel_mismatches(model)
+    except ModelError as exc:
+        if not changed:
+            raise
+        mismatches, why = [], exc.problems[0].message.removeprefix("model conversion faild: ")
+    else:
+        if not mismatches:
+            return model
+        m = mismatches[0]
+        why = f"node '{m.node}' ({m.op_type}) takes {m.expected} input channels, the given shape gives it {m.found}"
+    if not changed:
+        m = mismatches[0]
+        raise ModelError(error("model-shape", f"model conversion faild: node '{m.node}' ({m.op_type}) of {shown} "
+                               f"takes {m.expected} input channels but gets {m.found}", ("model_parameters", key)))
+    i, spec = changed[0]
+    given = "x".join(str(d) for d in spec.shape)
+    raise ModelError(error("input-shape-model", f"input_shape {given} of input '{spec.name}' does not fit the model, "
+                           f"whose input is {original.get(spec.name)}: {why}", ("input_parameters", "input_shape"),
+                           data={"item": i}))
 
 
 def insert_normalizations(model: onnx.ModelProto, specs: list[InputSpec]) -> list[str]:

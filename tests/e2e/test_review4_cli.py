@@ -114,6 +114,33 @@ def test_non_float32_input_is_one_early_error(project, capsys, model, shape, dty
     assert project.artefacts() == []
 
 
+# ---------------------------------------------------------------- §10: an input_shape the model cannot take
+
+def test_input_shape_the_model_cannot_take_fails_at_parse(project, capsys):
+    text = FEATUREMAP.replace("1x3x8x8", "1x1x8x8")
+    cfg = project.config(text)
+    os.chdir(project.root)
+    assert main(["-c", str(cfg)]) == 1
+    out = capsys.readouterr().out
+    errors = lines(out, "ERROR")
+    assert len(errors) == 1, errors
+    msg = errors[0]
+    assert f"config.yaml:{line_of(text, 'input_shape')}:" in msg
+    assert "input_shape 1x1x8x8" in msg and "Conv_0" in msg and "3" in msg, msg
+    assert "[1, 3, 8, 8]" in msg  # what the model's own input is
+    assert "Start to calibrate" not in out and project.artefacts() == []
+
+
+def test_check_mode_with_an_input_shape_the_model_cannot_take_fails(tmp_path, capsys):
+    onnx.save(conv_relu_model(shape=(1, 3, 16, 16)), str(tmp_path / "net.onnx"))
+    os.chdir(tmp_path)
+    assert main(["-m", "net.onnx", "--march", "nash-e", "-i", "data", "1x1x16x16"]) != 0
+    out = capsys.readouterr().out
+    errors = lines(out, "ERROR")
+    assert len(errors) == 1 and "-i/--input-shape" in errors[0] and "1x1x16x16" in errors[0], errors
+    assert "The converted model node information" not in out
+
+
 # ---------------------------------------------------------------- §13: -i errors name the option
 
 @pytest.mark.parametrize("mode", [[], ["--fast-perf"]])
