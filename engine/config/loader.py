@@ -126,7 +126,7 @@ def normalize(data: dict[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
                 if ks.get("x-hb-nonempty") and value is not None:
                     problems.append(error("empty-prefix", "The output_model_file_prefix cannot be empty, please "
                                           "specify a valid prefix in your yaml config file", (section, key)))
-                elif key in required and value is None:  # (`''` stays "missing": the LSP corpus expects it)
+                elif key in required:
                     problems.append(_no_value(section, key, ks))
                 continue
             kept[key] = value

@@ -264,23 +264,25 @@ def shape_problems(i: int, rt: str | None, train: str | None, layout: str | None
                     shape_path, data={"item": i})
         return
     if len(shape) == 4 and layout in ("NCHW", "NHWC"):
-        h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
-        if rt == "nv12" and (h % 2 or w % 2):
-            yield error("input-nv12-odd-size", f"The input shape: {V.format_shape(shape)} is invalid, nv12 type "
-                        "does not support odd number input size", shape_path,
-                        data={"item": i, "fix_key": "input_shape"})
         want = IMAGE_CHANNELS.get(train or "")
+        resolved: str | None = layout  # the layout the shape is really in: H and W are read from it
         if want is not None and shape[channel_axis(layout)] != want:
             other = "NHWC" if layout == "NCHW" else "NCHW"
             if shape[channel_axis(other)] == want:
                 msg = (f"Input_layout_train says {layout} but seems like layout of input_shape is {other}: "
                        f"{V.format_shape(shape)}, try use {other} in input_layout_train")
-                fix = other
+                fix = resolved = other
             else:
                 msg = (f"Input_type_train {train} input_layout_train {layout} and input_shape "
                        f"{V.format_shape(shape)} does not seem right. Please double check.")
-                fix = None
+                fix = resolved = None
             yield error("input-layout-shape", msg, (IP, "input_layout_train"), data={"item": i, "replace_item": fix})
+        if resolved is not None:
+            h, w = (shape[2], shape[3]) if resolved == "NCHW" else (shape[1], shape[2])
+            if rt == "nv12" and (h % 2 or w % 2):
+                yield error("input-nv12-odd-size", f"The input shape: {V.format_shape(shape)} is invalid, nv12 "
+                            "type does not support odd number input size", shape_path,
+                            data={"item": i, "fix_key": "input_shape"})
 
 
 @rule

@@ -36,7 +36,6 @@ CASES = [
                                           "Remove deprecated 'set_node_data_type'"]),
     ("deprecated_norm_type", "deprecated-key", ["Remove deprecated 'norm_type'"]),
     ("layout_vs_shape", "input-layout-shape", ["Use NCHW in input_layout_train"]),
-    ("layout_vs_shape", "input-nv12-odd-size", ["Use NCHW in input_layout_train (input 0)"]),
 ]
 
 

@@ -79,6 +79,12 @@ def test_required_key_without_value_is_told_at_its_line(tmp_path):
     assert (p.span.line, p.span.col) == (2, 2)
 
 
+def test_required_key_with_empty_string_is_told_too(tmp_path):
+    problems = load(tmp_path, GOOD_CONFIG.replace("  input_type_rt: nv12", "  input_type_rt: ''"))
+    p = only(problems, "empty-value")
+    assert p.path == ("input_parameters", "input_type_rt") and p.span.line == 9
+
+
 def test_absent_required_key_is_still_missing_on_the_parent(tmp_path):
     problems = load(tmp_path, GOOD_CONFIG.replace("  march: nash-e\n", ""))
     p = only(problems, "missing-key")
@@ -101,6 +107,28 @@ def test_separate_keys_warn_they_have_no_effect(tmp_path, line):
 def test_separate_batch_false_is_silent(tmp_path):
     text = GOOD_CONFIG.replace("  input_shape: 1x3x8x8", "  input_shape: 1x3x8x8\n  separate_batch: false")
     assert not [p for p in load(tmp_path, text) if p.code == "no-effect"]
+
+# ---------------------------------------------------------------- §16 b: nv12 odd size on the real layout
+
+def test_wrong_layout_gives_no_false_odd_size_error(tmp_path):
+    text = GOOD_CONFIG.replace("input_layout_train: NCHW", "input_layout_train: NHWC")
+    problems = load(tmp_path, text)
+    assert not [p for p in problems if p.code == "input-nv12-odd-size"], [p.message for p in problems]
+    p = only(problems, "input-layout-shape")
+    assert "try use NCHW" in p.message
+
+
+def test_odd_size_under_the_resolved_layout_is_still_told(tmp_path):
+    """1x3x7x8 declared NHWC: the layout is wrong, and under NCHW (what the shape is) H=7 is odd."""
+    text = GOOD_CONFIG.replace("input_layout_train: NCHW", "input_layout_train: NHWC").replace("1x3x8x8", "1x3x7x8")
+    codes = [p.code for p in load(tmp_path, text)]
+    assert codes.count("input-layout-shape") == 1 and codes.count("input-nv12-odd-size") == 1
+
+
+def test_odd_size_with_the_right_layout(tmp_path):
+    codes = [p.code for p in load(tmp_path, GOOD_CONFIG.replace("1x3x8x8", "1x3x7x8"))]
+    assert codes.count("input-nv12-odd-size") == 1
+
 
 # ---------------------------------------------------------------- §16 e: a node on both CPU and BPU
 
