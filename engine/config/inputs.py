@@ -113,6 +113,12 @@ def _model_rules(data: dict[str, dict[str, Any]], info: ModelInfo) -> Iterator[P
                         "takes float32 model inputs only (calibration samples and runtime inputs are fed as "
                         "float32): export the model with a float32 input, or cast inside the model",
                         (IP, "input_name") if given else (IP,), data={"item": i} if given else {"on_key": True})
+    for t in info.outputs:
+        if t.name in by_name:
+            yield error("output-is-input", f"Output '{t.name}' of the model is its input '{t.name}' itself, which "
+                        "no node computes; hbcompile compiles the nodes between inputs and outputs: take that "
+                        "output out of the model, or compute it (e.g. an Identity node with its own output name)",
+                        (MP, "onnx_model"))
     try:
         shapes = [V.parse_shape(s) for s in V.split_list(ip.get("input_shape"))]
     except V.ValueFormatError:

@@ -174,3 +174,25 @@ def test_daemon_prints_the_same_model_warnings(project, tmp_path):
     assert "1 runs" in status.stdout  # it went through the daemon
     assert run.stdout.count("is not a node of the model") == 3, run.stdout
     assert (Path(project.root) / "model_output" / "hb_compile.log").read_text().count("is not a node of the") == 3
+
+
+# ---------------------------------------------------------------- §16 c: an output that is the input itself
+
+def test_an_output_that_is_the_model_input_is_one_error_naming_it(project, capsys):
+    """Valid ONNX (the checker passes) that no stage can compile: it failed optimize with onnx's
+    "Field 'shape' of 'type' is required but missing"."""
+    x = helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 8, 8])
+    graph = helper.make_graph([helper.make_node("Relu", ["data"], ["o"], name="relu")], "g", [x],
+                              [helper.make_tensor_value_info("o", TensorProto.FLOAT, [1, 3, 8, 8]), x])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    project.model(model)
+    cfg = project.config(FEATUREMAP)
+    os.chdir(project.root)
+    assert main(["-c", str(cfg)]) != 0
+    out = capsys.readouterr().out
+    (err,) = lines(out, "ERROR")
+    assert "Output 'data' of the model is its input 'data' itself" in err
+    assert re.search(rf"config\.yaml:{line_of(FEATUREMAP, 'onnx_model')}:\d+: error: ", err), err
+    assert "Traceback" not in out and not (project.root / "model_output" / "tiny.hbm").exists()
