@@ -73,10 +73,10 @@ class DiskFiles:
 
     async def update(self, doc: ConfigDoc) -> None:
         """Watch the paths this version names (nothing to do while they stay the same)."""
-        if not self.ls.documents.current(doc):
+        if not self._current(doc):
             return
         paths = await self.ls.in_pool(lambda: named_paths(doc.data, doc.base_dir))
-        if not self.ls.documents.current(doc) or not self.ls.settings.watch_files or self.named.get(doc.uri) == paths:
+        if not self._current(doc) or not self.ls.settings.watch_files or self.named.get(doc.uri) == paths:
             return
         self.named[doc.uri] = paths
         if self.watcher is None:
@@ -87,6 +87,11 @@ class DiskFiles:
             self.ls.window_log_message(types.LogMessageParams(types.MessageType.Log, (
                 f"hblsp: {path.name}: checked again when {describe_files(sorted(map(str, paths)), path.parent)} "
                 "change on disk")))
+
+    def _current(self, doc: ConfigDoc) -> bool:
+        """The open version, or the fresh copy of it `on_disk` put in its place (same text)."""
+        now = self.ls.documents.get(doc.uri)
+        return now is doc or (now is not None and now.version == doc.version and now.text == doc.text)
 
     def on_disk(self, uri: str) -> None:
         """A named path was created, deleted, moved or written: check the open version again, now."""
