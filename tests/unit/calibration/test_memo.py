@@ -83,6 +83,8 @@ def test_new_entries_are_not_held_in_memory(tmp_path):
     spools each archive to disk, save() streams them into the pack."""
     import tracemalloc
 
+    import engine.pipeline.cache  # noqa: F401 - `save` imports it on first use: 4 MB of modules, not the memo's memory
+
     big = SampleStats({f"t{k}": tensor_stats(np.random.default_rng(k).laplace(size=(1, 16, 32, 32))
                                              .astype(np.float32)) for k in range(8)})
     one = len(big.to_bytes())
