@@ -246,10 +246,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     settings = SearchSettings.from_config(config)
     tensors = plan_tensors(model, options)
     kind = config.calibration.calibration_type
-    if kind in ("skip", "load"):
-        if kind == "skip":
-            log.warning("calibration_type is skip: thresholds come from random data; the model is only good "
-                        "for performance checks")
+    if kind in ("skip", "load"):  # skip's warning comes from search_skip, which makes the random data
         result = choose_thresholds(settings, model, None, options=options, tensors=tensors,
                                    load_source=load_source(config) if kind == "load" else None,
                                    featuremaps=featuremap_inputs(specs))

@@ -229,3 +229,17 @@ def test_a_cancelled_run_keeps_the_statistics_it_computed(project):
     assert first.stage("calibrate").status == "cancelled"
     again = Engine().run(cfg, until="calibrate")
     assert again.ok and again.results["calibrate"]["computed"] == 3 and again.results["calibrate"]["reused"] == 3
+
+
+def test_calibration_type_skip_warns_once(project, caplog):
+    """The skip warning came twice in two wordings (the stage and the random-data search both said it)."""
+    import logging
+
+    from tests.pipeline.test_stage_cache import PLAIN
+
+    project.model()
+    cfg = project.config(PLAIN)
+    with caplog.at_level(logging.WARNING):
+        assert Engine().run(cfg).ok
+    told = [r.getMessage() for r in caplog.records if "calibration_type is skip" in r.getMessage()]
+    assert len(told) == 1, told

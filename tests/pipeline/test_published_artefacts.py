@@ -96,3 +96,4 @@ def test_a_warm_engine_still_notices_a_working_dir_that_went_away(project):
     blocked = engine.run(cfg)
     assert not blocked.ok
     assert any("Cannot write into working_dir" in p.message for p in blocked.problems)
+
