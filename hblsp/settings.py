@@ -31,7 +31,7 @@ class Settings:
     max_model_megabytes: int = 1024
     completion_limit: int = 500
     compile_on_save: bool = True  # saving a config without errors compiles it
-    watch_files: bool = True  # model / calibration / config changes on disk re-run a compiled config
+    watch_files: bool = True  # changes on disk re-run a compiled config and re-check an open one
     watch_delay_ms: int = 300  # file events within this window are one change
     node_cosine_threshold: float = 0.99  # nodes under this Quantized Cosine are listed in a warning
     output_cosine_threshold: float = 0.8  # outputs under this one too (hb_compile calls it serious)

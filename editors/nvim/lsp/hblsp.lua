@@ -30,7 +30,8 @@
 ---   maxModelMegabytes = 1024,  -- larger models are not read (model-aware checks off)
 ---   completionLimit = 500,     -- most model node names offered at once
 ---   compileOnSave = true,      -- saving a config without errors compiles it
----   watchFiles = true,         -- re-run a compiled config when its model / calibration files change
+---   watchFiles = true,         -- re-run a compiled config when its model / calibration files change,
+---                              -- re-check an open config when a file it names appears or goes
 ---   watchDelayMs = 300,        -- file events closer than this are one change
 ---   nodeCosineThreshold = 0.99,  -- nodes under this Quantized Cosine are listed in a warning
 ---   outputCosineThreshold = 0.8, -- outputs under this one too
