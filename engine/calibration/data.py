@@ -229,7 +229,14 @@ def _decode_raw(source: CalibrationSource, path: Path, blob: bytes, item: int) -
     return arr.astype(np.float32).reshape(source.shape)
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def _decode_npy(source: CalibrationSource, path: Path, blob: bytes, item: int) -> np.ndarray:
+    if not blob.startswith(NPY_MAGIC):  # numpy reads any other bytes as a pickle and says so
+        raise _fail("cal-data-corrupt", f"Calibration file {path} is named .npy but is not a .npy file (no NUMPY "
+                    "header): save samples with numpy.save, or give raw binary samples (arr.tofile) another "
+                    "extension such as .bin with cal_data_type", item, path)
     try:
         arr = np.load(io.BytesIO(blob), allow_pickle=False)
     except ValueError as e:

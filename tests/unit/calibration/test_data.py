@@ -254,6 +254,20 @@ def test_pickled_npy_is_refused_and_never_unpickled(tmp_path):
     assert not marker.exists()
 
 
+def test_raw_samples_named_npy_are_told_apart_from_pickles(tmp_path):
+    """hb_mapper users write samples with arr.tofile(): under a .npy name numpy reads them as a pickle
+    and says so, which blamed Python objects that are not there."""
+    (tmp_path / "cal").mkdir()
+    sample = np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)
+    sample.tofile(tmp_path / "cal" / "0.npy")
+    e = raises(lambda: load_calibration_set([src(tmp_path / "cal")]).load(0), "cal-data-corrupt", "0.npy",
+               "not a .npy file (no NUMPY header)", "numpy.save")
+    assert "pickle" not in e.problems[0].message
+    (tmp_path / "cal" / "0.npy").rename(tmp_path / "cal" / "0.bin")  # the advice works: raw, read as float32
+    loaded = load_calibration_set([src(tmp_path / "cal", dtype="float32")]).load(0)["data"]
+    np.testing.assert_array_equal(loaded, sample)
+
+
 def test_truncated_npy(tmp_path):
     write_npy(tmp_path / "cal", 1)
     path = tmp_path / "cal" / "000.npy"
