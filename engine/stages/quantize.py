@@ -78,6 +78,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
 # version 4: int32 biases carry the plan's bias corrections (the ptq model's bias values)
 # version 5: an image input with N > 1 in input_shape takes N frames (it took one)
 # version 6: lookup-table outputs with offset ranges (zero point 128 + z)
-STAGE = Stage("quantize", 6, run, after=("optimize", "calibrate"), reads=READS,
+STAGE = Stage("quantize", 7, run, after=("optimize", "calibrate"), reads=READS,
               artefacts={"model.bc": "{prefix}_quantized_model.bc"},
               describe="integer program (.bc) taking the runtime input format")
