@@ -28,7 +28,9 @@ How a plan is made:
    input, covers much less than [-T, T] (HardSwish-affine, HardSigmoid, Sigmoid gates) takes an
    int8 zero point and spreads its 255 codes over that image (`OffsetAct`, `_offset_table_outputs`):
    PP-OCRv4 det 640 at the default target, held-out `.bc` cosine 0.9909 -> 0.9915 with 17 -> 7
-   nodes moved; rec 48×320 0.9754 -> 0.9842 with 18 -> 12.
+   nodes moved; rec 48×320 0.9754 -> 0.9842 with 18 -> 12. Likewise a tensor read only by tables
+   that are flat beyond some input value (HardSwish below −3, HardSigmoid outside ±3) spreads its
+   codes over the part where they change (`_offset_table_inputs`).
 4. Bits: 8, or 16 where `node_info` (OutputType / InputType / InputTypeN), `optimization`
    (`set_{Op}_input_int16`, `set_{Op}_output_int16`, `set_all_nodes_int16`,
    `set_model_output_int16`) asks; a tied set takes its widest member. A model output computed
