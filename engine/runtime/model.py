@@ -166,6 +166,8 @@ def _fit(spec: TensorSpec, value: Any) -> tuple[np.ndarray | None, str]:
             hint = ""
             if spec.kind in ("nv12", "yuv420sp_bt601_video"):
                 hint = " (make NV12 frames with engine.runtime.rgb_to_nv12 / bgr_to_nv12)"
+            elif want.kind in "iu" and spec.kind in ("", "featuremap"):  # a removed Quantize: the codes it made
+                hint = f" (integer codes as {want.name})"
             elif want == np.uint8:
                 hint = " (pixels 0-255 as uint8)"
             return None, (f"Input '{spec.name}' expects {spec.describe()}; got dtype {x.dtype}{hint}")

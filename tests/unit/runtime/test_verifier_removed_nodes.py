@@ -76,3 +76,15 @@ def test_codes_of_the_wrong_integer_type_are_worded_as_codes(run_dir, capsys, tm
     assert code == verifier.EXIT_BAD_INPUT
     assert "Input 'x' of m_quantized_removed_model.bc expects featuremap, uint8" in err
     assert "integer codes" in err and "pixels" not in err
+
+
+def test_the_runtime_words_a_removed_quantize_input_as_codes(run_dir):
+    """engine.runtime itself (not only hb_verifier): float values for a featuremap input that takes the
+    removed Quantize's codes are refused as 'integer codes', never 'pixels'."""
+    from engine.runtime import load
+
+    model = load(run_dir / "m.hbm")
+    (spec,) = model.inputs
+    with pytest.raises(Exception) as info:
+        model.run({spec.name: np.zeros(spec.static_shape, np.float32)})
+    assert "integer codes as uint8" in str(info.value) and "pixels" not in str(info.value)
