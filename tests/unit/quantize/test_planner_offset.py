@@ -123,10 +123,13 @@ def _conv_output(model) -> str:
     return [n for n in model.graph.node if n.op_type == "Conv"][0].output[0]
 
 
-def test_a_conv_output_read_only_by_a_hardswish_table_gets_a_range_from_minus_3():
+def test_a_conv_output_read_only_by_a_hardswish_table_gets_a_range_from_minus_3(monkeypatch):
     """HardSwish is 0 for every x <= -3: the codes below -3 all make one table entry, so the range
-    starts there and 255 codes cover [-3, T] instead of [-T, T]."""
+    starts there and 255 codes cover [-3, T] instead of [-T, T] (NARROW_INPUTS, off by default)."""
+    assert planner.NARROW_INPUTS is False
     model = _affine_model()
+    assert zero_point_of(make_plan(model, max_thresholds(model)).acts[_conv_output(model)]) == 0
+    monkeypatch.setattr(planner, "NARROW_INPUTS", True)
     t = _conv_output(model)
     plan = make_plan(model, max_thresholds(model))
     act = plan.acts[t]
@@ -156,15 +159,16 @@ def test_the_table_reads_its_narrowed_input_with_less_error(monkeypatch):
             errs.append(float(((got[live] - ref[live]) ** 2).mean()))
         return float(np.mean(errs))
 
-    narrowed = make_plan(model, thresholds)
-    monkeypatch.setattr(planner, "NARROW_INPUTS", False)
     symmetric = make_plan(model, thresholds)
+    monkeypatch.setattr(planner, "NARROW_INPUTS", True)
+    narrowed = make_plan(model, thresholds)
     assert zero_point_of(symmetric.acts[t]) == 0 and zero_point_of(narrowed.acts[t]) != 0
     ratio = (narrowed.acts[t].scale / symmetric.acts[t].scale) ** 2  # rounding noise goes with step²: 0.76 here
     assert error(narrowed) < 1.1 * ratio * error(symmetric) and ratio < 0.8, (error(narrowed), error(symmetric))
 
 
-def test_a_table_input_another_op_reads_too_keeps_its_symmetric_range():
+def test_a_table_input_another_op_reads_too_keeps_its_symmetric_range(monkeypatch):
+    monkeypatch.setattr(planner, "NARROW_INPUTS", True)
     b = Builder("shared_input")
     x = b.input("x", [1, 4, 6, 6])
     c = b.conv(x, 4, 4)
@@ -176,9 +180,10 @@ def test_a_table_input_another_op_reads_too_keeps_its_symmetric_range():
     assert conv_out in plan.acts and zero_point_of(plan.acts[conv_out]) == 0
 
 
-def test_integer_program_reads_the_narrowed_conv_output_as_the_ptq_model_does():
+def test_integer_program_reads_the_narrowed_conv_output_as_the_ptq_model_does(monkeypatch):
     import onnxruntime as ort
 
+    monkeypatch.setattr(planner, "NARROW_INPUTS", True)
     model = _affine_model()
     plan = make_plan(model, max_thresholds(model))
     assert zero_point_of(plan.acts[_conv_output(model)]) != 0
