@@ -399,7 +399,7 @@ def _jsonable(o: Any) -> Any:
 # kernels, and moves at most floor(budget × nodes). 6: lookup-table outputs with offset ranges,
 # per-channel outputs only where a conv / matmul writes them, scalar scales, dump_calibration_data.
 # 7: with bias_correction, the switchable model's corrected bias goes with its int8 weight only
-STAGE = Stage("calibrate", 7, run, after=("optimize",), reads=READS, files=calibrate_files,
+STAGE = Stage("calibrate", 8, run, after=("optimize",), reads=READS, files=calibrate_files,
               artefacts={"model.onnx": "{prefix}_calibrated_model.onnx", SENSITIVITY_FILE: "{prefix}_sensitivity.json",
                          DUMP_FOLDER: DUMP_FOLDER},
               describe="statistics per calibration sample, thresholds, accuracy steps, fake-quant model")

@@ -57,6 +57,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 
 # version 2: lookup-table outputs with offset ranges; per-channel outputs only where a conv / matmul writes them
-STAGE = Stage("ptq", 2, run, after=("optimize", "calibrate"), reads=READS,
+STAGE = Stage("ptq", 3, run, after=("optimize", "calibrate"), reads=READS,
               artefacts={"model.onnx": "{prefix}_ptq_model.onnx"},
               describe="int8 weights, int32 bias, shared scales, placement")
