@@ -6,9 +6,11 @@ holds ctime and the inode as well as (size, mtime), as git's index does: `cp -p`
 an archive with normalised timestamps writes new bytes under the old (size, mtime), but no user
 call can set ctime, and a replace-by-rename brings a new inode.
 
-File timestamps are coarse (a kernel tick, 1–10 ms; 2 s on FAT), so a file rewritten with the
-same size within one tick keeps its stamp: a hash taken while the file's ctime is that recent is
-not trusted and is taken again next time ("racy" entries, as git treats its index).
+File timestamps are coarse (a kernel tick, 1–10 ms; 2 s on FAT mtimes), so a file rewritten with
+the same size within one tick keeps its stamp: a hash taken within `RACY_NS` of the file's mtime,
+or within `CTIME_RACY_NS` of its ctime, is not trusted and is taken again next time ("racy"
+entries, as git treats its index). The ctime window is short so that files just copied with their
+old mtimes (`cp -p`, `shutil.copytree`) are trusted after a tick, not after 2 s.
 `shared_hashes()` is the process's one memo: the engine's stage keys and the calibration set's
 per-sample digests (engine.calibration.data) read each file once between them.
 """
@@ -24,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 _CHUNK = 1 << 20
-RACY_NS = 2_000_000_000  # a hash taken less than this after the file's last change is taken again next time
+RACY_NS = 2_000_000_000  # a hash taken less than this after the file's mtime is taken again next time
+CTIME_RACY_NS = 50_000_000  # … or this after its ctime (several kernel ticks; ctime is set by the kernel only)
 
 
 class HashMemo:
@@ -46,7 +49,7 @@ class HashMemo:
             return hit[1]
         hashed_at = time.time_ns()
         digest = sha256_file(path)
-        if hashed_at - max(st.st_mtime_ns, st.st_ctime_ns) >= RACY_NS:
+        if hashed_at - st.st_mtime_ns >= RACY_NS and hashed_at - st.st_ctime_ns >= CTIME_RACY_NS:
             with self._lock:
                 self._memo[key] = (stamp, digest)
         return digest

@@ -158,6 +158,7 @@ def test_a_hash_taken_right_after_a_write_is_taken_again(tmp_path, monkeypatch):
     assert memo.file(path) == sha256_file(path) != first
 
     monkeypatch.setattr(hashing, "RACY_NS", 1_000_000)  # 1 ms: settle without sleeping for seconds
+    monkeypatch.setattr(hashing, "CTIME_RACY_NS", 1_000_000)
     settled = time.time_ns() - 60_000_000_000
     os.utime(path, ns=(settled, settled))
     time.sleep(0.01)
@@ -176,7 +177,7 @@ def test_new_bytes_under_the_old_size_and_mtime_are_hashed_again(tmp_path, monke
     import engine.pipeline.hashing as hashing
     from engine.pipeline.hashing import HashMemo, sha256_file
 
-    monkeypatch.setattr(hashing, "RACY_NS", 1_000_000)
+    monkeypatch.setattr(hashing, "CTIME_RACY_NS", 1_000_000)
     memo = HashMemo()
     path = tmp_path / "model.onnx"
     old_time = 315_532_800_000_000_000  # 1980-01-01, zip's epoch
@@ -194,3 +195,30 @@ def test_new_bytes_under_the_old_size_and_mtime_are_hashed_again(tmp_path, monke
     os.utime(replacement, ns=(old_time, old_time))
     os.replace(replacement, path)
     assert memo.file(path) == sha256_file(path)
+
+
+def test_a_file_copied_with_its_old_mtime_is_trusted_after_a_tick_and_not_before(tmp_path, monkeypatch):
+    """copytree / cp -p: old mtime, fresh ctime. Trusted once its ctime is CTIME_RACY_NS old (not 2 s:
+    a warm engine would re-read every calibration file of a freshly copied project on each run), and
+    not while the ctime is that fresh (a second copy in the same tick would keep the whole stamp)."""
+    import os
+    import time
+
+    import engine.pipeline.hashing as hashing
+    from engine.pipeline.hashing import HashMemo, sha256_file
+
+    reads: list[object] = []
+    monkeypatch.setattr(hashing, "sha256_file", lambda p: reads.append(p) or sha256_file(p))
+    monkeypatch.setattr(hashing, "CTIME_RACY_NS", 200_000_000)
+    memo = HashMemo()
+    path = tmp_path / "sample.bin"
+    path.write_bytes(b"x" * 64)
+    old = time.time_ns() - 3_600_000_000_000
+    os.utime(path, ns=(old, old))
+    memo.file(path)
+    memo.file(path)
+    assert len(reads) == 2  # ctime fresh: racy, read again
+    time.sleep(0.25)
+    memo.file(path)
+    memo.file(path)
+    assert len(reads) == 3  # settled: one read, then trusted
