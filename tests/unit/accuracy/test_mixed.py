@@ -205,13 +205,15 @@ def test_graph_order_candidates_are_the_noisy_activation_rows_from_the_input_on_
     def size(moves):
         return len(moves)
 
-    listed = _in_graph_order(model, rows, plan, merged, size, budget=10)
+    shuffled = list(reversed(rows))  # rows handed over in any order come back in graph order
+    assert [r.name for r in shuffled if r.name in noisy] != [r.name for r in rows if r.name in noisy]
+    listed = _in_graph_order(model, shuffled, plan, merged, size, budget=10)
     names = [r.name for r, _, _ in listed]
     assert set(names) == noisy and all(to == "int16" for _, to, _ in listed)
     order = [r.name for r in probe.rows if r.name in noisy]  # table rows: entry tensors first, then graph order
     position = {n.name: i for i, n in enumerate(model.graph.node)}
     assert names == sorted(order, key=lambda n: position.get(probe.row(n).nodes[0], -1) if probe.row(n).nodes else -1)
-    assert [r.name for r, _, _ in _in_graph_order(model, rows, plan, merged, size, budget=1)] == names[:1]
+    assert [r.name for r, _, _ in _in_graph_order(model, shuffled, plan, merged, size, budget=1)] == names[:1]
 
 
 def test_graph_order_is_tried_when_the_isolated_ranking_misses_the_target(monkeypatch):
@@ -232,3 +234,20 @@ def test_graph_order_is_tried_when_the_isolated_ranking_misses_the_target(monkey
     monkeypatch.setattr(mixed, "GRAPH_ORDER_NOISE", float("inf"))  # no graph-order candidates either
     none = mixed.mixed_precision(model, calibration, data[:4], merged, target=0.999, budget=4)
     assert none.moves == [] and not none.met
+
+
+def test_graph_order_list_that_improves_but_misses_the_target_is_kept(monkeypatch):
+    """Neither list meets an unreachable target: the graph-order list that gets closer than the
+    (empty) isolated ranking is kept, and the result says the target was not met."""
+    from engine.accuracy import mixed
+
+    model = outlier_chain()
+    data = samples(model, 6)
+    merged, calibration, _ = calibrate(model, data)
+    monkeypatch.setattr(mixed, "_candidates", lambda rows, sens, cost: [])  # the isolated ranking finds nothing
+    mp = mixed.mixed_precision(model, calibration, data[:4], merged, target=1.0, budget=4)
+    assert not mp.met and mp.moves  # missed, but the moves that helped are kept
+    assert mp.after > mp.before + 1e-4
+    assert "conv_b+relu_b" in {m.row for m in mp.moves} and all(m.to == "int16" for m in mp.moves)
+    assert any("in graph order" in n and "taken" in n for n in mp.notes)
+    assert any("below the target" in n for n in mp.notes)
