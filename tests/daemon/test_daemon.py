@@ -11,18 +11,14 @@ import sys
 import pytest
 
 from tests.conftest import REPO
+from tests.support.daemon import private_daemon
 
 
 @pytest.fixture
 def daemon(tmp_path):
     sock_dir = tmp_path / "run"
-    env = {**os.environ, "HBCOMPILE_DAEMON_SOCKET": str(sock_dir / "daemon.sock")}
-    env.pop("HBCOMPILE_NO_DAEMON", None)
-    cmd = [sys.executable, "-m", "hblsp.daemon"]
-    started = subprocess.run(cmd + ["start"], env=env, capture_output=True, text=True, timeout=60)
-    assert started.returncode == 0, started.stdout + started.stderr
-    yield env, sock_dir
-    subprocess.run(cmd + ["stop"], env=env, capture_output=True, text=True, timeout=30)
+    with private_daemon(sock_dir) as env:
+        yield env, sock_dir
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ exits with its code; it must not hang up (the daemon would cancel the run) nor p
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.support.daemon import daemon_env, private_daemon
 
 LINES = 2000  # far more than one pipe buffer: the client's writes hit EPIPE, not a full buffer
 
@@ -58,8 +58,7 @@ class FakeDaemon:
 
 
 def client(tmp_path: Path, **pipes) -> subprocess.Popen:
-    env = {**os.environ, "HBCOMPILE_DAEMON_SOCKET": str(tmp_path / "run" / "daemon.sock")}
-    env.pop("HBCOMPILE_NO_DAEMON", None)
+    env = daemon_env(tmp_path / "run")
     return subprocess.Popen([sys.executable, "-m", "engine.cli", "-c", "x.yaml"], cwd=tmp_path, env=env, text=True,
                             **pipes)
 
@@ -103,17 +102,10 @@ def test_real_daemon_run_piped_to_head_writes_its_artefacts(tmp_path):
     """The reviewer's case (r11) end to end: a warm daemon, `| head -2`: exit 0 and the artefacts written."""
     work = tmp_path / "digits"
     shutil.copytree(REPO / "examples" / "digits", work, ignore=shutil.ignore_patterns("model_output"))
-    env = {**os.environ, "HBCOMPILE_DAEMON_SOCKET": str(tmp_path / "run" / "daemon.sock")}
-    env.pop("HBCOMPILE_NO_DAEMON", None)
-    daemon = [sys.executable, "-m", "hblsp.daemon"]
-    started = subprocess.run(daemon + ["start"], env=env, capture_output=True, text=True, timeout=60)
-    assert started.returncode == 0, started.stdout + started.stderr
-    try:
+    with private_daemon(tmp_path / "run") as env:
         proc = subprocess.run(["bash", "-c", f"{sys.executable} -m engine.cli -c digits.hb.yaml | head -2 "
                                ">/dev/null; echo ${PIPESTATUS[0]}"], cwd=work, env=env, capture_output=True,
                               text=True, timeout=300)
-    finally:
-        subprocess.run(daemon + ["stop"], env=env, capture_output=True, text=True, timeout=30)
     assert proc.stdout.strip() == "0", proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     assert sorted(p.suffix for p in (work / "model_output").glob("*.hbm")) == [".hbm"]

@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from engine.cli import main
 from tests.conftest import GOOD_CONFIG, conv_relu_model
+from tests.support.daemon import daemon_command, private_daemon
 
 FEATUREMAP = (GOOD_CONFIG.replace("input_type_train: rgb", "input_type_train: featuremap")
               .replace("input_type_rt: nv12", "input_type_rt: featuremap")
@@ -158,18 +159,11 @@ def test_input_shape_option_errors_name_the_option_not_a_generated_file(tmp_path
 # ---------------------------------------------------------------- §1 through the daemon
 
 def test_daemon_prints_the_same_model_warnings(project, tmp_path):
-    env = {**os.environ, "HBCOMPILE_DAEMON_SOCKET": str(tmp_path / "run" / "daemon.sock")}
-    env.pop("HBCOMPILE_NO_DAEMON", None)
-    daemon = [sys.executable, "-m", "hblsp.daemon"]
-    started = subprocess.run(daemon + ["start"], env=env, capture_output=True, text=True, timeout=60)
-    assert started.returncode == 0, started.stdout + started.stderr
-    try:
+    with private_daemon(tmp_path / "run") as env:
         project.config(TYPOS)
         run = subprocess.run([sys.executable, "-m", "engine.cli", "-c", "config.yaml", "--until", "optimize"],
                              cwd=project.root, env=env, capture_output=True, text=True, timeout=120)
-        status = subprocess.run(daemon + ["status"], env=env, capture_output=True, text=True, timeout=30)
-    finally:
-        subprocess.run(daemon + ["stop"], env=env, capture_output=True, text=True, timeout=30)
+        status = daemon_command(env, "status")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "1 runs" in status.stdout  # it went through the daemon
     assert run.stdout.count("is not a node of the model") == 3, run.stdout

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from tests.support.daemon import private_daemon
 from tests.unit.report.sens_support import BROKEN, write_chain_project
 
 HEADER = ["Rank", "Node", "NodeType", "Isolated", "Loss", "Weight-only", "Loss", "Activation-only", "Loss",
@@ -79,13 +80,8 @@ def test_check_mode_and_bad_counts_are_refused(chain):
 
 @pytest.fixture
 def daemon(tmp_path):
-    env = {**os.environ, "HBCOMPILE_DAEMON_SOCKET": str(tmp_path / "run" / "daemon.sock")}
-    env.pop("HBCOMPILE_NO_DAEMON", None)
-    cmd = [sys.executable, "-m", "hblsp.daemon"]
-    started = subprocess.run(cmd + ["start"], env=env, capture_output=True, text=True, timeout=60)
-    assert started.returncode == 0, started.stdout + started.stderr
-    yield env
-    subprocess.run(cmd + ["stop"], env=env, capture_output=True, text=True, timeout=30)
+    with private_daemon(tmp_path / "run") as env:
+        yield env
 
 
 def test_through_the_daemon_equals_cold(chain, daemon):

@@ -11,20 +11,12 @@ import pytest
 import pytest_asyncio
 from lsprotocol import types
 
-from tests.lsp.support import DATA, HbClient, fmt
+from tests.lsp.support import HbClient, fmt
+from tests.lsp.test_diagnostics import config
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 WRONG_TYPE = "wrong-type"
-
-
-def config(model: str = "model.onnx", **replace: str) -> str:
-    text = (DATA / "diagnostics" / "good.hb.yaml").read_text().split("# ----")[0]
-    text = text.replace("onnx_model: model.onnx", f"onnx_model: {model}")
-    for old, new in replace.items():
-        assert old in text
-        text = text.replace(old, new)
-    return text
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
