@@ -69,9 +69,10 @@ def test_default_keeps_max_when_nothing_needs_clipping(hb_log):
     samples = [{"x": rng.uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
     merged = merge_samples(list(observe(model, samples, plan_tensors(model))))
     result = choose_thresholds(SearchSettings("default", cosine_samples=2), model, merged, samples)
-    assert result.method == max(result.cosines, key=result.cosines.get)
-    assert f"Select {result.method} method." in [r.getMessage() for r in hb_log]
+    assert result.method == "max" and result.acts["x"].method == "max"
+    assert "Select max method." in [r.getMessage() for r in hb_log]
     assert result.cosines["max"] >= result.cosines["kl"]  # uniform data: clipping only loses
+    assert result.detail["samples"] == 2 and result.detail["gain_over_max"]["max"] == [0.0, 0.0]
 
 
 def raw_mse(x: np.ndarray, t: float) -> float:
