@@ -68,6 +68,15 @@ RANK_REFINE = 0
 # Without bias_correction 1 / 2 / 4 samples gave CER 0.0353 / 0.0412 / 0.0270: one sample ranks on noise,
 # but four cost 2.7x the calibrate stage; kept at 1 until the ranking is cheaper.
 RANK_SAMPLES = 1
+# weight rows the ranking measures (`analyse(weight_limit=)`): all of them (None). Relative weight noise
+# is a poor proxy: PP-OCRv4 rec's worst single weight (the first depthwise 3x3, `conv2d_157`) ranks 43rd
+# by it, so the 24 noisiest never included it.
+RANK_WEIGHTS: int | None = None
+# A weight row whose float weights (every other weight int8, activations float) win back at least this share
+# of the weights-only loss, and at least WEIGHT_CULPRIT_FLOOR of the loss the target allows (1 - target), is a
+# CPU candidate ahead of both candidate lists (`weight_culprits`)
+WEIGHT_CULPRIT_SHARE = 0.1
+WEIGHT_CULPRIT_FLOOR = 0.02
 GRAPH_ORDER_NOISE = 1e-3  # local noise / signal of a row the graph-order candidates (`_in_graph_order`) take
 
 
@@ -126,12 +135,33 @@ def user_placed(options: QuantOptions) -> set[str]:
 
 ACCUMULATING = PER_CHANNEL_WRITERS  # ops that accumulate int8 products (a float kernel when a reader is int16)
 # An integer Conv / Gemm / MatMul that reads or writes an int16 tensor has no int16 kernel in onnxruntime's
-# CPU provider: the lowering emulates it as a float kernel (engine.quantize.lower.emulate). Measured on the
-# PP-OCRv4 `.hbm`s: det's 13 such convs ~28 ms of 62, rec's ~8 ms of its 30, while an int16 LUT or
-# elementwise op costs little more than int8. Each such kernel adds this much (× its size factor).
-# Measured on det 640 at target 0.99 (budget 19, held-out cosine / .hbm CPU ms vs float, 2 threads):
-# 0 → 19 moves, 0.9909, 0.89× float; 0.5 → 17 moves, 0.9909, 0.86–0.95×; 1.0 → 18 moves, 0.9898.
-FLOAT_KERNEL_COST = 0.5
+# CPU provider: the lowering emulates it as a float kernel (engine.quantize.lower.emulate), except a 1x1 conv
+# that only writes int16 (ConvInteger). What that costs depends on the kernel, measured alone at 1 thread
+# against the same conv in int8 (docs/formats.md): int16 input of a 1x1 conv 3.5-4.5x, int16 output of a
+# 1x1 conv 2.6-3.7x, int16 input of a 3x3 depthwise conv 0.8-1.9x (the uint8 depthwise kernel is slow
+# too); an int16 lookup table costs what a uint8 one does per value. KERNEL_SLOWDOWN holds the middles;
+# a dense 3x3 / Gemm / MatMul is priced as a 1x1 conv (a float kernel against a fast integer one).
+KERNEL_SLOWDOWN = {("pointwise", "input"): 4.0, ("pointwise", "output"): 3.15,
+                   ("depthwise", "input"): 1.35, ("depthwise", "output"): 1.35}
+# Each kernel a move takes off its fast path adds FLOAT_KERNEL_COST x (slowdown - 1) x its size factor.
+# Before the slowdowns every kernel added a flat 0.5 (measured on det 640 at target 0.99, budget 19,
+# held-out cosine / .hbm CPU ms vs float, 2 threads: 0 -> 19 moves, 0.9909, 0.89x float; 0.5 -> 17
+# moves, 0.9909, 0.86-0.95x; 1.0 -> 18 moves, 0.9898); 1/3 keeps a 1x1 conv's input at 1.0.
+FLOAT_KERNEL_COST = 1.0 / 3.0
+
+
+def kernel_kind(node: onnx.NodeProto, weight_shape: Sequence[int] | None) -> str:
+    """"depthwise" for a grouped Conv with one input channel per group (its integer kernel is slow
+    anyway, so int16 costs it little), else "pointwise" (1x1 and dense convs, Gemm, MatMul)."""
+    if node.op_type != "Conv" or weight_shape is None or len(weight_shape) < 2:
+        return "pointwise"
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    return "depthwise" if group > 1 and weight_shape[1] == 1 else "pointwise"
+
+
+def kernel_cost(kind: str, side: str, size_factor: float = 1.0) -> float:
+    """What an int16 `side` ("input" / "output") adds to a move's cost for one integer kernel."""
+    return FLOAT_KERNEL_COST * (KERNEL_SLOWDOWN[(kind, side)] - 1.0) * size_factor
 
 
 def _size_factor(value: float, median: float) -> float:
@@ -171,11 +201,12 @@ def _costs(model: onnx.ModelProto, rows: Sequence[Row], plan: QuantPlan | None =
 
     Bytes: the square root of its output's size relative to the median row's, in [0.5, 2] — a big
     early tensor costs more bytes and time at 16 bits, but not so much more that a clearly worse
-    node is preferred to it. Float kernels: every integer Conv / Gemm / MatMul the move takes off its
-    integer kernel (the row's own, whose output becomes int16, and the integer readers of that
-    output) adds FLOAT_KERNEL_COST × the square root of its multiply-accumulates relative to the
-    median such node's, in [0.5, 2] — so of two equally sensitive tensors, the one a LUT or an Add
-    reads is raised before the one a big convolution reads, and the `.hbm` stays fast.
+    node is preferred to it. Kernels: every integer Conv / Gemm / MatMul the move takes off its
+    fast integer kernel — the row's own, whose output becomes int16, and the integer readers of
+    that output — adds `kernel_cost` (its measured slowdown, KERNEL_SLOWDOWN) × the square root of
+    its multiply-accumulates relative to the median such node's, in [0.5, 2]: of two equally
+    sensitive tensors, the one a LUT, an Add or a depthwise conv reads is raised before the one a
+    1x1 convolution reads, and the `.hbm` stays fast.
     """
     sizes: dict[str, int] = {}
     inferred = None
@@ -196,16 +227,25 @@ def _costs(model: onnx.ModelProto, rows: Sequence[Row], plan: QuantPlan | None =
         for i in dict.fromkeys(n.input):
             readers.setdefault(i, []).append(n.name)
 
+    nodes = {n.name: n for n in model.graph.node}
+    weight_shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
+
     def integer_kernel(name: str) -> bool:
         p = plan.nodes.get(name) if plan is not None else None
-        return p is not None and p.on == "BPU" and p.op_type in ACCUMULATING
+        return p is not None and p.on == "BPU" and p.op_type in ACCUMULATING and name in nodes
+
+    def priced(name: str, side: str) -> float:
+        node = nodes[name]
+        kind = kernel_kind(node, weight_shapes.get(node.input[1]) if len(node.input) > 1 else None)
+        return kernel_cost(kind, side, _size_factor(macs.get(name, median_macs), median_macs))
 
     out: dict[str, float] = {}
     for r in rows:
         cost = _size_factor(sizes.get(r.tensor, median), median)
         if plan is not None:
-            kernels = {n for n in r.nodes if integer_kernel(n)} | {n for n in readers.get(r.tensor, ()) if integer_kernel(n)}
-            cost += sum(FLOAT_KERNEL_COST * _size_factor(macs.get(n, median_macs), median_macs) for n in kernels)
+            writers = {n for n in r.nodes if integer_kernel(n)}
+            readers_of = {n for n in readers.get(r.tensor, ()) if integer_kernel(n)} - writers
+            cost += sum(priced(n, "output") for n in writers) + sum(priced(n, "input") for n in readers_of)
         out[r.name] = cost
     return out
 
@@ -314,7 +354,8 @@ def mixed_precision(model: onnx.ModelProto, calibration: Calibration, samples: S
                               time.perf_counter() - t0, sensitivity, verified=before)
     if sensitivity is None:
         sensitivity = analyse(model, plan, list(samples)[:rank_samples], stats, limit=screen, switchable=probe,
-                              progress=progress, crop=rank_crop, refine=RANK_REFINE)
+                              progress=progress, crop=rank_crop, refine=RANK_REFINE,
+                               weight_limit=RANK_WEIGHTS)
     sens = {r.node: r for r in sensitivity.rows}
     fixed = user_placed(options)
     movable = [r for r in probe.rows if r.switches and not (set(r.nodes) & fixed)
@@ -325,10 +366,14 @@ def mixed_precision(model: onnx.ModelProto, calibration: Calibration, samples: S
     def size(moves: Mapping[str, Target]) -> int:
         return sum(1 if to == "int16" else len(probe.row(n).nodes) or 1 for n, to in moves.items())
 
-    shortlist: list[tuple[Row, Target, float]] = []
-    for cand in ranked:  # what fits the budget, best first
-        if size({c[0].name: c[1] for c in [*shortlist, cand]}) <= budget:
-            shortlist.append(cand)
+    def within_budget(candidates: Sequence[tuple[Row, Target, float]]) -> list[tuple[Row, Target, float]]:
+        out: list[tuple[Row, Target, float]] = []
+        for cand in candidates:  # what fits the budget, best first
+            if size({c[0].name: c[1] for c in [*out, cand]}) <= budget:
+                out.append(cand)
+        return out
+
+    shortlist = within_budget(ranked)
     notes: list[str] = []
     curve: dict[str, tuple[float, float]] = {}  # move → output cosine before / after its part of the prefix
     chosen: dict[str, Target] = {}
@@ -336,15 +381,30 @@ def mixed_precision(model: onnx.ModelProto, calibration: Calibration, samples: S
     if shortlist:
         loss, k, curve = _prefix_scan(ev, shortlist, loss0, target, progress, margin=ev.margin)
         chosen = {row.name: to for row, to, _ in shortlist[:k]}
-    fallback = _in_graph_order(model, movable, plan, stats, size, budget) if 1.0 - loss < target else []
-    if fallback:  # the isolated ranking did not get there: errors that compound from the start of the graph
-        loss2, k2, curve2 = _prefix_scan(ev, fallback, loss0, target, progress, margin=ev.margin)
-        met2 = meets_target(1.0 - loss2, ev.margin({row.name: to for row, to, _ in fallback[:k2]}), target)
+    culprits: list[tuple[Row, Target, float]] = []
+    if 1.0 - loss < target:  # weights whose error compounds through the later int8 weights: CPU first
+        culprits = weight_culprits(model, plan, probe, movable, list(samples)[:rank_samples], rank_crop, target=target)
+    alternatives = []
+    if culprits:
+        first = {c[0].name for c in culprits}
+        alternatives.append((f"the {len(culprits)} weight rows that cost most among the int8 weights, then the ranking",
+                             lambda: within_budget([*culprits, *(c for c in ranked if c[0].name not in first)])))
+    # errors that compound from the start of the graph, which the isolated ranking does not see
+    alternatives.append(("the noisy activations in graph order",
+                         lambda: _in_graph_order(model, movable, plan, stats, size, budget, culprits)))
+    for what, candidates in alternatives:
+        if 1.0 - loss >= target:
+            break
+        other = candidates()
+        if not other:
+            continue
+        loss2, k2, curve2 = _prefix_scan(ev, other, loss0, target, progress, margin=ev.margin)
+        met2 = meets_target(1.0 - loss2, ev.margin({row.name: to for row, to, _ in other[:k2]}), target)
         if met2 or loss2 < loss:
-            notes.append(f"mixed precision: the {len(shortlist)} moves ranked by isolated loss reach output cosine "
-                         f"{1 - loss:.6f}; the first {k2} noisy activations in graph order reach {1 - loss2:.6f}, taken")
-            loss, shortlist, curve = loss2, fallback, curve2
-            chosen = {row.name: to for row, to, _ in fallback[:k2]}
+            notes.append(f"mixed precision: the {len(chosen)} moves chosen so far reach output cosine {1 - loss:.6f}; "
+                         f"the first {k2} of {what} reach {1 - loss2:.6f}, taken")
+            loss, shortlist, curve = loss2, other, curve2
+            chosen = {row.name: to for row, to, _ in other[:k2]}
     if 1.0 - loss < target:
         why = ("the node budget is spent" if len(shortlist) < len(ranked) or size(chosen) >= budget
                else "no node helps enough" if chosen else "no node helps")
@@ -366,8 +426,8 @@ def mixed_precision(model: onnx.ModelProto, calibration: Calibration, samples: S
 
 
 def _in_graph_order(model: onnx.ModelProto, rows: Sequence[Row], plan: QuantPlan,
-                    stats: Mapping[str, MergedStats], size: Callable[[Mapping[str, Target]], int], budget: int
-                    ) -> list[tuple[Row, Target, float]]:
+                    stats: Mapping[str, MergedStats], size: Callable[[Mapping[str, Target]], int], budget: int,
+                    first: Sequence[tuple[Row, Target, float]] = ()) -> list[tuple[Row, Target, float]]:
     """int16 candidates in graph order: the activation rows whose own quantization noise (from the
     histograms) is at least GRAPH_ORDER_NOISE, from the inputs on, as many as the budget holds.
 
@@ -389,11 +449,52 @@ def _in_graph_order(model: onnx.ModelProto, rows: Sequence[Row], plan: QuantPlan
              >= GRAPH_ORDER_NOISE]
     noisy.sort(key=lambda r: position.get(r.nodes[0] if r.nodes else r.tensor, len(position)))
     out: list[tuple[Row, Target, float]] = []
-    for r in noisy:
-        if size({c[0].name: c[1] for c in [*out, (r, "int16", 0.0)]}) > budget:
+    for cand in [*first, *((r, "int16", 0.0) for r in noisy if r.name not in {c[0].name for c in first})]:
+        if size({c[0].name: c[1] for c in [*out, cand]}) > budget:
             break
-        out.append((r, "int16", 0.0))
+        out.append(cand)
     return out
+
+
+def weight_culprits(model: onnx.ModelProto, plan: QuantPlan, probe: SwitchableModel, rows: Sequence[Row],
+                    samples: Sequence[Sample], crop: float | None = None, share: float | None = None,
+                    target: float = 0.99) -> list[tuple[Row, Target, float]]:
+    """CPU candidates: the weight rows whose int8 weights cost the most among all the int8 weights,
+    by that gain, measured leave-one-out on the switchable model: every weight quantized and the
+    activations float, then every weight but this row's. A row is taken when it wins back at least
+    `share` (WEIGHT_CULPRIT_SHARE) of that weights-only loss and WEIGHT_CULPRIT_FLOOR of the loss
+    `target` allows (among a few well-rounded weights one always has a large share of nothing); the
+    prefix scan then judges it on the real plan like any other move.
+
+    The isolated weight loss (only this row quantized) misses a weight error that compounds through
+    the later rounded weights. PP-OCRv4 rec (one sample): weights-only loss 0.0031; leave-one-out,
+    p2o.Conv.28 wins back 0.0011, Conv.32 0.0009, Conv.30 0.0007, where their isolated losses were
+    3e-4 and less; the isolated ranking's top weight rows ignored them. Leave-one-out from the whole
+    int8 plan instead (activations quantized too) swings by ±0.05 on one sample (the activations'
+    clipping and the bias rounding interact) and picked 16 CPU moves.
+    A CPU move keeps float weights (int8 weights are fixed on the BPU) and hands an int16 output on."""
+    from engine.accuracy.sensitivity import Evaluator, cropped
+    from engine.accuracy.switchable import Setting
+
+    weighted = [r for r in rows if r.of_kind("weight") and r.op_type != INPUT_ROW]
+    if not weighted or not samples:
+        return []
+    small = cropped(model, samples, crop) if crop else None
+    sw, run_model, data = (build_switchable(small[0], plan), small[0], small[1]) if small is not None \
+        else (probe, model, list(samples))
+    ev = Evaluator(sw, run_model, data)
+    share = WEIGHT_CULPRIT_SHARE if share is None else share
+    weights = Setting({}, set(sw.weights))
+    base = ev.loss(weights)
+    if base <= 0:
+        return []
+    least = max(share * base, WEIGHT_CULPRIT_FLOOR * (1.0 - target))
+    out = []
+    for r in weighted:
+        gain = base - ev.loss(Setting({}, weights.weights - {w.target for w in r.of_kind("weight")}))
+        if gain >= least:
+            out.append((r, "CPU", gain))
+    return sorted(out, key=lambda c: -c[2])
 
 
 def meets_target(cosine: float, margin: float, target: float) -> bool:
@@ -514,5 +615,5 @@ def decisions(model: onnx.ModelProto, plan: QuantPlan, sw: SwitchableModel, move
     return info, thresholds
 
 
-__all__ = ["CPU_COST", "FLOAT_KERNEL_COST", "RANK_SAMPLES", "Move", "MixedPrecision", "PlanEvaluator", "decisions", "mixed_precision", "user_placed",
+__all__ = ["CPU_COST", "FLOAT_KERNEL_COST", "KERNEL_SLOWDOWN", "kernel_cost", "kernel_kind", "RANK_SAMPLES", "Move", "MixedPrecision", "PlanEvaluator", "decisions", "mixed_precision", "user_placed",
            "widen_int16"]

@@ -99,7 +99,7 @@ def test_int16_on_a_convolution_input_costs_more_than_on_an_elementwise_input():
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    from engine.accuracy.mixed import FLOAT_KERNEL_COST, _costs
+    from engine.accuracy.mixed import FLOAT_KERNEL_COST, _costs, kernel_cost
     from engine.accuracy.switchable import build_switchable
     from tests.support.models import finish
     from tests.unit.accuracy.acc_models import calibrate, samples
@@ -121,8 +121,10 @@ def test_int16_on_a_convolution_input_costs_more_than_on_an_elementwise_input():
     rows = {r.name: r for r in build_switchable(model, plan).rows}
     costs = _costs(model, list(rows.values()), plan)
     assert {"to_conv", "conv", "to_add", "add"} <= set(rows), sorted(rows)
-    assert costs["to_conv"] == pytest.approx(costs["to_add"] + FLOAT_KERNEL_COST)  # one median-size float kernel
-    assert costs["conv"] == pytest.approx(costs["add"] + FLOAT_KERNEL_COST)  # its own int16 output: the same
+    # one median-size dense conv: a float kernel for its int16 input, and for its own int16 output
+    assert costs["to_conv"] == pytest.approx(costs["to_add"] + kernel_cost("pointwise", "input"))
+    assert costs["conv"] == pytest.approx(costs["add"] + kernel_cost("pointwise", "output"))
+    assert kernel_cost("pointwise", "input") == pytest.approx(FLOAT_KERNEL_COST * 3.0)  # 4x the int8 conv
     plain = _costs(model, list(rows.values()))  # without a plan: bytes only, as before
     assert plain["to_conv"] == pytest.approx(plain["to_add"])
 
@@ -225,6 +227,7 @@ def test_graph_order_is_tried_when_the_isolated_ranking_misses_the_target(monkey
     data = samples(model, 6)
     merged, calibration, _ = calibrate(model, data)
     monkeypatch.setattr(mixed, "_candidates", lambda rows, sens, cost: [])  # the isolated ranking finds nothing
+    monkeypatch.setattr(mixed, "weight_culprits", lambda *a, **k: [])  # nor the weights' leave-one-out
     mp = mixed.mixed_precision(model, calibration, data[:4], merged, target=0.999, budget=4)
     assert mp.met and mp.after >= 0.999
     assert "conv_b+relu_b" in {m.row for m in mp.moves} and all(m.to == "int16" for m in mp.moves)
@@ -245,9 +248,75 @@ def test_graph_order_list_that_improves_but_misses_the_target_is_kept(monkeypatc
     data = samples(model, 6)
     merged, calibration, _ = calibrate(model, data)
     monkeypatch.setattr(mixed, "_candidates", lambda rows, sens, cost: [])  # the isolated ranking finds nothing
+    monkeypatch.setattr(mixed, "weight_culprits", lambda *a, **k: [])  # nor the weights' leave-one-out
     mp = mixed.mixed_precision(model, calibration, data[:4], merged, target=1.0, budget=4)
     assert not mp.met and mp.moves  # missed, but the moves that helped are kept
     assert mp.after > mp.before + 1e-4
     assert "conv_b+relu_b" in {m.row for m in mp.moves} and all(m.to == "int16" for m in mp.moves)
     assert any("in graph order" in n and "taken" in n for n in mp.notes)
     assert any("below the target" in n for n in mp.notes)
+
+
+def test_int16_priced_by_what_each_kernel_really_costs():
+    """Measured alone against int8 (docs/formats.md): an int16 input makes a 1x1 conv ~4x slower, an
+    int16 output ~3x, a 3x3 depthwise conv little: the same tensor costs more read by a 1x1 conv
+    than by a depthwise one, and a 1x1 conv's output costs less than its input."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from engine.accuracy.mixed import _costs, kernel_cost, kernel_kind
+    from engine.accuracy.switchable import build_switchable
+    from tests.support.models import finish
+    from tests.unit.accuracy.acc_models import calibrate, samples
+    from tests.unit.quantize.quant_support import optimized
+
+    rng = np.random.default_rng(0)
+    pw = rng.normal(size=(8, 8, 1, 1)).astype(np.float32)
+    dw = rng.normal(size=(8, 1, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s1"], name="to_pw"),
+             helper.make_node("Conv", ["s1", "pw"], ["y1"], name="pw_conv"),
+             helper.make_node("Tanh", ["x"], ["s2"], name="to_dw"),
+             helper.make_node("Conv", ["s2", "dw"], ["y2"], name="dw_conv", group=8, pads=[1, 1, 1, 1])]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 8, 8, 8]) for n in ("x", "y1", "y2")]
+    g = helper.make_graph(nodes, "kinds", vi[:1], vi[1:], [numpy_helper.from_array(pw, "pw"),
+                                                           numpy_helper.from_array(dw, "dw")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model = optimized(finish(model))
+    by_name = {n.name: n for n in model.graph.node}
+    shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    assert kernel_kind(by_name["dw_conv"], shapes[by_name["dw_conv"].input[1]]) == "depthwise"
+    assert kernel_kind(by_name["pw_conv"], shapes[by_name["pw_conv"].input[1]]) == "pointwise"
+    assert kernel_cost("depthwise", "input") < kernel_cost("pointwise", "output") < kernel_cost("pointwise", "input")
+    _, calibration, _ = calibrate(model, samples(model, 2))
+    plan = make_plan(model, calibration)
+    rows = {r.name: r for r in build_switchable(model, plan).rows}
+    costs = _costs(model, list(rows.values()), plan)
+    assert {"to_pw", "to_dw", "pw_conv", "dw_conv"} <= set(rows), sorted(rows)
+    assert costs["to_pw"] > costs["to_dw"] + 0.5  # same size, read by a 1x1 conv against a depthwise one
+    assert costs["pw_conv"] < costs["to_pw"]  # a 1x1 conv's int16 output is cheaper than its int16 input
+
+
+def test_weight_culprits_are_the_weights_whose_rounding_costs_most_among_all_int8_weights():
+    """Leave-one-out among the int8 weights (activations float): conv_c's weights, which int8 rounds
+    to zero on the channel it reads, are the one culprit (measured: it wins back 0.09 of the loss,
+    conv_b 3e-4); with that channel dead, conv_c still costs 5e-4 (its bias rounds at the outlier
+    input's scale): a culprit at target 0.99, not when the target allows a loss of 0.5 (the floor)."""
+    from engine.accuracy.mixed import weight_culprits
+    from engine.accuracy.switchable import build_switchable
+
+    def culprits(read_outlier: bool, **kw):
+        model = outlier_chain(read_outlier=read_outlier)
+        data = samples(model, 4)
+        _, _, plan = calibrate(model, data)
+        probe = build_switchable(model, plan)
+        found = weight_culprits(model, plan, probe, [r for r in probe.rows if r.switches], data[:1], **kw)
+        assert all(to == "CPU" and gain > 0 for _, to, gain in found)
+        return [r.name for r, _, _ in found]
+
+    assert culprits(True) == ["conv_c+relu_c"]
+    assert culprits(True, target=0.0) == ["conv_c+relu_c"]
+    assert culprits(True, share=0.0, target=1.0)[:2] == ["conv_c+relu_c", "conv_b+relu_b"]  # by gain
+    assert culprits(True, share=1.01) == []  # no single weight wins back more than all of them
+    assert culprits(False, target=0.99) == ["conv_c+relu_c"]
+    assert culprits(False, target=0.5) == []
