@@ -14,8 +14,9 @@ How (greedy by sensitivity per unit of cost, every step measured on the real pla
    the centre quarter of the first sample when the model runs at a crop) per unit of estimated
    cost — int16 doubles a tensor's bytes and takes its integer kernels off their fast path, so
    cost grows (as a square root, 0.5–2) with the tensor's size, and every integer Conv / Gemm /
-   MatMul the move turns into a float kernel (onnxruntime has no int16 one) adds FLOAT_KERNEL_COST
-   (× its size, 0.5–2). A row whose weights hurt more
+   MatMul the move takes off its fast integer kernel (onnxruntime has no int16 one) adds its
+   measured slowdown (`kernel_cost`: a 1x1 conv's int16 input 4x, its int16 output 3.15x, a
+   depthwise conv's 1.35x; × its size, 0.5–2). A row whose weights hurt more
    than its activations is a CPU candidate instead (int8 weights are fixed on the BPU; a CPU node
    hands its output to the integer part as int16).
 3. Prefix scan: the best-ranked candidates that fit the budget, judged as sets on the real ptq
@@ -26,9 +27,10 @@ How (greedy by sensitivity per unit of cost, every step measured on the real pla
    Sets, not single moves: quantization errors partly cancel in real models, and along a path of
    clipping tensors raising one only lets the next one clip (measured on PP-OCRv4 det: raising
    the top isolated culprit alone made the output worse; the top nine together met 0.99).
-4. When no prefix of the ranking meets the target, the same scan over a second list: the rows with
-   noisy activations (local noise ≥ GRAPH_ORDER_NOISE) in graph order, int16 (`_in_graph_order`);
-   the better of the two is kept. Isolated losses miss errors that compound from the start of the
+4. When no prefix of the ranking meets the target, the same scan over other lists, each kept when
+   it does better: the weight rows that cost most among the int8 weights (`weight_culprits`,
+   leave-one-out, to the CPU) followed by the ranking; then the rows with noisy activations (local
+   noise ≥ GRAPH_ORDER_NOISE) in graph order, int16, after those weight rows (`_in_graph_order`). Isolated losses miss errors that compound from the start of the
    graph (PP-OCRv4 rec: each under 4e-4 where the int8 plan loses 0.03).
 The result says which rows moved, why (isolated loss, rank, cost, the cosine before and after it
 was added), what the real plan gives, and, when the target is not met, why it stopped.
