@@ -403,7 +403,7 @@ def _jsonable(o: Any) -> Any:
 # per-channel outputs only where a conv / matmul writes them, scalar scales, dump_calibration_data.
 # 7: with bias_correction, the switchable model's corrected bias goes with its int8 weight only
 # 9: `default` keeps max unless another candidate beats it by more than the noise (`choose_candidate`)
-STAGE = Stage("calibrate", 10, run, after=("optimize",), reads=READS, files=calibrate_files,
+STAGE = Stage("calibrate", 11, run, after=("optimize",), reads=READS, files=calibrate_files,
               artefacts={"model.onnx": "{prefix}_calibrated_model.onnx", SENSITIVITY_FILE: "{prefix}_sensitivity.json",
                          DUMP_FOLDER: DUMP_FOLDER},
               describe="statistics per calibration sample, thresholds, accuracy steps, fake-quant model")
