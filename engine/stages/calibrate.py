@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -60,9 +61,10 @@ def calibration_files(config: Config) -> list[Path]:
         return []
     files: list[Path] = []
     for d in config.calibration.cal_data_dir:
-        if d is not None and d.is_dir():
-            files += sorted((p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")),
-                            key=lambda p: p.name)
+        if d is not None and d.is_dir():  # scandir: the entries' types come with the listing, no stat per file
+            with os.scandir(d) as entries:
+                files += sorted((d / e.name for e in entries if not e.name.startswith(".") and e.is_file()),
+                                key=lambda p: p.name)
     return files
 
 
