@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from engine.config.schema_check import format_error
 from engine.problems import ConfigError, ModelError, Problem, error
 
 IP = "input_parameters"
@@ -108,11 +109,10 @@ def _per_channel(key: str, value: NumberInput, channels: int) -> tuple[np.ndarra
         else:
             values = np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel()
     except (TypeError, ValueError):
-        return None, error("bad-format", f"Wrong {key} format {value}, please refer to user manual", (IP, key))
+        return None, error("bad-format", format_error((IP, key), value), (IP, key))
     shown = " ".join(f"{v:g}" for v in values)
     if values.size == 0 or not np.all(np.isfinite(values)):
-        return None, error("bad-format", f"Wrong {key} format {shown or value!r}, please refer to user manual",
-                           (IP, key))
+        return None, error("bad-format", format_error((IP, key), shown or repr(value)), (IP, key))
     if values.size == 1:
         return np.full(channels, values[0]), None
     if values.size != channels:

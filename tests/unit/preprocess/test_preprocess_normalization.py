@@ -30,7 +30,8 @@ def test_from_values_broadcasts_scalars_and_keeps_per_channel_lists():
      "Wrong scale_value format 1 2 3 4: the input has 3 channels, so give 1 or 3 values, found 4"),
     ((None, 0.5, 2.0), "scale-and-std", "Only one of scale_value and std_value can be specified"),
     ((None, None, [1, 0, 1]), "std-zero", "std_value must not contain 0"),
-    (("12 abc", None, None), "bad-format", "Wrong mean_value format 12 abc, please refer to user manual"),
+    (("12 abc", None, None), "bad-format", "Wrong mean_value format 12 abc, please refer to user manual: expected "
+     "one number, or one per channel separated by spaces, e.g. '103.94 116.78 123.68' (';' between inputs)"),
 ])
 def test_from_values_problems(args, code, message):
     with pytest.raises(ConfigError) as err:
