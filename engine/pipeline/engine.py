@@ -210,8 +210,7 @@ class Engine:
                 if entry is None:
                     if dest.exists():
                         log.info("removed %s: a stage this run stopped before (%s) built it", dest.name, stage.name)
-                    _unpublish(dest)
-                    self.copied.pop(str(dest), None)
+                    self._unpublish(dest)
                     continue
                 src = entry / src_name
                 if src.is_dir():  # a folder artefact (calibration_data/): replaced as a whole
@@ -221,8 +220,7 @@ class Engine:
                     out[template.format(prefix="{prefix}")] = dest
                     continue
                 if not src.is_file():
-                    _unpublish(dest)
-                    self.copied.pop(str(dest), None)
+                    self._unpublish(dest)
                     continue
                 if not self._published_from(dest, src):
                     atomic_copy(src, dest)
@@ -250,13 +248,14 @@ class Engine:
         st = st or os.stat(dest)
         self.copied[str(dest)] = (str(src), st.st_size, st.st_mtime_ns)
 
-
-def _unpublish(dest: Path) -> None:
-    """An artefact this run does not make leaves working_dir (a folder artefact as a whole)."""
-    if dest.is_dir():
-        shutil.rmtree(dest)
-    else:
-        dest.unlink(missing_ok=True)
+    def _unpublish(self, dest: Path) -> None:
+        """An artefact this run does not make leaves working_dir (a folder artefact as a whole), and
+        the record of what was copied there."""
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        else:
+            dest.unlink(missing_ok=True)
+        self.copied.pop(str(dest), None)
 
 
 def replace_folder(src: Path, dest: Path) -> None:
