@@ -41,7 +41,7 @@ class HashMemo:
         st = os.stat(path)
         stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
         # the memo's slot: the absolute path as written (resolving symlinks cost more than the rest of
-        # an unchanged run's keys); the slot's (size, mtime) is checked against this stat anyway
+        # an unchanged run's keys); the slot's stamp is checked against this stat anyway
         key = os.path.join(os.getcwd(), path)
         with self._lock:
             hit = self._memo.get(key)
