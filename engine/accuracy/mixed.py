@@ -448,12 +448,12 @@ def _in_graph_order(model: onnx.ModelProto, rows: Sequence[Row], plan: QuantPlan
         position.setdefault(n.name, i)
         for o in n.output:
             position.setdefault(o, i)
-    noisy = [r for r in rows if r.of_kind("activation")
-             and row_noise(Row(r.name, r.op_type, r.nodes, r.tensor, r.of_kind("activation")), plan, stats)
-             >= GRAPH_ORDER_NOISE]
+    # row_noise reads a row's weight switches only when given the model: activations only here
+    noisy = [r for r in rows if r.of_kind("activation") and row_noise(r, plan, stats) >= GRAPH_ORDER_NOISE]
     noisy.sort(key=lambda r: position.get(r.nodes[0] if r.nodes else r.tensor, len(position)))
+    taken = {c[0].name for c in first}
     out: list[tuple[Row, Target, float]] = []
-    for cand in [*first, *((r, "int16", 0.0) for r in noisy if r.name not in {c[0].name for c in first})]:
+    for cand in [*first, *((r, "int16", 0.0) for r in noisy if r.name not in taken)]:
         if size({c[0].name: c[1] for c in [*out, cand]}) > budget:
             break
         out.append(cand)
