@@ -340,7 +340,7 @@ def _diagonal_scaling(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto
         return None  # channels mix: a real convolution
     bias = numpy_helper.to_array(inits[node.input[8]]).astype(np.int64) if len(node.input) > 8 and node.input[8] \
         else np.zeros(c, np.int64)
-    span = int(max(abs(int(np.iinfo(xz.dtype).min) - int(xz)), abs(int(np.iinfo(xz.dtype).max) - int(xz))))
+    span = _code_span(xz)
     if np.any(span * np.abs(np.diag(d)) + np.abs(bias) >= 2 ** 24):
         return None  # the accumulator would not be exact in float32
     ws_c = np.broadcast_to(ws.reshape(-1).astype(np.float32), (c,))
@@ -562,6 +562,7 @@ TIE_RADIUS_MAX = 64  # accumulators checked on each side of a tie; smaller multi
 
 
 def _code_span(zero_point: np.ndarray) -> int:
+    """The largest |code − zero point| the zero point's integer type allows."""
     info = np.iinfo(zero_point.dtype)
     return int(max(abs(int(info.min) - int(zero_point)), abs(int(info.max) - int(zero_point))))
 
@@ -692,7 +693,7 @@ def _float_conv_parts(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto
     centered = w.astype(np.int64) - np.broadcast_to(wz.reshape(-1), (c,)).astype(np.int64).reshape(c, 1, 1, 1)
     bias = numpy_helper.to_array(inits[node.input[8]]).astype(np.int64) if len(node.input) > 8 and node.input[8] \
         else None
-    span = int(max(abs(int(np.iinfo(xz.dtype).min) - int(xz)), abs(int(np.iinfo(xz.dtype).max) - int(xz))))
+    span = _code_span(xz)
     bound = span * np.abs(centered).reshape(c, -1).sum(axis=1) + (np.abs(bias) if bias is not None else 0)
     if np.any(bound >= EXACT_FLOAT):
         return None
@@ -973,7 +974,7 @@ NCHW_READERS = frozenset({"DequantizeLinear", "ConvInteger"})
 NHWC_INTEGER_READERS = frozenset({"QLinearConv", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool"})
 
 
-def _itemsize(g: onnx.GraphProto, name: str, inits: Mapping[str, onnx.TensorProto]) -> int:
+def _itemsize(name: str, inits: Mapping[str, onnx.TensorProto]) -> int:
     t = inits.get(name)
     return 0 if t is None else onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
 
@@ -1004,7 +1005,7 @@ def untranspose_float_side_tables(model: onnx.ModelProto) -> int:
         source = producer.get(before.input[0])
         if source is None or source.op_type != "QuantizeLinear":
             continue
-        narrowing = _itemsize(g, source.input[2], inits) > _itemsize(g, table.gather.input[0], inits)
+        narrowing = _itemsize(source.input[2], inits) > _itemsize(table.gather.input[0], inits)
         if not all(r.op_type in NCHW_READERS or (narrowing and r.op_type in NHWC_INTEGER_READERS)
                    for r in readers.get(after.output[0], [])):
             continue
