@@ -20,6 +20,7 @@ from engine.calibration.data import (
     RAW_DTYPES,
     CalibrationSet,
     CalibrationSource,
+    calibration_dir_files,
     decode_sample,
     load_calibration_set,
     random_samples,
@@ -49,7 +50,8 @@ from engine.calibration.stats import (
 
 __all__ = [
     "CALIBRATION_TYPES", "DEFAULT_BINS", "MIN_THRESHOLD", "RAW_DTYPES", "CalibrationSet", "CalibrationSource",
-    "MergedStats", "Observer", "SampleStats", "TensorStats", "Threshold", "activation_tensors", "decode_sample",
+    "MergedStats", "Observer", "SampleStats", "TensorStats", "Threshold", "activation_tensors",
+    "calibration_dir_files", "decode_sample",
     "hist_quantile", "kl_threshold", "load_calibration_set", "max_threshold", "merge", "merge_samples", "observe",
     "percentile_threshold", "random_samples", "source_for_input", "tensor_stats", "threshold", "thresholds", "with_outputs",
 ]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,14 @@ def _shape_text(shape: Sequence[int]) -> str:
     return f"({shape[0]},)" if len(shape) == 1 else "(" + ",".join(str(d) for d in shape) + ")"  # numpy's: (1,3,8,8)
 
 
+def calibration_dir_files(d: Path) -> list[Path]:
+    """A cal_data_dir's sample files in name order, hidden files left out (scandir: each entry's type
+    comes with the listing, no stat per file). The stage key and the loader list the same files."""
+    with os.scandir(d) as entries:
+        return sorted((d / e.name for e in entries if not e.name.startswith(".") and e.is_file()),
+                      key=lambda p: p.name)
+
+
 def _list_files(source: CalibrationSource, item: int) -> list[Path]:
     d = Path(source.dir)
     if not d.exists():
@@ -87,7 +96,7 @@ def _list_files(source: CalibrationSource, item: int) -> list[Path]:
     if not d.is_dir():
         raise _fail("cal-dir-missing", f"Cal_data_dir is not a directory: {d}", item)
     try:
-        files = sorted((p for p in d.iterdir() if not p.name.startswith(".") and p.is_file()), key=lambda p: p.name)
+        files = calibration_dir_files(d)
     except OSError as e:
         raise _fail("cal-dir-unreadable", f"Cal_data_dir {d} cannot be read: {e.strerror or e}", item) from e
     if not files:
@@ -229,11 +238,8 @@ def _decode_raw(source: CalibrationSource, path: Path, blob: bytes, item: int) -
     return arr.astype(np.float32).reshape(source.shape)
 
 
-NPY_MAGIC = b"\x93NUMPY"
-
-
 def _decode_npy(source: CalibrationSource, path: Path, blob: bytes, item: int) -> np.ndarray:
-    if not blob.startswith(NPY_MAGIC):  # numpy reads any other bytes as a pickle and says so
+    if not blob.startswith(np.lib.format.MAGIC_PREFIX):  # numpy reads any other bytes as a pickle and says so
         raise _fail("cal-data-corrupt", f"Calibration file {path} is named .npy but is not a .npy file (no NUMPY "
                     "header): save samples with numpy.save, or give raw binary samples (arr.tofile) another "
                     "extension such as .bin with cal_data_type", item, path)

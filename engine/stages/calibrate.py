@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +29,7 @@ from engine.calibration import (
     CalibrationSource,
     Observer,
     TensorStats,
+    calibration_dir_files,
     load_calibration_set,
     merge_samples,
 )
@@ -61,10 +61,8 @@ def calibration_files(config: Config) -> list[Path]:
         return []
     files: list[Path] = []
     for d in config.calibration.cal_data_dir:
-        if d is not None and d.is_dir():  # scandir: the entries' types come with the listing, no stat per file
-            with os.scandir(d) as entries:
-                files += sorted((d / e.name for e in entries if not e.name.startswith(".") and e.is_file()),
-                                key=lambda p: p.name)
+        if d is not None and d.is_dir():
+            files += calibration_dir_files(d)
     return files
 
 
