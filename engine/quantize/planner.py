@@ -28,9 +28,8 @@ How a plan is made:
    input, covers much less than [-T, T] (HardSwish-affine, HardSigmoid, Sigmoid gates) takes an
    int8 zero point and spreads its 255 codes over that image (`OffsetAct`, `_offset_table_outputs`):
    PP-OCRv4 det 640 at the default target, held-out `.bc` cosine 0.9909 -> 0.9915 with 17 -> 7
-   nodes moved; rec 48×320 0.9754 -> 0.9842 with 18 -> 12. Likewise a tensor read only by tables
-   that are flat beyond some input value (HardSwish below −3, HardSigmoid outside ±3) can spread its
-   codes over the part where they change (`_offset_table_inputs`, off: NARROW_INPUTS says why).
+   nodes moved; rec 48×320 0.9754 -> 0.9842 with 18 -> 12. (Offset ranges for table *inputs* flat
+   beyond some value, HardSwish below −3, were tried and dropped: see the note at OFFSET_SHARE.)
 4. Bits: 8, or 16 where `node_info` (OutputType / InputType / InputTypeN), `optimization`
    (`set_{Op}_input_int16`, `set_{Op}_output_int16`, `set_all_nodes_int16`,
    `set_model_output_int16`) asks; a tied set takes its widest member. A model output computed
@@ -662,8 +661,6 @@ def make_plan(model: onnx.ModelProto, thresholds: Mapping[str, Any], options: Qu
                      f"per-channel activation scales are kept only on model outputs a conv or matmul writes and no integer op reads")
 
     singletons = {m for members in sets.members(s.quantized).values() if len(members) == 1 for m in members}
-    if NARROW_INPUTS:
-        _offset_table_inputs(a, singletons, acts, calibrated)
     _offset_table_outputs(a, singletons, acts, calibrated)
     plan = QuantPlan(groups=list(a.groups), shared=shared, notes=notes)
     plan.acts = {t: acts[t] for t in s.quantized}
@@ -688,15 +685,12 @@ def make_plan(model: onnx.ModelProto, thresholds: Mapping[str, Any], options: Qu
 # A table output gets an offset range when its table's image spans at most this share of the symmetric
 # range [-T, T]: below it the finer scale is worth a zero point (PP-OCRv4 rec's hswish-affine outputs: ~0.52).
 OFFSET_SHARE = 0.9
-# Offset ranges for table inputs (`_offset_table_inputs`): off. Measured with the default config, `.bc` on
-# held-out samples, narrowed vs not: PP-OCRv4 rec (256 lines) cosine 0.9730 vs 0.9810, CER 0.0294 vs 0.0301,
-# 18 vs 6 moves (the `default` search picks other thresholds under it: the int8 plan's cosine on the
-# calibration samples fell 0.9730 -> 0.9598); det 640 0.9909 vs 0.9915, IoU 0.9712 vs 0.9718; cls 0.9993 vs
-# 0.9982; digits `default` 0.99967 vs 0.99973, `max` 0.99967 vs 0.99954. Each table input alone is rounded
-# finer (the test model: squared error on the live part 0.76x), but the models as a whole did not gain.
-NARROW_INPUTS = False
-FLAT_GRID = 4097  # points over [-T, T] at which a table input's flat ends are looked for
-FLAT_TOLERANCE = 0.0  # of the table output's step: how far from its end value a table counts as flat
+# Offset ranges for table inputs flat beyond some value (a conv output read only by HardSwish, constant
+# below -3, spread over [-3, T]): tried and dropped (2026-11-26). Measured with the default config, `.bc`
+# on held-out samples, narrowed vs not: PP-OCRv4 rec (256 lines) cosine 0.9730 vs 0.9810, CER 0.0294 vs
+# 0.0301, 18 vs 6 moves (the `default` search picked other thresholds under it); det 640 0.9909 vs 0.9915,
+# IoU 0.9712 vs 0.9718; cls 0.9993 vs 0.9982; digits `default` 0.99967 vs 0.99973, `max` 0.99967 vs
+# 0.99954. Each table input alone was rounded finer, but the models as a whole did not gain.
 _table_functions: dict[bytes, Any] = {}  # chain signature → its float function (one onnxruntime session each)
 
 
@@ -730,64 +724,6 @@ def _table_function(g: Graph, nodes: list[onnx.NodeProto], source: str):
         _table_functions[key] = luts.elementwise_function(nodes, source, nodes[-1].output[0], list(constants.values()),
                                                           list(g.model.opset_import))
     return _table_functions[key]
-
-
-def _flat_ends(fn, threshold: float, tolerance: float) -> tuple[float, float] | None:
-    """[lo, hi] inside [-threshold, threshold] outside of which `fn` is constant (within `tolerance`):
-    the input values a table cannot tell apart from its ends. None when `fn` fails on the grid."""
-    x = np.linspace(-threshold, threshold, FLAT_GRID, dtype=np.float64).astype(np.float32)
-    y = np.asarray(fn(x), np.float64).reshape(-1)
-    if y.size != x.size or not np.all(np.isfinite(y)):
-        return None
-    moves_low = np.flatnonzero(np.abs(y - y[0]) > tolerance)
-    moves_high = np.flatnonzero(np.abs(y - y[-1]) > tolerance)
-    if not moves_low.size:  # constant over the whole range
-        return 0.0, 0.0
-    lo = float(x[max(moves_low[0] - 1, 0)])
-    hi = float(x[min(moves_high[-1] + 1, x.size - 1)])
-    return lo, hi
-
-
-def _covering(lo: float, hi: float) -> tuple[int, float]:
-    """(zero point, step) of the int8 range [(−128 − zp)·step, (127 − zp)·step] that covers [lo, hi]
-    (lo ≤ 0 ≤ hi) with the finest step: a zero point rounded to the nearest code would move both ends
-    by up to half a step and clip the values at the top (measured: the output range of the table then
-    lost 0.02 of its top on the test model)."""
-    scale = (hi - lo) / 255.0
-    zp = int(np.clip(np.ceil(-128.0 - lo / scale - 1e-9), -127, 127))  # the bottom code at or below lo
-    return zp, max(scale, hi / (127 - zp))  # and the top code at or above hi
-
-
-def _offset_table_inputs(a: _Analysis, singletons: set[str], acts: dict[str, ActQuant],
-                         calibrated: dict[str, ActQuant]) -> None:
-    """Tensors read only by lookup tables that are flat beyond some input value get an offset range
-    that ends there (`OffsetAct`), in place: HardSwish is 0 for every x ≤ −3, so the codes of a conv
-    output between −T and −3 all make the same table entry. Spread over [−3, T] instead, 255 codes
-    give up to twice the resolution where the table changes."""
-    outputs = {o.name for o in a.graph.g.output}
-    for t, readers in a.readers.items():
-        act = acts.get(t)
-        if act is None or t not in singletons or t in outputs or act.bits != 8 or act.axis is not None \
-                or zero_point_of(act) or np.ndim(act.threshold) or not readers:
-            continue
-        if not all(_table_unit(u) and u.acts == [t] for u in readers):
-            continue
-        threshold = float(act.threshold)
-        lo, hi = 0.0, 0.0
-        for u in readers:
-            fn = _table_function(a.graph, u.nodes, t)
-            out = acts.get(u.outputs[0])
-            ends = None if fn is None or out is None else _flat_ends(fn, threshold, FLAT_TOLERANCE * float(np.max(out.scale)))
-            if ends is None:
-                break
-            lo, hi = min(lo, ends[0]), max(hi, ends[1])
-        else:
-            if hi - lo > OFFSET_SHARE * 2 * threshold or hi - lo <= 0:
-                continue
-            zp, scale = _covering(lo, hi)
-            for table in (acts, calibrated):
-                old = table[t]
-                table[t] = OffsetAct(t, old.threshold, 8, None, old.method, zp, scale)
 
 
 def _offset_table_outputs(a: _Analysis, singletons: set[str], acts: dict[str, ActQuant],
