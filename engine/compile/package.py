@@ -33,11 +33,10 @@ from engine import __version__
 from engine.compile.hbm import FORMAT_VERSION, write_hbm
 from engine.compile.optimize import OptimizeResult, optimize_program
 from engine.compile.params import CompileOptions, default_source
-from engine.compile.partition import placement_table
+from engine.compile.partition import placement_table, stamp_placement
 from engine.compile.program import (
     CONFIG_SHA256,
     MARCH,
-    PLACEMENT,
     REMOVED_NODES,
     STAGE,
     TensorType,
@@ -45,7 +44,6 @@ from engine.compile.program import (
     json_metadata,
     kept_types,
     metadata,
-    set_metadata,
     tensor_types,
 )
 from engine.quantize.types import QuantPlan
@@ -183,7 +181,7 @@ def build_hbm(bc: onnx.ModelProto, options: CompileOptions, *, plan: QuantPlan |
             return bc
         program = onnx.ModelProto()
         program.CopyFrom(bc)
-        set_metadata(program, PLACEMENT, placement)  # what partition.stamp_placement writes
+        stamp_placement(program, plan)
         return program
 
     if memo is not None and options.optimize_level != "O0":  # O0 is the stamped `.bc` itself: nothing to keep
