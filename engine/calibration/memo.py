@@ -57,11 +57,6 @@ def pack_header(sizes: dict[str, int]) -> bytes:
     return PACK_MAGIC + len(header).to_bytes(4, "little") + header
 
 
-def pack_bytes(entries: dict[str, bytes]) -> bytes:
-    """A whole pack in memory (`pack_header`, then every archive)."""
-    return pack_header({d: len(b) for d, b in entries.items()}) + b"".join(entries.values())
-
-
 def read_pack(data: bytes) -> dict[str, bytes]:
     """The archives of a pack by digest; ValueError for a foreign or torn header (a torn archive
     is found by its own checksum when it is read)."""
@@ -247,4 +242,4 @@ class StatsMemo:
         return path
 
 
-__all__ = ["PACK_SUFFIX", "DecodedStats", "StatsMemo", "archive_key", "pack_bytes", "pack_header", "read_pack"]
+__all__ = ["PACK_SUFFIX", "DecodedStats", "StatsMemo", "archive_key", "pack_header", "read_pack"]

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from engine.calibration import SampleStats, tensor_stats
-from engine.calibration.memo import PACK_SUFFIX, StatsMemo, pack_bytes, read_pack
+from engine.calibration.memo import PACK_SUFFIX, StatsMemo, pack_header, read_pack
 
 
 def sample(seed: int) -> SampleStats:
@@ -36,7 +36,8 @@ def test_entries_read_back_equal_and_one_pack_holds_exactly_the_kept_samples(tmp
     assert packs(tmp_path) == [newer] and newer != written
     entries = read_pack(newer.read_bytes())
     assert list(entries) == ["d0", "d1", "d4", "d3"]
-    assert entries["d0"] == read_pack(pack_bytes({"d0": sample(0).to_bytes()}))["d0"]
+    blob = sample(0).to_bytes()  # a pack of one, made by hand: header, then the archive
+    assert entries["d0"] == read_pack(pack_header({"d0": len(blob)}) + blob)["d0"]
 
 
 def test_a_torn_entry_is_missing_and_a_torn_pack_is_empty(tmp_path):
