@@ -164,6 +164,11 @@ def _differing_initializers(models: Sequence[onnx.ModelProto]) -> list[str] | No
     return [t.name for t in base.initializer if t.name in differ]
 
 
+def mean_cosines(per_sample: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Each candidate's mean over its per-sample cosines (1.0 for no samples)."""
+    return {k: float(np.mean(v)) if v.size else 1.0 for k, v in per_sample.items()}
+
+
 class CandidateScorer:
     """Output cosines of calibrated models that differ only in thresholds, in one onnxruntime session.
 
@@ -186,7 +191,7 @@ class CandidateScorer:
 
     def cosines(self, tried: Mapping[str, Mapping[str, ActQuant]]) -> dict[str, float]:
         """Mean output cosine (over samples and outputs) of each candidate."""
-        return {k: float(np.mean(v)) if v.size else 1.0 for k, v in self.sample_cosines(tried).items()}
+        return mean_cosines(self.sample_cosines(tried))
 
     def sample_cosines(self, tried: Mapping[str, Mapping[str, ActQuant]]) -> dict[str, np.ndarray]:
         """Each candidate's output cosine per sample (mean over outputs): the paired values
@@ -279,7 +284,7 @@ def search_default(model: onnx.ModelProto, merged: Mapping[str, MergedStats], sa
     if with_mix:  # the same three thresholds per tensor: kl's histogram search runs once
         tried["mix"] = search_mix(merged, percentile, quiet=True, found=found).acts
     per_sample = CandidateScorer(model, chosen, options).sample_cosines(tried)
-    cosines = {k: float(np.mean(v)) for k, v in per_sample.items()}
+    cosines = mean_cosines(per_sample)
     choice = choose_candidate(per_sample)
     for name, value in cosines.items():
         gain, se = choice.gains[name]
