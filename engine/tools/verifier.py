@@ -182,8 +182,8 @@ def _check_same_removals(a, b) -> None:
     ra, rb = _removed(a), _removed(b)
     if set(ra) == set(rb):
         return
-    more, less = (b, a) if set(rb) - set(ra) else (a, b)
-    extra = [r for r in _removed(more) if r not in set(_removed(less))]
+    (more, removed_more), (less, removed_less) = ((b, rb), (a, ra)) if set(rb) - set(ra) else ((a, ra), (b, rb))
+    extra = [r for r in removed_more if r not in set(removed_less)]
     nodes = ", ".join(f"{op} '{name}' at {position} '{tensor}'" for op, name, position, tensor in extra)
     text = (f"{more.path.name} has nodes removed that {less.path.name} has not ({nodes}; remove_node_type / "
             f"remove_node_name): their inputs or outputs differ, so they are not a consistency pair")
