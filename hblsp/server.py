@@ -176,8 +176,6 @@ class HbServer(LanguageServer):
         self.check_pool.shutdown(wait=False, cancel_futures=True)
         self.model_pool.shutdown(wait=False, cancel_futures=True)
         self.model_reader.close()
-        if self.live is not None:
-            self.live.close()
         self.emit(self.on_shutdown)
 
 

@@ -347,6 +347,7 @@ def register(ls: HbServer) -> None:
     ls.on_closed.append(lambda ls, uri: live.closed(uri))
     ls.on_changed.append(lambda ls, doc, opened: live.opened(doc.uri) if opened and doc.is_config else None)
     ls.on_settings.append(lambda ls: live.settings_changed())
+    ls.on_shutdown.append(lambda ls: live.close())
 
     @ls.feature(types.TEXT_DOCUMENT_DID_SAVE, types.SaveOptions(include_text=False))
     async def did_save(ls: HbServer, params: types.DidSaveTextDocumentParams) -> None:
