@@ -223,14 +223,20 @@ def merged_digest(merged: Mapping[str, MergedStats]) -> str:
     return h.hexdigest()
 
 
-def memo_key(model: onnx.ModelProto | bytes, calibration: Calibration, options: QuantOptions,
+def memo_key(model: onnx.ModelProto | bytes | str, calibration: Calibration, options: QuantOptions,
              merged: Mapping[str, MergedStats], samples: Sequence[Mapping[str, np.ndarray]],
              specs: Sequence[Mapping[str, Any]], settings: AccuracySettings,
              bias_corrections: Mapping[str, np.ndarray] | None = None) -> str:
     """The key of `improve(model, calibration, options, merged, samples, specs, settings, bias_corrections)`:
-    sha256 of every input it reads (module docstring). `model`: the model or its serialized bytes."""
-    body = model if isinstance(model, bytes) else model.SerializeToString(deterministic=True)
-    parts = [MEMO_VERSION, accuracy_version(), hashlib.sha256(body).hexdigest(), _digest(calibration),
+    sha256 of every input it reads (module docstring). `model`: the model, its serialized bytes, or the
+    sha256 (hex) of those bytes — the stage passes the process's memoised hash of the model file instead
+    of reading and hashing it again on every run."""
+    if isinstance(model, str):
+        model_digest = model
+    else:
+        body = model if isinstance(model, bytes) else model.SerializeToString(deterministic=True)
+        model_digest = hashlib.sha256(body).hexdigest()
+    parts = [MEMO_VERSION, accuracy_version(), model_digest, _digest(calibration),
              _digest(dict(bias_corrections or {})), merged_digest(merged),
              [sample_key(s) for s in list(samples)[:settings.samples]], _digest(list(specs)), _digest(options),
              _digest(settings)]

@@ -37,6 +37,7 @@ from engine.calibration.memo import DecodedStats, StatsMemo
 from engine.calibration.stats import RebinnedRows
 from engine.config import Config
 from engine.pipeline.cache import memo_name, memo_write, prune_memo_files
+from engine.pipeline.hashing import shared_hashes
 from engine.pipeline.stage import Stage, StageContext
 from engine.problems import CalibrationDataError, error
 from engine.quantize.planner import Calibration, QuantOptions, make_plan, plan_tensors
@@ -322,8 +323,8 @@ def _improve(ctx: StageContext, model: onnx.ModelProto, calibration: Calibration
     # re-saved with the same values, a sample past the accuracy samples) does not run the steps again
     results = AccuracyMemo(ctx.memo_dir("accuracy"), ctx.upstream["optimize"].name)
     try:
-        key = memo_key(ctx.input("optimize", "model.onnx").read_bytes(), calibration, options, merged, samples,
-                       specs, acc, corrections)
+        key = memo_key(shared_hashes().file(ctx.input("optimize", "model.onnx")), calibration, options, merged,
+                       samples, specs, acc, corrections)
     except (TypeError, ValueError) as e:  # an input the key cannot hold exactly: computed, not memoised
         log.debug(f"accuracy steps not memoised: {e}")
         key = None
