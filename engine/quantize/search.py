@@ -134,12 +134,6 @@ def candidates(merged: Mapping[str, MergedStats], percentile: float = DEFAULT_PE
 
 
 # ------------------------------------------------------------------------------------- default
-def output_cosine(model: onnx.ModelProto, acts: Mapping[str, ActQuant], samples: Sequence[Sample],
-                  options: QuantOptions, reference: Sequence[Mapping[str, np.ndarray]] | None = None) -> float:
-    """Mean output cosine of the calibrated model built from `acts` against the float model."""
-    return CandidateScorer(model, samples, options, reference).cosines({"": acts})[""]
-
-
 def _differing_initializers(models: Sequence[onnx.ModelProto]) -> list[str] | None:
     """Names of the initializers whose values differ between `models`, or None when the models
     differ in anything else (nodes, inputs, outputs, which initializers exist)."""
@@ -326,9 +320,8 @@ def fake_quant_mse(stats: MergedStats, thresholds: np.ndarray, qmax: int = 127) 
 MIX_GRID = 48  # thresholds searched per tensor besides the three methods', from 2 % of max|x| to max|x|
 
 
-def search_mix(merged: Mapping[str, MergedStats], percentile: float = DEFAULT_PERCENTILE,
-               model: onnx.ModelProto | None = None, samples: Sequence[Sample] = (),
-               options: QuantOptions | None = None, grid: int = MIX_GRID, quiet: bool = False,
+def search_mix(merged: Mapping[str, MergedStats], percentile: float = DEFAULT_PERCENTILE, grid: int = MIX_GRID,
+               quiet: bool = False,
                found: Mapping[str, Mapping[str, Threshold]] | None = None) -> SearchResult:
     """Per tensor, the threshold with the least fake-quant error on its own histogram: the three
     methods' thresholds and a geometric grid of `grid` more between 2 % of max|x| and max|x|
@@ -347,10 +340,7 @@ def search_mix(merged: Mapping[str, MergedStats], percentile: float = DEFAULT_PE
         acts[tensor] = ActQuant(tensor, float(options_t[best]), method=method)
         counts[method] += 1
     (log.debug if quiet else log.info)("Select mix method: " + ", ".join(f"{k} for {v} tensors" for k, v in counts.items() if v) + ".")
-    cosines = {}
-    if model is not None and samples:
-        cosines["mix"] = output_cosine(model, acts, list(samples[:1]), options or QuantOptions())
-    return SearchResult(acts, "mix", cosines, {"methods": counts})
+    return SearchResult(acts, "mix", {}, {"methods": counts})
 
 
 # ---------------------------------------------------------------------------------------- load
@@ -469,8 +459,9 @@ def choose_thresholds(settings: SearchSettings, model: onnx.ModelProto, merged: 
                       load_source: onnx.ModelProto | str | Path | Mapping[str, Any] | None = None,
                       tensors: Sequence[str] | None = None, featuremaps: Collection[str] = ()) -> SearchResult:
     """The thresholds `settings.calibration_type` asks for. `merged` (statistics of the tensors the
-    planner listed) is needed by default / mix / max / kl; `load_source` by load; `tensors` (the
-    planner's list) by load and skip; `featuremaps` (inputs skip draws normal values for) by skip."""
+    planner listed) is needed by default / mix / max / kl; `samples` by default (its candidates are
+    compared by output cosine on them); `load_source` by load; `tensors` (the planner's list) by load
+    and skip; `featuremaps` (inputs skip draws normal values for) by skip."""
     kind = settings.calibration_type
     if kind not in SEARCH_TYPES:
         raise ValueError(f"unknown calibration_type {kind!r}")  # the config check rejects it earlier
@@ -488,17 +479,13 @@ def choose_thresholds(settings: SearchSettings, model: onnx.ModelProto, merged: 
     if kind == "default":
         return search_default(model, merged, samples, options, settings.cosine_samples, settings.search_percentile)
     if kind == "mix":
-        return search_mix(merged, settings.search_percentile, model, samples, options)
+        return search_mix(merged, settings.search_percentile)
     acts = single_method(merged, kind, settings.max_percentile, settings.per_channel)
     method = label("max-percentile", settings.max_percentile) if kind == "max" and settings.max_percentile < 1 else kind
-    cosines = {}
-    if samples:
-        cosines[method] = output_cosine(model, acts, list(samples[:max(settings.cosine_samples, 1)]),
-                                        options or QuantOptions())
-    return SearchResult(acts, method, cosines)
+    return SearchResult(acts, method, {})  # only `default` chooses by output cosine (and so measures one)
 
 
 __all__ = ["DEFAULT_PERCENTILE", "SEARCH_TYPES", "SEARCH_Z", "CandidateScorer", "Choice", "SearchResult", "SearchSettings",
            "candidates", "choose_candidate", "choose_thresholds",
-           "fake_quant_mse", "label", "load_thresholds", "output_cosine", "search_default", "search_load",
+           "fake_quant_mse", "label", "load_thresholds", "search_default", "search_load",
            "search_mix", "search_skip", "single_method"]

@@ -273,11 +273,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         compare = loaded[:SEARCH_SAMPLES]
         first = compare[0]
         settings = dataclasses.replace(settings, cosine_samples=len(compare))
-        # only `default` chooses by output cosine; for a single method (max, kl, mix) it was computed for the
-        # stage's result alone, which no log, table or file shows (a calibrated session and 4 runs: PP-OCRv4
-        # det, one file changed, 0.67 of calibrate's 1.6 CPU s; the accuracy steps measure the same cosine)
-        result = choose_thresholds(settings, model, merged, compare if kind == "default" else (), options,
-                                   tensors=tensors)
+        result = choose_thresholds(settings, model, merged, compare, options, tensors=tensors)
         calibration, accuracy, reused = _improve(ctx, model, Calibration(result.acts), options, merged, cs, specs,
                                                  acc, loaded[:acc.samples])
         info["accuracy_steps"] = "reused" if reused else "computed"
