@@ -415,9 +415,14 @@ class Builder:
         if wq is None:
             return self.dequantized(w)
         value = self.constant_value(w)
-        codes = self.const(f"{w}_quantized", quantize_weight(value, wq))
-        scale = self.const(f"{w}_quantized_scale", weight_scale_array(wq, value.shape).astype(np.float32))
-        as_float, out = self.fresh(f"{w}_codes_float"), self.fresh(f"{w}_dequantized")
+        return self._codes_times_scale(w, self.const(f"{w}_quantized", quantize_weight(value, wq)),
+                                       self.const(f"{w}_quantized_scale",
+                                                  weight_scale_array(wq, value.shape).astype(np.float32)))
+
+    def _codes_times_scale(self, base: str, codes: str, scale: str) -> str:
+        """Cast(codes) · scale: the float values of constant integer codes, in a form onnxruntime folds
+        to a constant when the session starts (it never folds a DequantizeLinear)."""
+        as_float, out = self.fresh(f"{base}_codes_float"), self.fresh(f"{base}_dequantized")
         self.emit("Cast", [codes], [as_float], to=TensorProto.FLOAT)
         self.emit("Mul", [as_float, scale], [out])
         return out
@@ -445,11 +450,8 @@ class Builder:
         if planned is None:
             return self.dequantized(b)
         scale = np.asarray(planned.scale, dtype=np.float32).reshape(-1)
-        codes = self.bias_codes(b, scale)
-        as_float, out = self.fresh(f"{b}_codes_float"), self.fresh(f"{b}_dequantized")
-        self.emit("Cast", [self.const(f"{b}_quantized", codes)], [as_float], to=TensorProto.FLOAT)
-        self.emit("Mul", [as_float, self.const(f"{b}_scale", scale)], [out])
-        return out
+        return self._codes_times_scale(b, self.const(f"{b}_quantized", self.bias_codes(b, scale)),
+                                       self.const(f"{b}_scale", scale))
 
     # ---- result --------------------------------------------------------------------------------
 
