@@ -19,7 +19,8 @@ Printed against the issue's targets, each against its peer measured in the same 
   (private socket), both on an unchanged config and after one calibration file changed.
 - the language server over stdio (`python -m hblsp`, as an editor drives it): save → first
   `$/progress` (the run's `begin`), save → first stage report, save → `hblsp/compileResult`, for the
-  first save in a fresh server (engine imports included) and warm (a compiler_parameters edit);
+  first save in a fresh server, 3 s after the config was opened (the server loads the engine's
+  modules when a config opens: `CompileRunner.preload`), and warm (a compiler_parameters edit);
   and a calibration file written on disk → `hblsp/compileResult` (watch delay included).
 """
 
@@ -41,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import REPO, print_table  # noqa: E402
 
 TARGETS = {"calibration_file": 0.15, "compiler_parameters": 0.05}
+OPEN_TO_SAVE_S = 3.0  # a user opens a config, edits, saves: the server loads the engine meanwhile (`preload`)
 DAEMON_TARGET = 3.0
 COMPILER_EDITS = [("optimize_level: O2", "optimize_level: O1"), ("compile_mode: latency", "compile_mode: bandwidth"),
                   ("optimize_level: O1", "optimize_level: O0")]
@@ -300,7 +302,7 @@ async def lsp_latency(root: Path, repeats: int = 3) -> dict[str, Any]:
         done = await wait("result", since)
         return {"begin_ms": (begin - t) * 1000, "report_ms": (report - t) * 1000, "result_ms": (done - t) * 1000}
 
-    await asyncio.sleep(0.5)  # the open's check; the first save below measures the cold engine
+    await asyncio.sleep(OPEN_TO_SAVE_S)  # the open's check and preload; the first save meets a fresh engine
     cold = await save(text)
     warm = []
     for i in range(repeats):
@@ -364,7 +366,7 @@ def main() -> dict[str, Any]:
     print_table("hb_compile on digits: cold process vs forwarded to `hblsp daemon`", rows,
                 ("config", "cold CLI", "warm daemon", "speed-up", "target", ""))
     rows = [(label, f"{got['begin_ms']:.0f} ms", f"{got['report_ms']:.0f} ms", f"{got['result_ms']:.0f} ms")
-            for label, got in (("first save (fresh server: engine imports)", lsp["cold"]),
+            for label, got in ((f"first save {OPEN_TO_SAVE_S:.0f} s after open (fresh server)", lsp["cold"]),
                                ("warm: compiler_parameters edit", lsp["warm"]))]
     rows.append(("calibration file written on disk (watch delay 300 ms)", "", "",
                  f"{lsp['calibration_file_ms']:.0f} ms"))

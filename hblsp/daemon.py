@@ -66,8 +66,10 @@ def serve(path: Path | None = None) -> int:
     path = path or dc.socket_path()
     srv = _prepare_socket(path)
     (path.parent / "daemon.pid").write_text(str(os.getpid()))
-    import engine.stages  # noqa: F401
     from engine import cli  # the warm part: imported once for every run
+    from engine.pipeline import preload
+
+    preload()
 
     started, runs = time.time(), 0
     signal.signal(signal.SIGTERM, lambda *_: (_cleanup(path), os._exit(0)))

@@ -21,13 +21,13 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.config import load_config_text, read_config
-from engine.pipeline import Engine
+from engine.pipeline import Engine, preload
 from hblsp.results import Outcome, Thresholds, compile_result, outcome_of
 from hblsp.run_inputs import RunInputs, read_inputs
 
@@ -84,6 +84,21 @@ class CompileRunner:
         self.pending: dict[str, RunRequest] = {}  # uri → the one run that waits for it
         self._count = 0
         self._tasks: set[asyncio.Task] = set()
+        self.preloaded: Future[float] | None = None  # the engine modules' loading (`preload`)
+
+    def preload(self) -> Future[float]:
+        """Load the engine's modules on the worker, once (a config was opened: a run is likely). The
+        worker is the runs' own thread, so a save that comes first waits for it rather than loading
+        the same modules beside it."""
+        if self.preloaded is None:
+            self.preloaded = self.pool.submit(self._preload)
+        return self.preloaded
+
+    @staticmethod
+    def _preload() -> float:
+        seconds = preload()
+        log.info("engine modules loaded in %.2f s", seconds)
+        return seconds
 
     def busy(self, uri: str) -> bool:
         return uri in self.jobs or uri in self.pending

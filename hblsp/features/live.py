@@ -237,8 +237,12 @@ class Live:
     async def opened(self, uri: str) -> None:
         """Watch what a run of a newly opened config would read, from now on: dropping images into
         its calibration folder compiles it even before its first save. A config with errors is
-        watched from its first run instead (its folders are not known yet)."""
+        watched from its first run instead (its folders are not known yet). A run being likely now,
+        the engine's modules start loading on the compile worker (`CompileRunner.preload`)."""
         path = config_path(uri)
+        if path is not None and self.runner.preloaded is None and (self.ls.settings.compile_on_save
+                                                                  or self.ls.settings.watch_files):
+            self._spawn(self._preload(), "preload")
         if path is None or not self.ls.settings.watch_files or uri in self.inputs:
             return
         loop = asyncio.get_running_loop()
@@ -251,6 +255,10 @@ class Live:
         if self.watcher is not None and self.watcher.watched(uri):
             self.say(f"{path.name}: watching {len(now.files)} input files in "
                      f"{describe_files(sorted(map(str, self.watcher.watched(uri))), path.parent)} for changes")
+
+    async def _preload(self) -> None:
+        seconds = await asyncio.wrap_future(self.runner.preload())
+        self.say(f"engine loaded in {seconds:.2f} s")
 
     def _watch(self, uri: str) -> None:
         inputs = self.inputs.get(uri)

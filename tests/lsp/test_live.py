@@ -260,6 +260,18 @@ async def test_one_changed_calibration_file_reruns_that_sample_only(client: Live
     assert "calibrate: 1 of 32 calibration files changed" in [v.get("message") for v in client.values(token)]
 
 
+async def test_opening_a_config_loads_the_engine_once_before_any_run(client: LiveClient, tmp_path: Path):
+    """The first open of a config loads the engine's modules on the compile worker (`preload`), once
+    per server: the log says so exactly once however many configs open."""
+    for name in ("a", "b"):
+        path = digits(tmp_path / name)
+        await open_config(client, path)
+    await client.until("the engine preload", lambda: any("engine loaded in" in m for m in client.logs))
+    loaded = [m for m in client.logs if "engine loaded in" in m]
+    assert len(loaded) == 1, loaded
+    assert float(loaded[0].rsplit(" in ", 1)[1].removesuffix(" s")) > 0
+
+
 async def test_an_opened_config_is_watched_before_its_first_run(client: LiveClient, tmp_path: Path):
     path = digits(tmp_path)
     logs = len(client.logs)
