@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 
 from engine.accuracy.checks import CheckMemo, DataCheck, check_calibration_data
-from engine.accuracy.mixed import MixedPrecision, mixed_precision, widen_int16
+from engine.accuracy.mixed import MixedPrecision, mixed_precision, widen_int16, widened_plan
 from engine.accuracy.sensitivity import Sensitivity, analyse
 from engine.accuracy.sessions import References
 from engine.calibration.stats import MergedStats
@@ -127,8 +127,7 @@ def improve(model: onnx.ModelProto, calibration: Calibration, options: QuantOpti
     if bias_corrections:
         calibration.bias_corrections.update({k: np.asarray(v, np.float32) for k, v in bias_corrections.items()})
         result.bias_corrected = len(bias_corrections)
-    result.int16_thresholds = widen_int16(model, calibration, options, merged)
-    plan = make_plan(model, calibration, options)
+    result.int16_thresholds, plan = widened_plan(model, calibration, options, merged)
     if settings.sensitivity > 0 and samples:
         result.sensitivity = analyse(model, plan, samples[:1], merged, progress=progress)
     if settings.target > 0 and samples:
@@ -139,7 +138,7 @@ def improve(model: onnx.ModelProto, calibration: Calibration, options: QuantOpti
                                 f"{nodes} to move")
         else:
             mp = mixed_precision(model, calibration, samples, merged, settings.target, budget, options,
-                                 result.sensitivity, progress=progress, references=references)
+                                 result.sensitivity, progress=progress, references=references, plan=plan)
             result.mixed = mp
             result.verified_cosine = mp.verified
             if mp.moves:

@@ -320,3 +320,68 @@ def test_weight_culprits_are_the_weights_whose_rounding_costs_most_among_all_int
     assert culprits(True, share=1.01) == []  # no single weight wins back more than all of them
     assert culprits(False, target=0.99) == ["conv_c+relu_c"]
     assert culprits(False, target=0.5) == []
+
+
+def test_a_list_whose_every_move_together_misses_is_not_walked():
+    """After SCAN_LEAD stride points miss, the whole list is judged: when it misses too, the scan
+    stops (each judgement is a full ptq run); `lead` 0 judges the whole list first."""
+    from engine.accuracy.mixed import SCAN_LEAD, _prefix_scan
+    from engine.accuracy.switchable import Row
+
+    cosine_at = [0.95 + 0.002 * k for k in range(21)]  # rising, 0.99 out of reach (0.99 at 20 only)
+
+    class Judge:
+        def __init__(self):
+            self.asked: list[int] = []
+
+        def loss(self, moves, samples=None):
+            self.asked.append(len(moves))
+            return 1.0 - cosine_at[len(moves)]
+
+    shortlist = [(Row(f"r{i}", "Conv", (f"r{i}",), f"t{i}"), "int16", 1.0) for i in range(19)]
+    judge = Judge()
+    loss, k, _ = _prefix_scan(judge, shortlist, 1.0 - cosine_at[0], target=0.99)
+    assert SCAN_LEAD == 2 and judge.asked == [4, 8, 19]  # not 12 and 16
+    assert k == 19 and loss == pytest.approx(1 - cosine_at[19])  # the best judged
+    judge = Judge()
+    _prefix_scan(judge, shortlist, 1.0 - cosine_at[0], target=0.99, lead=0)
+    assert judge.asked == [19]
+
+    reachable = [0.95, 0.96, 0.97, 0.98, 0.985, 0.986, 0.987, 0.988, 0.989, 0.9895, 0.991, 0.992, 0.993]
+    judge = Judge()
+    cosine_at[:len(reachable)] = reachable
+    loss, k, _ = _prefix_scan(judge, shortlist[:12], 1.0 - cosine_at[0], target=0.99, lead=0)
+    assert k == 10 and judge.asked == [12, 3, 6, 9, 10]  # the whole list meets: walked from the short end
+
+
+def test_a_plan_that_meets_the_target_costs_one_plan_and_one_ptq_run(monkeypatch):
+    """No switchable model (rows, switches) and no second plan when no move is needed: on a small
+    model those were most of the accuracy steps' time."""
+    import engine.accuracy.mixed as mixed
+    import engine.quantize.planner as planner
+    from engine.accuracy import AccuracySettings, improve
+
+    model = outlier_chain()
+    data = samples(model, 4)
+    merged, calibration, _ = calibrate(model, data)
+    calls = {"plan": 0, "switchable": 0}
+    real_plan, real_switchable = planner.make_plan, mixed.build_switchable
+
+    def counted_plan(*args, **kwargs):
+        calls["plan"] += 1
+        return real_plan(*args, **kwargs)
+
+    def counted_switchable(*args, **kwargs):
+        calls["switchable"] += 1
+        return real_switchable(*args, **kwargs)
+
+    monkeypatch.setattr(mixed, "make_plan", counted_plan)
+    monkeypatch.setattr(mixed, "build_switchable", counted_switchable)
+    res = improve(model, calibration, QuantOptions(), merged, data, [], AccuracySettings(target=0.3, check_data=False))
+    assert res.mixed.met and res.mixed.moves == [] and res.mixed.evaluations == 1
+    assert calls == {"plan": 1, "switchable": 0}
+    assert res.verified_cosine == pytest.approx(1 - mixed.PlanEvaluator(
+        model, calibration, QuantOptions(), data, merged, None, real_plan(model, calibration)).loss({}))
+
+    hard = improve(model, calibration, QuantOptions(), merged, data, [], AccuracySettings(target=0.999, check_data=False))
+    assert hard.mixed.moves and calls["switchable"] >= 1  # a move needs the rows: built then
