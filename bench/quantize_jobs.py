@@ -56,12 +56,14 @@ def load_samples(folder: str | Path, count: int | None = None) -> list[np.ndarra
 def job_ours(p: dict[str, Any]) -> dict[str, Any]:
     """One cold engine run; CPU time per stage from the progress callback's stage starts.
 
-    Every engine module is imported first (`import_engine`), as the ORT job imports
-    `onnxruntime.quantization` before its clock starts: both time the work, not Python's imports.
+    Every engine module is imported first (`engine.pipeline.preload`), as the ORT job imports
+    `onnxruntime.quantization` before its clock starts: both time the work, not Python's imports
+    (the stages import what they need lazily: `engine.accuracy` alone was 24-40 ms of digits'
+    calibrate stage when it was timed).
     """
-    from engine.pipeline import Engine
+    from engine.pipeline import Engine, preload
 
-    import_engine()
+    preload()
 
     starts: dict[str, tuple[float, float, float]] = {}
 
@@ -86,27 +88,6 @@ def job_ours(p: dict[str, Any]) -> dict[str, Any]:
             "histogram_kernel": _kernel_status(),
             "method": cal.get("method"), "search_cosines": cal.get("cosines"), "tensors": cal.get("tensors"),
             "samples": cal.get("samples"), "batch": cal.get("batch")}
-
-
-def import_engine() -> list[str]:
-    """Import every module of the `engine` package, so no stage pays an import inside the clock.
-
-    The stages import what they need lazily, and the list of those modules kept here went stale:
-    `engine.accuracy` (24 ms of imports, ~40 ms in a process without bytecode caches) was timed
-    inside digits' calibrate stage since the accuracy steps joined it. Returns the modules that
-    could not be imported (an optional dependency missing), which then load inside the clock."""
-    import importlib
-    import pkgutil
-
-    import engine
-
-    failed = []
-    for module in pkgutil.walk_packages(engine.__path__, "engine."):
-        try:
-            importlib.import_module(module.name)
-        except Exception:  # noqa: BLE001 - e.g. an optional frontend's dependency: imported later, if used
-            failed.append(module.name)
-    return failed
 
 
 def _kernel_status() -> str:

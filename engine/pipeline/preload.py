@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
-import time
 
 log = logging.getLogger("hbcompile")
 
@@ -24,13 +23,14 @@ def engine_modules() -> list[str]:
     return [m.name for m in pkgutil.walk_packages(engine.__path__, "engine.")]
 
 
-def preload() -> float:
-    """Import every engine module; the seconds it took. A module that fails to import is logged and
-    skipped: the run that needs it reports the failure where it happens."""
-    t0 = time.perf_counter()
+def preload() -> list[str]:
+    """Import every engine module; the names of those that could not be imported (an optional
+    frontend's dependency missing: the run that needs it reports the failure where it happens)."""
+    failed = []
     for name in engine_modules():
         try:
             importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - a preload never takes the process down
             log.debug("preload: %s not loaded: %s", name, exc)
-    return time.perf_counter() - t0
+            failed.append(name)
+    return failed
