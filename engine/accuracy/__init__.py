@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 
 from engine.accuracy.checks import CheckMemo, DataCheck, check_calibration_data
-from engine.accuracy.mixed import MixedPrecision, mixed_precision, widen_int16, widened_plan
+from engine.accuracy.mixed import MixedPrecision, Searched, mixed_precision, widen_int16, widened_plan
 from engine.accuracy.sensitivity import Sensitivity, analyse
 from engine.accuracy.sessions import References
 from engine.calibration.stats import MergedStats
@@ -114,8 +114,13 @@ def improve(model: onnx.ModelProto, calibration: Calibration, options: QuantOpti
             merged: Mapping[str, MergedStats], samples: Sequence[Sample], specs: Sequence[Mapping[str, Any]],
             settings: AccuracySettings, bias_corrections: Mapping[str, np.ndarray] | None = None,
             progress: Callable[[str, float], None] | None = None,
-            check_memo: CheckMemo | None = None) -> AccuracyResult:
-    """The accuracy steps of the module docstring on top of `calibration` (a copy is returned)."""
+            check_memo: CheckMemo | None = None, searched: Searched | None = None) -> AccuracyResult:
+    """The accuracy steps of the module docstring on top of `calibration` (a copy is returned).
+
+    `searched`: the output cosine `calibration_type: default` measured for these thresholds (its
+    calibrated model, on its first samples); when it clears the target by far, mixed precision takes
+    it instead of building and running the ptq model (`mixed.searched_meets`). Not used when the steps
+    change the thresholds or biases first (int16 widening, bias correction)."""
     calibration = Calibration(calibration, calibration.node_info, calibration.bias_corrections)
     result = AccuracyResult(calibration)
     samples = list(samples)[:settings.samples]
@@ -128,6 +133,8 @@ def improve(model: onnx.ModelProto, calibration: Calibration, options: QuantOpti
         calibration.bias_corrections.update({k: np.asarray(v, np.float32) for k, v in bias_corrections.items()})
         result.bias_corrected = len(bias_corrections)
     result.int16_thresholds, plan = widened_plan(model, calibration, options, merged)
+    if result.int16_thresholds or result.bias_corrected:
+        searched = None  # measured on other thresholds / biases
     if settings.sensitivity > 0 and samples:
         result.sensitivity = analyse(model, plan, samples[:1], merged, progress=progress)
     if settings.target > 0 and samples:
@@ -138,7 +145,8 @@ def improve(model: onnx.ModelProto, calibration: Calibration, options: QuantOpti
                                 f"{nodes} to move")
         else:
             mp = mixed_precision(model, calibration, samples, merged, settings.target, budget, options,
-                                 result.sensitivity, progress=progress, references=references, plan=plan)
+                                 result.sensitivity, progress=progress, references=references, plan=plan,
+                                 searched=searched)
             result.mixed = mp
             result.verified_cosine = mp.verified
             if mp.moves:
@@ -152,4 +160,4 @@ def improve(model: onnx.ModelProto, calibration: Calibration, options: QuantOpti
     return result
 
 
-__all__ = ["KEYS", "AccuracyResult", "AccuracySettings", "improve", "verify", "widen_int16"]
+__all__ = ["KEYS", "AccuracyResult", "AccuracySettings", "Searched", "improve", "verify", "widen_int16"]

@@ -43,7 +43,7 @@ import onnx
 
 from engine.accuracy import AccuracyResult, AccuracySettings
 from engine.accuracy.checks import DataCheck
-from engine.accuracy.mixed import MixedPrecision, Move
+from engine.accuracy.mixed import MixedPrecision, Move, Searched
 from engine.accuracy.sensitivity import NodeSensitivity, Sensitivity
 from engine.accuracy.sessions import sample_key, update_array
 from engine.calibration.stats import MergedStats
@@ -226,11 +226,12 @@ def merged_digest(merged: Mapping[str, MergedStats]) -> str:
 def memo_key(model: onnx.ModelProto | bytes | str, calibration: Calibration, options: QuantOptions,
              merged: Mapping[str, MergedStats], samples: Sequence[Mapping[str, np.ndarray]],
              specs: Sequence[Mapping[str, Any]], settings: AccuracySettings,
-             bias_corrections: Mapping[str, np.ndarray] | None = None) -> str:
-    """The key of `improve(model, calibration, options, merged, samples, specs, settings, bias_corrections)`:
-    sha256 of every input it reads (module docstring). `model`: the model, its serialized bytes, or the
-    sha256 (hex) of those bytes — the stage passes the process's memoised hash of the model file instead
-    of reading and hashing it again on every run."""
+             bias_corrections: Mapping[str, np.ndarray] | None = None, searched: Searched | None = None) -> str:
+    """The key of `improve(model, calibration, options, merged, samples, specs, settings, bias_corrections,
+    searched=)`: sha256 of every input it reads (module docstring). `model`: the model, its serialized bytes, or
+    the sha256 (hex) of those bytes — the stage passes the process's memoised hash of the model file instead
+    of reading and hashing it again on every run. `searched` (the threshold search's cosine) is keyed as given:
+    the search may have compared on samples past the accuracy samples."""
     if isinstance(model, str):
         model_digest = model
     else:
@@ -240,6 +241,8 @@ def memo_key(model: onnx.ModelProto | bytes | str, calibration: Calibration, opt
              _digest(dict(bias_corrections or {})), merged_digest(merged),
              [sample_key(s) for s in list(samples)[:settings.samples]], _digest(list(specs)), _digest(options),
              _digest(settings)]
+    if searched is not None:  # absent: the keys of results computed without it stay what they were
+        parts.append([repr(float(searched.cosine)), int(searched.samples)])
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 

@@ -84,6 +84,33 @@ RANK_WEIGHTS: int | None = 24
 WEIGHT_CULPRIT_SHARE = 0.1
 WEIGHT_CULPRIT_FLOOR = 0.02
 GRAPH_ORDER_NOISE = 1e-3  # local noise / signal of a row the graph-order candidates (`_in_graph_order`) take
+# The threshold search's own output cosine (`Searched`) stands in for the ptq run when its loss is at most this
+# share of the loss the target allows (digits: 1.8e-4 of 0.01; its ptq model loses 2.2e-4 on the same samples)
+SEARCHED_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class Searched:
+    """What `calibration_type: default` measured for the thresholds it chose: the calibrated model's mean
+    output cosine over the first `samples` calibration samples."""
+
+    cosine: float
+    samples: int
+
+
+def searched_meets(searched: Searched | None, plan: QuantPlan, target: float) -> bool:
+    """The int8 plan meets `target` by the search's measurement alone: its loss is within SEARCHED_SHARE of
+    the allowed loss, and the plan is the calibrated model's (no shared scale moved a threshold). The ptq
+    model differs from the calibrated model then only by its int32 biases and by the si32 outputs it
+    leaves unquantized, and a ptq build, session and run are the steps' whole cost on a small model
+    (digits: ~12 of ~15 ms)."""
+    if searched is None or searched.samples < 1 or not 0.0 < target <= 1.0:
+        return False
+    if 1.0 - searched.cosine > SEARCHED_SHARE * (1.0 - target):
+        return False
+    calibrated = plan.calibrated_acts or plan.acts
+    return all(t in calibrated and np.array_equal(np.asarray(a.threshold), np.asarray(calibrated[t].threshold))
+               for t, a in plan.acts.items())
 
 
 @dataclass(frozen=True)
@@ -345,7 +372,8 @@ def mixed_precision(model: onnx.ModelProto, calibration: Calibration, samples: S
                     options: QuantOptions | None = None, sensitivity: Sensitivity | None = None,
                     screen: int | None = None, progress: Callable[[str, float], None] | None = None,
                     rank_crop: float | None = RANK_CROP, references: References | None = None,
-                    rank_samples: int = RANK_SAMPLES, plan: QuantPlan | None = None) -> MixedPrecision:
+                    rank_samples: int = RANK_SAMPLES, plan: QuantPlan | None = None,
+                    searched: Searched | None = None) -> MixedPrecision:
     """Moves that bring the mean output cosine on `samples` to `target` (module docstring).
 
     `calibration`: the thresholds (and any node_info / bias corrections) of the plan to improve;
@@ -355,7 +383,8 @@ def mixed_precision(model: onnx.ModelProto, calibration: Calibration, samples: S
     sensitivity analysis runs, by local noise (None: all — screening by local noise missed
     PP-OCRv4 det's first convolutions, whose error is small locally and large at the output);
     `rank_samples`: the first samples the ranking runs on (RANK_SAMPLES); `plan`: make_plan's plan
-    of `calibration` when the caller has it.
+    of `calibration` when the caller has it; `searched`: the threshold search's output cosine for these
+    thresholds, which decides alone when it clears the target by far (`searched_meets`).
     Every candidate set is judged on the real ptq model, not an estimate.
     """
     t0 = time.perf_counter()
@@ -363,6 +392,12 @@ def mixed_precision(model: onnx.ModelProto, calibration: Calibration, samples: S
     budget = max(1, int(0.1 * sum(1 for n in model.graph.node if n.op_type != "Constant"))) \
         if budget is None else int(budget)
     plan = plan if plan is not None else make_plan(model, calibration, options)
+    if searched_meets(searched, plan, target):
+        return MixedPrecision(target, searched.cosine, searched.cosine, [], {}, {}, budget, True, 0,
+                              time.perf_counter() - t0, sensitivity, notes=[
+                                  f"mixed precision: the int8 plan meets the target {target}: the threshold search "
+                                  f"measured output cosine {searched.cosine:.6f} on {searched.samples} calibration "
+                                  f"sample{'s' if searched.samples > 1 else ''} (calibrated model, the plan's thresholds)"])
     ev = PlanEvaluator(model, calibration, options, samples, stats, None, plan, references)
     loss = ev.loss({})
     before = 1.0 - loss
@@ -644,5 +679,6 @@ def decisions(model: onnx.ModelProto, plan: QuantPlan, sw: SwitchableModel, move
     return info, thresholds
 
 
-__all__ = ["CPU_COST", "FLOAT_KERNEL_COST", "KERNEL_SLOWDOWN", "kernel_cost", "kernel_kind", "RANK_SAMPLES", "Move", "MixedPrecision", "PlanEvaluator", "decisions", "mixed_precision", "user_placed",
+__all__ = ["CPU_COST", "FLOAT_KERNEL_COST", "KERNEL_SLOWDOWN", "kernel_cost", "kernel_kind", "RANK_SAMPLES", "Move", "MixedPrecision", "PlanEvaluator", "Searched", "decisions", "mixed_precision",
+           "searched_meets", "user_placed",
            "widen_int16", "widened_plan"]

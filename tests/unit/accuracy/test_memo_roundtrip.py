@@ -24,7 +24,7 @@ from engine.accuracy.memo import (
     result_from_json,
     result_to_json,
 )
-from engine.accuracy.mixed import MixedPrecision, Move
+from engine.accuracy.mixed import MixedPrecision, Move, Searched
 from engine.accuracy.sensitivity import NodeSensitivity, Sensitivity
 from engine.quantize.planner import Calibration, QuantOptions, make_plan
 from engine.quantize.types import ActQuant
@@ -247,6 +247,7 @@ MISSES = {
     "spec": lambda i: {"specs": [{**SPECS[0], "input_type_train": "bgr"}]},
     "run_on_cpu": lambda i: {"options": dataclasses.replace(i.options, run_on_cpu=frozenset({"conv_c"}))},
     "per_channel": lambda i: {"options": dataclasses.replace(i.options, per_channel=True)},
+    "the search's cosine given": lambda i: {"searched": Searched(0.9999, 4)},
     **{f"settings {f.name}": (lambda i, f=f: {"settings": dataclasses.replace(
         SETTINGS, **{f.name: {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v / 2}[
             type(getattr(SETTINGS, f.name))](getattr(SETTINGS, f.name))})})
@@ -297,3 +298,19 @@ def test_improve_reads_no_other_statistics_than_the_key_holds(inputs):
 def test_merged_digest_follows_values_not_objects(inputs):
     copy = {t: dataclasses.replace(s, hist=s.hist.copy()) for t, s in inputs.merged.items()}
     assert merged_digest(copy) == merged_digest(inputs.merged)
+
+
+def test_a_result_decided_by_the_searchs_cosine_comes_back(tmp_path, inputs):
+    """No ptq run (verified None, no evaluations) is a result like any other: stored and read back."""
+    from engine.accuracy.memo import AccuracyMemo
+
+    easy = dataclasses.replace(SETTINGS, target=0.3)
+    searched = Searched(0.99999, 4)
+    res = improve(inputs.model, inputs.calibration, inputs.options, inputs.merged, inputs.samples, SPECS, easy,
+                  searched=searched)
+    assert res.mixed.evaluations == 0 and res.verified_cosine is None
+    memo, key = AccuracyMemo(tmp_path, "a" * 16), inputs.key(settings=easy, searched=searched)
+    memo.save(key, res)
+    back = memo.load(key)
+    assert back is not None and back.mixed.before == searched.cosine and back.to_json() == res.to_json()
+    assert key != inputs.key(settings=easy, searched=Searched(0.99998, 4))

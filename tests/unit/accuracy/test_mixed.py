@@ -385,3 +385,59 @@ def test_a_plan_that_meets_the_target_costs_one_plan_and_one_ptq_run(monkeypatch
 
     hard = improve(model, calibration, QuantOptions(), merged, data, [], AccuracySettings(target=0.999, check_data=False))
     assert hard.mixed.moves and calls["switchable"] >= 1  # a move needs the rows: built then
+
+
+def _concat_of_two_ranges():
+    """x → two convs (outputs ~10x apart) → Concat: the concat shares one scale, so the ptq model's
+    threshold for the small branch is not the calibrated model's."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from tests.unit.accuracy.acc_models import _model
+
+    rng = np.random.default_rng(0)
+    w = {"W1": (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32),
+         "W2": (rng.standard_normal((4, 3, 3, 3)) * 3.0).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["a"], name="conv_1", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "W2"], ["b"], name="conv_2", pads=[1, 1, 1, 1]),
+             helper.make_node("Concat", ["a", "b"], ["s"], name="cat", axis=1),
+             helper.make_node("Relu", ["s"], ["y"], name="relu")]
+    return _model(nodes, w, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], "concat_of_two_ranges")
+
+
+def test_the_searchs_cosine_stands_in_for_the_ptq_run_only_when_it_clears_the_target_by_far(monkeypatch):
+    import engine.quantize.ptq as ptq
+    from engine.accuracy import AccuracySettings, Searched, improve
+    from engine.accuracy.mixed import SEARCHED_SHARE, searched_meets
+
+    model = outlier_chain()
+    data = samples(model, 4)
+    merged, calibration, plan = calibrate(model, data)
+    builds = []
+    real = ptq.build_ptq_model
+    monkeypatch.setattr(ptq, "build_ptq_model", lambda *a, **k: builds.append(1) or real(*a, **k))
+    settings = AccuracySettings(target=0.3, check_data=False)
+    allowed = 1.0 - settings.target
+    clear = Searched(1.0 - 0.99 * SEARCHED_SHARE * allowed, 4)  # within the share
+    res = improve(model, calibration, QuantOptions(), merged, data, [], settings, searched=clear)
+    assert builds == [] and res.mixed.met and res.mixed.moves == [] and res.mixed.evaluations == 0
+    assert res.mixed.before == clear.cosine and res.verified_cosine is None
+    assert "threshold search measured output cosine" in res.mixed.notes[0]
+
+    close = Searched(1.0 - 1.01 * SEARCHED_SHARE * allowed, 4)  # meets the target, not by far: the ptq model decides
+    res = improve(model, calibration, QuantOptions(), merged, data, [], settings, searched=close)
+    assert builds == [1] and res.mixed.met and res.mixed.evaluations == 1 and res.verified_cosine is not None
+    assert res.mixed.before != close.cosine
+
+    # user int16 widens a threshold first: the search measured other thresholds
+    widened = improve(model, calibration, QuantOptions.build(node_info={"relu_b": {"OutputType": "int16"}}), merged,
+                      data, [], settings, searched=clear)
+    assert widened.int16_thresholds == 1 and widened.mixed.evaluations == 1 and len(builds) == 2
+
+    # a shared scale: the ptq model's thresholds are not the calibrated model's
+    cat = _concat_of_two_ranges()
+    merged, calibration, plan = calibrate(cat, samples(cat, 3))
+    assert plan.acts["a"].threshold != plan.calibrated_acts["a"].threshold
+    assert not searched_meets(Searched(1.0, 4), plan, 0.99)
+    assert searched_meets(Searched(1.0, 4), make_plan(model, calibrate(model, data)[1]), 0.99)
