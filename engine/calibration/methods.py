@@ -106,7 +106,8 @@ def percentile_threshold(stats: MergedStats, percentile: float, per_channel: boo
                                              "bin_width": stats.bin_width}, stats, per_channel, ratio)
 
 
-def kl_divergences(hist: np.ndarray, candidates: np.ndarray, levels: int = NUM_QUANTIZED_BINS) -> np.ndarray:
+def kl_divergences(hist: np.ndarray, candidates: np.ndarray, levels: int = NUM_QUANTIZED_BINS,
+                   prefix: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """KL(P_i‖Q_i) for every candidate bin count i, in closed form over levels (see `kl_threshold`).
 
     Within level g, Q_i is constant (m_g / z_g) / M_i on P_i's non-empty bins, where m_g is the
@@ -139,19 +140,19 @@ def kl_divergences(hist: np.ndarray, candidates: np.ndarray, levels: int = NUM_Q
         repeat[1:] &= (h[np.maximum(i - 1, 0)] == 0) & (h[np.maximum(i - 2, 0)] == 0)
         if repeat.any():
             out = np.empty(cand.shape[0], np.float64)
-            out[~repeat] = _kl_rows(h, cand[~repeat], levels)
+            out[~repeat] = _kl_rows(h, cand[~repeat], levels, prefix)
             source = np.where(repeat, 0, np.arange(cand.shape[0]))
             np.maximum.accumulate(source, out=source)  # each repeat takes the last candidate computed
             return out[source]
-    return _kl_rows(h, cand, levels)
+    return _kl_rows(h, cand, levels, prefix)
 
 
-def _kl_rows(h: np.ndarray, cand: np.ndarray, levels: int) -> np.ndarray:
-    """`kl_divergences` of float64 `h` for every candidate of `cand`, each computed."""
-    cs = np.concatenate(([0.0], np.cumsum(h)))  # mass of bins [0, k) = cs[k]
-    nzc = np.concatenate(([0], np.cumsum(h > 0)))  # non-empty bins in [0, k)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        hlogh = np.concatenate(([0.0], np.cumsum(np.where(h > 0, h * np.log(h), 0.0))))
+def _kl_rows(h: np.ndarray, cand: np.ndarray, levels: int,
+             prefix: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """`kl_divergences` of float64 `h` for every candidate of `cand`, each computed. `prefix`:
+    `_prefix_sums(h)` when the caller has them (mass cs[k], non-empty count nzc[k] and Σ h·log h of
+    bins [0, k))."""
+    cs, nzc, hlogh = prefix if prefix is not None else _prefix_sums(h)
     total = cs[-1]
     kept = cs[cand]  # M_i
     tail = total - kept  # clipped mass, moved into P's bin i−1
@@ -189,6 +190,87 @@ def _kl_rows(h: np.ndarray, cand: np.ndarray, levels: int) -> np.ndarray:
             impossible = (p_last > 0) & ~(mass_last > 0)  # P has mass Q cannot hold (only the last level can)
             out[rows] = np.where(impossible, np.inf, entropy[rows] - cross)
     return out
+
+
+# Candidates whose factored KL (`kl_estimates`) is within this much (times 1 + the size of its terms) of
+# the least are evaluated again exactly (`kl_divergences`). The two forms differ by float rounding only:
+# ~1e-12 for terms of size ~40 (log N of a billion counts), far inside this margin.
+KL_MARGIN = 1e-9
+
+
+def _prefix_sums(h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mass, non-empty count and Σ h·log h of bins [0, k), for every k (index k)."""
+    cs = np.concatenate(([0.0], np.cumsum(h)))
+    nzc = np.concatenate(([0], np.cumsum(h > 0)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        hlogh = np.concatenate(([0.0], np.cumsum(np.where(h > 0, h * np.log(h), 0.0))))
+    return cs, nzc, hlogh
+
+
+def kl_estimates(hist: np.ndarray, candidates: np.ndarray, levels: int = NUM_QUANTIZED_BINS,
+                 prefix: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, float]:
+    """`kl_divergences` up to float rounding, at O(candidates + levels · distinct n) instead of
+    O(candidates × levels); with the size of the largest term (for the margin of `kl_argmin`).
+
+    The shared levels' cross term is Σ_g (m_g / N) · log(m_g / (z_g · M_i)) = A_n − W_n · log M_i,
+    with A_n = Σ_g (m_g / N) · log(m_g / z_g) and W_n = Σ_g m_g / N over the levels with mass: per
+    n = ⌊i / levels⌋ two numbers, then per candidate only its last level. Summed in another order
+    than `kl_divergences`, so not its bits: `kl_argmin` uses it to find the few candidates that can
+    be the least, and takes their exact values.
+    """
+    h = np.asarray(hist, dtype=np.float64)
+    cand = np.asarray(candidates, dtype=np.int64)
+    cs, nzc, hlogh = prefix if prefix is not None else _prefix_sums(h)
+    total = cs[-1]
+    kept = cs[cand]
+    tail = total - kept
+    before = h[cand - 1]
+    last = before + tail
+    shared = levels - 1
+    per_level = cand // levels
+    ns = np.flatnonzero(np.bincount(per_level))  # the distinct n, ascending (np.unique imports numpy.ma)
+    edges = ns[:, None] * np.arange(levels)[None, :]  # level starts per n
+    mass = cs[edges[:, 1:]] - cs[edges[:, :-1]]
+    nonempty = (nzc[edges[:, 1:]] - nzc[edges[:, :-1]]).astype(np.float64)
+    held = mass > 0
+    w = np.where(held, mass / total, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a_n = np.where(held, w * np.log(mass / nonempty), 0.0).sum(axis=1)
+    w_n = w.sum(axis=1)
+    index = np.searchsorted(ns, per_level)
+    start_last = shared * per_level
+    mass_last = kept - cs[start_last]
+    nonempty_last = (nzc[cand] - nzc[start_last]).astype(np.float64) + ((last > 0) & ~(before > 0))
+    p_last = mass_last + tail
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = (hlogh[cand - 1] + np.where(last > 0, last * np.log(last), 0.0)) / total - np.log(total)
+        shared_cross = a_n[index] - np.where(w_n[index] > 0, w_n[index] * np.log(kept), 0.0)
+        last_cross = np.where(p_last > 0, p_last / total * np.log(mass_last / (nonempty_last * kept)), 0.0)
+        out = entropy - shared_cross - last_cross
+    out[(p_last > 0) & ~(mass_last > 0)] = np.inf  # P has mass Q cannot hold
+    finite = np.isfinite(entropy) & np.isfinite(shared_cross)
+    size = float(np.max(np.abs(entropy[finite]) + np.abs(shared_cross[finite]), initial=0.0))
+    return out, size
+
+
+def kl_argmin(hist: np.ndarray, candidates: np.ndarray, levels: int = NUM_QUANTIZED_BINS) -> tuple[int, float]:
+    """The position of `kl_divergences(hist, candidates)`'s least value (the first of equals) and that
+    value, with the exact form evaluated only where the factored one (`kl_estimates`) is within
+    `KL_MARGIN` of its least: ~1.3 → ~0.2 ms a tensor (PP-OCRv4 det: ~700 tensors)."""
+    h = np.asarray(hist, dtype=np.float64)
+    cand = np.asarray(candidates, dtype=np.int64)
+    prefix = _prefix_sums(h)
+    approx, size = kl_estimates(h, cand, levels, prefix)
+    finite = np.isfinite(approx)
+    if not finite.any():  # every candidate impossible (or a NaN): the exact values decide
+        exact = kl_divergences(h, cand, levels, prefix)
+        best = int(np.argmin(exact))
+        return best, float(exact[best])
+    least = float(approx[finite].min())
+    near = np.flatnonzero((approx <= least + KL_MARGIN * (1.0 + size)) | np.isnan(approx))
+    exact = kl_divergences(h, cand[near], levels, prefix)
+    pick = int(np.argmin(exact))
+    return int(near[pick]), float(exact[pick])
 
 
 _scratch = threading.local()
@@ -230,11 +312,10 @@ def kl_threshold(stats: MergedStats, levels: int = NUM_QUANTIZED_BINS, start_bin
     candidates = np.arange(start, bins + 1, max(int(stride), 1))
     if candidates[-1] != bins:
         candidates = np.append(candidates, bins)  # "no clipping" is always a candidate
-    kl = kl_divergences(stats.hist, candidates, levels)
-    best = int(np.argmin(kl))
+    best, kl = kl_argmin(stats.hist, candidates, levels)
     i = int(candidates[best])
     value = i * stats.bin_width
-    detail.update(best_bin=i, kl=float(kl[best]), bin_width=stats.bin_width)
+    detail.update(best_bin=i, kl=kl, bin_width=stats.bin_width)
     return _finish(value, "kl", detail, stats, per_channel, value / stats.absmax)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -46,6 +47,12 @@ _NPTYPE = {8: np.int8, 16: np.int16, 32: np.int32}
 
 def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def scale_zero_point(scale: float | np.ndarray, bits: int, zero_point: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The values of a Q/DQ pair's scale (float32) and zero point (int`bits`) initializers."""
+    s = np.asarray(scale, np.float32)
+    return s, np.full(s.shape, zero_point, _NPTYPE[bits])
 
 
 def _subgraph_rename(node: onnx.NodeProto, old: str, new: str) -> None:
@@ -75,6 +82,9 @@ class QdqWriter:
         self.taken = ({n.name for n in self.g.node} | set(self.index) | set(self.inits)
                       | {i.name for i in self.g.input})
         self.mapping: dict[str, str] = {}
+        # activation / weight → the names of its scale and zero-point initializers
+        self.act_params: dict[str, tuple[str, str]] = {}
+        self.weight_params: dict[str, tuple[str, str]] = {}
         self.uses_ms = False
         self.replaced: set[str] = set()  # float constants now read through a DequantizeLinear
         self.readers: dict[str, list[onnx.NodeProto]] = {}
@@ -108,9 +118,8 @@ class QdqWriter:
         self.after.setdefault(anchor, []).extend(nodes)
 
     def _scale_zp(self, base: str, scale: float | np.ndarray, bits: int, zero_point: int = 0) -> tuple[str, str]:
-        s = np.asarray(scale, np.float32)
-        return self.const(f"{base}_scale", s), self.const(f"{base}_zero_point",
-                                                          np.full(s.shape, zero_point, _NPTYPE[bits]))
+        s, zp = scale_zero_point(scale, bits, zero_point)
+        return self.const(f"{base}_scale", s), self.const(f"{base}_zero_point", zp)
 
     def _axis(self, axis: int | None, scale: float | np.ndarray) -> dict:
         return {"axis": axis} if axis is not None and np.ndim(scale) else {}
@@ -123,6 +132,7 @@ class QdqWriter:
         base = f"{t}{SUFFIX}"
         scale = act.scale
         s, zp = self._scale_zp(base, scale, act.bits, zero_point_of(act))
+        self.act_params[t] = (s, zp)
         source, out = t, None
         if whole and t in self.outputs and t in self.index:
             source = self.name(f"{base}_input")
@@ -185,6 +195,7 @@ class QdqWriter:
             stored, shapes = self._regrouped(stored, wq)
         axis = 1 if wq.groups > 1 else wq.axis
         s, zp = self._scale_zp(base, scale, 8)
+        self.weight_params[wq.tensor] = (s, zp)
         nodes: list[onnx.NodeProto] = []
         if integer:
             source = self.const(f"{wq.tensor}_quantized", stored)
@@ -283,8 +294,20 @@ class QdqWriter:
         return self.model
 
 
-def build_calibrated_model(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
-    """The calibrated model: fake-quant activations (calibrated thresholds) and weights."""
+@dataclass
+class CalibratedModel:
+    """A calibrated model and, per fake-quantized activation and weight, the names of its scale and
+    zero-point initializers: what another plan with the same layout changes (other thresholds; a
+    weight's scale too where its int32 bias needs a coarser step). `engine.quantize.search` feeds them
+    to one session instead of building a model per candidate."""
+
+    model: onnx.ModelProto
+    act_params: dict[str, tuple[str, str]]
+    weight_params: dict[str, tuple[str, str]]
+
+
+def calibrated_model(model: onnx.ModelProto, plan: QuantPlan) -> CalibratedModel:
+    """`build_calibrated_model` with the names of its activation and weight scale / zero-point initializers."""
     writer = QdqWriter(model, plan)
     writer.activations(plan.calibrated_acts or plan.acts)
     for wq in plan.weights.values():
@@ -293,7 +316,12 @@ def build_calibrated_model(model: onnx.ModelProto, plan: QuantPlan) -> onnx.Mode
         value = writer.constant(bq.tensor)
         if value is not None and getattr(bq, "correction", None) is not None:
             writer.corrected_bias(bq.tensor, bias_value(value, bq))
-    return writer.finish("calibrated")
+    return CalibratedModel(writer.finish("calibrated"), writer.act_params, writer.weight_params)
+
+
+def build_calibrated_model(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
+    """The calibrated model: fake-quant activations (calibrated thresholds) and weights."""
+    return calibrated_model(model, plan).model
 
 
 def calibration_map(model: onnx.ModelProto) -> dict[str, str]:
@@ -302,4 +330,5 @@ def calibration_map(model: onnx.ModelProto) -> dict[str, str]:
     return dict(json.loads(raw))
 
 
-__all__ = ["MAP_KEY", "SUFFIX", "QdqWriter", "build_calibrated_model", "calibration_map"]
+__all__ = ["MAP_KEY", "SUFFIX", "CalibratedModel", "QdqWriter", "build_calibrated_model", "calibrated_model",
+           "calibration_map", "scale_zero_point"]

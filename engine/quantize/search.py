@@ -48,9 +48,15 @@ from engine.calibration.methods import Threshold, kl_threshold, max_threshold, p
 from engine.calibration.stats import MergedStats
 from engine.passes.graph import constant_node_value
 from engine.problems import CalibrationDataError, error
-from engine.quantize.calibrated import SUFFIX, build_calibrated_model
-from engine.quantize.planner import QuantOptions, make_plan
-from engine.quantize.types import ActQuant
+from engine.quantize.calibrated import (
+    SUFFIX,
+    CalibratedModel,
+    build_calibrated_model,
+    calibrated_model,
+    scale_zero_point,
+)
+from engine.quantize.planner import QuantOptions, make_plan, zero_point_of
+from engine.quantize.types import ActQuant, QuantPlan
 
 log = logging.getLogger("hbcompile")
 
@@ -134,44 +140,54 @@ def candidates(merged: Mapping[str, MergedStats], percentile: float = DEFAULT_PE
 
 
 # ------------------------------------------------------------------------------------- default
-def _differing_initializers(models: Sequence[onnx.ModelProto]) -> list[str] | None:
-    """Names of the initializers whose values differ between `models`, or None when the models
-    differ in anything else (nodes, inputs, outputs, which initializers exist)."""
-    def structure(g: onnx.GraphProto) -> list[tuple]:  # nodes without doc strings (they name thresholds)
-        return [(n.op_type, n.domain, tuple(n.input), tuple(n.output), tuple(a.SerializeToString() for a in n.attribute))
-                for n in g.node]
-
-    base = models[0].graph
-    nodes = structure(base)
-    values = {t.name: t.SerializeToString() for t in base.initializer}
-    differ: set[str] = set()
-    for m in models[1:]:
-        g = m.graph
-        if structure(g) != nodes or g.input != base.input or g.output != base.output or \
-                len(g.initializer) != len(base.initializer):
-            return None
-        for t in g.initializer:
-            if t.name not in values:
-                return None
-            if t.SerializeToString() != values[t.name]:
-                differ.add(t.name)
-    return [t.name for t in base.initializer if t.name in differ]
-
-
 def mean_cosines(per_sample: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Each candidate's mean over its per-sample cosines (1.0 for no samples)."""
     return {k: float(np.mean(v)) if v.size else 1.0 for k, v in per_sample.items()}
+
+
+def _same_array(a: Any, b: Any) -> bool:
+    x, y = np.asarray(a), np.asarray(b)
+    return x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+
+
+def same_layout(a: QuantPlan, b: QuantPlan) -> bool:
+    """Whether the calibrated models of plans `a` and `b` can differ only in the values of their
+    scale and zero-point initializers: the same fake-quantized tensors and weights in the same order
+    with the same bits, axis and scale shape, the same placement and readers (`nodes`), the same bias
+    corrections (what `calibrated_model` reads of a plan besides the scales). Weight scales may differ:
+    the planner coarsens a weight's step where its int32 bias at s_in · s_w would overflow (PP-OCRv4
+    rec and det: 3-4 convs whose s_in is the candidate's)."""
+    acts_a, acts_b = a.calibrated_acts or a.acts, b.calibrated_acts or b.acts
+    if list(acts_a) != list(acts_b) or a.nodes != b.nodes or list(a.weights) != list(b.weights) \
+            or list(a.biases) != list(b.biases):
+        return False
+    for t, x in acts_a.items():
+        y = acts_b[t]
+        if (x.bits, x.axis, np.shape(x.scale)) != (y.bits, y.axis, np.shape(y.scale)):
+            return False
+    for name, x in a.weights.items():
+        y = b.weights[name]
+        if (x.tensor, x.axis, x.bits, x.groups, np.shape(x.scale)) != (y.tensor, y.axis, y.bits, y.groups, np.shape(y.scale)):
+            return False
+    for name, x in a.biases.items():
+        cx, cy = getattr(x, "correction", None), getattr(b.biases[name], "correction", None)
+        if (cx is None) != (cy is None) or (cx is not None and not _same_array(cx, cy)):
+            return False
+    return True
 
 
 class CandidateScorer:
     """Output cosines of calibrated models that differ only in thresholds, in one onnxruntime session.
 
     Candidates (max, max-percentile, kl, mix) give the same plan with other scales, so their
-    calibrated models differ only in the values of the Q/DQ scale initializers. Those become graph
-    inputs of one model (an ONNX initializer that is also a graph input is a default the feed
-    overrides), and each candidate's scales are fed: one session build instead of one per
-    candidate, and one float reference session instead of one per sample (`run_model`). Models
-    that differ in more than initializer values get their own session.
+    calibrated models differ only in the values of the Q/DQ scale initializers. One model is built
+    (the first candidate's), the scale / zero-point initializers whose values differ between the
+    candidates' plans become its graph inputs (an ONNX initializer that is also a graph input is a
+    default the feed overrides), and each candidate's values are fed: one model build and one
+    session instead of one per candidate (digits: ~1 ms of model building and ~1.5 ms of session
+    each), and one float reference session instead of one per sample (`References`). Plans whose
+    layout differs (`same_layout`: a split output concat, another placement) get a model and a
+    session each.
     """
 
     def __init__(self, model: onnx.ModelProto, samples: Sequence[Sample], options: QuantOptions,
@@ -190,32 +206,47 @@ class CandidateScorer:
     def sample_cosines(self, tried: Mapping[str, Mapping[str, ActQuant]]) -> dict[str, np.ndarray]:
         """Each candidate's output cosine per sample (mean over outputs): the paired values
         `choose_candidate` compares."""
-        from engine.accuracy.sessions import quiet_session, run_outputs
+        from engine.accuracy.sessions import quiet_session
 
-        models = {k: build_calibrated_model(self.model, make_plan(self.model, acts, self.options))
-                  for k, acts in tried.items()}
-        differ = _differing_initializers(list(models.values())) if len(models) > 1 else []
-        out: dict[str, np.ndarray] = {}
-        if differ is None:  # structurally different: a session each
-            for k, m in models.items():
-                session = quiet_session(m)
-                out[k] = self._per_sample([run_outputs(session, s, self.names) for s in self.samples])
-            return out
-        shared = onnx.ModelProto()
-        shared.CopyFrom(next(iter(models.values())))
-        inits = {t.name: t for t in shared.graph.initializer}
-        shared.graph.input.extend(helper.make_tensor_value_info(n, inits[n].data_type, list(inits[n].dims))
-                                  for n in differ)
+        plans = {k: make_plan(self.model, acts, self.options) for k, acts in tried.items()}
+        if not plans:
+            return {}
+        first = next(iter(plans.values()))
+        if not all(same_layout(first, p) for p in plans.values()):  # structurally different: a session each
+            return {k: self._per_sample(quiet_session(build_calibrated_model(self.model, p)), {})
+                    for k, p in plans.items()}
+        built = calibrated_model(self.model, first)
+        values = {k: self._scale_values(p, built) for k, p in plans.items()}
+        base = next(iter(values.values()))
+        shared = built.model
+        inits = [t for t in shared.graph.initializer if t.name in base]
+        differ = [t.name for t in inits if any(not _same_array(v[t.name], base[t.name]) for v in values.values())]
+        dims = {t.name: (t.data_type, list(t.dims)) for t in inits}
+        shared.graph.input.extend(helper.make_tensor_value_info(n, *dims[n]) for n in differ)
         session = quiet_session(shared)
-        fed = set(differ)
-        for k, m in models.items():
-            feeds = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer if t.name in fed}
-            out[k] = self._per_sample([run_outputs(session, s, self.names, feeds) for s in self.samples])
+        return {k: self._per_sample(session, {n: v[n] for n in differ}) for k, v in values.items()}
+
+    @staticmethod
+    def _scale_values(plan: QuantPlan, built: CalibratedModel) -> dict[str, np.ndarray]:
+        """The values `plan` gives the built model's scale and zero-point initializers (as
+        `calibrated_model` writes them)."""
+        out: dict[str, np.ndarray] = {}
+        for t, act in (plan.calibrated_acts or plan.acts).items():
+            scale_name, zp_name = built.act_params[t]
+            out[scale_name], out[zp_name] = scale_zero_point(act.scale, act.bits, zero_point_of(act))
+        for w, (scale_name, zp_name) in built.weight_params.items():
+            out[scale_name], out[zp_name] = scale_zero_point(plan.weights[w].scale, 8)
         return out
 
-    def _per_sample(self, got: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
+    def _per_sample(self, session, extra: Mapping[str, np.ndarray]) -> np.ndarray:
         from engine.similarity import mean_output_cosine
 
+        wanted = {i.name for i in session.get_inputs()}
+        got = []
+        for sample in self.samples:
+            feeds = {k: v for k, v in sample.items() if k in wanted}
+            feeds.update(extra)
+            got.append(dict(zip(self.names, session.run(self.names, feeds), strict=True)))
         return np.array([mean_output_cosine([r], [g], self.names) for r, g in zip(self.reference, got, strict=True)])
 
 
@@ -302,9 +333,43 @@ def fake_quant_mse(stats: MergedStats, thresholds: np.ndarray, qmax: int = 127) 
     if total <= 0 or stats.absmax <= 0:
         return np.zeros(t.shape[0])
     c = (np.arange(h.shape[0]) + 0.5) * (stats.absmax / h.shape[0])
+    return _mse_rows(h, c, t, qmax) / total
+
+
+MIX_GRID = 48  # thresholds searched per tensor besides the three methods', from 2 % of max|x| to max|x|
+# Thresholds whose error over the non-empty bins is within this share of the least are priced again exactly
+# (`fake_quant_mse`): the two sums differ only in rounding (order and length), ~1e-13 of the value
+MSE_MARGIN = 1e-9
+
+
+def least_mse(stats: MergedStats, thresholds: np.ndarray, qmax: int = 127) -> int:
+    """The position of `fake_quant_mse(stats, thresholds)`'s least value (the first of equals).
+
+    Empty bins add exact zeros, so the error over the non-empty bins alone (PP-OCR / digits tensors:
+    ~60 % of 2048) equals it up to rounding; only the thresholds within `MSE_MARGIN` of its least
+    are priced over every bin, whose sums are `fake_quant_mse`'s bits (each threshold's row is
+    summed alone)."""
+    t = np.asarray(thresholds, np.float64)
+    h = np.asarray(stats.hist, np.float64)
+    if t.shape[0] <= 1 or h.sum() <= 0 or stats.absmax <= 0:
+        return int(np.argmin(fake_quant_mse(stats, t, qmax))) if t.shape[0] else 0
+    held = np.flatnonzero(h)
+    approx = _mse_rows(h[held], (held + 0.5) * (stats.absmax / h.shape[0]), t, qmax)
+    least = float(approx.min())
+    near = np.flatnonzero(approx <= least + MSE_MARGIN * abs(least))
+    if near.shape[0] == 1:
+        return int(near[0])
+    return int(near[np.argmin(fake_quant_mse(stats, t[near], qmax))])
+
+
+def _mse_rows(h: np.ndarray, c: np.ndarray, thresholds: np.ndarray, qmax: int) -> np.ndarray:
+    """Σ_k h_k · err(c_k, t) for each threshold t (`fake_quant_mse` before the division by the count).
+
+    np.where(c > t, (c − t)², (c − s·rint(c / s))²) · h, the same operations into two (thresholds ×
+    bins) arrays instead of seven fresh ones (their pages were most of the cost: mix on digits, 51 ×
+    2048 each); each row is summed alone, so a row's sum does not depend on the other rows."""
+    t = thresholds.reshape(-1, 1)
     s = t / qmax
-    # np.where(c > t, (c − t)², (c − s·rint(c / s))²) · h, the same operations into two (thresholds × bins)
-    # arrays instead of seven fresh ones (their pages were most of the cost: mix on digits, 51 × 2048 each)
     err = np.divide(c, s)
     np.rint(err, out=err)
     np.multiply(s, err, out=err)
@@ -314,10 +379,7 @@ def fake_quant_mse(stats: MergedStats, thresholds: np.ndarray, qmax: int = 127) 
     np.square(clipped, out=clipped)
     np.copyto(err, clipped, where=c > t)
     np.multiply(err, h, out=err)
-    return err.sum(axis=1) / total
-
-
-MIX_GRID = 48  # thresholds searched per tensor besides the three methods', from 2 % of max|x| to max|x|
+    return err.sum(axis=1)
 
 
 def search_mix(merged: Mapping[str, MergedStats], percentile: float = DEFAULT_PERCENTILE, grid: int = MIX_GRID,
@@ -335,7 +397,7 @@ def search_mix(merged: Mapping[str, MergedStats], percentile: float = DEFAULT_PE
         methods = np.array([found[m][tensor].value for m in names])
         points = stats.absmax * np.geomspace(0.02, 1.0, grid) if grid and stats.absmax > 0 else np.zeros(0)
         options_t = np.concatenate([methods, points])
-        best = int(np.argmin(fake_quant_mse(stats, options_t)))  # ties: the earlier candidate (methods first)
+        best = least_mse(stats, options_t)  # ties: the earlier candidate (methods first)
         method = names[best] if best < len(names) else "mse"
         acts[tensor] = ActQuant(tensor, float(options_t[best]), method=method)
         counts[method] += 1
@@ -488,4 +550,4 @@ def choose_thresholds(settings: SearchSettings, model: onnx.ModelProto, merged: 
 __all__ = ["DEFAULT_PERCENTILE", "SEARCH_TYPES", "SEARCH_Z", "CandidateScorer", "Choice", "SearchResult", "SearchSettings",
            "candidates", "choose_candidate", "choose_thresholds",
            "fake_quant_mse", "label", "load_thresholds", "search_default", "search_load",
-           "search_mix", "search_skip", "single_method"]
+           "least_mse", "same_layout", "search_mix", "search_skip", "single_method"]

@@ -103,6 +103,22 @@ def test_fake_quant_mse_prices_clipping_and_rounding():
     assert mse[0] < mse[1] < mse[2]  # clipping half (and most) of the range costs far more
 
 
+def test_least_mse_is_the_argmin_of_the_full_error_with_ties_to_the_earlier():
+    """Pricing the non-empty bins first only narrows the thresholds: the pick is `fake_quant_mse`'s
+    argmin (first of equals) on sparse, pixel-like, smooth and spiky histograms, with repeated thresholds."""
+    from engine.quantize.search import least_mse
+
+    rng = np.random.default_rng(4)
+    pixels = np.repeat(np.arange(256, dtype=np.float32) / 255, 40)  # a uint8 image / 255: every 8th bin
+    spiky = rng.uniform(-1, 1, 1 << 16).astype(np.float32)
+    spiky[:2] = [20.0, -18.0]
+    for x in (pixels, spiky, rng.laplace(size=1 << 16).astype(np.float32), np.zeros(64, np.float32)):
+        stats = merge([tensor_stats(x, channel_axis=None)])
+        base = max(stats.absmax, 1e-6)
+        thresholds = np.concatenate([[base, base * 0.9, base], base * np.geomspace(0.02, 1.0, 48)])
+        assert least_mse(stats, thresholds) == int(np.argmin(fake_quant_mse(stats, thresholds)))
+
+
 def qdq_model() -> onnx.ModelProto:
     """Hand-written QDQ model: int8 on x, uint8 (zero point 128) on r, per-channel int8 on c, a weight pair."""
     inits = [numpy_helper.from_array(np.array(0.02, np.float32), "sx"), numpy_helper.from_array(np.array(0, np.int8), "zx"),
@@ -209,21 +225,53 @@ def test_max_with_max_percentile_is_max_percentile():
 
 def test_candidates_share_one_session_and_score_as_their_own_calibrated_models():
     from engine.quantize.planner import QuantOptions
-    from engine.quantize.search import CandidateScorer, _acts, _differing_initializers
+    from engine.quantize.search import CandidateScorer, _acts, same_layout
     from engine.similarity import mean_output_cosine, run_model
 
     model = conv_model()
     samples = outlier_samples()
     merged = merge_samples(list(observe(model, samples, plan_tensors(model))))
     tried = {name: _acts(found) for name, found in candidates(merged).items()}
-    models = [build_calibrated_model(model, make_plan(model, acts)) for acts in tried.values()]
-    differ = _differing_initializers(models)
-    assert differ and all(n.endswith("_scale") for n in differ)  # only the activation scales change
+    plans = [make_plan(model, acts) for acts in tried.values()]
+    assert all(same_layout(plans[0], p) for p in plans)  # only the activation scales change
+    models = [build_calibrated_model(model, p) for p in plans]
+    assert len({m.SerializeToString() for m in models}) == len(models)  # the candidates do differ
     got = CandidateScorer(model, samples[:3], QuantOptions()).cosines(tried)
     for name, calibrated in zip(tried, models, strict=True):
         alone = mean_output_cosine([run_model(model, s) for s in samples[:3]],
                                    [run_model(calibrated, s) for s in samples[:3]], ["y"])
         assert got[name] == pytest.approx(alone, abs=1e-9)
     assert len(set(got.values())) > 1  # the candidates did differ
-    # a model with another structure cannot share (None: each gets its own session)
-    assert _differing_initializers([models[0], model]) is None
+    # int16 for a tensor is another layout (a session of its own)
+    wide = make_plan(model, tried["max"], QuantOptions.build(optimization=["set_model_output_int16"]))
+    assert wide.calibrated_acts["y"].bits == 16 and not same_layout(plans[0], wide)
+
+
+def test_candidates_with_another_layout_are_scored_by_their_own_model():
+    """A per-channel threshold on the conv's model output keeps per-channel scales (another scale shape,
+    so another model): that candidate gets its own session and still scores as its own model."""
+    from engine.quantize.planner import QuantOptions
+    from engine.quantize.search import CandidateScorer, _acts, same_layout
+    from engine.quantize.types import ActQuant
+    from engine.similarity import mean_output_cosine, run_model
+
+    model = conv_model()
+    samples = outlier_samples()
+    merged = merge_samples(list(observe(model, samples, plan_tensors(model))))
+    plain = _acts(candidates(merged)["max"])
+    wide = dict(plain)
+    wide["y"] = ActQuant("y", np.asarray(merged["y"].channel_absmax, np.float64), axis=1, method="max")
+    tried = {"max": plain, "per-channel": wide}
+    options = QuantOptions(per_channel=True)
+    plans = {k: make_plan(model, acts, options) for k, acts in tried.items()}
+    assert np.ndim(plans["per-channel"].calibrated_acts["y"].threshold) == 1
+    assert not same_layout(plans["max"], plans["per-channel"])
+    got = CandidateScorer(model, samples[:3], options).cosines(tried)
+    for name, plan in plans.items():
+        calibrated = build_calibrated_model(model, plan)
+        alone = mean_output_cosine([run_model(model, s) for s in samples[:3]],
+                                   [run_model(calibrated, s) for s in samples[:3]], ["y"])
+        assert got[name] == pytest.approx(alone, abs=1e-9)
+    assert got["per-channel"] != got["max"]
+
+
