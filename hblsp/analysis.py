@@ -18,8 +18,7 @@ from lsprotocol import types
 
 from engine.config import load_config_text
 from engine.config.inputs import check_with_model
-from engine.config.loader import MAX_CONFIG_BYTES, LoadResult, locate, normalize
-from engine.config.schema_check import check_schema
+from engine.config.loader import MAX_CONFIG_BYTES, LoadResult, locate
 from engine.problems import Problem, Severity, Span, error
 from hblsp.models import MP, ModelSource, ModelState
 from hblsp.positions import YAML_BREAK, Positions
@@ -52,10 +51,7 @@ def _first_char() -> Span:
 
 def config_data(result: LoadResult) -> dict[str, Any] | None:
     """The normalised config dict (what rules read), also for configs with errors."""
-    doc = result.doc
-    if doc is None or doc.root is None or doc.root.kind != "map":
-        return None
-    return normalize(doc.root.to_python())[0]
+    return result.data
 
 
 def model_source(data: dict[str, Any] | None, base_dir: Path) -> ModelSource | None:
@@ -86,35 +82,15 @@ def model_problems(result: LoadResult, data: dict[str, Any] | None, state: Model
         return []
     problems = list(state.problems)
     if state.info is not None:
-        checked, refused = schema_valid(data)
+        refused = result.refused_paths()
         try:
-            problems += [p for p in check_with_model(checked, state.info) if not _about_refused(p, refused)]
+            problems += [p for p in check_with_model(result.accepted(), state.info) if not _about_refused(p, refused)]
         except Exception:  # rules written for schema-valid input may trip over a half-typed one
             log.info("model rules skipped on this version", exc_info=True)
     return locate(problems, result.doc, None)
 
 
-def schema_valid(data: dict[str, Any]) -> tuple[dict[str, Any], set[tuple]]:
-    """`data` without the sections and keys whose value the schema refused, and their paths.
-
-    The CLI runs the model-aware rules only on a config without errors; hblsp runs them on every
-    version, so it gives them only the values the schema accepted (a `[1, 3, 8, 8]` list would be
-    read as four shapes, a mapping's repr as an input name) and keeps the rest checked."""
-    refused = {tuple(p.path[:2]) for p in check_schema(data) if p.is_error and p.path and p.code not in _NOT_A_REFUSED_VALUE}
-    kept: dict[str, Any] = {}
-    for section, body in data.items():
-        if (section,) in refused:
-            continue
-        kept[section] = {k: v for k, v in body.items() if (section, k) not in refused} if isinstance(body, dict) \
-            else body
-    return kept, refused
-
-
-# A missing key's path names the mapping that lacks it; an unknown key is never read by a rule.
-_NOT_A_REFUSED_VALUE = {"missing-key", "unknown-key"}
-
-
-def _about_refused(p: Problem, refused: set[tuple]) -> bool:
+def _about_refused(p: Problem, refused: frozenset[tuple]) -> bool:
     """A model problem on a refused key, or one on its whole section (a key the model needs is
     missing) while that section has a refused key: told already, or not true (the key is there)."""
     path = tuple(p.path or ())

@@ -35,6 +35,28 @@ class LoadResult:
     config: Config | None
     problems: list[Problem] = field(default_factory=list)
     doc: YamlDoc | None = None
+    data: dict[str, Any] | None = None  # the normalized config (what rules read), also with errors
+    refused: frozenset[tuple] | None = None  # (section,) / (section, key) whose value the schema refused
+
+    def accepted(self) -> dict[str, Any]:
+        """`data` without the sections and keys whose value the schema refused: what the model-aware
+        rules may read of a config with errors (the editor runs them on every version; the CLI only
+        on a config without errors). A `[1, 3, 8, 8]` list would be read as four shapes, a mapping's
+        repr as an input name."""
+        refused = self.refused_paths()
+        kept: dict[str, Any] = {}
+        for section, body in (self.data or {}).items():
+            if (section,) in refused:
+                continue
+            kept[section] = {k: v for k, v in body.items() if (section, k) not in refused} \
+                if isinstance(body, dict) else body
+        return kept
+
+    def refused_paths(self) -> frozenset[tuple]:
+        """`refused`, checked here when loading stopped before the schema (a YAML error)."""
+        if self.refused is None:
+            self.refused = refused_paths(check_schema(self.data)) if self.data is not None else frozenset()
+        return self.refused
 
     @property
     def ok(self) -> bool:
@@ -44,6 +66,16 @@ class LoadResult:
         if self.config is None:
             raise ConfigError(errors(self.problems) or self.problems)
         return self.config
+
+
+# A missing key's path names the mapping that lacks it; an unknown key is never read by a rule.
+_NOT_A_REFUSED_VALUE = frozenset({"missing-key", "unknown-key"})
+
+
+def refused_paths(schema_problems: list[Problem]) -> frozenset[tuple]:
+    """The sections and keys (first two path steps) whose value the schema's errors refuse."""
+    return frozenset(tuple(p.path[:2]) for p in schema_problems
+                     if p.is_error and p.path and p.code not in _NOT_A_REFUSED_VALUE)
 
 
 def load_config(path: str | Path, check_files: bool = True) -> Config:
@@ -94,17 +126,22 @@ def load_config_text(text: str, base_dir: Path, file: str | None = None, path: P
     if doc.root is not None and doc.root.kind != "map":
         doc.problems.append(error("config-not-mapping", "The config must be a mapping of sections "
                                   "(model_parameters: ..., input_parameters: ...)"))
-    if doc.root is None or doc.root.kind != "map" or errors(doc.problems):
+    if doc.root is None or doc.root.kind != "map":
         return LoadResult(None, locate(doc.problems, doc, file), doc)
     data, problems = normalize(doc.root.to_python())
-    problems += _drop_told_missing(check_schema(data), {p.path for p in problems if p.code == "empty-value"})
+    if errors(doc.problems):
+        return LoadResult(None, locate(doc.problems, doc, file), doc, data)
+    schema_problems = check_schema(data)
+    problems += _drop_told_missing(schema_problems, {p.path for p in problems if p.code == "empty-value"})
+    refused = refused_paths(schema_problems)
     ctx = RuleContext(data, base_dir, check_files)
     if not errors(problems):
         problems += run_rules(ctx)
     problems = locate(doc.problems + problems, doc, file)
     if errors(problems):
-        return LoadResult(None, problems, doc)
-    return LoadResult(build_config(data, base_dir, path, ctx.quant if check_files else None), problems, doc)
+        return LoadResult(None, problems, doc, data, refused)
+    return LoadResult(build_config(data, base_dir, path, ctx.quant if check_files else None), problems, doc, data,
+                      refused)
 
 
 def normalize(data: dict[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
