@@ -10,7 +10,11 @@ along axis 0 when a copy of the model with a symbolic batch dimension gives, on 
 samples, the same tensors as two single runs (a model that reshapes across the batch fails that
 check and runs one sample at a time). The batch is sized so one batch of observed activations
 fits `memory_budget`. A batched run that fails later falls back to one sample at a time
-("Reset batch_size=1 and execute forward again").
+("Reset batch_size=1 and execute forward again"). When the planned sizes allow a batch, the single
+runs use that symbolic-batch session too (with batch 1): one session instead of two (digits: its
+build and first run were ~4 of the statistics pass's ~30 ms), and a sample's statistics come from
+one session however it was run. A model that does not load with a symbolic batch uses its static
+copy, unbatched.
 
 With `exact_batch` (the calibrate stage: statistics are cached per sample, so a sample's must not
 depend on its batch peers) the check asks for equal bits, not closeness.
@@ -150,6 +154,7 @@ class Observer:
     planned_values: int | None = field(default=None, init=False)  # observed values per sample by shape inference
     _proto: onnx.ModelProto = field(init=False, repr=False)
     _single: ort.InferenceSession | None = field(default=None, init=False, repr=False)
+    _symbolic: bool = field(default=False, init=False, repr=False)  # `_single` takes any batch (symbolic dim 0)
     _batched: ort.InferenceSession | None = field(default=None, init=False, repr=False)
     _batch_checked: bool = field(default=False, init=False, repr=False)
 
@@ -186,17 +191,37 @@ class Observer:
     def _session(self, proto: onnx.ModelProto, quiet: bool = False) -> ort.InferenceSession:
         return ort.InferenceSession(proto.SerializeToString(), self._options(quiet), providers=["CPUExecutionProvider"])
 
+    def _may_batch(self) -> bool:
+        """Whether batches may run: asked for, or (automatic) unless the planned sizes say one sample's
+        observed tensors already fill `memory_budget` (PP-OCRv4 det: its static session, as before)."""
+        if self.batch is not None:
+            return int(self.batch) > 1
+        return self.planned_values is None or self._batch_size(4 * self.planned_values) > 1
+
     @property
     def single(self) -> ort.InferenceSession:
+        """The session of single runs: the symbolic-batch copy when batches may run (also the batched
+        session once checked), else the model as it is."""
         if self._single is None:
-            try:
-                self._single = self._session(self._proto)
-            except Exception as e:  # noqa: BLE001 - onnxruntime's errors are its own types
-                raise ModelError(error("calibration-load", f"onnxruntime cannot load the model to calibrate it: "
-                                       f"{_one_line(e)}")) from e
+            if self._may_batch():
+                try:
+                    self._single, self._symbolic = self._session(with_symbolic_batch(self._proto), quiet=True), True
+                except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types; the static copy is used
+                    self.notes.append(f"batching off: the model does not load with a batch of samples "
+                                      f"({e.__class__.__name__})")
+                    self._batch_checked = True
+            if self._single is None:
+                self._single = self._static_session()
             self._feed_types = {i.name: _ORT_TO_NUMPY.get(i.type, np.float32) for i in self._single.get_inputs()}
             self._fetch = [t for t in self.tensors if t not in self._inputs]
         return self._single
+
+    def _static_session(self) -> ort.InferenceSession:
+        try:
+            return self._session(self._proto)
+        except Exception as e:  # noqa: BLE001 - onnxruntime's errors are its own types
+            raise ModelError(error("calibration-load", f"onnxruntime cannot load the model to calibrate it: "
+                                   f"{_one_line(e)}")) from e
 
     # ------------------------------------------------------------------ running
 
@@ -285,8 +310,10 @@ class Observer:
         its values when every sample's tensors split off axis 0 and the first ones equal the single
         runs (bit for bit with `exact_batch`), else None with a note saying why."""
         self._batch_checked = True
+        if not self._symbolic:  # the static copy serves single runs only
+            return None
+        session = self.single
         try:
-            session = self._session(with_symbolic_batch(self._proto), quiet=True)
             values = self._run(session, chunk)
             parts = self._split(values, len(chunk), dim0)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types; any failure → batch 1
@@ -398,8 +425,21 @@ class Observer:
         except KeyError:
             raise
         except Exception as e:  # noqa: BLE001 - onnxruntime's errors are its own types
-            raise ModelError(error("calibration-run", f"onnxruntime failed on calibration sample {position}: "
-                                   f"{_one_line(e)}")) from e
+            failure = e
+        if self._symbolic:  # a model that runs only with its static shapes: from now on, unbatched
+            static = self._static_session()
+            try:
+                values = self._run(static, [sample])
+            except Exception:  # noqa: BLE001 - the sample itself fails: said below, the session stays
+                pass
+            else:
+                self.notes.append(f"batching off: the model runs only with its static shapes "
+                                  f"({failure.__class__.__name__})")
+                self._single, self._symbolic, self._batched, self._batch_checked = static, False, None, True
+                self.batch_used = 1
+                return values
+        raise ModelError(error("calibration-run", f"onnxruntime failed on calibration sample {position}: "
+                               f"{_one_line(failure)}")) from failure
 
 
 _pools: dict[tuple[int, str], ThreadPoolExecutor] = {}

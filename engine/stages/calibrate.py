@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("hbcompile")
 READS = ("calibration_parameters", "model_parameters.node_info", "model_parameters.debug_mode")
 DUMP_FOLDER = "calibration_data"  # debug_mode: dump_calibration_data
-STATS_VERSION = 5  # 2: SampleStats format 3 (one deflate stream); 3: one pack per folder (`StatsMemo`), same statistics; 4-5: formats 4-5
+STATS_VERSION = 6  # 2: SampleStats format 3 (one deflate stream); 3: one pack per folder (`StatsMemo`), same statistics; 4-5: formats 4-5;
+# 6: a batchable model's single runs come from its symbolic-batch session (`Observer.single`): its last bits may differ
 WARM_OBSERVER_VALUES = 1 << 20  # observed values per sample up to which a warm engine keeps the observer
 SEARCH_SAMPLES = 4  # calibration samples the `default` search compares output cosines on
 ACCURACY_FILE = "accuracy.json"  # node_info of mixed precision, bias corrections, checks
@@ -400,7 +401,8 @@ def _jsonable(o: Any) -> Any:
 # per-channel outputs only where a conv / matmul writes them, scalar scales, dump_calibration_data.
 # 7: with bias_correction, the switchable model's corrected bias goes with its int8 weight only
 # 9: `default` keeps max unless another candidate beats it by more than the noise (`choose_candidate`)
-STAGE = Stage("calibrate", 11, run, after=("optimize",), reads=READS, files=calibrate_files,
+# 12: statistics of a batchable model from its symbolic-batch session (STATS_VERSION 6)
+STAGE = Stage("calibrate", 12, run, after=("optimize",), reads=READS, files=calibrate_files,
               artefacts={"model.onnx": "{prefix}_calibrated_model.onnx", SENSITIVITY_FILE: "{prefix}_sensitivity.json",
                          DUMP_FOLDER: DUMP_FOLDER},
               describe="statistics per calibration sample, thresholds, accuracy steps, fake-quant model")

@@ -333,3 +333,25 @@ def test_source_for_input_reads_a_resolved_input_spec(tmp_path):
     assert len(load_calibration_set([source])) == 2
     with pytest.raises(ValueError, match="no cal_data_dir"):
         source_for_input(InputSpec(**{**spec.__dict__, "cal_data_dir": None}))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ">f4", np.uint8, np.int16])
+@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
+def test_npy_samples_read_like_np_load_whatever_their_header(tmp_path, dtype, version):
+    """.npy headers are parsed once per distinct header (`_npy_array`); every file still reads as
+    np.load reads it: versions, byte orders, Fortran order, and a file cut short after a header
+    already seen is still a clear error."""
+    d = tmp_path / "cal"
+    d.mkdir()
+    rng = np.random.default_rng(3)
+    arrays = [(rng.standard_normal(SHAPE) * 50).astype(dtype) for _ in range(3)]
+    arrays[1] = np.asfortranarray(arrays[1])
+    for i, a in enumerate(arrays):
+        with open(d / f"{i}.npy", "wb") as f:
+            np.lib.format.write_array(f, a, version=version)
+    cs = load_calibration_set([src(d)])
+    for i, a in enumerate(arrays):
+        np.testing.assert_array_equal(cs.load(i)["data"], a.astype(np.float32))
+    blob = (d / "2.npy").read_bytes()
+    (d / "2.npy").write_bytes(blob[:-7])
+    raises(lambda: cs.load(2), "cal-data-corrupt", "2.npy")
