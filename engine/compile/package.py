@@ -46,6 +46,7 @@ from engine.compile.program import (
     metadata,
     tensor_types,
 )
+from engine.pipeline.recent import Recent
 from engine.quantize.types import QuantPlan
 
 log = logging.getLogger("hbcompile")
@@ -59,7 +60,7 @@ LEVELS_KEEPING_TYPES = ("O0", "O1")  # optimize.py: O0 is the `.bc`; O1 only dro
 
 
 FAMILY_KEEP = 8  # `.bc`s whose O0 / O1 program types are kept
-_family_types: dict[str, dict[str, TensorType]] = {}  # `.bc` sha256 → types of its O0 / O1 programs seen
+_family_types: Recent[str, dict[str, TensorType]] = Recent(FAMILY_KEEP)  # `.bc` sha256 → its O0 / O1 programs' types
 
 
 @dataclass
@@ -85,12 +86,10 @@ class HbmBuild:
         if not (self.optimize.level in LEVELS_KEEPING_TYPES or self.optimize.fallback):
             return tensor_types(self.program, self.program_sha256)
         source = self.manifest["build"]["source"]["sha256"]
-        family = _family_types.pop(source, {})
+        family = _family_types.get(source) or {}
         types = tensor_types(self.program, self.program_sha256,
                              derive=lambda: kept_types(self.program, family) if family else None)
-        _family_types[source] = {**family, **types}  # most recently used last
-        while len(_family_types) > FAMILY_KEEP:
-            _family_types.pop(next(iter(_family_types)))
+        _family_types.put(source, {**family, **types})
         return types
 
 

@@ -70,6 +70,7 @@ from engine.compile.march import MarchProfile, profile
 from engine.compile.params import CompileOptions
 from engine.compile.partition import Partition, partition
 from engine.compile.program import TensorType, tensor_types
+from engine.pipeline.recent import Recent
 
 CHANNEL_ALIGN = 8  # assumption: the BPU computes in blocks of 8 channels (hb's advice asks for multiples of 4 & 8)
 FC_OVERHEAD_S = 5e-6  # assumption: cost of one BPU function call (launch + sync)
@@ -397,26 +398,21 @@ class _Static:
 
 
 STATIC_KEEP = 8  # programs whose static part is kept (a warm engine estimates the same few again)
-_static_memo: dict[str, _Static] = {}
+_static_memo: Recent[str, _Static] = Recent(STATIC_KEEP)
 
 
 def _static(program: onnx.ModelProto, types: Mapping[str, TensorType] | None, digest: str | None) -> _Static:
     """The program's `_Static`, kept by `digest` (the sha256 of its bytes) when the caller has one: a
     compiler_parameters edit estimates the same program under other options (digits: 1.1 of the
     1.7 ms the estimate took)."""
-    kept = _static_memo.pop(digest, None) if digest is not None else None
+    kept = _static_memo.get(digest) if digest is not None else None
     if kept is not None:
-        _static_memo[digest] = kept  # most recently used last
         return kept
     types = tensor_types(program, digest) if types is None else types
     part = partition(program, types=types)
     layers = _layers(program, part, types)
     static = _Static(part, layers, _graph(program, part, layers, types))
-    if digest is not None:
-        _static_memo[digest] = static
-        while len(_static_memo) > STATIC_KEEP:
-            _static_memo.pop(next(iter(_static_memo)))
-    return static
+    return _static_memo.put(digest, static) if digest is not None else static
 
 
 def estimate(program: onnx.ModelProto, options: CompileOptions, name: str = "model", *,
@@ -563,7 +559,7 @@ def _attribute_kind(a: onnx.AttributeProto) -> str:
 
 
 STRUCTURE_KEEP = 16  # programs whose structure digest is kept, by their bytes' sha256
-_structure_memo: dict[str, str] = {}
+_structure_memo: Recent[str, str] = Recent(STRUCTURE_KEEP)
 
 
 def program_structure(program: onnx.ModelProto, digest: str | None = None) -> str:
@@ -574,8 +570,9 @@ def program_structure(program: onnx.ModelProto, digest: str | None = None) -> st
     `dedupe_initializers` / `remove_dead` on constants nothing reads change names and sharing only
     (a digits compile at O0 after one at O1 measures nothing). `digest`: the sha256 of the
     program's bytes, under which the answer is kept in this process."""
-    if digest is not None and digest in _structure_memo:
-        return _structure_memo[digest]
+    kept = _structure_memo.get(digest) if digest is not None else None
+    if kept is not None:
+        return kept
     g = program.graph
     constants = {t.name: _constant_kind(t) for t in g.initializer}
     names: dict[str, str] = {}  # value → its place: i<k> graph input, n<k>.<j> output j of node k
@@ -593,11 +590,7 @@ def program_structure(program: onnx.ModelProto, digest: str | None = None) -> st
     for vi in g.output:
         parts.append(["output", names.get(vi.name) or constants.get(vi.name) or "?", vi.type.SerializeToString().hex()])
     structure = hashlib.sha256(json.dumps(parts).encode()).hexdigest()
-    if digest is not None:
-        _structure_memo[digest] = structure
-        while len(_structure_memo) > STRUCTURE_KEEP:
-            _structure_memo.pop(next(iter(_structure_memo)))
-    return structure
+    return _structure_memo.put(digest, structure) if digest is not None else structure
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from engine.pipeline.recent import Recent
 from engine.problems import ModelError, error
 
 TENSOR_MAP = "hbcompile.tensor_map"
@@ -130,7 +131,7 @@ def _dims(shape: Any) -> tuple[int | str | None, ...] | None:
 
 
 TYPES_MEMO_SIZE = 8  # programs whose tensor types are kept (a warm engine compiles the same few again)
-_types_memo: dict[str, dict[str, TensorType]] = {}
+_types_memo: Recent[str, dict[str, TensorType]] = Recent(TYPES_MEMO_SIZE)
 
 
 def tensor_types(model: onnx.ModelProto, digest: str | None = None,
@@ -146,15 +147,10 @@ def tensor_types(model: onnx.ModelProto, digest: str | None = None,
     import hashlib
 
     key = digest or hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
-    kept = _types_memo.pop(key, None)  # one pop: another engine's thread may drop the key meanwhile
-    if kept is not None:
-        _types_memo[key] = kept  # most recently used last
-        return dict(kept)
-    types = (derive() if derive is not None else None) or _tensor_types(model)
-    _types_memo[key] = types
-    while len(_types_memo) > TYPES_MEMO_SIZE:
-        _types_memo.pop(next(iter(_types_memo)))
-    return dict(types)
+    kept = _types_memo.get(key)
+    if kept is None:
+        kept = _types_memo.put(key, (derive() if derive is not None else None) or _tensor_types(model))
+    return dict(kept)
 
 
 def kept_types(model: onnx.ModelProto, source: Mapping[str, TensorType]) -> dict[str, TensorType] | None:
