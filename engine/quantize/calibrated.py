@@ -27,6 +27,7 @@ The calibrated model uses `QuantPlan.calibrated_acts` (thresholds before shared 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -47,6 +48,20 @@ _NPTYPE = {8: np.int8, 16: np.int16, 32: np.int32}
 
 def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+_TENSOR_TYPES = {np.dtype(t): helper.np_dtype_to_tensor_dtype(np.dtype(t))
+                 for t in (np.float32, np.float64, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.int64)}
+
+
+def initializer(value: np.ndarray, name: str) -> onnx.TensorProto:
+    """`numpy_helper.from_array(value, name)` for the plain numeric arrays the writers store: the same
+    message (dims, name, data_type, raw_data), without its per-call dtype checks and byte-order copy
+    (PP-OCRv4 det's ptq model: ~640 initializers, ~40 % of its build time)."""
+    dtype = _TENSOR_TYPES.get(value.dtype)
+    if dtype is None or not name or sys.byteorder != "little" or not value.flags.c_contiguous:
+        return numpy_helper.from_array(value, name)
+    return onnx.TensorProto(dims=value.shape, name=name, data_type=dtype, raw_data=value.tobytes())
 
 
 def scale_zero_point(scale: float | np.ndarray, bits: int, zero_point: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +117,7 @@ class QdqWriter:
 
     def const(self, base: str, value: np.ndarray) -> str:
         name = self.name(base)
-        self.g.initializer.append(numpy_helper.from_array(np.asarray(value, order="C"), name))
+        self.g.initializer.append(initializer(np.asarray(value, order="C"), name))
         return name
 
     def domain(self, bits: int) -> str:
@@ -331,4 +346,4 @@ def calibration_map(model: onnx.ModelProto) -> dict[str, str]:
 
 
 __all__ = ["MAP_KEY", "SUFFIX", "CalibratedModel", "QdqWriter", "build_calibrated_model", "calibrated_model",
-           "calibration_map", "scale_zero_point"]
+           "calibration_map", "initializer", "scale_zero_point"]

@@ -142,3 +142,16 @@ def test_every_corpus_model_gives_runnable_calibrated_and_ptq_models(name):
         got = run_model(built, feeds)
         assert sorted(got) == sorted(ref)
         assert min(cosine(ref[o], got[o]) for o in ref) > 0.99, name
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int8, np.uint8, np.int16, np.int32, np.int64])
+@pytest.mark.parametrize("shape", [(), (3,), (2, 3, 1, 1), (0,)])
+def test_initializer_is_numpy_helpers_message(dtype, shape):
+    from onnx import numpy_helper
+
+    from engine.quantize.calibrated import initializer
+
+    value = (np.random.default_rng(0).standard_normal(shape) * 100).astype(dtype)
+    assert initializer(value, "t").SerializeToString() == numpy_helper.from_array(value, "t").SerializeToString()
+    view = np.arange(12, dtype=dtype).reshape(3, 4).T  # not C-contiguous: numpy_helper's own path
+    assert np.array_equal(numpy_helper.to_array(initializer(view, "v")), view)
