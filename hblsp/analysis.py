@@ -19,6 +19,7 @@ from lsprotocol import types
 from engine.config import load_config_text
 from engine.config.inputs import check_with_model
 from engine.config.loader import MAX_CONFIG_BYTES, LoadResult, locate
+from engine.config.values import resolve_path
 from engine.problems import Problem, Severity, Span, error
 from hblsp.models import MP, ModelSource, ModelState
 from hblsp.positions import YAML_BREAK, Positions
@@ -64,8 +65,7 @@ def model_source(data: dict[str, Any] | None, base_dir: Path) -> ModelSource | N
         v = mp.get(key)
         if not isinstance(v, str) or not v.strip():
             return None
-        p = Path(v.strip()).expanduser()
-        return p if p.is_absolute() else base_dir / p
+        return resolve_path(v.strip(), base_dir)
 
     onnx_path = path("onnx_model")
     if onnx_path is not None:

@@ -218,10 +218,7 @@ def _default(section: str, key: str, fallback: Any = None) -> Any:
 
 
 def _resolve(base: Path, value: Any) -> Path | None:
-    if value is None:
-        return None
-    p = Path(str(value)).expanduser()
-    return p if p.is_absolute() else (base / p)
+    return None if value is None else V.resolve_path(value, base)
 
 
 def build_config(data: dict[str, Any], base_dir: Path, path: Path | None, quant: QuantConfig | None = None) -> Config:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import schema
+from engine.config import values as V
 from engine.problems import Problem, warning
 
 CP = "calibration_parameters"
@@ -65,8 +66,7 @@ def load_quant_config(value: Any, base_dir: Path, calibration_type: str | None,
         return value, []
     if not isinstance(value, str) or not value.strip() or calibration_type == "load" or not check_files:
         return None, []
-    p = Path(value).expanduser()
-    p = p if p.is_absolute() else base_dir / p
+    p = V.resolve_path(value, base_dir)
     if p.suffix.lower() != ".json":
         return None, [_no_effect(KEY, f"'{value}' is not a .json file; quant_config names a JSON file of "
                                       "model_config / op_config / subgraph_config / node_config (or, with "

@@ -56,10 +56,7 @@ class RuleContext:
 
     def path(self, section: str, key: str) -> Path | None:
         v = self.get(section, key)
-        if v is None:
-            return None
-        p = Path(str(v)).expanduser()
-        return p if p.is_absolute() else self.base_dir / p
+        return None if v is None else V.resolve_path(v, self.base_dir)
 
     def per_input(self, key: str) -> list[str | None]:
         return V.split_list(self.get(IP, key))
@@ -469,8 +466,7 @@ def calibration_dirs(ctx: RuleContext) -> Iterator[Problem]:
     for i, d in enumerate(V.split_list(ctx.get(CP, "cal_data_dir"))):
         if d is None:
             continue
-        p = Path(d).expanduser()
-        p = p if p.is_absolute() else ctx.base_dir / p
+        p = V.resolve_path(d, ctx.base_dir)
         if not p.is_dir():
             yield error("cal-dir-missing", f"Cal_data_dir does not exist: {d}", (CP, "cal_data_dir"),
                         data={"item": i, "resolved": str(p)})

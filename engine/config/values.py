@@ -7,6 +7,7 @@ and `'None'` mean "not set" for that position. Per-channel numbers are space or 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 _UNSET = {"", "none", "null"}
@@ -24,6 +25,12 @@ def split_list(value: Any) -> list[str | None]:
     if not text.strip():
         return []
     return [None if _is_unset(part) else part.strip() for part in text.split(";")]
+
+
+def resolve_path(value: Any, base: Path) -> Path:
+    """A path the config names, as hb_compile reads it: `~` expanded, relative to the config's folder."""
+    p = Path(str(value)).expanduser()
+    return p if p.is_absolute() else base / p
 
 
 def _is_unset(v: Any) -> bool:

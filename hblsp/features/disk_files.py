@@ -53,8 +53,7 @@ def named_paths(data: dict[str, Any] | None, base_dir: Path) -> frozenset[Path]:
 
 
 def _resolve(item: str, base: Path) -> Path:
-    p = Path(item).expanduser()
-    return norm(p if p.is_absolute() else base / p)
+    return norm(V.resolve_path(item, base))
 
 
 class DiskFiles:
