@@ -152,27 +152,30 @@ def _model_rules(data: dict[str, dict[str, Any]], info: ModelInfo) -> Iterator[P
         yield from input_source_problems(data.get(XP, {}).get("input_source"),
                                          {n: _at(rts, i) for i, n in enumerate(model_names)}, True)
     known = set(info.node_names)
-    node_keys = [(MP, "output_nodes"), (MP, "remove_node_name"), (CP, "run_on_cpu"), (CP, "run_on_bpu")]
-    for section, key in node_keys:
+    for name, where, path, on_key in _named_nodes(data):
+        if name and name not in known and not name.endswith("_HzCalibration"):
+            sev = error if where == "output_nodes" else warning  # an output that is not there cannot be built
+            yield sev("node-unknown", f"The node '{name}' given in {where} is not a node of the model", path,
+                      data={"name": name, **({"on_key": True} if on_key else {})})
+
+
+def _named_nodes(data: dict[str, dict[str, Any]]) -> Iterator[tuple[str, str, tuple, bool]]:
+    """(node name, the key as told, its path, whether the name is itself a key) for every node name the
+    config writes: the `;` lists, quant_config's node_config and node_info (a mapping, or `name: …` items)."""
+    for section, key in ((MP, "output_nodes"), (MP, "remove_node_name"), (CP, "run_on_cpu"), (CP, "run_on_bpu")):
         for name in V.split_names(data.get(section, {}).get(key)):
-            if name not in known and not name.endswith("_HzCalibration"):
-                sev = error if key == "output_nodes" else warning
-                yield sev("node-unknown", f"The node '{name}' given in {key} is not a node of the model",
-                          (section, key), data={"name": name})
+            yield name, key, (section, key), False
     qc = data.get(CP, {}).get("quant_config")
     node_config = qc.get("node_config") if isinstance(qc, dict) else None
     for name in node_config if isinstance(node_config, dict) else ():
-        if name not in known:
-            yield warning("node-unknown", f"The node '{name}' given in quant_config.node_config is not a node of the "
-                          "model", (CP, "quant_config", "node_config", name), data={"name": name, "on_key": True})
+        yield str(name), "quant_config.node_config", (CP, "quant_config", "node_config", name), True
     node_info = data.get(MP, {}).get("node_info")
-    names_in_info = list(node_info) if isinstance(node_info, dict) else [
-        item.rpartition(":")[0].strip() for item in V.split_names(node_info)]
-    for name in names_in_info:
-        if name and name not in known:
-            yield warning("node-unknown", f"The node '{name}' given in node_info is not a node of the model",
-                          (MP, "node_info", name) if isinstance(node_info, dict) else (MP, "node_info"),
-                          data={"name": name, "on_key": True})
+    if isinstance(node_info, dict):
+        for name in node_info:
+            yield str(name), "node_info", (MP, "node_info", name), True
+    else:
+        for item in V.split_names(node_info):
+            yield item.rpartition(":")[0].strip(), "node_info", (MP, "node_info"), True
 
 
 def resolve_inputs(config: Config, info: ModelInfo) -> list[InputSpec]:
