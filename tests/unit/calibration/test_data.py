@@ -355,3 +355,23 @@ def test_npy_samples_read_like_np_load_whatever_their_header(tmp_path, dtype, ve
     blob = (d / "2.npy").read_bytes()
     (d / "2.npy").write_bytes(blob[:-7])
     raises(lambda: cs.load(2), "cal-data-corrupt", "2.npy")
+
+
+def test_non_finite_values_are_found_in_raw_files_and_after_the_float32_cast(tmp_path):
+    """Only floating-point sources are scanned for NaN / Inf (integers cast to finite float32), but
+    every such source is: raw float32 files, and float64 values beyond float32's range (Inf once cast)."""
+    (tmp_path / "raw_f32").mkdir()
+    raw = np.zeros(SHAPE, np.float32)
+    raw.flat[7] = np.nan
+    raw.tofile(tmp_path / "raw_f32" / "0.bin")
+    raises(lambda: load_calibration_set([src(tmp_path / "raw_f32")]).load(0), "cal-data-nonfinite", "0.bin",
+           "1 NaN and 0 Inf")
+    (tmp_path / "wide").mkdir()
+    wide = np.zeros(SHAPE, np.float64)
+    wide.flat[[1, 2, 3]] = 1e300
+    np.save(tmp_path / "wide" / "0.npy", wide)
+    raises(lambda: load_calibration_set([src(tmp_path / "wide")]).load(0), "cal-data-nonfinite", "0.npy",
+           "0 NaN and 3 Inf")
+    (tmp_path / "ints").mkdir()
+    np.save(tmp_path / "ints" / "0.npy", np.full(SHAPE, np.iinfo(np.int32).max, np.int32))
+    assert np.isfinite(load_calibration_set([src(tmp_path / "ints")]).load(0)["data"]).all()
