@@ -340,26 +340,50 @@ MIX_GRID = 48  # thresholds searched per tensor besides the three methods', from
 # Thresholds whose error over the non-empty bins is within this share of the least are priced again exactly
 # (`fake_quant_mse`): the two sums differ only in rounding (order and length), ~1e-13 of the value
 MSE_MARGIN = 1e-9
+SUM_ERROR = 1e-12  # relative error bound of the bounds' prefix sums of non-negative terms (2048 bins: ~5e-13)
 
 
 def least_mse(stats: MergedStats, thresholds: np.ndarray, qmax: int = 127) -> int:
     """The position of `fake_quant_mse(stats, thresholds)`'s least value (the first of equals).
 
-    Empty bins add exact zeros, so the error over the non-empty bins alone (PP-OCR / digits tensors:
-    ~60 % of 2048) equals it up to rounding; only the thresholds within `MSE_MARGIN` of its least
-    are priced over every bin, whose sums are `fake_quant_mse`'s bits (each threshold's row is
-    summed alone)."""
+    Two narrowings, neither of which can drop the least: (1) bounds — a threshold's error is at least
+    its clipping error Σ_{c>t} h·(c − t)² (prefix sums, no rounding term) and at most that plus
+    (s/2)² for every unclipped value; a threshold whose lower bound exceeds the least upper bound
+    cannot be the least (PP-OCR / digits tensors: 80-87 % of the 51 thresholds); (2) the error of the
+    rest over the non-empty bins alone (empty bins add exact zeros: ~60 % of 2048 bins), equal up to
+    rounding; only those within `MSE_MARGIN` of the least are priced over every bin, whose sums are
+    `fake_quant_mse`'s bits (each threshold's row is summed alone)."""
     t = np.asarray(thresholds, np.float64)
     h = np.asarray(stats.hist, np.float64)
     if t.shape[0] <= 1 or h.sum() <= 0 or stats.absmax <= 0:
         return int(np.argmin(fake_quant_mse(stats, t, qmax))) if t.shape[0] else 0
     held = np.flatnonzero(h)
-    approx = _mse_rows(h[held], (held + 0.5) * (stats.absmax / h.shape[0]), t, qmax)
+    hh, c = h[held], (held + 0.5) * (stats.absmax / h.shape[0])
+    alive = np.flatnonzero(_possible_least(hh, c, t, qmax))
+    approx = _mse_rows(hh, c, t[alive], qmax)
     least = float(approx.min())
-    near = np.flatnonzero(approx <= least + MSE_MARGIN * abs(least))
+    near = alive[approx <= least + MSE_MARGIN * abs(least)]
     if near.shape[0] == 1:
         return int(near[0])
     return int(near[np.argmin(fake_quant_mse(stats, t[near], qmax))])
+
+
+def _possible_least(h: np.ndarray, c: np.ndarray, t: np.ndarray, qmax: int) -> np.ndarray:
+    """Which thresholds' error Σ h·err(c, t) can be the least, by the bounds of `least_mse`: clipped
+    C_t = Σ_{c>t} h·(c − t)² = S2 − 2t·S1 + t²·S0 over the tail (suffix sums of h·c^k), unclipped at most
+    (t / 2·qmax)² each. The bounds carry their own rounding (`SUM_ERROR` of the sums' magnitudes)."""
+    def suffix(x: np.ndarray) -> np.ndarray:
+        return np.concatenate((np.cumsum(x[::-1])[::-1], [0.0]))
+
+    s0, s1, s2 = suffix(h), suffix(h * c), suffix(h * c * c)
+    kept = np.concatenate(([0.0], np.cumsum(h)))  # mass of the bins before k (a prefix: no cancellation)
+    k = np.searchsorted(c, t, side="right")  # bins k… are clipped (c > t)
+    size = s2[k] + 2 * t * s1[k] + t * t * s0[k]
+    clipped = np.maximum(s2[k] - 2 * t * s1[k] + t * t * s0[k], 0.0)
+    step = t / (2 * qmax)
+    upper = clipped + SUM_ERROR * size + step * step * kept[k] * (1 + SUM_ERROR)
+    lower = clipped - SUM_ERROR * size
+    return lower <= upper.min() * (1 + MSE_MARGIN)
 
 
 def _mse_rows(h: np.ndarray, c: np.ndarray, thresholds: np.ndarray, qmax: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -112,11 +113,28 @@ def test_least_mse_is_the_argmin_of_the_full_error_with_ties_to_the_earlier():
     pixels = np.repeat(np.arange(256, dtype=np.float32) / 255, 40)  # a uint8 image / 255: every 8th bin
     spiky = rng.uniform(-1, 1, 1 << 16).astype(np.float32)
     spiky[:2] = [20.0, -18.0]
-    for x in (pixels, spiky, rng.laplace(size=1 << 16).astype(np.float32), np.zeros(64, np.float32)):
-        stats = merge([tensor_stats(x, channel_axis=None)])
+    laplace = merge([tensor_stats(rng.laplace(size=1 << 16).astype(np.float32), channel_axis=None)])
+    # redistributed (fractional) counts, as merged histograms hold, with a sparse far tail
+    fractional = dataclasses.replace(laplace, hist=laplace.hist * rng.random(2048) * (rng.random(2048) < 0.7))
+    for stats in [merge([tensor_stats(x, channel_axis=None)]) for x in (pixels, spiky, np.zeros(64, np.float32))] + \
+            [laplace, fractional]:
         base = max(stats.absmax, 1e-6)
         thresholds = np.concatenate([[base, base * 0.9, base], base * np.geomspace(0.02, 1.0, 48)])
         assert least_mse(stats, thresholds) == int(np.argmin(fake_quant_mse(stats, thresholds)))
+        fine = base * np.linspace(0.05, 0.2, 200)  # neighbours that differ by little
+        assert least_mse(stats, fine) == int(np.argmin(fake_quant_mse(stats, fine)))
+
+
+def test_the_bounds_keep_every_threshold_that_can_be_least_and_drop_most():
+    """Lower bound (clipping only) ≤ the error ≤ upper bound (plus half a step per unclipped value)."""
+    from engine.quantize.search import _possible_least
+
+    stats = merge([tensor_stats(np.random.default_rng(2).laplace(size=1 << 16).astype(np.float32), channel_axis=None)])
+    thresholds = stats.absmax * np.geomspace(0.02, 1.0, 48)
+    held = np.flatnonzero(stats.hist)
+    alive = _possible_least(stats.hist[held], (held + 0.5) * stats.bin_width, thresholds, 127)
+    mse = fake_quant_mse(stats, thresholds)
+    assert alive[np.argmin(mse)] and alive.sum() <= 0.3 * len(thresholds)
 
 
 def qdq_model() -> onnx.ModelProto:
