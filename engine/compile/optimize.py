@@ -52,7 +52,7 @@ may only apply rewrites that cannot change a single output bit:
   ``per_channel_scaling`` in its compact form DequantizeLinear(x, d·M) [→ Add b·M] → QuantizeLinear
   (`_compact_scaling_nodes`), the narrow conv's Relu moved before its multiplier (`_relu_after`),
   ``merge_sibling_convs``, ``index_tables_directly``, ``untranspose_float_side_tables``,
-  ``dequantized_tables``, ``si32_head_as_qgemm``, ``full_size_channel_scales``, and the kernel swaps for onnxruntime's slow kernels: ``depthwise_conv_in_float``
+  ``dequantized_tables``, ``si32_head_as_qgemm``, and the kernel swaps for onnxruntime's slow kernels: ``depthwise_conv_in_float``
   (5×5 depthwise convs), ``nhwc_max_pool`` and ``silu_as_quick_gelu`` — their docstrings say why each
   is exact. docs/formats.md lists them.
 - **O3** (hb_mapper generation) is O2.
@@ -117,8 +117,7 @@ def optimize_program(program: onnx.ModelProto, level: str) -> OptimizeResult:
                    "untranspose_float_side_tables": untranspose_float_side_tables(o2),
                    "dequantized_tables": dequantized_tables(o2),
                    "si32_head_as_qgemm": si32_head_as_qgemm(o2), "nhwc_max_pool": nhwc_max_pool(o2),
-                   "silu_as_quick_gelu": silu_as_quick_gelu(o2),
-                   "full_size_channel_scales": full_size_channel_scales(o2)}
+                   "silu_as_quick_gelu": silu_as_quick_gelu(o2)}
     if any(o2_rewrites.values()):
         remove_dead(o2)
     before = len(o2.graph.node)
@@ -1288,113 +1287,6 @@ def silu_as_quick_gelu(model: onnx.ModelProto) -> int:
         _rename_in_node_map(model, {sig.name: [quick.name], mul.name: [quick.name]})
         rewritten += 1
     return rewritten
-
-
-# ------------------------------------------------------------------ channel scales read in full (O2)
-
-def full_size_channel_scales(model: onnx.ModelProto) -> int:
-    """QLinearMul(x, e) with e of shape [N, C, 1, 1] (a squeeze-excitation scale: one code per channel,
-    read at every position of x [N, C, H, W]) → QLinearMul(x, Expand(e, shape of x)).
-
-    onnxruntime runs the SE multiply in NHWC between its NHWC integer convs, where e broadcasts along
-    the innermost axis and the kernel goes span by span of C elements: 1×8×12×96 (PP-OCR cls's first
-    SE), 1 thread, 45 µs against 11 µs for the same multiply of two full tensors (1×88×3×96: 27
-    against 16); the Expand is a byte copy (~1 µs). QLinearMul is elementwise in its two codes, so
-    reading e[c] from an expanded copy gives every position the code it gives now. Shapes are taken
-    from one run of the program on seeded inputs; each rewrite is checked on every pair of codes
-    (`_pairs_equal`) in NCHW and in NHWC broadcast before it is kept."""
-    from onnx import helper
-
-    g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    muls = [n for n in g.node if n.op_type == "QLinearMul" and n.domain == "com.microsoft" and len(n.input) == 8
-            and all(i in inits for i in (*n.input[1:3], *n.input[4:8]))]
-    if not muls:
-        return 0
-    shapes = _tensor_shapes(model, {i for n in muls for i in (n.input[0], n.input[3])})
-    rewritten = 0
-    for node in muls:
-        a, b = shapes.get(node.input[0]), shapes.get(node.input[3])
-        if a is None or b is None:
-            continue
-        found = next(((full, slot) for full, scale, slot in ((a, b, 3), (b, a, 0))
-                      if len(full) == 4 and full[2] * full[3] > 1 and scale == (full[0], full[1], 1, 1)), None)
-        if found is None:
-            continue
-        full, slot = found
-        if not _pairs_equal(node, inits, scale_slot=slot):
-            continue
-        base = node.name or node.output[0]
-        shape = numpy_helper.from_array(np.asarray(full, np.int64), f"{base}_full_shape")
-        expanded = f"{node.input[slot]}_{base}_expanded"
-        index = list(g.node).index(node)
-        g.node.insert(index, helper.make_node("Expand", [node.input[slot], shape.name], [expanded],
-                                              name=f"{base}_expand"))
-        node.input[slot] = expanded
-        g.initializer.append(shape)
-        _rename_in_node_map(model, {node.name: [f"{base}_expand", node.name]})
-        rewritten += 1
-    return rewritten
-
-
-def _tensor_shapes(model: onnx.ModelProto, names: set[str]) -> dict[str, tuple[int, ...]]:
-    """The shapes the tensors `names` take when the program runs on seeded inputs (static shapes)."""
-    from engine.runtime.feeds import random_feeds
-    from engine.runtime.session import open_session
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    wanted = sorted(names)
-    listed = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in wanted if n not in listed)
-    try:
-        session = open_session(probe.SerializeToString())
-        values = session.run(wanted, random_feeds(session.get_inputs(), CHECK_SEEDS[0]))
-    except Exception:  # onnxruntime refused the probe: no shapes, no rewrite
-        return {}
-    return {n: tuple(int(d) for d in v.shape) for n, v in zip(wanted, values)}
-
-
-def _pairs_equal(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto], scale_slot: int) -> bool:
-    """The binary QLinear `node` with its per-channel operand (input `scale_slot`) broadcast — in NCHW
-    ([1, 256, 1, 1] over [1, 256, 1, 256]) and in NHWC ([1, 1, 1, 256] over [1, 1, 256, 256]) — and with
-    it expanded to the full shape: every one of the 65 536 pairs of codes gives the same output code?"""
-    from onnx import helper
-
-    from engine.runtime.session import open_session
-
-    full_slot = 3 - scale_slot
-    dtypes = {slot: numpy_helper.to_array(inits[node.input[slot + 2]]).dtype for slot in (0, 3)}
-    if any(d not in (np.dtype(np.uint8), np.dtype(np.int8)) for d in dtypes.values()):
-        return False
-    codes = {s: np.arange(np.iinfo(d).min, np.iinfo(d).max + 1).astype(d) for s, d in dtypes.items()}
-    x_nchw = np.broadcast_to(codes[full_slot].reshape(1, 1, 1, 256), (1, 256, 1, 256)).copy()
-    e_nchw = codes[scale_slot].reshape(1, 256, 1, 1)
-    layouts = {"nchw": (x_nchw, e_nchw), "nhwc": (x_nchw.transpose(0, 2, 3, 1).copy(), e_nchw.reshape(1, 1, 1, 256))}
-    results = []
-    for x, e in layouts.values():
-        for expand in (False, True):
-            inputs = list(node.input)
-            nodes = []
-            if expand:
-                nodes.append(helper.make_node("Expand", ["e", "full_shape"], ["e_full"]))
-            inputs[full_slot], inputs[scale_slot] = "x", "e_full" if expand else "e"
-            nodes.append(helper.make_node(node.op_type, inputs, ["y"], domain=node.domain, **{
-                a.name: helper.get_attribute_value(a) for a in node.attribute}))
-            constants = [inits[i] for i in inputs if i in inits] + \
-                [numpy_helper.from_array(np.asarray(x.shape, np.int64), "full_shape")]
-            graph = helper.make_graph(nodes, "check", [
-                helper.make_tensor_value_info("x", _TENSOR_TYPE[x.dtype], list(x.shape)),
-                helper.make_tensor_value_info("e", _TENSOR_TYPE[e.dtype], list(e.shape))],
-                [helper.make_empty_tensor_value_info("y")], constants)
-            opsets = [helper.make_opsetid("", 19), helper.make_opsetid(node.domain, 1)]
-            try:
-                session = open_session(helper.make_model(graph, opset_imports=opsets).SerializeToString())
-                y = session.run(["y"], {"x": x, "e": e})[0]
-            except Exception:  # onnxruntime refused the graph: keep the node as it is
-                return False
-            results.append(y if x.shape == x_nchw.shape else y.transpose(0, 3, 1, 2))
-    return all(r.dtype == results[0].dtype and r.tobytes() == results[0].tobytes() for r in results[1:])
 
 
 def _use_domain(model: onnx.ModelProto, domain: str) -> None:
