@@ -128,7 +128,7 @@ def improve(model: onnx.ModelProto, calibration: Calibration, options: QuantOpti
     if settings.check_data and samples:
         result.checks = check_calibration_data(model, samples[:CHECK_SAMPLES], specs, memo=check_memo,
                                                # mixed precision needs the float outputs anyway
-                                               given=references.values[:CHECK_SAMPLES] if settings.target > 0 else None)
+                                               given=references.first(CHECK_SAMPLES) if settings.target > 0 else None)
     if bias_corrections:
         calibration.bias_corrections.update({k: np.asarray(v, np.float32) for k, v in bias_corrections.items()})
         result.bias_corrected = len(bias_corrections)

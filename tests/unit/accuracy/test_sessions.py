@@ -55,3 +55,19 @@ def test_another_model_replaces_the_kept_outputs_and_the_budget_bounds_them(coun
     for k in range(3):
         small.put("m", f"s{k}", {"y": np.zeros(4, np.float32)})
     assert small.get("m", "s2") is not None and small.get("m", "s0") is None and small.get("other", "s2") is None
+
+
+def test_the_first_outputs_are_computed_without_the_others(counted, monkeypatch):
+    """The data checks read 4 samples' outputs before mixed precision knows it needs all 8."""
+    runs = []
+    real = sessions.run_outputs
+    monkeypatch.setattr(sessions, "run_outputs", lambda *a, **k: runs.append(1) or real(*a, **k))
+    model, samples = outlier_chain(), inputs(8)
+    refs = References(model, samples)
+    head = refs.first(4)
+    assert len(head) == 4 and len(runs) == 4 and len(counted) == 1
+    assert len(refs.first(2)) == 2 and len(runs) == 4  # already known
+    every = refs.values
+    assert len(every) == 8 and len(runs) == 8 and len(counted) == 2  # the other 4, one more session
+    assert all(a[k] is b[k] for a, b in zip(head, every[:4]) for k in a)
+    assert refs.first(20) == every  # no more than there are
