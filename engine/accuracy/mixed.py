@@ -29,8 +29,8 @@ How (greedy by sensitivity per unit of cost, every step measured on the real pla
    clipping tensors raising one only lets the next one clip (measured on PP-OCRv4 det: raising
    the top isolated culprit alone made the output worse; the top nine together met 0.99).
 4. When no prefix of the ranking meets the target, the same scan over other lists, each judged
-   whole first and kept when it does better: the weight rows that cost most among the int8 weights (`weight_culprits`,
-   leave-one-out, to the CPU) followed by the ranking; then the rows with noisy activations (local
+   whole first and kept when it does better: the weight rows that cost most among the int8
+   weights (`weight_culprits`, leave-one-out, to the CPU) followed by the ranking; then the rows with noisy activations (local
    noise ≥ GRAPH_ORDER_NOISE) in graph order, int16, after those weight rows (`_in_graph_order`). Isolated losses miss errors that compound from the start of the
    graph (PP-OCRv4 rec: each under 4e-4 where the int8 plan loses 0.03).
 The result says which rows moved, why (isolated loss, rank, cost, the cosine before and after it
