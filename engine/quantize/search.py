@@ -355,11 +355,13 @@ def least_mse(stats: MergedStats, thresholds: np.ndarray, qmax: int = 127) -> in
     `fake_quant_mse`'s bits (each threshold's row is summed alone)."""
     t = np.asarray(thresholds, np.float64)
     h = np.asarray(stats.hist, np.float64)
-    if t.shape[0] <= 1 or h.sum() <= 0 or stats.absmax <= 0:
+    if t.shape[0] <= 1 or not h.sum() > 0 or not 0 < stats.absmax < np.inf or not np.isfinite(t).all():
         return int(np.argmin(fake_quant_mse(stats, t, qmax))) if t.shape[0] else 0
     held = np.flatnonzero(h)
     hh, c = h[held], (held + 0.5) * (stats.absmax / h.shape[0])
     alive = np.flatnonzero(_possible_least(hh, c, t, qmax))
+    if alive.shape[0] == 0:  # bounds that compare nothing (a degenerate histogram): price them all
+        alive = np.arange(t.shape[0])
     approx = _mse_rows(hh, c, t[alive], qmax)
     least = float(approx.min())
     near = alive[approx <= least + MSE_MARGIN * abs(least)]

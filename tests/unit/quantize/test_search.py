@@ -123,6 +123,9 @@ def test_least_mse_is_the_argmin_of_the_full_error_with_ties_to_the_earlier():
         assert least_mse(stats, thresholds) == int(np.argmin(fake_quant_mse(stats, thresholds)))
         fine = base * np.linspace(0.05, 0.2, 200)  # neighbours that differ by little
         assert least_mse(stats, fine) == int(np.argmin(fake_quant_mse(stats, fine)))
+    broken = dataclasses.replace(laplace, absmax=np.inf)  # no bounds to take: fake_quant_mse's own argmin
+    with np.errstate(all="ignore"):
+        assert least_mse(broken, np.array([1.0, 2.0])) == int(np.argmin(fake_quant_mse(broken, np.array([1.0, 2.0]))))
 
 
 def test_the_bounds_keep_every_threshold_that_can_be_least_and_drop_most():
