@@ -53,7 +53,7 @@ may only apply rewrites that cannot change a single output bit:
   (`_compact_scaling_nodes`), the narrow conv's Relu moved before its multiplier (`_relu_after`),
   ``merge_sibling_convs``, ``index_tables_directly``, ``untranspose_float_side_tables``,
   ``dequantized_tables``, ``si32_head_as_qgemm``, and the kernel swaps for onnxruntime's slow kernels: ``depthwise_conv_in_float``
-  (5×5 depthwise convs, and 3×3 ones off onnxruntime's symmetric depthwise kernel), ``nhwc_max_pool`` and ``silu_as_quick_gelu`` — their docstrings say why each
+  (5×5 depthwise convs), ``nhwc_max_pool`` and ``silu_as_quick_gelu`` — their docstrings say why each
   is exact. docs/formats.md lists them.
 - **O3** (hb_mapper generation) is O2.
 
@@ -489,8 +489,6 @@ _TENSOR_TYPE = {np.dtype(np.uint8): onnx.TensorProto.UINT8, np.dtype(np.int8): o
 
 NARROW_INPUT = 4  # input channels up to which an ungrouped QLinearConv runs as a float Conv
 DEPTHWISE_FLOAT_KERNEL = 5  # depthwise QLinearConvs with kernels this large run as float Convs
-# … and smaller ones whose group count onnxruntime's symmetric depthwise kernel (x64) does not take
-SYMMETRIC_DEPTHWISE_GROUPS = 16
 EXACT_FLOAT = 2 ** 24  # integers up to this magnitude are exact in float32
 
 
@@ -652,18 +650,13 @@ def _relu_after(g: onnx.GraphProto, node: onnx.NodeProto, inits: Mapping[str, on
 
 
 def depthwise_conv_in_float(model: onnx.ModelProto) -> int:
-    """Depthwise QLinearConvs with a kernel of at least `DEPTHWISE_FLOAT_KERNEL`, and smaller ones whose
-    group count is not a multiple of `SYMMETRIC_DEPTHWISE_GROUPS`, as float Convs of the same integers
-    (`narrow_conv_in_float`'s form and check; each output channel reads one input channel, so the
-    accumulator bound is the narrow conv's). onnxruntime's uint8 depthwise kernels: its symmetric one
-    (x64: groups in multiples of 16) is fast on 3×3, the generic one it falls back to is slow (1 thread,
-    5×5 on 1×200×2×96: QLinearConv NHWC 74 µs, DequantizeLinear + float Conv 28 µs): PP-OCR cls 48×192
-    with its ten 5×5 depthwise convs 1.43 → 1.23 ms; PP-OCRv4 det (5×5 on 384 channels at 20×20) and
-    rec unchanged (67.2 / 67.7 ms, 20.1 / 20.2 ms). 3×3 ones on the symmetric kernel stay integer
-    (PP-OCRv4 det, every group count a multiple of 16: all 12 in float 50.4 ms, integer 43.5 ms);
-    cls's two 3×3 / 2 ones on 8 and 24 groups (generic kernel) in float: whole cls 1.11 → 1.04 ms and
-    1.12 → 1.06 ms in two interleaved runs (1 thread, CPU time, best of 40 rounds; float model 0.94 /
-    0.91 ms)."""
+    """Depthwise QLinearConvs with a kernel of at least `DEPTHWISE_FLOAT_KERNEL` as float Convs of the
+    same integers (`narrow_conv_in_float`'s form and check; each output channel reads one input
+    channel, so the accumulator bound is the narrow conv's). onnxruntime's uint8 depthwise kernel is
+    the slow one there (1 thread, 5×5 on 1×200×2×96: QLinearConv NHWC 74 µs, DequantizeLinear + float
+    Conv 28 µs): PP-OCR cls 48×192 with its ten 5×5 depthwise convs 1.43 → 1.23 ms; PP-OCRv4 det
+    (5×5 on 384 channels at 20×20) and rec unchanged (67.2 / 67.7 ms, 20.1 / 20.2 ms); 3×3 ones gain
+    nothing on cls beyond the noise (1.23 / 1.28 ms) and lose on det (module docstring)."""
     return narrow_conv_in_float(model, depthwise=True)
 
 
@@ -676,9 +669,8 @@ def _narrow_conv(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]):
 
 
 def _depthwise_conv(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]):
-    """`_narrow_conv`'s parts of a depthwise QLinearConv that `depthwise_conv_in_float` takes (kernel of at
-    least `DEPTHWISE_FLOAT_KERNEL`, or a group count off the symmetric kernel) whose accumulator is
-    exact in float32, else None."""
+    """`_narrow_conv`'s parts of a depthwise QLinearConv with a kernel of at least
+    `DEPTHWISE_FLOAT_KERNEL` whose accumulator is exact in float32, else None."""
     return _float_conv_parts(node, inits, depthwise=True)
 
 
@@ -693,8 +685,7 @@ def _float_conv_parts(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto
         return None
     group = next((a.i for a in node.attribute if a.name == "group"), 1)
     if depthwise:
-        if group == 1 or w.shape[1] != 1 or w.shape[0] != group \
-                or (min(w.shape[2:]) < DEPTHWISE_FLOAT_KERNEL and group % SYMMETRIC_DEPTHWISE_GROUPS == 0):
+        if group == 1 or w.shape[1] != 1 or w.shape[0] != group or min(w.shape[2:]) < DEPTHWISE_FLOAT_KERNEL:
             return None
     elif group != 1 or w.shape[1] > NARROW_INPUT:
         return None
