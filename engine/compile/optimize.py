@@ -51,6 +51,7 @@ may only apply rewrites that cannot change a single output bit:
   (exhaustively where the input is one 8/16-bit code, on seeded random inputs otherwise):
   ``per_channel_scaling`` in its compact form DequantizeLinear(x, d·M) [→ Add b·M] → QuantizeLinear
   (`_compact_scaling_nodes`), the narrow conv's Relu moved before its multiplier (`_relu_after`),
+  ``round_instead_of_requantize`` (the two meeting: Q(v, 1, z) → DQ(·, 1, z) as Round(v) where v cannot saturate),
   ``merge_sibling_convs``, ``index_tables_directly``, ``untranspose_float_side_tables``,
   ``dequantized_tables``, ``si32_head_as_qgemm``, and the kernel swaps for onnxruntime's slow kernels: ``depthwise_conv_in_float``
   (5×5 depthwise convs), ``nhwc_max_pool`` and ``silu_as_quick_gelu`` — their docstrings say why each
@@ -113,6 +114,7 @@ def optimize_program(program: onnx.ModelProto, level: str) -> OptimizeResult:
     o2.CopyFrom(model)
     o2_rewrites = {"per_channel_scaling": per_channel_scaling(o2), "narrow_conv_in_float": narrow_conv_in_float(o2),
                    "depthwise_conv_in_float": depthwise_conv_in_float(o2),
+                   "round_instead_of_requantize": round_instead_of_requantize(o2),
                    "merge_sibling_convs": merge_sibling_convs(o2), "index_tables_directly": index_tables_directly(o2),
                    "untranspose_float_side_tables": untranspose_float_side_tables(o2),
                    "dequantized_tables": dequantized_tables(o2),
@@ -658,6 +660,111 @@ def depthwise_conv_in_float(model: onnx.ModelProto) -> int:
     (5×5 on 384 channels at 20×20) and rec unchanged (67.2 / 67.7 ms, 20.1 / 20.2 ms); 3×3 ones gain
     nothing on cls beyond the noise (1.23 / 1.28 ms) and lose on det (module docstring)."""
     return narrow_conv_in_float(model, depthwise=True)
+
+
+def round_instead_of_requantize(model: onnx.ModelProto) -> int:
+    """QuantizeLinear(v, 1, z) → DequantizeLinear(·, 1, z) that can never saturate → Round(v).
+
+    With scale 1 the pair is v ↦ clip(rne(v), qmin − z, qmax − z) as float; where v cannot leave the
+    code range it is rne(v), which is what Round computes (half to even, as QuantizeLinear). The pair
+    appears where the input conversion (`per_channel_scaling`'s DequantizeLinear(x, s′) [→ Add b′])
+    meets the first conv run as a float Conv (`narrow_conv_in_float`'s DequantizeLinear(·, 1, z)):
+    the digits model's image, rne(0.498 · pixel) ∈ [0, 127], 3 → 2 kernels (57.7 → 57.2 µs, 1 thread,
+    per-inference CPU time p25, three sessions each). v must come from one DequantizeLinear of codes x
+    through Add / Mul by constants; the two forms are compared on every code of x in every channel
+    (values equal, the sign of a zero aside: the reader is a float Conv, where ±0 adds alike), and a
+    chain that can saturate (PP-OCR's BGR conversion reaches ±132) is left as it is."""
+    from onnx import helper
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    readers = _consumers(g)
+    producer = {o: n for n in g.node for o in n.output}
+    outputs = {o.name for o in g.output}
+    rewritten = 0
+    for q in list(g.node):
+        if q.op_type != "QuantizeLinear" or q.domain not in ("", "ai.onnx") or len(q.input) < 3 \
+                or q.output[0] in outputs or not all(i in inits for i in q.input[1:3]):
+            continue
+        found = readers.get(q.output[0], [])
+        if len(found) != 1 or found[0].op_type != "DequantizeLinear" or len(found[0].input) < 3 \
+                or found[0].output[0] in outputs or list(found[0].input[1:3]) != list(q.input[1:3]) \
+                and not _same_constants(inits, found[0].input[1:3], q.input[1:3]):
+            continue
+        dq_out = found[0]
+        scale = numpy_helper.to_array(inits[q.input[1]])
+        if scale.dtype != np.float32 or scale.size != 1 or float(scale.reshape(())) != 1.0:
+            continue
+        chain = _code_chain(producer, inits, q.input[0])
+        if chain is None:
+            continue
+        base = q.name or q.output[0]
+        rounded = helper.make_node("Round", [q.input[0]], [dq_out.output[0]], name=base)
+        if not _same_values_on_every_code(chain, [q, dq_out], chain + [rounded], dq_out.output[0], inits):
+            continue
+        index = list(g.node).index(q)
+        g.node.remove(q)
+        g.node.remove(dq_out)
+        g.node.insert(index, rounded)
+        _rename_in_node_map(model, {dq_out.name: [rounded.name]})
+        rewritten += 1
+    return rewritten
+
+
+def _same_constants(inits: Mapping[str, onnx.TensorProto], a: list[str], b: list[str]) -> bool:
+    return all(x in inits and y in inits and numpy_helper.to_array(inits[x]).dtype == numpy_helper.to_array(inits[y]).dtype
+               and np.array_equal(numpy_helper.to_array(inits[x]), numpy_helper.to_array(inits[y])) for x, y in zip(a, b))
+
+
+def _code_chain(producer: Mapping[str, onnx.NodeProto], inits: Mapping[str, onnx.TensorProto],
+                name: str) -> list[onnx.NodeProto] | None:
+    """The nodes from one DequantizeLinear of codes to `name` through Add / Mul by constants (graph
+    order), or None when `name` is computed otherwise."""
+    chain: list[onnx.NodeProto] = []
+    for _ in range(8):
+        node = producer.get(name)
+        if node is None:
+            return None
+        chain.insert(0, node)
+        if node.op_type == "DequantizeLinear" and len(node.input) >= 3 and all(i in inits for i in node.input[1:3]):
+            return chain
+        if node.op_type not in ("Add", "Mul") or node.domain not in ("", "ai.onnx"):
+            return None
+        variable = [i for i in node.input if i not in inits]
+        if len(variable) != 1:
+            return None
+        name = variable[0]
+    return None
+
+
+def _same_values_on_every_code(chain: list[onnx.NodeProto], tail: list[onnx.NodeProto],
+                               replacement: list[onnx.NodeProto], output: str,
+                               inits: Mapping[str, onnx.TensorProto]) -> bool:
+    """`chain` + `tail` and `replacement` on every code of the chain's input in every channel (the
+    channel count read off per-channel constants): equal float values (±0 alike)?"""
+    from onnx import helper
+
+    from engine.runtime.session import open_session
+
+    source = chain[0]
+    dtype = numpy_helper.to_array(inits[source.input[2]]).dtype
+    if dtype not in _TENSOR_TYPE:
+        return False
+    channels = max([numpy_helper.to_array(inits[i]).size for n in chain for i in n.input if i in inits] + [1])
+    info = np.iinfo(dtype)
+    codes = np.tile(np.arange(int(info.min), int(info.max) + 1), (channels, 1)).astype(dtype)[None, :, None, :]
+    values = []
+    for nodes in (chain + tail, replacement):
+        used = {i for n in nodes for i in n.input}
+        graph = helper.make_graph(nodes, "check", [helper.make_tensor_value_info(source.input[0], _TENSOR_TYPE[dtype],
+                                                                                 list(codes.shape))],
+                                  [helper.make_empty_tensor_value_info(output)], [t for t in inits.values() if t.name in used])
+        try:
+            session = open_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]).SerializeToString())
+            values.append(session.run([output], {source.input[0]: codes})[0])
+        except Exception:  # onnxruntime refused the graph: keep the pair
+            return False
+    return values[0].dtype == values[1].dtype and np.array_equal(values[0], values[1])
 
 
 def _narrow_conv(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]):
