@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 import traceback
@@ -20,8 +18,9 @@ from typing import Any
 
 from engine.config import Config, read_config
 from engine.config.loader import LoadResult, locate
-from engine.pipeline.cache import StageCache, atomic_copy, published_mode
+from engine.pipeline.cache import StageCache
 from engine.pipeline.hashing import shared_hashes
+from engine.pipeline.publish import Publisher
 from engine.pipeline.report import RunReport, StageRun
 from engine.pipeline.stage import Cancelled, KeyParts, Stage, StageContext, explain
 from engine.problems import HbError, error
@@ -35,7 +34,7 @@ class Engine:
         self.hashes = shared_hashes()  # shared with the calibration set's per-sample digests
         self.warm: dict[str, Any] = {}  # stage-owned warm state (sessions, parsed models)
         self.lock = threading.Lock()  # one run at a time per engine
-        self.copied: dict[str, tuple[str, int, int]] = {}  # published artefact -> (cache file, size, mtime_ns)
+        self.publisher = Publisher(self.hashes)  # what it copied into working_dirs (kept warm)
         self.writable: set[str] = set()  # working_dirs a probe file was written into by this engine
 
     def cache_root(self, config: Config) -> Path:
@@ -164,6 +163,8 @@ class Engine:
                 report.problems.append(error("working-dir-unwritable", f"Cannot write into working_dir "
                                              f"{config.working_dir}: {exc.strerror}", ("model_parameters", "working_dir"),
                                              file=shown))
+            except HbError as exc:
+                report.problems.extend(locate(exc.problems, result.doc, shown) if result.doc else exc.problems)
             cache.save_parts(parts_now, previous)
         report.seconds = time.perf_counter() - t0
         return report
@@ -198,82 +199,20 @@ class Engine:
             return False
 
     def _publish(self, config: Config, entries: dict[str, Path]) -> dict[str, Path]:
-        """Copy each stage's artefacts into working_dir (temp file + os.replace each). An artefact the
+        """Copy each stage's artefacts into working_dir (`engine.pipeline.publish`). An artefact the
         stage's entry does not have this time (sensitivity off, no removed nodes), or of a stage this
         run stopped before (`--skip compile`: no `.hbm`), is removed, so working_dir never mixes this
         run's files with an older run's (an old `.hbm` beside a new `.bc` is not the model just built)."""
-        out: dict[str, Path] = {}
+        artefacts: list[tuple[str, Path | None]] = []
+        keys: dict[str, str] = {}
         for stage in self.stages():
             entry = entries.get(stage.name)
             for src_name, template in stage.artefacts.items():
-                dest = config.working_dir / template.format(prefix=config.prefix)
-                if entry is None:
-                    if dest.exists():
-                        log.info("removed %s: a stage this run stopped before (%s) built it", dest.name, stage.name)
-                    self._unpublish(dest)
-                    continue
-                src = entry / src_name
-                if src.is_dir():  # a folder artefact (calibration_data/): replaced as a whole
-                    if self.copied.get(str(dest)) != (str(src), 0, 0) or not dest.is_dir():
-                        replace_folder(src, dest)
-                        self.copied[str(dest)] = (str(src), 0, 0)
-                    out[template.format(prefix="{prefix}")] = dest
-                    continue
-                if not src.is_file():
-                    self._unpublish(dest)
-                    continue
-                if not self._published_from(dest, src):
-                    atomic_copy(src, dest)
-                    self._remember_copy(dest, src)
-                out[template.format(prefix="{prefix}")] = dest
-        return out
-
-    def _published_from(self, dest: Path, src: Path) -> bool:
-        """Whether `dest` holds `src`'s bytes: this engine copied it from that entry (entries never
-        change) and its (size, mtime) are what the copy left; else compared by content (files written in
-        the last 2 s are hashed again on every look: the hash memo's racy window)."""
-        try:
-            st = os.stat(dest)
-        except OSError:
-            return False
-        if self.copied.get(str(dest)) == (str(src), st.st_size, st.st_mtime_ns):
-            return True
-        if self.hashes.file(dest) != self.hashes.file(src):
-            return False
-        self._remember_copy(dest, src, st)
-        return True
-
-    def _remember_copy(self, dest: Path, src: Path, st: os.stat_result | None = None) -> None:
-        """`dest` now holds `src`'s bytes: remembered by (size, mtime) so the next publish skips it."""
-        st = st or os.stat(dest)
-        self.copied[str(dest)] = (str(src), st.st_size, st.st_mtime_ns)
-
-    def _unpublish(self, dest: Path) -> None:
-        """An artefact this run does not make leaves working_dir (a folder artefact as a whole), and
-        the record of what was copied there."""
-        if dest.is_dir():
-            shutil.rmtree(dest)
-        else:
-            dest.unlink(missing_ok=True)
-        self.copied.pop(str(dest), None)
-
-
-def replace_folder(src: Path, dest: Path) -> None:
-    """`dest` becomes a copy of `src`: copied beside it first, then swapped in by renames."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
-        os.chmod(tmp, published_mode(directory=True))  # after copytree: it copies the entry folder's mode
-        if dest.is_dir():
-            old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                name = template.format(prefix=config.prefix)
+                artefacts.append((name, None if entry is None else entry / src_name))
+                keys[name] = template.format(prefix="{prefix}")
+        published = self.publisher.publish(config.working_dir, self.cache_root(config), artefacts)
+        return {keys[name]: path for name, path in published.items()}
 
 
 class InputsChangedError(HbError):

@@ -58,7 +58,7 @@ def test_artefacts_get_the_mode_the_umask_gives(project, umask):
     import stat
 
     project.model()
-    from engine.pipeline.engine import replace_folder
+    from engine.pipeline.publish import replace_folder
 
     cfg = project.config(PLAIN)
     folder = project.root / "entry" / "calibration_data"  # a folder artefact, as dump_calibration_data makes
@@ -97,3 +97,58 @@ def test_a_warm_engine_still_notices_a_working_dir_that_went_away(project):
     assert not blocked.ok
     assert any("Cannot write into working_dir" in p.message for p in blocked.problems)
 
+
+
+def _digits_in_place(tmp_path, extra: str = ""):
+    """The bundled example compiled with `working_dir: .`: artefacts beside the model and the
+    calibration folder, as many users lay it out."""
+    import shutil
+
+    from tests.conftest import REPO
+
+    work = tmp_path / "digits"
+    shutil.copytree(REPO / "examples" / "digits", work, ignore=shutil.ignore_patterns("model_output", "*.py", "*.npz"))
+    cfg = work / "digits.hb.yaml"
+    cfg.write_text(cfg.read_text().replace("working_dir: model_output", "working_dir: .")
+                   .replace("  output_model_file_prefix: digits\n", f"  output_model_file_prefix: digits\n{extra}"))
+    return work, cfg
+
+
+def test_working_dir_dot_never_removes_the_calibration_folder(tmp_path):
+    """`calibration_data` is also the name of the dump artefact: a run without the dump must not remove
+    the user's folder of that name (it did, with all 32 samples)."""
+    work, cfg = _digits_in_place(tmp_path)
+    samples = sorted(p.name for p in (work / "calibration_data").iterdir())
+    first = Engine().run(cfg)
+    assert first.ok, [p.render() for p in first.problems]
+    assert sorted(p.name for p in (work / "calibration_data").iterdir()) == samples
+    again = Engine().run(cfg)  # and the next run still finds its data
+    assert again.ok, [p.render() for p in again.problems]
+
+
+def test_the_calibration_dump_refuses_to_replace_a_folder_it_did_not_write(tmp_path):
+    work, cfg = _digits_in_place(tmp_path, "  debug_mode: dump_calibration_data\n")
+    before = {p.name: p.read_bytes() for p in (work / "calibration_data").iterdir()}
+    report = Engine().run(cfg)
+    assert not report.ok
+    [problem] = [p for p in report.problems if p.code == "artefact-collision"]
+    assert "calibration_data" in problem.message and "did not write" in problem.message
+    assert {p.name: p.read_bytes() for p in (work / "calibration_data").iterdir()} == before
+
+
+def test_a_file_with_an_artefact_name_is_removed_only_while_it_holds_what_was_published(project):
+    """`--skip compile` removes the previous run's perf report — not a file of the user's that merely has
+    its name, nor a published one the user has changed since."""
+    cfg = project.config(PLAIN)
+    wd = project.root / "model_output"
+    wd.mkdir()
+    (wd / "tiny.json").write_text('{"mine": true}')  # the user's, never published
+    assert Engine().run(cfg, until="report").ok
+    assert (wd / "tiny.json").read_text() == '{"mine": true}'
+
+    assert Engine().run(cfg).ok  # now published (the artefact's own name: overwritten, as hb_compile does)
+    assert (wd / "tiny.json").read_text() != '{"mine": true}'
+    (wd / "tiny.html").write_text("<p>my notes</p>")  # a published file changed since
+    assert Engine().run(cfg, until="report").ok
+    assert not (wd / "tiny.json").exists() and not (wd / "tiny.hbm").exists()  # still what was published: removed
+    assert (wd / "tiny.html").read_text() == "<p>my notes</p>"  # changed since: kept

@@ -9,7 +9,7 @@ import pytest
 
 from engine.pipeline import cache
 from engine.pipeline.cache import atomic_copy, atomic_write_bytes
-from engine.pipeline.engine import replace_folder
+from engine.pipeline.publish import replace_folder
 
 
 @pytest.mark.parametrize("write", ["bytes", "copy"])

@@ -1,0 +1,150 @@
+"""Publishing: each stage's artefacts copied from its cache entry into working_dir.
+
+working_dir is the user's folder — often the config's own (`working_dir: .`), beside the model and
+the calibration data — so this module removes or replaces there only what this tool wrote:
+`.hb_cache/published.json` records every artefact it published (file name → sha256 of the bytes
+it wrote; a folder artefact → `"folder"`, and the folder carries `FOLDER_MARK`). An artefact this
+run does not make (`--skip compile`, sensitivity off, no removed nodes) is removed only while it
+still holds what was published; a user's file or folder that merely has an artefact's name is left
+alone, and a folder artefact (the calibration dump) refuses to replace a folder it did not write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from engine.pipeline.cache import atomic_copy, atomic_write_text, published_mode
+from engine.pipeline.hashing import HashMemo
+from engine.problems import HbError, error
+
+log = logging.getLogger("hbcompile")
+RECORD = "published.json"  # in the cache root: {artefact file name: sha256 | "folder"}
+FOLDER_MARK = ".hb_compile_artefact"  # inside a published folder: hb_compile wrote this folder
+FOLDER = "folder"
+
+
+class ArtefactCollisionError(HbError):
+    """A folder artefact would replace a folder of the user's."""
+
+
+class Publisher:
+    """Copies artefacts into working_dirs; kept by a warm engine (what it copied, by stat)."""
+
+    def __init__(self, hashes: HashMemo) -> None:
+        self.hashes = hashes
+        self.copied: dict[str, tuple[str, int, int]] = {}  # published artefact -> (cache file, size, mtime_ns)
+
+    def publish(self, working_dir: Path, cache_root: Path, artefacts: Iterable[tuple[str, Path | None]]
+                ) -> dict[str, Path]:
+        """`artefacts`: (file name in working_dir, the entry file or folder to publish there, or None when
+        this run does not make it). Returns {name: published path}. Raises OSError when working_dir
+        cannot be written, ArtefactCollisionError when a folder artefact meets a folder not ours."""
+        record_path = cache_root / RECORD
+        before = _read_record(record_path)
+        record = dict(before)
+        out: dict[str, Path] = {}
+        try:
+            for name, src in artefacts:
+                dest = working_dir / name
+                if src is None or not src.exists():
+                    self._unpublish(dest, record)
+                elif src.is_dir():
+                    self._publish_folder(src, dest, record)
+                    out[name] = dest
+                else:
+                    if not self._published_from(dest, src):
+                        atomic_copy(src, dest)
+                        self._remember_copy(dest, src)
+                    record[name] = self.hashes.file(src)
+                    out[name] = dest
+        finally:
+            if record != before:
+                cache_root.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(record_path, json.dumps(record, indent=0, sort_keys=True))
+        return out
+
+    def _publish_folder(self, src: Path, dest: Path, record: dict[str, str]) -> None:
+        if self.copied.get(str(dest)) == (str(src), 0, 0) and dest.is_dir():
+            return
+        if (dest.exists() or dest.is_symlink()) and not _ours_folder(dest, record):
+            raise ArtefactCollisionError(error(
+                "artefact-collision", f"working_dir already has {dest.name} ({dest}), which hb_compile did not "
+                f"write; the {dest.name} artefact would replace it: choose another working_dir or move it"))
+        replace_folder(src, dest)
+        record[dest.name] = FOLDER
+        self.copied[str(dest)] = (str(src), 0, 0)
+
+    def _published_from(self, dest: Path, src: Path) -> bool:
+        """Whether `dest` holds `src`'s bytes: this engine copied it from that entry (entries never
+        change) and its (size, mtime) are what the copy left; else compared by content (files written in
+        the last 2 s are hashed again on every look: the hash memo's racy window)."""
+        try:
+            st = os.stat(dest)
+        except OSError:
+            return False
+        if self.copied.get(str(dest)) == (str(src), st.st_size, st.st_mtime_ns):
+            return True
+        if self.hashes.file(dest) != self.hashes.file(src):
+            return False
+        self._remember_copy(dest, src, st)
+        return True
+
+    def _remember_copy(self, dest: Path, src: Path, st: os.stat_result | None = None) -> None:
+        """`dest` now holds `src`'s bytes: remembered by (size, mtime) so the next publish skips it."""
+        st = st or os.stat(dest)
+        self.copied[str(dest)] = (str(src), st.st_size, st.st_mtime_ns)
+
+    def _unpublish(self, dest: Path, record: dict[str, str]) -> None:
+        """An artefact this run does not make leaves working_dir — when it is still what was published
+        there (a folder: marked as ours), never a file or folder of the user's with the same name."""
+        self.copied.pop(str(dest), None)
+        published = record.pop(dest.name, None)
+        if published is None or not (dest.exists() or dest.is_symlink()):
+            return
+        if published == FOLDER and _ours_folder(dest, {dest.name: FOLDER}):
+            shutil.rmtree(dest)
+        elif published != FOLDER and dest.is_file() and not dest.is_symlink() and self.hashes.file(dest) == published:
+            dest.unlink()
+        else:
+            log.info("kept %s: it is not the artefact hb_compile published there (changed or replaced since)", dest)
+            return
+        log.info("removed %s: this run does not make it", dest.name)
+
+
+def _ours_folder(dest: Path, record: Mapping[str, str]) -> bool:
+    return record.get(dest.name) == FOLDER and dest.is_dir() and not dest.is_symlink() \
+        and (dest / FOLDER_MARK).is_file()
+
+
+def _read_record(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(data, dict) else {}
+
+
+def replace_folder(src: Path, dest: Path) -> None:
+    """`dest` becomes a copy of `src` (marked as hb_compile's: `FOLDER_MARK`): copied beside it first,
+    then swapped in by renames."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        (tmp / FOLDER_MARK).write_text("written by hb_compile: removed or replaced by its next runs\n")
+        os.chmod(tmp, published_mode(directory=True))  # after copytree: it copies the entry folder's mode
+        if dest.is_dir():
+            old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
