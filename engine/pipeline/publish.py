@@ -48,6 +48,10 @@ class Publisher:
         record_path = cache_root / RECORD
         before = _read_record(record_path)
         record = dict(before)
+        artefacts = list(artefacts)
+        for name, src in artefacts:  # before anything is written: all of this run's artefacts, or none
+            if src is not None and src.is_dir():
+                self._check_folder(src, working_dir / name, record)
         out: dict[str, Path] = {}
         try:
             for name, src in artefacts:
@@ -69,13 +73,18 @@ class Publisher:
                 atomic_write_text(record_path, json.dumps(record, indent=0, sort_keys=True))
         return out
 
-    def _publish_folder(self, src: Path, dest: Path, record: dict[str, str]) -> None:
+    def _check_folder(self, src: Path, dest: Path, record: Mapping[str, str]) -> None:
         if self.copied.get(str(dest)) == (str(src), 0, 0) and dest.is_dir():
             return
         if (dest.exists() or dest.is_symlink()) and not _ours_folder(dest, record):
             raise ArtefactCollisionError(error(
                 "artefact-collision", f"working_dir already has {dest.name} ({dest}), which hb_compile did not "
                 f"write; the {dest.name} artefact would replace it: choose another working_dir or move it"))
+
+    def _publish_folder(self, src: Path, dest: Path, record: dict[str, str]) -> None:
+        if self.copied.get(str(dest)) == (str(src), 0, 0) and dest.is_dir():
+            return
+        self._check_folder(src, dest, record)
         replace_folder(src, dest)
         record[dest.name] = FOLDER
         self.copied[str(dest)] = (str(src), 0, 0)

@@ -134,6 +134,7 @@ def test_the_calibration_dump_refuses_to_replace_a_folder_it_did_not_write(tmp_p
     [problem] = [p for p in report.problems if p.code == "artefact-collision"]
     assert "calibration_data" in problem.message and "did not write" in problem.message
     assert {p.name: p.read_bytes() for p in (work / "calibration_data").iterdir()} == before
+    assert not list(work.glob("digits_*")) and not (work / "digits.hbm").exists()  # nothing published: all or none
 
 
 def test_a_file_with_an_artefact_name_is_removed_only_while_it_holds_what_was_published(project):
