@@ -14,6 +14,13 @@
   (`row_cosine`): the same float tensor is compared with the calibrated model and with the `.bc`,
   and the report stage keeps a reference across runs.
 
+- `tensor_digests(model)`: per tensor, a digest of everything its value is computed from (the
+  graph above it: operators, attributes, constants, input types), and `RowMemo`: the numbers of rows
+  compared before, by the reference they were compared with and those digests. A calibration change
+  moves a few thresholds (PP-OCRv4 det, one of 32 files: 4–7 of 134), and every tensor above the
+  first moved one keeps its value bit for bit (56 % of det's compared values): its row is not
+  summed again, and a model none of whose rows changed is not run.
+
 `NodeRow.quantized_cosine` / `OutputRow.quantized_cosine` stay None here: they are filled (with
 `dataclasses.replace`) by the integer lowering's comparison against the `.bc`, which reads the
 row's `tensor` to know which float tensor each row compares.
@@ -21,7 +28,8 @@ row's `tensor` to know which float tensor each row compares.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -106,9 +114,10 @@ class Reference(dict):
     once summed: a row's float tensor is compared with the calibrated model and with the `.bc`, and
     the report stage keeps the reference across runs of a warm engine (engine.stages.report)."""
 
-    def __init__(self, values: Mapping[str, np.ndarray]):
+    def __init__(self, values: Mapping[str, np.ndarray], key: str | None = None):
         super().__init__(values)
         self.squares: dict[tuple[str, ...], float] = {}
+        self.key = key  # what the values were computed from (model, sample, tensors), when the caller knows it
 
     @property
     def nbytes(self) -> int:
@@ -124,6 +133,57 @@ def row_cosine(reference: Mapping[str, np.ndarray], tensors: Sequence[str], othe
     if squares is not None:
         squares[names] = xx
     return cos
+
+
+def tensor_digests(model: onnx.ModelProto) -> dict[str, bytes | None]:
+    """Tensor name → a digest of what its value on given feeds is computed from: the graph inputs' types,
+    every constant, and each node above it (operator, domain, attributes, inputs) — two models that give
+    a tensor the same digest compute it the same way from the same feeds. None for a tensor read by or
+    below a node with a subgraph (what it reads from the outer scope is not in its inputs)."""
+    digests: dict[str, bytes | None] = {"": b""}
+    for i in model.graph.input:
+        digests[i.name] = hashlib.sha256(b"input\0" + i.SerializeToString()).digest()
+    for t in model.graph.initializer:
+        digests[t.name] = hashlib.sha256(b"constant\0" + t.SerializeToString()).digest()
+    for node in model.graph.node:
+        inputs = [digests.get(i) for i in node.input]
+        if any(d is None for d in inputs) or any(a.HasField("g") or len(a.graphs) for a in node.attribute):
+            digests.update((o, None) for o in node.output)
+            continue
+        h = hashlib.sha256(f"{node.domain}\0{node.op_type}\0".encode())
+        for a in node.attribute:
+            h.update(a.SerializeToString())
+        for d in inputs:
+            h.update(d)  # type: ignore[arg-type]
+        base = h.digest()
+        digests.update((o, hashlib.sha256(base + k.to_bytes(4, "little")).digest()) for k, o in enumerate(node.output))
+    return digests
+
+
+class RowMemo:
+    """The numbers of rows compared before, by (the reference's key, what the other value is computed
+    from): a value whose digest is unchanged is the same bits, so its cosine is the same. Kept in a warm
+    engine (engine.stages.report); bounded, most recently used first."""
+
+    def __init__(self, size: int = 8192):
+        from engine.pipeline.recent import Recent
+
+        self._kept: Recent[Hashable, object] = Recent(size)
+
+    def get(self, key: Hashable | None) -> object | None:
+        return None if key is None else self._kept.get(key)
+
+    def put(self, key: Hashable | None, value: object) -> None:
+        if key is not None:
+            self._kept.put(key, value)
+
+
+def _memo_key(reference: Mapping[str, np.ndarray], *parts: object) -> Hashable | None:
+    """A `RowMemo` key, None (no memo) when the reference has no key or a part is unknown."""
+    key = getattr(reference, "key", None)
+    if key is None or any(p is None or (isinstance(p, tuple) and None in p) for p in parts):
+        return None
+    return (key, *parts)
 
 
 @dataclass(frozen=True)
@@ -169,11 +229,12 @@ def distances(reference: np.ndarray, other: np.ndarray, tensor: str = "") -> Out
 
 
 def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], tensors: Sequence[str] = (),
-              threads: int | None = None) -> dict[str, np.ndarray]:
+              threads: int | None = None, fetch: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Run `model` in onnxruntime (CPU) and return its outputs plus the named intermediate tensors,
     in `engine.runtime.session.qdq_session` (Q/DQ pairs and float CPU convs computed as written;
     no spinning thread pool: the report's float + calibrated runs on PP-OCRv4 det 640 went
-    1.38 -> 0.97 CPU s)."""
+    1.38 -> 0.97 CPU s). `fetch`: only these of them are returned (the graph still outputs every one,
+    so onnxruntime fuses nothing it would not fuse for all: the same values)."""
     from engine.calibration.observer import with_outputs
     from engine.runtime.session import qdq_session
 
@@ -182,9 +243,12 @@ def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], tensors: 
     proto = with_outputs(model, extra) if extra else model
     session = qdq_session(proto, threads)
     names = [o.name for o in session.get_outputs()]
+    if fetch is not None:
+        fetched = set(fetch)
+        names = [n for n in names if n in fetched]
     wanted = {i.name for i in session.get_inputs()}
     values = dict(zip(names, session.run(names, {k: v for k, v in feeds.items() if k in wanted}), strict=True))
-    values.update((k, np.asarray(v)) for k, v in feeds.items() if k in inputs)
+    values.update((k, np.asarray(v)) for k, v in feeds.items() if k in inputs and (fetch is None or k in fetch))
     return values
 
 
@@ -213,16 +277,44 @@ def _row_tensors(float_model: onnx.ModelProto, plan: QuantPlan) -> list[tuple[st
 
 
 def with_quantized(similarity: Similarity, reference: Mapping[str, np.ndarray],
-                   intermediates: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> Similarity:
+                   intermediates: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray],
+                   memo: RowMemo | None = None, digests: Mapping[tuple[str, str], Hashable] | None = None
+                   ) -> Similarity:
     """`similarity` with `quantized_cosine` filled: each node row's float tensor (`reference`)
     against the integer program's dequantized value of it (`intermediates`), each output row against
     the program's output. A row whose tensor the program does not hold (inside a fusion group)
-    keeps None, printed as ``--``."""
-    nodes = [replace(r, quantized_cosine=row_cosine(reference, (r.tensor,), intermediates[r.tensor]))
-             if r.tensor in intermediates and r.tensor in reference else r for r in similarity.nodes]
-    rows = [replace(o, quantized_cosine=row_cosine(reference, (o.tensor,), outputs[o.tensor]))
-            if o.tensor in outputs else o for o in similarity.outputs]
+    keeps None, printed as ``--``. With a `memo` and `digests` (("quantized", float tensor) and
+    ("quantized output", output name) → what the program's value of it is computed from), a row compared
+    before is read from the memo, and the program's values of such rows need not be given."""
+    memo = memo if memo is not None and digests is not None else None
+
+    def cosine_of(tensor: str, kind: str, values: Mapping[str, np.ndarray]) -> float | None:
+        key = _memo_key(reference, kind, tensor, digests.get((kind, tensor))) if memo is not None else None
+        kept = memo.get(key) if memo is not None else None
+        if kept is not None:
+            return kept  # type: ignore[return-value]
+        if tensor not in values or tensor not in reference:
+            return None
+        cos = row_cosine(reference, (tensor,), values[tensor])
+        if memo is not None:
+            memo.put(key, cos)
+        return cos
+
+    nodes = [r if r.tensor == "" or (c := cosine_of(r.tensor, "quantized", intermediates)) is None
+             else replace(r, quantized_cosine=c) for r in similarity.nodes]
+    rows = [o if (c := cosine_of(o.tensor, "quantized output", outputs)) is None else replace(o, quantized_cosine=c)
+            for o in similarity.outputs]
     return Similarity(nodes, rows)
+
+
+def quantized_needed(similarity: Similarity, reference: Mapping[str, np.ndarray], memo: RowMemo,
+                     digests: Mapping[tuple[str, str], Hashable]) -> list[str]:
+    """The float tensors and outputs whose quantized value `with_quantized` would compute (not in `memo`):
+    empty when the integer program need not run."""
+    need = [r.tensor for r in similarity.nodes if ("quantized", r.tensor) in digests and r.tensor in reference
+            and memo.get(_memo_key(reference, "quantized", r.tensor, digests[("quantized", r.tensor)])) is None]
+    return need + [o.tensor for o in similarity.outputs if memo.get(_memo_key(
+        reference, "quantized output", o.tensor, digests.get(("quantized output", o.tensor)))) is None]
 
 
 def compared_tensors(float_model: onnx.ModelProto, plan: QuantPlan) -> list[str]:
@@ -237,10 +329,16 @@ def _with_outputs(wanted: list[str], float_model: onnx.ModelProto) -> list[str]:
 
 
 def compare(float_model: onnx.ModelProto, calibrated_model: onnx.ModelProto, sample: Mapping[str, np.ndarray],
-            plan: QuantPlan, reference: Mapping[str, np.ndarray] | None = None) -> Similarity:
+            plan: QuantPlan, reference: Mapping[str, np.ndarray] | None = None, memo: RowMemo | None = None
+            ) -> Similarity:
     """Node rows and output rows from one run of each model on `sample`; `reference`: the float
     model's values of `compared_tensors` on `sample` when the caller has them (the report stage
-    compares the `.bc` with the same run), else the float model runs here."""
+    compares the `.bc` with the same run), else the float model runs here. `memo` (with a keyed
+    `Reference`): rows whose calibrated value is computed as in an earlier comparison with the same
+    reference (`tensor_digests`) are read from it, and only the other values are fetched from the
+    calibrated model — which does not run when there are none."""
+    from engine.calibration.observer import cpu_count
+
     rows = _row_tensors(float_model, plan)
     mapping = calibration_map(calibrated_model)
     wanted = [t for *_, ts in rows for t in ts]
@@ -249,21 +347,41 @@ def compare(float_model: onnx.ModelProto, calibrated_model: onnx.ModelProto, sam
         if missing:
             raise ValueError(f"compare: the float reference lacks tensor(s) {', '.join(missing[:5])}")
     ref = Reference(run_model(float_model, sample, wanted)) if reference is None else reference
-    got = run_model(calibrated_model, sample, [mapping.get(t, t) for t in wanted])
+    outputs = [o.name for o in float_model.graph.output]
+    digests = tensor_digests(calibrated_model) if memo is not None and getattr(ref, "key", None) else {}
+    threads = cpu_count()  # the calibrated session's (qdq_session): a float reduction may split by threads
+
+    def key(kind: str, tensors: Sequence[str]) -> Hashable | None:
+        return _memo_key(ref, kind, threads, tuple(tensors), tuple(digests.get(mapping.get(t, t)) for t in tensors)) \
+            if digests else None
+
+    row_keys = [key("calibrated", tensors) if tensors else None for *_, tensors in rows]
+    kept = [memo.get(k) if memo is not None else None for k in row_keys]
+    # an output row compares the calibrated model's own output of that name (its value as the model gives it)
+    out_keys = [_memo_key(ref, "calibrated output", threads, n, digests.get(n)) if digests else None for n in outputs]
+    kept_outputs = [memo.get(k) if memo is not None else None for k in out_keys]
+    fetch = {mapping.get(t, t) for (*_, tensors), cos in zip(rows, kept) if cos is None for t in tensors} | \
+        {n for n, row in zip(outputs, kept_outputs) if row is None}
+    got = run_model(calibrated_model, sample, [mapping.get(t, t) for t in wanted], fetch=sorted(fetch)) if fetch else {}
     thresholds = plan.calibrated_acts or plan.acts
     result = Similarity()
-    for name, op_type, members, tensors in rows:
+    for (name, op_type, members, tensors), row_key, cos in zip(rows, row_keys, kept):
         last = plan.nodes.get(members[-1])
         on = last.on if last is not None else "CPU"
-        cos = None
-        if tensors:  # as they are: cosine takes float64 slices of them (a float64 copy of each cost 0.3 s on det)
+        if tensors and cos is None:  # as they are: cosine takes float64 slices (a float64 copy of each cost 0.3 s on det)
             cos = row_cosine(ref, tensors, _flat([got[mapping.get(t, t)] for t in tensors]))
+            if memo is not None:
+                memo.put(row_key, cos)
         act = thresholds.get(tensors[0]) if tensors and on == "BPU" else None
         result.nodes.append(NodeRow(name, op_type, on, tensors[0] if tensors else "",
                                     None if act is None else float(np.max(act.threshold)), cos,
                                     last.output_dtype if last is not None else "f32", None, tuple(members)))
-    outputs = [o.name for o in float_model.graph.output]
-    result.outputs = output_rows(ref, got, outputs)
+    for name, out_key, row in zip(outputs, out_keys, kept_outputs):
+        if row is None:
+            row = distances(ref[name], got[name], name)
+            if memo is not None:
+                memo.put(out_key, row)
+        result.outputs.append(row)  # type: ignore[arg-type]
     return result
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -134,12 +135,31 @@ class ProgramMemo:
 
         return self.folder / memo_name(self.owner, f"{key}.opt")
 
+    def found(self, key: str) -> Path:
+        """This owner's file of `key`, or one another owner filed (linked under this owner's name, so it lives as
+        long as this owner too): the key names everything the program is made from, the owner only how long it is
+        kept. A calibration change that leaves the `.bc` byte for byte as it was (thresholds unmoved) gives a new
+        quantize entry and the same key (PP-OCRv4 det: O2 0.64 CPU s saved)."""
+        path = self.path(key)
+        if path.is_file():
+            return path
+        others = sorted(self.folder.glob(f"*-{key}.opt"))
+        if not others:
+            return path
+        try:
+            os.link(others[0], path)
+        except FileExistsError:  # another run linked it meanwhile
+            pass
+        except OSError:  # links refused (or the file pruned meanwhile: then read as missing)
+            return others[0]
+        return path
+
     def optimize(self, key: str, level: str, program: Callable[[], onnx.ModelProto]) -> tuple[OptimizeResult, bytes]:
         """`optimize_program(program(), level)` and the optimized program's bytes, from the memo file
-        of `key` (`program_key`) when there: `program` is only called to optimize."""
+        of `key` (`program_key`, this owner's or another's) when there: `program` is only called to optimize."""
         from engine.pipeline.cache import atomic_write_bytes
 
-        path = self.path(key)
+        path = self.found(key)
         try:
             head, body = path.read_bytes().split(b"\n", 1)
             meta = json.loads(head)
@@ -155,9 +175,9 @@ class ProgramMemo:
                            "checked": result.checked}).encode()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(path, head + b"\n" + body)
+            atomic_write_bytes(self.path(key), head + b"\n" + body)
         except OSError as e:
-            log.debug(f"optimized program memo {path.name} not saved: {e}")
+            log.debug(f"optimized program memo {self.path(key).name} not saved: {e}")
         return result, body
 
 

@@ -14,9 +14,16 @@ The work is split by what it depends on:
   calibrate's slice), so it is memoised by those two keys (memo folder `calibrated_similarity`, a
   small JSON; only an accelerator, a missing entry is recomputed) and a change read by quantize
   only (input_batch) reuses it;
-- the `.bc` runs every time, once for its intermediates and outputs (`integer_values`), after the
+- the `.bc` runs once for its intermediates and outputs (`integer_values`), after the
   calibrated run's tensors are freed (one model's tensors beside the reference at a time).
 Each row's x·x of the float tensor is summed once and kept with the reference (`Reference`).
+
+Rows are kept too (`engine.similarity.RowMemo`, in the warm engine): a calibration change moves a
+few thresholds, and each row whose calibrated or `.bc` value is computed exactly as before
+(`tensor_digests`: the graph above it, constants included, is unchanged) takes its cosine from the
+memo; a model with no such row left (no threshold moved: the same calibrated model or `.bc`
+bytes) does not run at all. PP-OCRv4 det, one of 32 files changed, 4–7 of 134 thresholds moved:
+56 % of the compared values keep theirs.
 """
 
 from __future__ import annotations
@@ -56,6 +63,25 @@ def quantized_values(bc: onnx.ModelProto, sample: dict[str, np.ndarray], specs: 
     if batch > 1:
         inter, outs = ({k: v[:1] for k, v in d.items()} for d in (inter, outs))
     return inter, outs
+
+
+def quantized_digests(bc: onnx.ModelProto, specs: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:
+    """("quantized", float tensor) / ("quantized output", output name) → what `quantized_values` computes
+    its value from: the `.bc` graph above its integer tensor (`tensor_digests`), its encoding (the
+    dequantization), and the input specs (the runtime-format feeds)."""
+    from engine.quantize.integer import read_tensor_map
+    from engine.similarity import tensor_digests
+
+    graph = tensor_digests(bc)
+    feeds = json.dumps(specs, sort_keys=True)
+    digests: dict[tuple[str, str], Any] = {}
+    for name, entry in read_tensor_map(bc).items():
+        d = graph.get(entry["tensor"])
+        digests["quantized", name] = None if d is None else (d, json.dumps(entry, sort_keys=True), feeds)
+    for out in bc.graph.output:
+        d = graph.get(out.name)
+        digests["quantized output", out.name] = None if d is None else (d, feeds)
+    return digests
 
 
 def program_batch(bc: onnx.ModelProto) -> int:
@@ -110,7 +136,7 @@ def float_reference(ctx: StageContext, optimized: onnx.ModelProto, sample: dict[
     kept: OrderedDict[str, Any] = ctx.engine.warm.setdefault("float_references", OrderedDict())
     reference = kept.pop(key, None)
     if reference is None:
-        reference = Reference(run_model(optimized, sample, tensors))
+        reference = Reference(run_model(optimized, sample, tensors), key)
         for value in reference.values():
             value.flags.writeable = False
     if reference.nbytes <= REFERENCE_BYTES:
@@ -120,23 +146,31 @@ def float_reference(ctx: StageContext, optimized: onnx.ModelProto, sample: dict[
     return reference
 
 
+def row_memo(ctx: StageContext) -> Any:
+    """The warm engine's `RowMemo` (rows compared in earlier runs)."""
+    from engine.similarity import RowMemo
+
+    return ctx.engine.warm.setdefault("similarity_rows", RowMemo())
+
+
 def calibrated_similarity(ctx: StageContext, optimized: onnx.ModelProto, sample: dict[str, np.ndarray],
                           plan: Any, reference: dict[str, np.ndarray] | None = None) -> Any:
-    """`compare(optimized, calibrated model, sample, plan, reference)`, memoised by the optimize and
-    calibrate keys; `reference`: the float run of `compared_tensors` when the caller has it."""
+    """`compare(optimized, calibrated model, sample, plan, reference, row_memo)`, memoised by the optimize
+    and calibrate keys; `reference`: the float run of `compared_tensors` when the caller has it."""
     from engine.similarity import compare
 
     sim = saved_similarity(ctx)
     if sim is not None:
         return sim
-    sim = compare(optimized, onnx.load(str(ctx.input("calibrate", "model.onnx"))), sample, plan, reference)
+    sim = compare(optimized, onnx.load(str(ctx.input("calibrate", "model.onnx"))), sample, plan, reference,
+                  row_memo(ctx))
     atomic_write_text(_similarity_memo(ctx), json.dumps({"nodes": [asdict(r) for r in sim.nodes],
                                                          "outputs": [asdict(o) for o in sim.outputs]}))
     return sim
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from engine.similarity import compared_tensors, with_quantized
+    from engine.similarity import compared_tensors, quantized_needed, with_quantized
 
     optimized = onnx.load(str(ctx.input("optimize", "model.onnx")))
     specs = json.loads(ctx.input("calibrate", "inputs.json").read_text())
@@ -146,8 +180,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     plan = stage_plan(ctx, optimized)
     reference = float_reference(ctx, optimized, sample, compared_tensors(optimized, plan))
     sim = calibrated_similarity(ctx, optimized, sample, plan, reference)
-    inter, bc_outputs = quantized_values(onnx.load(str(ctx.input("quantize", "model.bc"))), sample, specs)
-    filled = with_quantized(sim, reference, inter, bc_outputs)
+    bc = onnx.load(str(ctx.input("quantize", "model.bc")))
+    memo, digests = row_memo(ctx), quantized_digests(bc, specs)
+    inter, bc_outputs = quantized_values(bc, sample, specs) if quantized_needed(sim, reference, memo, digests) \
+        else ({}, {})
+    filled = with_quantized(sim, reference, inter, bc_outputs, memo, digests)
     del inter, bc_outputs
     nodes, outputs = filled.nodes, filled.outputs
     calibrated_flag = ctx.config.calibration.calibration_type != "skip"
