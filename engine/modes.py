@@ -38,9 +38,9 @@ def config_for_mode(args: argparse.Namespace) -> tuple[Path, str | None]:
         raise _fail("cli-mode", f"Recompiling a .bc model ({args.model}) is not supported by hbcompile: run "
                     f"-c {args.config} alone, which builds the .hbm from the config's model")
     if args.config:
-        if args.input_shape or args.proto:
-            raise _fail("cli-mode", "Invalid parameter configuration: -i/--input-shape and --proto are used with "
-                        "-m/--model; with -c put input_shape / prototxt in the config")
+        if args.input_shape or args.proto or args.march:
+            raise _fail("cli-mode", "Invalid parameter configuration: -i/--input-shape, --proto and --march are used "
+                        "with -m/--model; with -c put input_shape / prototxt / march in the config")
         return Path(args.config), None
     if args.model:
         return generate_config(args, Path(".hb_compile"), fast_perf=False), "optimize"

@@ -152,30 +152,32 @@ def _model_rules(data: dict[str, dict[str, Any]], info: ModelInfo) -> Iterator[P
         yield from input_source_problems(data.get(XP, {}).get("input_source"),
                                          {n: _at(rts, i) for i, n in enumerate(model_names)}, True)
     known = set(info.node_names)
-    for name, where, path, on_key in _named_nodes(data):
+    for name, where, path, place in _named_nodes(data):
         if name and name not in known and not name.endswith("_HzCalibration"):
             sev = error if where == "output_nodes" else warning  # an output that is not there cannot be built
             yield sev("node-unknown", f"The node '{name}' given in {where} is not a node of the model", path,
-                      data={"name": name, **({"on_key": True} if on_key else {})})
+                      data={"name": name, **place})
 
 
-def _named_nodes(data: dict[str, dict[str, Any]]) -> Iterator[tuple[str, str, tuple, bool]]:
-    """(node name, the key as told, its path, whether the name is itself a key) for every node name the
-    config writes: the `;` lists, quant_config's node_config and node_info (a mapping, or `name: …` items)."""
+def _named_nodes(data: dict[str, dict[str, Any]]) -> Iterator[tuple[str, str, tuple, dict[str, Any]]]:
+    """(node name, the key as told, its path, where on that path: the item of a `;` list, or the name as a
+    key) for every node name the config writes: the `;` lists, quant_config's node_config and node_info
+    (a mapping, or `name: …` items)."""
     for section, key in ((MP, "output_nodes"), (MP, "remove_node_name"), (CP, "run_on_cpu"), (CP, "run_on_bpu")):
-        for name in V.split_names(data.get(section, {}).get(key)):
-            yield name, key, (section, key), False
+        for i, name in enumerate(V.split_list(data.get(section, {}).get(key))):
+            if name:
+                yield name, key, (section, key), {"item": i}
     qc = data.get(CP, {}).get("quant_config")
     node_config = qc.get("node_config") if isinstance(qc, dict) else None
     for name in node_config if isinstance(node_config, dict) else ():
-        yield str(name), "quant_config.node_config", (CP, "quant_config", "node_config", name), True
+        yield str(name), "quant_config.node_config", (CP, "quant_config", "node_config", name), {"on_key": True}
     node_info = data.get(MP, {}).get("node_info")
     if isinstance(node_info, dict):
         for name in node_info:
-            yield str(name), "node_info", (MP, "node_info", name), True
+            yield str(name), "node_info", (MP, "node_info", name), {"on_key": True}
     else:
         for item in V.split_names(node_info):
-            yield item.rpartition(":")[0].strip(), "node_info", (MP, "node_info"), True
+            yield item.rpartition(":")[0].strip(), "node_info", (MP, "node_info"), {"on_key": True}
 
 
 def resolve_inputs(config: Config, info: ModelInfo) -> list[InputSpec]:

@@ -157,8 +157,12 @@ def normalize(data: dict[str, Any]) -> tuple[dict[str, Any], list[Problem]]:
             continue
         kept = {}
         required = (schema.section_schema(section) or {}).get("required") or ()
+        known = schema.section_schema(section) is not None
         for key, value in body.items():
             ks = schema.key_schema(section, key) or {}
+            if known and not ks:  # a misspelt key stays, empty or not: the schema says "Wrong key" for it
+                kept[key] = value
+                continue
             if value is None or (isinstance(value, str) and not value.strip()):
                 if ks.get("x-hb-nonempty") and value is not None:
                     problems.append(error("empty-prefix", "The output_model_file_prefix cannot be empty, please "

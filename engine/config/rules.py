@@ -122,6 +122,17 @@ def prefix_is_a_file_name(ctx: RuleContext) -> Iterator[Problem]:
     if isinstance(v, str) and ("/" in v or "\\" in v or v in (".", "..")):
         yield error("bad-prefix", f"Invalid output_model_file_prefix: '{v}', expected a file name prefix without "
                     "'/' or '\\' (the outputs are written into working_dir)", (MP, "output_model_file_prefix"))
+    elif isinstance(v, str) and len(v.encode()) > MAX_PREFIX_BYTES:
+        yield error("bad-prefix", f"Invalid output_model_file_prefix: {len(v.encode())} bytes long, expected at most "
+                    f"{MAX_PREFIX_BYTES} (the output '{{prefix}}{LONGEST_ARTEFACT_SUFFIX}' and the temporary file it "
+                    f"is written through must fit a file name's {MAX_FILE_NAME_BYTES} bytes)",
+                    (MP, "output_model_file_prefix"))
+
+
+MAX_FILE_NAME_BYTES = 255  # NAME_MAX of Linux file systems (ext4, xfs, btrfs, tmpfs)
+LONGEST_ARTEFACT_SUFFIX = "_quantized_removed_model.bc"
+TEMP_NAME_EXTRA = len(".") + len(".") + 8  # atomic writes: mkstemp(prefix=f".{name}.") adds 8 random characters
+MAX_PREFIX_BYTES = MAX_FILE_NAME_BYTES - len(LONGEST_ARTEFACT_SUFFIX) - TEMP_NAME_EXTRA
 
 
 @rule
@@ -317,6 +328,9 @@ def normalization(ctx: RuleContext) -> Iterator[Problem]:
                         "norm_type no_preprocess", (IP, key), data={"item": i})
         if std is not None and any(s == 0 for s in std):
             yield error("std-zero", "std_value must not contain 0", (IP, "std_value"), data={"item": i})
+        if scale is not None and any(s == 0 for s in scale):
+            yield error("scale-zero", "scale_value must not contain 0: it multiplies the input, a 0 makes that "
+                        "channel 0 for every image", (IP, "scale_value"), data={"item": i})
         shape, layout, train = _at(shapes, i), _at(layouts, i), _at(trains, i)
         channels = None
         if shape is not None and len(shape) == 4 and layout in ("NCHW", "NHWC"):
@@ -470,6 +484,26 @@ def calibration_dirs(ctx: RuleContext) -> Iterator[Problem]:
         if not p.is_dir():
             yield error("cal-dir-missing", f"Cal_data_dir does not exist: {d}", (CP, "cal_data_dir"),
                         data={"item": i, "resolved": str(p)})
+
+
+@rule
+def working_dir_outside_calibration(ctx: RuleContext) -> Iterator[Problem]:
+    """Artefacts written into a calibration folder would be read as samples by the next run (a `.hbm`
+    as a raw uint8 sample: 'cannot reshape array of size ...'); a sub-folder is not read."""
+    working_dir = ctx.path(MP, "working_dir") or ctx.base_dir / "model_output"
+    for d in V.split_list(ctx.get(CP, "cal_data_dir")):
+        if d is not None and _same_folder(working_dir, V.resolve_path(d, ctx.base_dir)):
+            yield error("working-dir-is-calibration", f"working_dir {ctx.get(MP, 'working_dir', './model_output')} "
+                        f"is the cal_data_dir {d}: the outputs would be read as calibration samples by the next "
+                        "run; choose another working_dir", (MP, "working_dir"))
+            return
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 _SUFFIX_TYPES = {"_f32": "float32", "_uint8": "uint8"}  # reference §6: a folder-name hint (hb_mapper: _f32)
