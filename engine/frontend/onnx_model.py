@@ -11,9 +11,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import version_converter
+from onnx import numpy_helper, version_converter
 
 from engine.problems import ModelError, error
 
@@ -80,6 +81,35 @@ def check(model: onnx.ModelProto, shown: str, key: str = "onnx_model") -> None:
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ModelError(_bad(shown, key, f"onnx.checker: {first}")) from None
+
+
+# inputs that are learned parameters (the rest may hold -inf on purpose: attention masks, Clip bounds)
+PARAMETER_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (0, 1, 2), "MatMul": (0, 1),
+                    "BatchNormalization": (1, 2, 3, 4), "InstanceNormalization": (1, 2),
+                    "LayerNormalization": (1, 2), "PRelu": (1,)}
+
+
+def check_finite_weights(model: onnx.ModelProto, key: str = "onnx_model") -> None:
+    """A NaN or Inf in a weight makes every cosine NaN and the integer model garbage: refuse the model,
+    naming the first such initializer and the node that reads it."""
+    inits = {t.name: t for t in model.graph.initializer}
+    seen: set[str] = set()
+    for node in model.graph.node:
+        for i in PARAMETER_INPUTS.get(node.op_type, ()):
+            name = node.input[i] if i < len(node.input) else ""
+            if name not in inits or name in seen:
+                continue
+            seen.add(name)
+            if inits[name].data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+                continue
+            values = numpy_helper.to_array(inits[name])
+            bad = values.size - int(np.count_nonzero(np.isfinite(values)))
+            if bad:
+                nan = int(np.count_nonzero(np.isnan(values)))
+                raise ModelError(error(
+                    "model-non-finite-weight", f"The initializer '{name}' read by node '{node.name or node.op_type}' "
+                    f"({node.op_type}) holds {nan} NaN and {bad - nan} Inf of its {values.size} values: a model with "
+                    "non-finite weights cannot be calibrated or quantized", ("model_parameters", key)))
 
 
 KNOWN_DOMAINS = ("", "ai.onnx", "com.microsoft")  # what onnxruntime executes on the CPU

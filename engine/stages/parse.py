@@ -47,6 +47,7 @@ def load_float_model(onnx_model: Path | None = None, caffe_model: Path | None = 
         model = convert(prototxt, caffe_model, input_shapes or None)
     fe.check(model, shown, key)
     fe.check_domains(model, key)
+    fe.check_finite_weights(model, key)
     model = fe.upgrade_opset(model, shown, key)
     fe.initializers_as_constants(model)
     return model, shown, key

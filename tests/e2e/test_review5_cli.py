@@ -1,0 +1,52 @@
+"""Reviewer-found CLI bugs (session 5 review §3): a model with non-finite weights compiled with exit 0,
+NaN cosines and a `.hbm` written."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from engine.cli import main
+from engine.stages.parse import load_float_model
+from tests.conftest import GOOD_CONFIG, conv_relu_model
+
+
+@pytest.mark.parametrize(("initializer", "value", "counts"), [("w", np.nan, "1 NaN and 0 Inf"),
+                                                               ("var", np.inf, "0 NaN and 1 Inf")])
+def test_a_non_finite_weight_is_refused_naming_it_and_nothing_is_written(tmp_path, capsys, initializer, value,
+                                                                          counts):
+    model = conv_relu_model()
+    for t in model.graph.initializer:
+        if t.name == initializer:
+            a = numpy_helper.to_array(t).copy()
+            a.flat[0] = value
+            t.CopyFrom(numpy_helper.from_array(a, initializer))
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    (tmp_path / "config.yaml").write_text(GOOD_CONFIG)
+    code = main(["--no-daemon", "-c", str(tmp_path / "config.yaml")])
+    out = capsys.readouterr()
+    assert code != 0
+    errors = [line for line in (out.out + out.err).splitlines() if "error:" in line]
+    assert len(errors) == 1 and f"'{initializer}'" in errors[0] and counts in errors[0], errors
+    assert "Traceback" not in out.out + out.err
+    wd = tmp_path / "model_output"
+    assert not wd.exists() or not [p for p in wd.iterdir() if not p.name.startswith(".")]
+
+
+def test_minus_infinity_outside_the_weights_is_a_model_not_an_error(tmp_path):
+    """Attention masks are -inf on purpose: a constant added to activations is not a weight."""
+    x = helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 8, 8])
+    mask = np.zeros((1, 3, 8, 8), np.float32)
+    mask[..., 0] = -np.inf
+    g = helper.make_graph([helper.make_node("Add", ["data", "mask"], ["masked"]),
+                           helper.make_node("Softmax", ["masked"], ["output"], axis=3)],
+                          "masked", [x], [y], [numpy_helper.from_array(mask, "mask")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    loaded, _, _ = load_float_model(tmp_path / "model.onnx")  # no error
+    assert np.isneginf(numpy_helper.to_array(loaded.graph.initializer[0]) if loaded.graph.initializer else
+                       numpy_helper.to_array(loaded.graph.node[0].attribute[0].t)).any()
