@@ -156,6 +156,7 @@ def model_files(config: Config) -> list[Path]:
 
 # version 3: initializers listed as graph inputs are weights (dropped from the inputs, IR ≥ 4)
 # version 4: the result keeps the model's names and input types (`model_check`) for the run's config warnings
-STAGE = Stage("parse", 4, run, reads=READS, files=model_files,
+# version 5: a model with non-finite weights is refused (`check_finite_weights`): an old entry of one is not reused
+STAGE = Stage("parse", 5, run, reads=READS, files=model_files,
               artefacts={"model.onnx": "{prefix}_original_float_model.onnx"},
               describe="load, check and normalize the float model")
