@@ -44,7 +44,7 @@ from engine.quantize.planner import Calibration, QuantOptions, make_plan, plan_t
 from engine.quantize.types import ActQuant
 
 if TYPE_CHECKING:
-    from engine.accuracy import AccuracySettings
+    from engine.accuracy import AccuracySettings, Searched
 
 log = logging.getLogger("hbcompile")
 READS = ("calibration_parameters", "model_parameters.node_info", "model_parameters.debug_mode")
@@ -237,7 +237,7 @@ def featuremap_inputs(specs: list[dict[str, Any]]) -> list[str]:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from engine.accuracy import AccuracySettings
+    from engine.accuracy import AccuracySettings, Searched
     from engine.quantize.calibrated import build_calibrated_model
     from engine.quantize.search import SearchSettings, choose_thresholds
 
@@ -275,8 +275,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         first = compare[0]
         settings = dataclasses.replace(settings, cosine_samples=len(compare))
         result = choose_thresholds(settings, model, merged, compare, options, tensors=tensors)
+        # default's own output cosine for the thresholds it chose: the accuracy steps take it instead of a
+        # ptq run when it clears the target by far (engine.accuracy.mixed.searched_meets; digits ~8 -> ~2 ms)
+        searched = Searched(result.cosines[result.method], len(compare)) if result.method in result.cosines else None
         calibration, accuracy, reused = _improve(ctx, model, Calibration(result.acts), options, merged, cs, specs,
-                                                 acc, loaded[:acc.samples])
+                                                 acc, loaded[:acc.samples], searched)
         info["accuracy_steps"] = "reused" if reused else "computed"
     plan = make_plan(model, calibration, options)
     for note in plan.notes:  # advice (a split output head, …) is worth a line; the rest is detail
@@ -296,7 +299,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 def _improve(ctx: StageContext, model: onnx.ModelProto, calibration: Calibration, options: QuantOptions,
              merged: dict, cs: CalibrationSet, specs: list[dict[str, Any]], acc: AccuracySettings,
-             samples: list[dict[str, np.ndarray]]) -> tuple[Calibration, dict[str, Any], bool]:
+             samples: list[dict[str, np.ndarray]], searched: Searched | None = None
+             ) -> tuple[Calibration, dict[str, Any], bool]:
     """The accuracy steps (engine.accuracy) on the first `acc.samples` calibration samples, what they
     tell the user (the same log lines whether computed or reused), and whether the result was reused
     (`engine.accuracy.memo`)."""
@@ -321,7 +325,7 @@ def _improve(ctx: StageContext, model: onnx.ModelProto, calibration: Calibration
     results = AccuracyMemo(ctx.memo_dir("accuracy"), ctx.upstream["optimize"].name)
     try:
         key = memo_key(shared_hashes().file(ctx.input("optimize", "model.onnx")), calibration, options, merged,
-                       samples, specs, acc, corrections)
+                       samples, specs, acc, corrections, searched=searched)
     except (TypeError, ValueError) as e:  # an input the key cannot hold exactly: computed, not memoised
         log.debug(f"accuracy steps not memoised: {e}")
         key = None
@@ -329,7 +333,7 @@ def _improve(ctx: StageContext, model: onnx.ModelProto, calibration: Calibration
     reused = res is not None
     if res is None:
         res = improve(model, calibration, options, merged, samples, specs, acc, corrections,
-                      progress=lambda m, f: ctx.report(m, f), check_memo=memo)
+                      progress=lambda m, f: ctx.report(m, f), check_memo=memo, searched=searched)
         if key is not None:
             results.save(key, res)
     else:
@@ -402,7 +406,8 @@ def _jsonable(o: Any) -> Any:
 # 7: with bias_correction, the switchable model's corrected bias goes with its int8 weight only
 # 9: `default` keeps max unless another candidate beats it by more than the noise (`choose_candidate`)
 # 12: statistics of a batchable model from its symbolic-batch session (STATS_VERSION 6)
-STAGE = Stage("calibrate", 12, run, after=("optimize",), reads=READS, files=calibrate_files,
+# 13: `default`'s own output cosine stands for the ptq check when it clears the target by far (accuracy.json)
+STAGE = Stage("calibrate", 13, run, after=("optimize",), reads=READS, files=calibrate_files,
               artefacts={"model.onnx": "{prefix}_calibrated_model.onnx", SENSITIVITY_FILE: "{prefix}_sensitivity.json",
                          DUMP_FOLDER: DUMP_FOLDER},
               describe="statistics per calibration sample, thresholds, accuracy steps, fake-quant model")
