@@ -12,7 +12,9 @@ sha256 (the compile stage hashes the file it reads), the placement stamped into 
 the implementation (the source of the optimizer and of what it runs, and the onnx / onnxruntime /
 numpy versions): O2's rewrites check themselves bit for bit in onnxruntime (0.34 CPU s on PP-OCRv4
 det, 20 ms on digits), and a compile_mode / balance / advice / jobs edit builds the same program
-again — from the memo, without copying, stamping or serializing the `.bc`.
+again — from the memo, without copying, stamping or serializing the `.bc`. A file is found by its key
+under any owner (`ProgramMemo.found`): a calibration change that moves no threshold writes the same
+`.bc` into a new quantize entry.
 """
 
 from __future__ import annotations
