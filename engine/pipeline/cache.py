@@ -65,11 +65,13 @@ class StageCache:
         (self.root / stage).mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root / stage))
 
-    def commit(self, stage: str, key: str, tmp: Path, result: dict[str, Any] | None, digest: bool = True) -> Path:
+    def commit(self, stage: str, key: str, tmp: Path, result: dict[str, Any] | None, digest: bool = True,
+               said: list[tuple[int, str]] | None = None) -> Path:
         """Rename `tmp` into place as the entry of (`stage`, `key`). `digest`: record the output digest
-        (no later stage reading this one: it is taken if ever asked for, by `outputs`)."""
+        (no later stage reading this one: it is taken if ever asked for, by `outputs`); `said`: the
+        (level, message) lines the stage logged, told again when the entry is reused (`said`)."""
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-        meta = {"stage": stage, "key": key, "files": files, "result": result or {}}
+        meta = {"stage": stage, "key": key, "files": files, "result": result or {}, "said": said or []}
         if digest:
             meta["outputs"] = content_digest(tmp, files)
         (tmp / "meta.json").write_text(json.dumps(meta, default=str))
@@ -123,6 +125,10 @@ class StageCache:
 
     def result(self, entry: Path) -> dict[str, Any]:
         return self.meta(entry).get("result", {})
+
+    def said(self, entry: Path) -> list[tuple[int, str]]:
+        """What the stage logged when it made this entry (hb_compile prints it on every run: `FPS=…`)."""
+        return [(int(level), str(message)) for level, message in self.meta(entry).get("said", [])]
 
     def outputs(self, entry: Path) -> str:
         """The entry's output digest (`content_digest`), taken again for an entry written without one."""

@@ -109,6 +109,8 @@ class Engine:
             if entry is not None:
                 report.stages.append(StageRun(stage.name, "reused", "unchanged", time.perf_counter() - t, key))
                 report.results[stage.name] = cache.result(entry)
+                for level, message in cache.said(entry):
+                    log.log(level, message)
                 if stage.name in read_by_later:
                     outputs[stage.name] = cache.outputs(entry)
                 entries[stage.name] = entry
@@ -124,9 +126,11 @@ class Engine:
                 ctx = StageContext(stage, config, tmp, dict(entries), self, key, cancel,
                                    (lambda m, f, s=stage.name: progress(s, m, f)) if progress else None, log)
                 try:
-                    out = stage.fn(ctx)
+                    with StageLog() as said:
+                        out = stage.fn(ctx)
                     self._inputs_unchanged(stage, config, outputs, parts)
-                    entry = cache.commit(stage.name, key, tmp, out, digest=stage.name in read_by_later)
+                    entry = cache.commit(stage.name, key, tmp, out, digest=stage.name in read_by_later,
+                                         said=said.lines)
                 except Cancelled:
                     cache.discard(tmp)
                     run.status, run.reason = "cancelled", "cancelled"
@@ -213,6 +217,27 @@ class Engine:
                 keys[name] = template.format(prefix="{prefix}")
         published = self.publisher.publish(config.working_dir, self.cache_root(config), artefacts)
         return {keys[name]: path for name, path in published.items()}
+
+
+class StageLog(logging.Handler):
+    """The INFO-and-above lines a stage logs on this thread (`Select max method.`, `FPS=…`): kept in its
+    cache entry and told again when the entry is reused, so a reused run prints what a cold one does."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.thread = threading.get_ident()
+        self.lines: list[tuple[int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            self.lines.append((record.levelno, record.getMessage()))
+
+    def __enter__(self) -> StageLog:
+        log.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        log.removeHandler(self)
 
 
 class InputsChangedError(HbError):

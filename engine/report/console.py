@@ -37,7 +37,8 @@ def print_run(report: RunReport) -> None:
     if report.config is None or not report.ok:
         return
     inputs = (report.results.get("parse") or {}).get("inputs_spec") or []
-    rss = {s.name: s.peak_rss_mb for s in report.stages if s.status == "ran" and s.peak_rss_mb}
+    rss = {s.name: s.peak_rss_mb if s.status == "ran" else None for s in report.stages[1:]
+           if (s.status == "ran" and s.peak_rss_mb) or s.status == "reused"}
     for line in deps_block() + config_blocks(report.config, inputs) + (memory_block(rss) if rss else []):
         log.info(line)
     for name, path in report.artefacts.items():

@@ -77,8 +77,9 @@ def config_blocks(config: Config, inputs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def memory_block(stage_rss: dict[str, float]) -> list[str]:
+def memory_block(stage_rss: dict[str, float | None]) -> list[str]:
+    """Peak RSS after each stage; None: the stage was reused (no work, no memory in this run)."""
     lines = ["############# memory info #############"]
     for stage, mb in stage_rss.items():
-        lines.append(f"{stage:<20} : peak RSS {mb:.1f} MB")
+        lines.append(f"{stage:<20} : " + (f"peak RSS {mb:.1f} MB" if mb is not None else "reused (no work in this run)"))
     return lines

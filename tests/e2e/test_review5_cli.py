@@ -50,3 +50,25 @@ def test_minus_infinity_outside_the_weights_is_a_model_not_an_error(tmp_path):
     loaded, _, _ = load_float_model(tmp_path / "model.onnx")  # no error
     assert np.isneginf(numpy_helper.to_array(loaded.graph.initializer[0]) if loaded.graph.initializer else
                        numpy_helper.to_array(loaded.graph.node[0].attribute[0].t)).any()
+
+
+def test_a_reused_run_prints_what_a_cold_run_prints(tmp_path, capsys):
+    """Review §10: the second, fully reused run dropped `Select … method.`, `FPS=…`, `Successfully compile the
+    hbm model` and the memory info block from the console and hb_compile.log (scripts grep them)."""
+    import shutil
+
+    from tests.conftest import REPO
+
+    work = tmp_path / "digits"
+    shutil.copytree(REPO / "examples" / "digits", work, ignore=shutil.ignore_patterns("model_output", "*.py", "*.npz"))
+    said = ["Select ", "FPS=", "Successfully compile the hbm model", "HBDK hbm perf SUCCESS", "memory info"]
+    outputs = []
+    for _ in range(2):
+        assert main(["--no-daemon", "-c", str(work / "digits.hb.yaml")]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert "Reuse compile result" in outputs[1]  # the second run did reuse everything
+    log = (work / "model_output" / "hb_compile.log").read_text()
+    for text in said:
+        assert text in outputs[0] and text in outputs[1] and text in log, text
+    fps = [next(line for line in out.splitlines() if "FPS=" in line) for out in outputs]
+    assert fps[0] == fps[1]
