@@ -92,6 +92,29 @@ def test_the_memo_gives_each_level_its_own_program(bc, tmp_path):
     assert len({fresh[level].program_sha256 for level in fresh}) == 3  # three programs: the check can fail
 
 
+def test_a_program_filed_by_another_owner_is_found_by_its_key(bc, tmp_path, monkeypatch):
+    """A calibration change that moves no threshold writes the same `.bc` into a new quantize entry: the
+    program is found under the old owner's name, linked under the new one (kept when the old entry is
+    pruned), and a program of another key is still optimized."""
+    from engine.compile import package
+    from engine.pipeline.cache import memo_name
+
+    old, new = ProgramMemo(tmp_path, "a" * 64), ProgramMemo(tmp_path, "b" * 64)
+    first = build_hbm(bc, options("O2"), timestamp="t", memo=old)
+    optimized: list[str] = []
+    real = package.optimize_program
+    monkeypatch.setattr(package, "optimize_program", lambda program, level: optimized.append(level) or
+                        real(program, level))
+    again = build_hbm(bc, options("O2"), timestamp="t", memo=new)
+    assert optimized == [] and again.program_bytes == first.program_bytes and again.manifest == first.manifest
+    key = program_key(sha256(bc), None, "O2")
+    assert (tmp_path / memo_name("b" * 64, f"{key}.opt")).is_file()
+    (tmp_path / memo_name("a" * 64, f"{key}.opt")).unlink()  # the old owner pruned
+    assert build_hbm(bc, options("O2"), timestamp="t", memo=new).program_bytes == first.program_bytes
+    build_hbm(bc, options("O1"), timestamp="t", memo=new)  # another key: optimized
+    assert optimized == ["O1"]
+
+
 def test_the_program_key_names_everything_the_program_is_made_from():
     key = program_key("b" * 64, '{"conv": {"on": "BPU"}}', "O2")
     assert key != program_key("c" * 64, '{"conv": {"on": "BPU"}}', "O2")  # another .bc
