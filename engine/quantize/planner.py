@@ -112,6 +112,7 @@ class QuantOptions:
     run_on_cpu: frozenset[str] = frozenset()
     run_on_bpu: frozenset[str] = frozenset()
     node_info: Mapping[str, NodeInfo] = field(default_factory=dict)
+    decided: frozenset[str] = frozenset()  # node_info entries automatic mixed precision decided (not the user)
     model_output_bits: int | None = None  # set_model_output_int8 / _int16; None: si32 where possible
     op_input_bits: Mapping[str, int] = field(default_factory=dict)  # set_{Op}_input_int{8,16}
     op_output_bits: Mapping[str, int] = field(default_factory=dict)  # set_{Op}_output_int{8,16}
@@ -272,6 +273,9 @@ def _view(g: Graph, node: onnx.NodeProto) -> NodeView:
                     shapes, node.domain)
 
 
+MIXED_PRECISION = "automatic mixed precision (target_output_cosine)"  # who placed a node the search moved
+
+
 @dataclass(frozen=True)
 class _Place:
     on: On
@@ -288,7 +292,7 @@ def _placement(node: onnx.NodeProto, rule: OpRule, options: QuantOptions, notes:
             if node.name in getattr(options, key):
                 notes.append(f"node_info takes priority over {key} for node '{node.name}': it runs on "
                              f"{info.on}" + ("" if info.on == where else f", not {where}"))
-        asked = (info.on, "node_info")
+        asked = (info.on, MIXED_PRECISION if node.name in options.decided else "node_info")
     elif node.name in options.run_on_cpu:
         asked = ("CPU", "run_on_cpu")
     elif node.name in options.run_on_bpu:
@@ -597,7 +601,8 @@ def make_plan(model: onnx.ModelProto, thresholds: Mapping[str, Any], options: Qu
         mine = set(options.node_info) | options.run_on_cpu | options.run_on_bpu
         options = replace(options, node_info={**{k: NodeInfo.parse(v) if isinstance(v, Mapping) else v
                                                   for k, v in auto.items() if k not in mine},
-                                               **options.node_info})
+                                               **options.node_info},
+                          decided=frozenset(k for k in auto if k not in mine))
     a = _analyse(model, options)
     notes = a.notes
     if options.asymmetric:

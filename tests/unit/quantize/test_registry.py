@@ -10,7 +10,7 @@ from engine.config import load_config_text
 from engine.quantize.planner import NodeInfo, QuantOptions, plan_tensors
 from engine.quantize.registry import NodeView, decide
 from tests.support.models import Builder, onnx_text
-from tests.unit.quantize.quant_support import optimized, plan_for
+from tests.unit.quantize.quant_support import max_thresholds, optimized, plan_for
 
 F = (True,)
 
@@ -192,3 +192,17 @@ def test_shape_arithmetic_stays_on_cpu_and_is_not_observed():
     assert ops["Concat"].on == "CPU" and "shape or index arithmetic" in ops["Concat"].reason
     assert ops["Add"].on == "BPU"
     assert set(plan_tensors(model)) == {"x", "s", "y"}  # a and c (int64) are not observed
+
+
+def test_a_node_the_mixed_precision_search_moved_says_so_not_node_info():
+    """Review §11: advice.json said "node_info places it on the CPU" for a conv the search moved; the user
+    wrote no node_info."""
+    from engine.quantize.planner import MIXED_PRECISION, Calibration, make_plan
+
+    model = chain()
+    thresholds = Calibration(max_thresholds(model, QuantOptions.build(node_info={"Conv_0": {"ON": "CPU"}})),
+                             node_info={"Conv_0": {"ON": "CPU"}})
+    moved = make_plan(model, thresholds, QuantOptions())
+    assert moved.nodes["Conv_0"].on == "CPU" and moved.nodes["Conv_0"].reason == f"{MIXED_PRECISION} places it on the CPU"
+    mine = make_plan(model, thresholds, QuantOptions.build(node_info={"Conv_0": {"ON": "CPU"}}))
+    assert mine.nodes["Conv_0"].reason == "node_info places it on the CPU"  # the user's own wins, and is told so
