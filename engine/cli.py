@@ -102,11 +102,11 @@ def _main(args: argparse.Namespace, log_path: Path, cancel: threading.Event | No
 
     log.info("Start hb_compile...")
     log.info(f"hb_compile version: {__version__}")
-    config_path, until = config_for_mode(args)
-    if args.skip:
-        until = SKIP_TO_UNTIL[args.skip]
-    if args.until:
-        until = args.until
+    config_path, mode_until = config_for_mode(args)
+    until = args.until or (SKIP_TO_UNTIL[args.skip] if args.skip else None) or mode_until
+    if mode_until is not None and until is not None:  # check mode stops at its stage, whatever --skip says
+        order = _available_stages()
+        until = min(until, mode_until, key=lambda s: order.index(s) if s in order else len(order))
     check_mode = bool(args.model and not args.config and not args.fast_perf)
     generated = bool(args.model and not args.config)
     told = (lambda problems: on_command_line(problems, config_path, args)) if generated else None

@@ -36,6 +36,16 @@ def test_check_mode_writes_generated_config_and_float_models(model_dir, capsys):
     assert any(line.split()[:3] == ["Conv_0", "BPU", "id(0)"] for line in out.splitlines() if line.strip())
 
 
+@pytest.mark.parametrize("skip", ["compile", "export"])
+def test_check_mode_with_skip_still_only_checks(model_dir, capsys, skip):
+    """Review (session 5): `-m net.onnx --march X --skip compile` calibrated and quantized on random data."""
+    assert main(["-m", "net.onnx", "--march", "nash-e", "--skip", skip]) == 0
+    work = model_dir / ".hb_compile"
+    assert (work / "net_optimized_float_model.onnx").is_file()
+    assert not list(work.glob("*_calibrated_model.onnx")) and not list(work.glob("*.bc"))
+    assert "The converted model node information:" in capsys.readouterr().out
+
+
 def test_fast_perf_runs_without_calibration_data(model_dir, capsys):
     assert main(["--fast-perf", "-m", "net.onnx", "--march", "nash-e"]) == 0
     out = model_dir / "model_output"
