@@ -63,6 +63,9 @@ def generate_config(args: argparse.Namespace, working_dir: Path, fast_perf: bool
             raise _fail("cli-mode", "Key 'model_parameters' error: Missing keys: 'prototxt' (give --proto)")
         mp.update(caffe_model=str(model), prototxt=str(Path(args.proto).resolve()))
     elif model.suffix == ".onnx":
+        if args.proto:
+            raise _fail("cli-mode", f"Invalid parameter configuration: --proto {args.proto} is the prototxt of a "
+                        f"Caffe model (-m x.caffemodel); {args.model} is an ONNX model")
         mp["onnx_model"] = str(model)
     else:
         raise _fail("model-suffix", f"The file invalid: {args.model}. It should be a '.onnx' or '.caffemodel' file")

@@ -111,3 +111,10 @@ def test_help_does_not_advertise_bc_recompile(capsys):
         main(["--help"])
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
     assert ".bc to recompile" not in out and "recompiling a .bc is not supported" in out
+
+
+def test_proto_with_an_onnx_model_is_refused_not_ignored(model_dir, capsys):
+    assert main(["-m", "net.onnx", "--march", "nash-e", "--proto", "net.prototxt"]) not in (0, None)
+    [line] = error_lines(capsys.readouterr().out)
+    assert "--proto net.prototxt" in line and "ONNX" in line
+    assert not (model_dir / ".hb_compile").exists()
