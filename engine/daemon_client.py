@@ -3,8 +3,18 @@
 The daemon itself lives in `hblsp.daemon` (engine never imports hblsp); both sides agree on the
 socket path and the line protocol defined here. One request per connection:
 
-    client → {"argv": [...], "cwd": "...", "tty": false, "columns": 120}\\n
-    daemon → {"out": "text"}\\n ... {"exit": 0}\\n
+    client → {"protocol": 2, "hbcompile": {...}, "argv": [...], "cwd": "...", "tty": false, "columns": 120}\\n
+    daemon → {"accepted": true}\\n {"out": "text"}\\n ... {"exit": 0}\\n
+          or {"refused": "why", "daemon": {...}}\\n       (runs another hbcompile: run cold)
+          or {"busy": {"argv": [...], "cwd": "...", "seconds": 12.5}}\\n   (serving another run: run cold)
+          or {"error": "why"}\\n                      (a malformed request)
+    client → {"cmd": "status"}\\n or {"cmd": "stop"}\\n  (answered at once, even during a run)
+
+`hbcompile` is `code_identity()`: the version and a digest of the installed sources. A daemon
+started before an upgrade or an edit of the sources refuses the run, and the client runs it cold,
+saying once on stderr why. A daemon serves one run at a time (a run changes the process's
+working directory and stdout); a client that finds it busy runs cold at once rather than
+waiting silently for another run's minutes.
 
 A client that goes away (Ctrl-C) closes the connection; the daemon sees the hang-up and cancels
 the run at the next stage or sample boundary instead of finishing it for nobody.
@@ -16,6 +26,8 @@ The socket lives in a folder only the user can enter (0700) and is itself 0600.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import os
 import socket
@@ -24,7 +36,10 @@ import tempfile
 from pathlib import Path
 from typing import TextIO
 
-PROTOCOL = 1
+import engine
+
+PROTOCOL = 2
+RESTART = "hblsp daemon stop && hblsp daemon start"
 
 
 def runtime_dir() -> Path:
@@ -34,6 +49,59 @@ def runtime_dir() -> Path:
 
 def socket_path() -> Path:
     return Path(os.environ.get("HBCOMPILE_DAEMON_SOCKET") or runtime_dir() / "daemon.sock")
+
+
+def _package_dirs() -> list[Path]:
+    """The installed `engine` and `hblsp` folders (found without importing hblsp)."""
+    dirs = [Path(engine.__file__).resolve().parent]
+    spec = importlib.util.find_spec("hblsp")
+    if spec is not None and spec.submodule_search_locations:
+        dirs.append(Path(next(iter(spec.submodule_search_locations))).resolve())
+    return dirs
+
+
+def code_identity() -> dict[str, str]:
+    """Which hbcompile this process runs: its version, where it is installed and a digest of every
+    file of the installed engine and hblsp (path, size, modification time: an upgrade or an edit
+    changes it, a stat walk costs about a millisecond), so a daemon started before either is found out."""
+    digest = hashlib.sha256()
+    dirs = _package_dirs()
+    for root in dirs:
+        digest.update(f"{root}\0".encode())
+        for folder, subdirs, files in os.walk(root):
+            subdirs[:] = sorted(d for d in subdirs if d != "__pycache__")
+            for name in sorted(files):
+                if name.endswith((".pyc", ".pyo")):
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                digest.update(f"{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return {"version": engine.__version__, "location": str(dirs[0].parent), "code": digest.hexdigest()[:16]}
+
+
+def _version_key(version: str) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(part) for part in version.split("."))
+    except ValueError:
+        return None
+
+
+def describe_difference(daemon: dict | None, ours: dict[str, str]) -> str:
+    """Which hbcompile a daemon runs, next to this one, in words (`daemon` is its `code_identity()`):
+    "an older hbcompile (0.1.0; this one is 0.2.0)"."""
+    if not isinstance(daemon, dict) or not daemon.get("version"):
+        return "an older hbcompile (from before the daemon checked versions)"
+    theirs = str(daemon["version"])
+    if theirs != ours["version"]:
+        a, b = _version_key(theirs), _version_key(ours["version"])
+        age = "an older" if a and b and a < b else "a newer" if a and b and a > b else "another"
+        return f"{age} hbcompile ({theirs}; this one is {ours['version']})"
+    if daemon.get("location") != ours["location"]:
+        return f"another hbcompile ({theirs} from {daemon.get('location')}; this one is from {ours['location']})"
+    return f"an older hbcompile ({theirs}, whose sources changed after the daemon started)"
 
 
 def _safe(path: Path) -> bool:
@@ -106,8 +174,43 @@ def _point_at_devnull(stream: TextIO) -> None:
         os.close(devnull)
 
 
+def _say(text: str) -> None:
+    """One line on the client's stderr about the daemon (never on stdout: the run's output stays as a cold run's)."""
+    try:
+        sys.stderr.write(f"{text}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _busy_words(busy: object) -> str:
+    if not isinstance(busy, dict):
+        return "another run"
+    argv = busy.get("argv")
+    command = " ".join(["hb_compile", *(a for a in argv if a != "--no-daemon")]) if isinstance(argv, list) else "a run"
+    seconds = busy.get("seconds")
+    since = f" for {seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
+    return f"`{command}` in {busy.get('cwd', '?')}{since}"
+
+
+def _decline(first: dict, ours: dict[str, str]) -> str | None:
+    """The daemon's first reply as the reason to run cold, or None when it took the run."""
+    if first.get("accepted"):
+        return None
+    if "refused" in first:
+        return (f"hblsp daemon is running {describe_difference(first.get('daemon'), ours)}; "
+                f"running without it — restart it with `{RESTART}`")
+    if "busy" in first:
+        return f"hblsp daemon is busy with {_busy_words(first['busy'])}; running without it"
+    if "error" in first:
+        return f"hblsp daemon refused the run ({first['error']}); running without it"
+    return (f"hblsp daemon is running {describe_difference(None, ours)}; "
+            f"running without it — restart it with `{RESTART}`")
+
+
 def run_via_daemon(argv: list[str]) -> int | None:
-    """Forward an hb_compile run to a running daemon; None when there is none (run cold)."""
+    """Forward an hb_compile run to a running daemon; None when the run is to be done here (cold):
+    no daemon, one running another hbcompile, one busy with another run, one that went away."""
     sock = connect()
     if sock is None:
         return None
@@ -115,13 +218,24 @@ def run_via_daemon(argv: list[str]) -> int | None:
         columns = os.get_terminal_size().columns if sys.stdout.isatty() else 0
     except OSError:
         columns = 0
+    ours = code_identity()
     out, err = _Console(sys.stdout), _Console(sys.stderr)
     printed = False
     with sock:
         try:
-            request(sock, {"protocol": PROTOCOL, "argv": argv, "cwd": os.getcwd(), "tty": sys.stdout.isatty(),
-                           "columns": columns})
-            for msg in replies(sock):
+            request(sock, {"protocol": PROTOCOL, "hbcompile": ours, "argv": argv, "cwd": os.getcwd(),
+                           "tty": sys.stdout.isatty(), "columns": columns})
+            messages = replies(sock)
+            first = next(messages, None)
+            if not isinstance(first, dict):
+                return None  # the daemon went away before answering: run cold
+            declined = _decline(first, ours)
+            if declined is not None:
+                _say(declined)
+                if not any(key in first for key in ("refused", "busy", "error")):
+                    _let_old_daemon_go(sock, messages)
+                return None
+            for msg in messages:
                 if "out" in msg:
                     out.write(msg["out"])
                     printed = True
@@ -130,7 +244,7 @@ def run_via_daemon(argv: list[str]) -> int | None:
                     printed = True
                 elif "exit" in msg:
                     return int(msg["exit"])
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError):
             pass
         except KeyboardInterrupt:  # closing the socket tells the daemon to cancel the run
             out.write("ERROR interrupted\n")
@@ -139,3 +253,15 @@ def run_via_daemon(argv: list[str]) -> int | None:
         return None  # the daemon went away before saying anything: run cold instead
     out.write("ERROR the hbcompile daemon stopped during the run\n")
     return 2
+
+
+def _let_old_daemon_go(sock: socket.socket, messages) -> None:
+    """A daemon from before the version check started the run at once: end our half (its hang-up
+    watcher cancels the run at the next stage boundary), drop what it still sends and wait until it
+    has finished, so the cold run that follows does not race it in the same working_dir."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        for _ in messages:
+            pass
+    except (OSError, ValueError):
+        pass

@@ -28,7 +28,7 @@ def test_client_ctrl_c_exits_130_without_traceback(tmp_path):
         conn, _ = srv.accept()
         conn.makefile("r").readline()
         served.set()
-        conn.sendall(b'{"out": "Start hb_compile...\\n"}\n')
+        conn.sendall(b'{"accepted": true}\n{"out": "Start hb_compile...\\n"}\n')
         conn.settimeout(30)
         try:
             while conn.recv(1):

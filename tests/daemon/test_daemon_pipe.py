@@ -39,6 +39,7 @@ class FakeDaemon:
         conn, _ = self.srv.accept()
         try:
             conn.makefile("r").readline()
+            self.send(conn, {"accepted": True})
             self.send(conn, {self.stream: "Start hb_compile...\n"})
             self.reader_gone.wait(30)
             for i in range(LINES):
