@@ -12,6 +12,18 @@ from engine.similarity import cosine, run_model
 from tests.unit.accuracy.acc_models import calibrate, outlier_chain, samples
 
 
+class Judge:
+    """A plan evaluator whose loss depends on the prefix length only; it records what it was asked."""
+
+    def __init__(self, cosine_at: list[float]):
+        self.cosine_at = cosine_at
+        self.asked: list[int] = []
+
+    def loss(self, moves, samples=None):
+        self.asked.append(len(moves))
+        return 1.0 - self.cosine_at[len(moves)]
+
+
 def test_raises_only_the_broken_node_to_int16_and_meets_the_target():
     model = outlier_chain()
     data = samples(model, 6)
@@ -73,23 +85,15 @@ def test_prefix_scan_finds_the_first_prefix_that_meets_the_target_in_few_judgeme
     cosine_at = [0.95, 0.94, 0.96, 0.97, 0.975, 0.98, 0.985, 0.991, 0.992, 0.993, 0.994, 0.995, 0.995, 0.996, 0.996,
                  0.997, 0.997]  # by prefix length: a dip at the start, then rising
 
-    class Judge:
-        def __init__(self):
-            self.asked: list[int] = []
-
-        def loss(self, moves, samples=None):
-            self.asked.append(len(moves))
-            return 1.0 - cosine_at[len(moves)]
-
     shortlist = [(Row(f"r{i}", "Conv", (f"r{i}",), f"t{i}"), "int16", 1.0) for i in range(16)]
-    judge = Judge()
+    judge = Judge(cosine_at)
     loss, k, curve = _prefix_scan(judge, shortlist, 1.0 - cosine_at[0], target=0.99)
     assert k == 7 and loss == pytest.approx(1 - 0.991)
     assert len(judge.asked) <= 5 < 7  # every 4th prefix up to the crossing, then bisection inside it
     assert list(curve) == [f"r{i}" for i in range(7)]
     assert curve["r6"][1] == pytest.approx(0.991)
 
-    judge = Judge()
+    judge = Judge(cosine_at)
     loss, k, _ = _prefix_scan(judge, shortlist, 1.0 - cosine_at[0], target=0.999)  # out of reach
     assert k == 16 and loss == pytest.approx(1 - 0.997)  # the best judged prefix
 
@@ -330,25 +334,17 @@ def test_a_list_whose_every_move_together_misses_is_not_walked():
 
     cosine_at = [0.95 + 0.002 * k for k in range(21)]  # rising, 0.99 out of reach (0.99 at 20 only)
 
-    class Judge:
-        def __init__(self):
-            self.asked: list[int] = []
-
-        def loss(self, moves, samples=None):
-            self.asked.append(len(moves))
-            return 1.0 - cosine_at[len(moves)]
-
     shortlist = [(Row(f"r{i}", "Conv", (f"r{i}",), f"t{i}"), "int16", 1.0) for i in range(19)]
-    judge = Judge()
+    judge = Judge(cosine_at)
     loss, k, _ = _prefix_scan(judge, shortlist, 1.0 - cosine_at[0], target=0.99)
     assert SCAN_LEAD == 2 and judge.asked == [4, 8, 19]  # not 12 and 16
     assert k == 19 and loss == pytest.approx(1 - cosine_at[19])  # the best judged
-    judge = Judge()
+    judge = Judge(cosine_at)
     _prefix_scan(judge, shortlist, 1.0 - cosine_at[0], target=0.99, lead=0)
     assert judge.asked == [19]
 
     reachable = [0.95, 0.96, 0.97, 0.98, 0.985, 0.986, 0.987, 0.988, 0.989, 0.9895, 0.991, 0.992, 0.993]
-    judge = Judge()
+    judge = Judge(cosine_at)
     cosine_at[:len(reachable)] = reachable
     loss, k, _ = _prefix_scan(judge, shortlist[:12], 1.0 - cosine_at[0], target=0.99, lead=0)
     assert k == 10 and judge.asked == [12, 3, 6, 9, 10]  # the whole list meets: walked from the short end
