@@ -1,9 +1,16 @@
 /**
  * Which process to start as the language server (no `vscode` import: unit-tested in Node).
  *
- * Order: the user's `hblsp.server.command`; else the workspace's own `.venv` Python running
- * `-m hblsp` (the project's environment has the engine the config is for); else `hblsp` on PATH.
- * Each answer says where it came from, so the log explains a surprising choice.
+ * Order: the user's `hblsp.server.command`; else the workspace's own `.venv` (the project's
+ * environment has the engine the config is for): its `hblsp` script, else its Python running
+ * `-m hblsp`; else `hblsp` on PATH. Each answer says where it came from, so the log explains a
+ * surprising choice.
+ *
+ * The script, not `python -m`: the server runs with the workspace as its working directory, and
+ * `-m` puts that directory first on sys.path, so a project's own `engine.py` (torchvision's
+ * detection references ship one), `engine/` or `hblsp/` would replace hbcompile's packages and
+ * kill the server at import. `-m` stays only for a .venv without the script (hbcompile not
+ * installed in it), where the workspace itself is what provides the package (its checkout).
  */
 
 import * as path from 'path';
@@ -37,6 +44,13 @@ export function venvPython(folder: string, platform: NodeJS.Platform): string {
     : path.posix.join(folder, '.venv', 'bin', 'python');
 }
 
+/** The console script pip installs for `name` in a folder's .venv (`hblsp`, `hblsp.exe`). */
+export function venvScript(folder: string, name: string, platform: NodeJS.Platform): string {
+  return platform === 'win32'
+    ? path.win32.join(folder, '.venv', 'Scripts', `${name}.exe`)
+    : path.posix.join(folder, '.venv', 'bin', name);
+}
+
 /** `${workspaceFolder}` and `${userHome}` in a configured command, as VS Code's own settings allow. */
 export function substitute(part: string, workspaceFolder: string | undefined, home: string | undefined): string {
   return part
@@ -68,6 +82,10 @@ export function resolveServerCommand(input: ServerCommandInput): ServerCommand |
     return { command, args, cwd, source: 'the hblsp.server.command setting' };
   }
   for (const folder of input.workspaceFolders) {
+    const script = venvScript(folder, input.module, input.platform);
+    if (input.isFile(script)) {
+      return { command: script, args: [], cwd: folder, source: `the workspace's .venv (${folder})` };
+    }
     const python = venvPython(folder, input.platform);
     if (input.isFile(python)) {
       return { command: python, args: ['-m', input.module], cwd: folder, source: `the workspace's .venv (${folder})` };
