@@ -136,7 +136,9 @@ class ProcessReader:
 
     def __call__(self, source: ModelSource) -> ModelState:
         shown = str(source.files[0])
-        args = [sys.executable, "-m", "hblsp.models", source.key, *map(str, source.files)]
+        # -P: the server's cwd is the workspace, whose own engine.py / engine/ must not replace ours
+        safe_path = ["-P"] if sys.version_info >= (3, 11) else []
+        args = [sys.executable, *safe_path, "-m", "hblsp.models", source.key, *map(str, source.files)]
         why = None
         with self._lock:
             self._child = child = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
