@@ -46,7 +46,14 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from engine.calibration.stats import DEFAULT_BINS, SampleStats, load_kernel, stacked_stats, tensor_stats
+from engine.calibration.stats import (
+    DEFAULT_BINS,
+    SampleStats,
+    finite_absmax,
+    load_kernel,
+    stacked_stats,
+    tensor_stats,
+)
 from engine.problems import ModelError, error
 
 MAX_BATCH = 32
@@ -472,8 +479,8 @@ def _close(a: np.ndarray, b: np.ndarray) -> bool:
         return False
     if a.dtype.kind != "f":
         return bool(np.array_equal(a, b))
-    scale = float(np.max(np.abs(b))) if b.size else 0.0
-    return bool(np.allclose(a, b, rtol=1e-4, atol=1e-5 * max(scale, 1e-6)))
+    scale = finite_absmax(b)  # a model computing NaN / Inf (Log of a negative) compares them as equal
+    return bool(np.allclose(a, b, rtol=1e-4, atol=1e-5 * max(scale, 1e-6), equal_nan=True))
 
 
 def observe(model: onnx.ModelProto | str | Path, samples: Iterable[Mapping[str, np.ndarray]],

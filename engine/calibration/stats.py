@@ -416,6 +416,12 @@ def kernel_status() -> str:
     return "loading" if thread is not None and thread.is_alive() else "numpy"
 
 
+def finite_absmax(x: np.ndarray) -> float:
+    """max |x| over the finite values (0 when there are none): a tolerance that NaN / Inf cannot spoil."""
+    finite = np.abs(x[np.isfinite(x)])
+    return float(finite.max()) if finite.size else 0.0
+
+
 @dataclass(frozen=True)
 class MergedStats:
     """Statistics of one tensor over a set of samples.

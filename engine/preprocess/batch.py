@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from engine.calibration.stats import finite_absmax
 from engine.problems import ModelError, error
 
 IP = "input_parameters"
@@ -190,8 +191,8 @@ def check_per_sample(single: onnx.ModelProto, batched: onnx.ModelProto, n: int =
         node = producer[t]
         if want is None or got.shape != want.shape:
             raise _moved(node, t, list(np.shape(got)), list(np.shape(apart[0][t])), n)
-        scale = float(np.abs(want).max()) if want.size else 0.0
-        if not np.allclose(got, want, rtol=RTOL, atol=ATOL * max(scale, 1.0)):
+        scale = finite_absmax(want)
+        if not np.allclose(got, want, rtol=RTOL, atol=ATOL * max(scale, 1.0), equal_nan=True):
             raise _refuse(f"input_batch: node '{node.name}' ({node.op_type}) mixes the samples of a batch "
                           f"(its output '{t}' for one sample depends on the others)", node=node.name)
 

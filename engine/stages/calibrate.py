@@ -261,6 +261,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             dump_calibration_inputs(ctx.out_dir / DUMP_FOLDER, cs)
         # a warm engine moves only the changed samples' histograms onto the merged grid (same bits)
         merged = merge_samples(stats, rows=ctx.engine.warm.setdefault("calibration_rebinned_rows", RebinnedRows()))
+        warn_nonfinite(model, merged)
         acc = AccuracySettings.from_config(config)
         loaded = [cs.load(i) for i in range(min(max(SEARCH_SAMPLES, acc.samples), len(cs)))]
         # no float run of the accuracy samples here: when the accuracy steps' result is memoised
@@ -295,6 +296,20 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "notes": plan.notes + accuracy.get("notes", []),
             "mixed_precision": {k: mixed[k] for k in ("before", "after", "verified", "met", "moved_nodes", "budget",
                                                       "node_info") if k in mixed} or None}
+
+
+def warn_nonfinite(model: onnx.ModelProto, merged: dict[str, Any]) -> None:
+    """The float model itself computing NaN / Inf on the calibration data (Sqrt or Log of negatives, a
+    division by zero) is told once, at the first such tensor in graph order: no table explains NaN cosines."""
+    bad = {t: s.nonfinite for t, s in merged.items() if getattr(s, "nonfinite", 0)}
+    if not bad:
+        return
+    order = [(o, n) for n in model.graph.node for o in n.output]
+    first, node = next(((o, n) for o, n in order if o in bad), (next(iter(bad)), None))
+    where = f" (node '{node.name}', {node.op_type})" if node is not None else ""
+    more = f", and in {len(bad) - 1} observed tensors after it" if len(bad) > 1 else ""
+    log.warning(f"The float model computes {bad[first]} NaN / Inf values in tensor '{first}'{where} on the calibration "
+                f"data{more}: thresholds come from the finite values, cosines over them are NaN")
 
 
 def _improve(ctx: StageContext, model: onnx.ModelProto, calibration: Calibration, options: QuantOptions,

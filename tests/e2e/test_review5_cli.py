@@ -72,3 +72,37 @@ def test_a_reused_run_prints_what_a_cold_run_prints(tmp_path, capsys):
         assert text in outputs[0] and text in outputs[1] and text in log, text
     fps = [next(line for line in out.splitlines() if "FPS=" in line) for out in outputs]
     assert fps[0] == fps[1]
+
+
+def test_a_model_that_computes_nan_on_the_data_is_told_where_without_numpy_noise(tmp_path, capsys):
+    """Review §3 (second half): Log of negative calibration values gave NaN cosines with no word on why, and
+    numpy's 'One of rtol or atol is not valid' RuntimeWarning on the console."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])
+    g = helper.make_graph([helper.make_node("Log", ["data"], ["lg"], name="log"),
+                           helper.make_node("Conv", ["lg", "w", "b"], ["y"], pads=[1] * 4, name="conv")],
+                          "log_conv", [x], [y],
+                          [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+                           numpy_helper.from_array(np.zeros(4, np.float32), "b")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    (tmp_path / "cal").mkdir()
+    for i in range(4):
+        np.save(tmp_path / "cal" / f"{i}.npy", rng.standard_normal((1, 3, 8, 8)).astype(np.float32))
+    (tmp_path / "config.yaml").write_text(
+        GOOD_CONFIG.replace("input_type_train: rgb", "input_type_train: featuremap")
+        .replace("input_type_rt: nv12", "input_type_rt: featuremap").replace("  mean_value: 128 128 128\n", "")
+        .replace("  scale_value: 0.0078125\n", "").replace("  calibration_type: max\n",
+                                                           "  calibration_type: max\n  cal_data_dir: cal\n"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(["--no-daemon", "-c", str(tmp_path / "config.yaml")])
+    out = capsys.readouterr()
+    assert code == 0, out.out
+    told = [line for line in out.out.splitlines() if "NaN / Inf values" in line]
+    assert len(told) == 1 and "'lg'" in told[0] and "node 'log', Log" in told[0], told
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in caught]
