@@ -109,11 +109,17 @@ class Daemon:
         self.current: _CurrentRun | None = None
         self.stopping = threading.Event()
         self._close_lock, self._closed = threading.Lock(), False
-        from engine import cli  # the warm part: imported once for every run
+        self.ready = threading.Event()  # set once warm: status and stop are answered before that
+        self.cli = None
+
+    def warm_up(self) -> None:
+        """The warm part, imported once for every run (runs that arrive meanwhile wait for it)."""
+        from engine import cli
         from engine.pipeline import preload
 
         self.cli = cli
         preload()
+        self.ready.set()
 
     def accept_forever(self) -> None:
         while not self.stopping.is_set():
@@ -157,6 +163,7 @@ class Daemon:
         if req.hbcompile is not None and req.hbcompile != self.identity:  # no identity: a client from before the check
             _send(conn, {"refused": "another hbcompile", "daemon": self.identity})
             return
+        self.ready.wait()
         if not self.run_lock.acquire(blocking=False):
             current = self.current
             _send(conn, {"busy": current.describe() if current else {}})
@@ -176,7 +183,7 @@ class Daemon:
 
     def status(self) -> dict:
         current = self.current
-        return {"pid": os.getpid(), "runs": self.runs, "uptime": time.time() - self.started, "socket": str(self.path),
+        return {"pid": os.getpid(), "runs": self.runs, "warm": self.ready.is_set(), "uptime": time.time() - self.started, "socket": str(self.path),
                 "hbcompile": self.identity, "busy": current.describe() if current else None}
 
     def stop(self) -> dict:
@@ -238,6 +245,7 @@ def serve(path: Path | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: (daemon.stop(), daemon.stopping.set()))
     threading.Thread(target=daemon.accept_forever, name="hblsp-daemon-accept", daemon=True).start()
     try:
+        daemon.warm_up()
         while not daemon.stopping.wait(1.0):
             pass
     finally:
@@ -326,7 +334,8 @@ def python_module_command(module: str, *args: str) -> list[str]:
     return [sys.executable, *safe, "-m", module, *args]
 
 
-def start(wait: float = 20.0) -> int:
+def start(wait: float = 60.0) -> int:
+    """Start a daemon and return once it is warm (its first run does not pay for the imports)."""
     status = _ask({"cmd": "status"})
     if status:
         print(f"hblsp daemon: already running ({_describe(status)})")
@@ -335,16 +344,23 @@ def start(wait: float = 20.0) -> int:
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     log = home / "daemon.log"
     with open(log, "ab") as fh:  # cwd: the daemon's own private folder, never the caller's project
-        subprocess.Popen(python_module_command("hblsp.daemon", "serve"), cwd=home, stdin=subprocess.DEVNULL,
-                         stdout=fh, stderr=fh, start_new_session=True, close_fds=True)
+        child = subprocess.Popen(python_module_command("hblsp.daemon", "serve"), cwd=home, stdin=subprocess.DEVNULL,
+                                 stdout=fh, stderr=fh, start_new_session=True, close_fds=True)
     deadline = time.time() + wait
-    while time.time() < deadline:
+    while time.time() < deadline and child.poll() is None:
         status = _ask({"cmd": "status"})
-        if status:
+        if status and status.get("warm", True):
             print(f"hblsp daemon: started (pid {status['pid']}, {dc.socket_path()})")
             return 0
         time.sleep(0.05)
-    print(f"hblsp daemon: did not start within {wait:.0f}s; see {log}")
+    status = _ask({"cmd": "status"})
+    if status:  # another `start` won the race (ours exited: already running)
+        print(f"hblsp daemon: already running ({_describe(status)})")
+        return 0
+    if child.poll() is None:
+        print(f"hblsp daemon: did not start within {wait:.0f}s; see {log}")
+    else:
+        print(f"hblsp daemon: did not start (exit code {child.returncode}); see {log}")
     return 1
 
 
@@ -360,8 +376,10 @@ def _describe(status: dict) -> str:
     if isinstance(ident, dict) and ident.get("version"):
         words = f"hbcompile {ident['version']} from {ident.get('location')}"
     else:
-        words = "hbcompile of a version from before the daemon checked versions"
+        words = "hbcompile of an unknown version"
     parts = [words, f"pid {status.get('pid')}", f"{status.get('runs')} runs", f"up {status.get('uptime', 0):.0f}s"]
+    if status.get("warm") is False:
+        parts.append("still loading the engine")
     busy = status.get("busy")
     if isinstance(busy, dict):
         parts.append(f"running `{_command_words(busy)}` in {busy.get('cwd')} for {busy.get('seconds', 0):.0f}s")
