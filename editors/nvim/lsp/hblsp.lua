@@ -38,6 +38,8 @@
 --- } } })
 --- ```
 return {
+  -- the console script, not `python -m hblsp`: -m would put the project root (the server's cwd)
+  -- first on sys.path, where a project's own engine.py would replace hbcompile's engine
   cmd = { 'hblsp' },
   filetypes = { 'yaml.hbcfg' },
   root_markers = { '.git' },
