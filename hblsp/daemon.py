@@ -31,6 +31,7 @@ from pathlib import Path
 
 from engine import daemon_client as dc
 
+MAX_REQUEST = 1 << 20  # characters of one request line; an argv is a few hundred
 STOP_GRACE_S = 5.0  # how long `stop` lets a cancelled run reach its next stage boundary before exiting
 
 
@@ -140,14 +141,16 @@ class Daemon:
             except OSError:  # the client went away: nothing to tell it
                 pass
             except Exception as exc:  # a bug in the daemon: the client hears of it, the daemon lives on
-                traceback.print_exc()
+                traceback.print_exc(file=sys.__stderr__)  # the daemon's log, not a running client's stderr
                 _send(conn, {"error": f"internal error: {type(exc).__name__}: {exc}"})
 
     def _dispatch(self, conn: socket.socket) -> None:
         conn.settimeout(30.0)  # a client that connects and never sends its line does not hold a thread forever
-        line = conn.makefile("r", encoding="utf-8", errors="replace").readline()
+        line = conn.makefile("r", encoding="utf-8", errors="replace").readline(MAX_REQUEST)
         conn.settimeout(None)
         try:
+            if len(line) >= MAX_REQUEST:
+                raise BadRequest(f"longer than {MAX_REQUEST} characters")
             req = parse_request(line or "{}")
         except BadRequest as exc:
             _send(conn, {"error": f"bad request: {exc}"})
