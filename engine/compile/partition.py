@@ -204,9 +204,15 @@ def _from_program(model: onnx.ModelProto, plan: QuantPlan | None,
     owner = _owners(node_map)
     constants = {t.name for t in model.graph.initializer} | \
         {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    made_by: dict[str, str] = {}  # program tensor → the float node whose lowering computes it
     rows: list[dict] = []
     for node in model.graph.node:
-        own = owner.get(node.name)
+        # a node onnxruntime's offline optimization made (HardSwish inlined at O2) has no name: it belongs
+        # to the float node whose values it reads
+        own = owner.get(node.name) if node.name else _inherited(node, made_by, constants)
+        for o in node.output:
+            if o and own is not None:
+                made_by[o] = own
         d = decided.get(own or "")
         if d is not None:
             on, reason = d["on"], d.get("reason", "") if d["on"] == "CPU" else ""
@@ -229,6 +235,13 @@ def _from_program(model: onnx.ModelProto, plan: QuantPlan | None,
                          output_dtypes=tuple(types[o].dtype if o in types else "unknown" for o in outs),
                          owner=own, unit=unit))
     return _number(rows, "program")
+
+
+def _inherited(node: onnx.NodeProto, made_by: Mapping[str, str], constants: set[str]) -> str | None:
+    """The float node a node without one of its own belongs to: the one whose lowering computes every
+    value it reads (an inlined function's pieces read only each other and their function's input)."""
+    owners = {made_by.get(i) for i in node.input if i and i not in constants}
+    return owners.pop() if len(owners) == 1 else None
 
 
 def _program_place(node: onnx.NodeProto, types: Mapping[str, TensorType], own: str | None,

@@ -132,3 +132,28 @@ def test_node_table_rows_and_layout(float_model):
     assert text[1].split() == list(NODE_TABLE_HEADER)
     assert text[3].split() == ["Conv_0", "BPU", "id(0)", "HzSQuantizedConv"]
     assert len(text) == 3 + len(rows)
+
+
+def test_nodes_onnxruntime_made_at_o2_belong_to_the_float_node_they_came_from(tmp_path):
+    """Review (session 5 §9): at O2 the digits `.hbm` holds HardSwish inlined by onnxruntime as unnamed
+    HardSigmoid + Mul; the perf report listed them as 2 CPU nodes without names and 2 BPU subgraphs
+    while the node table and advice.json said one subgraph, all BPU."""
+    import shutil
+
+    import onnx
+
+    from engine.compile.hbm import read_hbm
+    from engine.pipeline import Engine
+    from tests.conftest import REPO
+
+    work = tmp_path / "digits"
+    shutil.copytree(REPO / "examples" / "digits", work, ignore=shutil.ignore_patterns("model_output", "*.py", "*.npz"))
+    assert Engine().run(work / "digits.hb.yaml").ok
+    out = work / "model_output"
+    program = onnx.load_from_string(read_hbm(out / "digits.hbm").program)
+    unnamed = [n for n in program.graph.node if not n.name]
+    assert unnamed, "the O2 program no longer has unnamed nodes: this test proves nothing"
+    rows = partition(program).nodes
+    assert all(r.on == "BPU" and r.owner for r in rows if not r.node), [(r.op_type, r.on, r.owner) for r in rows]
+    perf = json.loads((out / "digits.json").read_text())
+    assert perf["summary"]["BPU subgraphs"] == 1 and not [c for c in perf["cpu nodes"] if not c["name"]]
