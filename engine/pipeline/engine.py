@@ -219,25 +219,36 @@ class Engine:
         return {keys[name]: path for name, path in published.items()}
 
 
-class StageLog(logging.Handler):
+class StageLog(logging.Filter):
     """The INFO-and-above lines a stage logs on this thread (`Select max method.`, `FPS=…`): kept in its
-    cache entry and told again when the entry is reused, so a reused run prints what a cold one does."""
+    cache entry and told again when the entry is reused, so a reused run prints what a cold one does.
+
+    Whoever runs the engine sets the level (the language server: WARNING): the logger is opened to INFO
+    while the stage runs so the lines exist to be kept, and this filter then drops what the level it
+    had would not have let through, so nobody sees more than before."""
 
     def __init__(self) -> None:
-        super().__init__(logging.INFO)
+        super().__init__()
         self.thread = threading.get_ident()
         self.lines: list[tuple[int, str]] = []
+        self.level = logging.NOTSET  # the logger's own level, restored on exit
+        self.shown = logging.NOTSET  # the level the logger let through before
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self.thread:
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread == self.thread and record.levelno >= logging.INFO:
             self.lines.append((record.levelno, record.getMessage()))
+        return record.levelno >= self.shown
 
     def __enter__(self) -> StageLog:
-        log.addHandler(self)
+        self.level, self.shown = log.level, log.getEffectiveLevel()
+        if self.shown > logging.INFO:
+            log.setLevel(logging.INFO)
+        log.addFilter(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        log.removeHandler(self)
+        log.removeFilter(self)
+        log.setLevel(self.level)
 
 
 class InputsChangedError(HbError):

@@ -106,3 +106,35 @@ def test_a_model_that_computes_nan_on_the_data_is_told_where_without_numpy_noise
     told = [line for line in out.out.splitlines() if "NaN / Inf values" in line]
     assert len(told) == 1 and "'lg'" in told[0] and "node 'log', Log" in told[0], told
     assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in caught]
+
+
+def test_entries_made_by_an_engine_logging_at_warning_still_tell_their_lines(tmp_path, capsys):
+    """R2 §3: the language server logs at WARNING; entries it wrote kept no INFO lines, so a later CLI run
+    reusing them printed no `Select … method.` / `FPS=…`. Its own output must not grow either."""
+    import logging
+    import shutil
+
+    from engine.pipeline import Engine
+    from tests.conftest import REPO
+
+    work = tmp_path / "digits"
+    shutil.copytree(REPO / "examples" / "digits", work, ignore=shutil.ignore_patterns("model_output", "*.py", "*.npz"))
+    logger = logging.getLogger("hbcompile")
+    seen: list[logging.LogRecord] = []
+
+    class Seen(logging.Handler):
+        def emit(self, record):
+            seen.append(record)
+
+    handler, level = Seen(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    try:
+        assert Engine().run(work / "digits.hb.yaml").ok
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert not [r for r in seen if r.levelno < logging.WARNING]  # nothing below the caller's level reached it
+    assert main(["--no-daemon", "-c", str(work / "digits.hb.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "Reuse compile result" in out and "Select " in out and "FPS=" in out
