@@ -18,6 +18,7 @@ from typing import Any
 
 from engine.config import Config, read_config
 from engine.config.loader import LoadResult, locate
+from engine.config.values import resolve_path
 from engine.pipeline.cache import StageCache
 from engine.pipeline.hashing import shared_hashes
 from engine.pipeline.publish import Publisher
@@ -215,7 +216,11 @@ class Engine:
                 name = template.format(prefix=config.prefix)
                 artefacts.append((name, None if entry is None else entry / src_name))
                 keys[name] = template.format(prefix="{prefix}")
-        published = self.publisher.publish(config.working_dir, self.cache_root(config), artefacts)
+        quant_config = config.calibration.quant_config
+        inputs = [p for p in (config.path, *config.model.model_files, *config.calibration.cal_data_dir,
+                              resolve_path(quant_config, config.base_dir) if isinstance(quant_config, str) else None)
+                  if p]
+        published = self.publisher.publish(config.working_dir, self.cache_root(config), artefacts, inputs)
         return {keys[name]: path for name, path in published.items()}
 
 

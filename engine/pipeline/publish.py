@@ -5,8 +5,13 @@ the calibration data — so this module removes or replaces there only what this
 `.hb_cache/published.json` records every artefact it published (file name → sha256 of the bytes
 it wrote; a folder artefact → `"folder"`, and the folder carries `FOLDER_MARK`). An artefact this
 run does not make (`--skip compile`, sensitivity off, no removed nodes) is removed only while it
-still holds what was published; a user's file or folder that merely has an artefact's name is left
-alone, and a folder artefact (the calibration dump) refuses to replace a folder it did not write.
+still holds what was published, or, with no record (a working_dir from before the record, or its
+`.hb_cache` deleted), when it is recognizably one of ours (`.hbm` magic, an ONNX model stamped
+`hbcompile.stage`): an old `.hbm` must not stay beside a new `.bc`. A user's other file or folder
+that merely has an artefact's name is never removed; a file artefact overwrites a file of its own
+name (hb_compile's artefact names are reserved), but never one of the run's inputs (`protected`:
+the config, the model files, calibration folders); a folder artefact (the calibration dump)
+refuses to replace a folder it did not write.
 """
 
 from __future__ import annotations
@@ -39,19 +44,29 @@ class Publisher:
     def __init__(self, hashes: HashMemo) -> None:
         self.hashes = hashes
         self.copied: dict[str, tuple[str, int, int]] = {}  # published artefact -> (cache file, size, mtime_ns)
+        self.protected: set[Path] = set()  # this publish's inputs
+        self.legacy = False  # working_dir has no record yet
 
-    def publish(self, working_dir: Path, cache_root: Path, artefacts: Iterable[tuple[str, Path | None]]
-                ) -> dict[str, Path]:
+    def publish(self, working_dir: Path, cache_root: Path, artefacts: Iterable[tuple[str, Path | None]],
+                protected: Iterable[Path] = ()) -> dict[str, Path]:
         """`artefacts`: (file name in working_dir, the entry file or folder to publish there, or None when
-        this run does not make it). Returns {name: published path}. Raises OSError when working_dir
-        cannot be written, ArtefactCollisionError when a folder artefact meets a folder not ours."""
+        this run does not make it); `protected`: the run's inputs (never overwritten nor removed). Returns
+        {name: published path}. Raises OSError when working_dir cannot be written, ArtefactCollisionError
+        when an artefact would replace an input, or a folder artefact a folder not ours."""
         record_path = cache_root / RECORD
         before = _read_record(record_path)
+        self.legacy = not record_path.exists()
         record = dict(before)
         artefacts = list(artefacts)
+        self.protected = {_resolved(p) for p in protected}
         for name, src in artefacts:  # before anything is written: all of this run's artefacts, or none
+            dest = working_dir / name
+            if src is not None and src.exists() and _resolved(dest) in self.protected:
+                raise ArtefactCollisionError(error(
+                    "artefact-collision", f"the artefact {name} would overwrite {dest}, an input of this run: "
+                    "choose another output_model_file_prefix or working_dir"))
             if src is not None and src.is_dir():
-                self._check_folder(src, working_dir / name, record)
+                self._check_folder(src, dest, record)
         out: dict[str, Path] = {}
         try:
             for name, src in artefacts:
@@ -114,9 +129,18 @@ class Publisher:
         there (a folder: marked as ours), never a file or folder of the user's with the same name."""
         self.copied.pop(str(dest), None)
         published = record.pop(dest.name, None)
-        if published is None or not (dest.exists() or dest.is_symlink()):
+        if not (dest.exists() or dest.is_symlink()):
             return
-        if published == FOLDER and _ours_folder(dest, {dest.name: FOLDER}):
+        target = _resolved(dest)
+        if any(p == target or target in p.parents for p in self.protected):
+            log.info("kept %s: an input of this run is there", dest)
+            return
+        if published is None and self.legacy and dest.is_file() and not dest.is_symlink() \
+                and recognizably_ours(dest):
+            dest.unlink()  # made by an earlier run before there was a record
+        elif published is None:
+            return
+        elif published == FOLDER and _ours_folder(dest, {dest.name: FOLDER}):
             shutil.rmtree(dest)
         elif published != FOLDER and dest.is_file() and not dest.is_symlink() and self.hashes.file(dest) == published:
             dest.unlink()
@@ -124,6 +148,34 @@ class Publisher:
             log.info("kept %s: it is not the artefact hb_compile published there (changed or replaced since)", dest)
             return
         log.info("removed %s: this run does not make it", dest.name)
+
+
+HBM_MAGIC = b"\x89HBM\r\n\x1a\n"  # engine.compile.hbm.MAGIC (the pipeline does not import the compiler)
+ONNX_STAMP = b"hbcompile.stage"  # the metadata key every ONNX / .bc artefact carries
+
+
+def recognizably_ours(path: Path) -> bool:
+    """A model file an earlier run of this tool wrote, known by its content: a `.hbm` by its magic, an
+    ONNX model or `.bc` by the `hbcompile.stage` stamp in its metadata (stored after the graph: the
+    file's tail is searched)."""
+    try:
+        with open(path, "rb") as fh:
+            if path.suffix == ".hbm":
+                return fh.read(len(HBM_MAGIC)) == HBM_MAGIC
+            if path.suffix not in (".onnx", ".bc"):
+                return False
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - (1 << 16)))
+            return ONNX_STAMP in fh.read()
+    except OSError:
+        return False
+
+
+def _resolved(p: Path) -> Path:
+    try:
+        return p.resolve()
+    except OSError:
+        return p.absolute()
 
 
 def _ours_folder(dest: Path, record: Mapping[str, str]) -> bool:

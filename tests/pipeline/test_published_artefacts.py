@@ -132,9 +132,16 @@ def test_the_calibration_dump_refuses_to_replace_a_folder_it_did_not_write(tmp_p
     report = Engine().run(cfg)
     assert not report.ok
     [problem] = [p for p in report.problems if p.code == "artefact-collision"]
-    assert "calibration_data" in problem.message and "did not write" in problem.message
+    assert "calibration_data" in problem.message and "an input of this run" in problem.message
     assert {p.name: p.read_bytes() for p in (work / "calibration_data").iterdir()} == before
     assert not list(work.glob("digits_*")) and not (work / "digits.hbm").exists()  # nothing published: all or none
+    (work / "calibration_data").rename(work / "cal")  # the data elsewhere; a folder of the user's keeps the name
+    cfg.write_text(cfg.read_text().replace("cal_data_dir: ./calibration_data", "cal_data_dir: ./cal"))
+    (work / "calibration_data").mkdir()
+    (work / "calibration_data" / "notes.txt").write_text("mine")
+    report = Engine().run(cfg)
+    [problem] = [p for p in report.problems if p.code == "artefact-collision"]
+    assert "did not write" in problem.message and (work / "calibration_data" / "notes.txt").read_text() == "mine"
 
 
 def test_a_file_with_an_artefact_name_is_removed_only_while_it_holds_what_was_published(project):
@@ -153,3 +160,43 @@ def test_a_file_with_an_artefact_name_is_removed_only_while_it_holds_what_was_pu
     assert Engine().run(cfg, until="report").ok
     assert not (wd / "tiny.json").exists() and not (wd / "tiny.hbm").exists()  # still what was published: removed
     assert (wd / "tiny.html").read_text() == "<p>my notes</p>"  # changed since: kept
+
+
+def test_an_artefact_never_removes_or_replaces_an_input_of_the_run(tmp_path):
+    """R2 §5: a run whose cal_data_dir is an earlier run's dump folder removed it as a stale artefact (the
+    dump is off this time); the next run had no calibration data."""
+    work, cfg = _digits_in_place(tmp_path, "  debug_mode: dump_calibration_data\n")
+    (work / "calibration_data").rename(work / "cal")
+    cfg.write_text(cfg.read_text().replace("cal_data_dir: ./calibration_data", "cal_data_dir: ./cal"))
+    assert Engine().run(cfg).ok  # dumps working_dir/calibration_data/input/*.npy
+    dumped = work / "calibration_data" / "input"
+    samples = sorted(p.name for p in dumped.iterdir())
+    cfg.write_text(cfg.read_text().replace("  debug_mode: dump_calibration_data\n", "")
+                   .replace("cal_data_dir: ./cal", "cal_data_dir: ./calibration_data/input")
+                   .replace("  cal_data_type: uint8\n", ""))
+    second = Engine().run(cfg)
+    assert second.ok, [p.render() for p in second.problems]
+    assert sorted(p.name for p in dumped.iterdir()) == samples  # still there: this run reads it
+    assert Engine().run(cfg).ok
+
+
+def test_with_no_record_an_old_model_of_ours_is_still_removed_and_nothing_else(project):
+    """R2 §2: a working_dir from before the record (or with .hb_cache deleted): `--skip compile` must not
+    leave an old `.hbm` beside the new `.bc`; a file that is not recognizably ours stays."""
+    import shutil
+
+    cfg = project.config(PLAIN)
+    assert Engine().run(cfg).ok
+    wd = project.root / "model_output"
+    shutil.rmtree(wd / ".hb_cache")
+    (wd / "tiny_sensitivity.json").write_text("{}")  # not recognizably ours: kept
+    assert Engine().run(cfg, until="report").ok
+    assert not (wd / "tiny.hbm").exists()
+    assert (wd / "tiny_sensitivity.json").read_text() == "{}"
+
+
+def test_the_pipelines_hbm_magic_is_the_compilers():
+    from engine.compile.hbm import MAGIC
+    from engine.pipeline.publish import HBM_MAGIC
+
+    assert HBM_MAGIC == MAGIC
