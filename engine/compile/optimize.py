@@ -64,9 +64,10 @@ lookup tables, NV12 input conversion): O0, O1 and O2 bit-identical to the `.bc`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,6 +75,7 @@ import onnx
 from onnx import numpy_helper
 
 from engine.compile.program import NODE_MAP, json_metadata, set_metadata
+from engine.pipeline.recent import Recent
 
 LEVELS = ("O0", "O1", "O2", "O3")
 # onnxruntime basic-level rewrites that change float rounding (unknown names are ignored by onnxruntime)
@@ -181,10 +183,12 @@ def fold_dq_q(model: onnx.ModelProto) -> int:
     g = model.graph
     outputs = {o.name for o in g.output}
     folded = 0
+    consumers = None  # of the graph as it is now: taken again after a fold rewires it
     for dq in list(g.node):
         if dq.op_type != "DequantizeLinear" or len(dq.input) < 3 or dq.output[0] in outputs:
             continue
-        readers = _consumers(g).get(dq.output[0], [])
+        consumers = consumers if consumers is not None else _consumers(g)
+        readers = consumers.get(dq.output[0], [])
         if not readers or any(r.op_type != "QuantizeLinear" or r.domain != dq.domain or len(r.input) < 3
                               for r in readers):
             continue
@@ -204,6 +208,7 @@ def fold_dq_q(model: onnx.ModelProto) -> int:
             _rename_input(g, q.output[0], dq.input[0])
             g.node.remove(q)
         g.node.remove(dq)
+        consumers = None
         folded += 1
     return folded
 
@@ -452,14 +457,13 @@ def _same_bits(original: list[onnx.NodeProto], replacement: list[onnx.NodeProto]
                domains: tuple[str, ...] = ()) -> bool:
     """`original` and `replacement` (nodes reading `original[0].input[0]`) on each of `inputs`: the
     `outputs` equal bit for bit? Every O2 rewrite is kept only if this holds; a pair onnxruntime
-    refuses is not equal (the original stays)."""
+    refuses is not equal (the original stays). The answer is kept by the two programs' bytes and the
+    inputs (`_checked`)."""
     from onnx import helper
-
-    from engine.runtime.session import open_session
 
     x_name, x0 = original[0].input[0], inputs[0]
     opsets = [helper.make_opsetid("", 19), *(helper.make_opsetid(d, 1) for d in domains)]
-    sessions = []
+    programs = []
     for nodes in (original, replacement):
         used = {i for n in nodes for i in n.input}
         x_type = _TENSOR_TYPE.get(x0.dtype) or helper.np_dtype_to_tensor_dtype(x0.dtype)
@@ -467,8 +471,19 @@ def _same_bits(original: list[onnx.NodeProto], replacement: list[onnx.NodeProto]
                                                                                  list(x0.shape))],
                                   [helper.make_empty_tensor_value_info(o) for o in outputs],
                                   [t for t in [*inits.values(), *constants] if t.name in used])
+        programs.append(helper.make_model(graph, opset_imports=opsets).SerializeToString())
+    return _checked(("same bits", programs, x_name, inputs, outputs), _runs_equal, programs, x_name, inputs, outputs)
+
+
+def _runs_equal(programs: list[bytes], x_name: str, inputs: list[np.ndarray], outputs: list[str]) -> bool:
+    """Both `programs` on each of `inputs` (fed as `x_name`): the `outputs` equal bit for bit? A program
+    onnxruntime refuses is not equal."""
+    from engine.runtime.session import open_session
+
+    sessions = []
+    for program in programs:
         try:
-            sessions.append(open_session(helper.make_model(graph, opset_imports=opsets).SerializeToString()))
+            sessions.append(open_session(program))
         except Exception:  # onnxruntime's own exception types
             return False
     for x in inputs:
@@ -476,6 +491,59 @@ def _same_bits(original: list[onnx.NodeProto], replacement: list[onnx.NodeProto]
         if any(p.dtype != q.dtype or p.tobytes() != q.tobytes() for p, q in zip(a, b, strict=True)):
             return False
     return True
+
+
+# ------------------------------------------------------------------ the checks' memo
+
+CHECK_MEMO_SIZE = 4096  # answers kept (a bool or a small constant each; PP-OCRv4 det asks ~30 per program)
+_check_memo: Recent[str, tuple] = Recent(CHECK_MEMO_SIZE)
+
+
+def _digest(parts: object) -> str:
+    """sha256 of `parts`: bytes, str, numbers, None, numpy arrays (dtype, shape, bytes), protobuf messages
+    (type, bytes) and lists / tuples of them, each part length-prefixed so no two values feed the same bytes."""
+    h = hashlib.sha256()
+
+    def feed(tag: bytes, data: bytes) -> None:
+        h.update(tag + len(data).to_bytes(8, "little") + data)
+
+    def walk(p: object) -> None:
+        if isinstance(p, bytes):
+            feed(b"b", p)
+        elif isinstance(p, str):
+            feed(b"s", p.encode())
+        elif p is None or isinstance(p, (bool, int, float)):
+            feed(b"n", repr(p).encode())
+        elif isinstance(p, (np.ndarray, np.generic)):
+            a = np.asarray(p)
+            feed(b"a", f"{a.dtype.str}{a.shape}".encode())
+            feed(b"d", a.tobytes())
+        elif hasattr(p, "SerializeToString"):
+            feed(b"m", type(p).__name__.encode())
+            feed(b"p", p.SerializeToString(deterministic=True))
+        elif isinstance(p, (list, tuple)):
+            feed(b"l", str(len(p)).encode())
+            for item in p:
+                walk(item)
+        else:
+            raise TypeError(f"no digest of {type(p).__name__}")
+
+    walk(parts)
+    return h.hexdigest()
+
+
+def _checked(parts: object, compute: Callable[..., object], *args: object) -> object:
+    """`compute(*args)`, kept by the digest of `parts`, which must hold everything the answer is made of (the
+    programs' bytes and the inputs, or a rewrite's own constants): a calibration change that moves a few
+    thresholds leaves most rewrites' nodes and constants as they were, and their checks are not run again.
+    onnxruntime's version and the session options are the process's own."""
+    key = _digest(parts)
+    kept = _check_memo.get(key)
+    if kept is not None:
+        return kept[0]
+    value = compute(*args)
+    _check_memo.put(key, (value,))
+    return value
 
 
 def _random_codes(dtype: np.dtype, shape: tuple[int, ...], seeds: int) -> list[np.ndarray]:
@@ -523,7 +591,8 @@ def narrow_conv_in_float(model: onnx.ModelProto, depthwise: bool = False) -> int
                              name=f"{base}_centered"),
             helper.make_node("Conv", [centered, f"{base}_weight"] + ([f"{base}_bias"] if bias is not None else []),
                              [acc], name=f"{base}_accumulate", **attrs)]
-        relu = _relu_after(g, node, inits)
+        readers = {node.output[0]: [n for n in g.node if node.output[0] in n.input]}  # the graph as it is now
+        relu = _relu_after(g, node, inits, readers)
         original = [node] if relu is None else [node, relu]
         if relu is not None:  # max(acc, 0) is exact, and M > 0: Q(max(acc, 0)·M) = max(Q(acc·M), z_y), the Clip
             rectified = f"{base}_rectified"
@@ -571,6 +640,31 @@ def _code_span(zero_point: np.ndarray) -> int:
 
 def _divided_requantization(tail: list[onnx.NodeProto], constants: list[onnx.TensorProto], multiplier: np.ndarray,
                             y_zero_point: np.ndarray, bound: np.ndarray, base: str):
+    """`_find_divisor`, kept by all it reads (`_checked`): the conv's own multipliers, output zero point,
+    accumulator bound, names and constants — a calibration change that moves a few thresholds leaves the
+    other convs' (PP-OCRv4 det: 7 convs, 1 360 channels searched, ~0.2 CPU s). Fresh nodes and tensors
+    each call (the caller splices them into its graph)."""
+    args = (tail, constants, multiplier, y_zero_point, bound, base)
+    kept = _checked(("divided requantization", *args), lambda: _serialized(_find_divisor(*args)))
+    if kept is None:
+        return None
+    nodes, tensors = kept
+    return [_parsed(onnx.NodeProto, b) for b in nodes], [_parsed(onnx.TensorProto, b) for b in tensors]
+
+
+def _serialized(found: tuple[list[onnx.NodeProto], list[onnx.TensorProto]] | None
+                ) -> tuple[tuple[bytes, ...], tuple[bytes, ...]] | None:
+    return None if found is None else tuple(tuple(m.SerializeToString() for m in part) for part in found)
+
+
+def _parsed(kind: type, data: bytes):
+    message = kind()
+    message.ParseFromString(data)
+    return message
+
+
+def _find_divisor(tail: list[onnx.NodeProto], constants: list[onnx.TensorProto], multiplier: np.ndarray,
+                  y_zero_point: np.ndarray, bound: np.ndarray, base: str):
     """The float conv's requantization Cast<int32> → DequantizeLinear(M, axis 1) → QuantizeLinear(1, z_y) as
     one QuantizeLinear(acc, S, z_y, axis 1): rne(fl(acc / S_c)) in place of rne(fl(acc · M_c)), with S_c a
     float32 neighbour of 1/M_c. Two kernels and two passes fewer (the digits model's first conv: 60 → 56 µs).
@@ -626,18 +720,20 @@ def _divided_requantization(tail: list[onnx.NodeProto], constants: list[onnx.Ten
     return [quantize], tensors
 
 
-def _relu_after(g: onnx.GraphProto, node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]) -> onnx.NodeProto | None:
+def _relu_after(g: onnx.GraphProto, node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto],
+                readers: Mapping[str, list[onnx.NodeProto]] | None = None) -> onnx.NodeProto | None:
     """The Clip that is `node`'s only reader when it clips the codes at the output zero point from below
     and nowhere above (a Relu in the float model): the narrow conv then ends Relu → Mul M → Q. The
     float Relu sits between the Conv and the Mul, so onnxruntime fuses it into the Conv and cannot fold
     the Mul into the weights (ConvMulFusion needs the Mul right after the Conv), and the Cast to int32
-    and the Clip go away (PP-OCR's and the digits model's first conv; 5 → 3 kernels)."""
+    and the Clip go away (PP-OCR's and the digits model's first conv; 5 → 3 kernels). `readers`:
+    `_consumers(g)` when the caller has it."""
     if node.output[0] in {o.name for o in g.output}:
         return None
-    readers = _consumers(g).get(node.output[0], [])
-    if len(readers) != 1:
+    found = (readers if readers is not None else _consumers(g)).get(node.output[0], [])
+    if len(found) != 1:
         return None
-    clip = readers[0]
+    clip = found[0]
     if clip.op_type != "Clip" or clip.domain not in ("", "ai.onnx") or clip.input[0] != node.output[0] \
             or len(clip.input) < 2 or clip.input[1] not in inits:
         return None
@@ -741,10 +837,9 @@ def _same_values_on_every_code(chain: list[onnx.NodeProto], tail: list[onnx.Node
                                replacement: list[onnx.NodeProto], output: str,
                                inits: Mapping[str, onnx.TensorProto]) -> bool:
     """`chain` + `tail` and `replacement` on every code of the chain's input in every channel (the
-    channel count read off per-channel constants): equal float values (±0 alike)?"""
+    channel count read off per-channel constants): equal float values (±0 alike)? Kept by the two
+    programs' bytes (`_checked`)."""
     from onnx import helper
-
-    from engine.runtime.session import open_session
 
     source = chain[0]
     dtype = numpy_helper.to_array(inits[source.input[2]]).dtype
@@ -753,15 +848,26 @@ def _same_values_on_every_code(chain: list[onnx.NodeProto], tail: list[onnx.Node
     channels = max([numpy_helper.to_array(inits[i]).size for n in chain for i in n.input if i in inits] + [1])
     info = np.iinfo(dtype)
     codes = np.tile(np.arange(int(info.min), int(info.max) + 1), (channels, 1)).astype(dtype)[None, :, None, :]
-    values = []
+    programs = []
     for nodes in (chain + tail, replacement):
         used = {i for n in nodes for i in n.input}
         graph = helper.make_graph(nodes, "check", [helper.make_tensor_value_info(source.input[0], _TENSOR_TYPE[dtype],
                                                                                  list(codes.shape))],
                                   [helper.make_empty_tensor_value_info(output)], [t for t in inits.values() if t.name in used])
+        programs.append(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]).SerializeToString())
+    return _checked(("same values", programs, source.input[0], codes, output), _values_equal, programs,
+                    source.input[0], codes, output)
+
+
+def _values_equal(programs: list[bytes], x_name: str, codes: np.ndarray, output: str) -> bool:
+    """Both `programs` on `codes`: the same float values of `output` (±0 alike)? A program onnxruntime
+    refuses is not equal."""
+    from engine.runtime.session import open_session
+
+    values = []
+    for program in programs:
         try:
-            session = open_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]).SerializeToString())
-            values.append(session.run([output], {source.input[0]: codes})[0])
+            values.append(open_session(program).run([output], {x_name: codes})[0])
         except Exception:  # onnxruntime refused the graph: keep the pair
             return False
     return values[0].dtype == values[1].dtype and np.array_equal(values[0], values[1])
@@ -1047,16 +1153,15 @@ def _code_range(g: onnx.GraphProto, name: str, inits: Mapping[str, onnx.TensorPr
 
 def _table_codes_equal(table: _Table, rolled: onnx.TensorProto, inits: Mapping[str, onnx.TensorProto],
                        codes: tuple[int, int]) -> bool:
-    """Cast → Add → GatherElements(T) and Cast → GatherElements(roll(T)) on every code: equal?"""
+    """Cast → Add → GatherElements(T) and Cast → GatherElements(roll(T)) on every code: equal? Kept by the
+    two programs' bytes (`_checked`)."""
     from onnx import helper
-
-    from engine.runtime.session import open_session
 
     dtype = np.int16 if codes[0] < 0 and codes[1] > 127 else np.int8 if codes[0] < 0 else \
         np.uint16 if codes[1] > 255 else np.uint8
     x = np.arange(codes[0], codes[1] + 1).astype(dtype)
     out_type = inits[table.gather.input[0]].data_type
-    results = []
+    programs = []
     for with_add in (True, False):
         nodes = [helper.make_node("Cast", ["x"], ["i"], to=onnx.TensorProto.INT32)]
         constants = [rolled]
@@ -1066,13 +1171,8 @@ def _table_codes_equal(table: _Table, rolled: onnx.TensorProto, inits: Mapping[s
         nodes.append(helper.make_node("GatherElements", [constants[-1].name, "j" if with_add else "i"], ["y"], axis=0))
         graph = helper.make_graph(nodes, "check", [helper.make_tensor_value_info("x", helper.np_dtype_to_tensor_dtype(
             x.dtype), [len(x)])], [helper.make_tensor_value_info("y", out_type, [len(x)])], constants)
-        try:
-            session = open_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-                                   .SerializeToString())
-            results.append(session.run(None, {"x": x})[0])
-        except Exception:  # onnxruntime refused the graph: keep the table as it is
-            return False
-    return results[0].tobytes() == results[1].tobytes()
+        programs.append(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    return _checked(("same bits", programs, "x", [x], ["y"]), _runs_equal, programs, "x", [x], ["y"])
 
 
 # readers of a table's codes that onnxruntime runs in NCHW only (no NHWC kernel to cancel a Transpose against)
@@ -1147,10 +1247,9 @@ def dequantized_tables(model: onnx.ModelProto) -> int:
     elementwise, and DQ(T) is computed by onnxruntime's own kernel — so the DequantizeLinear pass over
     the tensor goes (an int16 table's output before an emulated float conv: PP-OCRv4 det's first
     one runs on 1×32×320×320). The table grows to float32 (256 KB for 65 536 entries). Checked on
-    every entry against the DequantizeLinear it replaces."""
+    every entry against the DequantizeLinear it replaces (onnxruntime's values kept by the program's bytes
+    and the table's codes: `_checked`)."""
     from onnx import helper
-
-    from engine.runtime.session import open_session
 
     g = model.graph
     inits = {t.name: t for t in g.initializer}
@@ -1175,10 +1274,10 @@ def dequantized_tables(model: onnx.ModelProto) -> int:
             [helper.make_tensor_value_info("codes", values.data_type, list(values.dims))],
             [helper.make_tensor_value_info("values", onnx.TensorProto.FLOAT, None)], [inits[p] for p in params if p])
         opsets = [o for o in model.opset_import if o.domain in ("", "ai.onnx", dq.domain or "")]
-        try:
-            session = open_session(helper.make_model(graph, opset_imports=opsets).SerializeToString())
-            dequantized = session.run(None, {"codes": numpy_helper.to_array(values)})[0]
-        except Exception:  # onnxruntime refused the graph: keep the table as it is
+        program = helper.make_model(graph, opset_imports=opsets).SerializeToString()
+        codes = numpy_helper.to_array(values)
+        dequantized = _checked(("dequantized", program, codes), _dequantized, program, codes)
+        if dequantized is None:  # onnxruntime refused the graph: keep the table as it is
             continue
         if dequantized.dtype != np.float32 or dequantized.shape != tuple(values.dims):
             continue
@@ -1193,6 +1292,19 @@ def dequantized_tables(model: onnx.ModelProto) -> int:
         _rename_in_node_map(model, {r.name: [table.gather.name] for r in found})
         rewritten += 1
     return rewritten
+
+
+def _dequantized(program: bytes, codes: np.ndarray) -> np.ndarray | None:
+    """The DequantizeLinear `program` on the table's `codes` (read-only: a kept answer), None when
+    onnxruntime refuses it."""
+    from engine.runtime.session import open_session
+
+    try:
+        values = open_session(program).run(None, {"codes": codes})[0]
+    except Exception:  # onnxruntime's own exception types
+        return None
+    values.flags.writeable = False
+    return values
 
 
 # ------------------------------------------------------------------------ si32 head as QGemm (O2)

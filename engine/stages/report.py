@@ -46,10 +46,10 @@ from engine.stages.ptq import stage_plan
 from engine.stages.quantize import READS as QUANTIZE_READS
 
 
-def quantized_values(bc: onnx.ModelProto, sample: dict[str, np.ndarray], specs: list[dict[str, Any]]
-                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def quantized_values(bc: onnx.ModelProto, sample: dict[str, np.ndarray], specs: list[dict[str, Any]],
+                     tensors: list[str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(dequantized intermediates by float tensor name, outputs by name) of the `.bc` on `sample`,
-    fed in each input's runtime format."""
+    fed in each input's runtime format; `tensors`: only these intermediates (`integer_values`)."""
     from engine.preprocess.samples import to_runtime
     from engine.quantize.integer import integer_values
 
@@ -59,7 +59,7 @@ def quantized_values(bc: onnx.ModelProto, sample: dict[str, np.ndarray], specs: 
     batch = program_batch(bc)
     if batch > 1:  # input_batch: the program takes N samples; every tensor keeps them on axis 0
         feeds = {k: np.repeat(v, batch, axis=0) for k, v in feeds.items()}
-    inter, outs = integer_values(bc, feeds)  # one session and one run for both
+    inter, outs = integer_values(bc, feeds, tensors=tensors)  # one session and one run for both
     if batch > 1:
         inter, outs = ({k: v[:1] for k, v in d.items()} for d in (inter, outs))
     return inter, outs
@@ -182,8 +182,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     sim = calibrated_similarity(ctx, optimized, sample, plan, reference)
     bc = onnx.load(str(ctx.input("quantize", "model.bc")))
     memo, digests = row_memo(ctx), quantized_digests(bc, specs)
-    inter, bc_outputs = quantized_values(bc, sample, specs) if quantized_needed(sim, reference, memo, digests) \
-        else ({}, {})
+    needed = quantized_needed(sim, reference, memo, digests)  # the rows the memo does not know
+    inter, bc_outputs = quantized_values(bc, sample, specs, needed) if needed else ({}, {})
     filled = with_quantized(sim, reference, inter, bc_outputs, memo, digests)
     del inter, bc_outputs
     nodes, outputs = filled.nodes, filled.outputs
