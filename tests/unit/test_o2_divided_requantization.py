@@ -116,3 +116,72 @@ def test_a_divisor_is_refused_where_a_tie_would_round_the_other_way():
     assert optimize._divided_requantization(nodes, constants, multiplier, np.uint8(0), np.array([300_000]), "t") is None
     assert optimize._divided_requantization(nodes, constants, multiplier, np.uint8(0), np.array([80_000]), "t") \
         is not None  # that tie out of the accumulator's reach: a divisor fits the rest
+
+
+def per_channel_search(multiplier: np.ndarray, zero_point: np.generic, bound: np.ndarray):
+    """The divisor search one channel at a time (the form `_find_divisor` had before it searched blocks of
+    channels at once): (the near-tie accumulators [C, width], the chosen divisors or None)."""
+    m = multiplier.astype(np.float64)
+    radius = np.ceil(optimize.TIE_SLACK / m).astype(np.int64) + 1
+    info = np.iinfo(zero_point.dtype)
+    ties = np.arange(int(info.min) - int(zero_point) - 1, int(info.max) - int(zero_point) + 1) + 0.5
+    rows = []
+    for c in range(len(m)):
+        near = np.rint(ties / m[c]).astype(np.int64)[:, None] + np.arange(-radius[c], radius[c] + 1)[None, :]
+        near = np.unique(near[np.abs(near) <= bound[c]])
+        rows.append(near if near.size else np.zeros(1, np.int64))
+    width = max(len(r) for r in rows)
+    acc = np.stack([np.pad(r, (0, width - len(r)), mode="edge") for r in rows])
+    accf = acc.astype(np.float32)
+    want = np.clip(np.rint(accf * multiplier.reshape(-1, 1)) + int(zero_point), info.min, info.max)
+    divisor = (np.float32(1) / multiplier).astype(np.float32)
+    chosen = np.zeros_like(divisor)
+    for c in range(len(m)):
+        for step in sorted(range(-optimize.DIVISOR_STEPS, optimize.DIVISOR_STEPS + 1), key=abs):
+            s = np.float32(divisor[c] + step * np.spacing(divisor[c]))
+            got = np.clip(np.rint(accf[c] / s) + int(zero_point), info.min, info.max)
+            if np.array_equal(got, want[c]):
+                chosen[c] = s
+                break
+        else:
+            return acc, None
+    return acc, chosen
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_blocked_search_finds_what_the_per_channel_search_found(seed, monkeypatch):
+    """Same accumulators, same divisors (or the same refusal) for multipliers over three decades (seeds
+    0-5: mostly refused) and over the range where convs have divisors (6-11, many of them not the plain
+    reciprocal), output zero points of uint8 / int8, bounds that cut rows short or empty them, and blocks
+    of a few channels."""
+    rng = np.random.default_rng(seed)
+    monkeypatch.setattr(optimize, "SEARCH_BLOCK", int(rng.choice([5_000, 60_000, 1 << 21])))
+    c = int(rng.integers(1, 40))
+    wide = seed < 6
+    multiplier = (10 ** rng.uniform(-4.5, -1.5, c) if wide else rng.uniform(1.5e-3, 8e-3, c)).astype(np.float32)
+    zero_point = np.uint8(rng.integers(0, 256)) if seed % 2 else np.int8(rng.integers(-128, 128))
+    bound = rng.choice([0, 50, 5_000, 120_000, 2 ** 24] if wide else [0, 5_000, 120_000], c)
+    acc, chosen = per_channel_search(multiplier, zero_point, bound)
+    m = multiplier.astype(np.float64)
+    radius = np.ceil(optimize.TIE_SLACK / m).astype(np.int64) + 1
+    info = np.iinfo(zero_point.dtype)
+    ties = np.arange(int(info.min) - int(zero_point) - 1, int(info.max) - int(zero_point) + 1) + 0.5
+    blocked = optimize._near_ties(ties, m, radius, bound)
+    assert blocked.dtype == acc.dtype and blocked.tobytes() == acc.tobytes()
+    accf = blocked.astype(np.float32)
+    want = np.clip(np.rint(accf * multiplier.reshape(-1, 1)) + int(zero_point), info.min, info.max)
+    found = optimize._first_divisors(accf, want, (np.float32(1) / multiplier).astype(np.float32), int(zero_point),
+                                     info)
+    assert (found is None) == (chosen is None)
+    if chosen is not None:
+        assert found.tobytes() == chosen.tobytes()
+
+
+def test_a_channel_without_a_divisor_refuses_the_whole_conv_in_the_blocked_search():
+    """The PP-OCR cls channel without a divisor among three that have one: None, as channel by channel."""
+    multiplier = np.array([0.0021, 0.0016316962, 0.0043], np.float32)
+    bound = np.array([300_000, 300_000, 300_000])
+    acc, chosen = per_channel_search(multiplier, np.uint8(0), bound)
+    assert chosen is None
+    nodes, constants = tail(multiplier, np.uint8(0))
+    assert optimize._divided_requantization(nodes, constants, multiplier, np.uint8(0), bound, "t") is None
