@@ -504,8 +504,10 @@ def _runs_equal(programs: list[bytes], x_name: str, inputs: list[np.ndarray], ou
 
 # ------------------------------------------------------------------ the checks' memo
 
-CHECK_MEMO_SIZE = 4096  # answers kept (a bool or a small constant each; PP-OCRv4 det asks ~30 per program)
+CHECK_MEMO_SIZE = 4096  # answers kept (a bool or a few per-channel constants each; PP-OCRv4 det asks ~30 per program)
+TABLE_MEMO_SIZE = 64  # dequantized tables kept (up to 256 KB each: 65 536 float32 entries)
 _check_memo: Recent[str, tuple] = Recent(CHECK_MEMO_SIZE)
+_table_memo: Recent[str, tuple] = Recent(TABLE_MEMO_SIZE)
 
 
 def _digest(parts: object) -> str:
@@ -541,17 +543,19 @@ def _digest(parts: object) -> str:
     return h.hexdigest()
 
 
-def _checked(parts: object, compute: Callable[..., object], *args: object) -> object:
+def _checked(parts: object, compute: Callable[..., object], *args: object,
+             memo: Recent[str, tuple] = _check_memo) -> object:
     """`compute(*args)`, kept by the digest of `parts`, which must hold everything the answer is made of (the
     programs' bytes and the inputs, or a rewrite's own constants): a calibration change that moves a few
     thresholds leaves most rewrites' nodes and constants as they were, and their checks are not run again.
-    onnxruntime's version and the session options are the process's own."""
+    onnxruntime's version and the session options are the process's own. `memo`: where (tables apart: they
+    are large)."""
     key = _digest(parts)
-    kept = _check_memo.get(key)
+    kept = memo.get(key)
     if kept is not None:
         return kept[0]
     value = compute(*args)
-    _check_memo.put(key, (value,))
+    memo.put(key, (value,))
     return value
 
 
@@ -1329,7 +1333,7 @@ def dequantized_tables(model: onnx.ModelProto) -> int:
         opsets = [o for o in model.opset_import if o.domain in ("", "ai.onnx", dq.domain or "")]
         program = helper.make_model(graph, opset_imports=opsets).SerializeToString()
         codes = numpy_helper.to_array(values)
-        dequantized = _checked(("dequantized", program, codes), _dequantized, program, codes)
+        dequantized = _checked(("dequantized", program, codes), _dequantized, program, codes, memo=_table_memo)
         if dequantized is None:  # onnxruntime refused the graph: keep the table as it is
             continue
         if dequantized.dtype != np.float32 or dequantized.shape != tuple(values.dims):

@@ -21,8 +21,10 @@ from tests.unit.test_o2_divided_requantization import narrow_program, run, tail
 def cold():
     """An empty check memo before and after the test."""
     optimize._check_memo.clear()
+    optimize._table_memo.clear()
     yield optimize._check_memo
     optimize._check_memo.clear()
+    optimize._table_memo.clear()
 
 
 def with_constant(model: onnx.ModelProto, name: str, value: np.ndarray) -> onnx.ModelProto:
@@ -151,3 +153,20 @@ def test_digests_tell_apart_what_the_bytes_alone_would_not():
     assert d([1, None]) != d([1, "None"])
     with pytest.raises(TypeError):
         d([object()])
+
+
+def test_a_table_dequantized_at_a_moved_scale_is_its_own(cold):
+    """The dequantized table is kept by the DequantizeLinear program (scale, zero point) and the codes: a
+    moved output scale (a threshold) under the same names gets its own float table, as a cold run writes."""
+    from tests.unit.test_o2_dequantized_tables import table_program
+
+    a = table_program()
+    b = with_constant(a, "ts", np.float32(0.000977))
+    cold_b = optimize_program(b, "O2").program.SerializeToString()
+    cold.clear()
+    optimize._table_memo.clear()
+    warm_a, warm_b = optimize_program(a, "O2"), optimize_program(b, "O2")
+    assert warm_a.rewrites["dequantized_tables"] == warm_b.rewrites["dequantized_tables"] == 1
+    assert not warm_b.fallback and warm_b.program.SerializeToString() == cold_b
+    tables = [next(t for t in r.program.graph.initializer if t.name.endswith("_dequantized")) for r in (warm_a, warm_b)]
+    assert tables[0].raw_data != tables[1].raw_data
