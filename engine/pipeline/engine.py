@@ -224,36 +224,48 @@ class Engine:
         return {keys[name]: path for name, path in published.items()}
 
 
-class StageLog(logging.Filter):
+class StageLog:
     """The INFO-and-above lines a stage logs on this thread (`Select max method.`, `FPS=…`): kept in its
     cache entry and told again when the entry is reused, so a reused run prints what a cold one does.
 
-    Whoever runs the engine sets the level (the language server: WARNING): the logger is opened to INFO
-    while the stage runs so the lines exist to be kept, and this filter then drops what the level it
-    had would not have let through, so nobody sees more than before."""
+    Whoever runs the engine sets the level (the language server: WARNING): while any stage runs, the
+    logger is opened to INFO so the lines exist to be kept, and one shared filter hands each record to
+    the stage of its thread and drops what the level the logger had would not have let through, so
+    nobody sees more than before. Engines running stages on several threads at once share that one
+    opening (the first to enter opens, the last to leave restores)."""
+
+    _lock = threading.Lock()
+    _active: dict[int, StageLog] = {}  # thread id → its running stage's log
+    _level = logging.NOTSET  # the logger's own level before the first stage entered
+    _shown = logging.NOTSET  # the level the logger let through before
 
     def __init__(self) -> None:
-        super().__init__()
         self.thread = threading.get_ident()
         self.lines: list[tuple[int, str]] = []
-        self.level = logging.NOTSET  # the logger's own level, restored on exit
-        self.shown = logging.NOTSET  # the level the logger let through before
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.thread == self.thread and record.levelno >= logging.INFO:
-            self.lines.append((record.levelno, record.getMessage()))
-        return record.levelno >= self.shown
+    @classmethod
+    def _filter(cls, record: logging.LogRecord) -> bool:
+        mine = cls._active.get(record.thread)
+        if mine is not None and record.levelno >= logging.INFO:
+            mine.lines.append((record.levelno, record.getMessage()))
+        return record.levelno >= cls._shown
 
     def __enter__(self) -> StageLog:
-        self.level, self.shown = log.level, log.getEffectiveLevel()
-        if self.shown > logging.INFO:
-            log.setLevel(logging.INFO)
-        log.addFilter(self)
+        with StageLog._lock:
+            if not StageLog._active:
+                StageLog._level, StageLog._shown = log.level, log.getEffectiveLevel()
+                if StageLog._shown > logging.INFO:
+                    log.setLevel(logging.INFO)
+                log.addFilter(StageLog._filter)
+            StageLog._active[self.thread] = self
         return self
 
     def __exit__(self, *exc: object) -> None:
-        log.removeFilter(self)
-        log.setLevel(self.level)
+        with StageLog._lock:
+            StageLog._active.pop(self.thread, None)
+            if not StageLog._active:
+                log.removeFilter(StageLog._filter)
+                log.setLevel(StageLog._level)
 
 
 class InputsChangedError(HbError):
