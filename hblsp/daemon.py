@@ -146,10 +146,14 @@ class Daemon:
 
     def _dispatch(self, conn: socket.socket) -> None:
         conn.settimeout(30.0)  # a client that connects and never sends its line does not hold a thread forever
-        line = conn.makefile("r", encoding="utf-8", errors="replace").readline(MAX_REQUEST)
+        reader = conn.makefile("r", encoding="utf-8", errors="replace")
+        line = reader.readline(MAX_REQUEST)
+        too_long = len(line) >= MAX_REQUEST and not line.endswith("\n")
+        if too_long:  # read the rest first: closing on unread bytes resets the connection before the reply is read
+            _discard_line(reader)
         conn.settimeout(None)
         try:
-            if len(line) >= MAX_REQUEST:
+            if too_long:
                 raise BadRequest(f"longer than {MAX_REQUEST} characters")
             req = parse_request(line or "{}")
         except BadRequest as exc:
@@ -328,6 +332,20 @@ def _ask(message: dict) -> dict | None:
         except (OSError, ValueError):
             return None
         return reply if isinstance(reply, dict) else None
+
+
+def _discard_line(reader, limit: int = 64 * MAX_REQUEST) -> None:
+    """Read and drop the rest of an over-long request line (up to `limit` characters, or the client's
+    end of input, or the socket's timeout)."""
+    read = 0
+    try:
+        while read < limit:
+            chunk = reader.readline(MAX_REQUEST)
+            read += len(chunk)
+            if not chunk or chunk.endswith("\n"):
+                return
+    except OSError:
+        return
 
 
 def python_module_command(module: str, *args: str) -> list[str]:
