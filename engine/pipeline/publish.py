@@ -152,6 +152,7 @@ class Publisher:
 
 HBM_MAGIC = b"\x89HBM\r\n\x1a\n"  # engine.compile.hbm.MAGIC (the pipeline does not import the compiler)
 ONNX_STAMP = b"hbcompile.stage"  # the metadata key every ONNX / .bc artefact carries
+STAMP_TAIL = 4 << 20  # metadata is serialized after the graph; a .bc's node map puts the stamp ~60 KB (rec) from the end
 
 
 def recognizably_ours(path: Path) -> bool:
@@ -165,7 +166,7 @@ def recognizably_ours(path: Path) -> bool:
             if path.suffix not in (".onnx", ".bc"):
                 return False
             size = fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, size - (1 << 16)))
+            fh.seek(max(0, size - STAMP_TAIL))
             return ONNX_STAMP in fh.read()
     except OSError:
         return False

@@ -200,3 +200,19 @@ def test_the_pipelines_hbm_magic_is_the_compilers():
     from engine.pipeline.publish import HBM_MAGIC
 
     assert HBM_MAGIC == MAGIC
+
+
+def test_a_model_is_recognized_by_its_stamp_even_when_its_metadata_is_large(tmp_path):
+    """The stamp sits in the metadata after the graph; a big model's node map puts it tens of KB from the
+    end of the file (PP-OCRv4 rec's .bc: ~60 KB)."""
+    import onnx
+
+    from engine.pipeline.publish import recognizably_ours
+    from tests.conftest import conv_relu_model
+
+    model = conv_relu_model()
+    onnx.helper.set_model_props(model, {"hbcompile.stage": "quantized", "hbcompile.node_map": "x" * 500_000})
+    onnx.save(model, str(tmp_path / "big.bc"))
+    plain = conv_relu_model()
+    onnx.save(plain, str(tmp_path / "theirs.onnx"))
+    assert recognizably_ours(tmp_path / "big.bc") and not recognizably_ours(tmp_path / "theirs.onnx")
