@@ -83,10 +83,12 @@ def _shape_text(shape: Sequence[int]) -> str:
 
 def calibration_dir_files(d: Path) -> list[Path]:
     """A cal_data_dir's sample files in name order, hidden files left out (scandir: each entry's type
-    comes with the listing, no stat per file). The stage key and the loader list the same files."""
+    comes with the listing, no stat per file). The stage key and the loader list the same files. A
+    broken link is listed (reading it then names it) rather than skipped: a sample silently missing
+    changes the thresholds without a word."""
     with os.scandir(d) as entries:
-        return sorted((d / e.name for e in entries if not e.name.startswith(".") and e.is_file()),
-                      key=lambda p: p.name)
+        return sorted((d / e.name for e in entries if not e.name.startswith(".")
+                       and (e.is_file() or (e.is_symlink() and not e.is_dir()))), key=lambda p: p.name)
 
 
 def _list_files(source: CalibrationSource, item: int) -> list[Path]:

@@ -138,3 +138,20 @@ def test_entries_made_by_an_engine_logging_at_warning_still_tell_their_lines(tmp
     assert main(["--no-daemon", "-c", str(work / "digits.hb.yaml")]) == 0
     out = capsys.readouterr().out
     assert "Reuse compile result" in out and "Select " in out and "FPS=" in out
+
+
+def test_a_broken_link_in_the_calibration_folder_is_named_not_skipped(tmp_path, capsys):
+    """R1 (suspicion, confirmed): a dangling symlink among the samples was skipped without a word, so the
+    thresholds came from one sample fewer than the folder shows."""
+    import shutil
+
+    from tests.conftest import REPO
+
+    work = tmp_path / "digits"
+    shutil.copytree(REPO / "examples" / "digits", work, ignore=shutil.ignore_patterns("model_output", "*.py", "*.npz"))
+    (work / "calibration_data" / "digit_999.gray").symlink_to(tmp_path / "gone.gray")
+    assert main(["--no-daemon", "-c", str(work / "digits.hb.yaml")]) != 0
+    out = capsys.readouterr()
+    errors = [line for line in (out.out + out.err).splitlines() if "error:" in line]
+    assert len(errors) == 1 and "digit_999.gray" in errors[0], errors
+    assert not (work / "model_output" / "digits.hbm").exists()
