@@ -103,9 +103,10 @@ def project(tmp_path: Path):
 
 
 @contextmanager
-def hb_records(keep: Callable[[logging.LogRecord], Any] = lambda record: record) -> Iterator[list]:
-    """What the 'hbcompile' logger (which may not propagate to the root logger) emits meanwhile, at
-    every level, each record passed through `keep` (None drops it)."""
+def hb_records(keep: Callable[[logging.LogRecord], Any] = lambda record: record,
+               level: int = logging.DEBUG) -> Iterator[list]:
+    """What the 'hbcompile' logger (which may not propagate to the root logger) emits meanwhile with its
+    level set to `level` (every level by default), each record passed through `keep` (None drops it)."""
     records: list = []
 
     class Keep(logging.Handler):
@@ -115,14 +116,14 @@ def hb_records(keep: Callable[[logging.LogRecord], Any] = lambda record: record)
                 records.append(kept)
 
     logger = logging.getLogger("hbcompile")
-    handler, level = Keep(level=logging.DEBUG), logger.level
+    handler, before = Keep(level=logging.DEBUG), logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
+    logger.setLevel(level)
     try:
         yield records
     finally:
         logger.removeHandler(handler)
-        logger.setLevel(level)
+        logger.setLevel(before)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from engine.cli import main
 from engine.stages.parse import load_float_model
-from tests.conftest import GOOD_CONFIG, conv_relu_model
+from tests.conftest import GOOD_CONFIG, conv_relu_model, hb_records
 
 
 @pytest.mark.parametrize(("initializer", "value", "counts"), [("w", np.nan, "1 NaN and 0 Inf"),
@@ -119,21 +119,8 @@ def test_entries_made_by_an_engine_logging_at_warning_still_tell_their_lines(tmp
 
     work = tmp_path / "digits"
     shutil.copytree(REPO / "examples" / "digits", work, ignore=shutil.ignore_patterns("model_output", "*.py", "*.npz"))
-    logger = logging.getLogger("hbcompile")
-    seen: list[logging.LogRecord] = []
-
-    class Seen(logging.Handler):
-        def emit(self, record):
-            seen.append(record)
-
-    handler, level = Seen(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-    try:
+    with hb_records(level=logging.WARNING) as seen:
         assert Engine().run(work / "digits.hb.yaml").ok
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
     assert not [r for r in seen if r.levelno < logging.WARNING]  # nothing below the caller's level reached it
     assert main(["--no-daemon", "-c", str(work / "digits.hb.yaml")]) == 0
     out = capsys.readouterr().out

@@ -6,20 +6,12 @@ import logging
 import threading
 
 from engine.pipeline.engine import StageLog
+from tests.conftest import hb_records
 
 log = logging.getLogger("hbcompile")
 
 
 def test_two_threads_keep_their_own_lines_and_the_level_comes_back():
-    seen: list[logging.LogRecord] = []
-
-    class Seen(logging.Handler):
-        def emit(self, record):
-            seen.append(record)
-
-    handler, level = Seen(), log.level
-    log.addHandler(handler)
-    log.setLevel(logging.WARNING)
     inside, leave = threading.Barrier(2), threading.Barrier(2)
     kept: dict[str, list] = {}
 
@@ -35,16 +27,13 @@ def test_two_threads_keep_their_own_lines_and_the_level_comes_back():
         if first_out:
             leave.wait()
 
-    try:
+    with hb_records(level=logging.WARNING) as seen:
         threads = [threading.Thread(target=stage, args=("a", True)), threading.Thread(target=stage, args=("b", False))]
         for t in threads:
             t.start()
         for t in threads:
             t.join(10)
         assert log.level == logging.WARNING
-    finally:
-        log.removeHandler(handler)
-        log.setLevel(level)
     assert kept["a"] == [(logging.INFO, "a info"), (logging.WARNING, "a warning"), (logging.INFO, "a after")]
     assert kept["b"] == [(logging.INFO, "b info"), (logging.WARNING, "b warning"), (logging.INFO, "b after")]
     assert sorted(r.getMessage() for r in seen) == ["a warning", "b warning"]  # nothing below the caller's level
