@@ -35,7 +35,7 @@ FOLDER = "folder"
 
 
 class ArtefactCollisionError(HbError):
-    """A folder artefact would replace a folder of the user's."""
+    """An artefact would replace an input of the run, or a folder hb_compile did not write."""
 
 
 class Publisher:
@@ -44,8 +44,6 @@ class Publisher:
     def __init__(self, hashes: HashMemo) -> None:
         self.hashes = hashes
         self.copied: dict[str, tuple[str, int, int]] = {}  # published artefact -> (cache file, size, mtime_ns)
-        self.protected: set[Path] = set()  # this publish's inputs
-        self.legacy = False  # working_dir has no record yet
 
     def publish(self, working_dir: Path, cache_root: Path, artefacts: Iterable[tuple[str, Path | None]],
                 protected: Iterable[Path] = ()) -> dict[str, Path]:
@@ -55,13 +53,13 @@ class Publisher:
         when an artefact would replace an input, or a folder artefact a folder not ours."""
         record_path = cache_root / RECORD
         before = _read_record(record_path)
-        self.legacy = not record_path.exists()
+        legacy = not record_path.exists()  # a working_dir from before the record (or .hb_cache deleted)
         record = dict(before)
         artefacts = list(artefacts)
-        self.protected = {_resolved(p) for p in protected}
+        inputs = {_resolved(p) for p in protected}
         for name, src in artefacts:  # before anything is written: all of this run's artefacts, or none
             dest = working_dir / name
-            if src is not None and src.exists() and _resolved(dest) in self.protected:
+            if src is not None and src.exists() and _resolved(dest) in inputs:
                 raise ArtefactCollisionError(error(
                     "artefact-collision", f"the artefact {name} would overwrite {dest}, an input of this run: "
                     "choose another output_model_file_prefix or working_dir"))
@@ -72,7 +70,7 @@ class Publisher:
             for name, src in artefacts:
                 dest = working_dir / name
                 if src is None or not src.exists():
-                    self._unpublish(dest, record)
+                    self._unpublish(dest, record, inputs, legacy)
                 elif src.is_dir():
                     self._publish_folder(src, dest, record)
                     out[name] = dest
@@ -97,9 +95,9 @@ class Publisher:
                 f"write; the {dest.name} artefact would replace it: choose another working_dir or move it"))
 
     def _publish_folder(self, src: Path, dest: Path, record: dict[str, str]) -> None:
+        """`dest` becomes `src` (`publish` checked first that it may)."""
         if self.copied.get(str(dest)) == (str(src), 0, 0) and dest.is_dir():
             return
-        self._check_folder(src, dest, record)
         replace_folder(src, dest)
         record[dest.name] = FOLDER
         self.copied[str(dest)] = (str(src), 0, 0)
@@ -124,23 +122,23 @@ class Publisher:
         st = st or os.stat(dest)
         self.copied[str(dest)] = (str(src), st.st_size, st.st_mtime_ns)
 
-    def _unpublish(self, dest: Path, record: dict[str, str]) -> None:
+    def _unpublish(self, dest: Path, record: dict[str, str], inputs: set[Path], legacy: bool) -> None:
         """An artefact this run does not make leaves working_dir — when it is still what was published
-        there (a folder: marked as ours), never a file or folder of the user's with the same name."""
+        there (a folder: marked as ours; with no record at all (`legacy`), a model recognizably ours),
+        never an input of the run (`inputs`, resolved) nor a file or folder of the user's with its name."""
         self.copied.pop(str(dest), None)
         published = record.pop(dest.name, None)
         if not (dest.exists() or dest.is_symlink()):
             return
         target = _resolved(dest)
-        if any(p == target or target in p.parents for p in self.protected):
+        if any(p == target or target in p.parents for p in inputs):
             log.info("kept %s: an input of this run is there", dest)
             return
-        if published is None and self.legacy and dest.is_file() and not dest.is_symlink() \
-                and recognizably_ours(dest):
+        if published is None and legacy and dest.is_file() and not dest.is_symlink() and recognizably_ours(dest):
             dest.unlink()  # made by an earlier run before there was a record
         elif published is None:
             return
-        elif published == FOLDER and _ours_folder(dest, {dest.name: FOLDER}):
+        elif published == FOLDER and _marked_folder(dest):
             shutil.rmtree(dest)
         elif published != FOLDER and dest.is_file() and not dest.is_symlink() and self.hashes.file(dest) == published:
             dest.unlink()
@@ -180,8 +178,12 @@ def _resolved(p: Path) -> Path:
 
 
 def _ours_folder(dest: Path, record: Mapping[str, str]) -> bool:
-    return record.get(dest.name) == FOLDER and dest.is_dir() and not dest.is_symlink() \
-        and (dest / FOLDER_MARK).is_file()
+    return record.get(dest.name) == FOLDER and _marked_folder(dest)
+
+
+def _marked_folder(dest: Path) -> bool:
+    """A real folder (not a link) carrying the mark `replace_folder` leaves."""
+    return dest.is_dir() and not dest.is_symlink() and (dest / FOLDER_MARK).is_file()
 
 
 def _read_record(path: Path) -> dict[str, str]:

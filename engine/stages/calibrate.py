@@ -34,7 +34,7 @@ from engine.calibration import (
     merge_samples,
 )
 from engine.calibration.memo import DecodedStats, StatsMemo
-from engine.calibration.stats import RebinnedRows
+from engine.calibration.stats import MergedStats, RebinnedRows
 from engine.config import Config
 from engine.pipeline.cache import memo_name, memo_write, prune_memo_files
 from engine.pipeline.hashing import shared_hashes
@@ -301,10 +301,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
                                                       "node_info") if k in mixed} or None}
 
 
-def warn_nonfinite(model: onnx.ModelProto, merged: dict[str, Any]) -> None:
+def warn_nonfinite(model: onnx.ModelProto, merged: dict[str, MergedStats]) -> None:
     """The float model itself computing NaN / Inf on the calibration data (Sqrt or Log of negatives, a
     division by zero) is told once, at the first such tensor in graph order: no table explains NaN cosines."""
-    bad = {t: s.nonfinite for t, s in merged.items() if getattr(s, "nonfinite", 0)}
+    bad = {t: s.nonfinite for t, s in merged.items() if s.nonfinite}
     if not bad:
         return
     order = [(o, n) for n in model.graph.node for o in n.output]
