@@ -230,8 +230,8 @@ def memo_key(model: onnx.ModelProto | bytes | str, calibration: Calibration, opt
     """The key of `improve(model, calibration, options, merged, samples, specs, settings, bias_corrections,
     searched=)`: sha256 of every input it reads (module docstring). `model`: the model, its serialized bytes, or
     the sha256 (hex) of those bytes — the stage passes the process's memoised hash of the model file instead
-    of reading and hashing it again on every run. `searched` (the threshold search's cosine) is keyed as given:
-    the search may have compared on samples past the accuracy samples."""
+    of reading and hashing it again on every run. `searched` (the threshold search's cosine, measured on the
+    accuracy samples themselves: the stage passes it only then) is keyed as given."""
     if isinstance(model, str):
         model_digest = model
     else:
