@@ -50,11 +50,6 @@ def _first_char() -> Span:
     return Span(0, 0, 0, 1)
 
 
-def config_data(result: LoadResult) -> dict[str, Any] | None:
-    """The normalised config dict (what rules read), also for configs with errors."""
-    return result.data
-
-
 def model_source(data: dict[str, Any] | None, base_dir: Path) -> ModelSource | None:
     """The model files a config names, resolved like the CLI resolves them."""
     mp = (data or {}).get(MP)

@@ -18,7 +18,7 @@ from typing import Any
 from pygls.uris import to_fs_path
 
 from engine.config.loader import LoadResult
-from hblsp.analysis import Analysis, analyse, config_data, load_text, model_source
+from hblsp.analysis import Analysis, analyse, load_text, model_source
 from hblsp.models import ModelSource, ModelState
 from hblsp.positions import UTF16, Positions
 
@@ -57,7 +57,7 @@ class ConfigDoc:
 
     @cached_property
     def data(self) -> dict[str, Any] | None:
-        return config_data(self.load())
+        return self.load().data
 
     @cached_property
     def model_source(self) -> ModelSource | None:

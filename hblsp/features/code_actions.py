@@ -29,7 +29,7 @@ from engine.config import values as V
 from engine.config.yamltree import YamlDoc, YNode
 from engine.problems import Problem, Span
 from hblsp import schema_view as sv
-from hblsp.analysis import Analysis, analyse, config_data, is_error, load_text, to_diagnostic
+from hblsp.analysis import Analysis, analyse, is_error, load_text, to_diagnostic
 from hblsp.cursor import indent_unit
 from hblsp.documents import ConfigDoc
 from hblsp.models import ModelState
@@ -164,7 +164,7 @@ class Fixer:
     def check(self, edits: tuple[Edit, ...]) -> Analysis:
         text = apply(self.text, edits)
         result = load_text(text, self.doc.base_dir, self.doc.check_files)
-        return analyse(result, config_data(result), self.model)
+        return analyse(result, result.data, self.model)
 
     def _new_errors(self, after: Analysis) -> set[tuple[str, str]]:
         return {(q.code, q.message) for q in after.problems if is_error(q)} - self.errors
