@@ -148,7 +148,6 @@ class Publisher:
         log.info("removed %s: this run does not make it", dest.name)
 
 
-HBM_MAGIC = b"\x89HBM\r\n\x1a\n"  # engine.compile.hbm.MAGIC (the pipeline does not import the compiler)
 ONNX_STAMP = b"hbcompile.stage"  # the metadata key every ONNX / .bc artefact carries
 STAMP_TAIL = 4 << 20  # metadata is serialized after the graph; a .bc's node map puts the stamp ~60 KB (rec) from the end
 
@@ -157,10 +156,13 @@ def recognizably_ours(path: Path) -> bool:
     """A model file an earlier run of this tool wrote, known by its content: a `.hbm` by its magic, an
     ONNX model or `.bc` by the `hbcompile.stage` stamp in its metadata (stored after the graph: the
     file's tail is searched)."""
+    # imported here: only a working_dir without a record asks, and the compile package takes ~0.4 s to load
+    from engine.compile.hbm import MAGIC
+
     try:
         with open(path, "rb") as fh:
             if path.suffix == ".hbm":
-                return fh.read(len(HBM_MAGIC)) == HBM_MAGIC
+                return fh.read(len(MAGIC)) == MAGIC
             if path.suffix not in (".onnx", ".bc"):
                 return False
             size = fh.seek(0, os.SEEK_END)

@@ -195,13 +195,6 @@ def test_with_no_record_an_old_model_of_ours_is_still_removed_and_nothing_else(p
     assert (wd / "tiny_sensitivity.json").read_text() == "{}"
 
 
-def test_the_pipelines_hbm_magic_is_the_compilers():
-    from engine.compile.hbm import MAGIC
-    from engine.pipeline.publish import HBM_MAGIC
-
-    assert HBM_MAGIC == MAGIC
-
-
 def test_a_model_is_recognized_by_its_stamp_even_when_its_metadata_is_large(tmp_path):
     """The stamp sits in the metadata after the graph; a big model's node map puts it tens of KB from the
     end of the file (PP-OCRv4 rec's .bc: ~60 KB)."""
