@@ -262,12 +262,11 @@ def kl_argmin(hist: np.ndarray, candidates: np.ndarray, levels: int = NUM_QUANTI
     prefix = _prefix_sums(h)
     approx, size = kl_estimates(h, cand, levels, prefix)
     finite = np.isfinite(approx)
-    if not finite.any():  # every candidate impossible (or a NaN): the exact values decide
-        exact = kl_divergences(h, cand, levels, prefix)
-        best = int(np.argmin(exact))
-        return best, float(exact[best])
-    least = float(approx[finite].min())
-    near = np.flatnonzero((approx <= least + KL_MARGIN * (1.0 + size)) | np.isnan(approx))
+    if finite.any():
+        least = float(approx[finite].min())
+        near = np.flatnonzero((approx <= least + KL_MARGIN * (1.0 + size)) | np.isnan(approx))
+    else:  # every candidate impossible (or a NaN): the exact values of all decide
+        near = np.arange(len(cand))
     exact = kl_divergences(h, cand[near], levels, prefix)
     pick = int(np.argmin(exact))
     return int(near[pick]), float(exact[pick])

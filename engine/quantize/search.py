@@ -239,14 +239,10 @@ class CandidateScorer:
         return out
 
     def _per_sample(self, session, extra: Mapping[str, np.ndarray]) -> np.ndarray:
+        from engine.accuracy.sessions import run_outputs
         from engine.similarity import mean_output_cosine
 
-        wanted = {i.name for i in session.get_inputs()}
-        got = []
-        for sample in self.samples:
-            feeds = {k: v for k, v in sample.items() if k in wanted}
-            feeds.update(extra)
-            got.append(dict(zip(self.names, session.run(self.names, feeds), strict=True)))
+        got = [run_outputs(session, sample, self.names, extra) for sample in self.samples]
         return np.array([mean_output_cosine([r], [g], self.names) for r, g in zip(self.reference, got, strict=True)])
 
 
