@@ -128,6 +128,20 @@ def connect(timeout: float = 0.5) -> socket.socket | None:
     return s
 
 
+def python_module_command(module: str, *args: str) -> list[str]:
+    """`python -m module args` that does not put the working directory on sys.path (`-P`, Python
+    3.11+): a project's own engine.py, engine/ or hblsp/ must not replace ours (the daemon, the
+    language server's model reader)."""
+    safe = ["-P"] if sys.version_info >= (3, 11) else []
+    return [sys.executable, *safe, "-m", module, *args]
+
+
+def command_words(argv: object) -> str:
+    """A forwarded run as the user typed it (the client adds --no-daemon for the daemon's own parse)."""
+    words = argv if isinstance(argv, list) else []
+    return " ".join(["hb_compile", *(str(a) for a in words if a != "--no-daemon")])
+
+
 def request(sock: socket.socket, message: dict) -> None:
     sock.sendall((json.dumps(message) + "\n").encode())
 
@@ -187,7 +201,7 @@ def _busy_words(busy: object) -> str:
     if not isinstance(busy, dict):
         return "another run"
     argv = busy.get("argv")
-    command = " ".join(["hb_compile", *(a for a in argv if a != "--no-daemon")]) if isinstance(argv, list) else "a run"
+    command = command_words(argv) if isinstance(argv, list) else "a run"
     seconds = busy.get("seconds")
     since = f" for {seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
     return f"`{command}` in {busy.get('cwd', '?')}{since}"

@@ -218,7 +218,7 @@ class Daemon:
 
 def _send(conn: socket.socket, message: dict) -> None:
     try:
-        conn.sendall((json.dumps(message) + "\n").encode())
+        dc.request(conn, message)  # one JSON line, as the client sends its request
     except OSError:
         pass
 
@@ -348,13 +348,6 @@ def _discard_line(reader, limit: int = 64 * MAX_REQUEST) -> None:
         return
 
 
-def python_module_command(module: str, *args: str) -> list[str]:
-    """`python -m module args` that does not put the working directory on sys.path (`-P`, Python
-    3.11+): a project's own engine.py, engine/ or hblsp/ must not replace ours."""
-    safe = ["-P"] if sys.version_info >= (3, 11) else []
-    return [sys.executable, *safe, "-m", module, *args]
-
-
 def start(wait: float = 60.0) -> int:
     """Start a daemon and return once it is warm (its first run does not pay for the imports)."""
     status = _ask({"cmd": "status"})
@@ -365,7 +358,7 @@ def start(wait: float = 60.0) -> int:
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     log = home / "daemon.log"
     with open(log, "ab") as fh:  # cwd: the daemon's own private folder, never the caller's project
-        child = subprocess.Popen(python_module_command("hblsp.daemon", "serve"), cwd=home, stdin=subprocess.DEVNULL,
+        child = subprocess.Popen(dc.python_module_command("hblsp.daemon", "serve"), cwd=home, stdin=subprocess.DEVNULL,
                                  stdout=fh, stderr=fh, start_new_session=True, close_fds=True)
     deadline = time.time() + wait
     while time.time() < deadline and child.poll() is None:
@@ -385,12 +378,6 @@ def start(wait: float = 60.0) -> int:
     return 1
 
 
-def _command_words(run: dict) -> str:
-    """A forwarded run as the user typed it (the client adds --no-daemon for the daemon's own parse)."""
-    argv = run.get("argv") if isinstance(run.get("argv"), list) else []
-    return " ".join(["hb_compile", *(str(a) for a in argv if a != "--no-daemon")])
-
-
 def _describe(status: dict) -> str:
     """The status line's body: which hbcompile, whether it is this one, what it is doing."""
     ident, ours = status.get("hbcompile"), dc.code_identity()
@@ -403,7 +390,7 @@ def _describe(status: dict) -> str:
         parts.append("still loading the engine")
     busy = status.get("busy")
     if isinstance(busy, dict):
-        parts.append(f"running `{_command_words(busy)}` in {busy.get('cwd')} for {busy.get('seconds', 0):.0f}s")
+        parts.append(f"running `{dc.command_words(busy.get('argv'))}` in {busy.get('cwd')} for {busy.get('seconds', 0):.0f}s")
     parts.append(str(status.get("socket")))
     text = ", ".join(parts)
     if ident != ours:
@@ -428,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hblsp daemon: running ({_describe(reply)})")
     else:
         cancelled = reply.get("cancelled")
-        print("hblsp daemon: stopped" + (f" (cancelled `{_command_words(cancelled)}` in {cancelled.get('cwd')})"
+        print("hblsp daemon: stopped" + (f" (cancelled `{dc.command_words(cancelled.get('argv'))}` in {cancelled.get('cwd')})"
                                          if isinstance(cancelled, dict) else ""))
     return 0
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import onnx
 
+from engine.daemon_client import python_module_command
 from engine.frontend.model_info import ModelInfo, model_info
 from engine.problems import HbError, Problem, error, info
 
@@ -136,9 +137,8 @@ class ProcessReader:
 
     def __call__(self, source: ModelSource) -> ModelState:
         shown = str(source.files[0])
-        # -P: the server's cwd is the workspace, whose own engine.py / engine/ must not replace ours
-        safe_path = ["-P"] if sys.version_info >= (3, 11) else []
-        args = [sys.executable, *safe_path, "-m", "hblsp.models", source.key, *map(str, source.files)]
+        # the server's cwd is the workspace, whose own engine.py / engine/ must not replace ours
+        args = python_module_command("hblsp.models", source.key, *map(str, source.files))
         why = None
         with self._lock:
             self._child = child = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
