@@ -604,8 +604,7 @@ def narrow_conv_in_float(model: onnx.ModelProto, depthwise: bool = False) -> int
                              name=f"{base}_centered"),
             helper.make_node("Conv", [centered, f"{base}_weight"] + ([f"{base}_bias"] if bias is not None else []),
                              [acc], name=f"{base}_accumulate", **attrs)]
-        readers = {node.output[0]: [n for n in g.node if node.output[0] in n.input]}  # the graph as it is now
-        relu = _relu_after(g, node, inits, readers)
+        relu = _relu_after(g, node, inits)
         original = [node] if relu is None else [node, relu]
         if relu is not None:  # max(acc, 0) is exact, and M > 0: Q(max(acc, 0)·M) = max(Q(acc·M), z_y), the Clip
             rectified = f"{base}_rectified"
@@ -750,7 +749,6 @@ def _near_ties(ties: np.ndarray, m: np.ndarray, radius: np.ndarray, bound: np.nd
     out = []
     for values, count in zip(rows, counts):
         index = np.minimum(np.arange(width)[None, :], np.maximum(count - 1, 0)[:, None])
-        index = np.minimum(index, values.shape[1] - 1)
         padded = np.take_along_axis(values, index, axis=1)
         padded[count == 0] = 0
         out.append(padded)
@@ -777,17 +775,17 @@ def _first_divisors(acc: np.ndarray, want: np.ndarray, divisor: np.ndarray, zero
     return chosen
 
 
-def _relu_after(g: onnx.GraphProto, node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto],
-                readers: Mapping[str, list[onnx.NodeProto]] | None = None) -> onnx.NodeProto | None:
+def _relu_after(g: onnx.GraphProto, node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]
+                ) -> onnx.NodeProto | None:
     """The Clip that is `node`'s only reader when it clips the codes at the output zero point from below
     and nowhere above (a Relu in the float model): the narrow conv then ends Relu → Mul M → Q. The
     float Relu sits between the Conv and the Mul, so onnxruntime fuses it into the Conv and cannot fold
     the Mul into the weights (ConvMulFusion needs the Mul right after the Conv), and the Cast to int32
-    and the Clip go away (PP-OCR's and the digits model's first conv; 5 → 3 kernels). `readers`:
-    `_consumers(g)` when the caller has it."""
+    and the Clip go away (PP-OCR's and the digits model's first conv; 5 → 3 kernels). The readers of
+    its one output are looked up in the graph as it is now (not a whole `_consumers` map per conv)."""
     if node.output[0] in {o.name for o in g.output}:
         return None
-    found = (readers if readers is not None else _consumers(g)).get(node.output[0], [])
+    found = [n for n in g.node if node.output[0] in n.input]
     if len(found) != 1:
         return None
     clip = found[0]

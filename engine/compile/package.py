@@ -142,18 +142,20 @@ class ProgramMemo:
         long as this owner too): the key names everything the program is made from, the owner only how long it is
         kept. A calibration change that leaves the `.bc` byte for byte as it was (thresholds unmoved) gives a new
         quantize entry and the same key (PP-OCRv4 det: O2 0.64 CPU s saved)."""
+        from engine.pipeline.cache import memo_name
+
         path = self.path(key)
         if path.is_file():
             return path
-        others = sorted(self.folder.glob(f"*-{key}.opt"))
-        if not others:
+        other = next(self.folder.glob(memo_name("*", f"{key}.opt")), None)  # the owner part as a wildcard
+        if other is None:
             return path
         try:
-            os.link(others[0], path)
+            os.link(other, path)
         except FileExistsError:  # another run linked it meanwhile
             pass
         except OSError:  # links refused (or the file pruned meanwhile: then read as missing)
-            return others[0]
+            return other
         return path
 
     def optimize(self, key: str, level: str, program: Callable[[], onnx.ModelProto]) -> tuple[OptimizeResult, bytes]:
