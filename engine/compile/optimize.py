@@ -455,19 +455,23 @@ def _compact_scaling_nodes(node: onnx.NodeProto, s: _Scaling, search: int = 8):
 def _same_codes(node: onnx.NodeProto, replacement: list[onnx.NodeProto], constants: list[onnx.TensorProto],
                 inits: Mapping[str, onnx.TensorProto], channels: int) -> bool:
     """The conv and its replacement on every input code of every channel (1×C×1×codes): equal?"""
-    x_dtype = numpy_helper.to_array(inits[node.input[2]]).dtype
-    info = np.iinfo(x_dtype)
-    codes = np.tile(np.arange(info.min, info.max + 1, dtype=np.int64), (channels, 1)).astype(x_dtype)
-    return _same_bits([node], replacement, [codes.reshape(1, channels, 1, -1)], [node.output[0]], inits, constants)
+    codes = _every_code(numpy_helper.to_array(inits[node.input[2]]).dtype, channels)
+    return _same_bits([node], replacement, [codes], [node.output[0]], inits, constants)
+
+
+def _every_code(dtype: np.dtype, channels: int) -> np.ndarray:
+    """Every code of an integer `dtype` in each of `channels` channels, as a 1×C×1×codes input."""
+    info = np.iinfo(dtype)
+    return np.tile(np.arange(int(info.min), int(info.max) + 1), (channels, 1)).astype(dtype)[None, :, None, :]
 
 
 def _same_bits(original: list[onnx.NodeProto], replacement: list[onnx.NodeProto], inputs: list[np.ndarray],
                outputs: list[str], inits: Mapping[str, onnx.TensorProto], constants: list[onnx.TensorProto],
-               domains: tuple[str, ...] = ()) -> bool:
+               domains: tuple[str, ...] = (), values: bool = False) -> bool:
     """`original` and `replacement` (nodes reading `original[0].input[0]`) on each of `inputs`: the
-    `outputs` equal bit for bit? Every O2 rewrite is kept only if this holds; a pair onnxruntime
-    refuses is not equal (the original stays). The answer is kept by the two programs' bytes and the
-    inputs (`_checked`)."""
+    `outputs` equal bit for bit (`values`: equal float values, ±0 alike)? Every O2 rewrite is kept only
+    if this holds; a pair onnxruntime refuses is not equal (the original stays). The answer is kept by
+    the two programs' bytes and the inputs (`_checked`)."""
     from onnx import helper
 
     x_name, x0 = original[0].input[0], inputs[0]
@@ -481,12 +485,14 @@ def _same_bits(original: list[onnx.NodeProto], replacement: list[onnx.NodeProto]
                                   [helper.make_empty_tensor_value_info(o) for o in outputs],
                                   [t for t in [*inits.values(), *constants] if t.name in used])
         programs.append(helper.make_model(graph, opset_imports=opsets).SerializeToString())
-    return _checked(("same bits", programs, x_name, inputs, outputs), _runs_equal, programs, x_name, inputs, outputs)
+    return _checked(("same values" if values else "same bits", programs, x_name, inputs, outputs), _runs_equal,
+                    programs, x_name, inputs, outputs, values)
 
 
-def _runs_equal(programs: list[bytes], x_name: str, inputs: list[np.ndarray], outputs: list[str]) -> bool:
-    """Both `programs` on each of `inputs` (fed as `x_name`): the `outputs` equal bit for bit? A program
-    onnxruntime refuses is not equal."""
+def _runs_equal(programs: list[bytes], x_name: str, inputs: list[np.ndarray], outputs: list[str],
+                values: bool = False) -> bool:
+    """Both `programs` on each of `inputs` (fed as `x_name`): the `outputs` equal bit for bit (`values`:
+    equal values, ±0 alike)? A program onnxruntime refuses is not equal."""
     from engine.runtime.session import open_session
 
     sessions = []
@@ -497,7 +503,8 @@ def _runs_equal(programs: list[bytes], x_name: str, inputs: list[np.ndarray], ou
             return False
     for x in inputs:
         a, b = (sess.run(outputs, {x_name: x}) for sess in sessions)
-        if any(p.dtype != q.dtype or p.tobytes() != q.tobytes() for p, q in zip(a, b, strict=True)):
+        if any(p.dtype != q.dtype or not (np.array_equal(p, q) if values else p.tobytes() == q.tobytes())
+               for p, q in zip(a, b, strict=True)):
             return False
     return True
 
@@ -892,40 +899,12 @@ def _same_values_on_every_code(chain: list[onnx.NodeProto], tail: list[onnx.Node
                                replacement: list[onnx.NodeProto], output: str,
                                inits: Mapping[str, onnx.TensorProto]) -> bool:
     """`chain` + `tail` and `replacement` on every code of the chain's input in every channel (the
-    channel count read off per-channel constants): equal float values (±0 alike)? Kept by the two
-    programs' bytes (`_checked`)."""
-    from onnx import helper
-
-    source = chain[0]
-    dtype = numpy_helper.to_array(inits[source.input[2]]).dtype
+    channel count read off per-channel constants): equal float values (±0 alike)?"""
+    dtype = numpy_helper.to_array(inits[chain[0].input[2]]).dtype
     if dtype not in _TENSOR_TYPE:
         return False
     channels = max([numpy_helper.to_array(inits[i]).size for n in chain for i in n.input if i in inits] + [1])
-    info = np.iinfo(dtype)
-    codes = np.tile(np.arange(int(info.min), int(info.max) + 1), (channels, 1)).astype(dtype)[None, :, None, :]
-    programs = []
-    for nodes in (chain + tail, replacement):
-        used = {i for n in nodes for i in n.input}
-        graph = helper.make_graph(nodes, "check", [helper.make_tensor_value_info(source.input[0], _TENSOR_TYPE[dtype],
-                                                                                 list(codes.shape))],
-                                  [helper.make_empty_tensor_value_info(output)], [t for t in inits.values() if t.name in used])
-        programs.append(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]).SerializeToString())
-    return _checked(("same values", programs, source.input[0], codes, output), _values_equal, programs,
-                    source.input[0], codes, output)
-
-
-def _values_equal(programs: list[bytes], x_name: str, codes: np.ndarray, output: str) -> bool:
-    """Both `programs` on `codes`: the same float values of `output` (±0 alike)? A program onnxruntime
-    refuses is not equal."""
-    from engine.runtime.session import open_session
-
-    values = []
-    for program in programs:
-        try:
-            values.append(open_session(program).run([output], {x_name: codes})[0])
-        except Exception:  # onnxruntime refused the graph: keep the pair
-            return False
-    return values[0].dtype == values[1].dtype and np.array_equal(values[0], values[1])
+    return _same_bits(chain + tail, replacement, [_every_code(dtype, channels)], [output], inits, [], values=True)
 
 
 def _narrow_conv(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]):
