@@ -289,7 +289,7 @@ def with_quantized(similarity: Similarity, reference: Mapping[str, np.ndarray],
     memo = memo if memo is not None and digests is not None else None
 
     def cosine_of(tensor: str, kind: str, values: Mapping[str, np.ndarray]) -> float | None:
-        key = _memo_key(reference, kind, tensor, digests.get((kind, tensor))) if memo is not None else None
+        key = _quantized_key(reference, kind, tensor, digests) if memo is not None else None
         kept = memo.get(key) if memo is not None else None
         if kept is not None:
             return kept  # type: ignore[return-value]
@@ -312,9 +312,16 @@ def quantized_needed(similarity: Similarity, reference: Mapping[str, np.ndarray]
     """The float tensors and outputs whose quantized value `with_quantized` would compute (not in `memo`):
     empty when the integer program need not run."""
     need = [r.tensor for r in similarity.nodes if ("quantized", r.tensor) in digests and r.tensor in reference
-            and memo.get(_memo_key(reference, "quantized", r.tensor, digests[("quantized", r.tensor)])) is None]
-    return need + [o.tensor for o in similarity.outputs if memo.get(_memo_key(
-        reference, "quantized output", o.tensor, digests.get(("quantized output", o.tensor)))) is None]
+            and memo.get(_quantized_key(reference, "quantized", r.tensor, digests)) is None]
+    return need + [o.tensor for o in similarity.outputs
+                   if memo.get(_quantized_key(reference, "quantized output", o.tensor, digests)) is None]
+
+
+def _quantized_key(reference: Mapping[str, np.ndarray], kind: str, tensor: str,
+                   digests: Mapping[tuple[str, str], Hashable]) -> Hashable:
+    """The memo key of a quantized row (`kind`: "quantized" or "quantized output"): `with_quantized` files
+    it and `quantized_needed` looks it up, so the two agree on what the program must compute."""
+    return _memo_key(reference, kind, tensor, digests.get((kind, tensor)))
 
 
 def compared_tensors(float_model: onnx.ModelProto, plan: QuantPlan) -> list[str]:
