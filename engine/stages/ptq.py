@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import OrderedDict
 from typing import Any
 
 import onnx
 
+from engine.pipeline.recent import Recent
 from engine.pipeline.stage import Stage, StageContext
 from engine.quantize.planner import QuantOptions, make_plan
 from engine.quantize.types import QuantPlan
@@ -34,13 +34,10 @@ def stage_plan(ctx: StageContext, model: onnx.ModelProto) -> QuantPlan:
     made_from = [ctx.input("calibrate", "thresholds.json"), ctx.input("calibrate", ACCURACY_FILE)]
     key = (str(source), st.st_size, st.st_mtime_ns, repr(options),
            *(hashlib.sha256(f.read_bytes()).hexdigest() if f.is_file() else "" for f in made_from))
-    plans: OrderedDict = ctx.engine.warm.setdefault("plans", OrderedDict())
+    plans: Recent = ctx.engine.warm.setdefault("plans", Recent(PLANS_KEPT))
     plan = plans.get(key)
     if plan is None:
-        plan = plans[key] = make_plan(model, load_thresholds(ctx.input("calibrate", "thresholds.json")), options)
-        while len(plans) > PLANS_KEPT:
-            plans.popitem(last=False)
-    plans.move_to_end(key)
+        plan = plans.put(key, make_plan(model, load_thresholds(ctx.input("calibrate", "thresholds.json")), options))
     return plan
 
 
