@@ -319,20 +319,35 @@ class PlanEvaluator:
         key = (frozenset(moves.items()), n)
         if key not in self.cache:
             from engine.quantize.ptq import build_ptq_model
-            from engine.similarity import cosine
 
             plan = self.plan if not moves and not _unwidened(self.plan, self.calibration, self.stats) \
                 else make_plan(self.model, self.calibration_for(moves), self.options)
-            ptq = build_ptq_model(self.model, plan)
-            session = quiet_session(ptq)
-            got = [run_outputs(session, s, self.outputs) for s in self.samples[:n]]
-            per = [[cosine(r[o], g[o]) for o in self.outputs] for r, g in zip(self.reference[:n], got, strict=True)]
+            per = self.cosines(build_ptq_model(self.model, plan), n)
             # each cosine once: the mean over samples and outputs (`mean_output_cosine`) and its spread
             self.cache[key] = 1.0 - (float(np.mean([c for p in per for c in p])) if self.outputs else 1.0)
             each = [float(np.mean(p)) if p else 1.0 for p in per]
             self.spread[key] = float(np.std(each, ddof=1) / np.sqrt(n)) if n > 1 else 0.0
             self.builds += 1
         return self.cache[key]
+
+    def cosines(self, ptq: onnx.ModelProto, n: int) -> list[tuple[float, ...]]:
+        """Per sample of the first `n`, the cosine of each output of `ptq` against the float model's. Each
+        run is looked up in the per-run memo (`engine.accuracy.runs`) first; a session is opened, and a
+        float reference computed, only for the samples whose runs it does not hold."""
+        from engine.accuracy import runs
+        from engine.similarity import cosine
+
+        data = ptq.SerializeToString(deterministic=True)
+        model, refs = runs.digest(data), self.references
+        keys = [runs.run_key(model, refs.sample_key(i), self.outputs, refs.model_key) for i in range(n)]
+        per = [runs.lookup(k) for k in keys]
+        missing = [i for i, found in enumerate(per) if found is None]
+        if missing:
+            session = quiet_session(data)
+            for i, reference in zip(missing, refs.some(missing), strict=True):
+                got = run_outputs(session, self.samples[i], self.outputs)
+                per[i] = runs.store(keys[i], [cosine(reference[o], got[o]) for o in self.outputs])
+        return per
 
     def margin(self, moves: Mapping[str, Target], samples: int | None = None) -> float:
         """The standard error of the mean output cosine of `moves` (measured by `loss`, which runs first):
@@ -528,7 +543,7 @@ def weight_culprits(model: onnx.ModelProto, plan: QuantPlan, probe: SwitchableMo
     int8 plan instead (activations quantized too) swings by ±0.05 on one sample (the activations'
     clipping and the bias rounding interact) and picked 16 CPU moves.
     A CPU move keeps float weights (int8 weights are fixed on the BPU) and hands an int16 output on."""
-    from engine.accuracy.sensitivity import Evaluator, cropped
+    from engine.accuracy.sensitivity import Evaluator, crop_references, cropped
     from engine.accuracy.switchable import Setting
 
     weighted = [r for r in rows if r.of_kind("weight") and r.op_type != INPUT_ROW]
@@ -537,7 +552,7 @@ def weight_culprits(model: onnx.ModelProto, plan: QuantPlan, probe: SwitchableMo
     small = cropped(model, samples, crop) if crop else None
     sw, run_model, data = (build_switchable(small[0], plan), small[0], small[1]) if small is not None \
         else (probe, model, list(samples))
-    ev = Evaluator(sw, run_model, data)
+    ev = Evaluator(sw, run_model, data, crop_references(run_model, data) if small is not None else None)
     share = WEIGHT_CULPRIT_SHARE if share is None else share
     weights = Setting({}, set(sw.weights))
     base = ev.loss(weights)

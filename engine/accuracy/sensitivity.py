@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
+from engine.accuracy.sessions import References
 from engine.accuracy.switchable import Row, Setting, SwitchableModel, build_switchable
 from engine.calibration.stats import MergedStats
 from engine.quantize.types import QuantPlan
@@ -166,21 +167,43 @@ def row_noise(row: Row, plan: QuantPlan, stats: Mapping[str, MergedStats], model
 
 
 class Evaluator:
-    """Runs a switchable model on fixed samples against the float model's outputs."""
+    """Runs a switchable model on fixed samples against the float model's outputs. Each run's output
+    cosines are looked up first in the per-run memo (`engine.accuracy.runs`): a run of the same model
+    and switches on the same sample is not repeated, and a sample's float reference is computed only
+    when one of its runs is. `runs` counts the onnxruntime runs made."""
 
     def __init__(self, switchable: SwitchableModel, model: onnx.ModelProto, samples: Sequence[Sample],
-                 reference: Sequence[Mapping[str, np.ndarray]] | None = None):
+                 references: References | None = None):
         from engine.accuracy.sessions import References
 
         self.sw = switchable
         self.samples = list(samples)
-        self.reference = list(reference) if reference is not None else References(model, self.samples).values
+        self.references = references if references is not None else References(model, self.samples)
         self.runs = 0
 
+    def cosines(self, setting: Setting) -> list[tuple[float, ...]]:
+        """Per sample, the cosine of each output under `setting` against the float model's."""
+        from engine.accuracy import runs
+        from engine.similarity import cosine
+
+        model, switches, refs = self.sw.digest(), self.sw.setting_key(setting), self.references
+        out = []
+        for i, sample in enumerate(self.samples):
+            key = runs.run_key(model, refs.sample_key(i), self.sw.outputs, refs.model_key, switches)
+            found = runs.lookup(key)
+            if found is None:
+                got = self.sw.run(sample, setting)
+                self.runs += 1
+                reference = refs[i]
+                found = runs.store(key, [cosine(reference[o], got[o]) for o in self.sw.outputs])
+            out.append(found)
+        return out
+
     def loss(self, setting: Setting) -> float:
-        got = [self.sw.run(s, setting) for s in self.samples]
-        self.runs += len(self.samples)
-        return output_loss(self.reference, got, self.sw.outputs)
+        """`output_loss` of the runs under `setting`: 1 − the mean output cosine over samples and outputs."""
+        from engine.accuracy.runs import mean_loss
+
+        return mean_loss(self.cosines(setting))
 
 
 MIN_CROP_SIDE = 96  # pixels: a crop smaller than this says little about a real image
@@ -255,6 +278,40 @@ def cropped(model: onnx.ModelProto, samples: Sequence[Sample], share: float, min
     return small, crops, shown
 
 
+def crop_references(model: onnx.ModelProto, crops: Sequence[Sample]) -> References:
+    """The float outputs of a cropped model (`cropped`), kept apart from the whole model's (`CROP_OUTPUTS`)."""
+    from engine.accuracy.sessions import CROP_OUTPUTS
+
+    return References(model, crops, CROP_OUTPUTS)
+
+
+def _all_quantized(ev: Evaluator, model: onnx.ModelProto, exposed: Sequence[str]
+                   ) -> list[tuple[tuple[float, ...], tuple[float, ...]]]:
+    """Per sample of `ev`, every switch of its model on: (the cosine of each output against the float
+    model's, the cosine of each `exposed` tensor against its float value). Memoised per run like
+    `Evaluator.cosines` (the float tensors come from a run of `model` exposing them)."""
+    from engine.accuracy import runs
+    from engine.similarity import cosine, run_model
+
+    sw, refs = ev.sw, ev.references
+    everything = sw.all_on()
+    switches = sw.setting_key(everything)
+    out = []
+    for i, sample in enumerate(ev.samples):
+        key = runs.run_key(sw.digest(), refs.sample_key(i), [*sw.outputs, *exposed], refs.model_key, switches,
+                           kind="output and exposed tensor cosines")
+        found = runs.lookup(key)
+        if found is None:
+            got = sw.run(sample, everything, exposed)
+            ev.runs += 1
+            reference = refs[i]
+            floats = run_model(model, sample, exposed)
+            found = runs.store(key, (tuple(cosine(reference[o], got[o]) for o in sw.outputs),
+                                     tuple(cosine(floats[t], got[t]) for t in exposed)))
+        out.append(found)
+    return out
+
+
 def _refined(ranked: list[NodeSensitivity], model: onnx.ModelProto, plan: QuantPlan, samples: Sequence[Sample],
              count: int, sw: SwitchableModel) -> list[NodeSensitivity]:
     """`ranked` (from crops) with its top `count` activation rows re-measured on the whole samples
@@ -288,7 +345,7 @@ def analyse(model: onnx.ModelProto, plan: QuantPlan, samples: Sequence[Sample],
     rarely matter (PP-OCRv4 det: the largest weight loss 0.0023 against 0.0100 for activations),
     so by default only the 24 with the largest weight noise are run.
     """
-    from engine.similarity import cosine, run_model
+    from engine.accuracy.runs import mean_loss
 
     t0 = time.perf_counter()
     stats = stats or {}
@@ -313,19 +370,16 @@ def analyse(model: onnx.ModelProto, plan: QuantPlan, samples: Sequence[Sample],
                for r in weighted}
     weight_runs = {r.name for r in sorted(weighted, key=lambda r: -w_noise[r.name])[:weight_limit]} \
         if weight_limit is not None else {r.name for r in weighted}
-    ev = Evaluator(sw, model, samples)
+    ev = Evaluator(sw, model, samples, crop_references(model, samples) if small is not None else None)
     # activation-only questions on a model whose weights stay constant (prepacked kernels: ~2x faster)
-    act_ev = Evaluator(build_switchable(model, plan, weights=False), model, samples, ev.reference)
-    everything = sw.all_on()
+    act_ev = Evaluator(build_switchable(model, plan, weights=False), model, samples, ev.references)
     exposed = [r.tensor for r in rows if r.tensor and r.tensor in sw.mapping]
     accumulated: dict[str, float] = {}
     full_loss = []
-    for s, ref in zip(ev.samples, ev.reference, strict=True):
-        got = sw.run(s, everything, exposed)
-        full_loss.append(output_loss([ref], [got], sw.outputs))
-        floats = run_model(model, s, exposed)
-        for t in exposed:
-            accumulated[t] = accumulated.get(t, 0.0) + (1.0 - cosine(floats[t], got[t])) / len(ev.samples)
+    for outputs, tensors in _all_quantized(ev, model, exposed):
+        full_loss.append(mean_loss([outputs]))
+        for t, c in zip(exposed, tensors, strict=True):
+            accumulated[t] = accumulated.get(t, 0.0) + (1.0 - c) / len(ev.samples)
     result: list[NodeSensitivity] = []
     todo = {r.name for r in measured}
     done = 0
@@ -352,5 +406,5 @@ def analyse(model: onnx.ModelProto, plan: QuantPlan, samples: Sequence[Sample],
                        len(todo), notes)
 
 
-__all__ = ["MIN_CROP_SIDE", "Evaluator", "NodeSensitivity", "Sensitivity", "analyse", "cropped", "local_noise",
-           "output_loss", "row_noise"]
+__all__ = ["MIN_CROP_SIDE", "Evaluator", "NodeSensitivity", "Sensitivity", "analyse", "crop_references", "cropped",
+           "local_noise", "output_loss", "row_noise"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -85,6 +85,9 @@ class FloatOutputs:
 
 
 FLOAT_OUTPUTS = FloatOutputs()
+# the float outputs of the centre crops the sensitivity ranking runs on (`sensitivity.cropped`): kept apart,
+# so that the crop's model does not replace the whole model's outputs, which the next calibration reads
+CROP_OUTPUTS = FloatOutputs(budget=16 << 20)
 
 
 def model_key(model: onnx.ModelProto) -> str:
@@ -108,14 +111,37 @@ def sample_key(sample: Sample) -> str:
 
 class References:
     """The float model's outputs on fixed samples, each computed once and only when asked for (one
-    session, opened only for samples whose outputs `FLOAT_OUTPUTS` does not hold)."""
+    session per call that needs a run, opened only for samples whose outputs `FLOAT_OUTPUTS` does not
+    hold). Indexable per sample: the accuracy steps' memoised runs (`engine.accuracy.runs`) need the
+    float outputs only of the samples whose runs they do not find, i.e. of the samples that changed."""
 
-    def __init__(self, model: onnx.ModelProto, samples: Sequence[Sample]):
+    def __init__(self, model: onnx.ModelProto, samples: Sequence[Sample], kept: FloatOutputs | None = None):
         self.model = model
         self.samples = list(samples)
+        self.kept = kept  # where the outputs are kept across instances (None: FLOAT_OUTPUTS)
         self.outputs = [o.name for o in model.graph.output]
-        self._values: list[dict[str, np.ndarray]] = []
+        self._values: dict[int, dict[str, np.ndarray]] = {}
+        self._sample_keys: dict[int, str] = {}
         self._key: str | None = None
+
+    @property
+    def model_key(self) -> str:
+        """sha256 of the float model's bytes, computed once."""
+        if self._key is None:
+            self._key = model_key(self.model)
+        return self._key
+
+    def sample_key(self, index: int) -> str:
+        """`sample_key` of sample `index`, computed once."""
+        if index not in self._sample_keys:
+            self._sample_keys[index] = sample_key(self.samples[index])
+        return self._sample_keys[index]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return self.some([index])[0]
 
     @property
     def values(self) -> list[dict[str, np.ndarray]]:
@@ -125,18 +151,23 @@ class References:
         """The outputs of the first `n` samples, computing no other: the data checks read 4 samples'
         outputs before mixed precision knows whether it needs all 8 (digits: a float session and 4 runs,
         ~2 ms of the ~7 the steps took, when the threshold search's cosine decides alone)."""
-        n = max(0, min(int(n), len(self.samples)))
-        if len(self._values) < n:
-            self._key = self._key or model_key(self.model)
-            session = None
-            for s in self.samples[len(self._values):n]:
-                skey = sample_key(s)
-                got = FLOAT_OUTPUTS.get(self._key, skey)
-                if got is None:
-                    session = session or quiet_session(self.model)
-                    got = FLOAT_OUTPUTS.put(self._key, skey, run_outputs(session, s, self.outputs))
-                self._values.append(got)
-        return self._values[:n]
+        return self.some(range(max(0, min(int(n), len(self.samples)))))
+
+    def some(self, indices: Iterable[int]) -> list[dict[str, np.ndarray]]:
+        """The outputs of the samples at `indices`, in that order; those not known yet computed in one session."""
+        indices = [range(len(self.samples))[i] for i in indices]  # IndexError past the end, negatives resolved
+        session = None
+        kept = self.kept if self.kept is not None else FLOAT_OUTPUTS
+        for i in dict.fromkeys(indices):
+            if i in self._values:
+                continue
+            skey = self.sample_key(i)
+            got = kept.get(self.model_key, skey)
+            if got is None:
+                session = session or quiet_session(self.model)
+                got = kept.put(self.model_key, skey, run_outputs(session, self.samples[i], self.outputs))
+            self._values[i] = got
+        return [self._values[i] for i in indices]
 
 
-__all__ = ["FLOAT_OUTPUTS", "FloatOutputs", "References", "model_key", "quiet_session", "run_outputs", "sample_key"]
+__all__ = ["CROP_OUTPUTS", "FLOAT_OUTPUTS", "FloatOutputs", "References", "model_key", "quiet_session", "run_outputs", "sample_key"]

@@ -26,6 +26,7 @@ row, named after the tensor.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -86,6 +87,7 @@ class SwitchableModel:
     outputs: list[str]
     mapping: dict[str, str]  # float tensor → the tensor its readers see
     _session: object | None = field(default=None, repr=False)
+    _digest: str | None = field(default=None, repr=False)
 
     @property
     def acts(self) -> dict[str, Switch]:
@@ -125,6 +127,17 @@ class SwitchableModel:
             else:
                 out[s.input8] = np.array(s.target in setting.weights)
         return out
+
+    def digest(self) -> str:
+        """sha256 of the model's bytes, computed once: with `setting_key`, what a run's result depends
+        on besides the sample (`engine.accuracy.runs`). The model is not changed after it is built."""
+        if self._digest is None:
+            self._digest = hashlib.sha256(self.model.SerializeToString(deterministic=True)).hexdigest()
+        return self._digest
+
+    def setting_key(self, setting: Setting) -> str:
+        """The switch feeds of `setting`, as text: each switch input's name and value, sorted by name."""
+        return ";".join(f"{k}={int(bool(v))}" for k, v in sorted(self.feeds(setting).items()))
 
     def session(self, threads: int | None = None):
         if self._session is None:
