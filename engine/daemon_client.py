@@ -28,21 +28,25 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import socket
 import sys
-import tempfile
 from pathlib import Path
-from typing import TextIO
 
 import engine
+
+# no `typing` (3 ms) nor `tempfile` (2 ms) at import: a warm client's whole run is ~70 ms of start-up,
+# imports and this module
 
 PROTOCOL = 2
 RESTART = "hblsp daemon stop && hblsp daemon start"
 
 
 def runtime_dir() -> Path:
+    import tempfile
+
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     return Path(base) / f"hbcompile-{os.getuid()}"
 
@@ -63,23 +67,37 @@ def _package_dirs() -> list[Path]:
 def code_identity() -> dict[str, str]:
     """Which hbcompile this process runs: its version, where it is installed and a digest of every
     file of the installed engine and hblsp (path, size, modification time: an upgrade or an edit
-    changes it, a stat walk costs about a millisecond), so a daemon started before either is found out."""
+    changes it), so a daemon started before either is found out. Every warm client run takes it:
+    ~160 files, 0.7 ms (a directory scan, one stat per file)."""
     digest = hashlib.sha256()
     dirs = _package_dirs()
     for root in dirs:
         digest.update(f"{root}\0".encode())
-        for folder, subdirs, files in os.walk(root):
-            subdirs[:] = sorted(d for d in subdirs if d != "__pycache__")
-            for name in sorted(files):
-                if name.endswith((".pyc", ".pyo")):
-                    continue
-                path = os.path.join(folder, name)
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    continue
-                digest.update(f"{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        digest.update("".join(_stamps(str(root), "")).encode())
     return {"version": engine.__version__, "location": str(dirs[0].parent), "code": digest.hexdigest()[:16]}
+
+
+def _stamps(folder: str, relative: str) -> list[str]:
+    """`path\0size\0mtime_ns\0` of every file under `folder` but compiled ones, by name, depth first."""
+    try:
+        with os.scandir(folder) as found:
+            entries = sorted(found, key=lambda e: e.name)
+    except OSError:
+        return []
+    out: list[str] = []
+    for entry in entries:
+        try:
+            if entry.is_dir():
+                if entry.name != "__pycache__":
+                    out += _stamps(entry.path, f"{relative}{entry.name}/")
+                continue
+            if entry.name.endswith((".pyc", ".pyo")):
+                continue
+            st = entry.stat()
+        except OSError:  # gone meanwhile
+            continue
+        out.append(f"{relative}{entry.name}\0{st.st_size}\0{st.st_mtime_ns}\0")
+    return out
 
 
 def _version_key(version: str) -> tuple[int, ...] | None:
@@ -160,7 +178,7 @@ class _Console:
     carries on the same way (its logging drops the writes), and a client that hung up would make
     the daemon cancel the run."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: io.TextIOBase) -> None:
         self.stream, self.gone = stream, False
 
     def write(self, text: str) -> None:
@@ -174,7 +192,7 @@ class _Console:
             _point_at_devnull(self.stream)
 
 
-def _point_at_devnull(stream: TextIO) -> None:
+def _point_at_devnull(stream: io.TextIOBase) -> None:
     """Send the rest of `stream` (and what its buffer still holds, flushed at exit) to /dev/null,
     so the interpreter's last flush cannot fail on the closed pipe either."""
     try:
