@@ -261,12 +261,23 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def _new_temp(path: Path) -> tuple[int, str]:
+    """A new file beside `path` (`.name.<random>`), open for writing, with the mode a plain `open()` gives
+    (0666 less the umask, applied by the kernel: no umask read, no chmod)."""
+    for _ in range(100):
+        tmp = os.path.join(path.parent, f".{path.name}.{os.urandom(6).hex()}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = _new_temp(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            os.fchmod(fh.fileno(), published_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -274,11 +285,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_copy(src: Path, dest: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    os.fchmod(fd, published_mode())
+    fd, tmp = _new_temp(dest)
     os.close(fd)
     try:
-        shutil.copyfile(src, tmp)
+        shutil.copyfile(src, tmp)  # into the file made with its mode (sendfile on Linux)
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -39,11 +40,18 @@ class ArtefactCollisionError(HbError):
 
 
 class Publisher:
-    """Copies artefacts into working_dirs; kept by a warm engine (what it copied, by stat)."""
+    """Copies artefacts into working_dirs; kept by a warm engine (what it copied, by stat).
+
+    A warm engine publishes after every run, mostly files already in place: each is then one `stat` of
+    the published file and of its entry file. An entry file's sha256 is kept by its stat stamp (cache
+    entries never change once committed; the hash memo would hash a file written in the last 2 s again),
+    and the record by the record file's stamp."""
 
     def __init__(self, hashes: HashMemo) -> None:
         self.hashes = hashes
         self.copied: dict[str, tuple[str, int, int]] = {}  # published artefact -> (cache file, size, mtime_ns)
+        self._entry_sha: dict[str, tuple[tuple[int, int, int], str]] = {}  # entry file -> (stamp, sha256)
+        self._records: dict[str, tuple[tuple[int, int, int], dict[str, str]]] = {}  # record path -> (stamp, record)
 
     def publish(self, working_dir: Path, cache_root: Path, artefacts: Iterable[tuple[str, Path | None]],
                 protected: Iterable[Path] = ()) -> dict[str, Path]:
@@ -52,39 +60,69 @@ class Publisher:
         {name: published path}. Raises OSError when working_dir cannot be written, ArtefactCollisionError
         when an artefact would replace an input, or a folder artefact a folder not ours."""
         record_path = cache_root / RECORD
-        before = _read_record(record_path)
-        legacy = not record_path.exists()  # a working_dir from before the record (or .hb_cache deleted)
+        before, legacy = self._read_record(record_path)  # legacy: from before the record (or .hb_cache deleted)
         record = dict(before)
-        artefacts = list(artefacts)
-        inputs = {_resolved(p) for p in protected}
+        inputs = _Inputs(protected)
+        plan: list[tuple[str, Path, Path | None, os.stat_result | None, os.stat_result | None]] = []
         for name, src in artefacts:  # before anything is written: all of this run's artefacts, or none
             dest = working_dir / name
-            if src is not None and src.exists() and _resolved(dest) in inputs:
+            src_st = _stat(src) if src is not None else None
+            dest_st = _stat(dest)
+            if src_st is not None and inputs.holds(dest, dest_st):
                 raise ArtefactCollisionError(error(
                     "artefact-collision", f"the artefact {name} would overwrite {dest}, an input of this run: "
                     "choose another output_model_file_prefix or working_dir"))
-            if src is not None and src.is_dir():
+            if src_st is not None and stat.S_ISDIR(src_st.st_mode):
                 self._check_folder(src, dest, record)
+            plan.append((name, dest, src if src_st is not None else None, src_st, dest_st))
         out: dict[str, Path] = {}
         try:
-            for name, src in artefacts:
-                dest = working_dir / name
-                if src is None or not src.exists():
+            for name, dest, src, src_st, dest_st in plan:
+                if src is None or src_st is None:
                     self._unpublish(dest, record, inputs, legacy)
-                elif src.is_dir():
+                elif stat.S_ISDIR(src_st.st_mode):
                     self._publish_folder(src, dest, record)
                     out[name] = dest
                 else:
-                    if not self._published_from(dest, src):
+                    if not self._published_from(dest, src, dest_st, src_st):
                         atomic_copy(src, dest)
                         self._remember_copy(dest, src)
-                    record[name] = self.hashes.file(src)
+                    record[name] = self._sha(src, src_st)
                     out[name] = dest
         finally:
             if record != before:
                 cache_root.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(record_path, json.dumps(record, indent=0, sort_keys=True))
+                self._remember_record(record_path, record)
         return out
+
+    def _read_record(self, path: Path) -> tuple[dict[str, str], bool]:
+        """The record (`RECORD`) and whether there is none; read again only when its stat stamp changed."""
+        st = _stat(path)
+        if st is None:
+            self._records.pop(str(path), None)
+            return {}, True
+        kept = self._records.get(str(path))
+        if kept is not None and kept[0] == (st.st_size, st.st_mtime_ns, st.st_ino):
+            return dict(kept[1]), False
+        record = _read_record(path)
+        self._records[str(path)] = ((st.st_size, st.st_mtime_ns, st.st_ino), record)
+        return dict(record), False
+
+    def _remember_record(self, path: Path, record: dict[str, str]) -> None:
+        st = _stat(path)
+        if st is not None:
+            self._records[str(path)] = ((st.st_size, st.st_mtime_ns, st.st_ino), dict(record))
+
+    def _sha(self, src: Path, st: os.stat_result) -> str:
+        """sha256 of an entry file, kept by its (size, mtime, inode): entries never change once committed."""
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+        kept = self._entry_sha.get(str(src))
+        if kept is not None and kept[0] == stamp:
+            return kept[1]
+        digest = self.hashes.file(src)
+        self._entry_sha[str(src)] = (stamp, digest)
+        return digest
 
     def _check_folder(self, src: Path, dest: Path, record: Mapping[str, str]) -> None:
         if self.copied.get(str(dest)) == (str(src), 0, 0) and dest.is_dir():
@@ -102,17 +140,16 @@ class Publisher:
         record[dest.name] = FOLDER
         self.copied[str(dest)] = (str(src), 0, 0)
 
-    def _published_from(self, dest: Path, src: Path) -> bool:
-        """Whether `dest` holds `src`'s bytes: this engine copied it from that entry (entries never
-        change) and its (size, mtime) are what the copy left; else compared by content (files written in
-        the last 2 s are hashed again on every look: the hash memo's racy window)."""
-        try:
-            st = os.stat(dest)
-        except OSError:
+    def _published_from(self, dest: Path, src: Path, st: os.stat_result | None, src_st: os.stat_result) -> bool:
+        """Whether `dest` (stat `st`, None when missing) holds `src`'s bytes: this engine copied it from that
+        entry (entries never change) and its (size, mtime) are what the copy left; else compared by content
+        when the sizes agree (files written in the last 2 s are hashed again on every look: the hash memo's
+        racy window)."""
+        if st is None:
             return False
         if self.copied.get(str(dest)) == (str(src), st.st_size, st.st_mtime_ns):
             return True
-        if self.hashes.file(dest) != self.hashes.file(src):
+        if st.st_size != src_st.st_size or self.hashes.file(dest) != self._sha(src, src_st):
             return False
         self._remember_copy(dest, src, st)
         return True
@@ -122,7 +159,7 @@ class Publisher:
         st = st or os.stat(dest)
         self.copied[str(dest)] = (str(src), st.st_size, st.st_mtime_ns)
 
-    def _unpublish(self, dest: Path, record: dict[str, str], inputs: set[Path], legacy: bool) -> None:
+    def _unpublish(self, dest: Path, record: dict[str, str], inputs: _Inputs, legacy: bool) -> None:
         """An artefact this run does not make leaves working_dir — when it is still what was published
         there (a folder: marked as ours; with no record at all (`legacy`), a model recognizably ours),
         never an input of the run (`inputs`, resolved) nor a file or folder of the user's with its name."""
@@ -131,7 +168,7 @@ class Publisher:
         if not (dest.exists() or dest.is_symlink()):
             return
         target = _resolved(dest)
-        if any(p == target or target in p.parents for p in inputs):
+        if any(p == target or target in p.parents for p in inputs.resolved):
             log.info("kept %s: an input of this run is there", dest)
             return
         if published is None and legacy and dest.is_file() and not dest.is_symlink() and recognizably_ours(dest):
@@ -170,6 +207,45 @@ def recognizably_ours(path: Path) -> bool:
             return ONNX_STAMP in fh.read()
     except OSError:
         return False
+
+
+class _Inputs:
+    """A run's input paths (`publish`'s `protected`), asked whether a working_dir path is one of them: by
+    file identity (device, inode: the same file whatever the path, links included) for the inputs that
+    exist, by resolved path for any that do not; `resolved` (for an input inside a folder artefact) is
+    taken on first use — a run that removes nothing never resolves a path."""
+
+    def __init__(self, paths: Iterable[Path]) -> None:
+        self.paths = list(paths)
+        self.ids: set[tuple[int, int]] = set()
+        self.missing: list[Path] = []
+        for p in self.paths:
+            st = _stat(p)
+            if st is None:
+                self.missing.append(_resolved(p))
+            else:
+                self.ids.add((st.st_dev, st.st_ino))
+        self._resolved: set[Path] | None = None
+
+    def holds(self, dest: Path, st: os.stat_result | None) -> bool:
+        """Whether `dest` (its `os.stat`, None when it does not exist) is one of the inputs."""
+        if st is not None and (st.st_dev, st.st_ino) in self.ids:
+            return True
+        return bool(self.missing) and _resolved(dest) in self.missing
+
+    @property
+    def resolved(self) -> set[Path]:
+        if self._resolved is None:
+            self._resolved = {_resolved(p) for p in self.paths}
+        return self._resolved
+
+
+def _stat(p: Path) -> os.stat_result | None:
+    """`os.stat` (links followed), None when there is nothing there."""
+    try:
+        return os.stat(p)
+    except (OSError, ValueError):
+        return None
 
 
 def _resolved(p: Path) -> Path:

@@ -19,7 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import onnx
@@ -48,12 +51,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from engine.problems import StageError
 
     config, out = ctx.config, ctx.out_dir
-    optimized = onnx.load(str(ctx.input("optimize", "model.onnx")))
-    bc_bytes = ctx.input("quantize", "model.bc").read_bytes()
-    bc, bc_sha256 = onnx.load_from_string(bc_bytes), hashlib.sha256(bc_bytes).hexdigest()
-    specs = json.loads(ctx.input("calibrate", "inputs.json").read_text())
+    inputs = upstream_inputs(ctx)
+    optimized, bc, bc_sha256 = inputs.optimized, inputs.bc, inputs.bc_sha256
     plan = stage_plan(ctx, optimized)
-    options, problems = resolve(config.compiler, config.model.march, specs)
+    options, problems = resolve(config.compiler, config.model.march, inputs.specs)
     for p in problems:
         if p.is_error:
             raise StageError(p)
@@ -81,6 +82,41 @@ def run(ctx: StageContext) -> dict[str, Any]:
         log.info(line)
     return {"removed": [r.to_json() for r in removed], "perf": perf.get("summary", {}),
             "optimize_level": options.optimize_level if hasattr(options, "optimize_level") else None}
+
+
+@dataclass(frozen=True)
+class UpstreamInputs:
+    """What the compile stage reads of earlier stages' entries, parsed: the optimized float model, the
+    `.bc` with the sha256 of its bytes, and the input specs. Nobody modifies them (`remove_nodes`,
+    `build_hbm` and `partition` copy what they change)."""
+
+    optimized: onnx.ModelProto
+    bc: onnx.ModelProto
+    bc_sha256: str
+    specs: Any
+
+
+def _stamp(path: Path) -> tuple[str, int, int, int, int]:
+    st = os.stat(path)
+    return str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+def upstream_inputs(ctx: StageContext) -> UpstreamInputs:
+    """The stage's `UpstreamInputs`, kept in the warm engine by the files' stat stamps (path, size, mtime,
+    ctime, inode): cache entries never change once committed, so a compiler_parameters edit reads the
+    same three files as the run before — parsed again only when one of them is another file (digits:
+    0.5 ms of a ~5 ms stage; PP-OCRv4 det: the 1.4 MB `.bc` read, parsed and hashed, ~5 ms)."""
+    files = (ctx.input("optimize", "model.onnx"), ctx.input("quantize", "model.bc"),
+             ctx.input("calibrate", "inputs.json"))
+    key = tuple(_stamp(f) for f in files)
+    kept = ctx.engine.warm.get("compile_inputs")
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    bc_bytes = files[1].read_bytes()
+    made = UpstreamInputs(onnx.load(str(files[0])), onnx.load_from_string(bc_bytes),
+                          hashlib.sha256(bc_bytes).hexdigest(), json.loads(files[2].read_text()))
+    ctx.engine.warm["compile_inputs"] = (key, made)
+    return made
 
 
 def _advice_text(ctx: StageContext, plan: QuantPlan, advice: Callable[[], Any]) -> str:
