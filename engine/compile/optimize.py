@@ -126,7 +126,8 @@ def optimize_program(program: onnx.ModelProto, level: str) -> OptimizeResult:
     o2_rewrites = {"per_channel_scaling": per_channel_scaling(o2), "narrow_conv_in_float": narrow_conv_in_float(o2),
                    "depthwise_conv_in_float": depthwise_conv_in_float(o2),
                    "round_instead_of_requantize": round_instead_of_requantize(o2),
-                   "merge_sibling_convs": merge_sibling_convs(o2), "index_tables_directly": index_tables_directly(o2),
+                   "merge_sibling_convs": merge_sibling_convs(o2), "bias_as_zero_point": bias_as_zero_point(o2),
+                   "index_tables_directly": index_tables_directly(o2),
                    "untranspose_float_side_tables": untranspose_float_side_tables(o2),
                    "dequantized_tables": dequantized_tables(o2),
                    "si32_head_as_qgemm": si32_head_as_qgemm(o2), "nhwc_max_pool": nhwc_max_pool(o2),
@@ -1088,6 +1089,69 @@ def _rename_in_node_map(model: onnx.ModelProto, renamed: Mapping[str, list[str]]
                     out.append(q)
         node_map[float_node] = out
     set_metadata(model, NODE_MAP, node_map)
+
+
+# ------------------------------------------------------------ a conv's int32 bias as a zero point (O2)
+
+def bias_as_zero_point(model: onnx.ModelProto) -> int:
+    """ConvInteger → Add of the int32 bias b_c → DequantizeLinear(acc, M_c, axis 1) (the 1×1 int16-output
+    convs) as ConvInteger → DequantizeLinear(acc, M_c, zero point −b_c, axis 1): onnxruntime's int32
+    DequantizeLinear subtracts the zero point in int32 before its one float32 multiply, so
+    float(acc − (−b_c)) · M_c is the Add's float(acc + b_c) · M_c, one pass over the int32 accumulator
+    fewer (PP-OCRv4 det's 320×320 one: Add 0.9 ms of its 3.6 ms chain). Checked on seeded random
+    accumulators over ±2³⁰ (wrapping int32 sums alike)."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    readers = _consumers(g)
+    outputs = {o.name for o in g.output}
+    rewritten = 0
+    for conv in list(g.node):
+        if conv.op_type != "ConvInteger" or conv.domain not in ("", "ai.onnx") or conv.output[0] in outputs \
+                or len(conv.input) < 2 or conv.input[1] not in inits:
+            continue
+        adds = readers.get(conv.output[0], [])
+        if len(adds) != 1 or adds[0].op_type != "Add" or adds[0].output[0] in outputs:
+            continue
+        add = adds[0]
+        other = add.input[1]
+        if add.input[0] != conv.output[0]:  # the lowering's order; the check feeds the accumulator as input 0
+            continue
+        dqs = readers.get(add.output[0], [])
+        if other not in inits or len(dqs) != 1 or dqs[0].op_type != "DequantizeLinear" \
+                or dqs[0].domain not in ("", "ai.onnx") or dqs[0].input[1] not in inits:
+            continue
+        dq = dqs[0]
+        bias, scale = numpy_helper.to_array(inits[other]), numpy_helper.to_array(inits[dq.input[1]])
+        zero = numpy_helper.to_array(inits[dq.input[2]]) if len(dq.input) > 2 and dq.input[2] in inits else \
+            None if len(dq.input) > 2 and dq.input[2] else np.zeros(scale.shape, np.int32)
+        rank = numpy_helper.to_array(inits[conv.input[1]]).ndim
+        axis = _axis(dq) % rank
+        if zero is None or np.any(zero != 0) or bias.dtype != np.int32 or np.any(bias == np.iinfo(np.int32).min):
+            continue
+        if scale.size == 1 and bias.size == 1:
+            shift = -bias.reshape(scale.shape)
+        elif bias.ndim == rank and bias.shape[axis] == scale.size and bias.size == scale.size and scale.ndim == 1:
+            shift = -bias.reshape(-1)
+        else:
+            continue
+        base = dq.name or dq.output[0]
+        constant = numpy_helper.from_array(shift.astype(np.int32), f"{base}_bias_zero_point")
+        merged = onnx.helper.make_node("DequantizeLinear", [conv.output[0], dq.input[1], constant.name], list(dq.output),
+                                       name=dq.name, **({"axis": _axis(dq)} if scale.size > 1 else {}))
+        channels = scale.size if scale.size > 1 else 1
+        shape = tuple(channels if d == axis else 2 + d for d in range(rank))
+        rng = np.random.default_rng(0)
+        accumulators = [rng.integers(-(2 ** 30), 2 ** 30, shape, dtype=np.int64).astype(np.int32) for _ in range(2)]
+        if not _same_bits([add, dq], [merged], accumulators, [dq.output[0]], inits, [constant]):
+            continue
+        index = list(g.node).index(add)
+        g.node.remove(add)
+        g.node.remove(dq)
+        g.node.insert(index, merged)
+        g.initializer.append(constant)
+        _rename_in_node_map(model, {add.name: [merged.name]})
+        rewritten += 1
+    return rewritten
 
 
 # --------------------------------------------------------------------------- tables (O2)
