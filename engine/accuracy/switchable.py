@@ -88,6 +88,7 @@ class SwitchableModel:
     mapping: dict[str, str]  # float tensor → the tensor its readers see
     _session: object | None = field(default=None, repr=False)
     _digest: str | None = field(default=None, repr=False)
+    _gated: dict[str, str] = field(default_factory=dict, repr=False)  # switch input → its constants' digest
 
     @property
     def acts(self) -> dict[str, Switch]:
@@ -129,15 +130,22 @@ class SwitchableModel:
         return out
 
     def digest(self) -> str:
-        """sha256 of the model's bytes, computed once: with `setting_key`, what a run's result depends
-        on besides the sample (`engine.accuracy.runs`). The model is not changed after it is built."""
+        """sha256 of the model's bytes except the values of the constants only a switch's quantized side
+        reads (`gated_constants`), computed once: with `setting_key`, what a run's result depends on
+        besides the sample (`engine.accuracy.runs`). The model is not changed after it is built."""
         if self._digest is None:
-            self._digest = hashlib.sha256(self.model.SerializeToString(deterministic=True)).hexdigest()
+            self._digest, self._gated = gated_digests(self.model, {s.input8 for s in self.switches}
+                                                      | {s.input16 for s in self.switches if s.input16})
         return self._digest
 
     def setting_key(self, setting: Setting) -> str:
-        """The switch feeds of `setting`, as text: each switch input's name and value, sorted by name."""
-        return ";".join(f"{k}={int(bool(v))}" for k, v in sorted(self.feeds(setting).items()))
+        """The switch feeds of `setting`, as text: each switch input's name and value, sorted by name, and
+        for a switch that is on, the digest of the constants it gates (its scales and zero points, its
+        quantized weight, its bias codes). A switch that is off passes the float value through: its
+        constants are not read, so a threshold that moved elsewhere leaves this run's key as it was."""
+        self.digest()
+        return ";".join(f"{k}=1:{self._gated.get(k, '')}" if v else f"{k}=0"
+                        for k, v in sorted(self.feeds(setting).items()))
 
     def session(self, threads: int | None = None):
         if self._session is None:
@@ -159,6 +167,89 @@ class SwitchableModel:
         for t in tensors:
             out[t] = got[self.mapping.get(t, t)] if self.mapping.get(t, t) in got else sample[t]
         return out
+
+
+def gated_constants(model: onnx.ModelProto, switches: Collection[str]) -> dict[str, set[str]]:
+    """Initializer → the switch inputs that gate it: the constants read only on the quantized side of a
+    switch (inside the then-branch of an `If` on it, or as the second input of a `Where` on it). A
+    constant also read anywhere else (a node that always runs, the other side of a switch, a graph
+    output) is not gated: its value matters to every run."""
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    gate: dict[str, set[str] | None] = {}  # None: read ungated
+
+    def read(name: str, by: str | None) -> None:
+        if name not in inits or (name in gate and gate[name] is None):
+            return
+        if by is None:
+            gate[name] = None
+        else:
+            gate.setdefault(name, set()).add(by)
+
+    def names_in(nodes: Iterable[onnx.NodeProto]) -> set[str]:
+        """Every name the nodes read, their subgraphs' included."""
+        out: set[str] = set()
+        for n in nodes:
+            out.update(n.input)
+            for a in n.attribute:
+                for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs:
+                    out |= names_in(sub.node)
+        return out
+
+    for n in g.node:
+        switch = n.input[0] if n.input and n.input[0] in switches else None
+        if switch is not None and n.op_type == "If":
+            for a in n.attribute:
+                for x in names_in(a.g.node):
+                    read(x, switch if a.name == "then_branch" else None)
+        elif switch is not None and n.op_type == "Where" and len(n.input) == 3:
+            read(n.input[1], switch)
+            read(n.input[2], None)
+        else:
+            for x in names_in([n]):
+                read(x, None)
+    for o in g.output:
+        read(o.name, None)
+    return {name: by for name, by in gate.items() if by}
+
+
+def _drop_doc_strings(nodes: Iterable[onnx.NodeProto]) -> None:
+    for n in nodes:
+        n.ClearField("doc_string")
+        for a in n.attribute:
+            for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs:
+                _drop_doc_strings(sub.node)
+
+
+def gated_digests(model: onnx.ModelProto, switches: Collection[str]) -> tuple[str, dict[str, str]]:
+    """(sha256 of `model` with the values of its gated constants left out — their names, types and shapes
+    kept —, sha256 of each switch input's gated constants). Together with which switches are on, the two
+    fix a run's result: a switch that is off reads none of its constants."""
+    gated = gated_constants(model, switches)
+    h = hashlib.sha256()
+    values: dict[str, bytes] = {}
+    for t in model.graph.initializer:
+        if t.name in gated:
+            values[t.name] = t.SerializeToString(deterministic=True)
+            h.update(onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims).SerializeToString())
+        else:
+            h.update(t.SerializeToString(deterministic=True))
+    rest = onnx.ModelProto()
+    rest.CopyFrom(model)
+    del rest.graph.initializer[:]
+    _drop_doc_strings(rest.graph.node)  # not computation: a Q/DQ pair's tells its threshold
+    h.update(b"\0model\0" + rest.SerializeToString(deterministic=True))
+    by_switch: dict[str, list[str]] = {}
+    for name, owners in gated.items():
+        for switch in owners:
+            by_switch.setdefault(switch, []).append(name)
+    digests = {}
+    for switch, names in by_switch.items():
+        d = hashlib.sha256()
+        for name in sorted(names):
+            d.update(name.encode() + b"\0" + values[name])
+        digests[switch] = d.hexdigest()
+    return h.hexdigest(), digests
 
 
 def fake_quant_session(model: onnx.ModelProto, threads: int | None = None):
@@ -431,4 +522,4 @@ def build_switchable(model: onnx.ModelProto, plan: QuantPlan, int16: bool | Coll
 
 
 __all__ = ["INPUT_ROW", "Row", "Setting", "Switch", "SwitchableModel", "build_switchable", "fake_quant_session",
-           "table_rows"]
+           "gated_constants", "gated_digests", "table_rows"]

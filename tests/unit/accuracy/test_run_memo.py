@@ -152,23 +152,54 @@ def test_after_one_sample_changed_the_steps_run_only_that_sample_or_new_models(m
         without_seconds(result.to_json())
 
 
-def test_a_moved_threshold_misses_every_run_on_the_model_that_bakes_it(memo, monkeypatch):
+def test_a_moved_threshold_misses_the_runs_that_read_it_and_the_others_are_exact(memo, monkeypatch):
+    """The ptq model bakes every threshold: all its runs miss. A switchable run reads only the constants
+    of the switches it turns on (`gated_digests`): moving ra's threshold misses the all-quantized run,
+    conv_a's activation run (ra is its output) and conv_b's weight run (its int32 bias is at s_in · s_w,
+    s_in ra's scale); the ranking is the one computed from nothing, number for number."""
     model = outlier_chain()
     data = samples(model, 3)
     merged, calibration, plan = calibrate(model, data)
     PlanEvaluator(model, calibration, QuantOptions(), data, merged, None, plan).loss({})
-    analyse(model, plan, data[:1], merged)
+    old = {r.node: r for r in analyse(model, plan, data[:1], merged).rows}
     moved = Calibration({**calibration, "ra": ActQuant("ra", float(calibration["ra"].threshold) * 0.9)})
     moved_plan = make_plan(model, moved)
     ran = executed(monkeypatch)
     PlanEvaluator(model, moved, QuantOptions(), data, merged, None, moved_plan).loss({})
-    assert len(ran) == 3  # every sample: the ptq model's bytes changed
+    assert len(ran) == 3  # every sample
     ran.clear()
     sens = analyse(model, moved_plan, data[:1], merged)
-    assert len(ran) == 1 + sum(r.activation is not None for r in sens.rows) + sum(r.weight is not None for r in sens.rows)
+    assert len(ran) == 3
+    new = {r.node: r for r in sens.rows}
+    assert new["conv_a+relu_a"].activation != old["conv_a+relu_a"].activation
+    assert new["conv_b+relu_b"].weight != old["conv_b+relu_b"].weight
+    assert new["conv_c+relu_c"].activation == old["conv_c+relu_c"].activation  # found, not run
     ran.clear()
     analyse(model, moved_plan, data[:1], merged)
     assert ran == []
+    monkeypatch.setattr(runs, "RUNS", RunMemo(0))
+    cold = analyse(model, moved_plan, data[:1], merged)
+    assert [dataclasses.astuple(r) for r in cold.rows] == [dataclasses.astuple(r) for r in sens.rows]
+    assert cold.output_cosine == sens.output_cosine
+
+
+def test_the_gated_constants_are_each_switchs_scales_weights_and_bias_codes():
+    from engine.accuracy.switchable import gated_constants
+
+    model = outlier_chain()
+    _, _, plan = calibrate(model, samples(model, 2))
+    sw = build_switchable(model, plan)
+    gated = gated_constants(sw.model, {s.input8 for s in sw.switches})
+    by_switch: dict[str, set[str]] = {}
+    for name, owners in gated.items():
+        assert len(owners) == 1
+        by_switch.setdefault(next(iter(owners)), set()).add(name)
+    ra = next(s for s in sw.switches if s.target == "ra")
+    assert by_switch[ra.input8] == {"ra_HzCalibration_scale", "ra_HzCalibration_zero_point"}
+    wb = next(s for s in sw.switches if s.target == "Wb")
+    assert len(by_switch[wb.input8]) == 2  # the fake-quantized weight and the bias codes at s_in · s_w
+    floats = {t.name for t in model.graph.initializer}
+    assert not floats & set(gated)  # the float weights and biases are read when a switch is off
 
 
 def test_improve_in_a_warm_process_equals_a_cold_one(memo, monkeypatch):
