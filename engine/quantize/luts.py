@@ -20,8 +20,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
+from engine.pipeline.recent import Recent
 from engine.quantize.lower.encoding import Encoding
 
 Function = Callable[[np.ndarray], np.ndarray]
@@ -62,14 +63,30 @@ def requantize_table(enc_in: Encoding, enc_out: Encoding) -> np.ndarray:
     return build_table(lambda x: x, enc_in, enc_out)
 
 
+FUNCTIONS_KEPT = 256  # float functions (a tiny session each) a process keeps: every table op of a few models
+_functions: Recent[bytes, Function] = Recent(FUNCTIONS_KEPT)
+
+
 def elementwise_function(nodes: Sequence[onnx.NodeProto], source: str, output: str,
                          constants: Sequence[onnx.TensorProto],
                          opsets: Sequence[onnx.OperatorSetIdProto]) -> Function:
     """The float function `source → output` computed by `nodes` (elementwise, scalar constants).
 
     Runs the nodes themselves in onnxruntime on a 1-D tensor, so the table sees the same float
-    kernels as the float model.
+    kernels as the float model. Kept by the nodes', constants' and opsets' bytes: the planner's offset
+    ranges and the quantize stage's tables ask for the same few functions on every run, and a session
+    costs ~1 ms where a run costs ~20 µs.
     """
+    key = b"\0".join([n.SerializeToString() for n in nodes] + [c.SerializeToString() for c in constants]
+                      + [o.SerializeToString() for o in opsets] + [source.encode(), output.encode()])
+    found = _functions.get(key)
+    if found is None:
+        found = _functions.put(key, _function(nodes, source, output, constants, opsets))
+    return found
+
+
+def _function(nodes: Sequence[onnx.NodeProto], source: str, output: str, constants: Sequence[onnx.TensorProto],
+              opsets: Sequence[onnx.OperatorSetIdProto]) -> Function:
     from engine.runtime.session import open_session
 
     graph = helper.make_graph(
@@ -93,19 +110,35 @@ def onnxruntime_table(op: str, enc_in: Encoding, enc_out: Encoding, **attrs) -> 
     the encodings are not per-tensor uint8.
 
     Those kernels build a 256-entry table once and apply it in one pass over the bytes; a table
-    this returns equal to the one we need means the op computes exactly our table.
+    this returns equal to the one we need means the op computes exactly our table. The encodings
+    are fed (the kernels build their table from fed scales as from constant ones, the same bytes),
+    so one session per op and attributes serves every encoding (`_table_kernel`).
     """
+    if any(e.per_channel or e.dtype != "uint8" for e in (enc_in, enc_out)):
+        return None
+    feeds = {"x": input_codes(enc_in), "x_scale": enc_in.scale_array(), "x_zero_point": enc_in.zero_point_array(),
+             "y_scale": enc_out.scale_array(), "y_zero_point": enc_out.zero_point_array()}
+    session = _table_kernel(op, tuple(sorted(attrs.items())))
+    return session.run(None, {k: np.asarray(v).reshape(()) if k != "x" else v for k, v in feeds.items()})[0]
+
+
+_kernels: Recent[tuple, object] = Recent(8)
+
+
+def _table_kernel(op: str, attrs: tuple[tuple[str, object], ...]):
+    """A session of onnxruntime's lookup kernel `op` with `attrs`, its encodings fed as inputs."""
     from engine.quantize.lower.builder import MS
     from engine.runtime.session import open_session
 
-    if any(e.per_channel or e.dtype != "uint8" for e in (enc_in, enc_out)):
-        return None
-    params = [numpy_helper.from_array(np.asarray(v), n) for n, v in (
-        ("x_scale", enc_in.scale_array()), ("x_zero_point", enc_in.zero_point_array()),
-        ("y_scale", enc_out.scale_array()), ("y_zero_point", enc_out.zero_point_array()))]
-    node = helper.make_node(op, ["x", "x_scale", "x_zero_point", "y_scale", "y_zero_point"], ["y"], domain=MS, **attrs)
-    graph = helper.make_graph([node], "lookup", [helper.make_tensor_value_info("x", TensorProto.UINT8, [256])],
-                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [256])], params)
+    key = (op, attrs)
+    found = _kernels.get(key)
+    if found is not None:
+        return found
+    node = helper.make_node(op, ["x", "x_scale", "x_zero_point", "y_scale", "y_zero_point"], ["y"], domain=MS,
+                            **dict(attrs))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.UINT8, [256])] + [
+        helper.make_tensor_value_info(name, TensorProto.FLOAT if name.endswith("scale") else TensorProto.UINT8, [])
+        for name in ("x_scale", "x_zero_point", "y_scale", "y_zero_point")]
+    graph = helper.make_graph([node], "lookup", inputs, [helper.make_tensor_value_info("y", TensorProto.UINT8, [256])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)])
-    return open_session(model, what=f"onnxruntime's {op}").run(None, {"x": input_codes(enc_in)})[0]
-
+    return _kernels.put(key, open_session(model, what=f"onnxruntime's {op}"))

@@ -780,7 +780,6 @@ OFFSET_SHARE = 0.9
 # 0.0301, 18 vs 6 moves (the `default` search picked other thresholds under it); det 640 0.9909 vs 0.9915,
 # IoU 0.9712 vs 0.9718; cls 0.9993 vs 0.9982; digits `default` 0.99967 vs 0.99973, `max` 0.99967 vs
 # 0.99954. Each table input alone was rounded finer, but the models as a whole did not gain.
-_table_functions: dict[bytes, Any] = {}  # chain signature → its float function (one onnxruntime session each)
 
 
 def _table_unit(u: _Unit) -> bool:
@@ -807,12 +806,8 @@ def _table_function(g: Graph, nodes: list[onnx.NodeProto], source: str):
             if value is None or value.size != 1:
                 return None
             constants[i] = onnx.numpy_helper.from_array(np.asarray(value), i)
-    key = b"".join([n.SerializeToString() for n in nodes] + [c.SerializeToString() for c in constants.values()]
-                   + [source.encode()])
-    if key not in _table_functions:
-        _table_functions[key] = luts.elementwise_function(nodes, source, nodes[-1].output[0], list(constants.values()),
-                                                          list(g.model.opset_import))
-    return _table_functions[key]
+    return luts.elementwise_function(nodes, source, nodes[-1].output[0], list(constants.values()),
+                                     list(g.model.opset_import))  # kept there by content
 
 
 def _offset_table_outputs(a: _Analysis, singletons: set[str], acts: dict[str, ActQuant],
