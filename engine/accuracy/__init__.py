@@ -15,7 +15,9 @@ Steps, each its own module:
 - `sensitivity`  — the per-node ranking of what costs the output its accuracy (`sensitivity: N`).
 - `mixed`        — `target_output_cosine`: the fewest nodes to int16 / CPU float that meet it.
 Every step reads the calibrate stage's cached statistics; none observes the model again except
-the float runs of the few `accuracy_samples` it compares on.
+the float runs of the few `accuracy_samples` it compares on. Their model runs are memoised one by one
+in the process (`runs`: output cosines by model, switches, sample and float model), so a calibration
+that changes one accuracy sample, or moves a few thresholds, runs again only what those change.
 """
 
 from __future__ import annotations
