@@ -66,8 +66,9 @@ def _bad(path: Path | str | None, code: str, what: str) -> ModelError:
 
 
 def encode_hbm(program: bytes | onnx.ModelProto, manifest: dict[str, Any],
-               extra: dict[str, bytes] | None = None) -> bytes:
-    """The file's bytes: `program` (ONNX) and `manifest` (JSON-serialisable) plus `extra` sections."""
+               extra: dict[str, bytes] | None = None, program_sha256: str | None = None) -> bytes:
+    """The file's bytes: `program` (ONNX) and `manifest` (JSON-serialisable) plus `extra` sections.
+    `program_sha256`: the hex sha256 of the program bytes when the caller has it (the manifest's)."""
     if isinstance(program, onnx.ModelProto):
         program = program.SerializeToString()
     manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
@@ -80,21 +81,22 @@ def encode_hbm(program: bytes | onnx.ModelProto, manifest: dict[str, Any],
         raw = name.encode("ascii")
         if not raw or len(raw) > 16 or b"\0" in raw:
             raise ValueError(f"section name {name!r} must be 1-16 ASCII characters")
-        table += _ENTRY.pack(raw, offset, len(data), hashlib.sha256(data).digest())
+        digest = bytes.fromhex(program_sha256) if name == PROGRAM and program_sha256 else hashlib.sha256(data).digest()
+        table += _ENTRY.pack(raw, offset, len(data), digest)
         offset += len(data)
     head = _HEAD.pack(MAGIC, *FORMAT_VERSION, len(sections), hashlib.sha256(table).digest())
     return head + table + b"".join(sections.values())
 
 
 def write_hbm(path: str | Path, program: bytes | onnx.ModelProto, manifest: dict[str, Any],
-              extra: dict[str, bytes] | None = None, atomic: bool = True) -> Path:
+              extra: dict[str, bytes] | None = None, atomic: bool = True, program_sha256: str | None = None) -> Path:
     """Write atomically (temp file in the same folder, then `os.replace`): never a partial .hbm.
     `atomic` False: straight into `path`, for a folder that is itself put in place whole (a stage's
-    cache entry) — one file operation less."""
+    cache entry) — one file operation less. `program_sha256`: as `encode_hbm` takes it."""
     from engine.pipeline.cache import atomic_write_bytes
 
     path = Path(path)
-    data = encode_hbm(program, manifest, extra)
+    data = encode_hbm(program, manifest, extra, program_sha256)
     if atomic:
         atomic_write_bytes(path, data)
     else:

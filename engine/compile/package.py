@@ -74,7 +74,9 @@ class HbmBuild:
     program_bytes: bytes = field(repr=False, default=b"")
 
     def write(self, path: str | Path, atomic: bool = True) -> Path:
-        return write_hbm(path, self.program_bytes or self.program.SerializeToString(), self.manifest, atomic=atomic)
+        if self.program_bytes:  # the manifest's program sha256 is of these bytes: not hashed again
+            return write_hbm(path, self.program_bytes, self.manifest, atomic=atomic, program_sha256=self.program_sha256)
+        return write_hbm(path, self.program.SerializeToString(), self.manifest, atomic=atomic)
 
     @property
     def program_sha256(self) -> str:
@@ -94,6 +96,20 @@ class HbmBuild:
                              derive=lambda: kept_types(self.program, family) if family else None)
         _family_types.put(source, {**family, **types})
         return types
+
+
+SPECS_KEEP = 8  # `.bc`s whose runtime I/O specs are kept
+_specs: Recent[str, str] = Recent(SPECS_KEEP)  # `.bc` sha256 → its io_specs(…, "runtime") as JSON
+
+
+def _runtime_specs(bc: onnx.ModelProto, source_sha256: str) -> tuple[list[dict], list[dict]]:
+    """`io_specs(bc, "runtime")`, kept in this process by the `.bc`'s sha256 (as JSON: each build gets its
+    own lists to fill in): every compiler_parameters edit packages the same `.bc` again."""
+    kept = _specs.get(source_sha256)
+    if kept is None:
+        kept = _specs.put(source_sha256, json.dumps(io_specs(bc, "runtime", source_sha256)))
+    inputs, outputs = json.loads(kept)
+    return inputs, outputs
 
 
 def _sha256(data: bytes) -> str:
@@ -213,7 +229,7 @@ def build_hbm(bc: onnx.ModelProto, options: CompileOptions, *, plan: QuantPlan |
     else:
         result = optimize_program(stamped(), options.optimize_level)
         program_bytes = result.program.SerializeToString()
-    inputs, outputs = io_specs(bc, "runtime", source_sha256)  # the placement stamp changes neither
+    inputs, outputs = _runtime_specs(bc, source_sha256)  # the placement stamp changes neither
     for spec in inputs:
         spec["input_source"] = options.input_source.get(spec["name"]) or default_source(spec.get("input_type_rt"))
     opsets = {(o.domain or "ai.onnx"): o.version for o in result.program.opset_import}

@@ -382,6 +382,26 @@ def _plan(graph: _Graph, layers: list[Layer], budget: int, tiling: bool) -> tupl
 # ----------------------------------------------------------------------------------- estimate
 
 @dataclass(frozen=True)
+class _Planned:
+    """What `_plan` wrote into each layer, and its answer (memory, notes)."""
+
+    layers: list[tuple[int, int, float, list[str], list[str]]]  # loaded, stored, recompute, on chip, tiled
+    memory: dict[str, int]
+    notes: list[str]
+
+    @classmethod
+    def of(cls, layers: list[Layer], memory: dict[str, int], notes: list[str]) -> _Planned:
+        return cls([(lay.loaded, lay.stored, lay.recompute, list(lay.onchip_outputs), list(lay.tiled_outputs))
+                    for lay in layers], dict(memory), list(notes))
+
+    def apply(self, layers: list[Layer]) -> tuple[dict[str, int], list[str]]:
+        for lay, (loaded, stored, recompute, onchip, tiled) in zip(layers, self.layers, strict=True):
+            lay.loaded, lay.stored, lay.recompute = loaded, stored, recompute
+            lay.onchip_outputs, lay.tiled_outputs = list(onchip), list(tiled)
+        return dict(self.memory), list(self.notes)
+
+
+@dataclass(frozen=True)
 class _Static:
     """What the estimate reads of the program alone, whatever the options: its partition, its layers
     before any plan, and the plans' view of its graph."""
@@ -389,6 +409,18 @@ class _Static:
     part: Partition
     layers: list[Layer]
     graph: _Graph
+    plans: dict[tuple[int, bool], _Planned] = field(default_factory=dict, compare=False)  # by (budget, tiling)
+
+    def plan(self, graph: _Graph, layers: list[Layer], budget: int, tiling: bool) -> tuple[dict[str, int], list[str]]:
+        """`_plan(graph, layers, budget, tiling)` on `fresh` layers, its answer kept: the 8 candidate plans
+        of a program are the same under every compile_mode / balance_factor / advice (only their timing
+        differs), so an edit of those re-times them without planning again (digits: 0.23 of 0.26 ms)."""
+        kept = self.plans.get((budget, tiling))
+        if kept is None:
+            memory, notes = _plan(graph, layers, budget, tiling)
+            self.plans[(budget, tiling)] = _Planned.of(layers, memory, notes)
+            return memory, notes
+        return kept.apply(layers)
 
     def fresh(self) -> tuple[list[Layer], _Graph]:
         """Layers a plan may fill in (copies: an estimate's layers are its own) and the graph over them."""
@@ -430,14 +462,14 @@ def estimate(program: onnx.ModelProto, options: CompileOptions, name: str = "mod
     for share in BUDGETS:
         for tiling in (False, True):
             budget = int(prof.onchip_memory.value * share)
-            _plan(graph, layers, budget, tiling)
+            static.plan(graph, layers, budget, tiling)
             _time(layers, peak, bandwidth, overlap_of(share))
             candidates.append({"on-chip share": share, "tiling": tiling, "overlap": overlap_of(share),
                                "latency (ms)": sum(lay.time_s for lay in layers) * 1e3,
                                "DDR bytes": sum(lay.loaded + lay.stored for lay in layers)})
     chosen = choose(candidates, options.balance_factor)
     budget = int(prof.onchip_memory.value * chosen["on-chip share"])
-    memory, notes = _plan(graph, layers, budget, chosen["tiling"])
+    memory, notes = static.plan(graph, layers, budget, chosen["tiling"])
     _time(layers, peak, bandwidth, chosen["overlap"])
     subgraphs = []
     calls = 0
