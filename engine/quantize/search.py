@@ -33,6 +33,7 @@ the output cosine of each candidate (`SearchResult.cosines`) for the log and qua
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -47,6 +48,7 @@ from onnx import helper, numpy_helper
 from engine.calibration.methods import Threshold, kl_threshold, max_threshold, percentile_threshold, threshold
 from engine.calibration.stats import MergedStats
 from engine.passes.graph import constant_node_value
+from engine.pipeline.recent import Recent
 from engine.problems import CalibrationDataError, error
 from engine.quantize.calibrated import (
     SUFFIX,
@@ -181,23 +183,25 @@ class CandidateScorer:
 
     Candidates (max, max-percentile, kl, mix) give the same plan with other scales, so their
     calibrated models differ only in the values of the Q/DQ scale initializers. One model is built
-    (the first candidate's), the scale / zero-point initializers whose values differ between the
-    candidates' plans become its graph inputs (an ONNX initializer that is also a graph input is a
-    default the feed overrides), and each candidate's values are fed: one model build and one
-    session instead of one per candidate (digits: ~1 ms of model building and ~1.5 ms of session
-    each), and one float reference session instead of one per sample (`References`). Plans whose
-    layout differs (`same_layout`: a split output concat, another placement) get a model and a
-    session each.
+    (the first candidate's), every activation scale / zero point, and the weight ones whose values
+    differ between the candidates' plans, become its graph inputs, and each candidate's values are
+    fed: one model build and one session instead of one per candidate (digits: ~1 ms of model
+    building and ~1.5 ms of session each), and one float reference session instead of one per sample
+    (`References`). The fed model holds no threshold, so a warm engine keeps its session (`sessions`)
+    for the next search of the same model. Fed or constant, the scales give the same cosines, bit
+    for bit (digits, PP-OCR cls and rec: each candidate's own calibrated model). Plans whose layout
+    differs (`same_layout`: a split output concat, another placement) get a model and a session each.
     """
 
     def __init__(self, model: onnx.ModelProto, samples: Sequence[Sample], options: QuantOptions,
-                 reference: Sequence[Mapping[str, np.ndarray]] | None = None):
+                 reference: Sequence[Mapping[str, np.ndarray]] | None = None, sessions: Recent | None = None):
         from engine.accuracy.sessions import References
 
         self.model, self.options = model, options
         self.samples = list(samples)
         self.names = [o.name for o in model.graph.output]
         self.reference = list(reference) if reference is not None else References(model, self.samples).values
+        self.sessions = sessions
 
     def cosines(self, tried: Mapping[str, Mapping[str, ActQuant]]) -> dict[str, float]:
         """Mean output cosine (over samples and outputs) of each candidate."""
@@ -219,12 +223,24 @@ class CandidateScorer:
         values = {k: self._scale_values(p, built) for k, p in plans.items()}
         base = next(iter(values.values()))
         shared = built.model
-        inits = [t for t in shared.graph.initializer if t.name in base]
-        differ = [t.name for t in inits if any(not _same_array(v[t.name], base[t.name]) for v in values.values())]
-        dims = {t.name: (t.data_type, list(t.dims)) for t in inits}
-        shared.graph.input.extend(helper.make_tensor_value_info(n, *dims[n]) for n in differ)
-        session = quiet_session(shared)
-        return {k: self._per_sample(session, {n: v[n] for n in differ}) for k, v in values.items()}
+        acts = {name for pair in built.act_params.values() for name in pair}
+        fed = [t.name for t in shared.graph.initializer if t.name in base and (
+            t.name in acts or any(not _same_array(v[t.name], base[t.name]) for v in values.values()))]
+        session = self._session(_with_fed(shared, fed))
+        return {k: self._per_sample(session, {n: v[n] for n in fed}) for k, v in values.items()}
+
+    def _session(self, model: onnx.ModelProto):
+        """A session of `model`; with `sessions` (a warm engine's), kept by the model's bytes. Every
+        activation scale is fed (`_with_fed`), so the model holds no threshold: after a calibration file
+        changed, the next search finds the same model (digits: ~2.5 of the search's ~13 CPU ms were
+        building its session)."""
+        from engine.accuracy.sessions import quiet_session
+
+        if self.sessions is None:
+            return quiet_session(model)
+        data = model.SerializeToString()
+        key = hashlib.sha256(data).hexdigest()
+        return self.sessions.get(key) or self.sessions.put(key, quiet_session(data))
 
     @staticmethod
     def _scale_values(plan: QuantPlan, built: CalibratedModel) -> dict[str, np.ndarray]:
@@ -244,6 +260,21 @@ class CandidateScorer:
 
         got = [run_outputs(session, sample, self.names, extra) for sample in self.samples]
         return np.array([mean_output_cosine([r], [g], self.names) for r, g in zip(self.reference, got, strict=True)])
+
+
+def _with_fed(model: onnx.ModelProto, fed: Sequence[str]) -> onnx.ModelProto:
+    """`model` (in place) with the initializers `fed` turned into graph inputs the caller feeds: an
+    overridable initializer would keep its value in the model's bytes, a fed input does not. The
+    nodes' doc strings go too (a Q/DQ pair's names its threshold), so the bytes hold no threshold."""
+    for node in model.graph.node:
+        node.ClearField("doc_string")
+    names = set(fed)
+    kept = [t for t in model.graph.initializer if t.name not in names]
+    moved = {t.name: (t.data_type, list(t.dims)) for t in model.graph.initializer if t.name in names}
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    model.graph.input.extend(helper.make_tensor_value_info(n, *moved[n]) for n in fed)
+    return model
 
 
 @dataclass(frozen=True)
@@ -284,7 +315,8 @@ def choose_candidate(per_sample: Mapping[str, np.ndarray], baseline: str = "max"
 
 def search_default(model: onnx.ModelProto, merged: Mapping[str, MergedStats], samples: Sequence[Sample],
                    options: QuantOptions | None = None, cosine_samples: int = 1,
-                   percentile: float = DEFAULT_PERCENTILE, with_mix: bool = True) -> SearchResult:
+                   percentile: float = DEFAULT_PERCENTILE, with_mix: bool = True,
+                   sessions: Recent | None = None) -> SearchResult:
     """hb's modelwise search: the method whose calibrated model's outputs are closest to float.
 
     Besides hb's three (max, max-percentile, kl), `with_mix` also tries `mix`'s per-tensor
@@ -292,7 +324,7 @@ def search_default(model: onnx.ModelProto, merged: Mapping[str, MergedStats], sa
     against 0.9733 for max-percentile, the best of the three); ties keep the earlier candidate.
     All candidates run in one session (`CandidateScorer`); `choose_candidate` keeps max unless another
     candidate's output error is smaller on `cosine_samples` samples by more than `SEARCH_Z` standard
-    errors (log error ratio)."""
+    errors (log error ratio). `sessions`: where a warm engine keeps the scoring session (`CandidateScorer`)."""
     options = options or QuantOptions()
     chosen = list(samples[:max(int(cosine_samples), 1)])
     if not chosen:
@@ -304,7 +336,7 @@ def search_default(model: onnx.ModelProto, merged: Mapping[str, MergedStats], sa
     tried = {name: _acts(per_tensor) for name, per_tensor in found.items()}
     if with_mix:  # the same three thresholds per tensor: kl's histogram search runs once
         tried["mix"] = search_mix(merged, percentile, quiet=True, found=found).acts
-    per_sample = CandidateScorer(model, chosen, options).sample_cosines(tried)
+    per_sample = CandidateScorer(model, chosen, options, sessions=sessions).sample_cosines(tried)
     cosines = mean_cosines(per_sample)
     choice = choose_candidate(per_sample)
     for name, value in cosines.items():
@@ -541,11 +573,13 @@ def search_skip(model: onnx.ModelProto, tensors: Sequence[str], samples: int = 4
 def choose_thresholds(settings: SearchSettings, model: onnx.ModelProto, merged: Mapping[str, MergedStats] | None,
                       samples: Sequence[Sample] = (), options: QuantOptions | None = None,
                       load_source: onnx.ModelProto | str | Path | Mapping[str, Any] | None = None,
-                      tensors: Sequence[str] | None = None, featuremaps: Collection[str] = ()) -> SearchResult:
+                      tensors: Sequence[str] | None = None, featuremaps: Collection[str] = (),
+                      sessions: Recent | None = None) -> SearchResult:
     """The thresholds `settings.calibration_type` asks for. `merged` (statistics of the tensors the
     planner listed) is needed by default / mix / max / kl; `samples` by default (its candidates are
     compared by output cosine on them); `load_source` by load; `tensors` (the planner's list) by load
-    and skip; `featuremaps` (inputs skip draws normal values for) by skip."""
+    and skip; `featuremaps` (inputs skip draws normal values for) by skip; `sessions` (a warm engine's
+    kept scoring sessions) by default."""
     kind = settings.calibration_type
     if kind not in SEARCH_TYPES:
         raise ValueError(f"unknown calibration_type {kind!r}")  # the config check rejects it earlier
@@ -561,7 +595,8 @@ def choose_thresholds(settings: SearchSettings, model: onnx.ModelProto, merged: 
     if merged is None:
         raise ValueError(f"calibration_type {kind} needs merged statistics")
     if kind == "default":
-        return search_default(model, merged, samples, options, settings.cosine_samples, settings.search_percentile)
+        return search_default(model, merged, samples, options, settings.cosine_samples, settings.search_percentile,
+                              sessions=sessions)
     if kind == "mix":
         return search_mix(merged, settings.search_percentile)
     acts = single_method(merged, kind, settings.max_percentile, settings.per_channel)

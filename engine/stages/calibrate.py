@@ -38,6 +38,7 @@ from engine.calibration.stats import MergedStats, RebinnedRows
 from engine.config import Config
 from engine.pipeline.cache import memo_name, memo_write, prune_memo_files
 from engine.pipeline.hashing import shared_hashes
+from engine.pipeline.recent import Recent
 from engine.pipeline.stage import Stage, StageContext
 from engine.problems import CalibrationDataError, error
 from engine.quantize.planner import Calibration, QuantOptions, make_plan, plan_tensors
@@ -53,6 +54,7 @@ STATS_VERSION = 6  # 2: SampleStats format 3 (one deflate stream); 3: one pack p
 # 6: a batchable model's single runs come from its symbolic-batch session (`Observer.single`): its last bits may differ
 WARM_OBSERVER_VALUES = 1 << 20  # observed values per sample up to which a warm engine keeps the observer
 SEARCH_SAMPLES = 4  # calibration samples the `default` search compares output cosines on
+SEARCH_SESSIONS_KEPT = 2  # scoring sessions a warm engine keeps (one per model and plan layout)
 ACCURACY_FILE = "accuracy.json"  # node_info of mixed precision, bias corrections, checks
 SENSITIVITY_FILE = "sensitivity.json"
 
@@ -150,6 +152,16 @@ def _observer(ctx: StageContext, model: onnx.ModelProto, tensors: list[str], key
     else:
         ctx.engine.warm.pop("calibration_observer", None)
     return observer
+
+
+def _search_sessions(ctx: StageContext) -> Recent | None:
+    """Where `default`'s scoring session is kept between runs: a warm engine's, for a model whose
+    observer it keeps too (`_observer`: a small model; a large one's session arena would stay at the
+    size of its activations). Digits, one calibration file changed: ~2.5 CPU ms of the search."""
+    if ctx.engine.warm.get("calibration_observer") is None:
+        ctx.engine.warm.pop("search_sessions", None)
+        return None
+    return ctx.engine.warm.setdefault("search_sessions", Recent(SEARCH_SESSIONS_KEPT))
 
 
 def dump_calibration_inputs(folder: Path, cs: CalibrationSet) -> None:
@@ -275,7 +287,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         compare = loaded[:SEARCH_SAMPLES]
         first = compare[0]
         settings = dataclasses.replace(settings, cosine_samples=len(compare))
-        result = choose_thresholds(settings, model, merged, compare, options, tensors=tensors)
+        result = choose_thresholds(settings, model, merged, compare, options, tensors=tensors,
+                                   sessions=_search_sessions(ctx))
         # default's own output cosine for the thresholds it chose: the accuracy steps take it instead of a
         # ptq run when it clears the target by far (engine.accuracy.mixed.searched_meets; digits ~8 -> ~2 ms),
         # only when measured on exactly the samples they judge: 4 samples cleared 0.9992 where the 8 the
