@@ -43,6 +43,9 @@ def config_for_mode(args: argparse.Namespace) -> tuple[Path, str | None]:
                         "with -m/--model; with -c put input_shape / prototxt / march in the config")
         return Path(args.config), None
     if args.model:
+        if getattr(args, "sensitivity", None) is not None:  # refused before any work: check mode has no calibrate
+            raise _fail("cli-mode", "--sensitivity needs a calibrated run: check mode (-m/--model without -c) stops "
+                        "before calibrate; run -c config.yaml --sensitivity")
         return generate_config(args, Path(".hb_compile"), fast_perf=False), "optimize"
     raise _fail("cli-mode", "The model file or config file is missing, please specify either -m/--model or "
                 "-c/--config parameter.")
