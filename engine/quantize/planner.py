@@ -324,6 +324,24 @@ class _GraphFacts:
     graph: Graph
     rules: dict[str, OpRule]
     weight_scales: dict[tuple[str, int, int], np.ndarray] = field(default_factory=dict)
+    table_functions: dict[tuple[str, ...], Any] = field(default_factory=dict)  # table unit's nodes → its function
+
+
+class _KeptGraph(Graph):
+    """A `Graph` that is never edited (the planner's view of a kept model): each constant's value is
+    converted once, read-only, instead of on every call (a plan asks for each weight and bias)."""
+
+    def refresh(self) -> None:
+        super().refresh()
+        self._constants: dict[str, np.ndarray | None] = {}
+
+    def constant(self, name: str) -> np.ndarray | None:
+        if name not in self._constants:
+            value = super().constant(name)
+            if value is not None:
+                value.setflags(write=False)
+            self._constants[name] = value
+        return self._constants[name]
 
 
 FACTS_KEPT = 4  # models whose facts a process keeps (a few projects in one daemon; det: ~6 MB each)
@@ -343,7 +361,7 @@ def _facts(model: onnx.ModelProto) -> _GraphFacts:
     if inferred is model:
         inferred = onnx.ModelProto()
         inferred.CopyFrom(model)
-    g = Graph(inferred)
+    g = _KeptGraph(inferred)
     return _facts_memo.put(key, _GraphFacts(key, g, {node.name: decide(_view(g, node)) for node in g.g.node}))
 
 
@@ -836,7 +854,10 @@ def _offset_table_outputs(a: _Analysis, singletons: set[str], acts: dict[str, Ac
         if act is None or inp is None or out not in singletons or out in outputs or act.bits != 8 or act.axis is not None \
                 or inp.axis is not None or np.ndim(act.threshold):
             continue
-        fn = _table_function(a.graph, u.nodes, src)
+        known = (src, *(n.name for n in u.nodes))
+        if known not in a.facts.table_functions:  # the graph is the facts': its nodes are fixed
+            a.facts.table_functions[known] = _table_function(a.graph, u.nodes, src)
+        fn = a.facts.table_functions[known]
         if fn is None:
             continue
         qmax = inp.qmax
