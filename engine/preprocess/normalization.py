@@ -1,4 +1,4 @@
-"""Input normalization: `(x − mean) · scale` or `(x − mean) / std`, built into the float model.
+"""Input normalization: `(x − mean) · scale` or `(x − mean) / std` (as `· 1/std`), built into the float model.
 
 Calibration samples and the float model's train view are un-normalized (reference §10): the
 tool, not the user, applies mean/scale. `insert_normalization` puts that arithmetic in front of
@@ -20,6 +20,7 @@ from engine.config.schema_check import format_error
 from engine.problems import ConfigError, ModelError, Problem, error
 
 IP = "input_parameters"
+STD_RECIPROCAL = "std_reciprocal"  # suffix of the constant 1/std_value that the preprocess Mul reads
 NumberInput = float | int | str | Sequence[float] | np.ndarray | None
 
 
@@ -135,10 +136,13 @@ def broadcast_shape(layout: str | None, rank: int, channels: int) -> list[int]:
 
 def normalization_nodes(prefix: str, x: str, out: str, norm: Normalization, layout: str | None, rank: int,
                         dtype: np.dtype) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """Sub (mean) then Mul (scale) or Div (std) from `x` to `out`; the last node is named `prefix`.
+    """Sub (mean) then Mul (scale, or 1/std) from `x` to `out`; the last node is named `prefix`.
 
-    Kept as two broadcast elementwise ops, exactly the documented formula, so the float model
-    computes what the user's training code did. An identity normalization is an Identity node.
+    Kept as two broadcast elementwise ops, the documented formula, so the float model computes what
+    the user's training code did. std_value is a Mul by its reciprocal (constant `{prefix}_std_reciprocal`),
+    not a Div: hb_compile runs the preprocess node on the BPU (reference §10), and Div has no integer
+    form, so a Div would leave the input normalization on the CPU in float. An identity normalization
+    is an Identity node.
     """
     channels = norm.channels
     shape = broadcast_shape(layout, rank, channels)
@@ -156,7 +160,7 @@ def normalization_nodes(prefix: str, x: str, out: str, norm: Normalization, layo
     if norm.scale is not None:
         steps.append(("Mul", const("scale_value", norm.scale)))
     elif norm.std is not None:
-        steps.append(("Div", const("std_value", norm.std)))
+        steps.append(("Mul", const(STD_RECIPROCAL, 1.0 / np.asarray(norm.std, dtype=np.float64))))
     if not steps:
         return [helper.make_node("Identity", [x], [out], name=prefix)], []
     current = x
@@ -255,7 +259,12 @@ def insert_normalization(model: onnx.ModelProto, input_name: str, norm: Normaliz
     return model
 
 
-_NORM_OPS = {"Sub": "mean_value", "Mul": "scale_value", "Div": "std_value"}
+_NORM_OPS = {"Sub": ("mean_value",), "Mul": ("scale_value", STD_RECIPROCAL), "Div": ("std_value",)}
+
+
+def _norm_value(key: str, values: np.ndarray) -> tuple[str, np.ndarray]:
+    """A preprocess constant → (Normalization field key, its values): the reciprocal constant is std_value."""
+    return ("std_value", 1.0 / values) if key == STD_RECIPROCAL else (key, values)
 
 
 def find_normalization(model: onnx.ModelProto, input_name: str) -> Normalization | None:
@@ -273,12 +282,14 @@ def find_normalization(model: onnx.ModelProto, input_name: str) -> Normalization
     values: dict[str, np.ndarray] = {}
     current = input_name
     for node in chain:
-        key = _NORM_OPS.get(node.op_type)
         const = node.input[1] if len(node.input) == 2 else ""
-        if key is None or node.input[0] != current or const != f"{prefix}_{key}" or const not in inits \
-                or key in values:
+        key = next((k for k in _NORM_OPS.get(node.op_type, ()) if const == f"{prefix}_{k}"), None)
+        if key is None or node.input[0] != current or const not in inits:
             return None
-        values[key] = numpy_helper.to_array(inits[const]).astype(np.float64).ravel()
+        field, found = _norm_value(key, numpy_helper.to_array(inits[const]).astype(np.float64).ravel())
+        if field in values:
+            return None
+        values[field] = found
         current = node.output[0]
     try:
         return Normalization(values.get("mean_value"), values.get("scale_value"), values.get("std_value"))
@@ -302,7 +313,9 @@ def remove_normalization(model: onnx.ModelProto, input_name: str) -> Normalizati
     for node in ours:
         for name in node.input[1:]:
             if name in inits and name.startswith(prefix):
-                values[name[len(prefix) + 1:]] = numpy_helper.to_array(inits[name]).astype(np.float64).ravel()
+                field, found = _norm_value(name[len(prefix) + 1:],
+                                           numpy_helper.to_array(inits[name]).astype(np.float64).ravel())
+                values[field] = found
     removed_nodes = {id(n) for n in ours}
     kept = [n for n in g.node if id(n) not in removed_nodes]
     del g.node[:]
