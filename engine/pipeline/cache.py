@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -38,26 +39,39 @@ STALE_TEMP_SECONDS = 3600  # a memo temp file this old was left by a process tha
 
 
 class StageCache:
+    """One cache root. A warm engine keeps its `StageCache` between runs (`Engine.stage_cache`): each
+    entry's `meta.json` is parsed once and known again by its stat stamp, and `last_run.json` likewise,
+    so a run that reuses seven stages reads no JSON to find them (only stats)."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self._meta: dict[Path, dict[str, Any]] = {}  # meta.json of entries looked up (entries never change)
+        self._stamps: dict[Path, tuple[int, int, int]] = {}  # entry → its meta.json's (inode, size, mtime) when read
+        self._last: tuple[tuple[int, int, int], dict[str, Any]] | None = None  # last_run.json (stamp, parts)
 
     def entry(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
     def lookup(self, stage: str, key: str) -> Path | None:
         d = self.entry(stage, key)
-        if not (d / "meta.json").is_file():
+        stamp = _stamp(d / "meta.json")
+        if stamp is None:
             return None
-        read = self._complete(d)
+        if self._stamps.get(d) == stamp and d in self._meta:  # read before: only its files' presence is asked
+            read = self._meta[d] if all((d / f).is_file() for f in self._meta[d]["files"]) else None
+        else:
+            read = self._complete(d)
         if read is not None:
             try:
                 os.utime(d)  # recency for pruning
                 self._meta[d] = read
+                self._stamps[d] = stamp
                 return d
             except OSError:
                 pass
         log.warning("cache entry %s/%s is corrupt; it is removed and recomputed", stage, key[:12])
+        self._meta.pop(d, None)
+        self._stamps.pop(d, None)
         shutil.rmtree(d, ignore_errors=True)
         return None
 
@@ -141,24 +155,48 @@ class StageCache:
         for old in entries[KEEP_PER_STAGE:]:
             if old != keep:
                 shutil.rmtree(old, ignore_errors=True)
+                self._meta.pop(old, None)
+                self._stamps.pop(old, None)
 
     def discard(self, tmp: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     # -- what the last run was made of, for explanations
     def last_parts(self) -> dict[str, Any]:
+        """What the last run's keys were made of (`save_parts`), as JSON gives it back; callers only read it."""
+        path = self.root / "last_run.json"
+        stamp = _stamp(path)
+        if stamp is not None and self._last is not None and self._last[0] == stamp:
+            return self._last[1]
         try:
-            return json.loads((self.root / "last_run.json").read_text())
+            parts = json.loads(path.read_text())
         except (OSError, ValueError):
             return {}
+        if stamp is not None:
+            self._last = (stamp, parts)
+        return parts
 
     def save_parts(self, parts: dict[str, Any], previous: dict[str, Any] | None = None) -> None:
         """Write what this run's keys were made of; nothing when it equals `previous` (as last_parts read it)."""
         text = json.dumps(parts, default=str)
-        if previous is not None and json.loads(text) == previous:
+        written = json.loads(text)
+        if previous is not None and written == previous:
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.root / "last_run.json", text)
+        path = self.root / "last_run.json"
+        atomic_write_text(path, text)
+        stamp = _stamp(path)
+        self._last = (stamp, written) if stamp is not None else None
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """A regular file's (inode, size, mtime_ns), None when there is none: a file rewritten (replaced,
+    or written in place with another size or time) gets another stamp."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
 
 
 TIMING_KEYS = frozenset({"seconds", "cpu_seconds"})  # how long a step took, not what it produced

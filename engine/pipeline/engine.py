@@ -37,9 +37,18 @@ class Engine:
         self.lock = threading.Lock()  # one run at a time per engine
         self.publisher = Publisher(self.hashes)  # what it copied into working_dirs (kept warm)
         self.writable: set[str] = set()  # working_dirs a probe file was written into by this engine
+        self.caches: dict[str, StageCache] = {}  # cache root → its StageCache (what it read, kept warm)
 
     def cache_root(self, config: Config) -> Path:
         return config.working_dir / ".hb_cache"
+
+    def stage_cache(self, config: Config) -> StageCache:
+        """The config's `StageCache`, kept between runs (it knows entries it read by their files' stat)."""
+        root = self.cache_root(config)
+        cache = self.caches.get(str(root))
+        if cache is None:
+            cache = self.caches[str(root)] = StageCache(root)
+        return cache
 
     def stages(self) -> list[Stage]:
         from engine.stages import STAGES
@@ -85,7 +94,7 @@ class Engine:
         if not self._working_dir_ok(config, report, result, shown):
             report.seconds = time.perf_counter() - t0
             return report
-        cache = StageCache(self.cache_root(config))
+        cache = self.stage_cache(config)
         previous = cache.last_parts()
         keys: dict[str, str] = {}
         outputs: dict[str, str] = {}  # stage -> digest of its entry's files (StageCache.outputs)
