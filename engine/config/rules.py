@@ -17,7 +17,14 @@ from typing import Any
 from engine import schema
 from engine.config import values as V
 from engine.config.quant_config import QuantConfig, read_quant_config
-from engine.config.schema_check import deprecated_here, deprecation_text, format_error, march_generation
+from engine.config.schema_check import (
+    deprecated_here,
+    deprecation_text,
+    format_error,
+    input_batch_range,
+    input_batch_range_error,
+    march_generation,
+)
 from engine.problems import Problem, error, warning
 
 MP, IP, CP, XP, CO = ("model_parameters", "input_parameters", "calibration_parameters",
@@ -445,11 +452,9 @@ def input_batch(ctx: RuleContext) -> Iterator[Problem]:
     except ValueError:
         yield error("bad-format", format_error((IP, "input_batch"), raw), (IP, "input_batch"))
         return
-    march = ctx.get(MP, "march")
-    lo, hi = (schema.marches().get(march, {}).get("input_batch") or [1, 4096])[:2]
+    lo, hi = input_batch_range(ctx.get(MP, "march"))
     if not lo <= batch <= hi:
-        yield error("out-of-range", f"Invalid input_batch: {batch}, available range for march {march}: {lo}~{hi}",
-                    (IP, "input_batch"))
+        yield error("out-of-range", input_batch_range_error(batch, ctx.data), (IP, "input_batch"))
     shapes, _ = _shapes(ctx)
     for i, shape in enumerate(shapes):
         if shape and shape[0] != 1 and batch != 1:

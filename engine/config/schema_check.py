@@ -123,10 +123,14 @@ def _translate(err: ValidationError, data: dict) -> Iterator[Problem]:
     elif v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         lo = err.schema.get("minimum", err.schema.get("exclusiveMinimum", ""))
         hi = err.schema.get("maximum", err.schema.get("exclusiveMaximum", ""))
-        if name == "max_percentile":
+        if name == "input_batch":
+            msg = input_batch_range_error(err.instance, data)
+        elif name == "max_percentile":
             msg = f"Invalid max_percentile: {err.instance}, avaliable range: {lo}~{hi}"
         elif name == "balance_factor":
             msg = f"Invalid balance_factor received: {err.instance}, value range is {lo}-{hi}"
+        elif hi == "":  # "available range: 1~" reads as a cut-off message
+            msg = f"Invalid {name}: {err.instance}, it should be at least {lo}"
         else:
             msg = f"Invalid {name}: {err.instance}, available range: {lo}~{hi}"
         yield error("out-of-range", msg, path)
@@ -151,6 +155,24 @@ def format_error(path: tuple, value: Any) -> str:
     if text:
         return text.replace("{value}", str(value))
     return f"Invalid {_name(path)} format: '{value}'"
+
+
+def input_batch_range(march: Any) -> tuple[int, int]:
+    """The march's input_batch range (reference §5: 1–128 on bernoulli2, 1–4096 on the others); an unknown
+    or missing march takes the widest."""
+    spec = schema.marches().get(march) if isinstance(march, str) else None
+    lo, hi = ((spec or {}).get("input_batch") or [1, 4096])[:2]
+    return int(lo), int(hi)
+
+
+def input_batch_range_error(batch: Any, data: dict) -> str:
+    """The one wording of an input_batch out of its march's range (the schema's minimum and the rule's
+    march check say the same)."""
+    mp = data.get("model_parameters")
+    march = mp.get("march") if isinstance(mp, dict) else None
+    lo, hi = input_batch_range(march)
+    where = f" for march {march}" if isinstance(march, str) and march in schema.marches() else ""
+    return f"Invalid input_batch: {batch}, available range{where}: {lo}~{hi}"
 
 
 def march_generation(data: dict) -> str:

@@ -1,0 +1,53 @@
+"""Reviewer-found config messages (session 6 review r1: m4, m5, m11): each test is the repro, on the loader
+and the model rules the CLI and the language server share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from engine.config.loader import load_config_text
+from engine.problems import Problem
+from tests.conftest import GOOD_CONFIG
+
+
+def load(tmp_path: Path, text: str):
+    return load_config_text(text, tmp_path, "config.yaml", check_files=False)
+
+
+def only(problems: list[Problem], code: str) -> Problem:
+    found = [p for p in problems if p.code == code]
+    assert len(found) == 1, [(p.code, p.message) for p in problems]
+    return found[0]
+
+
+def relu_model(shape: list[int]) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("data", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
+    graph = helper.make_graph([helper.make_node("Relu", ["data"], ["y"], name="relu0")], "g", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+# ---------------------------------------------------------------- m4: input_batch range names its upper bound
+
+@pytest.mark.parametrize("march, batch, expected", [
+    ("nash-e", "0", "Invalid input_batch: 0, available range for march nash-e: 1~4096"),  # the schema's minimum
+    ("bernoulli2", "0", "Invalid input_batch: 0, available range for march bernoulli2: 1~128"),
+    ("nash-e", "'0'", "Invalid input_batch: 0, available range for march nash-e: 1~4096"),  # a string: the rule
+    ("nash-e", "5000", "Invalid input_batch: 5000, available range for march nash-e: 1~4096"),
+])
+def test_input_batch_out_of_range_names_the_march_range(tmp_path, march, batch, expected):
+    text = GOOD_CONFIG.replace("march: nash-e", f"march: {march}").replace(
+        "  input_shape: 1x3x8x8", f"  input_shape: 1x3x8x8\n  input_batch: {batch}")
+    p = only(load(tmp_path, text).problems, "out-of-range")
+    assert p.message == expected and p.path == ("input_parameters", "input_batch") and p.is_error
+
+
+def test_a_minimum_without_maximum_is_not_told_as_a_cut_off_range(tmp_path):
+    """`jobs: 0` read 'available range: 1~'."""
+    text = GOOD_CONFIG.replace("  compile_mode: latency", "  compile_mode: latency\n  jobs: 0")
+    p = only(load(tmp_path, text).problems, "out-of-range")
+    assert p.message == "Invalid jobs: 0, it should be at least 1"
