@@ -346,8 +346,9 @@ def normalization(ctx: RuleContext) -> Iterator[Problem]:
             channels = IMAGE_CHANNELS[train]
         for key, vals in (("mean_value", mean), ("scale_value", scale), ("std_value", std)):
             if vals is not None and channels is not None and len(vals) not in (1, channels):
+                want = "1 value" if channels == 1 else f"1 or {channels} values"
                 yield error("norm-channels", f"Wrong {key} format {' '.join(f'{v:g}' for v in vals)}: input {i} has "
-                            f"{channels} channels, so give 1 or {channels} values, found {len(vals)}",
+                            f"{channels} channel{'s' * (channels != 1)}, so give {want}, found {len(vals)}",
                             (IP, key), data={"item": i})
     yield from _norm_type(ctx, parsed)
 

@@ -51,3 +51,19 @@ def test_a_minimum_without_maximum_is_not_told_as_a_cut_off_range(tmp_path):
     text = GOOD_CONFIG.replace("  compile_mode: latency", "  compile_mode: latency\n  jobs: 0")
     p = only(load(tmp_path, text).problems, "out-of-range")
     assert p.message == "Invalid jobs: 0, it should be at least 1"
+
+
+# ---------------------------------------------------------------- m5: a one-channel input's value count
+
+def test_one_channel_input_asks_for_one_value(tmp_path):
+    text = GOOD_CONFIG.replace("input_type_train: rgb", "input_type_train: gray").replace(
+        "input_type_rt: nv12", "input_type_rt: gray").replace("1x3x8x8", "1x1x8x8").replace(
+        "mean_value: 128 128 128", "mean_value: 128 128")
+    p = only(load(tmp_path, text).problems, "norm-channels")
+    assert p.message == "Wrong mean_value format 128 128: input 0 has 1 channel, so give 1 value, found 2"
+
+
+def test_three_channel_input_still_offers_one_or_three(tmp_path):
+    p = only(load(tmp_path, GOOD_CONFIG.replace("mean_value: 128 128 128", "mean_value: 128 128")).problems,
+             "norm-channels")
+    assert p.message == "Wrong mean_value format 128 128: input 0 has 3 channels, so give 1 or 3 values, found 2"
