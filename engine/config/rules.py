@@ -272,11 +272,14 @@ def input_shapes_and_types(ctx: RuleContext) -> Iterator[Problem]:
 def shape_problems(i: int, rt: str | None, train: str | None, layout: str | None, shape: tuple[int, ...],
                    shape_path: tuple) -> Iterator[Problem]:
     """Checks of one input's shape against its types and layout; the shape comes from input_shape
-    or, when that is absent, from the model (engine.config.inputs runs this then)."""
+    or, when that is absent, from the model (engine.config.inputs runs this then, with `shape_path`
+    the section: a problem of the shape itself is then placed on the input's input_type_rt, the
+    written value that asks for what the model's shape cannot give)."""
+    rt_or_shape = shape_path if len(shape_path) > 1 else (IP, "input_type_rt")
     if rt and rt != "featuremap" and len(shape) != 4:
         yield error("input-not-4d", f"The specified input_type_rt is {rt}, but the input_shape is not "
                     "four-dimensional, please set the input_type_rt and input_type_train to featuremap",
-                    shape_path, data={"item": i})
+                    rt_or_shape, data={"item": i})
         return
     if len(shape) == 4 and layout in ("NCHW", "NHWC"):
         want = IMAGE_CHANNELS.get(train or "")
@@ -296,7 +299,7 @@ def shape_problems(i: int, rt: str | None, train: str | None, layout: str | None
             h, w = (shape[2], shape[3]) if resolved == "NCHW" else (shape[1], shape[2])
             if rt == "nv12" and (h % 2 or w % 2):
                 yield error("input-nv12-odd-size", f"The input shape: {V.format_shape(shape)} is invalid, nv12 "
-                            "type does not support odd number input size", shape_path,
+                            "type does not support odd number input size", rt_or_shape,
                             data={"item": i, "fix_key": "input_shape"})
 
 

@@ -9,7 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from engine.config.loader import load_config_text
+from engine.config.inputs import check_with_model
+from engine.config.loader import load_config_text, locate
+from engine.frontend.model_info import model_info
 from engine.problems import Problem
 from tests.conftest import GOOD_CONFIG
 
@@ -67,3 +69,31 @@ def test_three_channel_input_still_offers_one_or_three(tmp_path):
     p = only(load(tmp_path, GOOD_CONFIG.replace("mean_value: 128 128 128", "mean_value: 128 128")).problems,
              "norm-channels")
     assert p.message == "Wrong mean_value format 128 128: input 0 has 3 channels, so give 1 or 3 values, found 2"
+
+
+# ---------------------------------------------------------------- m11: odd nv12 size from the model's shape
+
+def test_odd_model_shape_for_nv12_is_placed_on_input_type_rt(tmp_path):
+    """No input_shape: the model's 1x3x15x16 is odd for nv12; the error sat on input_type_train (the
+    section's first key), a key that has nothing to do with it."""
+    text = GOOD_CONFIG.replace("  input_shape: 1x3x8x8\n", "")
+    result = load(tmp_path, text)
+    assert result.ok, [p.message for p in result.problems]
+    found = locate(check_with_model(result.config.data, model_info(relu_model([1, 3, 15, 16]))), result.doc, None)
+    p = only(found, "input-nv12-odd-size")
+    assert p.path == ("input_parameters", "input_type_rt") and p.data["item"] == 0
+    line = text.splitlines()[p.span.line]
+    assert line[p.span.col:p.span.end_col] == "nv12", line
+    assert "1x3x15x16" in p.message
+
+
+def test_odd_model_shape_that_is_not_4d_is_placed_on_input_type_rt(tmp_path):
+    text = GOOD_CONFIG.replace("  input_shape: 1x3x8x8\n", "")
+    result = load(tmp_path, text)
+    p = only(check_with_model(result.config.data, model_info(relu_model([1, 3, 16]))), "input-not-4d")
+    assert p.path == ("input_parameters", "input_type_rt")
+
+
+def test_odd_input_shape_stays_on_input_shape(tmp_path):
+    p = only(load(tmp_path, GOOD_CONFIG.replace("1x3x8x8", "1x3x7x8")).problems, "input-nv12-odd-size")
+    assert p.path == ("input_parameters", "input_shape")
