@@ -8,6 +8,8 @@ server as soon as it has read the model.
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ from engine.config.rules import (
     shape_problems,
 )
 from engine.frontend.model_info import ModelInfo
-from engine.problems import ConfigError, Problem, error, errors, warning
+from engine.problems import ConfigError, Fix, Problem, error, errors, warning
 
 FLOAT32 = 1  # onnx.TensorProto.FLOAT
 
@@ -151,12 +153,47 @@ def _model_rules(data: dict[str, dict[str, Any]], info: ModelInfo) -> Iterator[P
         rts = V.split_list(ip.get("input_type_rt"))
         yield from input_source_problems(data.get(XP, {}).get("input_source"),
                                          {n: _at(rts, i) for i, n in enumerate(model_names)}, True)
+    yield from _optimization_op_types(data.get(CP, {}).get("optimization"), info)
     known = set(info.node_names)
     for name, where, path, place in _named_nodes(data):
         if name and name not in known and not name.endswith("_HzCalibration"):
             sev = error if where == "output_nodes" else warning  # an output that is not there cannot be built
             yield sev("node-unknown", f"The node '{name}' given in {where} is not a node of the model", path,
                       data={"name": name, **place})
+
+
+_OP_ITEM = re.compile(r"set_([A-Za-z0-9]+)_(input|output)_int(8|16)")
+
+
+def _fused_op_types() -> frozenset[str]:
+    """Op types the optimize stage writes in place of a decomposed pattern of Mul and others
+    (engine.passes.fuse_activations, fuse_hard_sigmoid): absent from the parsed model, yet what
+    `set_{OpType}_…` then finds. Imported when asked: the passes bring onnx's reference evaluator."""
+    from engine.passes.activations import GATED, HARD_SIGMOID
+
+    return frozenset({HARD_SIGMOID.op} | {a.op for a in GATED})
+
+
+def _optimization_op_types(value: Any, info: ModelInfo) -> Iterator[Problem]:
+    """`set_{OpType}_input/output_int*` applies to nodes whose op type is exactly OpType: a type no node has
+    (`set_conv_output_int16`, a typo) changes nothing, which the run would not say."""
+    present = sorted({n.op_type for n in info.nodes})
+    if not present:
+        return
+    lower = {t.lower(): t for t in present}
+    for i, item in enumerate(str(value).split(",") if value is not None else ()):
+        m = _OP_ITEM.fullmatch(item.strip())
+        if m is None or m.group(1) in present or m.group(1) == "model" \
+                or ("Mul" in present and m.group(1) in _fused_op_types()):  # set_model_output_*: the outputs
+            continue
+        op = m.group(1)
+        close = lower.get(op.lower()) or next(iter(difflib.get_close_matches(op, present, n=1, cutoff=0.6)), None)
+        hint = f"did you mean '{close}'?" if close else f"the model's op types are {', '.join(present)}"
+        fixes = (Fix(f"Use '{close}'", item.strip().replace(f"set_{op}_", f"set_{close}_", 1)),) if close else ()
+        yield warning("optimization-op-unknown", f"The optimization '{item.strip()}' names op type '{op}', which no "
+                      f"node of the model has: it changes nothing; {hint}", (CP, "optimization"),
+                      data={"item": i, "sep": ",", "op_type": op, "present": present},
+                      fixes=fixes)
 
 
 def _named_nodes(data: dict[str, dict[str, Any]]) -> Iterator[tuple[str, str, tuple, dict[str, Any]]]:

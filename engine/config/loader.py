@@ -208,7 +208,7 @@ def locate(problems: list[Problem], doc: YamlDoc, file: str | None) -> list[Prob
         span = p.span
         if span is None and p.path:
             if "item" in p.data:
-                span = doc.item_span(p.path, p.data["item"])
+                span = doc.item_span(p.path, p.data["item"], p.data.get("sep", ";"))
             if span is None:
                 span = doc.span_for(p.path, on_key=bool(p.data.get("on_key")))
         placed.append(p.at(span, file))
