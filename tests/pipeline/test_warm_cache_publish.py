@@ -1,0 +1,111 @@
+"""What a warm engine keeps between runs about its stage cache and its published artefacts is only a
+speed-up: a cache entry whose files went away, a meta.json or last_run.json written by another process,
+a published file replaced by a link to an input or by other bytes of the same size — each is seen."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from engine.pipeline.cache import StageCache, atomic_write_bytes
+from engine.pipeline.hashing import HashMemo
+from engine.pipeline.publish import ArtefactCollisionError, Publisher
+
+KEY = "k" * 64
+
+
+def committed(cache: StageCache, result: dict) -> os.PathLike:
+    tmp = cache.new_temp("compile")
+    (tmp / "model.hbm").write_bytes(b"program")
+    (tmp / "perf.json").write_text("{}")
+    return cache.commit("compile", KEY, tmp, result)
+
+
+def test_an_entry_read_before_is_still_checked_for_its_files(tmp_path):
+    cache = StageCache(tmp_path)
+    entry = committed(cache, {"n": 1})
+    assert cache.lookup("compile", KEY) == entry and cache.lookup("compile", KEY) == entry  # the second from memory
+    (entry / "perf.json").unlink()
+    assert cache.lookup("compile", KEY) is None  # a file missing: corrupt, removed, recomputed
+    assert not entry.exists()
+
+
+def test_an_entry_rewritten_by_another_process_is_read_again(tmp_path):
+    cache = StageCache(tmp_path)
+    entry = committed(cache, {"measured": 1})
+    assert cache.lookup("compile", KEY) == entry and cache.result(entry) == {"measured": 1}
+    meta = json.loads((entry / "meta.json").read_text())
+    meta["result"] = {"measured": 2, "by": "another process"}
+    atomic_write_bytes(entry / "meta.json", json.dumps(meta).encode())  # a new file (inode) in its place
+    assert cache.lookup("compile", KEY) == entry and cache.result(entry) == {"measured": 2, "by": "another process"}
+
+
+def test_last_parts_follow_the_file(tmp_path):
+    cache = StageCache(tmp_path)
+    assert cache.last_parts() == {}
+    cache.save_parts({"compile": {"slice": {"compile_mode": "latency"}}})
+    assert cache.last_parts() == {"compile": {"slice": {"compile_mode": "latency"}}}
+    other = StageCache(tmp_path)  # another engine on the same working_dir
+    other.save_parts({"compile": {"slice": {"compile_mode": "bandwidth"}}}, other.last_parts())
+    assert cache.last_parts() == {"compile": {"slice": {"compile_mode": "bandwidth"}}}
+
+
+@pytest.fixture
+def published(tmp_path):
+    """A working_dir with `tiny.hbm` published from one entry, an input model beside it, and the publisher."""
+    wd, root = tmp_path / "wd", tmp_path / "wd" / ".hb_cache"
+    (root / "compile" / "a").mkdir(parents=True)
+    (root / "compile" / "b").mkdir(parents=True)
+    (root / "compile" / "a" / "model.hbm").write_bytes(b"AAAA")
+    (root / "compile" / "b" / "model.hbm").write_bytes(b"BBBB")  # the same size, other bytes
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"the user's model")
+    publisher = Publisher(HashMemo())
+    publisher.publish(wd, root, [("tiny.hbm", root / "compile" / "a" / "model.hbm")], [model])
+    return publisher, wd, root, model
+
+
+def test_other_bytes_of_the_same_size_are_published(published):
+    publisher, wd, root, model = published
+    assert (wd / "tiny.hbm").read_bytes() == b"AAAA"
+    publisher.publish(wd, root, [("tiny.hbm", root / "compile" / "b" / "model.hbm")], [model])
+    assert (wd / "tiny.hbm").read_bytes() == b"BBBB"
+    record = json.loads((root / "published.json").read_text())
+    assert record["tiny.hbm"] == HashMemo().file(root / "compile" / "b" / "model.hbm")
+
+
+@pytest.mark.parametrize("how", ["symlink", "hardlink"])
+def test_an_artefact_name_that_is_an_input_is_refused(published, how):
+    """The input is known by its file (device, inode), whatever path leads to it."""
+    publisher, wd, root, model = published
+    (wd / "tiny.hbm").unlink()
+    (os.symlink if how == "symlink" else os.link)(model, wd / "tiny.hbm")
+    with pytest.raises(ArtefactCollisionError, match="an input of this run"):
+        publisher.publish(wd, root, [("tiny.hbm", root / "compile" / "b" / "model.hbm")], [model])
+    assert model.read_bytes() == b"the user's model"
+
+
+def test_a_record_another_process_wrote_is_read_again(published):
+    """The record is kept by its stat stamp: another engine's publish (a file it removed from the record)
+    is what this one's next publish starts from."""
+    publisher, wd, root, model = published
+    other = Publisher(HashMemo())
+    other.publish(wd, root, [("tiny.hbm", None)], [model])  # `--skip compile` in another process: unpublished
+    assert not (wd / "tiny.hbm").exists() and "tiny.hbm" not in json.loads((root / "published.json").read_text())
+    (wd / "tiny.hbm").write_bytes(b"AAAA")  # the user's copy of the old model: no longer published, stays
+    publisher.publish(wd, root, [("tiny.hbm", None)], [model])
+    assert (wd / "tiny.hbm").read_bytes() == b"AAAA"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_writes_get_the_mode_open_gives(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "a.json", b"{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temp file left
