@@ -10,7 +10,11 @@ Modes (chosen by the files):
 Inputs: ``-i`` gives one `.npy` per input (``allow_pickle=False``), in the first model's input
 order. An array that fits a model's input is fed as it is; a train-view sample (e.g. a calibration
 sample) is converted to the runtime view a `.bc` / `.hbm` takes (NV12 etc., `engine.runtime.feeds`).
-Without ``-i``, seeded random inputs (``--seed``). Outputs whose Dequantize was removed are
+Without ``-i``, seeded random inputs (``--seed``). A plain float model (an `.onnx` without hbcompile's
+input spec: the user's own model, trained on normalized input) compared with a model that normalizes
+inside (mean_value / scale_value / std_value) gets the train-view sample normalized in numpy as the
+other does, and a note says so; an array it cannot be given so is an error, or a WARNING that the
+inputs differ when the float model takes it as it is. Outputs whose Dequantize was removed are
 dequantized before a cosine comparison, and float values given to an input whose Quantize was
 removed are quantized as that node did. Two integer programs with different boundary nodes removed
 (a `_quantized_model.bc` and the `.hbm` of a `remove_node_type` run) are no consistency pair: the
@@ -104,10 +108,74 @@ def shared_inputs(a, b, arrays: Sequence[np.ndarray] | None, seed: int) -> dict[
     if same:
         return a.random_inputs(seed)
     rng = np.random.default_rng(seed)
-    train = a if a.view == "train" else b
-    specs = {s.name: s for s in train.inputs}
-    return {name: (_train_sample(specs[name], rng) if name in specs else
-                   _train_sample(next(s for s in a.inputs if s.name == name), rng)) for name in names}
+    specs: dict[str, object] = {}  # per input, the spec that knows its train view (hbcompile's input spec first)
+    for model in sorted((a, b), key=lambda m: m.view != "train"):
+        for spec in model.inputs:
+            if spec.name not in specs or (spec.info.get("input_type_train") and
+                                          not specs[spec.name].info.get("input_type_train")):
+                specs[spec.name] = spec
+    return {name: _train_sample(specs[name], rng) for name in names}
+
+
+# ------------------------------------------------------------------ a plain float model beside one that normalizes
+
+def _is_plain(model) -> bool:
+    """The user's own float model: an `.onnx` without hbcompile's input spec, fed its inputs as they are."""
+    return model.format == "onnx" and not any(s.info.get("input_type_train") for s in model.inputs)
+
+
+def _norm_text(info: Mapping) -> str:
+    parts = [f"{k} {' '.join(f'{v:g}' for v in np.atleast_1d(info[k]))}" for k in ("mean_value", "scale_value",
+                                                                                    "std_value")
+             if info.get(k) is not None]
+    return ", ".join(parts)
+
+
+def feeds_for_plain(plain, other, named: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """What a plain float model takes when compared with `other`, which normalizes inside (mean_value /
+    scale_value / std_value of its input spec, reference §5): the train-view sample normalized in numpy
+    as `other` does. Returns the arrays and the lines that say so; an input that cannot be matched (a
+    runtime-view array such as an NV12 frame) is fed as it is, with a WARNING that the inputs differ."""
+    from engine.preprocess.normalization import Normalization, broadcast_shape
+    from engine.problems import ConfigError
+
+    out, notes = dict(named), []
+    theirs = {s.name: s for s in other.inputs}
+    for spec in plain.inputs:
+        ref = theirs.get(spec.name)
+        if spec.name not in named or ref is None or not ref.info.get("input_type_train"):
+            continue
+        info = ref.info
+        if all(info.get(k) is None for k in ("mean_value", "scale_value", "std_value")):
+            continue
+        x = np.asarray(named[spec.name])
+        train_shape = tuple(info.get("train_shape") or ())
+        layout = info.get("input_layout_train")
+        channels = x.shape[-1 if layout == "NHWC" else 1] if x.ndim >= 2 else 1
+        wanted = f"a train-view {info.get('input_type_train')} sample of shape {train_shape}"
+        try:
+            if tuple(x.shape) != train_shape:
+                raise ValueError
+            norm = Normalization.from_values(info.get("mean_value"), info.get("scale_value"), info.get("std_value"),
+                                             channels)
+        except (ValueError, ConfigError):
+            if not _fits(spec, x):  # e.g. an NV12 frame: the float model cannot take it at all
+                raise VerifierInputError(error("verifier-input", (
+                    f"Input '{spec.name}' is given as {x.dtype} {tuple(x.shape)}, which {plain.path.name} (a float "
+                    f"model without hbcompile's input spec, {spec.describe()}) cannot take: give {wanted}; "
+                    f"hb_verifier normalizes it for {plain.path.name} as {other.path.name} does inside "
+                    f"({_norm_text(info)})"))) from None
+            notes.append(f"WARNING {plain.path.name} has no hbcompile input spec and its input '{spec.name}' is not "
+                         f"given as {wanted} (got {x.dtype} {tuple(x.shape)}), so it is not normalized as "
+                         f"{other.path.name} does inside ({_norm_text(info)}): the two models read different "
+                         "inputs and the cosine above may compare nothing; give a train-view sample with -i")
+            continue
+        shape = broadcast_shape(layout, x.ndim, channels)
+        mean, mult = norm.mean_or_zero(channels).reshape(shape), norm.multiplier(channels).reshape(shape)
+        out[spec.name] = ((x.astype(np.float64) - mean) * mult).astype(np.float32)
+        notes.append(f"note: {plain.path.name} has no hbcompile input spec: its input '{spec.name}' is the sample "
+                     f"normalized as {other.path.name} does inside ({_norm_text(info)})")
+    return out, notes
 
 
 def _scale_and_zero_point(q: Mapping, ndim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -222,7 +290,12 @@ def verify(paths: Sequence[str], inputs: Sequence[str] | None = None, seed: int 
         _check_same_removals(a, b)
     arrays = load_arrays(inputs) if inputs else None
     named = shared_inputs(a, b, arrays, seed)
-    out_a, out_b = a.run(feeds_for(a, named)), b.run(feeds_for(b, named))
+    named_a, named_b, notes = named, named, []
+    if _is_plain(a) and not _is_plain(b):
+        named_a, notes = feeds_for_plain(a, b, named)
+    elif _is_plain(b) and not _is_plain(a):
+        named_b, notes = feeds_for_plain(b, a, named)
+    out_a, out_b = a.run(feeds_for(a, named_a)), b.run(feeds_for(b, named_b))
     pairs = _pairs(a, b)
     lines = [f"mode: {'consistency' if consistency else 'cosine'} ({Path(paths[0]).name} vs {Path(paths[1]).name}, "
              f"{'given' if arrays is not None else f'random (seed {seed})'} input)"]
@@ -253,7 +326,7 @@ def verify(paths: Sequence[str], inputs: Sequence[str] | None = None, seed: int 
             raise VerifierInputError(error("verifier-outputs", str(e))) from None
         lines.append(f"{na:<24} {row.cosine:>18.{digits}f} {row.l1:>14.{digits}f} {row.l2:>14.{digits}f} "
                      f"{row.chebyshev:>19.{digits}f}")
-    return EXIT_OK, lines
+    return EXIT_OK, lines + notes
 
 
 def main(argv: Iterable[str] | None = None) -> int:
