@@ -117,17 +117,21 @@ class SwitchableModel:
                     setting.weights.add(s.target)
         return setting
 
-    def feeds(self, setting: Setting) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
+    def switched_on(self, setting: Setting) -> list[tuple[str, bool]]:
+        """(switch input, on) of every switch input under `setting`, in switch order."""
+        out: list[tuple[str, bool]] = []
         for s in self.switches:
             if s.kind == "activation":
                 bits = setting.acts.get(s.target, 0)
-                out[s.input8] = np.array(bits == 8 or (bits == 16 and s.input16 is None))
+                out.append((s.input8, bits == 8 or (bits == 16 and s.input16 is None)))
                 if s.input16 is not None:
-                    out[s.input16] = np.array(bits == 16)
+                    out.append((s.input16, bits == 16))
             else:
-                out[s.input8] = np.array(s.target in setting.weights)
+                out.append((s.input8, s.target in setting.weights))
         return out
+
+    def feeds(self, setting: Setting) -> dict[str, np.ndarray]:
+        return {name: np.array(on) for name, on in self.switched_on(setting)}
 
     def digest(self) -> str:
         """sha256 of the model's bytes except the values of the constants only a switch's quantized side
@@ -139,13 +143,12 @@ class SwitchableModel:
         return self._digest
 
     def setting_key(self, setting: Setting) -> str:
-        """The switch feeds of `setting`, as text: each switch input's name and value, sorted by name, and
-        for a switch that is on, the digest of the constants it gates (its scales and zero points, its
+        """The switch feeds of `setting`, as text: the name of each switch input that is on, sorted, with
+        the digest of the constants it gates (its scales and zero points, its
         quantized weight, its bias codes). A switch that is off passes the float value through: its
         constants are not read, so a threshold that moved elsewhere leaves this run's key as it was."""
-        self.digest()
-        return ";".join(f"{k}=1:{self._gated.get(k, '')}" if v else f"{k}=0"
-                        for k, v in sorted(self.feeds(setting).items()))
+        self.digest()  # every switch input is in it: the key lists the ones on
+        return ";".join(sorted(f"{k}:{self._gated.get(k, '')}" for k, on in self.switched_on(setting) if on))
 
     def session(self, threads: int | None = None):
         if self._session is None:
