@@ -763,6 +763,8 @@ class SampleStats(Mapping[str, TensorStats]):
     def compact(self) -> SampleStats:
         """The same statistics with histograms in the narrowest dtype that holds them (`_counts`):
         what the calibrate stage keeps in memory for every sample."""
+        if all(s.hist.dtype == _count_dtype(s.count) for s in self.tensors.values()):
+            return self  # already compact (a warm engine's kept statistics, every run)
         out = {}
         for name, s in self.tensors.items():
             narrow = s.hist if s.hist.dtype == _count_dtype(s.count) else _counts(s.hist, s.count)
@@ -838,11 +840,14 @@ def _counts(hist: np.ndarray, count: int | None = None) -> np.ndarray:
     return hist.astype(_count_dtype(count))
 
 
+_UINT16, _UINT32, _INT64 = np.dtype(np.uint16), np.dtype(np.uint32), np.dtype(np.int64)
+
+
 def _count_dtype(count: int) -> np.dtype:
     """The narrowest of uint16 / uint32 / int64 for bins that hold at most `count` values."""
-    if count <= np.iinfo(np.uint16).max:
-        return np.dtype(np.uint16)
-    return np.dtype(np.uint32 if count <= np.iinfo(np.uint32).max else np.int64)
+    if count <= 0xFFFF:
+        return _UINT16
+    return _UINT32 if count <= 0xFFFF_FFFF else _INT64
 
 
 def merge_samples(samples: Sequence[Mapping[str, TensorStats]],
