@@ -112,15 +112,16 @@ class StageCache:
         memo = self.root / MEMO
         if not memo.is_dir():
             return []
-        live = {e.name[:16] for stage in self.root.iterdir() if stage.is_dir() and stage.name != MEMO
-                for e in stage.iterdir()}
+        # os.scandir: the folder types come with the listing (a warm compile edit lists ~40 names here)
+        live = {e.name[:16] for stage in _folders(self.root) if stage.name != MEMO for e in os.scandir(stage.path)}
         removed = []
-        for kind in (k for k in memo.iterdir() if k.is_dir()):
-            for entry in kind.iterdir():
+        for kind in _folders(memo):
+            for entry in os.scandir(kind.path):
                 m = _OWNED.match(entry.name)
                 if m and m.group(1) not in live:
-                    (shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True))
-                    removed.append(entry)
+                    path = Path(entry.path)
+                    (shutil.rmtree(path, ignore_errors=True) if entry.is_dir() else path.unlink(missing_ok=True))
+                    removed.append(path)
         return removed
 
     @staticmethod
@@ -150,8 +151,16 @@ class StageCache:
         return meta.get("outputs") or content_digest(entry, meta["files"])
 
     def _prune(self, stage: str, keep: Path) -> None:
-        entries = [p for p in (self.root / stage).iterdir() if p.is_dir() and not p.name.startswith(".tmp-")]
-        entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        found = [e for e in _folders(self.root / stage) if not e.name.startswith(".tmp-")]
+        if len(found) <= KEEP_PER_STAGE:
+            return
+        mtimes = {}
+        for e in found:
+            try:
+                mtimes[Path(e.path)] = e.stat().st_mtime
+            except OSError:  # pruned meanwhile by another process
+                pass
+        entries = sorted(mtimes, key=mtimes.__getitem__, reverse=True)
         for old in entries[KEEP_PER_STAGE:]:
             if old != keep:
                 shutil.rmtree(old, ignore_errors=True)
@@ -187,6 +196,15 @@ class StageCache:
         atomic_write_text(path, text)
         stamp = _stamp(path)
         self._last = (stamp, written) if stamp is not None else None
+
+
+def _folders(path: Path) -> list[os.DirEntry]:
+    """The folders directly in `path` (none when it is gone)."""
+    try:
+        with os.scandir(path) as it:
+            return [e for e in it if e.is_dir()]
+    except OSError:
+        return []
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
