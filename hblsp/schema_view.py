@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import schema
+from engine.config.model import parse_node_info
 
 SEPARATORS = {"per-input": ";", "names": ";", "comma": ","}
 
@@ -111,3 +112,16 @@ def is_march_key(path: tuple[str, ...]) -> bool:
     """The key whose values are the marches described in `x-hb-marches`."""
     s = at(path) or {}
     return bool(s.get("enum")) and set(s["enum"]) == set(schema.marches())
+
+
+def string_form(path: tuple[str, ...]) -> tuple[str, dict[str, Any]] | None:
+    """A mapping of named entries that may also be written `'name:value;name:value'` (node_info): the
+    entry field that string form sets, as the engine's reader maps it, and that field's schema."""
+    s = at(path)
+    entry = entry_schema(path)
+    if s is None or entry is None or not {"string", "object"} <= set(types_of(s)):
+        return None
+    entry_field = next(iter(parse_node_info("name:value")["name"]))
+    sub = (entry.get("properties") or {}).get(entry_field)
+    return (entry_field, sub) if isinstance(sub, dict) else None
+

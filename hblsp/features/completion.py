@@ -9,6 +9,9 @@
   `x-hb-model-values`, also as keys where the schema takes user-named entries (node_info,
   input_source).
 - Paths: files with the key's suffix and folders, relative to the config's folder.
+- Flow collections (`node_info: {conv1: {ON: BPU}}`, `input_source: {img: ddr}`): the same keys and
+  values, inserted as `key: value` on the line; node_info's string form (`'conv1:int16;conv2:int16'`)
+  offers node names, then after `name:` the types.
 
 Works from the lines around the cursor (`hblsp.cursor`), so it answers while the YAML is broken.
 """
@@ -86,6 +89,15 @@ def _key_insert(path: tuple[str, ...], key: str, indent: int, unit: int, env: En
     return f"{key}: {_value_snippet(s, 1)}", types.InsertTextFormat.Snippet
 
 
+def _flow_key_insert(s: dict[str, Any] | None, key: str, env: Env) -> tuple[str, types.InsertTextFormat]:
+    """`key: <value>` inside a flow mapping: a nested mapping opens as `{}` on the same line."""
+    if not env.snippets:
+        return f"{key}: ", types.InsertTextFormat.PlainText
+    if sv.types_of(s or {}) == ["object"]:
+        return f"{key}: {{$0}}", types.InsertTextFormat.Snippet
+    return f"{key}: {_value_snippet(s, 1)}", types.InsertTextFormat.Snippet
+
+
 def _doc(markdown: str) -> types.MarkupContent:
     return types.MarkupContent(kind=types.MarkupKind.Markdown, value=markdown)
 
@@ -98,7 +110,8 @@ def _edit_range(doc: ConfigDoc, line: int, start: int, end: int) -> types.Range:
 def key_items(doc: ConfigDoc, cur: Cursor, env: Env) -> tuple[list[types.CompletionItem], bool]:
     lines = doc.positions.lines
     indent = cur.key_start if lines[cur.line].strip() else cur.column
-    present = sibling_keys(lines, cur.line, indent_of(lines[cur.line]) if lines[cur.line].strip() else indent)
+    present = set(cur.siblings) if cur.siblings is not None else \
+        sibling_keys(lines, cur.line, indent_of(lines[cur.line]) if lines[cur.line].strip() else indent)
     unit = indent_unit(lines)
     rng = _edit_range(doc, cur.line, cur.key_start, cur.key_end if cur.has_colon else max(cur.key_end, cur.column))
     items: list[types.CompletionItem] = []
@@ -111,6 +124,8 @@ def key_items(doc: ConfigDoc, cur: Cursor, env: Env) -> tuple[list[types.Complet
         deprecated = deprecated_here(s, data)
         if cur.has_colon:
             text, fmt = key, types.InsertTextFormat.PlainText
+        elif cur.flow:
+            text, fmt = _flow_key_insert(s, key, env)
         else:
             text, fmt = _key_insert(cur.path, key, indent, unit, env)
         items.append(types.CompletionItem(
@@ -135,6 +150,8 @@ def key_items(doc: ConfigDoc, cur: Cursor, env: Env) -> tuple[list[types.Complet
                 break
             if cur.has_colon:
                 text, fmt = name, types.InsertTextFormat.PlainText
+            elif cur.flow:
+                text, fmt = _flow_key_insert(entry, name, env)
             elif sv.types_of(entry) == ["object"] and env.snippets:
                 text, fmt = f"{name}:\n{' ' * (indent + unit)}$0", types.InsertTextFormat.Snippet
             elif env.snippets:
@@ -185,6 +202,9 @@ def value_items(doc: ConfigDoc, cur: Cursor, env: Env) -> tuple[list[types.Compl
     s = sv.at(cur.path)
     if s is None:
         return [], False
+    form = sv.string_form(cur.path)
+    if form is not None:
+        return name_value_items(doc, cur, env, form)
     line = doc.positions.lines[cur.line]
     sep = sv.separator(s)
     item = cur.item(line, sep)
@@ -230,6 +250,48 @@ def value_items(doc: ConfigDoc, cur: Cursor, env: Env) -> tuple[list[types.Compl
         text = str(default).lower() if isinstance(default, bool) else str(default)
         add(text, types.CompletionItemKind.Value, 0, detail="default")
     return items, incomplete
+
+
+def name_value_items(doc: ConfigDoc, cur: Cursor, env: Env, form: tuple[str, dict[str, Any]]
+                     ) -> tuple[list[types.CompletionItem], bool]:
+    """A `'name:value;name:value'` string (node_info): node names before the item's colon, then the
+    values of the entry field that form sets (OutputType: int8, int16)."""
+    entry_field, field_schema = form
+    line = doc.positions.lines[cur.line]
+    item = cur.item(line, ";")
+    colon = line.rfind(":", item.start, max(cur.column, item.start))
+    items: list[types.CompletionItem] = []
+    if colon != -1:  # after `name:`: the types
+        start = colon + 1
+        while start < cur.column and line[start] in " \t":
+            start += 1
+        rng = _edit_range(doc, cur.line, start, max(item.end, start))
+        name = line[item.start:colon].strip()
+        for order, choice in enumerate(sv.value_choices(field_schema)):
+            items.append(types.CompletionItem(
+                label=choice.value, kind=types.CompletionItemKind.EnumMember, detail=entry_field,
+                documentation=_doc(d) if (d := value_doc(cur.path + (name or "_", entry_field), choice.value)) else None,
+                sort_text=f"{order:06d}", text_edit=types.TextEdit(range=rng, new_text=choice.value)))
+        return items, False
+    if env.model is None:
+        return items, False
+    after = line.find(":", item.start, item.end)
+    end = after if after != -1 else item.end
+    rng = _edit_range(doc, cur.line, item.start, max(end, item.start))
+    lead = " " if item.start > 0 and line[item.start - 1] == ":" else ""
+    typed = line[item.start:cur.column].strip().lower()
+    used = {part.rpartition(":")[0].strip() for part in line[cur.value_start:cur.value_end].split(";")}
+    names = sorted(_model_names("node_name", env.model), key=lambda nd: nd[0] in used)
+    for order, (name, detail) in enumerate(names):
+        if typed and typed not in name.lower():
+            continue
+        if len(items) >= env.limit:
+            return items, True
+        text = lead + name + ("" if after != -1 else ":")
+        items.append(types.CompletionItem(
+            label=name, kind=types.CompletionItemKind.Reference, detail=detail, sort_text=f"{1000 + order:06d}",
+            filter_text=name if text != name else None, text_edit=types.TextEdit(range=rng, new_text=text)))
+    return items, False
 
 
 def complete_at(doc: ConfigDoc, pos: types.Position, env: Env) -> types.CompletionList | None:
