@@ -52,9 +52,10 @@ may only apply rewrites that cannot change a single output bit:
   ``per_channel_scaling`` in its compact form DequantizeLinear(x, d·M) [→ Add b·M] → QuantizeLinear
   (`_compact_scaling_nodes`), the narrow conv's Relu moved before its multiplier (`_relu_after`),
   ``round_instead_of_requantize`` (the two meeting: Q(v, 1, z) → DQ(·, 1, z) as Round(v) where v cannot saturate),
-  ``merge_sibling_convs``, ``index_tables_directly``, ``untranspose_float_side_tables``,
+  ``merge_sibling_convs``, ``bias_as_zero_point``, ``index_tables_directly``, ``untranspose_float_side_tables``,
   ``dequantized_tables``, ``si32_head_as_qgemm``, and the kernel swaps for onnxruntime's slow kernels: ``depthwise_conv_in_float``
-  (5×5 depthwise convs), ``nhwc_max_pool`` and ``silu_as_quick_gelu`` — their docstrings say why each
+  (5×5 depthwise convs), ``nhwc_max_pool`` and ``silu_as_quick_gelu``; after onnxruntime's folding (it
+  needs the weights as constants) ``conv_transpose_as_matmul`` — their docstrings say why each
   is exact. docs/formats.md lists them.
 - **O3** (hb_mapper generation) is O2.
 
