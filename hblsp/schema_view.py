@@ -125,3 +125,16 @@ def string_form(path: tuple[str, ...]) -> tuple[str, dict[str, Any]] | None:
     sub = (entry.get("properties") or {}).get(entry_field)
     return (entry_field, sub) if isinstance(sub, dict) else None
 
+
+def accepted(path: tuple[str, ...], data: dict[str, Any] | None) -> set[str] | None:
+    """The values the config checks accept at `path` given the rest of the config, or None when every
+    schema value is: the march's own list in `x-hb-marches` (optimize_level: O0–O2 on nash-*, where
+    O3 is warned about and replaced)."""
+    data = data if isinstance(data, dict) else {}
+    if len(path) != 2:
+        return None
+    spec = march(str((data.get("model_parameters") or {}).get("march")))
+    allowed = (spec or {}).get(path[-1])
+    if isinstance(allowed, list) and allowed and all(isinstance(v, str) for v in allowed):
+        return set(allowed)
+    return None

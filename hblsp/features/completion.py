@@ -12,6 +12,7 @@
 - Flow collections (`node_info: {conv1: {ON: BPU}}`, `input_source: {img: ddr}`): the same keys and
   values, inserted as `key: value` on the line; node_info's string form (`'conv1:int16;conv2:int16'`)
   offers node names, then after `name:` the types.
+- Only what the config checks accept there: optimize_level by the march (`schema_view.accepted`).
 
 Works from the lines around the cursor (`hblsp.cursor`), so it answers while the YAML is broken.
 """
@@ -19,6 +20,7 @@ Works from the lines around the cursor (`hblsp.cursor`), so it answers while the
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from lsprotocol import types
 
 from engine.config.schema_check import deprecated_here
+from engine.config.yamltree import parse_yaml
 from engine.frontend.model_info import ModelInfo
 from hblsp import schema_view as sv
 from hblsp.cursor import Cursor, cursor_at, indent_of, indent_unit, sibling_keys
@@ -60,8 +63,15 @@ def _escape(value: str) -> str:
     return "".join("\\" + c if c in "$}\\" else c for c in value)
 
 
-def _value_snippet(s: dict[str, Any] | None, n: int) -> str:
-    choices = sv.value_choices(s)
+Accepted = Callable[[tuple[str, ...]], "set[str] | None"]  # the values the checks accept at a path, None: all
+
+
+def _no_limit(path: tuple[str, ...]) -> set[str] | None:
+    return None
+
+
+def _value_snippet(s: dict[str, Any] | None, n: int, allowed: set[str] | None = None) -> str:
+    choices = [c for c in sv.value_choices(s) if allowed is None or c.value in allowed]
     if choices:
         return f"${{{n}|{','.join(_escape_choice(c.value) for c in choices)}|}}"
     default = (s or {}).get("default")
@@ -70,7 +80,8 @@ def _value_snippet(s: dict[str, Any] | None, n: int) -> str:
     return f"${n}"
 
 
-def _key_insert(path: tuple[str, ...], key: str, indent: int, unit: int, env: Env) -> tuple[str, types.InsertTextFormat]:
+def _key_insert(path: tuple[str, ...], key: str, indent: int, unit: int, env: Env,
+                accepted: Accepted = _no_limit) -> tuple[str, types.InsertTextFormat]:
     """`key: <value>` (or `key:` + its required children) as a snippet when the client takes them."""
     s = sv.at(path + (key,)) or {}
     if not env.snippets:
@@ -80,22 +91,23 @@ def _key_insert(path: tuple[str, ...], key: str, indent: int, unit: int, env: En
         pad = " " * (indent + unit)
         lines = [f"{key}:"]
         for i, child in enumerate(sv.required((key,)), start=1):
-            lines.append(f"{pad}{child}: {_value_snippet(sv.at((key, child)), i)}")
+            lines.append(f"{pad}{child}: {_value_snippet(sv.at((key, child)), i, accepted((key, child)))}")
         if len(lines) == 1:
             lines.append(f"{pad}$0")
         return "\n".join(lines), types.InsertTextFormat.Snippet
     if sv.types_of(s) == ["object"]:
         return f"{key}:\n{' ' * (indent + unit)}$0", types.InsertTextFormat.Snippet
-    return f"{key}: {_value_snippet(s, 1)}", types.InsertTextFormat.Snippet
+    return f"{key}: {_value_snippet(s, 1, accepted(path + (key,)))}", types.InsertTextFormat.Snippet
 
 
-def _flow_key_insert(s: dict[str, Any] | None, key: str, env: Env) -> tuple[str, types.InsertTextFormat]:
+def _flow_key_insert(s: dict[str, Any] | None, key: str, env: Env,
+                     allowed: set[str] | None = None) -> tuple[str, types.InsertTextFormat]:
     """`key: <value>` inside a flow mapping: a nested mapping opens as `{}` on the same line."""
     if not env.snippets:
         return f"{key}: ", types.InsertTextFormat.PlainText
     if sv.types_of(s or {}) == ["object"]:
         return f"{key}: {{$0}}", types.InsertTextFormat.Snippet
-    return f"{key}: {_value_snippet(s, 1)}", types.InsertTextFormat.Snippet
+    return f"{key}: {_value_snippet(s, 1, allowed)}", types.InsertTextFormat.Snippet
 
 
 def _doc(markdown: str) -> types.MarkupContent:
@@ -105,6 +117,20 @@ def _doc(markdown: str) -> types.MarkupContent:
 def _edit_range(doc: ConfigDoc, line: int, start: int, end: int) -> types.Range:
     p = doc.positions
     return types.Range(start=p.position(line, start), end=p.position(line, end))
+
+
+def _accepted_in(doc: ConfigDoc, line: int) -> Accepted:
+    """What the config checks accept at a path, given this document."""
+    data = doc.data if doc.data is not None else _data_without(doc.positions.lines, line)
+    return lambda path: sv.accepted(path, data)
+
+
+def _data_without(lines: list[str], line: int) -> dict[str, Any] | None:
+    """The config read without the line being typed (`  optimize` breaks the YAML until its colon):
+    what the rest says (the march) still narrows the values offered."""
+    root = parse_yaml("\n".join(lines[:line] + lines[line + 1:])).root
+    data = root.to_python() if root is not None and root.kind == "map" else None
+    return data if isinstance(data, dict) else None
 
 
 def key_items(doc: ConfigDoc, cur: Cursor, env: Env) -> tuple[list[types.CompletionItem], bool]:
@@ -117,6 +143,7 @@ def key_items(doc: ConfigDoc, cur: Cursor, env: Env) -> tuple[list[types.Complet
     items: list[types.CompletionItem] = []
     names = sv.key_names(cur.path)
     data = doc.data or {}
+    accepted = _accepted_in(doc, cur.line)
     for order, key in enumerate(names):
         if key in present and key != cur.key:
             continue
@@ -125,9 +152,9 @@ def key_items(doc: ConfigDoc, cur: Cursor, env: Env) -> tuple[list[types.Complet
         if cur.has_colon:
             text, fmt = key, types.InsertTextFormat.PlainText
         elif cur.flow:
-            text, fmt = _flow_key_insert(s, key, env)
+            text, fmt = _flow_key_insert(s, key, env, accepted(cur.path + (key,)))
         else:
-            text, fmt = _key_insert(cur.path, key, indent, unit, env)
+            text, fmt = _key_insert(cur.path, key, indent, unit, env, accepted)
         items.append(types.CompletionItem(
             label=key,
             kind=types.CompletionItemKind.Module if not cur.path else types.CompletionItemKind.Property,
@@ -151,11 +178,12 @@ def key_items(doc: ConfigDoc, cur: Cursor, env: Env) -> tuple[list[types.Complet
             if cur.has_colon:
                 text, fmt = name, types.InsertTextFormat.PlainText
             elif cur.flow:
-                text, fmt = _flow_key_insert(entry, name, env)
+                text, fmt = _flow_key_insert(entry, name, env, accepted(cur.path + (name,)))
             elif sv.types_of(entry) == ["object"] and env.snippets:
                 text, fmt = f"{name}:\n{' ' * (indent + unit)}$0", types.InsertTextFormat.Snippet
             elif env.snippets:
-                text, fmt = f"{name}: {_value_snippet(entry, 1)}", types.InsertTextFormat.Snippet
+                text, fmt = f"{name}: {_value_snippet(entry, 1, accepted(cur.path + (name,)))}", \
+                    types.InsertTextFormat.Snippet
             else:
                 text, fmt = f"{name}: ", types.InsertTextFormat.PlainText
             items.append(types.CompletionItem(
@@ -221,7 +249,8 @@ def value_items(doc: ConfigDoc, cur: Cursor, env: Env) -> tuple[list[types.Compl
             documentation=_doc(documentation) if documentation else None,
             text_edit=types.TextEdit(range=rng, new_text=lead + new)))
 
-    for order, choice in enumerate(sv.value_choices(s)):
+    allowed = _accepted_in(doc, cur.line)(cur.path)
+    for order, choice in enumerate(c for c in sv.value_choices(s) if allowed is None or c.value in allowed):
         add(choice.value, types.CompletionItemKind.EnumMember, order, documentation=value_doc(cur.path, choice.value))
     kind = sv.model_values(s)
     if kind and env.model is not None:

@@ -1,5 +1,5 @@
-"""Completion in flow collections and node_info's string form (review R1 #5), driven over stdio like
-test_completion.
+"""Completion in flow collections and node_info's string form (review R1 #5), and only the values
+the config checks accept (R1 m10: optimize_level by march), driven over stdio like test_completion.
 
 `|` in a case marks the cursor; the text around it is the config of `tests/conftest.py`
 (model.onnx: Conv_0 → BatchNormalization_1 → Relu_2 → GlobalAveragePool_3, input `data`, nv12).
@@ -132,6 +132,19 @@ async def test_block_form_is_unchanged_after_a_closed_flow(client: HbClient, doc
     result = await complete_in(client, doc, text)
     assert "output_nodes" in labels(result) and "node_info" not in labels(result)  # node_info is there
     assert edit(result, "output_nodes") == ("output_nodes: $1", 2, 5)
+
+
+async def test_optimize_level_offers_the_march_levels(client: HbClient, doc: str):
+    """nash-* takes O0–O2 (O3 is warned about and replaced by O2); bayes-e takes O0–O3 (x-hb-marches)."""
+    text = BASE.replace("  <here>\n", "").replace("  optimize_level: O2", "  optimize_level: |")
+    assert labels(await complete_in(client, doc, text)) == ["O0", "O1", "O2"]
+    flow = text.replace("compiler_parameters:\n  compile_mode: latency\n  optimize_level: |",
+                        "compiler_parameters: {optimize_level: |}")
+    assert labels(await complete_in(client, doc, flow)) == ["O0", "O1", "O2"]
+    bayes = text.replace("march: nash-e", "march: bayes-e")
+    assert labels(await complete_in(client, doc, bayes)) == ["O0", "O1", "O2", "O3"]
+    key = text.replace("  optimize_level: |", "  optimize|")
+    assert edit(await complete_in(client, doc, key), "optimize_level")[0] == "optimize_level: ${1|O0,O1,O2|}"
 
 
 @pytest.mark.parametrize(("text", "path", "in_value", "key"), [
