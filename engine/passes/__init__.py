@@ -7,7 +7,8 @@ the model in place, keep node and tensor names stable (a fused node keeps the Co
 name, graph outputs are never renamed) and say why they refused a match (`Skip`).
 
 Order, and why: fold constants first (exporters hide weights and shapes behind Constant / Shape
-nodes), then remove pass-through nodes, fold BN, recognise activations *before* the Conv Mul/Add
+nodes), strip a QDQ model's fake quantization (its weights become float constants, its activation
+Q→DQ pairs plain tensors: the float model hbcompile quantizes), then remove pass-through nodes, fold BN, recognise activations *before* the Conv Mul/Add
 fold (a HardSigmoid's `+3` right after a Conv would otherwise vanish into the bias), fuse
 MatMul+Add and reshapes, drop what became dead, and finally record the Conv fusion groups on the
 graph as it now is.
@@ -34,6 +35,7 @@ from engine.passes import (
     remove_dead,
     remove_dropout,
     remove_identity,
+    strip_qdq,
 )
 from engine.passes.groups import FusionGroup, read_groups
 from engine.passes.result import Pass, PassResult, Skip
@@ -44,6 +46,7 @@ __all__ = ["OPTIMIZE", "FusionGroup", "OptimizeResult", "Pass", "PassResult", "S
 
 OPTIMIZE: list[Pass] = [
     fold_constants,
+    strip_qdq,
     remove_identity,
     remove_dropout,
     fold_bn,
