@@ -102,13 +102,22 @@ class Analysis:
 
 
 def merge(result: LoadResult, extra: list[Problem]) -> tuple[Problem, ...]:
+    """The config's problems and the model's, each once. When the model rules counted the per-input lists
+    against the model's inputs, the count errors the config rules derived from the other lists (a model
+    they could not read: check_files off, a Caffe model) give way: the model's count decides."""
     seen, out = set(), []
-    for p in list(result.problems) + extra:
+    model_counted = any(_counted_by(p, "model") for p in extra)
+    own = [p for p in result.problems if not (model_counted and _counted_by(p, "lists"))]
+    for p in own + extra:
         key = (p.code, p.message, p.span)
         if key not in seen:
             seen.add(key)
             out.append(p)
     return tuple(sorted(out, key=lambda p: (p.span.line, p.span.col) if p.span else (-1, -1)))
+
+
+def _counted_by(p: Problem, by: str) -> bool:
+    return p.code == "list-count" and p.data.get("by") == by
 
 
 def analyse(result: LoadResult, data: dict[str, Any] | None, state: ModelState | None) -> Analysis:

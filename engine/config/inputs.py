@@ -24,7 +24,9 @@ from engine.config.rules import (
     PER_INPUT_KEYS,
     XP,
     derived_norm_type,
+    input_name_problems,
     input_source_problems,
+    list_count_problems,
     shape_problems,
 )
 from engine.frontend.model_info import ModelInfo
@@ -83,29 +85,14 @@ def _model_rules(data: dict[str, dict[str, Any]], info: ModelInfo) -> Iterator[P
                     "all the input_name to ensure the sequence is correct.", (IP,), data={"on_key": True,
                                                                                            "inputs": model_names})
         return
-    for i, name in enumerate(given):
-        if name not in model_names:
-            yield error("input-name-unknown", f"The input_name '{name}' is not an input of the model; the model's "
-                        f"inputs are {model_names}", (IP, "input_name"), data={"item": i, "allowed": model_names})
-    dupes = {n for n in given if given.count(n) > 1}
-    if dupes:
-        yield error("input-name-duplicate", f"Duplicate input_name {sorted(dupes)}", (IP, "input_name"))
-    expect = len(model_names)
-    if given and len(given) != expect:
-        yield error("list-count", f"Wrong input_name num received. Num of input_name given: {len(given)} is not "
-                    f"equal to input num {expect}", (IP, "input_name"))
-    for key in PER_INPUT_KEYS:
-        if key == "input_name" or key not in ip:
-            continue
-        n = len(V.split_list(ip[key]))
-        if n != expect:
-            yield error("list-count", f"Wrong {key} num received. Num of {key} given: {n} is not equal to input "
-                        f"num {expect}", (IP, key), data={"given": n, "expected": expect})
+    yield from input_name_problems(given, model_names)
+    counts = {key: len(V.split_list(ip[key])) for key in PER_INPUT_KEYS if key in ip}
     if "cal_data_dir" in data.get(CP, {}):
-        n = len(V.split_list(data[CP]["cal_data_dir"]))
-        if n != expect:
-            yield error("list-count", f"Wrong cal_dir num given, cal_dir num {n} is not equal to input num {expect}",
-                        (CP, "cal_data_dir"))
+        counts["cal_data_dir"] = len(V.split_list(data[CP]["cal_data_dir"]))
+    counts.pop("input_name", None)
+    if given:
+        counts["input_name"] = len(given)
+    yield from list_count_problems(counts, len(model_names), "model")
     by_name = {t.name: t for t in info.inputs}
     names = given or model_names
     for i, name in enumerate(names):

@@ -8,9 +8,10 @@ model is known.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from engine.config.schema_check import (
     input_batch_range_error,
     march_generation,
 )
-from engine.problems import Problem, error, warning
+from engine.problems import HbError, Problem, error, warning
 
 MP, IP, CP, XP, CO = ("model_parameters", "input_parameters", "calibration_parameters",
                       "compiler_parameters", "custom_op")
@@ -67,6 +68,37 @@ class RuleContext:
 
     def per_input(self, key: str) -> list[str | None]:
         return V.split_list(self.get(IP, key))
+
+    @cached_property
+    def model_inputs(self) -> list[str] | None:
+        """The input names of the ONNX model the config names, when it can be read (files checked only):
+        what decides between per-input lists that disagree. Read on demand, never for a config whose
+        lists agree (the model rules compare those with the model once it is parsed)."""
+        if not self.check_files or not isinstance(self.get(MP, "onnx_model"), str):
+            return None
+        return model_input_names(self.path(MP, "onnx_model"))
+
+
+def model_input_names(path: Path) -> list[str] | None:
+    """An ONNX file's graph inputs (initializers excluded), without its weights, memoised per file version;
+    None when it cannot be read (the parse stage says why)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    names = _onnx_input_names(str(path), st.st_size, st.st_mtime_ns)
+    return None if names is None else list(names)
+
+
+@lru_cache(maxsize=8)
+def _onnx_input_names(path: str, size: int, mtime_ns: int) -> tuple[str, ...] | None:
+    from engine.frontend.model_info import model_info
+    from engine.frontend.onnx_model import load_onnx
+
+    try:
+        return tuple(model_info(load_onnx(Path(path), load_weights=False)).input_names)
+    except (HbError, OSError, ValueError):
+        return None
 
 
 Rule = Callable[[RuleContext], Iterable[Problem]]
@@ -210,21 +242,49 @@ def per_input_enums(ctx: RuleContext) -> Iterator[Problem]:
 
 @rule
 def per_input_counts(ctx: RuleContext) -> Iterator[Problem]:
-    """Without the model, every given per-input list must agree with input_name (or each other)."""
-    counts = {k: len(ctx.per_input(k)) for k in PER_INPUT_KEYS if ctx.has(IP, k)}
-    if ctx.has(CP, "cal_data_dir"):
-        counts["cal_data_dir"] = len(V.split_list(ctx.get(CP, "cal_data_dir")))
-    if not counts:
+    """Per-input lists that disagree in length: the model's input count decides when the model can be
+    read (and a name of input_name that is no model input is named); else the length most lists have,
+    input_name's on a tie. Lists that agree are compared with the model by the model rules."""
+    counts = {k: n for k in PER_INPUT_KEYS if ctx.has(IP, k) and (n := len(ctx.per_input(k)))}
+    if ctx.has(CP, "cal_data_dir") and (n := len(V.split_list(ctx.get(CP, "cal_data_dir")))):
+        counts["cal_data_dir"] = n
+    if len(set(counts.values())) <= 1:
         return
-    expect = counts.get("input_name") or max(counts.values())
+    model_names = ctx.model_inputs
+    if model_names is not None:
+        yield from input_name_problems([n for n in ctx.per_input("input_name") if n], model_names)
+        yield from list_count_problems(counts, len(model_names), "model")
+        return
+    tally = Counter(counts.values())
+    most = [n for n, c in tally.items() if c == max(tally.values())]
+    yield from list_count_problems(counts, counts["input_name"] if counts.get("input_name") in most else max(most),
+                                   "lists")
+
+
+def list_count_problems(counts: dict[str, int], expect: int, by: str) -> Iterator[Problem]:
+    """hb_compile's count error on every list whose length is not `expect` (`by`: "model" when the model's
+    input count says so, "lists" when the other lists do: the language server lets the model's word
+    replace the lists' once it has read the model)."""
     for key, n in counts.items():
-        if n != expect and n > 0:
-            section = CP if key == "cal_data_dir" else IP
-            if key == "cal_data_dir":
-                msg = f"Wrong cal_dir num given, cal_dir num {n} is not equal to input num {expect}"
-            else:
-                msg = f"Wrong {key} num received. Num of {key} given: {n} is not equal to input num {expect}"
-            yield error("list-count", msg, (section, key), data={"given": n, "expected": expect})
+        if n == expect:
+            continue
+        if key == "cal_data_dir":
+            yield error("list-count", f"Wrong cal_dir num given, cal_dir num {n} is not equal to input num {expect}",
+                        (CP, key), data={"given": n, "expected": expect, "by": by})
+        else:
+            yield error("list-count", f"Wrong {key} num received. Num of {key} given: {n} is not equal to input "
+                        f"num {expect}", (IP, key), data={"given": n, "expected": expect, "by": by})
+
+
+def input_name_problems(given: list[str], model_names: list[str]) -> Iterator[Problem]:
+    """Names of input_name that are not model inputs, and names given twice (reference §5)."""
+    for i, name in enumerate(given):
+        if name not in model_names:
+            yield error("input-name-unknown", f"The input_name '{name}' is not an input of the model; the model's "
+                        f"inputs are {model_names}", (IP, "input_name"), data={"item": i, "allowed": model_names})
+    dupes = {n for n in given if given.count(n) > 1}
+    if dupes:
+        yield error("input-name-duplicate", f"Duplicate input_name {sorted(dupes)}", (IP, "input_name"))
 
 
 def _shapes(ctx: RuleContext) -> tuple[list[tuple[int, ...] | None], list[Problem]]:
