@@ -255,3 +255,37 @@ def test_the_key_is_every_input_of_a_run():
                         ("setting", "a=0")):
         assert runs.run_key(**{**base, name: other}) != key
     assert runs.run_key(**base, kind="output and exposed tensor cosines") != key
+
+
+def test_float_references_are_computed_per_sample_when_asked_for(memo, monkeypatch):
+    model = outlier_chain()
+    data = samples(model, 4)
+    float_runs: list[int] = []
+    real = sessions.run_outputs
+    monkeypatch.setattr(sessions, "run_outputs", lambda *a, **k: float_runs.append(1) or real(*a, **k))
+    refs = sessions.References(model, data)
+    third = refs[2]
+    assert len(float_runs) == 1
+    assert refs.some([2, 0])[0] is third and len(float_runs) == 2
+    every = refs.values
+    assert len(float_runs) == 4 and every[2] is third and every[0] is refs[0]
+    with pytest.raises(IndexError):
+        refs[4]
+
+
+def test_a_crops_float_outputs_do_not_replace_the_whole_models(memo, monkeypatch):
+    """The ranking's centre crops run another (smaller) model: its float outputs are kept apart, so the
+    whole model's outputs are still there for the next calibration's data checks and ptq runs."""
+    from engine.accuracy.sensitivity import crop_references
+
+    model, other = outlier_chain(), outlier_chain(seed=1)
+    data = samples(model, 3)
+    monkeypatch.setattr(sessions, "CROP_OUTPUTS", sessions.FloatOutputs())
+    assert len(sessions.References(model, data).values) == 3
+    float_runs: list[int] = []
+    real = sessions.run_outputs
+    monkeypatch.setattr(sessions, "run_outputs", lambda *a, **k: float_runs.append(1) or real(*a, **k))
+    assert len(crop_references(other, data[:1]).values) == 1
+    assert len(float_runs) == 1
+    assert len(sessions.References(model, data).values) == 3
+    assert len(float_runs) == 1  # still kept
