@@ -340,12 +340,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_copy(src: Path, dest: Path) -> None:
+def atomic_copy(src: Path, dest: Path) -> tuple[str, os.stat_result]:
+    """Copy `src` over `dest` atomically; returns the sha256 of the bytes copied and the new file's stat
+    (taken as it was closed: a rename keeps size and mtime), so a publisher neither reads `src` again
+    to hash it nor stats `dest` to remember it."""
     fd, tmp = _new_temp(dest)
-    os.close(fd)
+    h = hashlib.sha256()
     try:
-        shutil.copyfile(src, tmp)  # into the file made with its mode (sendfile on Linux)
+        with open(src, "rb") as fsrc, os.fdopen(fd, "wb", buffering=0) as fdst:
+            while chunk := fsrc.read(_COPY_CHUNK):
+                h.update(chunk)
+                fdst.write(chunk)
+            st = os.fstat(fdst.fileno())
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return h.hexdigest(), st
+
+
+_COPY_CHUNK = 1 << 20

@@ -85,8 +85,9 @@ class Publisher:
                     out[name] = dest
                 else:
                     if not self._published_from(dest, src, dest_st, src_st):
-                        atomic_copy(src, dest)
-                        self._remember_copy(dest, src)
+                        digest, st = atomic_copy(src, dest)
+                        self._remember_copy(dest, src, st)
+                        self._entry_sha[str(src)] = ((src_st.st_size, src_st.st_mtime_ns, src_st.st_ino), digest)
                     record[name] = self._sha(src, src_st)
                     out[name] = dest
         finally:

@@ -7,11 +7,12 @@ balance_factor, advice, debug…) re-estimates but does not re-measure. The opti
 kept too (`package.ProgramMemo`, memo folder `optimized_program`, owned by the quantize entry):
 such an edit does not run the optimize_level rewrites and their bit-exactness checks again, nor
 copy, stamp or serialize the `.bc` (the memo is keyed by the digest of the `.bc` file read here).
-In this process (the warm engine) the estimate's program-only part is kept by the program's digest,
-the O0 / O1 programs of one `.bc` share their tensor types (digits: one onnxruntime probe for both
-levels), and advice.json
-and the report page's similarity / sensitivity sections — made from upstream entries alone — are
-kept for those entries.
+In this process (the warm engine) the estimate's program-only part is kept by the program's digest
+(with its 8 candidate plans: a compile_mode / balance_factor edit re-times them), the O0 / O1
+programs of one `.bc` share their tensor types (digits: one onnxruntime probe for both levels), the
+`.bc`'s runtime I/O specs are kept by its digest, and the parsed upstream files (`upstream_inputs`),
+advice.json and the report page's similarity / sensitivity sections — made from upstream entries
+alone — are kept for those entries.
 """
 
 from __future__ import annotations
