@@ -97,3 +97,20 @@ def test_odd_model_shape_that_is_not_4d_is_placed_on_input_type_rt(tmp_path):
 def test_odd_input_shape_stays_on_input_shape(tmp_path):
     p = only(load(tmp_path, GOOD_CONFIG.replace("1x3x8x8", "1x3x7x8")).problems, "input-nv12-odd-size")
     assert p.path == ("input_parameters", "input_shape")
+
+
+# ---------------------------------------------------------------- m6 / m7: what the key docs promise
+
+def test_config_docs_say_what_set_model_output_int8_and_remove_node_type_softmax_do():
+    """m6: set_model_output_int8 read 'no dequantize to float', yet the .bc/.hbm output is float32 behind a
+    DequantizeLinear; m7: `remove_node_type: Softmax` alone finds nothing behind a tail Dequantize."""
+    from engine import schema
+
+    optimization = schema.key_schema("calibration_parameters", "optimization")["x-hb-enum-descriptions"]
+    assert "float32 through a tail Dequantize" in optimization["set_model_output_int8"]
+    assert "remove_node_type: Dequantize" in optimization["set_model_output_int8"]
+    assert "no dequantize to float" not in optimization["set_model_output_int8"]
+    remove = schema.key_schema("model_parameters", "remove_node_type")
+    assert "`Dequantize;Softmax`" in remove["description"] and "QLinearSoftmax" in remove["description"]
+    page = (Path(__file__).resolve().parents[3] / "docs" / "config.md").read_text()
+    assert remove["description"] in page and optimization["set_model_output_int8"] in page
