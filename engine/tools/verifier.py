@@ -124,6 +124,14 @@ def _is_plain(model) -> bool:
     return model.format == "onnx" and not any(s.info.get("input_type_train") for s in model.inputs)
 
 
+def _normalizes_inside(model, input_name: str) -> bool:
+    """`model` already holds hbcompile's inserted normalization for the input (HZ_PREPROCESS_FOR_<input>)."""
+    from engine.preprocess.normalization import preprocess_prefix
+
+    prefix = preprocess_prefix(input_name)
+    return any(n.name == prefix or n.name.startswith(prefix + "_") for n in model.program.graph.node)
+
+
 def _norm_text(info: Mapping) -> str:
     parts = [f"{k} {' '.join(f'{v:g}' for v in np.atleast_1d(info[k]))}" for k in ("mean_value", "scale_value",
                                                                                     "std_value")
@@ -143,7 +151,8 @@ def feeds_for_plain(plain, other, named: Mapping[str, np.ndarray]) -> tuple[dict
     theirs = {s.name: s for s in other.inputs}
     for spec in plain.inputs:
         ref = theirs.get(spec.name)
-        if spec.name not in named or ref is None or not ref.info.get("input_type_train"):
+        if spec.name not in named or ref is None or not ref.info.get("input_type_train") \
+                or _normalizes_inside(plain, spec.name):
             continue
         info = ref.info
         if all(info.get(k) is None for k in ("mean_value", "scale_value", "std_value")):

@@ -109,3 +109,16 @@ def test_an_array_only_the_float_model_takes_is_a_warning(gray_run, tmp_path):
     fed, notes = verifier.feeds_for_plain(plain, hbm, {"data": x[:1]})
     np.testing.assert_allclose(fed["data"], (200.0 - 128) / 128)
     assert notes[0].startswith("note: ")
+
+
+def test_a_float_model_holding_the_inserted_normalization_is_fed_as_it_is(gray_run, tmp_path):
+    """hbcompile's float model without its metadata (HZ_PREPROCESS_FOR_data still inside) is not normalized twice."""
+    model = onnx.load(str(gray_run / "model_output" / "conv_original_float_model.onnx"))
+    kept = [p for p in model.metadata_props if p.key != "hbcompile.inputs"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(tmp_path / "bare.onnx"))
+    hbm = str(gray_run / "model_output" / "conv.hbm")
+    _, bare = verifier.verify([str(tmp_path / "bare.onnx"), hbm])
+    _, ours = verifier.verify([str(gray_run / "model_output" / "conv_original_float_model.onnx"), hbm])
+    assert cosine_and_notes(bare) == cosine_and_notes(ours) and cosine_and_notes(bare)[1] == []
