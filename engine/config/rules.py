@@ -170,7 +170,9 @@ def prefix_is_a_file_name(ctx: RuleContext) -> Iterator[Problem]:
 
 MAX_FILE_NAME_BYTES = 255  # NAME_MAX of Linux file systems (ext4, xfs, btrfs, tmpfs)
 LONGEST_ARTEFACT_SUFFIX = "_quantized_removed_model.bc"
-TEMP_NAME_EXTRA = len(".") + len(".") + 8  # atomic writes: mkstemp(prefix=f".{name}.") adds 8 random characters
+# atomic writes (engine.pipeline.cache._new_temp) write `.{name}.{12 hex digits}` beside the file (mkdtemp's
+# `.{name}.` + 8 characters for folders is shorter)
+TEMP_NAME_EXTRA = len(".") + len(".") + 12
 MAX_PREFIX_BYTES = MAX_FILE_NAME_BYTES - len(LONGEST_ARTEFACT_SUFFIX) - TEMP_NAME_EXTRA
 
 
