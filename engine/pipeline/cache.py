@@ -21,10 +21,12 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import stat
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from engine.pipeline.hashing import sha256_file
 log = logging.getLogger("hbcompile")
 KEEP_PER_STAGE = 4
 MEMO = "memo"
+TRASH = ".trash"  # pruned entries on their way out (`StageCache._trash`)
 _OWNED = re.compile(r"^([0-9a-f]{16})-")  # memo entries named by memo_name
 STALE_TEMP_SECONDS = 3600  # a memo temp file this old was left by a process that died
 
@@ -48,6 +51,7 @@ class StageCache:
         self._meta: dict[Path, dict[str, Any]] = {}  # meta.json of entries looked up (entries never change)
         self._stamps: dict[Path, tuple[int, int, int]] = {}  # entry → its meta.json's (inode, size, mtime) when read
         self._last: tuple[tuple[int, int, int], dict[str, Any]] | None = None  # last_run.json (stamp, parts)
+        self._trash_checked = False
 
     def entry(self, stage: str, key: str) -> Path:
         return self.root / stage / key
@@ -113,7 +117,8 @@ class StageCache:
         if not memo.is_dir():
             return []
         # os.scandir: the folder types come with the listing (a warm compile edit lists ~40 names here)
-        live = {e.name[:16] for stage in _folders(self.root) if stage.name != MEMO for e in os.scandir(stage.path)}
+        live = {e.name[:16] for stage in _folders(self.root) if stage.name != MEMO and not stage.name.startswith(".")
+                for e in os.scandir(stage.path)}
         removed = []
         for kind in _folders(memo):
             for entry in os.scandir(kind.path):
@@ -163,9 +168,28 @@ class StageCache:
         entries = sorted(mtimes, key=mtimes.__getitem__, reverse=True)
         for old in entries[KEEP_PER_STAGE:]:
             if old != keep:
-                shutil.rmtree(old, ignore_errors=True)
+                self._trash(old)
                 self._meta.pop(old, None)
                 self._stamps.pop(old, None)
+
+    def _trash(self, entry: Path) -> None:
+        """Take a pruned entry out of its stage folder at once (one rename into `TRASH`) and delete it on
+        a background thread: removing an entry's files cost a compile edit 2-3 ms of waiting on this
+        disk (0.3 ms CPU), for a folder no run reads again. A process that dies first leaves it in
+        `TRASH`, which the next pruning `StageCache` empties."""
+        trash = self.root / TRASH
+        if not self._trash_checked:  # left by a process that died before deleting it
+            self._trash_checked = True
+            for left in _folders(trash):
+                _deleter.put(Path(left.path))
+        dest = trash / f"{entry.parent.name}-{entry.name[:16]}-{os.getpid()}-{os.urandom(4).hex()}"
+        try:
+            trash.mkdir(exist_ok=True)
+            os.replace(entry, dest)
+        except OSError:  # gone meanwhile, or the rename refused: delete it here
+            shutil.rmtree(entry, ignore_errors=True)
+            return
+        _deleter.put(dest)
 
     def discard(self, tmp: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -196,6 +220,40 @@ class StageCache:
         atomic_write_text(path, text)
         stamp = _stamp(path)
         self._last = (stamp, written) if stamp is not None else None
+
+
+class _Deleter:
+    """One daemon thread that deletes the folders it is handed (pruned cache entries moved to `TRASH`)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Path] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._done = threading.Condition()
+        self._pending = 0
+
+    def put(self, folder: Path) -> None:
+        with self._done:
+            self._pending += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="hbcompile-prune", daemon=True)
+                self._thread.start()
+        self._queue.put(folder)
+
+    def _run(self) -> None:
+        while True:
+            folder = self._queue.get()
+            shutil.rmtree(folder, ignore_errors=True)
+            with self._done:
+                self._pending -= 1
+                self._done.notify_all()
+
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until every folder handed so far is deleted; False on timeout."""
+        with self._done:
+            return self._done.wait_for(lambda: self._pending == 0, timeout)
+
+
+_deleter = _Deleter()
 
 
 def _folders(path: Path) -> list[os.DirEntry]:

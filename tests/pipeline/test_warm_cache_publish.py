@@ -109,3 +109,31 @@ def test_atomic_writes_get_the_mode_open_gives(tmp_path, umask):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~umask
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temp file left
+
+
+def test_pruned_entries_leave_their_stage_folder_at_once_and_the_disk_soon(tmp_path):
+    """Pruning moves an entry into `.trash` (one rename) and a background thread deletes it; an owned memo
+    goes with it, and what a dead process left in `.trash` is deleted by the next pruning cache."""
+    import time
+
+    from engine.pipeline.cache import KEEP_PER_STAGE, TRASH, _deleter, memo_name
+
+    left = tmp_path / TRASH / "compile-deadbeef-1-0"
+    (left / "sub").mkdir(parents=True)
+    (left / "sub" / "model.hbm").write_bytes(b"left by a process that died")
+    cache = StageCache(tmp_path)
+    keys = [f"{i:x}" * 64 for i in range(KEEP_PER_STAGE + 1)]
+    for n, key in enumerate(keys):
+        tmp = cache.new_temp("compile")
+        (tmp / "model.hbm").write_bytes(b"x" * 10)
+        entry = cache.commit("compile", key[:64], tmp, {})
+        os.utime(entry, (time.time() - 100 + n, time.time() - 100 + n))  # committed in this order
+        if n == 0:
+            owned = tmp_path / "memo" / "latency" / memo_name(key, "m")
+            owned.parent.mkdir(parents=True)
+            owned.write_text("{}")
+    names = sorted(p.name for p in (tmp_path / "compile").iterdir())
+    assert names == sorted(k[:64] for k in keys[1:])  # the oldest left its stage folder with the commit
+    assert not owned.exists()  # and its memo went with it
+    assert _deleter.drain()
+    assert list((tmp_path / TRASH).iterdir()) == []  # both deleted: the pruned entry and the dead process's
