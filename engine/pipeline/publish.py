@@ -33,6 +33,7 @@ log = logging.getLogger("hbcompile")
 RECORD = "published.json"  # in the cache root: {artefact file name: sha256 | "folder"}
 FOLDER_MARK = ".hb_compile_artefact"  # inside a published folder: hb_compile wrote this folder
 FOLDER = "folder"
+ENTRY_SHA_KEEP = 1024  # entry files whose sha256 a Publisher keeps (then it starts over)
 
 
 class ArtefactCollisionError(HbError):
@@ -87,7 +88,7 @@ class Publisher:
                     if not self._published_from(dest, src, dest_st, src_st):
                         digest, st = atomic_copy(src, dest)
                         self._remember_copy(dest, src, st)
-                        self._entry_sha[str(src)] = ((src_st.st_size, src_st.st_mtime_ns, src_st.st_ino), digest)
+                        self._keep_sha(src, src_st, digest)
                     record[name] = self._sha(src, src_st)
                     out[name] = dest
         finally:
@@ -121,8 +122,12 @@ class Publisher:
         kept = self._entry_sha.get(str(src))
         if kept is not None and kept[0] == stamp:
             return kept[1]
-        digest = self.hashes.file(src)
-        self._entry_sha[str(src)] = (stamp, digest)
+        return self._keep_sha(src, st, self.hashes.file(src))
+
+    def _keep_sha(self, src: Path, st: os.stat_result, digest: str) -> str:
+        if len(self._entry_sha) >= ENTRY_SHA_KEEP:  # a long-lived daemon: entries come and go
+            self._entry_sha.clear()
+        self._entry_sha[str(src)] = ((st.st_size, st.st_mtime_ns, st.st_ino), digest)
         return digest
 
     def _check_folder(self, src: Path, dest: Path, record: Mapping[str, str]) -> None:
