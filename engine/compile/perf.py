@@ -50,8 +50,9 @@ the same program and measures nothing, nor does new calibration (other values) o
 whose program differs in constant sharing only (digits' O0 and O1).
 
 A warm engine estimates the same program again on every compiler_parameters edit: the estimate's
-options-independent part (types, partition, layers, the plans' view of the graph) is kept in this
-process by the program's sha256 (`estimate(..., digest=)`), so an edit re-plans and re-times only.
+options-independent part (types, partition, layers, the plans' view of the graph, and the 8
+candidate plans themselves, which depend on the on-chip budget only) is kept in this process by the
+program's sha256 (`estimate(..., digest=)`), so an edit re-times the candidates and chooses again.
 """
 
 from __future__ import annotations
