@@ -174,8 +174,6 @@ class Evaluator:
 
     def __init__(self, switchable: SwitchableModel, model: onnx.ModelProto, samples: Sequence[Sample],
                  references: References | None = None):
-        from engine.accuracy.sessions import References
-
         self.sw = switchable
         self.samples = list(samples)
         self.references = references if references is not None else References(model, self.samples)
@@ -280,9 +278,9 @@ def cropped(model: onnx.ModelProto, samples: Sequence[Sample], share: float, min
 
 def crop_references(model: onnx.ModelProto, crops: Sequence[Sample]) -> References:
     """The float outputs of a cropped model (`cropped`), kept apart from the whole model's (`CROP_OUTPUTS`)."""
-    from engine.accuracy.sessions import CROP_OUTPUTS
+    from engine.accuracy import sessions
 
-    return References(model, crops, CROP_OUTPUTS)
+    return References(model, crops, sessions.CROP_OUTPUTS)
 
 
 def _all_quantized(ev: Evaluator, model: onnx.ModelProto, exposed: Sequence[str]
