@@ -49,8 +49,8 @@ def config_for_mode(args: argparse.Namespace) -> tuple[Path, str | None]:
         return Path(args.config), None
     if args.model:
         if getattr(args, "sensitivity", None) is not None:  # refused before any work: check mode has no calibrate
-            raise _fail("cli-mode", "--sensitivity needs a calibrated run: check mode (-m/--model without -c) stops "
-                        "before calibrate; run -c config.yaml --sensitivity")
+            raise _fail("cli-mode", "--sensitivity needs the calibrate stage, which check mode (-m/--model without "
+                        "-c) does not reach: it stops after optimize; use -c with a config")
         return generate_config(args, Path(".hb_compile"), fast_perf=False), "optimize"
     raise _fail("cli-mode", "The model file or config file is missing, please specify either -m/--model or "
                 "-c/--config parameter.")

@@ -29,7 +29,7 @@ def test_check_mode_refuses_sensitivity_before_running(model_dir, capsys):
     assert main(["-m", "net.onnx", "--march", "nash-e", "--sensitivity", "3"]) == 1
     out = capsys.readouterr().out
     [line] = error_lines(out)
-    assert "--sensitivity needs a calibrated run: check mode" in line
+    assert "--sensitivity needs the calibrate stage, which check mode (-m/--model without -c) does not reach" in line
     assert not (model_dir / ".hb_compile").exists() and "The converted model node information" not in out
 
 
