@@ -179,6 +179,8 @@ def _fit(spec: TensorSpec, value: Any) -> tuple[np.ndarray | None, str]:
     if spec.kind in ("nv12", "yuv420sp_bt601_video") and x.size == math.prod(shape) and x.ndim <= 2 \
             and (x.ndim < 2 or x.shape[0] == shape[0]):
         return x.reshape(shape), ""  # a camera buffer with the frame's bytes, flat per frame
+    if spec.kind in ("nv12", "yuv420sp_bt601_video") and len(shape) > 1 and shape[0] == 1 and x.shape == shape[1:]:
+        return x.reshape(shape), ""  # one frame as rgb_to_nv12 / OpenCV make it: (H*3/2, W), no batch axis
     fixed = [d if isinstance(d, int) and d > 0 else None for d in (spec.shape or ())]
     if len(fixed) == x.ndim and all(d is None or d == g for d, g in zip(fixed, x.shape)):
         return x, ""

@@ -74,6 +74,15 @@ def test_a_flat_camera_buffer_is_accepted_for_nv12(artefacts):
     np.testing.assert_array_equal(bc.run({"x": frames.reshape(1, -1)})["y"], bc.run({"x": frames})["y"])
 
 
+def test_one_frame_without_a_batch_axis_is_accepted_for_nv12(artefacts):
+    """rgb_to_nv12 of one H×W×3 picture (and OpenCV's NV12) is (H*3/2, W): the frame of a batch of 1."""
+    hbm = load(artefacts / "nv12.hbm")
+    picture = np.random.default_rng(4).integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    frame = rgb_to_nv12(picture)
+    assert frame.shape == (24, 16)
+    np.testing.assert_array_equal(hbm.run({"x": frame})["y"], hbm.run({"x": frame[None]})["y"])
+
+
 def test_float64_featuremaps_are_cast(artefacts):
     bc = load(artefacts / "featuremap.bc")
     x = np.random.default_rng(2).standard_normal((1, 3, 16, 16))
