@@ -147,6 +147,25 @@ async def test_optimize_level_offers_the_march_levels(client: HbClient, doc: str
     assert edit(await complete_in(client, doc, key), "optimize_level")[0] == "optimize_level: ${1|O0,O1,O2|}"
 
 
+async def test_hover_reads_the_same_flow_context(client: HbClient, doc: str):
+    """Hover shares the cursor: a node name key, an inner key and a value of a flow mapping are explained."""
+    text = node_line("{Relu_2: {ON: CPU}}")
+    client.replace(doc, text)
+    line = text.splitlines().index("  node_info: {Relu_2: {ON: CPU}}")
+
+    async def hover(col: int) -> types.Hover:
+        got = await client.text_document_hover_async(types.HoverParams(types.TextDocumentIdentifier(doc),
+                                                                       types.Position(line, col)))
+        assert got is not None, col
+        return got
+
+    node, key, value = await hover(16), await hover(24), await hover(28)
+    assert "Relu" in node.contents.value and (node.range.start.character, node.range.end.character) == (14, 20)
+    assert key.contents.value.startswith("**ON** — `model_parameters.node_info.Relu_2.ON`")
+    assert value.contents.value == "**`CPU`** (ON): Run this node on the CPU in float."
+    assert (value.range.start.character, value.range.end.character) == (27, 30)
+
+
 @pytest.mark.parametrize(("text", "path", "in_value", "key"), [
     ("a:\n  node_info: {x: {ON: |}}\n", ("a", "node_info", "x", "ON"), True, "ON"),
     ("a:\n  node_info: {x: {O|N: CPU}}\n", ("a", "node_info", "x"), False, "ON"),
