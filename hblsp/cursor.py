@@ -45,6 +45,7 @@ class Cursor:
     quote: str | None
     flow: bool = False  # inside a flow collection: an insert stays on the line (`key: value`, no block)
     siblings: frozenset[str] | None = None  # keys of the flow mapping at the cursor (block: read from lines)
+    sequence: bool = False  # an item of a flow sequence (`[a, |]`): a value only a list-typed key takes
 
     def item(self, line_text: str, sep: str | None) -> Item:
         """The list item around the cursor (the whole value when `sep` is None)."""
@@ -312,7 +313,8 @@ def _flow_context(lines: list[str], start: int, line: int, column: int) -> Curso
                       frozenset(top.keys))
     if top.mapping:
         path += (top_key or "",)
-    return Cursor(line, column, path, True, path[-1] if path else "", s_col, s_col, True, s_col, e_col, quote, True)
+    return Cursor(line, column, path, True, path[-1] if path else "", s_col, s_col, True, s_col, e_col, quote, True,
+                  sequence=not top.mapping)
 
 
 def _extent(text: str, column: int, under: yaml.ScalarToken | None, line: int, start: int) -> tuple[int, int, str | None]:

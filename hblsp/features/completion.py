@@ -228,8 +228,8 @@ def _path_entries(base: Path, typed: str, kind: str, suffix: str | None, limit: 
 
 def value_items(doc: ConfigDoc, cur: Cursor, env: Env) -> tuple[list[types.CompletionItem], bool]:
     s = sv.at(cur.path)
-    if s is None:
-        return [], False
+    if s is None or (cur.sequence and "array" not in sv.types_of(s)):
+        return [], False  # a YAML list where the key takes a string is refused whatever its items
     form = sv.string_form(cur.path)
     if form is not None:
         return name_value_items(doc, cur, env, form)

@@ -126,6 +126,14 @@ async def test_flow_forms_offer_what_block_forms_offer(client: HbClient, doc: st
     assert "optimize_level" in labels(keys) and "compile_mode" not in labels(keys)
 
 
+async def test_nothing_inside_a_list_for_a_string_key(client: HbClient, doc: str):
+    """`run_on_cpu: [|]`: the schema takes a `;` string there (a list is a type error), so no node names."""
+    text = BASE.replace("  <here>\n", "").replace("  calibration_type: max", "  calibration_type: max\n  run_on_cpu: [|]")
+    assert not (await complete_in(client, doc, text)).items
+    string = await complete_in(client, doc, text.replace("[|]", "'Conv_0; |'"))
+    assert labels(string) == ["BatchNormalization_1", "Relu_2", "GlobalAveragePool_3", "Conv_0"]
+
+
 async def test_block_form_is_unchanged_after_a_closed_flow(client: HbClient, doc: str):
     """A closed flow mapping above the cursor does not capture it: the block keys are offered."""
     text = BASE.replace("<here>", "node_info: {Relu_2: {ON: CPU}}\n  out|")
@@ -170,6 +178,7 @@ async def test_hover_reads_the_same_flow_context(client: HbClient, doc: str):
     ("a:\n  node_info: {x: {ON: |}}\n", ("a", "node_info", "x", "ON"), True, "ON"),
     ("a:\n  node_info: {x: {O|N: CPU}}\n", ("a", "node_info", "x"), False, "ON"),
     ("a: {b: [c, |]}\n", ("a", "b"), True, "b"),
+    ("a: {b: [c, {d: |}]}\n", ("a", "b", "d"), True, "d"),
     ("a:\n  b: {c: 'un|\n  d: 1\n", ("a", "b", "c"), True, "c"),  # an unclosed quote: the tokens before it
     ("a:\n  b: {c: 1}\n  |\n", ("a",), False, ""),
     ("a:\n  b|: {c: 1}\n", ("a",), False, "b"),
