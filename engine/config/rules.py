@@ -316,11 +316,13 @@ def input_shapes_and_types(ctx: RuleContext) -> Iterator[Problem]:
     rts, trains = ctx.per_input("input_type_rt"), ctx.per_input("input_type_train")
     layouts = ctx.per_input("input_layout_train")
     pairs = legal_pairs()
+    known_rts = schema.item_enum(IP, "input_type_rt") or []
     n = max(len(rts), len(trains), len(shapes))
     for i in range(n):
         rt, train, shape, layout = _at(rts, i), _at(trains, i), _at(shapes, i), _at(layouts, i)
         name = _at(ctx.per_input("input_name"), i) or i
-        if rt and train and train in pairs and rt not in pairs[train] and rt != train:
+        # a value that is no input_type_rt at all is told once, by per_input_enums, not also as a conversion
+        if rt and train and train in pairs and rt not in pairs[train] and rt != train and rt in known_rts:
             yield error("input-illegal-conversion", f"The input_type_train '{train}' of the input {name} is not "
                         f"supported to be transformed to input_type_rt '{rt}' now", (IP, "input_type_rt"),
                         data={"item": i, "allowed": pairs[train]})

@@ -114,3 +114,19 @@ def test_config_docs_say_what_set_model_output_int8_and_remove_node_type_softmax
     assert "`Dequantize;Softmax`" in remove["description"] and "QLinearSoftmax" in remove["description"]
     page = (Path(__file__).resolve().parents[3] / "docs" / "config.md").read_text()
     assert remove["description"] in page and optimization["set_model_output_int8"] in page
+
+
+# ---------------------------------------------------------------- m2: one error per token
+
+@pytest.mark.parametrize("train, rt", [("gray", "grey"), ("rgb", "nv13")])
+def test_an_invalid_input_type_rt_is_one_error_not_also_an_illegal_conversion(tmp_path, train, rt):
+    text = GOOD_CONFIG.replace("input_type_train: rgb", f"input_type_train: {train}").replace(
+        "input_type_rt: nv12", f"input_type_rt: {rt}")
+    found = [p for p in load(tmp_path, text).problems if p.path == ("input_parameters", "input_type_rt")]
+    assert [p.code for p in found] == ["invalid-enum"], [p.message for p in found]
+
+
+def test_a_legal_value_that_is_no_legal_conversion_is_still_told(tmp_path):
+    text = GOOD_CONFIG.replace("input_type_train: rgb", "input_type_train: gray")
+    p = only(load(tmp_path, text).problems, "input-illegal-conversion")
+    assert "'gray'" in p.message and "'nv12'" in p.message
