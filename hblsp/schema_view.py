@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import schema
+from engine.config import values as V
 from engine.config.model import parse_node_info
 
 SEPARATORS = {"per-input": ";", "names": ";", "comma": ","}
@@ -126,15 +127,34 @@ def string_form(path: tuple[str, ...]) -> tuple[str, dict[str, Any]] | None:
     return (entry_field, sub) if isinstance(sub, dict) else None
 
 
-def accepted(path: tuple[str, ...], data: dict[str, Any] | None) -> set[str] | None:
+def accepted(path: tuple[str, ...], data: dict[str, Any] | None, model_inputs: list[str] | None = None
+             ) -> set[str] | None:
     """The values the config checks accept at `path` given the rest of the config, or None when every
     schema value is: the march's own list in `x-hb-marches` (optimize_level: O0–O2 on nash-*, where
-    O3 is warned about and replaced)."""
+    O3 is warned about and replaced), or an input_source entry's sources for that input's
+    input_type_rt (`x-hb-rt-types`: a featuremap input is fed from ddr only)."""
     data = data if isinstance(data, dict) else {}
-    if len(path) != 2:
+    if len(path) == 2:
+        spec = march(str((data.get("model_parameters") or {}).get("march")))
+        allowed = (spec or {}).get(path[-1])
+        if isinstance(allowed, list) and allowed and all(isinstance(v, str) for v in allowed):
+            return set(allowed)
         return None
-    spec = march(str((data.get("model_parameters") or {}).get("march")))
-    allowed = (spec or {}).get(path[-1])
-    if isinstance(allowed, list) and allowed and all(isinstance(v, str) for v in allowed):
-        return set(allowed)
-    return None
+    by_source = (at(path[:-1]) or {}).get("x-hb-rt-types") if len(path) == 3 else None
+    if not isinstance(by_source, dict):
+        return None
+    rt = _rt_type(path[-1], data.get("input_parameters") or {}, model_inputs)
+    return None if rt is None else {src for src, rts in by_source.items() if rt in rts}
+
+
+def _rt_type(input_name: str, inputs: Any, model_inputs: list[str] | None) -> str | None:
+    """input_type_rt of one input, by its place in input_name (else in the model's inputs), as the checks
+    pair them; a one-input config without names has its one rt type."""
+    if not isinstance(inputs, dict):
+        return None
+    rts = V.split_list(inputs.get("input_type_rt"))
+    names = V.split_list(inputs.get("input_name")) or list(model_inputs or [])
+    if input_name in names:
+        i = names.index(input_name)
+        return rts[i] if i < len(rts) else None
+    return rts[0] if len(rts) == 1 and not names else None

@@ -12,7 +12,8 @@
 - Flow collections (`node_info: {conv1: {ON: BPU}}`, `input_source: {img: ddr}`): the same keys and
   values, inserted as `key: value` on the line; node_info's string form (`'conv1:int16;conv2:int16'`)
   offers node names, then after `name:` the types.
-- Only what the config checks accept there: optimize_level by the march (`schema_view.accepted`).
+- Only what the config checks accept there: optimize_level by the march, an input's source by its
+  input_type_rt (`schema_view.accepted`).
 
 Works from the lines around the cursor (`hblsp.cursor`), so it answers while the YAML is broken.
 """
@@ -119,15 +120,16 @@ def _edit_range(doc: ConfigDoc, line: int, start: int, end: int) -> types.Range:
     return types.Range(start=p.position(line, start), end=p.position(line, end))
 
 
-def _accepted_in(doc: ConfigDoc, line: int) -> Accepted:
-    """What the config checks accept at a path, given this document."""
+def _accepted_in(doc: ConfigDoc, env: Env, line: int) -> Accepted:
+    """What the config checks accept at a path, given this document and its model's inputs."""
+    inputs = [t.name for t in env.model.inputs] if env.model is not None else None
     data = doc.data if doc.data is not None else _data_without(doc.positions.lines, line)
-    return lambda path: sv.accepted(path, data)
+    return lambda path: sv.accepted(path, data, inputs)
 
 
 def _data_without(lines: list[str], line: int) -> dict[str, Any] | None:
     """The config read without the line being typed (`  optimize` breaks the YAML until its colon):
-    what the rest says (the march) still narrows the values offered."""
+    what the rest says (the march, the input types) still narrows the values offered."""
     root = parse_yaml("\n".join(lines[:line] + lines[line + 1:])).root
     data = root.to_python() if root is not None and root.kind == "map" else None
     return data if isinstance(data, dict) else None
@@ -143,7 +145,7 @@ def key_items(doc: ConfigDoc, cur: Cursor, env: Env) -> tuple[list[types.Complet
     items: list[types.CompletionItem] = []
     names = sv.key_names(cur.path)
     data = doc.data or {}
-    accepted = _accepted_in(doc, cur.line)
+    accepted = _accepted_in(doc, env, cur.line)
     for order, key in enumerate(names):
         if key in present and key != cur.key:
             continue
@@ -249,7 +251,7 @@ def value_items(doc: ConfigDoc, cur: Cursor, env: Env) -> tuple[list[types.Compl
             documentation=_doc(documentation) if documentation else None,
             text_edit=types.TextEdit(range=rng, new_text=lead + new)))
 
-    allowed = _accepted_in(doc, cur.line)(cur.path)
+    allowed = _accepted_in(doc, env, cur.line)(cur.path)
     for order, choice in enumerate(c for c in sv.value_choices(s) if allowed is None or c.value in allowed):
         add(choice.value, types.CompletionItemKind.EnumMember, order, documentation=value_doc(cur.path, choice.value))
     kind = sv.model_values(s)

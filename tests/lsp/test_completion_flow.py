@@ -1,5 +1,6 @@
 """Completion in flow collections and node_info's string form (review R1 #5), and only the values
-the config checks accept (R1 m10: optimize_level by march), driven over stdio like test_completion.
+the config checks accept (R1 m10: optimize_level by march, input_source by the input's rt type),
+driven over stdio like test_completion.
 
 `|` in a case marks the cursor; the text around it is the config of `tests/conftest.py`
 (model.onnx: Conv_0 → BatchNormalization_1 → Relu_2 → GlobalAveragePool_3, input `data`, nv12).
@@ -172,6 +173,29 @@ async def test_hover_reads_the_same_flow_context(client: HbClient, doc: str):
     assert key.contents.value.startswith("**ON** — `model_parameters.node_info.Relu_2.ON`")
     assert value.contents.value == "**`CPU`** (ON): Run this node on the CPU in float."
     assert (value.range.start.character, value.range.end.character) == (27, 30)
+
+
+async def test_input_source_offers_the_sources_of_the_input_type(client: HbClient, workspace: Path):
+    """two.onnx: `img` nv12 (pyramid, resizer), `feat` featuremap (ddr only), as the input_source check
+    pairs input_name with input_type_rt; without input_name, by the model's input order."""
+    text = GOOD_CONFIG.replace("model.onnx", "two.onnx").replace("input_name: data", "input_name: 'img; feat'") \
+        .replace("input_type_rt: nv12", "input_type_rt: 'nv12; featuremap'") \
+        .replace("  optimize_level: O2\n", "  optimize_level: O2\n  input_source: {img: |}\n")
+    uri = client.open(workspace / "two_sources.hb.yaml", text.replace("|", ""))
+    await client.wait_diagnostics(uri, 1)
+    assert labels(await complete_in(client, uri, text)) == ["pyramid", "resizer"]
+    assert labels(await complete_in(client, uri, text.replace("{img: |}", "{feat: |}"))) == ["ddr"]
+    block = text.replace("{img: |}", "\n    feat: |")
+    assert labels(await complete_in(client, uri, block)) == ["ddr"]
+    for _ in range(400):  # without input_name the model's input order pairs them (once the model is read)
+        unnamed = await complete_in(client, uri, block.replace("  input_name: 'img; feat'\n", ""))
+        if labels(unnamed) == ["ddr"]:
+            break
+        await asyncio.sleep(0.025)
+    assert labels(unnamed) == ["ddr"]
+    keys = await complete_in(client, uri, text.replace("{img: |}", "{|}"))  # the model's input names
+    assert edit(keys, "img")[0] == "img: ${1|pyramid,resizer|}" and edit(keys, "feat")[0] == "feat: ${1|ddr|}"
+    client.close(uri)
 
 
 @pytest.mark.parametrize(("text", "path", "in_value", "key"), [
