@@ -4,9 +4,10 @@ given as `onnx_model` becomes the float model it simulates int8 on.
     activation pair  t → QuantizeLinear(s, z) → q → DequantizeLinear(s, z) → t'
                      t' = (clip(round(t / s) + z) − z) · s ≈ t: the readers of t' read t
     clamping pair    the same with z = the type's minimum (range [0, ...]) after a node that can go
-                     negative (a Conv): onnxruntime removed the float model's Relu (or Clip at 0) there
-                     and lets the saturation clamp, so the pair becomes that Relu, writing t (the tensor
-                     whose range the pair describes); the producer writes `t_before_relu`
+                     negative (a Conv): onnxruntime removed the float model's Relu or Clip there and lets
+                     the saturation clamp, so the pair becomes that activation — Clip(0, 6) when the range
+                     ends at 6 or follows x + 3 (ReLU6, HardSwish), else Relu — writing t (the tensor whose
+                     range the pair describes); the producer writes `t_before_relu` / `t_before_clip`
     weight           W_q (integer constant) → DequantizeLinear(s, z, axis) → W'
                      W' = (W_q − z) · s, per channel along `axis`: a float initializer named W'
     weight pair      W (float constant) → QuantizeLinear → DequantizeLinear → W': W' = DQ(Q(W)), the
@@ -28,16 +29,19 @@ requantization, not an identity); a graph input passed straight to a graph outpu
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import onnx
+from onnx import helper
 
-from engine.passes.graph import Graph, attr
-from engine.passes.remove_identity import bypass
+from engine.passes.graph import Graph, attr, subgraphs
 from engine.passes.result import PassResult, Skip
 
-NAME, VERSION = "strip_qdq", 1
+NAME, VERSION = "strip_qdq", 3
 
 DOMAINS = ("", "ai.onnx", "com.microsoft")  # onnxruntime's contrib Q/DQ (int16, uint16) compute the same
+RELU6 = 6.0
 NON_NEGATIVE = frozenset({"Relu", "Sigmoid", "Softmax", "HardSigmoid", "Abs", "Exp", "Sqrt", "Softplus"})
 MOVES_VALUES = frozenset({"MaxPool", "GlobalMaxPool", "AveragePool", "GlobalAveragePool", "Reshape", "Transpose",
                           "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split", "Resize", "Upsample", "Identity",
@@ -97,6 +101,9 @@ def check_pair(g: Graph, q: onnx.NodeProto) -> Skip | None:
                                  "requantization, not a fake quantization")
     to_outputs = [dq for dq in readers if dq.output[0] in g.outputs]
     t = q.input[0]
+    source = g.producer(t)
+    if source is not None and source.op_type == "DequantizeLinear" and g.constant(source.input[0]) is None:
+        return Skip(q.name, f"'{t}' is another pair's DequantizeLinear output (a requantization chain)")
     if len(to_outputs) > 1:
         return Skip(q.name, f"'{t}' reaches {len(to_outputs)} graph outputs through DequantizeLinear")
     if to_outputs and (g.producer(t) is None or t in g.inputs or t in g.outputs or g.is_initializer(t)):
@@ -105,23 +112,43 @@ def check_pair(g: Graph, q: onnx.NodeProto) -> Skip | None:
     return None
 
 
-def clamps_at_zero(g: Graph, q: onnx.NodeProto) -> bool:
-    """The pair's range starts at 0 (zero point = the type's minimum) after a node that can go negative:
-    where onnxruntime removed a Relu (or a Clip at 0) whose work the pair's saturation does."""
+def clamp(g: Graph, q: onnx.NodeProto) -> tuple[str, float | None] | None:
+    """The activation onnxruntime removed where the pair now clamps, as ("Relu", None) or ("Clip", 6.0);
+    None when the pair's range does not start at 0 (zero point ≠ the type's minimum) or its input is ≥ 0
+    anyway. An upper end of 6 (within half a step), or a pair right after x + 3, is ReLU6 — MobileNet's,
+    and HardSwish's x·relu6(x + 3)/6 — so the Clip keeps the exact 6 the activation passes recognise; any
+    other upper end is only where calibration stopped (onnxruntime gives the removed activation's input
+    its output's range)."""
     scale, zp = _params(g, q)
-    if zp.dtype.kind not in "iu" or np.any(zp != np.iinfo(zp.dtype).min):
-        return False
+    if scale is None or zp is None or zp.dtype.kind not in "iu" or np.any(zp != np.iinfo(zp.dtype).min):
+        return None
     t = q.input[0]
-    return g.producer(t) is not None and t not in g.inputs and t not in g.outputs and not _non_negative(g, t)
+    if g.producer(t) is None or t in g.inputs or t in g.outputs or _non_negative(g, t):
+        return None
+    top = (float(np.iinfo(zp.dtype).max) - float(np.max(zp))) * float(np.max(scale))
+    relu6 = scale.size == 1 and abs(top - RELU6) <= float(scale) / 2
+    return ("Clip", RELU6) if relu6 or _plus_three(g, g.producer(t)) else ("Relu", None)
+
+
+def _plus_three(g: Graph, node: onnx.NodeProto) -> bool:
+    """`node` is x + 3: the relu6 after it is HardSwish's / HardSigmoid's, whatever range calibration saw."""
+    if node.op_type != "Add" or len(node.input) != 2:
+        return False
+    values = [g.constant(i) for i in node.input]
+    return any(v is not None and v.size == 1 and float(v.reshape(-1)[0]) == 3.0 for v in values)
 
 
 def _non_negative(g: Graph, t: str, depth: int = 8) -> bool:
-    """`t` is ≥ 0 by construction (an activation's output, or values moved from one)."""
+    """`t` is ≥ 0 by construction (an activation's output, a pair's range starting at 0, or values moved
+    from one)."""
     node = g.producer(t)
     if node is None or depth == 0:
         return False
     if node.op_type in NON_NEGATIVE:
         return True
+    if node.op_type == "DequantizeLinear":
+        _, zp = _params(g, node)
+        return zp is not None and zp.dtype.kind in "iu" and bool(np.all(zp == np.iinfo(zp.dtype).min))
     if node.op_type == "Clip":
         low = g.constant(node.input[1]) if len(node.input) > 1 and node.input[1] else None
         return low is not None and float(np.min(low)) >= 0
@@ -132,38 +159,99 @@ def _non_negative(g: Graph, t: str, depth: int = 8) -> bool:
     return False
 
 
-def _insert_relu(g: Graph, q: onnx.NodeProto) -> None:
-    """t's producer writes `t_before_relu`; a Relu writes t (the tensor whose range the pair describes);
-    t's other readers (not clamped in the QDQ model either) read the producer's output."""
+@dataclass
+class Rewrites:
+    """The pairs' rewrites, planned on the graph as it was and applied in one sweep (one refresh, not
+    one per pair: a QDQ PP-OCR cls has 326 pairs)."""
+
+    alias: dict[str, str] = field(default_factory=dict)  # tensor → the tensor its readers read instead
+    doomed: list[str] = field(default_factory=list)  # Q / DQ nodes that go
+    before: dict[str, tuple[str, str]] = field(default_factory=dict)  # producer → (t, t_before_clamp)
+    clamps: dict[str, onnx.NodeProto] = field(default_factory=dict)  # producer → the Relu / Clip after it
+    unclamped: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)  # t → readers of the raw value
+    taken: set[str] = field(default_factory=set)
+
+    def name(self, g: Graph, base: str) -> str:
+        taken = g.names() if not self.taken else self.taken
+        self.taken = taken
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        return name
+
+    def resolve(self, name: str) -> str:
+        seen = set()
+        while name in self.alias and name not in seen:
+            seen.add(name)
+            name = self.alias[name]
+        return name
+
+
+def plan_pair(g: Graph, q: onnx.NodeProto, plan: Rewrites) -> None:
+    """Readers of every DequantizeLinear after `q` read q's input t (through the removed activation where
+    the pair clamped at 0); a graph-output DequantizeLinear's name replaces t's."""
     t = q.input[0]
-    producer = g.producer(t)
-    before = g.unique_name(f"{t}_before_relu")
-    producer.output[list(producer.output).index(t)] = before
-    _rename_readers([n for n in g.consumers(t) if n.name != q.name], t, before)
-    relu = onnx.helper.make_node("Relu", [before], [t], name=g.unique_name(f"{producer.name}_relu"))
-    g.g.node.insert(g.index[producer.name] + 1, relu)
-    g.refresh()
+    readers = g.consumers(q.output[0])
+    activation = clamp(g, q)
+    if activation is not None:
+        producer = g.producer(t)
+        raw = plan.name(g, f"{t}_before_{activation[0].lower()}")
+        inputs = [raw]
+        if activation[0] == "Clip":
+            low, high = plan.name(g, f"{raw}_min"), plan.name(g, f"{raw}_max")
+            g.set_initializer(low, np.array(0.0, np.float32))
+            g.set_initializer(high, np.array(activation[1], np.float32))
+            inputs += [low, high]
+        plan.before[producer.name] = (t, raw)
+        plan.clamps[producer.name] = helper.make_node(activation[0], inputs, [t],
+                                                      name=plan.name(g, f"{producer.name}_{activation[0].lower()}"))
+        plan.unclamped[t] = [n for n in g.consumers(t) if n.op_type != "QuantizeLinear"]
+    for dq in readers:
+        plan.alias[dq.output[0]] = t
+        if dq.output[0] in g.outputs:
+            plan.alias[t] = dq.output[0]
+            del plan.alias[dq.output[0]]
+    plan.doomed += [q.name, *(dq.name for dq in readers)]
 
 
-def _rename_readers(nodes: list[onnx.NodeProto], old: str, new: str) -> None:
+def _resolve_inputs(nodes, plan: Rewrites) -> None:
     for n in nodes:
         for k, name in enumerate(n.input):
-            if name == old:
-                n.input[k] = new
+            if name:
+                n.input[k] = plan.resolve(name)
+        for sub in subgraphs(n):
+            _resolve_inputs(sub.node, plan)
 
 
-def rewrite_pair(g: Graph, q: onnx.NodeProto) -> None:
-    """Readers of every DequantizeLinear after `q` read q's input (through a Relu where the pair clamped at
-    0); the graph-output DequantizeLinear last (its name replaces the tensor's)."""
-    if clamps_at_zero(g, q):
-        _insert_relu(g, q)
-    t = q.input[0]
-    for dq in sorted(g.consumers(q.output[0]), key=lambda n: n.output[0] in g.outputs):
-        skip = bypass(g, dq, t, dq.output[0])
-        assert skip is None, skip  # check_pair refused every case bypass refuses
-        if dq.output[0] in g.outputs:
-            t = dq.output[0]
-    g.remove_nodes([q.name])
+def apply(g: Graph, plan: Rewrites) -> None:
+    """The planned rewrites: clamps after their producers, readers re-pointed, the pairs removed."""
+    for t, readers in plan.unclamped.items():
+        raw = next(r for p, (tt, r) in plan.before.items() if tt == t)
+        for n in readers:
+            for k, name in enumerate(n.input):
+                if name == t:
+                    n.input[k] = raw
+    doomed = set(plan.doomed)
+    nodes = []
+    for node in g.g.node:
+        if node.name in doomed:
+            continue
+        nodes.append(node)
+        if node.name in plan.before:
+            t, raw = plan.before[node.name]
+            node.output[list(node.output).index(t)] = raw
+            nodes.append(plan.clamps[node.name])
+    renamed = [t for t, y in plan.alias.items() if y in g.outputs]
+    for node in nodes:
+        for k, name in enumerate(node.output):
+            if name in renamed:
+                node.output[k] = plan.alias[name]
+    _resolve_inputs(nodes, plan)
+    del g.g.node[:]
+    g.g.node.extend(nodes)
+    g.refresh()
+    g.drop_value_info(v.name for v in list(g.g.value_info) if v.name not in g.producers)  # pairs' and renamed
 
 
 def check_constant(g: Graph, dq: onnx.NodeProto, q: onnx.NodeProto | None) -> Skip | None:
@@ -182,14 +270,10 @@ def check_constant(g: Graph, dq: onnx.NodeProto, q: onnx.NodeProto | None) -> Sk
     return None
 
 
-def rewrite_constant(g: Graph, dq: onnx.NodeProto, q: onnx.NodeProto | None) -> None:
-    """DQ(codes) — or DQ(Q(W)) for a float weight behind its own pair — as the initializer DQ wrote; a
-    QuantizeLinear left without readers goes with `remove_dead_nodes`."""
+def fold_constant(g: Graph, dq: onnx.NodeProto, q: onnx.NodeProto | None) -> np.ndarray:
+    """DQ(codes) — or DQ(Q(W)) for a float weight behind its own pair: the initializer DQ's output becomes."""
     codes = _quantize(g, q, g.constant(q.input[0])) if q is not None else g.constant(dq.input[0])
-    value = _dequantize(g, dq, codes)
-    out = dq.output[0]
-    g.remove_nodes([dq.name])
-    g.set_initializer(out, value)
+    return _dequantize(g, dq, codes)
 
 
 def _constant_source(g: Graph, dq: onnx.NodeProto) -> tuple[bool, onnx.NodeProto | None]:
@@ -205,6 +289,7 @@ def _constant_source(g: Graph, dq: onnx.NodeProto) -> tuple[bool, onnx.NodeProto
 
 def run(model: onnx.ModelProto) -> PassResult:
     g, result = Graph(model), PassResult()
+    folded: list[tuple[onnx.NodeProto, np.ndarray]] = []
     for dq in [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.domain in DOMAINS]:
         constant, q = _constant_source(g, dq)
         if not constant:
@@ -213,8 +298,13 @@ def run(model: onnx.ModelProto) -> PassResult:
         if skip:
             result.skipped.append(skip)
             continue
-        rewrite_constant(g, dq, q)
-        result.changed += 1
+        folded.append((dq, fold_constant(g, dq, q)))
+    if folded:  # the QuantizeLinear of a float weight's pair, left without readers, goes with remove_dead_nodes
+        g.remove_nodes([dq.name for dq, _ in folded])
+        for dq, value in folded:
+            g.set_initializer(dq.output[0], value)
+        result.changed += len(folded)
+    plan = Rewrites()
     for q in [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.domain in DOMAINS]:
         if g.constant(q.input[0]) is not None:
             continue  # a weight's pair: folded above
@@ -222,6 +312,8 @@ def run(model: onnx.ModelProto) -> PassResult:
         if skip:
             result.skipped.append(skip)
             continue
-        rewrite_pair(g, q)
+        plan_pair(g, q, plan)
         result.changed += 1
+    if plan.doomed:
+        apply(g, plan)
     return result

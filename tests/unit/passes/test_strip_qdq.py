@@ -15,6 +15,7 @@ from tests.support.models import (
     Builder,
     assert_same_outputs,
     count_ops,
+    name_nodes,
     random_inputs,
     run,
     run_pass,
@@ -135,7 +136,7 @@ g (float[1, 4] x) => (float[1, 4] y) <float s = {0.05}, uint8 z = {128}, float s
     ("y = DequantizeLinear(q, s, z)", "is a graph output and 'x' is a graph input"),
 ])
 def test_refusals_say_why_and_change_nothing(body, reason):
-    model = onnx.parser.parse_model(PAIR.replace("{body}", body))
+    model = name_nodes(onnx.parser.parse_model(PAIR.replace("{body}", body)))
     before = model.SerializeToString()
     out, result = run_pass(strip_qdq, model)
     assert result.changed == 0 and reason in result.skipped[0].reason, result.skipped
@@ -144,7 +145,52 @@ def test_refusals_say_why_and_change_nothing(body, reason):
 
 def test_requantization_between_two_scales_is_kept_numerically():
     """A refused pair stays a pair: the optimized model still computes what the QDQ model did."""
-    model = onnx.parser.parse_model(PAIR.replace("{body}", "d = DequantizeLinear(q, s2, z)\n  y = Relu(d)"))
+    model = name_nodes(onnx.parser.parse_model(PAIR.replace("{body}", "d = DequantizeLinear(q, s2, z)\n  y = Relu(d)")))
     out = optimize(model).model
     assert count_ops(out)["DequantizeLinear"] == 1
     assert_same_outputs(model, out)
+
+
+def test_a_hardswish_whose_clip_onnxruntime_removed_is_a_hardswish_again(tmp_path):
+    """x·Clip(x + 3, 0, 6)/6: onnxruntime drops the Clip (its pair's range [0, 6] clamps); the pair becomes
+    Clip(0, 6) with the exact 6, so the activation passes fuse the HardSwish as in the float model."""
+    b = Builder("hardswish")
+    x = b.input("x", [1, 3, 12, 12])
+    c = b.conv(x, 3, 8)
+    clipped = b.op("Clip", [b.op("Add", [c, b.const(3.0)]), b.const(0.0), b.const(6.0)])
+    hs = b.op("Div", [b.op("Mul", [c, clipped]), b.const(6.0)])
+    b.output(b.conv(hs, 8, 4, out="y"))
+    fp = b.build()
+    onnx.save(fp, str(tmp_path / "f.onnx"))
+    wide = [{"x": 3 * s["x"]} for s in Samples(8).feeds]  # x + 3 reaches 6: the pair's range is [0, 6]
+    reader = Samples()
+    reader.feeds = iter(wide)
+    quantize_static(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), reader, quant_format=QuantFormat.QDQ)
+    qdq = onnx.load(str(tmp_path / "q.onnx"))
+    assert "Clip" not in count_ops(qdq)
+    out = optimize(qdq).model
+    assert count_ops(out) == {"Conv": 2, "HardSwish": 1}
+    assert_same_outputs(on_grid(fp, qdq), out, cosine=0.9999, rel=1e-3)  # the 3 and 6 are on their grids too
+
+
+def test_a_pair_after_x_plus_three_is_relu6_whatever_range_calibration_saw():
+    """A pair after x + 3 whose range stopped at 3.07 (calibration never saw x + 3 reach 6): still Clip(0, 6)."""
+    model = name_nodes(onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 4] x) => (float[1, 4] y) <float three = {3.0}, float s = {0.012047}, uint8 z = {0}, float six = {6.0}> {
+      c = Relu(x)
+      n = Neg(c)
+      a = Add(n, three)
+      q = QuantizeLinear(a, s, z)
+      d = DequantizeLinear(q, s, z)
+      m = Mul(n, d)
+      y = Div(m, six)
+    }
+    """))
+    out, result = run_pass(strip_qdq, model)
+    assert result.changed == 1
+    clip = next(n for n in out.graph.node if n.op_type == "Clip")
+    inits = {t.name: float(numpy_helper.to_array(t)) for t in out.graph.initializer}
+    assert [inits[i] for i in clip.input[1:]] == [0.0, 6.0] and clip.output[0] == "a"
+    x = {"x": np.array([[-5.0, -1.0, 0.5, 2.0]], np.float32)}  # x + 3 above 6 and below 0
+    np.testing.assert_allclose(run(out, x)["y"], (-x["x"].clip(0) * np.clip(3 - x["x"].clip(0), 0, 6) / 6))
