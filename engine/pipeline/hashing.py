@@ -38,11 +38,12 @@ class HashMemo:
     def file(self, path: Path) -> str:
         """sha256 of the file's bytes (hex), read again only when its stat stamp changed or the last
         hash was taken within `RACY_NS` of its last change."""
-        st = os.stat(path)
+        name = os.fspath(path)
+        st = os.stat(name)
         stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
         # the memo's slot: the absolute path as written (resolving symlinks cost more than the rest of
         # an unchanged run's keys); the slot's stamp is checked against this stat anyway
-        key = os.path.join(os.getcwd(), path)
+        key = name if os.path.isabs(name) else os.path.join(os.getcwd(), name)
         with self._lock:
             hit = self._memo.get(key)
         if hit and hit[0] == stamp:
