@@ -89,6 +89,7 @@ class SwitchableModel:
     _session: object | None = field(default=None, repr=False)
     _digest: str | None = field(default=None, repr=False)
     _gated: dict[str, str] = field(default_factory=dict, repr=False)  # switch input → its constants' digest
+    _by_target: dict[tuple[str, str], list[Switch]] | None = field(default=None, repr=False)
 
     @property
     def acts(self) -> dict[str, Switch]:
@@ -148,7 +149,25 @@ class SwitchableModel:
         quantized weight, its bias codes). A switch that is off passes the float value through: its
         constants are not read, so a threshold that moved elsewhere leaves this run's key as it was."""
         self.digest()  # every switch input is in it: the key lists the ones on
-        return ";".join(sorted(f"{k}:{self._gated.get(k, '')}" for k, on in self.switched_on(setting) if on))
+        return ";".join(sorted(f"{k}:{self._gated.get(k, '')}" for k in self.inputs_on(setting)))
+
+    def inputs_on(self, setting: Setting) -> list[str]:
+        """The switch inputs `setting` turns on (those `feeds` sets True), found from the setting's own
+        tensors and weights: a ranking question turns on one row of hundreds of switches."""
+        if self._by_target is None:
+            self._by_target = {}
+            for s in self.switches:
+                self._by_target.setdefault((s.kind, s.target), []).append(s)
+        out = []
+        for t, bits in setting.acts.items():
+            for s in self._by_target.get(("activation", t), ()):
+                if bits == 8 or (bits == 16 and s.input16 is None):
+                    out.append(s.input8)
+                if s.input16 is not None and bits == 16:
+                    out.append(s.input16)
+        for t in setting.weights:
+            out.extend(s.input8 for s in self._by_target.get(("weight", t), ()))
+        return out
 
     def session(self, threads: int | None = None):
         if self._session is None:

@@ -13,7 +13,7 @@ from engine.accuracy import AccuracySettings, improve, runs, sessions
 from engine.accuracy.mixed import PlanEvaluator, mixed_precision
 from engine.accuracy.runs import RunMemo
 from engine.accuracy.sensitivity import Evaluator, analyse, output_loss
-from engine.accuracy.switchable import build_switchable
+from engine.accuracy.switchable import Setting, build_switchable
 from engine.quantize.planner import Calibration, QuantOptions, make_plan
 from engine.quantize.types import ActQuant
 from tests.unit.accuracy.acc_models import calibrate, outlier_chain, samples
@@ -289,3 +289,17 @@ def test_a_crops_float_outputs_do_not_replace_the_whole_models(memo, monkeypatch
     assert len(float_runs) == 1
     assert len(sessions.References(model, data).values) == 3
     assert len(float_runs) == 1  # still kept
+
+
+def test_the_setting_key_names_exactly_the_switch_inputs_the_feeds_turn_on():
+    model = outlier_chain()
+    _, _, plan = calibrate(model, samples(model, 2))
+    sw = build_switchable(model, plan, int16=True)
+    settings = [sw.all_on(), sw.all_on(16), Setting(), sw.rows_on([sw.row("conv_b+relu_b")], ("weight",)),
+                Setting({"ra": 16, "rb": 8, "not_a_tensor": 8}, {"Wc", "not_a_weight"})]
+    keys = set()
+    for setting in settings:
+        on = sorted(k for k, v in sw.feeds(setting).items() if v)
+        assert sorted(sw.inputs_on(setting)) == on
+        keys.add(sw.setting_key(setting))
+    assert len(keys) == len(settings)
