@@ -254,7 +254,9 @@ def _by_name(gr: _Graph, name: str) -> tuple[list[onnx.NodeProto], str]:
         pos, why = gr.position(node)
         if pos is not None:
             return [node], ""
-        tails = _tail_dequantizes(gr, [o for o in node.output if o])
+        # the node producing a tail Dequantize's input; or one program node of a float node whose last
+        # one does (a Gemm is MatMulInteger → Add → Dequantize, and the MatMulInteger carries the name)
+        tails = _tail_dequantizes(gr, [o for o in node.output if o]) or _mapped_tail_dequantizes(gr, name)
         if tails:
             return tails, ""
         return [], f"Node '{name}' ({node.op_type}) cannot be removed: {why}"
@@ -271,13 +273,18 @@ def _by_name(gr: _Graph, name: str) -> tuple[list[onnx.NodeProto], str]:
                     "input to remove")
     node_map = json_metadata(model, NODE_MAP, {}) or {}
     if name in node_map:
-        outs = [o for p in node_map[name] if p in gr.nodes for o in gr.nodes[p].output if o]
-        found = _tail_dequantizes(gr, outs)
+        found = _mapped_tail_dequantizes(gr, name)
         progs = [gr.nodes[p] for p in node_map[name] if p in gr.nodes and gr.position(gr.nodes[p])[0]]
         if found or progs:
             return found or progs, ""
         return [], f"Node '{name}' cannot be removed: it is not on a border and feeds no Dequantize at a model output"
     return [], f"Node '{name}' given in remove_node_name is not in the model"
+
+
+def _mapped_tail_dequantizes(gr: _Graph, name: str) -> list[onnx.NodeProto]:
+    """The tail Dequantizes reading an output of the program nodes that implement float node `name`."""
+    programs = (json_metadata(gr.model, NODE_MAP, {}) or {}).get(name) or []
+    return _tail_dequantizes(gr, [o for p in programs if p in gr.nodes for o in gr.nodes[p].output if o])
 
 
 def _tail_dequantizes(gr: _Graph, tensors: Sequence[str]) -> list[onnx.NodeProto]:
