@@ -80,18 +80,19 @@ class RuleContext:
 
 
 def model_input_names(path: Path) -> list[str] | None:
-    """An ONNX file's graph inputs (initializers excluded), without its weights, memoised per file version;
-    None when it cannot be read (the parse stage says why)."""
+    """An ONNX file's graph inputs (initializers excluded), without its weights, memoised per file version
+    (size, mtime, ctime and inode: a model replaced by a same-size file with its mtime put back, as `cp -p`
+    or a rename does, is another version); None when it cannot be read (the parse stage says why)."""
     try:
         st = path.stat()
     except OSError:
         return None
-    names = _onnx_input_names(str(path), st.st_size, st.st_mtime_ns)
+    names = _onnx_input_names(str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     return None if names is None else list(names)
 
 
 @lru_cache(maxsize=8)
-def _onnx_input_names(path: str, size: int, mtime_ns: int) -> tuple[str, ...] | None:
+def _onnx_input_names(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> tuple[str, ...] | None:
     from engine.frontend.model_info import model_info
     from engine.frontend.onnx_model import load_onnx
 
