@@ -30,6 +30,11 @@ from engine.pipeline.hashing import HashMemo
 from engine.problems import HbError, error
 
 log = logging.getLogger("hbcompile")
+FOLDER_STAMP: tuple[int, ...] = ()  # a published folder is known by its path (replace_folder swaps it whole)
+
+
+def _stamp(st: os.stat_result) -> tuple[int, ...]:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 RECORD = "published.json"  # in the cache root: {artefact file name: sha256 | "folder"}
 FOLDER_MARK = ".hb_compile_artefact"  # inside a published folder: hb_compile wrote this folder
 FOLDER = "folder"
@@ -50,7 +55,8 @@ class Publisher:
 
     def __init__(self, hashes: HashMemo) -> None:
         self.hashes = hashes
-        self.copied: dict[str, tuple[str, int, int]] = {}  # published artefact -> (cache file, size, mtime_ns)
+        # published artefact -> (cache file, its stamp: size, mtime, ctime, inode); a folder's stamp is FOLDER_STAMP
+        self.copied: dict[str, tuple[str, tuple[int, ...]]] = {}
         self._entry_sha: dict[str, tuple[tuple[int, int, int], str]] = {}  # entry file -> (stamp, sha256)
         self._records: dict[str, tuple[tuple[int, int, int], dict[str, str]]] = {}  # record path -> (stamp, record)
 
@@ -86,8 +92,8 @@ class Publisher:
                     out[name] = dest
                 else:
                     if not self._published_from(dest, src, dest_st, src_st):
-                        digest, st = atomic_copy(src, dest)
-                        self._remember_copy(dest, src, st)
+                        digest, _ = atomic_copy(src, dest)
+                        self._remember_copy(dest, src)  # stat after the rename, which moves the ctime
                         self._keep_sha(src, src_st, digest)
                     record[name] = self._sha(src, src_st)
                     out[name] = dest
@@ -131,7 +137,7 @@ class Publisher:
         return digest
 
     def _check_folder(self, src: Path, dest: Path, record: Mapping[str, str]) -> None:
-        if self.copied.get(str(dest)) == (str(src), 0, 0) and dest.is_dir():
+        if self.copied.get(str(dest)) == (str(src), FOLDER_STAMP) and dest.is_dir():
             return
         if (dest.exists() or dest.is_symlink()) and not _ours_folder(dest, record):
             raise ArtefactCollisionError(error(
@@ -140,20 +146,21 @@ class Publisher:
 
     def _publish_folder(self, src: Path, dest: Path, record: dict[str, str]) -> None:
         """`dest` becomes `src` (`publish` checked first that it may)."""
-        if self.copied.get(str(dest)) == (str(src), 0, 0) and dest.is_dir():
+        if self.copied.get(str(dest)) == (str(src), FOLDER_STAMP) and dest.is_dir():
             return
         replace_folder(src, dest)
         record[dest.name] = FOLDER
-        self.copied[str(dest)] = (str(src), 0, 0)
+        self.copied[str(dest)] = (str(src), FOLDER_STAMP)
 
     def _published_from(self, dest: Path, src: Path, st: os.stat_result | None, src_st: os.stat_result) -> bool:
         """Whether `dest` (stat `st`, None when missing) holds `src`'s bytes: this engine copied it from that
-        entry (entries never change) and its (size, mtime) are what the copy left; else compared by content
+        entry (entries never change) and its stamp (size, mtime, ctime, inode) is what the copy left — a write
+        in place with the mtime put back changes the ctime —; else compared by content
         when the sizes agree (files written in the last 2 s are hashed again on every look: the hash memo's
         racy window)."""
         if st is None:
             return False
-        if self.copied.get(str(dest)) == (str(src), st.st_size, st.st_mtime_ns):
+        if self.copied.get(str(dest)) == (str(src), _stamp(st)):
             return True
         if st.st_size != src_st.st_size or self.hashes.file(dest) != self._sha(src, src_st):
             return False
@@ -161,9 +168,8 @@ class Publisher:
         return True
 
     def _remember_copy(self, dest: Path, src: Path, st: os.stat_result | None = None) -> None:
-        """`dest` now holds `src`'s bytes: remembered by (size, mtime) so the next publish skips it."""
-        st = st or os.stat(dest)
-        self.copied[str(dest)] = (str(src), st.st_size, st.st_mtime_ns)
+        """`dest` now holds `src`'s bytes: remembered by its stamp so the next publish skips it."""
+        self.copied[str(dest)] = (str(src), _stamp(st or os.stat(dest)))
 
     def _unpublish(self, dest: Path, record: dict[str, str], inputs: _Inputs, legacy: bool) -> None:
         """An artefact this run does not make leaves working_dir — when it is still what was published

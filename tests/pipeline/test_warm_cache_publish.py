@@ -77,6 +77,29 @@ def test_other_bytes_of_the_same_size_are_published(published):
     assert record["tiny.hbm"] == HashMemo().file(root / "compile" / "b" / "model.hbm")
 
 
+def test_an_artefact_changed_in_place_with_its_mtime_put_back_is_published_again(published):
+    """The copy is remembered by size, mtime, ctime and inode: bytes written in place at the same size with the
+    mtime put back (review r2: a warm engine left them, a cold one restored the entry's bytes) change the ctime."""
+    publisher, wd, root, model = published
+    art = wd / "tiny.hbm"
+    before = os.stat(art)
+    with open(art, "r+b") as fh:
+        fh.write(b"XX")
+    os.utime(art, ns=(before.st_atime_ns, before.st_mtime_ns))
+    publisher.publish(wd, root, [("tiny.hbm", root / "compile" / "a" / "model.hbm")], [model])
+    assert art.read_bytes() == b"AAAA"
+
+
+def test_a_copy_is_remembered_as_it_stands_after_its_rename(published, monkeypatch):
+    """Publishing the same entry again trusts the remembered stamp (no hashing of the published file)."""
+    publisher, wd, root, model = published
+    hashed = []
+    real = publisher.hashes.file
+    monkeypatch.setattr(publisher.hashes, "file", lambda path, *a, **k: hashed.append(path) or real(path, *a, **k))
+    publisher.publish(wd, root, [("tiny.hbm", root / "compile" / "a" / "model.hbm")], [model])
+    assert wd / "tiny.hbm" not in hashed
+
+
 @pytest.mark.parametrize("how", ["symlink", "hardlink"])
 def test_an_artefact_name_that_is_an_input_is_refused(published, how):
     """The input is known by its file (device, inode), whatever path leads to it."""
