@@ -17,13 +17,25 @@
   (|x| − t)², the others their rounding error to the grid t/127) — the threshold that minimizes
   the node's own output error. Vectorized over candidates × bins; merged histograms only.
 - ``load``: thresholds from a QDQ model (each QuantizeLinear's scale: 127 · s for the symmetric
-  int8 / uint8-at-128 encodings, the larger side of the represented range otherwise; per-axis
-  scales give per-channel thresholds), keyed by the tensor the QuantizeLinear reads — or, for our own calibrated models, by the name in
-  ``<tensor>_HzCalibration`` — or from a JSON file ``{tensor: threshold}``. Where it comes from is
-  decided by the caller (`load_thresholds` takes a model, a path or a mapping): hb's meaning is
-  "the onnx_model is a QAT model", whose pairs the frontend strips while keeping the scales; a JSON
-  file is for thresholds exported from elsewhere. `quant_config` is not used for it, because its
-  schema is hb_compile's fine-grained settings.
+  int8 / uint8-at-128 encodings, the larger side of the represented range otherwise, e.g. 255 · s for
+  onnxruntime's uint8 with zero point 0; per-axis scales give per-channel thresholds), keyed by the
+  tensor the QuantizeLinear reads and by the output of each DequantizeLinear reading its codes (a graph
+  output behind a pair keeps its name on the DQ side) — or, for our own calibrated models, by the name
+  in ``<tensor>_HzCalibration`` — or from a JSON file ``{tensor: threshold}``. Where it comes from is
+  decided by the caller (`load_thresholds` takes a model, a path or a mapping): hb's meaning is "the
+  onnx_model is a QAT model", whose pairs the frontend strips while keeping the scales
+  (`engine.passes.strip_qdq`); `quant_config` may name the QDQ model (or JSON file) instead, for a float
+  `onnx_model`. A tensor of the optimized model the source gives no threshold for (`find_loaded`):
+  1. the inserted input normalization (`HZ_PREPROCESS_FOR_<input>…`): the source's threshold of input
+     `x` is the normalized tensor's (a QDQ / QAT model takes the normalized input); the raw `x` and the
+     steps between take the bound it implies back through mean / scale (|x| ≤ T/scale + |mean|): the raw
+     values the source's own input quantization keeps, with no calibration data needed;
+  2. a tensor read only by Relu / Clip takes their output threshold: onnxruntime removes these
+     activations and quantizes only the producer's output under the activation's name and range
+     (logged at debug level);
+  3. the rest (tensors the source left in float: onnxruntime quantizes no Div, so the HardSwish of
+     PP-OCR cls before a MaxPool has none) take ``max`` on the calibration data, with a warning naming
+     them, when `cal_data_dir` is given; without calibration data they are one error naming them.
 - ``skip``: thresholds from `skip_samples` (uniform 0–255 in the train view, standard normal for
   featuremap inputs) + max, with a warning: only good for performance and flow checks.
 
@@ -36,7 +48,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,8 +59,9 @@ from onnx import helper, numpy_helper
 
 from engine.calibration.methods import Threshold, kl_threshold, max_threshold, percentile_threshold, threshold
 from engine.calibration.stats import MergedStats
-from engine.passes.graph import constant_node_value
+from engine.passes.graph import Graph, constant_node_value
 from engine.pipeline.recent import Recent
+from engine.preprocess.normalization import normalized_name, preprocess_prefix
 from engine.problems import CalibrationDataError, error
 from engine.quantize.calibrated import (
     SUFFIX,
@@ -474,8 +487,11 @@ def _qdq_threshold(scale: np.ndarray, zero_point: np.ndarray | None, dtype: np.d
     return np.where(zp == centre, np.minimum(up, down), np.maximum(up, down))
 
 
-def load_thresholds(source: onnx.ModelProto | str | Path | Mapping[str, Any]) -> dict[str, float | np.ndarray]:
-    """Thresholds by tensor from a QDQ ONNX model, a JSON file {tensor: threshold}, or a mapping."""
+def load_thresholds(source: onnx.ModelProto | str | Path | Mapping[str, Any],
+                    outputs: bool = False) -> dict[str, float | np.ndarray]:
+    """Thresholds by tensor from a QDQ ONNX model, a JSON file {tensor: threshold}, or a mapping; with
+    `outputs`, a QDQ model's pair in front of a graph output also under the output's name
+    (`_model_thresholds`), as the float model names that tensor."""
     if isinstance(source, Mapping):
         return {str(k): _number(v, str(k), "the given mapping") for k, v in source.items()}
     if isinstance(source, (str, Path)):
@@ -494,8 +510,8 @@ def load_thresholds(source: onnx.ModelProto | str | Path | Mapping[str, Any]) ->
             raise CalibrationDataError(error("load-unreadable", f"calibration_type load: cannot read thresholds "
                                              f"from {path} (expected a JSON object or a QDQ ONNX model): "
                                              f"{type(exc).__name__}: {exc}")) from exc
-        return _model_thresholds(model, str(path))
-    return _model_thresholds(source, "the model")
+        return _model_thresholds(model, str(path), outputs)
+    return _model_thresholds(source, "the model", outputs)
 
 
 def _number(value: Any, tensor: str, where: str) -> float | np.ndarray:
@@ -507,13 +523,24 @@ def _number(value: Any, tensor: str, where: str) -> float | np.ndarray:
     return float(arr) if arr.ndim == 0 else arr
 
 
-def _model_thresholds(model: onnx.ModelProto, where: str) -> dict[str, float | np.ndarray]:
+def _model_thresholds(model: onnx.ModelProto, where: str, outputs: bool = True) -> dict[str, float | np.ndarray]:
+    """Each activation QuantizeLinear's threshold, keyed by the tensor it reads and, with `outputs`, by the
+    output of a DequantizeLinear reading its codes that is a graph output: onnxruntime puts a graph output
+    behind its pair by renaming the producer's tensor (`y_QuantizeLinear_Input` → Q → DQ → `y`), so the float model's
+    `y` is the DQ output's name (a Q input of the same name wins). Other DQ outputs are names no float model
+    has (`t_DequantizeLinear_Output`)."""
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for n in model.graph.node:
         if n.op_type == "Constant":
             if (v := constant_node_value(n)) is not None:
                 consts[n.output[0]] = v
+    graph_outputs = {o.name for o in model.graph.output} if outputs else set()
+    readers: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input and n.output[0] in graph_outputs:
+            readers.setdefault(n.input[0], []).append(n.output[0])
     out: dict[str, float | np.ndarray] = {}
+    aliases: dict[str, float | np.ndarray] = {}
     for n in model.graph.node:
         if n.op_type != "QuantizeLinear" or n.input[0] in consts:  # a weight's pair: weights are our own
             continue
@@ -523,23 +550,157 @@ def _model_thresholds(model: onnx.ModelProto, where: str) -> dict[str, float | n
         zp = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
         dtype = zp.dtype if zp is not None else np.dtype(np.uint8)
         t = _qdq_threshold(np.asarray(scale, np.float64), zp, dtype)
+        value = float(t) if t.ndim == 0 else t
         tensor = n.name[:-len(SUFFIX)] if n.name.endswith(SUFFIX) else n.input[0]
-        out[tensor] = float(t) if t.ndim == 0 else t
+        out[tensor] = value
+        for dq_out in readers.get(n.output[0], ()):
+            aliases.setdefault(dq_out, value)
     if not out:
         raise CalibrationDataError(error("load-no-qdq", f"calibration_type load: {where} has no QuantizeLinear "
                                          "nodes on activations to take thresholds from"))
+    for name, value in aliases.items():
+        out.setdefault(name, value)
     return out
 
 
-def search_load(source: onnx.ModelProto | str | Path | Mapping[str, Any], tensors: Sequence[str]) -> SearchResult:
-    """`load`: the thresholds of `tensors` from `source`; a tensor it lacks is an error naming it."""
-    found = load_thresholds(source)
-    missing = [t for t in tensors if t not in found]
-    if missing:
-        shown = ", ".join(f"'{m}'" for m in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+# onnxruntime's QDQ quantizer removes a Relu / Clip after a quantized producer (QDQRemovableActivation, its
+# only removable activations) and gives the producer's output the activation's name and range
+FUSED_ACTIVATIONS = frozenset({"Relu", "Clip"})
+# the elementwise steps of the inserted input normalization (`engine.preprocess.normalization`)
+NORMALIZATION_OPS = frozenset({"Sub", "Add", "Mul", "Div", "Identity"})
+Observe = Callable[[Sequence[str]], Mapping[str, MergedStats]]
+
+
+@dataclass
+class Loaded:
+    """What `load` found for the planner's tensors, and how (for the log and quant_info)."""
+
+    values: dict[str, float | np.ndarray] = field(default_factory=dict)
+    how: dict[str, str] = field(default_factory=dict)  # tensor → "loaded" | "normalization" | "activation"
+
+
+def _largest(value: float | np.ndarray) -> float:
+    return float(np.max(np.asarray(value, np.float64)))
+
+
+def _normalization_chain(g: Graph, name: str) -> list[tuple[onnx.NodeProto, str, np.ndarray]] | None:
+    """The inserted normalization of graph input `name`, from its normalized tensor back to `name`, as
+    (node, the tensor it reads, its constant); None when the model has none (or it was folded away)."""
+    prefix, t = preprocess_prefix(name), normalized_name(name)
+    chain = []
+    while t != name:
+        node = g.producer(t)
+        if node is None or not node.name.startswith(prefix) or node.op_type not in NORMALIZATION_OPS:
+            return None
+        if node.op_type == "Identity":
+            chain.append((node, node.input[0], np.ones(1)))
+            t = node.input[0]
+            continue
+        consts = [g.constant(i) for i in node.input]
+        if len(node.input) != 2 or consts[0] is not None or consts[1] is None:
+            return None
+        chain.append((node, node.input[0], np.asarray(consts[1], np.float64)))
+        t = node.input[0]
+    return chain or None
+
+
+def _through_normalization(found: Mapping[str, Any], g: Graph, loaded: Loaded) -> None:
+    """The source's threshold of an input that hbcompile normalizes belongs to the normalized tensor.
+
+    The QDQ / QAT model is (a quantization of) the user's float model, which takes the normalized input:
+    its `x` is ``(x_train − mean) · scale``, what `HZ_PREPROCESS_FOR_x_normalized` holds here, while this
+    model's `x` is the raw train view. Going back through each step of the normalization, |x| ≤ T bounds
+    its input by  out = in · c → T / min|c|;  out = in / c → T · max|c|;  out = in ∓ c → T + max|c|
+    (over the channels: one per-tensor threshold each). A source that already names the normalized tensor
+    (hbcompile's own calibrated model) is taken as it is."""
+    for name in sorted(g.inputs):
+        norm = normalized_name(name)
+        if name not in found or norm in found:
+            continue
+        chain = _normalization_chain(g, name)
+        if chain is None:
+            continue
+        t = _largest(found[name])
+        loaded.values[norm], loaded.how[norm] = t, "normalization"
+        for node, read, c in chain:
+            c = np.abs(c)
+            t = {"Mul": t / max(float(c.min()), 1e-30), "Div": t * float(c.max()),
+                 "Identity": t}.get(node.op_type, t + float(c.max()))
+            loaded.values[read], loaded.how[read] = t, "normalization"
+        log.debug(f"calibration_type load: the loaded threshold of input '{name}' is its normalized value's "
+                  f"('{norm}'); '{name}' takes {loaded.values[name]:.6g} through the normalization")
+
+
+def _through_activation(tensor: str, found: Mapping[str, Any], g: Graph, depth: int = 4) -> float | None:
+    """A tensor read only by Relu / Clip takes its readers' output threshold: onnxruntime fused the activation
+    into the producer's quantization, so the source quantized only the activation's output. Quantizing the
+    input at that range loses nothing the activation keeps (it clips below at 0 and above at the range)."""
+    readers = g.consumers(tensor)
+    if not readers or tensor in g.outputs or depth == 0 or any(r.op_type not in FUSED_ACTIVATIONS for r in readers):
+        return None
+    values = []
+    for r in readers:
+        v = found.get(r.output[0])
+        v = _largest(v) if v is not None else _through_activation(r.output[0], found, g, depth - 1)
+        if v is None:
+            return None
+        values.append(v)
+    return max(values)
+
+
+def find_loaded(found: Mapping[str, Any], tensors: Sequence[str], model: onnx.ModelProto | None = None) -> Loaded:
+    """The thresholds of `tensors` that `found` (the source's, by tensor) gives or implies in `model` (the
+    optimized float model: its inserted normalization, its Relu / Clip that onnxruntime fused)."""
+    loaded = Loaded()
+    g = Graph(model) if model is not None else None
+    if g is not None:
+        _through_normalization(found, g, loaded)
+    for t in tensors:
+        if t in loaded.values:
+            continue
+        if t in found:
+            loaded.values[t], loaded.how[t] = found[t], "loaded"
+        elif g is not None and (v := _through_activation(t, found, g)) is not None:
+            loaded.values[t], loaded.how[t] = v, "activation"
+            log.debug(f"calibration_type load: '{t}' is read only by Relu / Clip, which the source fused into its "
+                      f"quantization: it takes their output threshold {v:.6g}")
+    for t in [t for t in loaded.values if t not in tensors]:
+        del loaded.values[t], loaded.how[t]
+    return loaded
+
+
+def _shown(names: Sequence[str]) -> str:
+    return ", ".join(f"'{m}'" for m in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def search_load(source: onnx.ModelProto | str | Path | Mapping[str, Any], tensors: Sequence[str],
+                model: onnx.ModelProto | None = None, observe: Observe | None = None) -> SearchResult:
+    """`load`: the thresholds of `tensors` from `source` (`find_loaded`: directly, or implied through the
+    inserted normalization or a fused Relu / Clip of `model`); the tensors it has none for take ``max``
+    on the calibration data when `observe` (merged statistics of the given tensors) is given, else they
+    are one error naming them."""
+    loaded = find_loaded(load_thresholds(source, outputs=True), tensors, model)
+    missing = [t for t in tensors if t not in loaded.values]
+    acts = _acts(loaded.values, "load")
+    if missing and observe is None:
+        where = f" ({source})" if isinstance(source, (str, Path)) else ""
         raise CalibrationDataError(error("load-missing-threshold", f"calibration_type load: no threshold for "
-                                         f"{shown} in the loaded quantization parameters"))
-    return SearchResult(_acts({t: found[t] for t in tensors}, "load"), "load")
+                                         f"{_shown(missing)} in the loaded quantization parameters{where}; give "
+                                         "calibration_parameters.cal_data_dir, and the tensors the source leaves "
+                                         "unquantized take max on the calibration data",
+                                         ("calibration_parameters", "calibration_type")))
+    if missing:
+        merged = observe(missing)
+        for t in missing:
+            acts[t] = ActQuant(t, max_threshold(merged[t]).value, method="max")
+            loaded.how[t] = "max"
+        log.warning(f"calibration_type load: the loaded quantization parameters have no threshold for "
+                    f"{len(missing)} tensor{'s' if len(missing) > 1 else ''} ({_shown(missing)}): they take max on "
+                    "the calibration data")
+    counts: dict[str, int] = {}
+    for how in loaded.how.values():
+        counts[how] = counts.get(how, 0) + 1
+    return SearchResult({t: acts[t] for t in tensors}, "load", {}, {"thresholds": counts})
 
 
 # ---------------------------------------------------------------------------------------- skip
@@ -574,12 +735,13 @@ def choose_thresholds(settings: SearchSettings, model: onnx.ModelProto, merged: 
                       samples: Sequence[Sample] = (), options: QuantOptions | None = None,
                       load_source: onnx.ModelProto | str | Path | Mapping[str, Any] | None = None,
                       tensors: Sequence[str] | None = None, featuremaps: Collection[str] = (),
-                      sessions: Recent | None = None) -> SearchResult:
+                      sessions: Recent | None = None, observe: Observe | None = None) -> SearchResult:
     """The thresholds `settings.calibration_type` asks for. `merged` (statistics of the tensors the
     planner listed) is needed by default / mix / max / kl; `samples` by default (its candidates are
     compared by output cosine on them); `load_source` by load; `tensors` (the planner's list) by load
     and skip; `featuremaps` (inputs skip draws normal values for) by skip; `sessions` (a warm engine's
-    kept scoring sessions) by default."""
+    kept scoring sessions) by default; `observe` (merged statistics of the tensors `load_source` has no
+    threshold for, from the calibration data) by load when there is calibration data."""
     kind = settings.calibration_type
     if kind not in SEARCH_TYPES:
         raise ValueError(f"unknown calibration_type {kind!r}")  # the config check rejects it earlier
@@ -588,7 +750,7 @@ def choose_thresholds(settings: SearchSettings, model: onnx.ModelProto, merged: 
             raise CalibrationDataError(error("load-no-source", "calibration_type load needs quantization "
                                              "parameters to load (a QDQ model or a JSON file of thresholds)",
                                              ("calibration_parameters", "calibration_type")))
-        return search_load(load_source, list(tensors if tensors is not None else merged or ()))
+        return search_load(load_source, list(tensors if tensors is not None else merged or ()), model, observe)
     if kind == "skip":
         return search_skip(model, list(tensors if tensors is not None else merged or ()), settings.skip_samples,
                            featuremaps=featuremaps)
@@ -604,7 +766,7 @@ def choose_thresholds(settings: SearchSettings, model: onnx.ModelProto, merged: 
     return SearchResult(acts, method, {})  # only `default` chooses by output cosine (and so measures one)
 
 
-__all__ = ["DEFAULT_PERCENTILE", "SEARCH_TYPES", "SEARCH_Z", "CandidateScorer", "Choice", "SearchResult", "SearchSettings",
+__all__ = ["DEFAULT_PERCENTILE", "FUSED_ACTIVATIONS", "SEARCH_TYPES", "SEARCH_Z", "CandidateScorer", "Choice", "Loaded", "SearchResult", "SearchSettings",
            "candidates", "choose_candidate", "choose_thresholds",
-           "fake_quant_mse", "label", "load_thresholds", "search_default", "search_load",
+           "fake_quant_mse", "find_loaded", "label", "load_thresholds", "search_default", "search_load",
            "least_mse", "same_layout", "search_mix", "search_skip", "single_method"]

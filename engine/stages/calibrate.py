@@ -226,6 +226,13 @@ def calibrate_files(config: Config) -> list[Path]:
     return files
 
 
+def has_calibration_data(config: Config, specs: list[dict[str, Any]]) -> bool:
+    """A cal_data_dir folder for every input and some files in them (`load` may go without)."""
+    dirs = config.calibration.cal_data_dir
+    return (len(dirs) >= len(specs) and all(d is not None and d.is_dir() for d in dirs[:len(specs)])
+            and bool(calibration_files(config)))
+
+
 def report_sample(config: Config, specs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """The sample the report compares float and quantized models on when thresholds are not calibrated.
 
@@ -233,9 +240,7 @@ def report_sample(config: Config, specs: list[dict[str, Any]]) -> dict[str, np.n
     inputs do not see). Otherwise skip's first random sample (`skip_samples`: 0–255 for image
     inputs, standard normal for featuremaps), one its thresholds were taken on.
     """
-    cal = config.calibration
-    if (cal.calibration_type == "load" and len(cal.cal_data_dir) >= len(specs)
-            and all(d is not None and d.is_dir() for d in cal.cal_data_dir[:len(specs)]) and calibration_files(config)):
+    if config.calibration.calibration_type == "load" and has_calibration_data(config, specs):
         cs = load_calibration_set(sources(config, specs))
         if len(cs):
             return cs.load(0)
@@ -261,11 +266,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
     tensors = plan_tensors(model, options)
     kind = config.calibration.calibration_type
     if kind in ("skip", "load"):  # skip's warning comes from search_skip, which makes the random data
+        info: dict[str, Any] = {"samples": 0}
+
+        def observe(missing):
+            """load: statistics of the tensors the source has no threshold for, on the calibration data."""
+            stats, _, seen = collect_stats(ctx, model, list(missing), specs)
+            info.update(seen)
+            return merge_samples(stats)
+
         result = choose_thresholds(settings, model, None, options=options, tensors=tensors,
                                    load_source=load_source(config) if kind == "load" else None,
-                                   featuremaps=featuremap_inputs(specs))
+                                   featuremaps=featuremap_inputs(specs),
+                                   observe=observe if kind == "load" and has_calibration_data(config, specs) else None)
         first = report_sample(config, specs)
-        info: dict[str, Any] = {"samples": 0}
         calibration, accuracy = Calibration(result.acts), {}
     else:
         stats, cs, info = collect_stats(ctx, model, tensors, specs)
@@ -439,7 +452,10 @@ def _jsonable(o: Any) -> Any:
 # 12: statistics of a batchable model from its symbolic-batch session (STATS_VERSION 6)
 # 13: `default`'s own output cosine stands for the ptq check when it clears the target by far (accuracy.json)
 # 14: ... only when the search measured it on the samples the accuracy steps judge
-STAGE = Stage("calibrate", 14, run, after=("optimize",), reads=READS, files=calibrate_files,
+# 15: `load` derives the thresholds of the inserted normalization and of a tensor before a Relu / Clip that
+# onnxruntime fused, keys a pair's threshold by its DequantizeLinear output too, and calibrates what the source
+# left unquantized with max on the calibration data
+STAGE = Stage("calibrate", 15, run, after=("optimize",), reads=READS, files=calibrate_files,
               artefacts={"model.onnx": "{prefix}_calibrated_model.onnx", SENSITIVITY_FILE: "{prefix}_sensitivity.json",
                          DUMP_FOLDER: DUMP_FOLDER},
               describe="statistics per calibration sample, thresholds, accuracy steps, fake-quant model")
