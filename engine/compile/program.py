@@ -221,7 +221,8 @@ def io_specs(model: onnx.ModelProto, view: str = "runtime", digest: str | None =
     space and range, mean / scale) and, in the runtime view, the runtime tensor's layout
     (``input_layout_rt``, implied by the rt type when not given). An input or output whose boundary
     node was removed (``hbcompile.removed_nodes``) lists those nodes, and carries ``quantization``
-    (scale, zero point, dtype) when the tensor now holds integer codes. `digest`: the sha256 of the
+    (scale, zero point, dtype) when the tensor now holds integer codes; a removed Transpose at an input
+    permutes its ``input_layout_rt`` (`_permute`). `digest`: the sha256 of the
     model's bytes, for `tensor_types` when an output's type is not declared.
     """
     stored = {s.get("name"): s for s in json_metadata(model, INPUTS, []) or [] if isinstance(s, dict)}
@@ -272,12 +273,31 @@ def _apply_removed(spec: dict, removed: list, position: str) -> None:
     spec["removed_nodes"] = mine
     for r in mine:  # in removal order: the innermost removal that re-reads the codes says how they are read
         q = r.get("params", {})
-        if r.get("op_type") in ("QuantizeLinear", "DequantizeLinear") and "scale" in q:
+        if r.get("op_type") == "Transpose" and q.get("perm"):
+            _permute(spec, [int(p) for p in q["perm"]], position)
+        elif r.get("op_type") in ("QuantizeLinear", "DequantizeLinear") and "scale" in q:
             spec["quantization"] = {k: q[k] for k in ("scale", "zero_point", "dtype", "axis") if k in q}
         elif r.get("op_type") == "QLinearSoftmax" and position == "output" and "input_scale" in q:
             # the output is the softmax's input codes now, at the softmax's input scale
             spec["quantization"] = {"scale": q["input_scale"], "zero_point": q["input_zero_point"],
                                     "dtype": q.get("input_dtype") or "uint8"}
+
+
+def _permute(spec: dict, perm: list[int], position: str) -> None:
+    """A removed Transpose: the tensor is now the other side of it. At an input the application feeds
+    ``transpose(old input, perm)``: the runtime layout reads through `perm` (NHWC by [0, 3, 1, 2] is
+    NCHW), so `from_train_view` and hb_model_info say what the model takes. At an output it reads
+    ``transpose⁻¹(old output)``. The shape is the graph's already; a per-axis quantization recorded by a
+    Quantize / Dequantize removed outside the Transpose moves its axis to the new tensor's."""
+    q = spec.get("quantization")
+    if position == "input":
+        layout = spec.get("input_layout_rt")
+        if isinstance(layout, str) and len(layout) == len(perm):
+            spec["input_layout_rt"] = "".join(layout[p] for p in perm)
+        if q and "axis" in q:
+            q["axis"] = perm.index(int(q["axis"]) % len(perm))
+    elif q and "axis" in q:
+        q["axis"] = perm[int(q["axis"]) % len(perm)]
 
 
 def _first_line(e: BaseException) -> str:
