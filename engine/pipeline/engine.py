@@ -22,11 +22,13 @@ from engine.config.values import resolve_path
 from engine.pipeline.cache import StageCache
 from engine.pipeline.hashing import shared_hashes
 from engine.pipeline.publish import Publisher
+from engine.pipeline.recent import Recent
 from engine.pipeline.report import RunReport, StageRun
 from engine.pipeline.stage import Cancelled, KeyParts, Stage, StageContext, explain
 from engine.problems import HbError, error
 
 log = logging.getLogger("hbcompile")
+CACHES_KEPT = 16  # working_dirs whose StageCache an engine keeps (a daemon may serve many)
 Progress = Callable[[str, str, float | None], None]  # (stage, message, fraction)
 
 
@@ -37,7 +39,7 @@ class Engine:
         self.lock = threading.Lock()  # one run at a time per engine
         self.publisher = Publisher(self.hashes)  # what it copied into working_dirs (kept warm)
         self.writable: set[str] = set()  # working_dirs a probe file was written into by this engine
-        self.caches: dict[str, StageCache] = {}  # cache root → its StageCache (what it read, kept warm)
+        self.caches: Recent[str, StageCache] = Recent(CACHES_KEPT)  # cache root → its StageCache (kept warm)
 
     def cache_root(self, config: Config) -> Path:
         return config.working_dir / ".hb_cache"
@@ -47,7 +49,7 @@ class Engine:
         root = self.cache_root(config)
         cache = self.caches.get(str(root))
         if cache is None:
-            cache = self.caches[str(root)] = StageCache(root)
+            cache = self.caches.put(str(root), StageCache(root))
         return cache
 
     def stages(self) -> list[Stage]:

@@ -30,15 +30,16 @@ from engine.pipeline.hashing import HashMemo
 from engine.problems import HbError, error
 
 log = logging.getLogger("hbcompile")
+RECORD = "published.json"  # in the cache root: {artefact file name: sha256 | "folder"}
+FOLDER_MARK = ".hb_compile_artefact"  # inside a published folder: hb_compile wrote this folder
+FOLDER = "folder"
+ENTRY_SHA_KEEP = 1024  # entry files whose sha256 a Publisher keeps (then it starts over)
+COPIES_KEEP, RECORDS_KEEP = 4096, 64  # published files / working_dirs a Publisher remembers (then it starts over)
 FOLDER_STAMP: tuple[int, ...] = ()  # a published folder is known by its path (replace_folder swaps it whole)
 
 
 def _stamp(st: os.stat_result) -> tuple[int, ...]:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
-RECORD = "published.json"  # in the cache root: {artefact file name: sha256 | "folder"}
-FOLDER_MARK = ".hb_compile_artefact"  # inside a published folder: hb_compile wrote this folder
-FOLDER = "folder"
-ENTRY_SHA_KEEP = 1024  # entry files whose sha256 a Publisher keeps (then it starts over)
 
 
 class ArtefactCollisionError(HbError):
@@ -58,7 +59,7 @@ class Publisher:
         # published artefact -> (cache file, its stamp: size, mtime, ctime, inode); a folder's stamp is FOLDER_STAMP
         self.copied: dict[str, tuple[str, tuple[int, ...]]] = {}
         self._entry_sha: dict[str, tuple[tuple[int, int, int], str]] = {}  # entry file -> (stamp, sha256)
-        self._records: dict[str, tuple[tuple[int, int, int], dict[str, str]]] = {}  # record path -> (stamp, record)
+        self._records: dict[str, tuple[tuple[int, ...], dict[str, str]]] = {}  # record path -> (stamp, record)
 
     def publish(self, working_dir: Path, cache_root: Path, artefacts: Iterable[tuple[str, Path | None]],
                 protected: Iterable[Path] = ()) -> dict[str, Path]:
@@ -111,16 +112,21 @@ class Publisher:
             self._records.pop(str(path), None)
             return {}, True
         kept = self._records.get(str(path))
-        if kept is not None and kept[0] == (st.st_size, st.st_mtime_ns, st.st_ino):
+        if kept is not None and kept[0] == _stamp(st):
             return dict(kept[1]), False
         record = _read_record(path)
-        self._records[str(path)] = ((st.st_size, st.st_mtime_ns, st.st_ino), record)
+        self._keep_record(path, st, record)
         return dict(record), False
 
     def _remember_record(self, path: Path, record: dict[str, str]) -> None:
         st = _stat(path)
         if st is not None:
-            self._records[str(path)] = ((st.st_size, st.st_mtime_ns, st.st_ino), dict(record))
+            self._keep_record(path, st, dict(record))
+
+    def _keep_record(self, path: Path, st: os.stat_result, record: dict[str, str]) -> None:
+        if len(self._records) >= RECORDS_KEEP and str(path) not in self._records:
+            self._records.clear()
+        self._records[str(path)] = (_stamp(st), record)
 
     def _sha(self, src: Path, st: os.stat_result) -> str:
         """sha256 of an entry file, kept by its (size, mtime, inode): entries never change once committed."""
@@ -169,6 +175,8 @@ class Publisher:
 
     def _remember_copy(self, dest: Path, src: Path, st: os.stat_result | None = None) -> None:
         """`dest` now holds `src`'s bytes: remembered by its stamp so the next publish skips it."""
+        if len(self.copied) >= COPIES_KEEP:  # a daemon serving many working_dirs: forget, then hash once again
+            self.copied.clear()
         self.copied[str(dest)] = (str(src), _stamp(st or os.stat(dest)))
 
     def _unpublish(self, dest: Path, record: dict[str, str], inputs: _Inputs, legacy: bool) -> None:

@@ -160,3 +160,32 @@ def test_pruned_entries_leave_their_stage_folder_at_once_and_the_disk_soon(tmp_p
     assert not owned.exists()  # and its memo went with it
     assert _deleter.drain()
     assert list((tmp_path / TRASH).iterdir()) == []  # both deleted: the pruned entry and the dead process's
+
+
+def test_a_long_lived_engine_keeps_a_bounded_number_of_stage_caches(tmp_path):
+    """A daemon serving many working_dirs (review r2: 13 folders, 13 StageCaches kept for ever)."""
+    from types import SimpleNamespace
+
+    from engine.pipeline.engine import CACHES_KEPT, Engine
+
+    engine = Engine()
+    first = engine.stage_cache(SimpleNamespace(working_dir=tmp_path / "wd0"))
+    assert engine.stage_cache(SimpleNamespace(working_dir=tmp_path / "wd0")) is first  # kept warm
+    for i in range(1, CACHES_KEPT + 4):
+        engine.stage_cache(SimpleNamespace(working_dir=tmp_path / f"wd{i}"))
+    assert len(engine.caches) == CACHES_KEPT
+    assert engine.stage_cache(SimpleNamespace(working_dir=tmp_path / "wd0")) is not first  # the oldest went
+
+
+def test_a_publisher_serving_many_working_dirs_forgets_its_oldest_records(tmp_path, monkeypatch):
+    import engine.pipeline.publish as publish
+
+    monkeypatch.setattr(publish, "RECORDS_KEEP", 3)
+    publisher = Publisher(HashMemo())
+    for i in range(5):
+        wd, root = tmp_path / f"wd{i}", tmp_path / f"wd{i}" / ".hb_cache"
+        (root / "e").mkdir(parents=True)
+        (root / "e" / "a.bin").write_bytes(b"A")
+        publisher.publish(wd, root, [("a.bin", root / "e" / "a.bin")], [])
+        assert len(publisher._records) <= 3
+        assert (wd / "a.bin").read_bytes() == b"A"
