@@ -77,6 +77,32 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in inits]
 
 
+def read_names(graph: onnx.GraphProto) -> set[str]:
+    """Every value a node of `graph` (or of a subgraph of one: If / Loop bodies read outer values) reads,
+    and the graph's outputs."""
+    names = {o.name for o in graph.output}
+    for node in graph.node:
+        names.update(i for i in node.input if i)
+        for a in node.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                names |= read_names(sub)
+    return names
+
+
+def drop_unused_initializers(model: onnx.ModelProto) -> list[str]:
+    """Remove the initializers nothing reads (onnxruntime warns "Removing initializer … It is not used by
+    any node" for each when it opens the file); returns their names. An initializer that is also a graph
+    input stays: it is an input with a default value."""
+    g = model.graph
+    keep = read_names(g) | {i.name for i in g.input}
+    dropped = [t.name for t in g.initializer if t.name not in keep]
+    if dropped:
+        kept = [t for t in g.initializer if t.name in keep]
+        del g.initializer[:]
+        g.initializer.extend(kept)
+    return dropped
+
+
 def is_integer_program(model: onnx.ModelProto) -> bool:
     """A `.bc`-style program: it says so in its metadata, or it computes with integer operators."""
     meta = metadata(model)

@@ -18,6 +18,8 @@ Rules:
   tail Dequantize's input (``/model.23/cv2.0/cv2.0.2/Conv``: its Dequantize goes), a float node of
   the `.bc`'s node map, or a calibration node ``<tensor>_HzCalibration`` (the Dequantize of that
   tensor at a model output, or the Quantize of that model input).
+- the result carries no initializer that nothing reads (the removed nodes' scales, perms, shapes,
+  and whatever the `.bc` carried unread: onnxruntime warns about each when it opens the file).
 - each removed node's parameters (scale / zero point / dtype / axis, perm, shapes, from / to
   dtype, axis) are returned, recorded in ``hbcompile.removed_nodes`` and logged as
   ``deleted nodes: NAME``.
@@ -39,6 +41,7 @@ from engine.compile.program import (
     REMOVED_NODES,
     TENSOR_MAP,
     TensorType,
+    drop_unused_initializers,
     graph_inputs,
     json_metadata,
     set_metadata,
@@ -239,10 +242,6 @@ def _remove(model: onnx.ModelProto, node: onnx.NodeProto, position: str) -> Remo
     kept = [v for v in g.value_info if v.name not in (gone, border)]
     del g.value_info[:]
     g.value_info.extend(kept)
-    used = {i for n in g.node for i in n.input}
-    inits = [t for t in g.initializer if t.name in used or t.name in {i.name for i in g.input}]
-    del g.initializer[:]
-    g.initializer.extend(inits)
     return RemovedNode(node.name, node.op_type, position, border, params)
 
 
@@ -339,6 +338,8 @@ def remove_nodes(bc_model: onnx.ModelProto, types: Sequence[str] = (),
         set_metadata(model, REMOVED_NODES, [*previous, *(r.to_json() for r in removed)])
     for r in removed:
         log.info(f"deleted nodes: {r.name}")
+    # the removed nodes' scales and perms, and whatever the `.bc` carried unread (R1 m9)
+    drop_unused_initializers(model)
     onnx.checker.check_model(model)
     return model, removed
 

@@ -157,7 +157,8 @@ def _quality_html(ctx: StageContext) -> str:
 # version 11: the measured latency stops after 3 runs once 0.1 s is spent (was 0.25 s)
 # version 12: "deleted nodes: NAME" once per removed node (an entry told it twice when reused)
 # version 13: the .hbm's input spec follows a removed Transpose (layout NHWC with an NCHW shape before)
-STAGE = Stage("compile", 13, run, after=("optimize", "calibrate", "quantize", "report"), reads=READS,
+# version 14: the removed-node .bc keeps no initializer nothing reads
+STAGE = Stage("compile", 14, run, after=("optimize", "calibrate", "quantize", "report"), reads=READS,
               artefacts={"model.hbm": "{prefix}.hbm", "removed.bc": "{prefix}_quantized_removed_model.bc",
                          "advice.json": "{prefix}_advice.json", "perf.json": "{prefix}.json",
                          "perf.html": "{prefix}.html"},
