@@ -7,24 +7,37 @@ hb_compile's wording), the exit code is non-zero, and no traceback reaches the c
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import sys
-import threading
-import traceback
-from collections.abc import Callable
-from pathlib import Path
 
 from engine import __version__
-from engine.logsetup import copy_log, setup_logging
-from engine.problems import HbError, Problem, Severity
 
-log = logging.getLogger("hbcompile")
+TYPE_CHECKING = False  # typing itself costs 3 ms at start-up
+if TYPE_CHECKING:
+    import argparse
+    import threading
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from engine.problems import Problem, Severity
+
+# The console script imports this module, and a run a warm `hblsp daemon` serves needs nothing more
+# from it than main(): so only os and sys here, and every other import where it is used (argparse,
+# logging and engine.problems alone cost a fresh interpreter ~20 ms of CPU, a third of a warm run).
+
 SKIP_TO_UNTIL = {"export": "ptq", "convert": "ptq", "compile": "report"}  # compile: .bc, no .hbm
+ANSWERED_HERE = ("--help", "--version", "--no-daemon")  # and -h: what the daemon must not be asked
+
+
+def _log():
+    import logging
+
+    return logging.getLogger("hbcompile")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     p = argparse.ArgumentParser(prog="hb_compile", description="Quantize and compile a float ONNX/Caffe model "
                                 "from an hb_compile YAML config.")
     p.add_argument("-c", "--config", help="YAML config")
@@ -46,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _positive(text: str) -> int:
+    import argparse
+
     try:
         value = int(text)
     except ValueError:
@@ -55,32 +70,64 @@ def _positive(text: str) -> int:
     return value
 
 
-def _print_problems(problems: list[Problem], min_severity: Severity = Severity.INFO) -> None:
+def _print_problems(problems: list[Problem], min_severity: Severity | None = None) -> None:
+    from engine.problems import Severity
+
+    log = _log()
     for prob in problems:
-        if prob.severity <= min_severity:
+        if prob.severity <= (Severity.INFO if min_severity is None else min_severity):
             (log.error if prob.is_error else log.warning if prob.severity == Severity.WARNING else log.info)(
                 prob.render())
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: a running `hblsp daemon` does the work warm; otherwise run here."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    if not args.no_daemon and not os.environ.get("HBCOMPILE_NO_DAEMON"):
-        from engine.daemon_client import run_via_daemon
+    """Entry point: a running `hblsp daemon` does the work warm; otherwise run here.
 
-        code = run_via_daemon(argv + ["--no-daemon"])
+    The daemon is asked first, before this process parses or imports anything: it parses argv as
+    a cold run does, usage errors included. Help, the version and --no-daemon are answered here,
+    and every run the daemon does not take runs here exactly as a cold run."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    declined = None
+    if not os.environ.get("HBCOMPILE_NO_DAEMON") and not answered_here(argv):
+        from engine.daemon_client import forward
+
+        code, declined = forward(["--no-daemon", *argv])  # first: an argv ending in `--` takes no more options
         if code is not None:
             return code
+    build_parser().parse_args(argv)  # help, version, a usage error: before any word about the daemon
+    if declined is not None:
+        from engine.daemon_client import say
+
+        say(declined)
     return cold_main(argv)
+
+
+def answered_here(argv: list[str]) -> bool:
+    """Whether argv may ask for help, the version or no daemon, in any spelling argparse takes
+    (`-h`, `-hc x`, `--he`, `--vers`, `--no-d`, `--help=x`, which it rejects). Every word it says yes
+    to is one argparse reads as an option (values cannot start with `-h` or `--`), so a yes means
+    help, the version, --no-daemon or a usage error: never a run the daemon should have served."""
+    for word in argv:
+        name = word.split("=", 1)[0]
+        if word.startswith("-h") or (word.startswith("--") and len(name) > 2
+                                     and any(flag.startswith(name) for flag in ANSWERED_HERE)):
+            return True
+    return False
 
 
 def cold_main(argv: list[str], cancel: threading.Event | None = None) -> int:
     """One run in this process (also what the daemon calls for each forwarded run; it sets
     `cancel` when its client hangs up)."""
+    import logging
+    import traceback
+
+    from engine.logsetup import setup_logging
+    from engine.problems import HbError
+
     args = build_parser().parse_args(argv)
     logging.raiseExceptions = False  # a closed stdout (| head) must not print handler tracebacks
     log_path = setup_logging()
+    log = _log()
     try:
         return _main(args, log_path, cancel)
     except HbError as exc:
@@ -100,6 +147,7 @@ def cold_main(argv: list[str], cancel: threading.Event | None = None) -> int:
 def _main(args: argparse.Namespace, log_path: Path, cancel: threading.Event | None = None) -> int:
     from engine.modes import config_for_mode, on_command_line
 
+    log = _log()
     log.info("Start hb_compile...")
     log.info(f"hb_compile version: {__version__}")
     config_path, mode_until = config_for_mode(args)
@@ -119,6 +167,7 @@ def run_config(config_path: Path, until: str | None, log_path: Path, check_mode:
     """`told`: how problems are placed for the user (check / fast-perf mode: on the command-line option,
     not in the config the tool generated)."""
     from engine.config import read_config
+    from engine.logsetup import copy_log
     from engine.pipeline import default_engine
     from engine.report.console import print_problems as print_placed
     from engine.report.console import print_run
@@ -126,6 +175,7 @@ def run_config(config_path: Path, until: str | None, log_path: Path, check_mode:
     def print_problems(problems: list[Problem]) -> None:
         print_placed(told(problems) if told else problems)
 
+    log = _log()
     stages = _available_stages()
     if until is not None and until not in stages:
         until = stages[-1]
@@ -188,13 +238,14 @@ def print_check_table(report) -> None:
     config = report.config
     model = onnx.load(str(config.working_dir / f"{config.prefix}_optimized_float_model.onnx"))
     table = format_table(NODE_TABLE_HEADER, node_table(partition(model, options=QuantOptions.from_config(config))))
-    log.info("The converted model node information:\n" + table)
+    _log().info("The converted model node information:\n" + table)
 
 
 def print_sensitivity(report, engine, n: int) -> None:
     """`--sensitivity N`: the top N culprits, a rich table on a terminal and the plain one in the log."""
     from engine.report.sensitivity import run_sensitivity
 
+    log = _log()
     progress = ConsoleProgress()
     try:
         found = run_sensitivity(report, engine, n, progress=lambda m, f: progress("sensitivity", m, f))
@@ -225,11 +276,11 @@ class ConsoleProgress:
     def __call__(self, stage: str, message: str, fraction: float | None) -> None:
         if fraction == 0.0 and message.startswith("Start to"):
             self.close()
-            log.info(message)
+            _log().info(message)
             return
         if not self.tty or fraction is None:
             if fraction is None or fraction >= 1.0:
-                log.debug(message)
+                _log().debug(message)
             return
         if self.bar is None:
             from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn

@@ -26,55 +26,83 @@ The socket lives in a folder only the user can enter (0700) and is itself 0600.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import io
 import json
 import os
 import socket
 import sys
-from pathlib import Path
+import zlib
 
 import engine
 
-# no `typing` (3 ms) nor `tempfile` (2 ms) at import: a warm client's whole run is ~70 ms of start-up,
-# imports and this module
+TYPE_CHECKING = False  # no `typing` at start-up
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# hb_compile imports this module before anything else (engine.cli's main asks the daemon first), so a
+# warm run's client is Python's start-up, json, socket and this file. Left out on purpose, CPU of a fresh
+# interpreter: hashlib +3.5 ms (OpenSSL; zlib's checksums are enough to see that files changed), pathlib
+# +3 ms (urllib.parse, ipaddress; os.path here, a Path only for the daemon's side), importlib.util +1.4 ms,
+# typing +3 ms, tempfile +2 ms (only without XDG_RUNTIME_DIR).
 
 PROTOCOL = 2
 RESTART = "hblsp daemon stop && hblsp daemon start"
 
 
 def runtime_dir() -> Path:
-    import tempfile
+    from pathlib import Path
 
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return Path(base) / f"hbcompile-{os.getuid()}"
+    return Path(_runtime_dir())
+
+
+def _runtime_dir() -> str:
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if not base:
+        import tempfile
+
+        base = tempfile.gettempdir()
+    return os.path.join(base, f"hbcompile-{os.getuid()}")
 
 
 def socket_path() -> Path:
-    return Path(os.environ.get("HBCOMPILE_DAEMON_SOCKET") or runtime_dir() / "daemon.sock")
+    from pathlib import Path
+
+    return Path(_socket_file())
 
 
-def _package_dirs() -> list[Path]:
-    """The installed `engine` and `hblsp` folders (found without importing hblsp)."""
-    dirs = [Path(engine.__file__).resolve().parent]
-    spec = importlib.util.find_spec("hblsp")
+def _socket_file() -> str:
+    return os.environ.get("HBCOMPILE_DAEMON_SOCKET") or os.path.join(_runtime_dir(), "daemon.sock")
+
+
+def _package_dirs() -> list[str]:
+    """The installed `engine` and `hblsp` folders (found as `import hblsp` would find it, without importing it)."""
+    dirs = [os.path.dirname(os.path.realpath(engine.__file__))]
+    spec = sys.modules["hblsp"].__spec__ if "hblsp" in sys.modules else _find_spec("hblsp")
     if spec is not None and spec.submodule_search_locations:
-        dirs.append(Path(next(iter(spec.submodule_search_locations))).resolve())
+        dirs.append(os.path.realpath(next(iter(spec.submodule_search_locations))))
     return dirs
+
+
+def _find_spec(name: str):
+    """importlib.util.find_spec for a top-level name: ask each meta path finder in turn."""
+    for finder in sys.meta_path:
+        find = getattr(finder, "find_spec", None)
+        spec = find(name, None) if find is not None else None
+        if spec is not None:
+            return spec
+    return None
 
 
 def code_identity() -> dict[str, str]:
     """Which hbcompile this process runs: its version, where it is installed and a digest of every
     file of the installed engine and hblsp (path, size, modification time: an upgrade or an edit
     changes it), so a daemon started before either is found out. Every warm client run takes it:
-    ~160 files, 0.7 ms (a directory scan, one stat per file)."""
-    digest = hashlib.sha256()
+    ~160 files, 0.7 ms (a directory scan, one stat per file). The digest is CRC-32 and Adler-32 of
+    those stamps side by side (64 bits, zlib: no OpenSSL to load in the client)."""
     dirs = _package_dirs()
-    for root in dirs:
-        digest.update(f"{root}\0".encode())
-        digest.update("".join(_stamps(str(root), "")).encode())
-    return {"version": engine.__version__, "location": str(dirs[0].parent), "code": digest.hexdigest()[:16]}
+    stamps = "".join(f"{root}\0" + "".join(_stamps(root, "")) for root in dirs).encode()
+    code = f"{zlib.crc32(stamps):08x}{zlib.adler32(stamps):08x}"
+    return {"version": engine.__version__, "location": os.path.dirname(dirs[0]), "code": code}
 
 
 def _stamps(folder: str, relative: str) -> list[str]:
@@ -122,23 +150,23 @@ def describe_difference(daemon: dict | None, ours: dict[str, str]) -> str:
     return f"an older hbcompile ({theirs}, whose sources changed after the daemon started)"
 
 
-def _safe(path: Path) -> bool:
+def _safe(path: str) -> bool:
     """Only talk to a socket in a folder that is ours and private (no one else can plant it)."""
     try:
-        st = path.parent.stat()
+        st = os.stat(os.path.dirname(path) or ".")
         return st.st_uid == os.getuid() and (st.st_mode & 0o077) == 0
     except OSError:
         return False
 
 
 def connect(timeout: float = 0.5) -> socket.socket | None:
-    path = socket_path()
-    if not path.exists() or not _safe(path):
+    path = _socket_file()
+    if not os.path.exists(path) or not _safe(path):
         return None
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
-        s.connect(str(path))
+        s.connect(path)
     except OSError:
         s.close()
         return None
@@ -206,7 +234,7 @@ def _point_at_devnull(stream: io.TextIOBase) -> None:
         os.close(devnull)
 
 
-def _say(text: str) -> None:
+def say(text: str) -> None:
     """One line on the client's stderr about the daemon (never on stdout: the run's output stays as a cold run's)."""
     try:
         sys.stderr.write(f"{text}\n")
@@ -242,31 +270,39 @@ def _decline(first: dict, ours: dict[str, str]) -> str | None:
 
 def run_via_daemon(argv: list[str]) -> int | None:
     """Forward an hb_compile run to a running daemon; None when the run is to be done here (cold):
-    no daemon, one running another hbcompile, one busy with another run, one that went away."""
+    no daemon, one running another hbcompile, one busy with another run, one that went away.
+    Why a daemon declined goes to stderr at once."""
+    code, declined = forward(argv)
+    if declined is not None:
+        say(declined)
+    return code
+
+
+def forward(argv: list[str]) -> tuple[int | None, str | None]:
+    """Forward an hb_compile run to a running daemon: (its exit code, None) when the daemon ran it;
+    (None, why) when a daemon declined it, the line to print on stderr before running it here; (None, None)
+    when no daemon answered. The caller prints `why` only once it knows the run goes ahead here (a usage
+    error ends a cold run before any word about the daemon)."""
     sock = connect()
     if sock is None:
-        return None
-    try:
-        columns = os.get_terminal_size().columns if sys.stdout.isatty() else 0
-    except OSError:
-        columns = 0
+        return None, None
+    tty = sys.stdout.isatty()
     ours = code_identity()
     out, err = _Console(sys.stdout), _Console(sys.stderr)
     printed = False
     with sock:
         try:
             request(sock, {"protocol": PROTOCOL, "hbcompile": ours, "argv": argv, "cwd": os.getcwd(),
-                           "tty": sys.stdout.isatty(), "columns": columns})
+                           "tty": tty, "columns": _columns(tty)})
             messages = replies(sock)
             first = next(messages, None)
             if not isinstance(first, dict):
-                return None  # the daemon went away before answering: run cold
+                return None, None  # the daemon went away before answering: run cold
             declined = _decline(first, ours)
             if declined is not None:
-                _say(declined)
                 if not any(key in first for key in ("refused", "busy", "error")):
                     _let_old_daemon_go(sock, messages)
-                return None
+                return None, declined
             for msg in messages:
                 if "out" in msg:
                     out.write(msg["out"])
@@ -275,16 +311,31 @@ def run_via_daemon(argv: list[str]) -> int | None:
                     err.write(msg["err"])
                     printed = True
                 elif "exit" in msg:
-                    return int(msg["exit"])
+                    return int(msg["exit"]), None
         except (OSError, ValueError, TypeError):
             pass
         except KeyboardInterrupt:  # closing the socket tells the daemon to cancel the run
             out.write("ERROR interrupted\n")
-            return 130
+            return 130, None
     if not printed:
-        return None  # the daemon went away before saying anything: run cold instead
+        return None, None  # the daemon went away before saying anything: run cold instead
     out.write("ERROR the hbcompile daemon stopped during the run\n")
-    return 2
+    return 2, None
+
+
+def _columns(tty: bool) -> int:
+    """The width a cold run here would format for (argparse's usage, rich's tables): $COLUMNS when set, as
+    both read it first, else the terminal's on a terminal; 0: the daemon uses no width of its own either."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns > 0:
+        return columns
+    try:
+        return os.get_terminal_size().columns if tty else 0
+    except OSError:
+        return 0
 
 
 def _let_old_daemon_go(sock: socket.socket, messages) -> None:

@@ -272,6 +272,8 @@ def _run(conn: socket.socket, req: RunRequest, cli, cancel: threading.Event) -> 
     saved_out, saved_err, saved_cwd = sys.stdout, sys.stderr, os.getcwd()
     if req.columns:
         os.environ["COLUMNS"] = str(req.columns)
+    else:  # as the client's cold run would: no width of the daemon's own (one it was started with)
+        os.environ.pop("COLUMNS", None)
     try:
         os.chdir(req.cwd)
         sys.stdout, sys.stderr = out, err
