@@ -19,8 +19,8 @@
 - ``load``: thresholds from a QDQ model (each QuantizeLinear's scale: 127 · s for the symmetric
   int8 / uint8-at-128 encodings, the larger side of the represented range otherwise, e.g. 255 · s for
   onnxruntime's uint8 with zero point 0; per-axis scales give per-channel thresholds), keyed by the
-  tensor the QuantizeLinear reads and by the output of each DequantizeLinear reading its codes (a graph
-  output behind a pair keeps its name on the DQ side) — or, for our own calibrated models, by the name
+  tensor the QuantizeLinear reads and, where its DequantizeLinear writes a graph output, by that output
+  (onnxruntime renames the tensor in front of the pair) — or, for our own calibrated models, by the name
   in ``<tensor>_HzCalibration`` — or from a JSON file ``{tensor: threshold}``. Where it comes from is
   decided by the caller (`load_thresholds` takes a model, a path or a mapping): hb's meaning is "the
   onnx_model is a QAT model", whose pairs the frontend strips while keeping the scales
@@ -526,9 +526,9 @@ def _number(value: Any, tensor: str, where: str) -> float | np.ndarray:
 def _model_thresholds(model: onnx.ModelProto, where: str, outputs: bool = True) -> dict[str, float | np.ndarray]:
     """Each activation QuantizeLinear's threshold, keyed by the tensor it reads and, with `outputs`, by the
     output of a DequantizeLinear reading its codes that is a graph output: onnxruntime puts a graph output
-    behind its pair by renaming the producer's tensor (`y_QuantizeLinear_Input` → Q → DQ → `y`), so the float model's
-    `y` is the DQ output's name (a Q input of the same name wins). Other DQ outputs are names no float model
-    has (`t_DequantizeLinear_Output`)."""
+    behind its pair by renaming the producer's tensor (`y_QuantizeLinear_Input` → Q → DQ → `y`), so the
+    float model's `y` is the DQ output's name (a Q input of the same name wins). Other DQ outputs are names
+    no float model has (`t_DequantizeLinear_Output`)."""
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for n in model.graph.node:
         if n.op_type == "Constant":
@@ -573,7 +573,7 @@ Observe = Callable[[Sequence[str]], Mapping[str, MergedStats]]
 
 @dataclass
 class Loaded:
-    """What `load` found for the planner's tensors, and how (for the log and quant_info)."""
+    """What `load` found for the planner's tensors, and how (`search_load` counts them in its detail)."""
 
     values: dict[str, float | np.ndarray] = field(default_factory=dict)
     how: dict[str, str] = field(default_factory=dict)  # tensor → "loaded" | "normalization" | "activation"
@@ -766,7 +766,8 @@ def choose_thresholds(settings: SearchSettings, model: onnx.ModelProto, merged: 
     return SearchResult(acts, method, {})  # only `default` chooses by output cosine (and so measures one)
 
 
-__all__ = ["DEFAULT_PERCENTILE", "FUSED_ACTIVATIONS", "SEARCH_TYPES", "SEARCH_Z", "CandidateScorer", "Choice", "Loaded", "SearchResult", "SearchSettings",
+__all__ = ["DEFAULT_PERCENTILE", "FUSED_ACTIVATIONS", "SEARCH_TYPES", "SEARCH_Z", "CandidateScorer", "Choice", "Loaded",
+           "SearchResult", "SearchSettings",
            "candidates", "choose_candidate", "choose_thresholds",
            "fake_quant_mse", "find_loaded", "label", "load_thresholds", "search_default", "search_load",
            "least_mse", "same_layout", "search_mix", "search_skip", "single_method"]
