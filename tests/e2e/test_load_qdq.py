@@ -140,11 +140,13 @@ def test_load_compiles_with_the_qdq_models_thresholds(project, how):
     assert report.results["calibrate"]["method"] == "load"
 
 
-def test_the_bc_computes_what_the_qdq_model_computes(project):
+@pytest.mark.parametrize("how", ["onnx_model", "quant_config"])
+def test_the_bc_computes_what_the_qdq_model_computes(project, how):
     from engine.runtime import load, to_runtime
 
-    name = f"bc_{project.name}"
-    report = compile_load(project, "f.onnx", "q.onnx", name=name)
+    name = f"bc_{how}_{project.name}"
+    report = compile_load(project, "q.onnx", name=name) if how == "onnx_model" else \
+        compile_load(project, "f.onnx", "q.onnx", name=name)
     assert report.ok, [p.render() for p in report.problems]
     bc = load(project / f"out_{name}" / "m_quantized_model.bc")
     qdq = ort.InferenceSession(str(project / "q.onnx"), providers=["CPUExecutionProvider"])
