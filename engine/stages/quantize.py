@@ -52,6 +52,7 @@ def runtime_specs(specs: list[dict[str, Any]], batch: int) -> list[dict[str, Any
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
+    from engine.compile.program import drop_unused_initializers
     from engine.preprocess.batch import with_batch
     from engine.quantize.integer import lower_to_integer
 
@@ -67,6 +68,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     bc = lower_to_integer(body, plan)
     cpu = frozenset(n for n, p in plan.nodes.items() if p.on == "CPU")
     conversions = attach_runtime_inputs(bc, specs, model, batch, cpu)
+    drop_unused_initializers(bc)  # scales / zero points lowering defines for tensors nothing dequantizes
     onnx.checker.check_model(bc)
     fe.set_metadata(bc, {"hbcompile.stage": "quantized", "hbcompile.inputs": json.dumps(runtime_specs(specs, batch)),
                          "hbcompile.march": ctx.config.model.march})
@@ -78,6 +80,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 # version 4: int32 biases carry the plan's bias corrections (the ptq model's bias values)
 # version 5: an image input with N > 1 in input_shape takes N frames (it took one)
 # version 6: lookup-table outputs with offset ranges (zero point 128 + z)
-STAGE = Stage("quantize", 7, run, after=("optimize", "calibrate"), reads=READS,
+# version 8: no initializer nothing reads (onnxruntime warned "Removing initializer ... not used" on opening the .bc)
+STAGE = Stage("quantize", 8, run, after=("optimize", "calibrate"), reads=READS,
               artefacts={"model.bc": "{prefix}_quantized_model.bc"},
               describe="integer program (.bc) taking the runtime input format")

@@ -105,5 +105,7 @@ def test_the_pipeline_writes_a_removed_bc_with_every_initializer_read(project):
     out = project.root / "model_output"
     removed = onnx.load(str(out / "tt_quantized_removed_model.bc"))
     assert _unread(removed) == []
+    assert _unread(onnx.load(str(out / "tt_quantized_model.bc"))) == []  # the quantize stage's .bc too
+    assert _ort_warnings(out / "tt_quantized_model.bc") == []
     code, lines = verify([str(out / "tt_quantized_model.bc"), str(out / "tt_quantized_removed_model.bc")])
     assert code == 0 and lines[-1] == "consistency check passed: outputs are bit-identical"
