@@ -198,11 +198,18 @@ def _scale_and_zero_point(q: Mapping, ndim: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _dequantized(spec, value: np.ndarray) -> np.ndarray:
+    """An output as the model computed it before its tail nodes were removed: codes dequantized (the
+    recorded axis is the current tensor's), then each removed Transpose applied again, innermost first
+    (a removed `Dequantize; Transpose` tail compared the pre-transpose values in the wrong order)."""
     q = spec.quantization
-    if not q or value.dtype.kind == "f":
-        return value
-    scale, zp = _scale_and_zero_point(q, value.ndim)
-    return (value.astype(np.float32) - zp) * scale
+    if q and value.dtype.kind != "f":
+        scale, zp = _scale_and_zero_point(q, value.ndim)
+        value = (value.astype(np.float32) - zp) * scale
+    for r in reversed(spec.info.get("removed_nodes") or []):
+        perm = (r.get("params") or {}).get("perm") if isinstance(r, dict) and r.get("op_type") == "Transpose" else None
+        if perm and len(perm) == value.ndim:
+            value = np.transpose(value, [int(p) for p in perm])
+    return value
 
 
 def _takes_codes(spec) -> bool:

@@ -176,3 +176,45 @@ def test_output_codes_dequantized_on_the_recorded_axis_give_the_output():
     x = np.random.default_rng(1).uniform(-10, 10, (1, 3, 4, 6)).astype(np.float32)
     values = _values(_run(out, x), spec["quantization"])
     np.testing.assert_array_equal(values.transpose(removed[1].params["perm"]), _run(model, x))
+
+
+TAIL_CONFIG = """\
+model_parameters:
+  onnx_model: model.onnx
+  march: nash-e
+  working_dir: model_output
+  output_model_file_prefix: tail
+  remove_node_type: Dequantize;Transpose
+input_parameters:
+  input_type_train: featuremap
+  input_layout_train: NCHW
+  input_type_rt: featuremap
+calibration_parameters:
+  cal_data_dir: cal
+  calibration_type: max
+"""
+
+
+def test_hb_verifier_puts_a_removed_tail_transpose_back(tmp_path):
+    """`Dequantize; Transpose` removed at the output: the .hbm gives the pre-transpose codes; hb_verifier
+    compared them with the float output in the wrong order (cosine 0.35 where the full .bc gives 0.9999)."""
+    b = Builder("tail", seed=3)
+    b.output(b.op("Transpose", [b.op("Relu", [b.conv(b.input("x", [1, 3, 8, 8]), 3, 4)])], out="y", perm=[0, 2, 3, 1]))
+    onnx.save(b.build(), str(tmp_path / "model.onnx"))
+    rng = np.random.default_rng(3)
+    (tmp_path / "cal").mkdir()
+    for i in range(4):
+        np.save(tmp_path / "cal" / f"{i}.npy", rng.standard_normal((1, 3, 8, 8)).astype(np.float32))
+    (tmp_path / "config.yaml").write_text(TAIL_CONFIG)
+    report = Engine().run(tmp_path / "config.yaml")
+    assert report.ok, [p.render() for p in report.problems]
+    out = tmp_path / "model_output"
+    assert [r["op_type"] for r in load(out / "tail.hbm").spec("y").info["removed_nodes"]] == \
+        ["DequantizeLinear", "Transpose"]
+    np.save(tmp_path / "x.npy", np.load(tmp_path / "cal" / "0.npy"))
+    float_model = str(out / "tail_optimized_float_model.onnx")
+    code, lines = verify([float_model, str(out / "tail.hbm")], [str(tmp_path / "x.npy")])
+    code_full, lines_full = verify([float_model, str(out / "tail_quantized_model.bc")], [str(tmp_path / "x.npy")])
+    assert code == code_full == 0
+    assert float(lines[-1].split()[1]) > 0.99
+    assert lines[-1].split()[1:] == lines_full[-1].split()[1:]
