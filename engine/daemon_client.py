@@ -115,7 +115,7 @@ def _stamps(folder: str, relative: str) -> list[str]:
     out: list[str] = []
     for entry in entries:
         try:
-            if entry.is_dir():
+            if entry.is_dir(follow_symlinks=False):  # as os.walk: a linked folder (a cycle, even) is not entered
                 if entry.name != "__pycache__":
                     out += _stamps(entry.path, f"{relative}{entry.name}/")
                 continue
