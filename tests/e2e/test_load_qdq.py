@@ -18,11 +18,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 from engine.pipeline import Engine
 from engine.similarity import cosine
 from tests.support.models import Builder
+from tests.support.qdq import ort_qdq
 
 SHAPE = (1, 3, 12, 12)
 MEAN, SCALE = 127.5, 1 / 127.5
@@ -52,20 +52,11 @@ def pixels(i: int) -> np.ndarray:
     return np.random.default_rng(i).uniform(0, 255, SHAPE).astype(np.float32)
 
 
-class Reader(CalibrationDataReader):
-    """onnxruntime calibrates the float model on the normalized samples it takes."""
-
-    def __init__(self, n: int):
-        self.feeds = iter({"x": ((pixels(i) - MEAN) * SCALE).astype(np.float32)} for i in range(n))
-
-    def get_next(self):
-        return next(self.feeds, None)
-
-
 def make_project(root, model: onnx.ModelProto, per_channel: bool):
     onnx.save(model, str(root / "f.onnx"))
-    quantize_static(str(root / "f.onnx"), str(root / "q.onnx"), Reader(8), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel)
+    # onnxruntime calibrates the float model on the normalized samples it takes
+    ort_qdq(root / "f.onnx", root / "q.onnx", ({"x": ((pixels(i) - MEAN) * SCALE).astype(np.float32)}
+                                               for i in range(8)), per_channel)
     (root / "cal").mkdir()
     for i in range(8):
         np.save(root / "cal" / f"{i}.npy", pixels(i))

@@ -11,9 +11,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 from engine.pipeline import Engine
+from tests.support.qdq import ort_qdq
 
 MEAN, SCALE = 127.5, 1 / 127.5
 
@@ -33,15 +33,7 @@ def cls_project(tmp_path_factory):
     for i, x in enumerate(xs):
         np.save(root / "cal" / f"{i}.npy", x)
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.feeds = iter({"x": ((x - MEAN) * SCALE).astype(np.float32)} for x in xs)
-
-        def get_next(self):
-            return next(self.feeds, None)
-
-    quantize_static(str(root / "f.onnx"), str(root / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    ort_qdq(root / "f.onnx", root / "q.onnx", ({"x": ((x - MEAN) * SCALE).astype(np.float32)} for x in xs), True)
     return root
 
 

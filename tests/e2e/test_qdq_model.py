@@ -12,11 +12,11 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 from engine.pipeline import Engine
 from engine.quantize.search import load_thresholds
 from tests.support.models import Builder
+from tests.support.qdq import ort_qdq
 
 SHAPE = (1, 3, 12, 12)
 
@@ -35,20 +35,11 @@ def samples(n: int = 6) -> list[np.ndarray]:
     return [np.random.default_rng(i).standard_normal(SHAPE).astype(np.float32) for i in range(n)]
 
 
-class Reader(CalibrationDataReader):
-    def __init__(self):
-        self.feeds = iter({"x": s} for s in samples())
-
-    def get_next(self):
-        return next(self.feeds, None)
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("qdq")
     onnx.save(float_model(), str(root / "f.onnx"))
-    quantize_static(str(root / "f.onnx"), str(root / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    ort_qdq(root / "f.onnx", root / "q.onnx", ({"x": s} for s in samples()))
     (root / "cal").mkdir()
     for i, s in enumerate(samples()):
         np.save(root / "cal" / f"{i}.npy", s)

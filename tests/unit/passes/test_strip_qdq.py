@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import QuantType
 
 from engine.passes import optimize, strip_qdq
 from tests.support.models import (
@@ -21,6 +21,7 @@ from tests.support.models import (
     run_pass,
     similarity,
 )
+from tests.support.qdq import ort_qdq
 
 
 def float_model(seed: int = 0) -> onnx.ModelProto:
@@ -32,22 +33,15 @@ def float_model(seed: int = 0) -> onnx.ModelProto:
     return b.build(opset=17)
 
 
-class Samples(CalibrationDataReader):
-    def __init__(self, n: int = 4):
-        self.feeds = iter([{"x": np.random.default_rng(i).standard_normal((1, 3, 12, 12)).astype(np.float32)}
-                           for i in range(n)])
-
-    def get_next(self):
-        return next(self.feeds, None)
+def samples(n: int = 4) -> list[dict[str, np.ndarray]]:
+    return [{"x": np.random.default_rng(i).standard_normal((1, 3, 12, 12)).astype(np.float32)} for i in range(n)]
 
 
 def qdq_model(tmp_path, per_channel: bool = False, seed: int = 0, **extra) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """(float model, its QDQ model from onnxruntime's quantize_static)."""
     fp = float_model(seed)
     onnx.save(fp, str(tmp_path / "f.onnx"))
-    quantize_static(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), Samples(), quant_format=QuantFormat.QDQ,
-                    per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    extra_options=extra)
+    ort_qdq(tmp_path / "f.onnx", tmp_path / "q.onnx", samples(), per_channel, extra_options=extra)
     return fp, onnx.load(str(tmp_path / "q.onnx"))
 
 
@@ -112,8 +106,8 @@ def test_dedicated_pairs_one_per_reader(tmp_path):
     c = b.conv(x, 3, 8)
     b.output(b.op("Add", [b.conv(c, 8, 8), b.conv(c, 8, 8)], out="y"))
     onnx.save(b.build(), str(tmp_path / "f.onnx"))
-    quantize_static(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), Samples(), quant_format=QuantFormat.QDQ,
-                    extra_options={"DedicatedQDQPair": True})
+    ort_qdq(tmp_path / "f.onnx", tmp_path / "q.onnx", samples(), activation_type=QuantType.QInt8,
+            extra_options={"DedicatedQDQPair": True})
     qdq = onnx.load(str(tmp_path / "q.onnx"))
     out = optimize(qdq).model
     assert count_ops(out) == {"Conv": 3, "Add": 1}
@@ -162,10 +156,8 @@ def test_a_hardswish_whose_clip_onnxruntime_removed_is_a_hardswish_again(tmp_pat
     b.output(b.conv(hs, 8, 4, out="y"))
     fp = b.build()
     onnx.save(fp, str(tmp_path / "f.onnx"))
-    wide = [{"x": 3 * s["x"]} for s in Samples(8).feeds]  # x + 3 reaches 6: the pair's range is [0, 6]
-    reader = Samples()
-    reader.feeds = iter(wide)
-    quantize_static(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), reader, quant_format=QuantFormat.QDQ)
+    wide = [{"x": 3 * s["x"]} for s in samples(8)]  # x + 3 reaches 6: the pair's range is [0, 6]
+    ort_qdq(tmp_path / "f.onnx", tmp_path / "q.onnx", wide, activation_type=QuantType.QInt8)
     qdq = onnx.load(str(tmp_path / "q.onnx"))
     assert "Clip" not in count_ops(qdq)
     out = optimize(qdq).model

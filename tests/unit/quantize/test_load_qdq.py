@@ -14,12 +14,12 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 from engine.calibration.stats import merge_samples
 from engine.problems import CalibrationDataError
 from engine.quantize.search import find_loaded, load_thresholds, search_load
 from tests.support.models import Builder
+from tests.support.qdq import ort_qdq
 
 SHAPE = (1, 3, 10, 10)
 
@@ -49,18 +49,9 @@ def samples(n: int = 4) -> list[np.ndarray]:
     return [np.random.default_rng(i).standard_normal(SHAPE).astype(np.float32) for i in range(n)]
 
 
-class Reader(CalibrationDataReader):
-    def __init__(self):
-        self.feeds = iter({"x": s} for s in samples())
-
-    def get_next(self):
-        return next(self.feeds, None)
-
-
 def quantized(tmp_path, model: onnx.ModelProto, per_channel: bool = False) -> onnx.ModelProto:
     onnx.save(model, str(tmp_path / "f.onnx"))
-    quantize_static(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel)
+    ort_qdq(tmp_path / "f.onnx", tmp_path / "q.onnx", ({"x": s} for s in samples()), per_channel)
     return onnx.load(str(tmp_path / "q.onnx"))
 
 
