@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -38,8 +39,13 @@ if TYPE_CHECKING:
     from engine.config.inputs import InputSpec
 
 CP = "calibration_parameters"
+log = logging.getLogger("hbcompile")
 RAW_DTYPES = ("uint8", "float32", "int8", "int16", "int32")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+# files a calibration folder holds beside its samples (a README, labels, the script that made them): never a
+# sample (raw samples are .bin / .rgb / .nv12 / .gray / no suffix ...), left out with a warning naming them
+NOT_SAMPLE_SUFFIXES = (".txt", ".md", ".rst", ".json", ".yaml", ".yml", ".csv", ".tsv", ".xml", ".html", ".log",
+                       ".py", ".sh", ".ipynb", ".ini", ".cfg", ".toml")
 
 
 @dataclass(frozen=True)
@@ -82,13 +88,21 @@ def _shape_text(shape: Sequence[int]) -> str:
 
 
 def calibration_dir_files(d: Path) -> list[Path]:
-    """A cal_data_dir's sample files in name order, hidden files left out (scandir: each entry's type
-    comes with the listing, no stat per file). The stage key and the loader list the same files. A
-    broken link is listed (reading it then names it) rather than skipped: a sample silently missing
-    changes the thresholds without a word."""
+    """A cal_data_dir's sample files in name order (`split_dir_files`). The stage key and the loader list
+    the same files."""
+    return split_dir_files(d)[0]
+
+
+def split_dir_files(d: Path) -> tuple[list[Path], list[Path]]:
+    """(sample files, other files) of a cal_data_dir in name order: hidden files left out, and files with a
+    documentation / text suffix (`NOT_SAMPLE_SUFFIXES`) set apart (scandir: each entry's type comes with
+    the listing, no stat per file). A broken link is listed (reading it then names it) rather than skipped:
+    a sample silently missing changes the thresholds without a word."""
     with os.scandir(d) as entries:
-        return sorted((d / e.name for e in entries if not e.name.startswith(".")
-                       and (e.is_file() or (e.is_symlink() and not e.is_dir()))), key=lambda p: p.name)
+        files = sorted((d / e.name for e in entries if not e.name.startswith(".")
+                        and (e.is_file() or (e.is_symlink() and not e.is_dir()))), key=lambda p: p.name)
+    samples = [f for f in files if f.suffix.lower() not in NOT_SAMPLE_SUFFIXES]
+    return samples, [f for f in files if f.suffix.lower() in NOT_SAMPLE_SUFFIXES]
 
 
 def _list_files(source: CalibrationSource, item: int) -> list[Path]:
@@ -98,9 +112,13 @@ def _list_files(source: CalibrationSource, item: int) -> list[Path]:
     if not d.is_dir():
         raise _fail("cal-dir-missing", f"Cal_data_dir is not a directory: {d}", item)
     try:
-        files = calibration_dir_files(d)
+        files, others = split_dir_files(d)
     except OSError as e:
         raise _fail("cal-dir-unreadable", f"Cal_data_dir {d} cannot be read: {e.strerror or e}", item) from e
+    if others:
+        shown = ", ".join(f.name for f in others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        log.warning(f"Cal_data_dir {d}: {shown} {'is' if len(others) == 1 else 'are'} not calibration data "
+                    f"(a text or document file), left out")
     if not files:
         raise _fail("cal-dir-empty", f"Cal_data_dir {d} of input '{source.input_name}' holds no calibration files",
                     item)

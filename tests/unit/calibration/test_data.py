@@ -187,6 +187,29 @@ def test_gray_image_and_real_image_content(tmp_path):
 # ------------------------------------------------------------------ bad data
 
 
+def test_text_files_beside_the_samples_are_left_out_with_a_warning(tmp_path, caplog):
+    """A README / labels file in the calibration folder aborted calibration (review r1 m8: 'cannot reshape
+    array of size ...' on README.md); it is not calibration data: left out, and said so once."""
+    from engine.calibration import calibration_dir_files
+
+    arrays = write_npy(tmp_path / "cal", 2)
+    (tmp_path / "cal" / "README.md").write_text("# my calibration images\n")
+    (tmp_path / "cal" / "labels.txt").write_text("cat\ndog\n")
+    with caplog.at_level("WARNING", logger="hbcompile"):
+        cs = load_calibration_set([src(tmp_path / "cal")])
+    assert [f[0].name for f in cs.files] == ["000.npy", "001.npy"]
+    np.testing.assert_array_equal(next(cs.samples())["data"], arrays[0])
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "README.md, labels.txt are not calibration data" in warning
+    assert [f.name for f in calibration_dir_files(tmp_path / "cal")] == ["000.npy", "001.npy"]  # the stage key's
+
+
+def test_a_folder_of_text_files_only_holds_no_calibration_files(tmp_path):
+    (tmp_path / "cal").mkdir()
+    (tmp_path / "cal" / "notes.txt").write_text("to do: add images")
+    raises(lambda: load_calibration_set([src(tmp_path / "cal")]), "cal-dir-empty", "holds no calibration files")
+
+
 def test_missing_folder(tmp_path):
     raises(lambda: load_calibration_set([src(tmp_path / "nope")]), "cal-dir-missing",
            f"Cal_data_dir does not exist: {tmp_path / 'nope'}")
