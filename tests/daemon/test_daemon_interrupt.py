@@ -52,7 +52,7 @@ def test_client_ctrl_c_exits_130_without_traceback(tmp_path):
         client.send_signal(signal.SIGABRT)
         out, err = client.communicate(timeout=30)
         raise AssertionError(f"the client did not exit after Ctrl-C:\n{out}\n{err}") from None
-    assert client.returncode == 130
+    assert client.returncode == 130, (out, err)
     assert out.strip().splitlines()[-1] == "ERROR interrupted"
     assert "Traceback" not in err + out
     assert hung_up.wait(10)  # the daemon side saw the hang-up
