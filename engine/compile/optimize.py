@@ -55,8 +55,8 @@ may only apply rewrites that cannot change a single output bit:
   ``merge_sibling_convs``, ``bias_as_zero_point``, ``index_tables_directly``, ``untranspose_float_side_tables``,
   ``dequantized_tables``, ``si32_head_as_qgemm``, and the kernel swaps for onnxruntime's slow kernels: ``depthwise_conv_in_float``
   (5×5 depthwise convs), ``nhwc_max_pool`` and ``silu_as_quick_gelu``; after onnxruntime's folding (it
-  needs the weights as constants) ``conv_transpose_as_matmul`` — their docstrings say why each
-  is exact. docs/formats.md lists them.
+  needs the weights as constants) ``conv_transpose_as_matmul``, and ``full_size_se_scale`` (its shape
+  must stay a run-time Shape) — their docstrings say why each is exact. docs/formats.md lists them.
 - **O3** (hb_mapper generation) is O2.
 
 Measured (tests/unit/compile/test_hbm.py, generated integer conv nets incl. a CPU island and
