@@ -1817,6 +1817,8 @@ def full_size_se_scale(model: onnx.ModelProto) -> int:
     from onnx import helper
 
     g = model.graph
+    if next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0) < 8:
+        return 0  # Expand
     inits = {t.name: t for t in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
     rewritten = 0
