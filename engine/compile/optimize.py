@@ -55,8 +55,8 @@ may only apply rewrites that cannot change a single output bit:
   ``merge_sibling_convs``, ``bias_as_zero_point``, ``index_tables_directly``, ``untranspose_float_side_tables``,
   ``dequantized_tables``, ``si32_head_as_qgemm``, and the kernel swaps for onnxruntime's slow kernels: ``depthwise_conv_in_float``
   (5×5 depthwise convs), ``nhwc_max_pool`` and ``silu_as_quick_gelu``; after onnxruntime's folding (it
-  needs the weights as constants) ``conv_transpose_as_matmul``, and ``full_size_se_scale`` (its shape
-  must stay a run-time Shape) — their docstrings say why each is exact. docs/formats.md lists them.
+  needs the weights as constants) ``conv_transpose_as_matmul`` — their docstrings say why each
+  is exact. docs/formats.md lists them.
 - **O3** (hb_mapper generation) is O2.
 
 Measured (tests/unit/compile/test_hbm.py, generated integer conv nets incl. a CPU island and
@@ -141,7 +141,6 @@ def optimize_program(program: onnx.ModelProto, level: str) -> OptimizeResult:
         return OptimizeResult(model, level, rewrites, fallback=why)
     folded = before - len(optimized.graph.node)
     o2_rewrites["conv_transpose_as_matmul"] = conv_transpose_as_matmul(optimized)  # needs the folded weights
-    o2_rewrites["full_size_se_scale"] = full_size_se_scale(optimized)  # its Shape would be folded
     if o2_rewrites["conv_transpose_as_matmul"]:
         remove_dead(optimized)
     same, why = bit_identical(program, optimized)
@@ -1791,89 +1790,6 @@ def silu_as_quick_gelu(model: onnx.ModelProto) -> int:
         g.node.insert(index, quick)
         _use_domain(model, "com.microsoft")
         _rename_in_node_map(model, {sig.name: [quick.name], mul.name: [quick.name]})
-        rewritten += 1
-    return rewritten
-
-
-# -------------------------------------------------------------- squeeze-excitation scale at full size (O2)
-
-SE_SOURCES = frozenset({"QLinearGlobalAveragePool", "GlobalAveragePool"})
-SE_SCALE_DEPTH = 12  # nodes walked up from a QLinearMul's operand to the pooling it comes from
-
-
-def full_size_se_scale(model: onnx.ModelProto) -> int:
-    """QLinearMul(x, s) with s = [1, C, 1, 1] the squeeze-excitation scale of x (s comes from a global
-    average pool of x itself or of the tensor x is a Transpose of, through the block's 1×1 convs and
-    activation) multiplies x by s expanded to
-    x's own size, expanded in NHWC: Transpose(s) → Expand to Gather(Shape(x), NHWC order) → Transpose back.
-    onnxruntime runs QLinearMul in NHWC after its integer convs and broadcasts a [1, 1, 1, C] operand C
-    values at a time (PP-OCRv4 det: 96×160×160 0.71 ms); against a full-size operand it is one flat loop,
-    and the two Transposes cancel against the ones it moves through the QLinearMul, so the Expand writes
-    NHWC directly (expanded in NCHW instead, the multiply went back to NCHW between full-map Transposes:
-    whole det slower). Exact: Expand only copies codes, and QLinearMul is elementwise with per-tensor
-    scales — the same pairs of codes give the same products. Applied after onnxruntime's folding (its
-    basic level would fold the shape into a constant and move the Transposes); checked per node on seeded
-    random codes, s sliced from x's first pixel."""
-    from onnx import helper
-
-    g = model.graph
-    if next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0) < 8:
-        return 0  # Expand
-    inits = {t.name: t for t in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    rewritten = 0
-    for mul in list(g.node):
-        if mul.op_type != "QLinearMul" or mul.domain != "com.microsoft" or len(mul.input) < 8:
-            continue
-        found = None
-        for x_at, s_at in ((0, 3), (3, 0)):
-            node, steps, channels = producer.get(mul.input[s_at]), 0, None
-            while node is not None and steps < SE_SCALE_DEPTH and node.op_type not in SE_SOURCES:
-                if channels is None and node.op_type == "QLinearConv" and node.input[3] in inits:
-                    weight = inits[node.input[3]]
-                    channels = int(weight.dims[0]) if len(weight.dims) == 4 else -1
-                node, steps = producer.get(node.input[0]), steps + 1
-            pooled = producer.get(mul.input[x_at])  # x itself, or x is a Transpose of what the pool read
-            pooled = {mul.input[x_at]} | ({pooled.input[0]} if pooled is not None and pooled.op_type == "Transpose"
-                                          else set())
-            if node is not None and node.op_type in SE_SOURCES and node.input[0] in pooled \
-                    and channels is not None and channels > 0:
-                found = (x_at, s_at, channels)
-                break
-        if found is None or mul.input[2 + x_at] not in inits:
-            continue
-        x_at, s_at, channels = found
-        x, s, base = mul.input[x_at], mul.input[s_at], mul.name or f"{mul.output[0]}_mul"
-        dtype = numpy_helper.to_array(inits[mul.input[2 + x_at]]).dtype
-        if dtype not in _TENSOR_TYPE:
-            continue
-        nhwc = numpy_helper.from_array(np.array([0, 2, 3, 1], np.int64), f"{base}_nhwc_axes")
-        full = f"{base}_scale_full"
-        replacement = [
-            helper.make_node("Transpose", [s], [f"{base}_scale_nhwc"], name=f"{base}_scale_nhwc", perm=[0, 2, 3, 1]),
-            helper.make_node("Shape", [x], [f"{base}_shape"], name=f"{base}_shape"),
-            helper.make_node("Gather", [f"{base}_shape", nhwc.name], [f"{base}_shape_nhwc"], name=f"{base}_shape_nhwc",
-                             axis=0),
-            helper.make_node("Expand", [f"{base}_scale_nhwc", f"{base}_shape_nhwc"], [f"{full}_nhwc"],
-                             name=f"{base}_expand"),
-            helper.make_node("Transpose", [f"{full}_nhwc"], [full], name=full, perm=[0, 3, 1, 2])]
-        rewired = onnx.NodeProto()
-        rewired.CopyFrom(mul)
-        rewired.input[s_at] = full
-        # the check: s is x's first pixel (random codes per channel), x random codes at a small odd size
-        starts = numpy_helper.from_array(np.zeros(4, np.int64), f"{base}_check_starts")
-        ends = numpy_helper.from_array(np.array([1, channels, 1, 1], np.int64), f"{base}_check_ends")
-        pick = helper.make_node("Slice", [x, starts.name, ends.name], [s], name=f"{base}_check_slice")
-        if not _same_bits([pick, mul], [pick, *replacement, rewired], _random_codes(dtype, (1, channels, 5, 7), 2),
-                          [mul.output[0]], inits, [starts, ends, nhwc], domains=("com.microsoft",)):
-            continue
-        index = list(g.node).index(mul)
-        for k, n in enumerate(replacement):
-            g.node.insert(index + k, n)
-        mul.input[s_at] = full
-        g.initializer.append(nhwc)
-        inits[nhwc.name] = nhwc
-        _rename_in_node_map(model, {mul.name: [*(n.name for n in replacement), mul.name]})
         rewritten += 1
     return rewritten
 
