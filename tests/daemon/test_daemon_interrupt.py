@@ -41,8 +41,12 @@ def test_client_ctrl_c_exits_130_without_traceback(tmp_path):
     env = {**os.environ, "HBCOMPILE_DAEMON_SOCKET": str(run / "daemon.sock")}
     env.pop("HBCOMPILE_NO_DAEMON", None)
     env["PYTHONFAULTHANDLER"] = "1"  # a hang dumps the client's stacks (SIGABRT below) into the failure
+    # Ctrl-C's default disposition in the client whatever this process inherited: a shell running the suite as
+    # a background job (`make test &`) ignores SIGINT, and an ignored SIGINT passes through exec to the client,
+    # whose Python then installs no KeyboardInterrupt handler (the run waited out the fake daemon's 30 s)
     client = subprocess.Popen([sys.executable, "-m", "engine.cli", "-c", "x.yaml"], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert client.stdout.readline().startswith("Start hb_compile")
     assert served.wait(30)  # the daemon is serving it (not a cold run after a failed connect)
     client.send_signal(signal.SIGINT)
