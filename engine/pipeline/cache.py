@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.pipeline.hashing import sha256_file
+from engine.pipeline.hashing import CHUNK, sha256_file
 
 log = logging.getLogger("hbcompile")
 KEEP_PER_STAGE = 4
@@ -365,10 +365,10 @@ def _process_umask() -> int:
     return mask
 
 
-def published_mode(directory: bool = False) -> int:
-    """The mode a plain `open()` / `mkdir()` would give: mkstemp / mkdtemp make 0600 / 0700 files,
-    which other users, a container or a web server serving the models could not read."""
-    return (0o777 if directory else 0o666) & ~_process_umask()
+def published_mode() -> int:
+    """The mode a plain `mkdir()` would give a folder: mkdtemp makes 0700 ones, which other users, a
+    container or a web server serving the models could not read (files get theirs from `_new_temp`)."""
+    return 0o777 & ~_process_umask()
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -398,23 +398,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_copy(src: Path, dest: Path) -> tuple[str, os.stat_result]:
-    """Copy `src` over `dest` atomically; returns the sha256 of the bytes copied and the new file's stat
-    (taken as it was closed: a rename keeps size and mtime), so a publisher neither reads `src` again
-    to hash it nor stats `dest` to remember it."""
+def atomic_copy(src: Path, dest: Path) -> str:
+    """Copy `src` over `dest` atomically; returns the sha256 of the bytes copied, so a publisher does not
+    read `src` again to hash it."""
     fd, tmp = _new_temp(dest)
     h = hashlib.sha256()
     try:
         with open(src, "rb") as fsrc, os.fdopen(fd, "wb", buffering=0) as fdst:
-            while chunk := fsrc.read(_COPY_CHUNK):
+            while chunk := fsrc.read(CHUNK):
                 h.update(chunk)
                 fdst.write(chunk)
-            st = os.fstat(fdst.fileno())
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return h.hexdigest(), st
-
-
-_COPY_CHUNK = 1 << 20
+    return h.hexdigest()

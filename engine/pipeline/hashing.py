@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-_CHUNK = 1 << 20
+CHUNK = 1 << 20  # bytes read at a time when hashing or copying a file
 RACY_NS = 2_000_000_000  # a hash taken less than this after the file's mtime is taken again next time
 CTIME_RACY_NS = 50_000_000  # … or this after its ctime (several kernel ticks; ctime is set by the kernel only)
 
@@ -67,7 +67,7 @@ def shared_hashes() -> HashMemo:
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
+        while chunk := fh.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
 

@@ -93,7 +93,7 @@ class Publisher:
                     out[name] = dest
                 else:
                     if not self._published_from(dest, src, dest_st, src_st):
-                        digest, _ = atomic_copy(src, dest)
+                        digest = atomic_copy(src, dest)
                         self._remember_copy(dest, src)  # stat after the rename, which moves the ctime
                         self._keep_sha(src, src_st, digest)
                     record[name] = self._sha(src, src_st)
@@ -299,7 +299,7 @@ def replace_folder(src: Path, dest: Path) -> None:
     try:
         shutil.copytree(src, tmp, dirs_exist_ok=True)
         (tmp / FOLDER_MARK).write_text("written by hb_compile: removed or replaced by its next runs\n")
-        os.chmod(tmp, published_mode(directory=True))  # after copytree: it copies the entry folder's mode
+        os.chmod(tmp, published_mode())  # after copytree: it copies the entry folder's mode
         if dest.is_dir():
             old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
             os.replace(dest, old)
