@@ -94,10 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         code, declined = forward(["--no-daemon", *argv])  # first: an argv ending in `--` takes no more options
         if code is not None:
             return code
-    build_parser().parse_args(argv)  # help, version, a usage error: before any word about the daemon
     if declined is not None:
         from engine.daemon_client import say
 
+        build_parser().parse_args(argv)  # help, version, a usage error: before any word about the daemon
         say(declined)
     return cold_main(argv)
 

@@ -49,12 +49,6 @@ PROTOCOL = 2
 RESTART = "hblsp daemon stop && hblsp daemon start"
 
 
-def runtime_dir() -> Path:
-    from pathlib import Path
-
-    return Path(_runtime_dir())
-
-
 def _runtime_dir() -> str:
     base = os.environ.get("XDG_RUNTIME_DIR")
     if not base:
@@ -253,6 +247,14 @@ def _busy_words(busy: object) -> str:
     return f"`{command}` in {busy.get('cwd', '?')}{since}"
 
 
+DECLINES = ("refused", "busy", "error")  # how a daemon of this protocol declines a run
+
+
+def _from_old_daemon(first: dict) -> bool:
+    """A first reply that neither takes the run nor declines it as this protocol does: an older daemon."""
+    return not first.get("accepted") and not any(key in first for key in DECLINES)
+
+
 def _decline(first: dict, ours: dict[str, str]) -> str | None:
     """The daemon's first reply as the reason to run cold, or None when it took the run."""
     if first.get("accepted"):
@@ -266,16 +268,6 @@ def _decline(first: dict, ours: dict[str, str]) -> str | None:
         return f"hblsp daemon refused the run ({first['error']}); running without it"
     return (f"hblsp daemon is running {describe_difference(None, ours)}; "
             f"running without it — restart it with `{RESTART}`")
-
-
-def run_via_daemon(argv: list[str]) -> int | None:
-    """Forward an hb_compile run to a running daemon; None when the run is to be done here (cold):
-    no daemon, one running another hbcompile, one busy with another run, one that went away.
-    Why a daemon declined goes to stderr at once."""
-    code, declined = forward(argv)
-    if declined is not None:
-        say(declined)
-    return code
 
 
 def forward(argv: list[str]) -> tuple[int | None, str | None]:
@@ -300,7 +292,7 @@ def forward(argv: list[str]) -> tuple[int | None, str | None]:
                 return None, None  # the daemon went away before answering: run cold
             declined = _decline(first, ours)
             if declined is not None:
-                if not any(key in first for key in ("refused", "busy", "error")):
+                if _from_old_daemon(first):
                     _let_old_daemon_go(sock, messages)
                 return None, declined
             for msg in messages:
