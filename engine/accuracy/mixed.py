@@ -301,10 +301,6 @@ class PlanEvaluator:
         self.spread: dict[tuple[frozenset, int], float] = {}  # standard error of the mean cosine
         self.builds = 0
 
-    @property
-    def reference(self) -> list[dict[str, np.ndarray]]:
-        return self.references.values
-
     def calibration_for(self, moves: Mapping[str, Target]) -> Calibration:
         info, thresholds = decisions(self.model, self.plan, self.probe, moves, self.wide)
         out = Calibration({**self.calibration, **{t: ActQuant(t, v, method="max (int16)") for t, v in thresholds.items()
@@ -340,14 +336,14 @@ class PlanEvaluator:
         data = ptq.SerializeToString(deterministic=True)
         model, refs = runs.digest(data), self.references
         keys = [runs.run_key(model, refs.sample_key(i), self.outputs, refs.model_key) for i in range(n)]
-        per = [runs.lookup(k) for k in keys]
-        missing = [i for i, found in enumerate(per) if found is None]
-        if missing:
+
+        def compute(missing: list[int]):
             session = quiet_session(data)
             for i, reference in zip(missing, refs.some(missing), strict=True):
                 got = run_outputs(session, self.samples[i], self.outputs)
-                per[i] = runs.store(keys[i], [cosine(reference[o], got[o]) for o in self.outputs])
-        return per
+                yield [cosine(reference[o], got[o]) for o in self.outputs]
+
+        return runs.memoised(keys, compute)
 
     def margin(self, moves: Mapping[str, Target], samples: int | None = None) -> float:
         """The standard error of the mean output cosine of `moves` (measured by `loss`, which runs first):

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from engine.pipeline.recent import Recent
 
@@ -90,6 +90,18 @@ def store(key: str, value: Cosines) -> Cosines:
     return RUNS.put(key, tuple(value))
 
 
+def memoised(keys: Sequence[str], compute: Callable[[list[int]], Iterable[Sequence]]) -> list[Cosines]:
+    """Per key, the value the memo holds; `compute(missing)` gives the values of the keys it does not hold
+    (their positions, in order), each stored as it comes. The callers' one loop: look up, run what is
+    missing (one session, one batch of float references), file."""
+    per = [lookup(k) for k in keys]
+    missing = [i for i, found in enumerate(per) if found is None]
+    if missing:
+        for i, value in zip(missing, compute(missing), strict=True):
+            per[i] = store(keys[i], value)
+    return per
+
+
 def mean_loss(per_sample: Sequence[Cosines]) -> float:
     """1 − the mean over samples and outputs of the cosines, as `sensitivity.output_loss` averages them
     (`similarity.mean_output_cosine`: one flat list, sample by sample, output by output)."""
@@ -99,4 +111,4 @@ def mean_loss(per_sample: Sequence[Cosines]) -> float:
     return 1.0 - (float(np.mean(values)) if values else 1.0)
 
 
-__all__ = ["ENTRIES", "RUNS", "RunMemo", "digest", "lookup", "mean_loss", "run_key", "store"]
+__all__ = ["ENTRIES", "RUNS", "RunMemo", "digest", "lookup", "mean_loss", "memoised", "run_key", "store"]

@@ -185,17 +185,16 @@ class Evaluator:
         from engine.similarity import cosine
 
         model, switches, refs = self.sw.digest(), self.sw.setting_key(setting), self.references
-        out = []
-        for i, sample in enumerate(self.samples):
-            key = runs.run_key(model, refs.sample_key(i), self.sw.outputs, refs.model_key, switches)
-            found = runs.lookup(key)
-            if found is None:
-                got = self.sw.run(sample, setting)
+        keys = [runs.run_key(model, refs.sample_key(i), self.sw.outputs, refs.model_key, switches)
+                for i in range(len(self.samples))]
+
+        def compute(missing: list[int]):
+            for i, reference in zip(missing, refs.some(missing), strict=True):
+                got = self.sw.run(self.samples[i], setting)
                 self.runs += 1
-                reference = refs[i]
-                found = runs.store(key, [cosine(reference[o], got[o]) for o in self.sw.outputs])
-            out.append(found)
-        return out
+                yield [cosine(reference[o], got[o]) for o in self.sw.outputs]
+
+        return runs.memoised(keys, compute)
 
     def loss(self, setting: Setting) -> float:
         """`output_loss` of the runs under `setting`: 1 − the mean output cosine over samples and outputs."""
@@ -294,20 +293,19 @@ def _all_quantized(ev: Evaluator, model: onnx.ModelProto, exposed: Sequence[str]
     sw, refs = ev.sw, ev.references
     everything = sw.all_on()
     switches = sw.setting_key(everything)
-    out = []
-    for i, sample in enumerate(ev.samples):
-        key = runs.run_key(sw.digest(), refs.sample_key(i), [*sw.outputs, *exposed], refs.model_key, switches,
-                           kind="output and exposed tensor cosines")
-        found = runs.lookup(key)
-        if found is None:
+    keys = [runs.run_key(sw.digest(), refs.sample_key(i), [*sw.outputs, *exposed], refs.model_key, switches,
+                         kind="output and exposed tensor cosines") for i in range(len(ev.samples))]
+
+    def compute(missing: list[int]):
+        for i, reference in zip(missing, refs.some(missing), strict=True):
+            sample = ev.samples[i]
             got = sw.run(sample, everything, exposed)
             ev.runs += 1
-            reference = refs[i]
             floats = run_model(model, sample, exposed)
-            found = runs.store(key, (tuple(cosine(reference[o], got[o]) for o in sw.outputs),
-                                     tuple(cosine(floats[t], got[t]) for t in exposed)))
-        out.append(found)
-    return out
+            yield (tuple(cosine(reference[o], got[o]) for o in sw.outputs),
+                   tuple(cosine(floats[t], got[t]) for t in exposed))
+
+    return runs.memoised(keys, compute)
 
 
 def _refined(ranked: list[NodeSensitivity], model: onnx.ModelProto, plan: QuantPlan, samples: Sequence[Sample],
