@@ -120,16 +120,7 @@ class SwitchableModel:
 
     def switched_on(self, setting: Setting) -> list[tuple[str, bool]]:
         """(switch input, on) of every switch input under `setting`, in switch order."""
-        out: list[tuple[str, bool]] = []
-        for s in self.switches:
-            if s.kind == "activation":
-                bits = setting.acts.get(s.target, 0)
-                out.append((s.input8, bits == 8 or (bits == 16 and s.input16 is None)))
-                if s.input16 is not None:
-                    out.append((s.input16, bits == 16))
-            else:
-                out.append((s.input8, s.target in setting.weights))
-        return out
+        return [pair for s in self.switches for pair in _inputs(s, setting)]
 
     def feeds(self, setting: Setting) -> dict[str, np.ndarray]:
         return {name: np.array(on) for name, on in self.switched_on(setting)}
@@ -158,16 +149,8 @@ class SwitchableModel:
             self._by_target = {}
             for s in self.switches:
                 self._by_target.setdefault((s.kind, s.target), []).append(s)
-        out = []
-        for t, bits in setting.acts.items():
-            for s in self._by_target.get(("activation", t), ()):
-                if bits == 8 or (bits == 16 and s.input16 is None):
-                    out.append(s.input8)
-                if s.input16 is not None and bits == 16:
-                    out.append(s.input16)
-        for t in setting.weights:
-            out.extend(s.input8 for s in self._by_target.get(("weight", t), ()))
-        return out
+        chosen = [*(("activation", t) for t in setting.acts), *(("weight", t) for t in setting.weights)]
+        return [name for key in chosen for s in self._by_target.get(key, ()) for name, on in _inputs(s, setting) if on]
 
     def session(self, threads: int | None = None):
         if self._session is None:
@@ -189,6 +172,16 @@ class SwitchableModel:
         for t in tensors:
             out[t] = got[self.mapping.get(t, t)] if self.mapping.get(t, t) in got else sample[t]
         return out
+
+
+def _inputs(s: Switch, setting: Setting) -> list[tuple[str, bool]]:
+    """(input, on) of switch `s`'s inputs under `setting`: an activation's int8 input is on at 8 bits (and at
+    16 when it has no int16 input), its int16 input at 16; a weight's when the setting names its tensor."""
+    if s.kind != "activation":
+        return [(s.input8, s.target in setting.weights)]
+    bits = setting.acts.get(s.target, 0)
+    pairs = [(s.input8, bits == 8 or (bits == 16 and s.input16 is None))]
+    return pairs + [(s.input16, bits == 16)] if s.input16 is not None else pairs
 
 
 def gated_constants(model: onnx.ModelProto, switches: Collection[str]) -> dict[str, set[str]]:
