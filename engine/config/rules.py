@@ -80,7 +80,7 @@ class RuleContext:
 
 
 def model_input_names(path: Path) -> list[str] | None:
-    """An ONNX file's graph inputs (initializers excluded), without its weights, memoised per file version
+    """An ONNX file's graph inputs (initializers excluded; external weight files not read), memoised per file version
     (size, mtime, ctime and inode: a model replaced by a same-size file with its mtime put back, as `cp -p`
     or a rename does, is another version); None when it cannot be read (the parse stage says why)."""
     try:
@@ -93,11 +93,10 @@ def model_input_names(path: Path) -> list[str] | None:
 
 @lru_cache(maxsize=8)
 def _onnx_input_names(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> tuple[str, ...] | None:
-    from engine.frontend.model_info import model_info
-    from engine.frontend.onnx_model import load_onnx
+    from engine.frontend.model_info import read_model_info
 
     try:
-        return tuple(model_info(load_onnx(Path(path), load_weights=False)).input_names)
+        return tuple(read_model_info(path).input_names)
     except (HbError, OSError, ValueError):
         return None
 
