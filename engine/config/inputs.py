@@ -9,7 +9,6 @@ server as soon as it has read the model.
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,7 +148,6 @@ def _model_rules(data: dict[str, dict[str, Any]], info: ModelInfo) -> Iterator[P
                       data={"name": name, **place})
 
 
-_OP_ITEM = re.compile(r"set_([A-Za-z0-9]+)_(input|output)_int(8|16)")
 
 
 def _fused_op_types() -> frozenset[str]:
@@ -169,7 +167,7 @@ def _optimization_op_types(value: Any, info: ModelInfo) -> Iterator[Problem]:
         return
     lower = {t.lower(): t for t in present}
     for i, item in enumerate(str(value).split(",") if value is not None else ()):
-        m = _OP_ITEM.fullmatch(item.strip())
+        m = V.OP_BITS_ITEM.fullmatch(item.strip())
         if m is None or m.group(1) in present or m.group(1) == "model" \
                 or ("Mul" in present and m.group(1) in _fused_op_types()):  # set_model_output_*: the outputs
             continue

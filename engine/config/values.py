@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 _UNSET = {"", "none", "null"}
+# an `optimization` item setting one op type's input or output bits: (op type, input|output, 8|16)
+OP_BITS_ITEM = re.compile(r"set_([A-Za-z0-9]+)_(input|output)_int(8|16)")
 
 
 def split_list(value: Any) -> list[str | None]:

@@ -65,6 +65,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from engine.config.values import OP_BITS_ITEM
 from engine.passes.graph import FLOAT_TYPES, Graph
 from engine.passes.groups import read_groups
 from engine.pipeline.recent import Recent
@@ -147,7 +148,7 @@ class QuantOptions:
                 flags["model_output_bits"] = int(item.rsplit("int", 1)[1])
             elif item in ("set_all_nodes_int16", "asymmetric", "bias_correction"):
                 flags[{"set_all_nodes_int16": "all_nodes_int16"}.get(item, item)] = True
-            elif m := re.fullmatch(r"set_([A-Za-z0-9]+)_(input|output)_int(8|16)", item):
+            elif m := OP_BITS_ITEM.fullmatch(item):
                 values[f"op_{m.group(2)}_bits"][m.group(1)] = int(m.group(3))
         return cls(run_on_cpu=frozenset(run_on_cpu), run_on_bpu=frozenset(run_on_bpu),
                    node_info={k: NodeInfo.parse(v) for k, v in (node_info or {}).items()},
