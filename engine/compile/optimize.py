@@ -1167,15 +1167,13 @@ _PER_TENSOR_ELEMENTWISE = frozenset({"Relu", "Sigmoid", "Tanh", "Clip", "LeakyRe
 
 def conv_transpose_as_matmul(model: onnx.ModelProto) -> int:
     """A ConvTranspose whose kernel equals its stride (no overlap: PP-OCRv4 det's DB head, two of them
-    2×2/2) writes each input pixel's column W^T·x into its own s×s output block. Kept in
-    space-to-depth layout — rows (c, a, b) of a [C·B², H·W] matrix, B the stride so far — the
-    ConvTranspose is a MatMul by W^T (a second one by a block-diagonal W^T over the (a, b) rows) plus
-    the bias; the elementwise per-tensor ops after it (Relu, Quantize / DequantizeLinear, Sigmoid …) run
-    in that layout as they are, and one DepthToSpace (CRD, block B) on the last 8-bit codes puts the
-    pixels in place. onnxruntime's ConvTranspose is the same GEMM over the input channels followed by a
-    col2im pass and a bias pass (PP-OCRv4 det 24→24 on 160×160: 2.9 ms, the MatMul 1.5 ms); the
-    zero terms of the block-diagonal matrix add +0 to a running sum. Checked on the whole region,
-    seeded random input codes at its real shape, bit for bit."""
+    2×2/2) writes each input pixel's column W^T·x into its own s×s output block. Kept in space-to-depth
+    layout (`_space_to_depth_nodes`: a MatMul by W^T per ConvTranspose, broadcast over the blocks of the
+    ones before it, plus the bias), the elementwise per-tensor ops after it (Relu, Quantize /
+    DequantizeLinear, Sigmoid …) run in that layout as they are, and one DepthToSpace (DCR) on the last
+    8-bit codes puts the pixels in place. onnxruntime's ConvTranspose is the same GEMM over the input
+    channels followed by a col2im pass and a bias pass (PP-OCRv4 det 24→24 on 160×160: 2.9 ms, the MatMul
+    1.5 ms). Checked on the whole region, seeded random input codes at its real shape, bit for bit."""
 
     g = model.graph
     inits = {t.name: t for t in g.initializer}
@@ -1184,14 +1182,12 @@ def conv_transpose_as_matmul(model: onnx.ModelProto) -> int:
     if next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0) < 15:
         return 0  # Shape(start=2) reads H, W
     rewritten = 0
+    outputs = {o.name for o in g.output}
     for start in list(g.node):
-        if start not in g.node:
-            continue
+        if _block_transpose(start, inits) is None or start not in g.node:
+            continue  # the cheap test first: the graph's maps are rebuilt only for a ConvTranspose still in it
         readers = _consumers(g)
-        outputs = {o.name for o in g.output}
         producer = {o: n for n in g.node for o in n.output}
-        if _block_transpose(start, inits) is None:
-            continue
         dq = producer.get(start.input[0])
         if dq is None or dq.op_type != "DequantizeLinear" or not _scalar_params(dq, inits) \
                 or len(readers.get(dq.output[0], [])) != 1:
