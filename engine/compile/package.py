@@ -98,20 +98,6 @@ class HbmBuild:
         return types
 
 
-SPECS_KEEP = 8  # `.bc`s whose runtime I/O specs are kept
-_specs: Recent[str, str] = Recent(SPECS_KEEP)  # `.bc` sha256 → its io_specs(…, "runtime") as JSON
-
-
-def _runtime_specs(bc: onnx.ModelProto, source_sha256: str) -> tuple[list[dict], list[dict]]:
-    """`io_specs(bc, "runtime")`, kept in this process by the `.bc`'s sha256 (as JSON: each build gets its
-    own lists to fill in): every compiler_parameters edit packages the same `.bc` again."""
-    kept = _specs.get(source_sha256)
-    if kept is None:
-        kept = _specs.put(source_sha256, json.dumps(io_specs(bc, "runtime", source_sha256)))
-    inputs, outputs = json.loads(kept)
-    return inputs, outputs
-
-
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -229,7 +215,7 @@ def build_hbm(bc: onnx.ModelProto, options: CompileOptions, *, plan: QuantPlan |
     else:
         result = optimize_program(stamped(), options.optimize_level)
         program_bytes = result.program.SerializeToString()
-    inputs, outputs = _runtime_specs(bc, source_sha256)  # the placement stamp changes neither
+    inputs, outputs = io_specs(bc, "runtime", source_sha256)  # the placement stamp changes neither
     for spec in inputs:
         spec["input_source"] = options.input_source.get(spec["name"]) or default_source(spec.get("input_type_rt"))
     opsets = {(o.domain or "ai.onnx"): o.version for o in result.program.opset_import}
