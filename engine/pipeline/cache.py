@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.pipeline.hashing import CHUNK, sha256_file
+from engine.pipeline.hashing import CHUNK, sha256_file, stat_stamp
 
 log = logging.getLogger("hbcompile")
 KEEP_PER_STAGE = 4
@@ -49,7 +49,7 @@ class StageCache:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._meta: dict[Path, dict[str, Any]] = {}  # meta.json of entries looked up (entries never change)
-        self._stamps: dict[Path, tuple[int, int, int]] = {}  # entry → its meta.json's (inode, size, mtime) when read
+        self._stamps: dict[Path, tuple[int, ...]] = {}  # entry → its meta.json's stat_stamp when read
         self._last: tuple[tuple[int, int, int], dict[str, Any]] | None = None  # last_run.json (stamp, parts)
         self._trash_checked = False
 
@@ -265,14 +265,13 @@ def _folders(path: Path) -> list[os.DirEntry]:
         return []
 
 
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    """A regular file's (inode, size, mtime_ns), None when there is none: a file rewritten (replaced,
-    or written in place with another size or time) gets another stamp."""
+def _stamp(path: Path) -> tuple[int, ...] | None:
+    """A regular file's `stat_stamp`, None when there is none: a file rewritten gets another stamp."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
+    return stat_stamp(st) if stat.S_ISREG(st.st_mode) else None
 
 
 TIMING_KEYS = frozenset({"seconds", "cpu_seconds"})  # how long a step took, not what it produced

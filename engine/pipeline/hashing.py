@@ -30,6 +30,12 @@ RACY_NS = 2_000_000_000  # a hash taken less than this after the file's mtime is
 CTIME_RACY_NS = 50_000_000  # … or this after its ctime (several kernel ticks; ctime is set by the kernel only)
 
 
+
+def stat_stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells one version of a file from another without reading it: size, mtime, ctime (a write in place
+    with the mtime put back moves it) and inode (a file renamed over it)."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
 class HashMemo:
     def __init__(self) -> None:
         self._memo: dict[str, tuple[tuple[int, int, int, int], str]] = {}
@@ -40,7 +46,7 @@ class HashMemo:
         hash was taken within `RACY_NS` of its last change."""
         name = os.fspath(path)
         st = os.stat(name)
-        stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        stamp = stat_stamp(st)
         # the memo's slot: the absolute path as written (resolving symlinks cost more than the rest of
         # an unchanged run's keys); the slot's stamp is checked against this stat anyway
         key = name if os.path.isabs(name) else os.path.join(os.getcwd(), name)

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from engine.pipeline.cache import atomic_copy, atomic_write_text, published_mode
-from engine.pipeline.hashing import HashMemo
+from engine.pipeline.hashing import HashMemo, stat_stamp
 from engine.problems import HbError, error
 
 log = logging.getLogger("hbcompile")
@@ -36,10 +36,6 @@ FOLDER = "folder"
 ENTRY_SHA_KEEP = 1024  # entry files whose sha256 a Publisher keeps (then it starts over)
 COPIES_KEEP, RECORDS_KEEP = 4096, 64  # published files / working_dirs a Publisher remembers (then it starts over)
 FOLDER_STAMP: tuple[int, ...] = ()  # a published folder is known by its path (replace_folder swaps it whole)
-
-
-def _stamp(st: os.stat_result) -> tuple[int, ...]:
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
 class ArtefactCollisionError(HbError):
@@ -58,7 +54,7 @@ class Publisher:
         self.hashes = hashes
         # published artefact -> (cache file, its stamp: size, mtime, ctime, inode); a folder's stamp is FOLDER_STAMP
         self.copied: dict[str, tuple[str, tuple[int, ...]]] = {}
-        self._entry_sha: dict[str, tuple[tuple[int, int, int], str]] = {}  # entry file -> (stamp, sha256)
+        self._entry_sha: dict[str, tuple[tuple[int, ...], str]] = {}  # entry file -> (stamp, sha256)
         self._records: dict[str, tuple[tuple[int, ...], dict[str, str]]] = {}  # record path -> (stamp, record)
 
     def publish(self, working_dir: Path, cache_root: Path, artefacts: Iterable[tuple[str, Path | None]],
@@ -112,7 +108,7 @@ class Publisher:
             self._records.pop(str(path), None)
             return {}, True
         kept = self._records.get(str(path))
-        if kept is not None and kept[0] == _stamp(st):
+        if kept is not None and kept[0] == stat_stamp(st):
             return dict(kept[1]), False
         record = _read_record(path)
         self._keep_record(path, st, record)
@@ -126,20 +122,19 @@ class Publisher:
     def _keep_record(self, path: Path, st: os.stat_result, record: dict[str, str]) -> None:
         if len(self._records) >= RECORDS_KEEP and str(path) not in self._records:
             self._records.clear()
-        self._records[str(path)] = (_stamp(st), record)
+        self._records[str(path)] = (stat_stamp(st), record)
 
     def _sha(self, src: Path, st: os.stat_result) -> str:
-        """sha256 of an entry file, kept by its (size, mtime, inode): entries never change once committed."""
-        stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+        """sha256 of an entry file, kept by its stat stamp: entries never change once committed."""
         kept = self._entry_sha.get(str(src))
-        if kept is not None and kept[0] == stamp:
+        if kept is not None and kept[0] == stat_stamp(st):
             return kept[1]
         return self._keep_sha(src, st, self.hashes.file(src))
 
     def _keep_sha(self, src: Path, st: os.stat_result, digest: str) -> str:
         if len(self._entry_sha) >= ENTRY_SHA_KEEP:  # a long-lived daemon: entries come and go
             self._entry_sha.clear()
-        self._entry_sha[str(src)] = ((st.st_size, st.st_mtime_ns, st.st_ino), digest)
+        self._entry_sha[str(src)] = (stat_stamp(st), digest)
         return digest
 
     def _check_folder(self, src: Path, dest: Path, record: Mapping[str, str]) -> None:
@@ -166,7 +161,7 @@ class Publisher:
         racy window)."""
         if st is None:
             return False
-        if self.copied.get(str(dest)) == (str(src), _stamp(st)):
+        if self.copied.get(str(dest)) == (str(src), stat_stamp(st)):
             return True
         if st.st_size != src_st.st_size or self.hashes.file(dest) != self._sha(src, src_st):
             return False
@@ -177,7 +172,7 @@ class Publisher:
         """`dest` now holds `src`'s bytes: remembered by its stamp so the next publish skips it."""
         if len(self.copied) >= COPIES_KEEP:  # a daemon serving many working_dirs: forget, then hash once again
             self.copied.clear()
-        self.copied[str(dest)] = (str(src), _stamp(st or os.stat(dest)))
+        self.copied[str(dest)] = (str(src), stat_stamp(st or os.stat(dest)))
 
     def _unpublish(self, dest: Path, record: dict[str, str], inputs: _Inputs, legacy: bool) -> None:
         """An artefact this run does not make leaves working_dir — when it is still what was published

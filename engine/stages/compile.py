@@ -95,9 +95,10 @@ class UpstreamInputs:
     specs: Any
 
 
-def _stamp(path: Path) -> tuple[str, int, int, int, int]:
-    st = os.stat(path)
-    return str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+def _stamp(path: Path) -> tuple:
+    from engine.pipeline.hashing import stat_stamp
+
+    return str(path), *stat_stamp(os.stat(path))
 
 
 def upstream_inputs(ctx: StageContext) -> UpstreamInputs:
