@@ -121,10 +121,17 @@ def _edit_range(doc: ConfigDoc, line: int, start: int, end: int) -> types.Range:
 
 
 def _accepted_in(doc: ConfigDoc, env: Env, line: int) -> Accepted:
-    """What the config checks accept at a path, given this document and its model's inputs."""
+    """What the config checks accept at a path, given this document and its model's inputs. The document is
+    read again without the typed line only when asked (a key completion in a plain client never asks)."""
     inputs = [t.name for t in env.model.inputs] if env.model is not None else None
-    data = doc.data if doc.data is not None else _data_without(doc.positions.lines, line)
-    return lambda path: sv.accepted(path, data, inputs)
+    read: list[dict[str, Any] | None] = []
+
+    def accepted(path: tuple[str, ...]) -> set[str] | None:
+        if not read:
+            read.append(doc.data if doc.data is not None else _data_without(doc.positions.lines, line))
+        return sv.accepted(path, read[0], inputs)
+
+    return accepted
 
 
 def _data_without(lines: list[str], line: int) -> dict[str, Any] | None:
