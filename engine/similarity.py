@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import onnx
 
+from engine.passes.graph import subgraphs
 from engine.quantize.calibrated import calibration_map
 from engine.quantize.types import QuantPlan
 
@@ -147,7 +148,7 @@ def tensor_digests(model: onnx.ModelProto) -> dict[str, bytes | None]:
         digests[t.name] = hashlib.sha256(b"constant\0" + t.SerializeToString()).digest()
     for node in model.graph.node:
         inputs = [digests.get(i) for i in node.input]
-        if any(d is None for d in inputs) or any(a.HasField("g") or len(a.graphs) for a in node.attribute):
+        if any(d is None for d in inputs) or next(subgraphs(node), None) is not None:
             digests.update((o, None) for o in node.output)
             continue
         h = hashlib.sha256(f"{node.domain}\0{node.op_type}\0".encode())

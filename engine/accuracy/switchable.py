@@ -35,6 +35,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from engine.passes.graph import subgraphs
 from engine.quantize.calibrated import QdqWriter, _subgraph_rename
 from engine.quantize.planner import bias_value, quantize_bias
 from engine.quantize.types import ActQuant, QuantPlan, WeightQuant
@@ -206,9 +207,8 @@ def gated_constants(model: onnx.ModelProto, switches: Collection[str]) -> dict[s
         out: set[str] = set()
         for n in nodes:
             out.update(n.input)
-            for a in n.attribute:
-                for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs:
-                    out |= names_in(sub.node)
+            for sub in subgraphs(n):
+                out |= names_in(sub.node)
         return out
 
     for n in g.node:
@@ -231,9 +231,8 @@ def gated_constants(model: onnx.ModelProto, switches: Collection[str]) -> dict[s
 def _drop_doc_strings(nodes: Iterable[onnx.NodeProto]) -> None:
     for n in nodes:
         n.ClearField("doc_string")
-        for a in n.attribute:
-            for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs:
-                _drop_doc_strings(sub.node)
+        for sub in subgraphs(n):
+            _drop_doc_strings(sub.node)
 
 
 def gated_digests(model: onnx.ModelProto, switches: Collection[str]) -> tuple[str, dict[str, str]]:
