@@ -366,8 +366,7 @@ def _facts(model: onnx.ModelProto) -> _GraphFacts:
     return _facts_memo.put(key, _GraphFacts(key, g, {node.name: decide(_view(g, node)) for node in g.g.node}))
 
 
-def _analyse(model: onnx.ModelProto, options: QuantOptions, facts: _GraphFacts | None = None) -> _Analysis:
-    facts = facts or _facts(model)
+def _analyse(model: onnx.ModelProto, options: QuantOptions, facts: _GraphFacts) -> _Analysis:
     g = facts.graph
     notes: list[str] = []
     rules: dict[str, OpRule] = dict(facts.rules)
@@ -809,8 +808,8 @@ def _table_unit(u: _Unit) -> bool:
 
 
 def _table_function(g: Graph, nodes: list[onnx.NodeProto], source: str):
-    """The float function of a table unit (engine.quantize.luts.elementwise_function), cached by the
-    chain's nodes and scalar constants; None when it is not a function of `source` alone."""
+    """The float function of a table unit (engine.quantize.luts.elementwise_function, which keeps it by the
+    chain's nodes and scalar constants); None when it is not a function of `source` alone."""
     from engine.quantize import luts
 
     inside = {o for n in nodes for o in n.output if o}
