@@ -35,6 +35,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from engine.passes.activations import scalar
 from engine.passes.graph import Graph, attr, subgraphs
 from engine.passes.result import PassResult, Skip
 
@@ -60,12 +61,19 @@ def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     return a is not None and b is not None and a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b)
 
 
+def _along_axis(node: onnx.NodeProto, scale: np.ndarray, ndim: int) -> list[int]:
+    """The shape a Quantize / DequantizeLinear's scale and zero point broadcast with over an `ndim` tensor:
+    per channel along its `axis` when the scale is a vector."""
+    shape = [1] * ndim
+    if scale.ndim == 1 and ndim:
+        shape[int(attr(node, "axis", 1)) % ndim] = -1
+    return shape
+
+
 def _dequantize(g: Graph, dq: onnx.NodeProto, codes: np.ndarray) -> np.ndarray:
     """(codes − zero point) · scale, per channel along DequantizeLinear's `axis`, in the scale's dtype."""
     scale, zp = _params(g, dq)
-    shape = [1] * codes.ndim
-    if scale.ndim == 1 and codes.ndim:
-        shape[int(attr(dq, "axis", 1)) % codes.ndim] = -1
+    shape = _along_axis(dq, scale, codes.ndim)
     values = (codes.astype(np.float64) - zp.astype(np.float64).reshape(shape)) * scale.astype(np.float64).reshape(shape)
     return values.astype(scale.dtype)
 
@@ -73,9 +81,7 @@ def _dequantize(g: Graph, dq: onnx.NodeProto, codes: np.ndarray) -> np.ndarray:
 def _quantize(g: Graph, q: onnx.NodeProto, x: np.ndarray) -> np.ndarray:
     """QuantizeLinear: round half to even, add the zero point, saturate to the zero point's type."""
     scale, zp = _params(g, q)
-    shape = [1] * x.ndim
-    if scale.ndim == 1 and x.ndim:
-        shape[int(attr(q, "axis", 1)) % x.ndim] = -1
+    shape = _along_axis(q, scale, x.ndim)
     codes = np.rint(x.astype(np.float64) / scale.astype(np.float64).reshape(shape)) + zp.astype(np.float64).reshape(shape)
     info = np.iinfo(zp.dtype)
     return np.clip(codes, info.min, info.max).astype(zp.dtype)
@@ -132,10 +138,7 @@ def clamp(g: Graph, q: onnx.NodeProto) -> tuple[str, float | None] | None:
 
 def _plus_three(g: Graph, node: onnx.NodeProto) -> bool:
     """`node` is x + 3: the relu6 after it is HardSwish's / HardSigmoid's, whatever range calibration saw."""
-    if node.op_type != "Add" or len(node.input) != 2:
-        return False
-    values = [g.constant(i) for i in node.input]
-    return any(v is not None and v.size == 1 and float(v.reshape(-1)[0]) == 3.0 for v in values)
+    return node.op_type == "Add" and len(node.input) == 2 and any(scalar(g, i) == 3.0 for i in node.input)
 
 
 def _non_negative(g: Graph, t: str, depth: int = 8) -> bool:
