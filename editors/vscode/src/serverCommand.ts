@@ -38,12 +38,6 @@ export interface ServerCommand {
   source: string;
 }
 
-export function venvPython(folder: string, platform: NodeJS.Platform): string {
-  return platform === 'win32'
-    ? path.win32.join(folder, '.venv', 'Scripts', 'python.exe')
-    : path.posix.join(folder, '.venv', 'bin', 'python');
-}
-
 /** The console script pip installs for `name` in a folder's .venv (`hblsp`, `hblsp.exe`). */
 export function venvScript(folder: string, name: string, platform: NodeJS.Platform): string {
   return platform === 'win32'
@@ -86,7 +80,7 @@ export function resolveServerCommand(input: ServerCommandInput): ServerCommand |
     if (input.isFile(script)) {
       return { command: script, args: [], cwd: folder, source: `the workspace's .venv (${folder})` };
     }
-    const python = venvPython(folder, input.platform);
+    const python = venvScript(folder, 'python', input.platform);
     if (input.isFile(python)) {
       return { command: python, args: ['-m', input.module], cwd: folder, source: `the workspace's .venv (${folder})` };
     }
