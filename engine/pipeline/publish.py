@@ -27,14 +27,16 @@ from pathlib import Path
 
 from engine.pipeline.cache import atomic_copy, atomic_write_text, published_mode
 from engine.pipeline.hashing import HashMemo, stat_stamp
+from engine.pipeline.recent import Recent
 from engine.problems import HbError, error
 
 log = logging.getLogger("hbcompile")
 RECORD = "published.json"  # in the cache root: {artefact file name: sha256 | "folder"}
 FOLDER_MARK = ".hb_compile_artefact"  # inside a published folder: hb_compile wrote this folder
 FOLDER = "folder"
-ENTRY_SHA_KEEP = 1024  # entry files whose sha256 a Publisher keeps (then it starts over)
-COPIES_KEEP, RECORDS_KEEP = 4096, 64  # published files / working_dirs a Publisher remembers (then it starts over)
+# entry files whose sha256, published files and working_dirs' records a Publisher keeps (the latest used):
+# a long-lived daemon publishes a new compile entry per edit, into any number of working_dirs
+ENTRY_SHA_KEEP, COPIES_KEEP, RECORDS_KEEP = 1024, 4096, 64
 FOLDER_STAMP: tuple[int, ...] = ()  # a published folder is known by its path (replace_folder swaps it whole)
 
 
@@ -53,9 +55,9 @@ class Publisher:
     def __init__(self, hashes: HashMemo) -> None:
         self.hashes = hashes
         # published artefact -> (cache file, its stamp: size, mtime, ctime, inode); a folder's stamp is FOLDER_STAMP
-        self.copied: dict[str, tuple[str, tuple[int, ...]]] = {}
-        self._entry_sha: dict[str, tuple[tuple[int, ...], str]] = {}  # entry file -> (stamp, sha256)
-        self._records: dict[str, tuple[tuple[int, ...], dict[str, str]]] = {}  # record path -> (stamp, record)
+        self.copied: Recent[str, tuple[str, tuple[int, ...]]] = Recent(COPIES_KEEP)
+        self._entry_sha: Recent[str, tuple[tuple[int, ...], str]] = Recent(ENTRY_SHA_KEEP)  # entry file -> (stamp, sha256)
+        self._records: Recent[str, tuple[tuple[int, ...], dict[str, str]]] = Recent(RECORDS_KEEP)  # record -> (stamp, it)
 
     def publish(self, working_dir: Path, cache_root: Path, artefacts: Iterable[tuple[str, Path | None]],
                 protected: Iterable[Path] = ()) -> dict[str, Path]:
@@ -105,7 +107,7 @@ class Publisher:
         """The record (`RECORD`) and whether there is none; read again only when its stat stamp changed."""
         st = _stat(path)
         if st is None:
-            self._records.pop(str(path), None)
+            self._records.pop(str(path))
             return {}, True
         kept = self._records.get(str(path))
         if kept is not None and kept[0] == stat_stamp(st):
@@ -120,9 +122,7 @@ class Publisher:
             self._keep_record(path, st, dict(record))
 
     def _keep_record(self, path: Path, st: os.stat_result, record: dict[str, str]) -> None:
-        if len(self._records) >= RECORDS_KEEP and str(path) not in self._records:
-            self._records.clear()
-        self._records[str(path)] = (stat_stamp(st), record)
+        self._records.put(str(path), (stat_stamp(st), record))
 
     def _sha(self, src: Path, st: os.stat_result) -> str:
         """sha256 of an entry file, kept by its stat stamp: entries never change once committed."""
@@ -132,9 +132,7 @@ class Publisher:
         return self._keep_sha(src, st, self.hashes.file(src))
 
     def _keep_sha(self, src: Path, st: os.stat_result, digest: str) -> str:
-        if len(self._entry_sha) >= ENTRY_SHA_KEEP:  # a long-lived daemon: entries come and go
-            self._entry_sha.clear()
-        self._entry_sha[str(src)] = (stat_stamp(st), digest)
+        self._entry_sha.put(str(src), (stat_stamp(st), digest))
         return digest
 
     def _check_folder(self, src: Path, dest: Path, record: Mapping[str, str]) -> None:
@@ -151,7 +149,7 @@ class Publisher:
             return
         replace_folder(src, dest)
         record[dest.name] = FOLDER
-        self.copied[str(dest)] = (str(src), FOLDER_STAMP)
+        self.copied.put(str(dest), (str(src), FOLDER_STAMP))
 
     def _published_from(self, dest: Path, src: Path, st: os.stat_result | None, src_st: os.stat_result) -> bool:
         """Whether `dest` (stat `st`, None when missing) holds `src`'s bytes: this engine copied it from that
@@ -170,15 +168,13 @@ class Publisher:
 
     def _remember_copy(self, dest: Path, src: Path, st: os.stat_result | None = None) -> None:
         """`dest` now holds `src`'s bytes: remembered by its stamp so the next publish skips it."""
-        if len(self.copied) >= COPIES_KEEP:  # a daemon serving many working_dirs: forget, then hash once again
-            self.copied.clear()
-        self.copied[str(dest)] = (str(src), stat_stamp(st or os.stat(dest)))
+        self.copied.put(str(dest), (str(src), stat_stamp(st or os.stat(dest))))
 
     def _unpublish(self, dest: Path, record: dict[str, str], inputs: _Inputs, legacy: bool) -> None:
         """An artefact this run does not make leaves working_dir — when it is still what was published
         there (a folder: marked as ours; with no record at all (`legacy`), a model recognizably ours),
         never an input of the run (`inputs`, resolved) nor a file or folder of the user's with its name."""
-        self.copied.pop(str(dest), None)
+        self.copied.pop(str(dest))
         published = record.pop(dest.name, None)
         if not (dest.exists() or dest.is_symlink()):
             return

@@ -47,6 +47,10 @@ class Recent(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def pop(self, key: K) -> V | None:
+        with self._lock:
+            return self._entries.pop(key, None)
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
