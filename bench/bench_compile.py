@@ -176,12 +176,14 @@ def measure(case: Case) -> list[tuple]:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         runs = {}
+        fl = rt = None  # the feeds: the same for every session of a model
         for k in range(SESSIONS):
             fsess = ort.InferenceSession(case.float_model, so, providers=["CPUExecutionProvider"])
             hsess = open_session(program, threads)
-            fname, hname = fsess.get_inputs()[0].name, hsess.get_inputs()[0].name
-            fl = [{fname: next(iter(f.values()))} for f in case.fl_feeds]
-            rt = [{hname: next(iter(f.values()))} for f in rt_feeds]
+            if fl is None:
+                fname, hname = fsess.get_inputs()[0].name, hsess.get_inputs()[0].name
+                fl = [{fname: next(iter(f.values()))} for f in case.fl_feeds]
+                rt = [{hname: next(iter(f.values()))} for f in rt_feeds]
             runs[f"float#{k}"] = (lambda f, s=fsess: s.run(None, f), fl)
             runs[f"hbm#{k}"] = (lambda f, s=hsess: s.run(None, f), rt)
         best = interleaved(runs, seed=threads)
