@@ -31,7 +31,9 @@ SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def load_text(text: str, base_dir: Path, check_files: bool = True) -> LoadResult:
-    """The engine's `load_config_text`, after the checks `read_config` does on bytes."""
+    """The engine's `load_config_text`, after the checks `read_config` does on bytes. The rules do not parse
+    the model here (a check thread: protobuf holds the GIL, an 80 MB model froze the event loop for 0.77 s);
+    `ModelCache` reads it in a child process and `merge` lets the model rules' count decide."""
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_CONFIG_BYTES:
         return LoadResult(None, [error("config-too-big", f"The config is {size} bytes; a config is expected to be "
@@ -43,7 +45,7 @@ def load_text(text: str, base_dir: Path, check_files: bool = True) -> LoadResult
         return LoadResult(None, [error("config-encoding", f"The config is not UTF-8 text (byte "
                                        f"{len(text[:bad.start()].encode('utf-8', 'surrogatepass'))})",
                                        span=Span(line, col, line, col + 1))])
-    return load_config_text(text, base_dir, check_files=check_files)
+    return load_config_text(text, base_dir, check_files=check_files, read_model=False)
 
 
 def _first_char() -> Span:

@@ -106,8 +106,10 @@ def read_config(path: str | Path, check_files: bool = True) -> LoadResult:
 
 
 def load_config_text(text: str, base_dir: Path, file: str | None = None, path: Path | None = None,
-                     check_files: bool = True) -> LoadResult:
-    """The core: also what the language server calls on every document version."""
+                     check_files: bool = True, read_model: bool = True) -> LoadResult:
+    """The core: also what the language server calls on every document version. `read_model` False: the
+    rules never parse the ONNX file to settle per-input lists that disagree (the language server reads
+    models in a child process and lets the model rules' count replace the lists' own)."""
     if len(text) > MAX_CONFIG_BYTES:
         return LoadResult(None, [error("config-too-big", f"The config is {len(text)} characters; a config is "
                                        f"expected to be under {MAX_CONFIG_BYTES} bytes", file=file,
@@ -134,7 +136,7 @@ def load_config_text(text: str, base_dir: Path, file: str | None = None, path: P
     schema_problems = check_schema(data)
     problems += _drop_told_missing(schema_problems, {p.path for p in problems if p.code == "empty-value"})
     refused = refused_paths(schema_problems)
-    ctx = RuleContext(data, base_dir, check_files)
+    ctx = RuleContext(data, base_dir, check_files, read_model)
     if not errors(problems):
         problems += run_rules(ctx)
     problems = locate(doc.problems + problems, doc, file)

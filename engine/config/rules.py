@@ -49,6 +49,7 @@ class RuleContext:
     data: dict[str, dict[str, Any]]
     base_dir: Path
     check_files: bool = True
+    read_model: bool = True  # False: the caller compares the lists with the model itself (hblsp, off its event loop)
 
     def get(self, section: str, key: str, default: Any = None) -> Any:
         return self.data.get(section, {}).get(key, default)
@@ -74,7 +75,7 @@ class RuleContext:
         """The input names of the ONNX model the config names, when it can be read (files checked only):
         what decides between per-input lists that disagree. Read on demand, never for a config whose
         lists agree (the model rules compare those with the model once it is parsed)."""
-        if not self.check_files or not isinstance(self.get(MP, "onnx_model"), str):
+        if not (self.check_files and self.read_model) or not isinstance(self.get(MP, "onnx_model"), str):
             return None
         return model_input_names(self.path(MP, "onnx_model"))
 

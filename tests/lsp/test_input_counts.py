@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from engine.config import load_config_text
 from engine.frontend.model_info import model_info
 from hblsp.analysis import analyse, load_text
 from hblsp.models import ModelState
@@ -80,7 +81,7 @@ async def test_the_editor_and_the_cli_loader_agree(client: HbClient, workspace: 
     uri = client.open(workspace / "count_many.hb.yaml", text)
     got = await client.wait_diagnostics(uri, 1)
     client.close(uri)
-    cli = load_text(text, workspace).problems
+    cli = load_config_text(text, workspace).problems
     assert sorted((d.code, d.message) for d in got if int(d.severity) == 1) == \
         sorted((p.code, p.message) for p in cli if p.is_error)
     assert {p.path[1] for p in cli if p.code == "list-count"} == {
@@ -102,3 +103,29 @@ def test_the_model_count_replaces_the_lists_count_once_the_model_is_read(tmp_pat
     assert told == sorted(["input_type_train", "input_layout_train", "input_type_rt", "input_shape", "mean_value",
                            "cal_data_dir"])
     assert all(p.message.endswith("is not equal to input num 2") for p in after if p.code == "list-count")
+
+
+def test_the_editor_load_never_parses_the_model(tmp_path, monkeypatch):
+    """hblsp checks documents in a thread: the config rules must not parse the ONNX file there (protobuf holds
+    the GIL: an 80 MB model froze the event loop). The CLI loader reads it; the editor's load goes by the lists
+    and leaves the model's word to the model rules (previous test)."""
+    import onnx
+
+    import engine.config.rules as rules
+    import engine.frontend.model_info as mi
+
+    onnx.save(two_input_model(), tmp_path / "two.onnx")
+    (tmp_path / "calib").mkdir()
+    text = TWO
+    for two, one in ONE_LIST_EACH:
+        text = text.replace(two, one)
+    cli = load_config_text(text, tmp_path).problems
+    assert {p.path[1] for p in cli if p.code == "list-count"} >= {"input_type_rt", "input_shape"}
+
+    def no_parse(*args, **kwargs):
+        raise AssertionError("the model was parsed on the check thread")
+
+    monkeypatch.setattr(mi, "read_model_info", no_parse)
+    rules._onnx_input_names.cache_clear()  # the CLI load above memoised this file's names
+    editor = load_text(text, tmp_path)
+    assert [(p.code, p.path) for p in editor.problems if p.code == "list-count"] == [("list-count", (IP, "input_name"))]
