@@ -32,10 +32,114 @@ Sample = Mapping[str, np.ndarray]
 
 
 def quiet_session(model: onnx.ModelProto | bytes, threads: int | None = None):
-    """An onnxruntime session that computes a (Q/DQ) model as written, without busy-waiting."""
+    """An onnxruntime session that computes a (Q/DQ) model as written, without busy-waiting. A small
+    model given as bytes is served by `KEPT` (the session of its layout, its changed values fed)."""
     from engine.runtime.session import qdq_session
 
+    if isinstance(model, bytes) and len(model) <= KEPT_MODEL_BYTES:
+        return KEPT.session(model, threads)
     return qdq_session(model, threads)
+
+
+KEPT_MODEL_BYTES = 1 << 20  # models up to this size keep their session (a large one's arena would stay)
+KEPT_LAYOUTS = 4  # layouts whose session is kept (the ptq model of mixed precision, the search's model, …)
+
+
+class FedSession:
+    """A kept session and the values one model gives the initializers it takes as inputs: runs as
+    that model's own session would (`run`, `get_inputs`, `get_outputs`)."""
+
+    def __init__(self, session, feeds: Mapping[str, np.ndarray]):
+        self.session, self.feeds = session, dict(feeds)
+
+    def get_inputs(self):
+        return [i for i in self.session.get_inputs() if i.name not in self.feeds]
+
+    def get_outputs(self):
+        return self.session.get_outputs()
+
+    def run(self, names, feeds, *args, **kwargs):
+        return self.session.run(names, {**feeds, **self.feeds}, *args, **kwargs)
+
+
+class KeptSessions:
+    """Sessions of small models kept by layout: the model with its initializers' values left out.
+
+    The accuracy steps judge the ptq model of the thresholds just chosen (`mixed.PlanEvaluator`); after
+    one calibration file changed, the thresholds move a little and that model differs from the last one
+    only in the values of a few initializers (activation scales, int32 biases), yet a session was built
+    for it (digits: ~3.5 of the accuracy steps' ~10 CPU ms). Here the first model of a layout gets a
+    plain session; a later one whose values differ gets a session taking the initializers that differ
+    as graph inputs (`lifted`), fed this model's values (`FedSession`); the models after it reuse that
+    session while their differences stay among its lifted names. Fed or constant, the values give the
+    same outputs bit for bit (onnxruntime runs the same kernels on them; the threshold search's scoring
+    session relies on the same, `search.CandidateScorer`): tests compare them.
+    """
+
+    def __init__(self, size: int = KEPT_LAYOUTS) -> None:
+        from engine.pipeline.recent import Recent
+
+        self._kept: Recent[str, _Layout] = Recent(size)
+        self.built = 0  # sessions built (tests)
+
+    def session(self, data: bytes, threads: int | None = None):
+        from engine.runtime.session import qdq_session
+
+        model = onnx.load_from_string(data)
+        values = {t.name: t.SerializeToString() for t in model.graph.initializer}
+        key = f"{layout_key(model)}|{threads}"
+        kept = self._kept.get(key)
+        if kept is None:
+            self.built += 1
+            return self._kept.put(key, _Layout(qdq_session(data, threads), frozenset(), values)).fed(model)
+        changed = {name for name, value in values.items() if kept.values.get(name) != value}
+        if changed <= kept.lifted:
+            return kept.fed(model)
+        lifted = frozenset(changed | kept.lifted)
+        self.built += 1
+        return self._kept.put(key, _Layout(qdq_session(_lifted(model, lifted), threads), lifted, values)).fed(model)
+
+
+class _Layout:
+    def __init__(self, session, lifted: frozenset[str], values: dict[str, bytes]):
+        self.session, self.lifted, self.values = session, lifted, values
+
+    def fed(self, model: onnx.ModelProto) -> FedSession:
+        from onnx import numpy_helper
+
+        return FedSession(self.session, {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
+                                         if t.name in self.lifted})
+
+
+def layout_key(model: onnx.ModelProto) -> str:
+    """sha256 of `model` without its initializers' values (names, types and shapes kept) and without the
+    nodes' doc strings (a Q/DQ pair's names its threshold): what stays when only thresholds move."""
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    for t in skeleton.graph.initializer:
+        for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data",
+                     "string_data"):
+            t.ClearField(name)
+    for node in skeleton.graph.node:
+        node.ClearField("doc_string")
+    return hashlib.sha256(skeleton.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _lifted(model: onnx.ModelProto, names: frozenset[str]) -> bytes:
+    """`model`'s bytes with the initializers `names` turned into graph inputs."""
+    from onnx import helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    kept = [t for t in out.graph.initializer if t.name not in names]
+    moved = [t for t in out.graph.initializer if t.name in names]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    out.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in moved)
+    return out.SerializeToString()
+
+
+KEPT = KeptSessions()
 
 
 def run_outputs(session, sample: Sample, names: Sequence[str] | None = None,
@@ -170,4 +274,4 @@ class References:
         return [self._values[i] for i in indices]
 
 
-__all__ = ["CROP_OUTPUTS", "FLOAT_OUTPUTS", "FloatOutputs", "References", "model_key", "quiet_session", "run_outputs", "sample_key"]
+__all__ = ["CROP_OUTPUTS", "FLOAT_OUTPUTS", "KEPT", "FedSession", "FloatOutputs", "KeptSessions", "References", "layout_key", "model_key", "quiet_session", "run_outputs", "sample_key"]

@@ -1,0 +1,80 @@
+"""Kept sessions (`sessions.KeptSessions`): a ptq model whose thresholds moved runs in the session of the
+previous one, its changed initializers fed, and gives that model's own session's outputs bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from engine.accuracy import sessions
+from engine.accuracy.sessions import KeptSessions, layout_key, quiet_session, run_outputs
+from engine.quantize.planner import Calibration, make_plan
+from engine.quantize.ptq import build_ptq_model
+from engine.quantize.search import single_method
+from engine.runtime.session import qdq_session
+from tests.unit.accuracy.acc_models import calibrate, detector_head, outlier_chain, samples
+
+
+def ptq_bytes(model: onnx.ModelProto, merged, method: str, percentile: float = 1.0) -> bytes:
+    calibration = Calibration(single_method(merged, method, max_percentile=percentile))
+    return build_ptq_model(model, make_plan(model, calibration)).SerializeToString()
+
+
+@pytest.mark.parametrize("make", [outlier_chain, detector_head])
+def test_a_moved_threshold_reuses_the_session_and_gives_the_same_bits(make):
+    model = make()
+    data = samples(model, 3)
+    merged, _, _ = calibrate(model, data)
+    # max, then three other threshold sets of the same layout: the activation scales and int32 biases move
+    versions = [ptq_bytes(model, merged, "max"), ptq_bytes(model, merged, "max", 0.999),
+                ptq_bytes(model, merged, "kl"), ptq_bytes(model, merged, "max", 0.99)]
+    assert len({layout_key(onnx.load_from_string(v)) for v in versions}) == 1
+    assert len(set(versions)) == 4
+    kept = KeptSessions()
+    names = [o.name for o in model.graph.output]
+    for k, data_k in enumerate(versions):
+        fed = kept.session(data_k)
+        own = qdq_session(data_k)
+        for sample in data:
+            got, want = run_outputs(fed, sample, names), run_outputs(own, sample, names)
+            assert all(got[n].tobytes() == want[n].tobytes() for n in names), (k, make.__name__)
+    # the first model's plain session, then one taking the initializers that differ as inputs (again when a
+    # later model changes one more); every model of the layout then runs in it
+    assert 2 <= kept.built <= 3
+    built = kept.built
+    for data_k in versions:
+        assert kept.session(data_k).feeds
+    assert kept.built == built
+    lifted = next(iter(kept._kept._entries.values())).lifted
+    assert 0 < len(lifted) < len(onnx.load_from_string(versions[0]).graph.initializer)  # weights stay constants
+
+
+def test_another_layout_or_thread_count_gets_its_own_session():
+    model = outlier_chain()
+    merged, _, _ = calibrate(model, samples(model, 2))
+    kept = KeptSessions()
+    kept.session(ptq_bytes(model, merged, "max"))
+    kept.session(ptq_bytes(model, merged, "max"), threads=1)
+    other = outlier_chain(seed=1)
+    merged_other, _, _ = calibrate(other, samples(other, 2))
+    kept.session(ptq_bytes(other, merged_other, "max"))  # other weights: every weight initializer differs ...
+    assert kept.built == 3  # ... but the layout is the same, so it is the lifted session of the first
+    first = kept.session(ptq_bytes(model, merged, "max"))
+    assert kept.built == 3 and first.feeds  # the first model again: fed in that session, no new build
+
+
+def test_quiet_session_keeps_small_models_given_as_bytes(monkeypatch):
+    model = outlier_chain()
+    merged, _, _ = calibrate(model, samples(model, 2))
+    kept = KeptSessions()
+    monkeypatch.setattr(sessions, "KEPT", kept)
+    quiet_session(ptq_bytes(model, merged, "max"))
+    quiet_session(onnx.load_from_string(ptq_bytes(model, merged, "kl")))  # a ModelProto: its own session
+    assert kept.built == 1
+    monkeypatch.setattr(sessions, "KEPT_MODEL_BYTES", 16)
+    quiet_session(ptq_bytes(model, merged, "kl"))  # larger than the bound: its own session, not kept
+    assert kept.built == 1
+    fed = sessions.FedSession(qdq_session(ptq_bytes(model, merged, "max")), {})
+    assert [i.name for i in fed.get_inputs()] == [i.name for i in model.graph.input]
+    assert np.isfinite(run_outputs(fed, samples(model, 1)[0])[model.graph.output[0].name]).all()
