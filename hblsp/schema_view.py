@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import schema
-from engine.config import values as V
 from engine.config.model import parse_node_info
+from engine.config.rules import rt_by_input, sources_of
 
 SEPARATORS = {"per-input": ";", "names": ";", "comma": ","}
 
@@ -140,21 +140,8 @@ def accepted(path: tuple[str, ...], data: dict[str, Any] | None, model_inputs: l
         if isinstance(allowed, list) and allowed and all(isinstance(v, str) for v in allowed):
             return set(allowed)
         return None
-    by_source = (at(path[:-1]) or {}).get("x-hb-rt-types") if len(path) == 3 else None
-    if not isinstance(by_source, dict):
+    if len(path) != 3 or not isinstance((at(path[:-1]) or {}).get("x-hb-rt-types"), dict):
         return None
-    rt = _rt_type(path[-1], data.get("input_parameters") or {}, model_inputs)
-    return None if rt is None else {src for src, rts in by_source.items() if rt in rts}
-
-
-def _rt_type(input_name: str, inputs: Any, model_inputs: list[str] | None) -> str | None:
-    """input_type_rt of one input, by its place in input_name (else in the model's inputs), as the checks
-    pair them; a one-input config without names has its one rt type."""
-    if not isinstance(inputs, dict):
-        return None
-    rts = V.split_list(inputs.get("input_type_rt"))
-    names = V.split_list(inputs.get("input_name")) or list(model_inputs or [])
-    if input_name in names:
-        i = names.index(input_name)
-        return rts[i] if i < len(rts) else None
-    return rts[0] if len(rts) == 1 and not names else None
+    rts = rt_by_input(data.get("input_parameters"), model_inputs)
+    rt = rts.get(path[-1], rts.get(""))
+    return None if rt is None else sources_of(rt)

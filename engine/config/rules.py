@@ -674,12 +674,35 @@ def march_ranges(ctx: RuleContext) -> Iterator[Problem]:
                       (XP, "max_l2m_size"))
 
 
+def rt_by_input(inputs: Any, model_inputs: list[str] | None = None) -> dict[str, str | None]:
+    """Each input's input_type_rt by name, paired as every check pairs them: by place in input_name, else in
+    the model's inputs (when read); a one-input config without names maps "" to its one rt type."""
+    if not isinstance(inputs, dict):
+        return {}
+    rts = V.split_list(inputs.get("input_type_rt"))
+    names = V.split_list(inputs.get("input_name"))
+    if not any(names):
+        names = list(model_inputs or [])
+    if names:
+        return {n: _at(rts, i) for i, n in enumerate(names) if n}
+    return {"": rts[0]} if len(rts) == 1 else {}
+
+
+def sources_of(rt: str) -> set[str]:
+    """The input_source values an input of rt type `rt` accepts (x-hb-rt-types: featuremap from ddr only)."""
+    return {src for src, types in _source_rt_types().items() if rt in types}
+
+
+def _source_rt_types() -> dict[str, list[str]]:
+    return (schema.key_schema(XP, "input_source") or {}).get("x-hb-rt-types", {})
+
+
 def input_source_problems(given: Any, rts: dict[str, str | None], known: bool) -> Iterator[Problem]:
     """input_source against the inputs' rt types (reference §7, x-hb-rt-types) and, when `known` (input_name
     given, or the model read), against the input names. `_default_value` is hb's own internal key."""
     if not isinstance(given, dict):
         return
-    accepts = (schema.key_schema(XP, "input_source") or {}).get("x-hb-rt-types", {})
+    accepts = _source_rt_types()
     for name, src in given.items():
         if name == "_default_value" or src not in accepts:
             continue  # a bad value is the schema's enum error
@@ -692,19 +715,16 @@ def input_source_problems(given: Any, rts: dict[str, str | None], known: bool) -
         if rt is not None and rt not in accepts[src]:
             yield error("input-source", f"Wrong input_source received. input type rt : {rt} does not support "
                         f"input_source {src}", (XP, "input_source", name),
-                        data={"allowed": [s for s, types in accepts.items() if rt in types]})
+                        data={"allowed": sorted(sources_of(rt), key=list(accepts).index)})
 
 
 @rule
 def input_source(ctx: RuleContext) -> Iterator[Problem]:
     """Without the model: names checked against input_name when given; rt types by name, or, for a
     one-input config without input_name, against that input's rt type."""
-    names, rts = ctx.per_input("input_name"), ctx.per_input("input_type_rt")
-    if any(names):
-        yield from input_source_problems(ctx.get(XP, "input_source"),
-                                         {n: _at(rts, i) for i, n in enumerate(names) if n}, True)
-    elif len(rts) == 1:
-        yield from input_source_problems(ctx.get(XP, "input_source"), {"": rts[0]}, False)
+    rts = rt_by_input(ctx.data.get(IP, {}))
+    if rts:
+        yield from input_source_problems(ctx.get(XP, "input_source"), rts, "" not in rts)
 
 
 @rule
