@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import schema
-from engine.config.model import parse_node_info
+from engine.config.model import STRING_FORM_FIELD
 from engine.config.rules import rt_by_input, sources_of
 
 SEPARATORS = {"per-input": ";", "names": ";", "comma": ","}
@@ -122,9 +122,8 @@ def string_form(path: tuple[str, ...]) -> tuple[str, dict[str, Any]] | None:
     entry = entry_schema(path)
     if s is None or entry is None or not {"string", "object"} <= set(types_of(s)):
         return None
-    entry_field = next(iter(parse_node_info("name:value")["name"]))
-    sub = (entry.get("properties") or {}).get(entry_field)
-    return (entry_field, sub) if isinstance(sub, dict) else None
+    sub = (entry.get("properties") or {}).get(STRING_FORM_FIELD)
+    return (STRING_FORM_FIELD, sub) if isinstance(sub, dict) else None
 
 
 def accepted(path: tuple[str, ...], data: dict[str, Any] | None, model_inputs: list[str] | None = None

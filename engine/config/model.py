@@ -126,6 +126,9 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+STRING_FORM_FIELD = "OutputType"  # the node_info entry field the string form 'name:value' sets
+
+
 def parse_node_info(value: Any) -> dict[str, dict[str, str]]:
     """String form 'Conv_0:int16;Conv_1:int16' → {'Conv_0': {'OutputType': 'int16'}, …}."""
     if isinstance(value, dict):
@@ -133,5 +136,5 @@ def parse_node_info(value: Any) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for item in V.split_names(value):
         name, _, dtype = item.rpartition(":")
-        out[name.strip()] = {"OutputType": dtype.strip()}
+        out[name.strip()] = {STRING_FORM_FIELD: dtype.strip()}
     return out
