@@ -52,6 +52,7 @@ class StageCache:
         self._stamps: dict[Path, tuple[int, ...]] = {}  # entry → its meta.json's stat_stamp when read
         self._last: tuple[tuple[int, int, int], dict[str, Any]] | None = None  # last_run.json (stamp, parts)
         self._trash_checked = False
+        self._memos_checked = False  # whether a commit of this cache pruned the memos yet (`commit`)
 
     def entry(self, stage: str, key: str) -> Path:
         return self.root / stage / key
@@ -107,8 +108,11 @@ class StageCache:
             shutil.rmtree(dest, ignore_errors=True)  # a torn entry: ours replaces it
         else:
             raise OSError(f"cannot commit cache entry {dest}: it keeps reappearing incomplete")
-        self._prune(stage, keep=dest)
-        self.prune_memos()
+        if self._prune(stage, keep=dest) or not self._memos_checked:
+            # memos change owners only when an entry goes: a warm digits run after one calibration file
+            # changed commits five entries, and listing every stage and memo folder each time cost ~1.2 ms
+            self._memos_checked = True
+            self.prune_memos()
         return dest
 
     def prune_memos(self) -> list[Path]:
@@ -155,10 +159,11 @@ class StageCache:
         meta = self.meta(entry)
         return meta.get("outputs") or content_digest(entry, meta["files"])
 
-    def _prune(self, stage: str, keep: Path) -> None:
+    def _prune(self, stage: str, keep: Path) -> bool:
+        """Move the stage's oldest entries beyond `KEEP_PER_STAGE` out; whether any went."""
         found = [e for e in _folders(self.root / stage) if not e.name.startswith(".tmp-")]
         if len(found) <= KEEP_PER_STAGE:
-            return
+            return False
         mtimes = {}
         for e in found:
             try:
@@ -166,11 +171,14 @@ class StageCache:
             except OSError:  # pruned meanwhile by another process
                 pass
         entries = sorted(mtimes, key=mtimes.__getitem__, reverse=True)
+        pruned = False
         for old in entries[KEEP_PER_STAGE:]:
             if old != keep:
                 self._trash(old)
                 self._meta.pop(old, None)
                 self._stamps.pop(old, None)
+                pruned = True
+        return pruned
 
     def _trash(self, entry: Path) -> None:
         """Take a pruned entry out of its stage folder at once (one rename into `TRASH`) and delete it on
