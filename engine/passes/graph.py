@@ -144,11 +144,15 @@ class Graph:
         taken = {n.name for n in self.g.node} | set(self.producers) | set(self.initializers)
         return taken | self.inputs | self.outputs
 
-    def unique_name(self, base: str) -> str:
-        taken = self.names()
+    def unique_name(self, base: str, taken: set[str] | None = None) -> str:
+        """`base`, or `base_k` for the first k free. `taken`: names already in use, kept by a caller that
+        names many tensors before the graph changes (the new name is added to it)."""
+        in_use = self.names() if taken is None else taken
         name, k = base, 1
-        while name in taken:
+        while name in in_use:
             name, k = f"{base}_{k}", k + 1
+        if taken is not None:
+            taken.add(name)
         return name
 
     # --- edits ---------------------------------------------------------------------------------

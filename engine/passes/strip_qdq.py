@@ -172,16 +172,12 @@ class Rewrites:
     before: dict[str, tuple[str, str]] = field(default_factory=dict)  # producer → (t, t_before_clamp)
     clamps: dict[str, onnx.NodeProto] = field(default_factory=dict)  # producer → the Relu / Clip after it
     unclamped: dict[str, list[onnx.NodeProto]] = field(default_factory=dict)  # t → readers of the raw value
-    taken: set[str] = field(default_factory=set)
+    taken: set[str] | None = None  # the graph's names as planned so far (the graph itself changes at apply)
 
     def name(self, g: Graph, base: str) -> str:
-        taken = g.names() if not self.taken else self.taken
-        self.taken = taken
-        name, k = base, 1
-        while name in taken:
-            name, k = f"{base}_{k}", k + 1
-        taken.add(name)
-        return name
+        if self.taken is None:
+            self.taken = g.names()
+        return g.unique_name(base, self.taken)
 
     def resolve(self, name: str) -> str:
         seen = set()
@@ -229,8 +225,9 @@ def _resolve_inputs(nodes, plan: Rewrites) -> None:
 
 def apply(g: Graph, plan: Rewrites) -> None:
     """The planned rewrites: clamps after their producers, readers re-pointed, the pairs removed."""
+    raw_of = dict(plan.before.values())  # t → its value before the clamp
     for t, readers in plan.unclamped.items():
-        raw = next(r for p, (tt, r) in plan.before.items() if tt == t)
+        raw = raw_of[t]
         for n in readers:
             for k, name in enumerate(n.input):
                 if name == t:
