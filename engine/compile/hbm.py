@@ -13,7 +13,10 @@ Layout (all integers little-endian; docs/formats.md, section ``.hbm``)::
     …             section bytes, in table order, each at its offset
 
 Sections of version 1.0: ``manifest`` (UTF-8 JSON: march, input / output specs, removed-node
-parameters, build info) and ``program`` (the integer program, ONNX protobuf bytes). A damaged file
+parameters, build info) and ``program`` (the integer program, ONNX protobuf bytes). Version 1.1
+adds the manifest's ``build.threads``: the program's thread plan (`engine.runtime.threads`), which
+the runtime reads to choose how many threads of its budget to use; a 1.0 file has none and gets the
+whole budget. A damaged file
 is a `ModelError` that says what is wrong — not an .hbm (magic), a newer format (version),
 truncated (the header, the table or a section runs past the end), or which section's checksum
 does not match — never a traceback.
@@ -33,7 +36,7 @@ import onnx
 from engine.problems import ModelError, error
 
 MAGIC = b"\x89HBM\r\n\x1a\n"
-FORMAT_VERSION = (1, 0)
+FORMAT_VERSION = (1, 1)
 _HEAD = struct.Struct("<8sHHI32s")  # magic, major, minor, section count, table sha256
 _ENTRY = struct.Struct("<16sQQ32s")  # name, offset, length, sha256
 MANIFEST, PROGRAM = "manifest", "program"

@@ -51,6 +51,7 @@ from engine.compile.program import (
 )
 from engine.pipeline.recent import Recent
 from engine.quantize.types import QuantPlan
+from engine.runtime.threads import ThreadMemo, measure_plan
 
 log = logging.getLogger("hbcompile")
 # what optimize_program's result depends on besides its input: these modules' source and versions
@@ -189,13 +190,18 @@ class ProgramMemo:
 
 def build_hbm(bc: onnx.ModelProto, options: CompileOptions, *, plan: QuantPlan | None = None,
               config_sha256: str | None = None, timestamp: str | None = None, source_name: str = "",
-              memo: ProgramMemo | None = None, source_sha256: str | None = None) -> HbmBuild:
+              memo: ProgramMemo | None = None, source_sha256: str | None = None,
+              threads: ThreadMemo | bool = False) -> HbmBuild:
     """The `.hbm` contents for `bc` (a `.bc` or `*_quantized_removed_model.bc`).
 
     With the `plan` the `.bc` was lowered from, the program also records the plan's placement
     (``hbcompile.placement``, metadata only) so tools partition the `.hbm` as the plan did.
     `memo`: optimized programs kept across runs (the compile stage's). `source_sha256`: the sha256
     of `bc`'s bytes when the caller read them from its file (else `bc` is serialized to take it).
+    `threads`: measure the program's `ThreadPlan` at up to `options.jobs` threads (through the
+    `ThreadMemo` given, the compile stage's) and record it in the manifest (``build.threads``), so
+    the runtime opens the `.hbm` with the threads that make it fastest; False: no plan (the runtime
+    uses the whole thread budget).
     """
     meta = metadata(bc)
     source_sha256 = source_sha256 or _sha256(bc.SerializeToString())
@@ -240,4 +246,9 @@ def build_hbm(bc: onnx.ModelProto, options: CompileOptions, *, plan: QuantPlan |
         "program": {"format": "onnx", "ir_version": result.program.ir_version, "opsets": opsets,
                     "nodes": len(result.program.graph.node), "sha256": _sha256(program_bytes)},
     }
+    if threads is not False:
+        digest = manifest["program"]["sha256"]
+        thread_plan = threads.plan(result.program, options.jobs, digest) if isinstance(threads, ThreadMemo) \
+            else measure_plan(program_bytes, options.jobs)
+        manifest["build"]["threads"] = thread_plan.to_json()
     return HbmBuild(result.program, manifest, result, program_bytes)

@@ -1,8 +1,8 @@
 """Run deployed artefacts and prepare their inputs (re-exports only).
 
-`load`, `LoadedModel`, `TensorSpec`, `InputDataError` (engine.runtime.model) and `to_runtime`
-(engine.runtime.feeds) are imported on first use, so code that needs only the colour helpers
-does not pay for onnxruntime.
+`load`, `LoadedModel`, `TensorSpec`, `InputDataError` (engine.runtime.model), `to_runtime`
+(engine.runtime.feeds) and `ThreadPlan` (engine.runtime.threads) are imported on first use, so
+code that needs only the colour helpers does not pay for onnxruntime.
 """
 
 from engine.runtime.color import (
@@ -24,7 +24,8 @@ from engine.runtime.color import (
 
 _LAZY = {"load": "engine.runtime.model", "LoadedModel": "engine.runtime.model", "TensorSpec": "engine.runtime.model",
          "InputDataError": "engine.runtime.model", "to_runtime": "engine.runtime.feeds",
-         "random_feeds": "engine.runtime.feeds", "session_options": "engine.runtime.session"}
+         "random_feeds": "engine.runtime.feeds", "session_options": "engine.runtime.session",
+         "ThreadPlan": "engine.runtime.threads"}
 
 
 def __getattr__(name: str):
@@ -36,7 +37,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "InputDataError", "LoadedModel", "TensorSpec", "load", "random_feeds", "session_options", "to_runtime",
+    "InputDataError", "LoadedModel", "TensorSpec", "ThreadPlan", "load", "random_feeds", "session_options", "to_runtime",
     "ColorAffine", "bgr_to_nv12", "bgr_to_yuv444", "chw_to_hwc", "hwc_to_chw", "is_full_range", "nv12_to_bgr",
     "nv12_to_rgb", "nv12_to_yuv444", "rgb_to_nv12", "rgb_to_yuv444", "yuv444_to_bgr", "yuv444_to_nv12",
     "yuv444_to_rgb",

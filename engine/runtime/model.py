@@ -14,6 +14,9 @@ accepts a camera buffer with the right number of bytes per frame ``(N, H*W*3/2)`
 
 Sessions use `engine.runtime.session`'s fixed, deterministic options, so the `.bc` and the `.hbm`
 run the same kernels the same way (hb_verifier's consistency mode compares them bit for bit).
+`threads` is a budget: an `.hbm` built with a thread plan (`engine.runtime.threads`) uses the
+threads its plan gives for that budget (`LoadedModel.threads`; 1 for a program of small kernels
+that a second thread only slows down), any other model the whole budget.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import onnx
 from engine.problems import HbError, ModelError, error
 from engine.runtime.feeds import random_array, to_runtime
 from engine.runtime.session import open_session
+from engine.runtime.threads import ThreadPlan, plan_of
 
 FORMATS = {".onnx": "onnx", ".bc": "bc", ".hbm": "hbm"}
 
@@ -90,8 +94,16 @@ class LoadedModel:
         self.outputs: tuple[TensorSpec, ...] = tuple(outputs)
         self.manifest: dict[str, Any] = dict(manifest or {})
         self.view = "train" if fmt == "onnx" else "runtime"
-        self._session = open_session(program_bytes or program.SerializeToString(), threads,
+        self.thread_budget = max(1, int(threads))
+        self.thread_plan: ThreadPlan | None = plan_of(self.manifest)  # an .hbm's: the threads it uses of a budget
+        self.threads = self.thread_plan.threads_for(self.thread_budget) if self.thread_plan else self.thread_budget
+        self._session = open_session(program_bytes or program.SerializeToString(), self.threads,
                                      f"'{path}'" if path else "the model")
+
+    @property
+    def session(self) -> Any:
+        """The onnxruntime session `run` uses (for timing it without the input checks)."""
+        return self._session
 
     @property
     def input_names(self) -> list[str]:
@@ -190,7 +202,8 @@ def _fit(spec: TensorSpec, value: Any) -> tuple[np.ndarray | None, str]:
 # ----------------------------------------------------------------------------------------- load
 
 def load(path: str | Path, threads: int = 1) -> LoadedModel:
-    """Open an `.onnx`, `.bc` or `.hbm` (by content for `.hbm`, by suffix otherwise)."""
+    """Open an `.onnx`, `.bc` or `.hbm` (by content for `.hbm`, by suffix otherwise) with a budget
+    of `threads` onnxruntime threads (an `.hbm` may use fewer: its thread plan)."""
     from engine.compile.hbm import is_hbm, read_hbm
     from engine.compile.program import io_specs
 

@@ -33,11 +33,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 import onnxruntime as ort
 
 from engine.problems import ModelError, error
+
+if TYPE_CHECKING:
+    from engine.runtime.threads import ThreadPlan
 
 PROVIDERS = ["CPUExecutionProvider"]
 DISABLED_REWRITES: tuple[str, ...] = ("WeightBiasQuantization",)
@@ -92,11 +96,15 @@ def available_threads(requested: int) -> int:
 
 
 def open_session(program: bytes | str | Path | onnx.ModelProto, threads: int = 1,
-                 what: str = "the model") -> ort.InferenceSession:
+                 what: str = "the model", plan: ThreadPlan | None = None) -> ort.InferenceSession:
     """An onnxruntime session on `program` (serialized bytes, a file path or a ModelProto) with
-    `session_options(threads)`; a program onnxruntime refuses is a ModelError naming `what`."""
+    `session_options(threads)`; a program onnxruntime refuses is a ModelError naming `what`.
+    `plan`: the program's `ThreadPlan` (an `.hbm`'s), which turns the budget of `threads` into the
+    threads the session uses (`ThreadPlan.threads_for`)."""
     source = program.SerializeToString() if isinstance(program, onnx.ModelProto) else \
         str(program) if isinstance(program, Path) else program
+    if plan is not None:
+        threads = plan.threads_for(threads)
     try:
         return ort.InferenceSession(source, session_options(threads), providers=PROVIDERS)
     except Exception as e:  # onnxruntime's own exception types (Fail, InvalidGraph, NotImplemented …)

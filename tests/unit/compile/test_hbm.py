@@ -19,8 +19,9 @@ from engine.compile.params import resolve
 from engine.config.model import CompilerParameters
 from engine.problems import ModelError
 from engine.runtime.model import load
-from engine.runtime.session import open_session
-from tests.unit.compile.compile_support import conv_net, integer_program, nv12_program
+from engine.runtime.session import available_threads, open_session
+from engine.runtime.threads import ThreadMemo, ThreadPlan, candidate_counts
+from tests.unit.compile.compile_support import conv_net, integer_program, mid_conv_net, nv12_program
 
 
 def emulated_conv_program() -> onnx.ModelProto:
@@ -71,7 +72,7 @@ def test_round_trip_is_bit_exact_to_the_bc(programs, tmp_path, name, level):
     build = build_hbm(programs[name], options(level), config_sha256="c0ffee", timestamp="2026-01-01T00:00:00+00:00")
     hbm_path = build.write(tmp_path / "m.hbm")
     hbm = read_hbm(hbm_path)
-    assert hbm.version == (1, 0) and hbm.manifest == json.loads(json.dumps(build.manifest))
+    assert hbm.version == (1, 1) and hbm.manifest == json.loads(json.dumps(build.manifest))
     assert hbm.manifest["build"]["config_sha256"] == "c0ffee"
     assert hbm.manifest["build"]["optimize"]["level"] == level
     assert hbm.manifest["program"]["sha256"] == hashlib.sha256(hbm.program).hexdigest()
@@ -129,7 +130,7 @@ def test_bit_identical_reports_the_output_that_differs(programs):
 def test_manifest_holds_specs_and_build_info(programs):
     build = build_hbm(programs["nv12"], options("O1", "nash-e"), config_sha256="abc", source_name="tiny")
     m = build.manifest
-    assert m["march"] == "nash-e" and m["format_version"] == "1.0"
+    assert m["march"] == "nash-e" and m["format_version"] == "1.1"
     (spec,) = m["inputs"]
     assert spec["input_type_rt"] == "nv12" and spec["dtype"] == "uint8" and spec["shape"] == [1, 24, 16]
     assert spec["input_type_train"] == "rgb" and spec["train_shape"] == [1, 3, 16, 16]
@@ -139,6 +140,50 @@ def test_manifest_holds_specs_and_build_info(programs):
     assert b["tool"] == "hbcompile" and b["version"] and b["timestamp"] and b["source"]["name"] == "tiny"
     assert b["compiler_parameters"]["optimize_level"] == "O1"
     assert b["source"]["sha256"] == hashlib.sha256(programs["nv12"].SerializeToString()).hexdigest()
+
+
+def test_the_build_records_a_thread_plan_that_load_honours(programs, tmp_path):
+    """The compile stage measures the program at 1 and 2 threads (budget `jobs`, capped at the cores)
+    and the runtime opens the .hbm with the threads the plan gives for its budget."""
+    memo = ThreadMemo(tmp_path / "threads")
+    build = build_hbm(programs["island_lut"], options("O2"), threads=memo)
+    plan = ThreadPlan.from_json(build.manifest["build"]["threads"])
+    assert plan is not None and sorted(plan.measured) == candidate_counts(available_threads(16))
+    assert plan.limit is None  # every count computed the 1-thread bits
+    path = build.write(tmp_path / "m.hbm")
+    for budget in (1, 2):
+        deployed = load(path, threads=budget)
+        assert deployed.threads == plan.threads_for(budget) <= budget
+        assert deployed.session.get_session_options().intra_op_num_threads == deployed.threads
+    assert "threads" not in build_hbm(programs["island_lut"], options("O2")).manifest["build"]  # not asked: no plan
+    again = build_hbm(programs["island_lut"], options("O2"), threads=memo)  # kept by the program's structure
+    assert again.manifest["build"]["threads"] == build.manifest["build"]["threads"]
+
+
+@pytest.fixture(scope="module")
+def mid_program():
+    return integer_program(mid_conv_net(64), samples=2)
+
+
+def test_bc_and_hbm_give_the_same_bits_at_every_thread_count(mid_program, tmp_path):
+    """Threads change how the kernels are scheduled, not what they compute: the .bc and the .hbm at
+    1 and 2 threads (the plan forced either way) agree bit for bit on a program whose convs are split
+    between threads."""
+    bc_path = tmp_path / "m.bc"
+    onnx.save(mid_program, str(bc_path))
+    build = build_hbm(mid_program, options("O2"))
+    hbms = {}
+    for used, times in ((1, {1: 1.0, 2: 2.0}), (2, {1: 2.0, 2: 1.0})):
+        manifest = {**build.manifest, "build": {**build.manifest["build"],
+                                                "threads": ThreadPlan(times, None, times).to_json()}}
+        hbms[used] = write_hbm(tmp_path / f"m{used}.hbm", build.program_bytes, manifest)
+    runs = [load(bc_path, threads=1), load(bc_path, threads=2), load(hbms[1], threads=2), load(hbms[2], threads=2)]
+    assert [r.threads for r in runs] == [1, 2, 1, 2]
+    for seed in range(3):
+        feeds = runs[0].random_inputs(seed)
+        outs = [r.run(feeds) for r in runs]
+        for k in outs[0]:
+            assert len({o[k].tobytes() for o in outs}) == 1, (seed, k)
 
 
 def test_program_memo_gives_the_same_hbm_without_optimizing_again(programs, tmp_path, monkeypatch):
@@ -234,7 +279,7 @@ def test_wrong_magic(tmp_path, programs):
 def test_newer_major_version_is_refused(hbm_bytes):
     data = bytearray(hbm_bytes)
     struct.pack_into("<H", data, 8, 2)
-    with pytest.raises(ModelError, match=r"format version 2\.0 is not supported"):
+    with pytest.raises(ModelError, match=r"format version 2\.1 is not supported"):
         decode_hbm(bytes(data))
 
 

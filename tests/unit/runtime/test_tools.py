@@ -56,7 +56,7 @@ def _info(capsys, *args):
 def test_model_info_hbm(files, capsys):
     code, out, _ = _info(capsys, files / "m.hbm")
     assert code == 0
-    for line in ("############# model deps info #############", "model format: hbm (.hbm format 1.0)",
+    for line in ("############# model deps info #############", "model format: hbm (.hbm format 1.1)",
                  "BPU march: nash-e", "config sha256: feedbeef", "---------input info : x ---------",
                  "input_type_rt: nv12", "input_type_train: rgb", "input_layout_train: NCHW",
                  "input_shape: 1x3x16x16", "mean_value: 128.0,", "scale_value: 0.015625,", "input_source: pyramid",

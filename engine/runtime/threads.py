@@ -1,0 +1,214 @@
+"""How many threads of a budget an integer program uses: measured when the `.hbm` is built, honoured when it is opened.
+
+Why: onnxruntime parallelizes a kernel whenever its work is large enough, and with more than one
+thread every parallel kernel wakes a pool worker that does not spin (`session.NO_SPINNING`). A
+program of many small kernels pays that wake-up per kernel and gains little: measured on the
+loaded 2-core machine (bench_compile, session 6, ms per inference, wall) digits 0.054 → 0.077 and
+PP-OCR cls 0.99 → 1.38 with a second thread, while PP-OCRv4 rec (15.7 → 13.0) and det (43.4 →
+36.4) gain. Whether a program gains is a property of its kernels on this CPU, so it is measured.
+
+`measure_plan` runs the program at 1, 2, 4 … threads up to the budget (one session each; blocks of
+~10 ms of runs alternating between the sessions so that they share the machine's load; the best
+block of each count counts, as in bench_compile) and checks that every count gives the 1-thread bits. The `ThreadPlan` it returns is stored
+in the `.hbm`'s manifest (``build.threads``) and applied by `engine.runtime.load(path, threads=N)` /
+`open_session(..., plan=)`: `ThreadPlan.threads_for(N)` takes, among the measured counts within the
+budget, the fewest threads, and moves to a larger count only when that count's best block was more
+than `MARGIN` faster than the count taken so far and its median block not slower: the best block is
+the program's speed when it has the cores, the median guards against a lucky block on a loaded
+machine (measured there: cls's best 2-thread block beat the 1-thread one in 1 of 3 plans, its
+median block was 1.7x slower in all 3). So a budget of N threads is never slower (as measured) than
+a smaller budget, and a tie keeps the cheaper count. A budget beyond the largest count measured gets
+the whole budget only when that largest count was the one taken (the program was still gaining).
+
+Scheduling only: every count computes the same values (`use_deterministic_compute`, integer
+kernels); a count that does not is left out of the plan (`ThreadPlan.limit`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+PLAN_VERSION = 1  # of the measurement method and of ThreadMemo's key
+MARGIN = 0.05  # a larger thread count must be this much faster (best block) to be taken
+MEASURE_SECONDS = 0.3  # alternating blocks stop once this is spent (after MIN_ROUNDS blocks of each count)
+BLOCK_SECONDS = 0.01  # a block: runs of one count timed together (mean per run), the best block counts
+MIN_ROUNDS = 7
+MAX_ROUNDS = 100
+MEMO_KEEP = 64
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """Best wall latency (ms per inference) by thread count, measured on the build machine, and the rule
+    that turns a thread budget into the threads a session uses."""
+
+    measured: dict[int, float]
+    limit: int | None = None  # the most threads giving the 1-thread values (None: every count measured did)
+    median: dict[int, float] = field(default_factory=dict, compare=False)
+    rounds: int = 0
+    machine: str = ""
+    onnxruntime: str = ""
+
+    def threads_for(self, budget: int) -> int:
+        """The threads a session of this program uses when given `budget` threads (module docstring)."""
+        budget = max(1, int(budget))
+        counts = sorted(c for c in self.measured if c <= budget)
+        if not counts:
+            return 1 if self.limit is not None else budget
+        chosen = counts[0]
+        for c in counts[1:]:
+            if self.measured[c] < self.measured[chosen] * (1 - MARGIN) and \
+                    self.median.get(c, 0.0) <= self.median.get(chosen, 0.0):
+                chosen = c
+        if chosen == max(self.measured) and budget > chosen:
+            chosen = budget  # still gaining at the largest count measured: the budget is the user's to give
+        return min(chosen, self.limit) if self.limit is not None else chosen
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rule": f"fewest threads unless more are > {MARGIN:.0%} faster (best block) and not slower (median block)",
+                "best ms": {str(c): round(v, 4) for c, v in sorted(self.measured.items())},
+                "median ms": {str(c): round(v, 4) for c, v in sorted(self.median.items())},
+                "rounds": self.rounds, "limit": self.limit, "machine": self.machine, "onnxruntime": self.onnxruntime,
+                "uses": {str(c): self.threads_for(c) for c in sorted(self.measured)}}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ThreadPlan | None:
+        """The plan a manifest stores, or None when there is none or it is not one (then the budget is used)."""
+        if not isinstance(data, Mapping):
+            return None
+        try:
+            measured = {int(c): float(v) for c, v in data["best ms"].items()}
+            median = {int(c): float(v) for c, v in (data.get("median ms") or {}).items()}
+            limit = data.get("limit")
+            limit = int(limit) if limit is not None else None
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+        if not measured or min(measured) < 1 or (limit is not None and limit < 1):
+            return None
+        return cls(measured, limit, median, int(data.get("rounds") or 0), str(data.get("machine", "")),
+                   str(data.get("onnxruntime", "")))
+
+    def describe(self, budget: int | None = None) -> str:
+        """One line for hb_model_info: what was measured and what a budget gets."""
+        times = ", ".join(f"{c} thread{'s' if c > 1 else ''} {v:.3f} ms" for c, v in sorted(self.measured.items()))
+        uses = ", ".join(f"{c} → {self.threads_for(c)}" for c in sorted(self.measured))
+        line = f"threads: budget → used {uses} (best of blocks measured when built: {times})"
+        if budget is not None:
+            line += f"; a budget of {budget} uses {self.threads_for(budget)}"
+        return line
+
+
+def plan_of(manifest: Mapping[str, Any] | None) -> ThreadPlan | None:
+    """The `ThreadPlan` an `.hbm` manifest records (``build.threads``), or None."""
+    build = (manifest or {}).get("build")
+    return ThreadPlan.from_json(build.get("threads")) if isinstance(build, Mapping) else None
+
+
+def candidate_counts(budget: int) -> list[int]:
+    """1, 2, 4 … below `budget`, and `budget` itself."""
+    counts, c = [], 1
+    while c < budget:
+        counts.append(c)
+        c *= 2
+    return [*counts, max(1, budget)]
+
+
+def measure_plan(program: bytes | onnx.ModelProto, budget: int, *, seconds: float = MEASURE_SECONDS,
+                 min_rounds: int = MIN_ROUNDS, max_rounds: int = MAX_ROUNDS, seed: int = 0) -> ThreadPlan:
+    """Measure `program` at `candidate_counts(budget)` threads (capped at this machine's cores)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from engine.runtime.feeds import random_feeds
+    from engine.runtime.session import available_threads, open_session
+
+    if isinstance(program, onnx.ModelProto):
+        program = program.SerializeToString()
+    counts = candidate_counts(available_threads(budget))
+    sessions = {c: open_session(program, c, "the program") for c in counts}
+    feeds = random_feeds(sessions[1].get_inputs(), seed)
+    reference = sessions[1].run(None, feeds)  # also each session's warm-up run
+    limit = None
+    for c in counts[1:]:
+        values = sessions[c].run(None, feeds)
+        if not all(np.asarray(a).tobytes() == np.asarray(b).tobytes() for a, b in zip(values, reference)):
+            limit = counts[counts.index(c) - 1]
+            counts = counts[:counts.index(c)]
+            break
+    per_block = {}
+    for c in counts:  # a block is one run or BLOCK_SECONDS of runs: a tiny program's run is a few µs
+        t0 = time.perf_counter()
+        sessions[c].run(None, feeds)
+        per_block[c] = max(1, min(1000, int(BLOCK_SECONDS / max(time.perf_counter() - t0, 1e-6))))
+    times: dict[int, list[float]] = {c: [] for c in counts}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - start < seconds):
+        for c in (counts if rounds % 2 == 0 else counts[::-1]):  # alternating: both see the same load
+            t0 = time.perf_counter()
+            for _ in range(per_block[c]):
+                sessions[c].run(None, feeds)
+            times[c].append((time.perf_counter() - t0) / per_block[c])
+        rounds += 1
+    return ThreadPlan({c: min(t) * 1e3 for c, t in times.items()}, limit,
+                      {c: statistics.median(t) * 1e3 for c, t in times.items()}, rounds,
+                      platform.processor() or platform.machine(), ort.__version__)
+
+
+@dataclass(frozen=True)
+class ThreadMemo:
+    """Plans kept in `folder` by (program structure, counts measured, onnxruntime, machine): a program
+    of the same operators and wiring (`engine.compile.perf.program_structure`; other constants) is not
+    measured again. Only an accelerator: a missing or unreadable entry is measured."""
+
+    folder: Path
+
+    def key(self, program: onnx.ModelProto, budget: int, digest: str | None = None) -> str:
+        import onnxruntime as ort
+
+        from engine.compile.perf import program_structure
+        from engine.runtime.session import available_threads
+
+        what = [PLAN_VERSION, program_structure(program, digest), candidate_counts(available_threads(budget)),
+                ort.__version__, platform.machine(), platform.processor()]
+        return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:32]
+
+    def plan(self, program: bytes | onnx.ModelProto, budget: int, digest: str | None = None) -> ThreadPlan:
+        """`measure_plan(program, budget)`, from the memo when there. `digest`: the sha256 of the program's bytes."""
+        from engine.pipeline.cache import atomic_write_text
+
+        model = onnx.load_from_string(program) if isinstance(program, bytes) else program
+        path = Path(self.folder) / f"{self.key(model, budget, digest)}.json"
+        try:
+            kept = ThreadPlan.from_json(json.loads(path.read_text()))
+            if kept is not None:
+                return kept
+        except (OSError, ValueError):
+            pass
+        plan = measure_plan(program, budget)
+        try:
+            Path(self.folder).mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(plan.to_json()))
+            self._cap()
+        except OSError:
+            pass
+        return plan
+
+    def _cap(self) -> None:
+        """Keep the newest MEMO_KEEP plans (keyed by program, not owned by a stage entry)."""
+        try:
+            files = sorted(Path(self.folder).glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        except OSError:
+            return
+        for old in files[MEMO_KEEP:]:
+            old.unlink(missing_ok=True)
