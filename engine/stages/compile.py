@@ -44,12 +44,15 @@ READS = QUANTIZE_READS + ("compiler_parameters", "model_parameters.march", "mode
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
+    from dataclasses import replace
+
     from engine.compile.package import ProgramMemo, build_hbm
     from engine.compile.params import resolve
     from engine.compile.partition import advice_json, partition
     from engine.compile.perf import LatencyMemo, perf_log_lines, perf_report, write_perf_reports
     from engine.compile.remove_nodes import remove_nodes
     from engine.problems import StageError
+    from engine.runtime.threads import ThreadMemo, plan_of
 
     config, out = ctx.config, ctx.out_dir
     inputs = upstream_inputs(ctx)
@@ -69,12 +72,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
     # the digest of what this stage read: an edit outside its slice reuses the .hbm, which must not name it
     build = build_hbm(bc, options, plan=plan, config_sha256=sha256_json(config.slice(*READS)),
                       source_name=config.prefix, source_sha256=bc_sha256,
-                      memo=ProgramMemo(ctx.memo_dir("optimized_program"), ctx.upstream["quantize"].name))
+                      memo=ProgramMemo(ctx.memo_dir("optimized_program"), ctx.upstream["quantize"].name),
+                      threads=ThreadMemo(ctx.memo_dir("threads")))
     build.write(out / "model.hbm", atomic=False)  # out is a temporary entry folder, committed whole
     log.info("Successfully compile the hbm model")
     (out / "advice.json").write_text(_advice_text(ctx, plan, lambda: advice_json(partition(optimized, plan))))
-    perf = perf_report(build.program, options, config.prefix, memo=LatencyMemo(ctx.memo_dir("latency")),
-                       types=build.tensor_types(), digest=build.program_sha256)
+    # measured as the runtime opens the .hbm for a budget of `jobs` threads: with the threads its plan uses
+    used = plan_of(build.manifest).threads_for(options.jobs)
+    perf = perf_report(build.program, replace(options, jobs=used), config.prefix,
+                       memo=LatencyMemo(ctx.memo_dir("latency")), types=build.tensor_types(),
+                       digest=build.program_sha256)
     write_perf_reports(out, "perf", perf, quality=_quality_html(ctx), atomic=False)
     log.info("HBDK hbm perf SUCCESS")
     for line in perf_log_lines(perf, f"{config.prefix}.html"):
