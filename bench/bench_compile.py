@@ -5,16 +5,18 @@ Per model — the bundled digits model (batch 1, and batch 16 through `input_bat
 `bench_accuracy` builds it (its config and calibration samples: the speed is that of the model whose
 accuracy it measures):
 
-- **throughput**: `session.run` of the `.hbm`'s program (opened as `engine.runtime` opens it) and of
-  the float model (`*_original_float_model.onnx`, onnxruntime's default options) at the same
-  intra-op thread count, 1 and 2. Each model runs in SESSIONS sessions (two sessions of one
+- **throughput**: `session.run` of the `.hbm` and of the float model (`*_original_float_model.onnx`,
+  onnxruntime's default options) for the same thread budget, 1 and 2: the float model with that
+  many intra-op threads, the `.hbm` as `engine.runtime.load(path, threads=N)` opens it — with the
+  threads its thread plan (measured when it was built) gives for N, printed as ".hbm used". Each model runs in SESSIONS sessions (two sessions of one
   program differed by up to 7 %) and every round runs a block of inferences of each session, in a
   new random order (a fixed float-then-.hbm order biased the later one by 3–8 %); the best block of
   a model's sessions counts (min over rounds; the machine is shared, a slow round is someone
   else's job). Both the wall time and the process CPU time per inference
   are reported; the speed-up is float / `.hbm` per inference. With `input_batch` both models take
   the same batch (the float model's batch dim is set to it) and the times are per batch.
-- **bits**: `.bc` vs `.hbm` on 100 inputs (real held-out samples, then perturbed copies), 1 thread.
+- **bits**: `.bc` vs `.hbm` on 100 inputs (real held-out samples, then perturbed copies), both opened
+  for the row's thread budget.
 - **estimate**: the static estimate for the march beside the latency measured here.
 
 `det-int8` / `rec-int8` (not run by default) compile the same models with `target_output_cosine: 0`
@@ -164,11 +166,8 @@ def best_of_sessions(best: dict[str, tuple[float, float]], model: str) -> tuple[
 def measure(case: Case) -> list[tuple]:
     import onnxruntime as ort
 
-    from engine.compile.hbm import read_hbm
     from engine.runtime import load
-    from engine.runtime.session import open_session
 
-    program = read_hbm(case.hbm).program
     deployed = load(case.hbm)
     rt_feeds = [deployed.from_train_view({deployed.inputs[0].name: next(iter(f.values()))}) for f in case.fl_feeds]
     rows = []
@@ -179,7 +178,8 @@ def measure(case: Case) -> list[tuple]:
         fl = rt = None  # the feeds: the same for every session of a model
         for k in range(SESSIONS):
             fsess = ort.InferenceSession(case.float_model, so, providers=["CPUExecutionProvider"])
-            hsess = open_session(program, threads)
+            opened = load(case.hbm, threads=threads)  # as the runtime opens it: the threads its plan gives
+            hsess, used = opened.session, opened.threads
             if fl is None:
                 fname, hname = fsess.get_inputs()[0].name, hsess.get_inputs()[0].name
                 fl = [{fname: next(iter(f.values()))} for f in case.fl_feeds]
@@ -188,22 +188,23 @@ def measure(case: Case) -> list[tuple]:
             runs[f"hbm#{k}"] = (lambda f, s=hsess: s.run(None, f), rt)
         best = interleaved(runs, seed=threads)
         (fw, fc), (hw, hc) = best_of_sessions(best, "float"), best_of_sessions(best, "hbm")
-        rows.append((case.name, threads, f"{fw * 1e3:.3f}", f"{hw * 1e3:.3f}", f"{fw / hw:.2f}x",
+        rows.append((case.name, threads, used, f"{fw * 1e3:.3f}", f"{hw * 1e3:.3f}", f"{fw / hw:.2f}x",
                      f"{fc * 1e3:.3f}", f"{hc * 1e3:.3f}", f"{fc / hc:.2f}x",
-                     "PASS" if min(fw / hw, fc / hc) >= case.target else f"MISS (<{case.target:g}x)"))
-    bits = _consistency(case, rt_feeds)
+                     "PASS" if min(fw / hw, fc / hc) >= case.target else f"MISS (<{case.target:g}x)",
+                     _consistency(case, rt_feeds, threads)))
     perf = json.loads(case.hbm.with_suffix(".json").read_text())["summary"]
     est = perf.get("latency (ms)")
-    rows = [r + (bits, f"{est:.3f}" if est is not None else "--") for r in rows]
+    rows = [r + (f"{est:.3f}" if est is not None else "--",) for r in rows]
     return rows
 
 
-def _consistency(case: Case, feeds: list[dict]) -> str:
-    """.bc vs .hbm, bit for bit, on 100 inputs at 1 thread."""
+def _consistency(case: Case, feeds: list[dict], threads: int) -> str:
+    """.bc vs .hbm, bit for bit, on 100 inputs, both opened for a budget of `threads` (the .bc uses them
+    all, the .hbm what its thread plan gives)."""
     from engine.runtime import load
 
-    hbm = load(case.hbm, threads=1)
-    bc = load(case.hbm.with_name(case.hbm.name.replace(".hbm", "_quantized_model.bc")), threads=1)
+    hbm = load(case.hbm, threads=threads)
+    bc = load(case.hbm.with_name(case.hbm.name.replace(".hbm", "_quantized_model.bc")), threads=threads)
     rng = np.random.default_rng(0)
     same = 0
     for i in range(100):
@@ -234,10 +235,11 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"bench_compile: {name} skipped (PP-OCR models cannot be fetched)")
                 continue
             rows += measure(case)
-    print_table(".hbm vs float model, onnxruntime CPU, same intra-op threads (best of "
+    print_table(".hbm vs float model, onnxruntime CPU, same thread budget (the float model at onnxruntime's defaults "
+                "with that many intra-op threads, the .hbm as engine.runtime.load opens it: the threads its plan uses; best of "
                 f"{SESSIONS} sessions x {ROUNDS} rounds, blocks in a random order per round; ms per inference, "
                 "per batch for batch 16)", rows,
-                ("model", "threads", "float wall", ".hbm wall", "speed-up wall", "float CPU", ".hbm CPU",
+                ("model", "thread budget", ".hbm used", "float wall", ".hbm wall", "speed-up wall", "float CPU", ".hbm CPU",
                  "speed-up CPU", "target", ".bc==.hbm bits", "estimate ms (march)"))
 
 
