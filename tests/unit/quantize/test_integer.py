@@ -185,7 +185,8 @@ FAMILIES = {
     # faster (short chains of cheap ops), a GatherElements table otherwise (lower/lut.py)
     "sigmoid": (activation("Sigmoid"), {"Sigmoid", "DequantizeLinear"}, {"GatherElements"}, INT8_OUT),
     "tanh": (activation("Tanh"), {"Tanh"}, {"GatherElements"}, INT8_OUT),
-    "hardswish": (activation("HardSwish"), {"HardSwish"}, {"GatherElements"}, INT8_OUT),
+    "hardswish": (activation("HardSwish"), {"QLinearLeakyRelu", "QLinearMul"}, {"GatherElements", "HardSwish"},
+                  INT8_OUT),
     "hardsigmoid": (activation("HardSigmoid", alpha=0.2, beta=0.5), {"HardSigmoid"}, {"GatherElements"},
                     INT8_OUT),
     "exp": (activation("Exp"), {"GatherElements"}, {"Exp"}, INT8_OUT),

@@ -179,7 +179,6 @@ FUNCTIONS = {  # op → (float64 reference, attributes, runs as a GatherElements
     "Sigmoid": (lambda x: 1 / (1 + np.exp(-x)), {}, False),
     "Tanh": (np.tanh, {}, False),
     "HardSigmoid": (lambda x: np.clip(0.2 * x + 0.5, 0, 1), {"alpha": 0.2, "beta": 0.5}, False),
-    "HardSwish": (lambda x: x * np.clip(x / 6 + 0.5, 0, 1), {}, False),
     "LeakyRelu": (lambda x: np.where(x >= 0, x, 0.1 * x), {"alpha": 0.1}, False),
     "Exp": (np.exp, {}, True),
     "Gelu": (lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2))), {}, True),
@@ -240,6 +239,51 @@ def test_table_op_gives_the_float_function_at_every_code(op):
     assert ("GatherElements" in kinds) == as_table and (op in kinds) != as_table
     if as_table:
         np.testing.assert_array_equal(table_of(bc, "y"), through)
+
+
+def hardswish(x):
+    return x * np.clip(x / 6 + 0.5, 0, 1)
+
+
+@pytest.mark.parametrize("in_t,out_t", [(6.0, 6.0), (8.06, 4.2), (18.2, 9.3), (3.5, 3.5)])
+def test_hardswish_is_a_gate_and_a_product_within_one_step_of_the_table(in_t, out_t):
+    """uint8 HardSwish runs as QLinearLeakyRelu (the HardSigmoid gate's codes) → QLinearMul: every
+    input code lands within one step of the table Q_y(HardSwish(DQ_x(code))), and on it for all but
+    a few codes (the gate's 1/255 rounding, only where |x| < 3)."""
+    model, plan = activation_plan("HardSwish", {}, in_t, out_t)
+    bc = lower_to_integer(model, plan)
+    assert sorted(n.op_type for n in bc.graph.node if n.domain == "com.microsoft") == ["QLinearLeakyRelu",
+                                                                                      "QLinearMul"]
+    assert not {"HardSwish", "HardSigmoid", "GatherElements"} & {n.op_type for n in bc.graph.node}
+    tmap = read_tensor_map(bc)
+    enc_in, enc_out = (Encoding("uint8", tmap[t]["scale"], 128) for t in ("x", "y"))
+    through = every_code_through(bc, enc_in).astype(np.int64)
+    x = enc_in.dequantize(luts.input_codes(enc_in)).astype(np.float64)
+    table = np.clip(np.rint(hardswish(x) / enc_out.scale) + 128, 0, 255)
+    off = through != table
+    assert np.all(np.abs(through - table) <= 1)
+    assert np.count_nonzero(off) <= 16, f"{np.count_nonzero(off)} of 256 codes off the table"
+    assert np.all(np.abs(x[off]) < 3)  # the gate is exact where it saturates
+
+
+@pytest.mark.parametrize("scale", [6.0 / 127, 8.06 / 127, 18.2 / 127, 0.0598, 0.1435])
+def test_hardswish_gate_is_unbiased(scale):
+    """The gate's zero points put its codes at x·42.5 + 127.5 (+ a small ε), not + 128: a gate rounded
+    half a code high on average moved a held-out digit's top-1 in the bundled example."""
+    from engine.quantize.lower.lut import GATE_SCALE, _gate_offsets
+
+    enc = Encoding("uint8", float(np.float32(scale)), 128)
+    input_zero_point, gate_zero_point = _gate_offsets(enc)
+    offset = gate_zero_point - np.float32(scale) / np.float32(GATE_SCALE) * (input_zero_point - 128)
+    assert abs(offset - 127.5) < 0.05  # the best of the 256 shifts; a fixed 128 is 0.5 off
+    codes = luts.onnxruntime_table("QLinearLeakyRelu", Encoding("uint8", enc.scale, input_zero_point),
+                                   Encoding("uint8", GATE_SCALE, gate_zero_point), alpha=1.0).astype(np.float64)
+    x = enc.dequantize(luts.input_codes(enc)).astype(np.float64)
+    inside = np.abs(x) < 3
+    error = codes / 255 - np.clip(x / 6 + 0.5, 0, 1)
+    assert np.all(np.abs(error) <= 0.5 / 255 + 0.05 / 255)
+    assert np.all(codes[x <= -3] == 0) and np.all(codes[x >= 3] == 255)
+    assert abs(error[inside].mean()) < 0.15 / 255
 
 
 def test_int16_table_has_every_int16_code():
