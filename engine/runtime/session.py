@@ -27,6 +27,10 @@ parallel kernel waits for it. Scheduling only: the same values (`.bc` == `.hbm` 
 100/100 inputs of digits, cls, rec). Measured at 2 threads on the loaded 2-core machine, best of 7
 interleaved rounds, wall: digits batch 16 2.38 → 0.88 ms, PP-OCR cls 2.69 → 1.32 ms, PP-OCRv4 rec
 61 → 29 ms (the float model with onnxruntime's defaults: 2.03, 1.47, 51 ms).
+
+How many threads an `.hbm` uses of the budget it is opened with is its thread plan's answer
+(`engine.runtime.threads`, measured when it is built; `open_session(..., plan=)`): a program of
+small kernels (digits, cls) is faster on one thread than on two even without spinning.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ import onnx
 
 PLAN_VERSION = 1  # of the measurement method and of ThreadMemo's key
 MARGIN = 0.05  # a larger thread count must be this much faster (best block) to be taken
-MEASURE_SECONDS = 0.3  # alternating blocks stop once this is spent (after MIN_ROUNDS blocks of each count)
+MEASURE_SECONDS = 0.15  # alternating blocks stop once this is spent (after MIN_ROUNDS blocks of each count)
 BLOCK_SECONDS = 0.01  # a block: runs of one count timed together (mean per run), the best block counts
 MIN_ROUNDS = 7
 MAX_ROUNDS = 100
@@ -99,10 +99,14 @@ class ThreadPlan:
                    str(data.get("onnxruntime", "")))
 
     def describe(self, budget: int | None = None) -> str:
-        """One line for hb_model_info: what was measured and what a budget gets."""
-        times = ", ".join(f"{c} thread{'s' if c > 1 else ''} {v:.3f} ms" for c, v in sorted(self.measured.items()))
+        """One line for hb_model_info: what each budget measured gets, and the times behind it."""
         uses = ", ".join(f"{c} → {self.threads_for(c)}" for c in sorted(self.measured))
-        line = f"threads: budget → used {uses} (best of blocks measured when built: {times})"
+        times = ", ".join(f"{c} thread{'s' if c > 1 else ''} {v:.3f}"
+                          + (f" / {self.median[c]:.3f}" if c in self.median else "") + " ms"
+                          for c, v in sorted(self.measured.items()))
+        line = f"threads (budget → used): {uses}; measured when built (best / median block): {times}"
+        if self.limit is not None:
+            line += f"; more than {self.limit} gave other values"
         if budget is not None:
             line += f"; a budget of {budget} uses {self.threads_for(budget)}"
         return line
