@@ -25,7 +25,8 @@ on PP-OCRv4 det (58 M values per sample) they cost as much as the forward pass. 
 time, the next sample runs in onnxruntime while the current one's statistics are computed and
 consumed (10-13 % faster on det, measured; at a yield only the next run's outputs are alive).
 When the histogram work is large (`KERNEL_WORK`) the compiled kernel is loaded in the background
-(`stats.load_kernel`); until it is ready numpy computes the same bins. Small samples (below
+(`stats.load_kernel`); until it is ready numpy computes the same bins, unless the work is so large
+(`KERNEL_WAIT_WORK`) that statistics wait for the load (onnxruntime runs the next sample meanwhile). Small samples (below
 `STACK_VALUES`) are reduced several at a time, from a batched run or from single runs stacked
 (`stats.stacked_stats`): on digits numpy's per-call cost was most of the statistics' time.
 """
@@ -61,6 +62,9 @@ MEMORY_BUDGET = 32 << 20  # observed bytes per batch: batching pays on small mod
 PARALLEL_VALUES = 1 << 20  # values per run from which statistics are spread over threads
 STACK_VALUES = 1 << 16  # values per sample below which several samples' statistics are computed at once
 STACK_LIMIT = 1 << 20  # values of one tensor's stack (its temporaries: ~20 bytes per value)
+KERNEL_WAIT_WORK = 1 << 29  # histogram values from which statistics wait for the kernel's load rather than run
+# numpy meanwhile: numpy's 2.0 ns per value against the kernel's 0.54 spent ~0.4 CPU s of PP-OCRv4 det 640's pass on
+# the samples that came back during the load; waiting idles the cores for less (onnxruntime runs the next sample)
 KERNEL_WORK = 1 << 27  # histogram values (per sample × samples) from which the compiled kernel is loaded:
 # ~0.25 s of numpy against ~1 s CPU (background) and ~150 MB RSS for numba + LLVM, paid once per process, so
 # a large model loads it at 16 samples as at 128 (PP-OCRv4 det at 320x320: 14.5 M values per sample)
@@ -164,6 +168,7 @@ class Observer:
     _symbolic: bool = field(default=False, init=False, repr=False)  # `_single` takes any batch (symbolic dim 0)
     _batched: ort.InferenceSession | None = field(default=None, init=False, repr=False)
     _batch_checked: bool = field(default=False, init=False, repr=False)
+    _wait_kernel: bool = field(default=False, init=False, repr=False)  # statistics wait for the kernel's load
 
     def __post_init__(self) -> None:
         proto = self.model if isinstance(self.model, onnx.ModelProto) else onnx.load(str(self.model))
@@ -257,6 +262,8 @@ class Observer:
         return self.channel_axis
 
     def _stats(self, values: Mapping[str, np.ndarray]) -> SampleStats:
+        if self._wait_kernel:
+            load_kernel(wait=True)
         workers = self.threads or cpu_count()
         if workers < 2 or sum(np.size(values[t]) for t in self.tensors) < PARALLEL_VALUES:
             return SampleStats({t: tensor_stats(values[t], self.bins, self._axis(t)) for t in self.tensors})
@@ -294,10 +301,11 @@ class Observer:
             count = len(samples) if isinstance(samples, Sized) else MAX_BATCH
         self._kernel_for(sum(np.size(values[t]) for t in self.tensors), count)
 
-    @staticmethod
-    def _kernel_for(values_per_sample: int, samples: int) -> None:
-        if values_per_sample * samples >= KERNEL_WORK:
+    def _kernel_for(self, values_per_sample: int, samples: int) -> None:
+        work = values_per_sample * samples
+        if work >= KERNEL_WORK:
             load_kernel()
+        self._wait_kernel = work >= KERNEL_WAIT_WORK
 
     def _split(self, values: dict[str, np.ndarray], count: int, dim0: Mapping[str, int]
                ) -> list[dict[str, np.ndarray]] | None:

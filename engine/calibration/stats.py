@@ -236,7 +236,9 @@ def _abs_histogram(flat: np.ndarray, scale: np.float32, bins: int) -> np.ndarray
     """
     kernel = _kernel["fn"]
     if kernel is not None and flat.size >= KERNEL_VALUES and flat.dtype == np.float32:
-        return kernel(flat, np.float32(scale), bins)
+        if flat.size <= KERNEL_SPAN:
+            return kernel(flat, np.float32(scale), bins)
+        return sum(kernel(flat[i:i + KERNEL_SPAN], np.float32(scale), bins) for i in range(0, flat.size, KERNEL_SPAN))
     return _abs_histogram_numpy(flat, scale, bins)
 
 
@@ -277,6 +279,7 @@ def _abs_histogram_numpy(flat: np.ndarray, scale: np.float32, bins: int) -> np.n
 
 # ---------------------------------------------------------------------------- compiled kernel
 KERNEL_VALUES = 1 << 14  # values from which a tensor's histogram goes to the kernel (a call costs ~1 µs)
+KERNEL_SPAN = 1 << 32  # values per kernel call: its four uint32 partial histograms cannot overflow
 KERNEL_ENV = "HB_CALIBRATION_KERNEL"  # "numpy": never load the compiled kernel
 _kernel: dict = {"fn": None, "rebin": None, "thread": None, "error": None}
 _kernel_lock = threading.Lock()
@@ -287,28 +290,37 @@ def _build_kernel():  # noqa: ANN202 - a numba dispatcher
 
     Four interleaved partial histograms: in ReLU outputs runs of zeros hit the same bin, and one
     counter would make every increment wait for the previous one (1.06 → 0.80 ns per value on
-    PP-OCRv4 det's activations, numpy 1.86). float32 product, abs and truncation as in numpy.
+    PP-OCRv4 det's activations, numpy 1.86). Bin indices and partial counts are unsigned 32-bit:
+    a signed index costs numba's negative-index wraparound test on every increment, and the four
+    uint32 partials take 32 KB (L1) where int64 ones took 64 KB (0.75 → 0.54 ns per value; a
+    partial counts at most a quarter of `KERNEL_SPAN` values, so it cannot overflow). float32
+    product, abs and truncation as in numpy (|x|·scale ≤ bins + 1 ulp: the unsigned cast is exact).
     """
     import numba
 
     @numba.njit(nogil=True, cache=True)
     def abs_histogram(flat, scale, bins):  # noqa: ANN001, ANN202
-        part = np.zeros((4, bins), np.int64)
-        top = bins - 1
+        part = np.zeros((4, bins), np.uint32)
+        top = np.uint32(bins - 1)
+        one = np.uint32(1)
         n = flat.size
         m = n - n % 4
         for i in range(0, m, 4):
-            a = int(abs(flat[i] * scale))
-            b = int(abs(flat[i + 1] * scale))
-            c = int(abs(flat[i + 2] * scale))
-            d = int(abs(flat[i + 3] * scale))
-            part[0, min(a, top)] += 1
-            part[1, min(b, top)] += 1
-            part[2, min(c, top)] += 1
-            part[3, min(d, top)] += 1
+            a = np.uint32(abs(flat[i] * scale))
+            b = np.uint32(abs(flat[i + 1] * scale))
+            c = np.uint32(abs(flat[i + 2] * scale))
+            d = np.uint32(abs(flat[i + 3] * scale))
+            part[0, min(a, top)] += one
+            part[1, min(b, top)] += one
+            part[2, min(c, top)] += one
+            part[3, min(d, top)] += one
         for i in range(m, n):
-            part[0, min(int(abs(flat[i] * scale)), top)] += 1
-        return part[0] + part[1] + part[2] + part[3]
+            part[0, min(np.uint32(abs(flat[i] * scale)), top)] += one
+        out = np.zeros(bins, np.int64)
+        for k in range(4):
+            for j in range(bins):
+                out[j] += part[k, j]
+        return out
 
     abs_histogram(np.zeros(4, np.float32), np.float32(1.0), 2)  # load (or compile) now, not in a worker
     return abs_histogram

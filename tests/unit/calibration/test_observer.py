@@ -223,6 +223,24 @@ def test_the_histogram_kernel_starts_loading_when_the_shapes_promise_enough_work
     assert calls == [False]
 
 
+def test_statistics_wait_for_the_kernel_only_when_the_work_is_large(monkeypatch):
+    """While the kernel loads, numpy's histograms cost ~4x its own: a pass whose work is large
+    (`KERNEL_WAIT_WORK`) waits for the load instead; a smaller one goes on in numpy."""
+    import engine.calibration.observer as observer_module
+
+    calls = []
+    monkeypatch.setattr(observer_module, "load_kernel", lambda wait=False: calls.append(wait) or False)
+    monkeypatch.setattr(observer_module, "STACK_VALUES", 1)  # statistics sample by sample, as for a large model
+    per_sample = 3 * 16 * 16 + 2 * 8 * 16 * 16 + 8
+    data = list(samples((1, 3, 16, 16), 2, seed=3))
+    large = Observer(conv_relu_model(), TENSORS, batch=1, expected_samples=observer_module.KERNEL_WAIT_WORK // per_sample + 1)
+    got = list(large.observe(iter(data)))
+    assert calls == [False, False, True, True]  # started at init and after the first run; waited per sample
+    calls.clear()
+    small = Observer(conv_relu_model(), TENSORS, batch=1, expected_samples=observer_module.KERNEL_WAIT_WORK // per_sample - 1)
+    assert list(small.observe(iter(data))) == got and True not in calls
+
+
 def test_the_batching_check_runs_a_whole_first_batch_and_uses_it(monkeypatch):
     """A small model: the check that batched runs equal single runs is made on a full first batch,
     whose values then give its samples' statistics (no batch of two run for the check alone)."""

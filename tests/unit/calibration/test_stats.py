@@ -196,6 +196,25 @@ def test_compiled_kernel_and_numpy_give_identical_bins():
         stats._abs_histogram = real
 
 
+def test_the_kernel_splits_a_tensor_longer_than_its_counters_span(monkeypatch):
+    """The kernel's partial histograms count in uint32: a tensor beyond `KERNEL_SPAN` values goes in
+    slices whose bins are summed, the same bins as numpy's (here with a span shrunk to 5 000 values)."""
+    pytest.importorskip("numba")
+    from engine.calibration import stats
+
+    if os.environ.get(stats.KERNEL_ENV, "").lower() == "numpy":
+        pytest.skip(f"{stats.KERNEL_ENV}=numpy")
+    assert stats.load_kernel(wait=True)
+    calls = []
+    kernel = stats._kernel["fn"]
+    monkeypatch.setitem(stats._kernel, "fn", lambda flat, scale, bins: calls.append(flat.size) or kernel(flat, scale, bins))
+    monkeypatch.setattr(stats, "KERNEL_SPAN", 5_000)
+    x = activations(seed=4, shape=(1, 4, 75, 80)).reshape(-1)  # 24 000 values: 5 slices
+    scale = np.float32(2048 / float(np.abs(x).max()))
+    np.testing.assert_array_equal(stats._abs_histogram(x, scale, 2048), stats._abs_histogram_numpy(x, scale, 2048))
+    assert calls == [5_000] * 4 + [4_000]
+
+
 def test_held_statistics_are_packed_beyond_the_budget_and_merge_the_same():
     """A calibration set whose histograms exceed the budget is held packed (each histogram deflated,
     decoded on lookup); merging packed samples gives the same result as merging them as computed."""
