@@ -21,7 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from engine.quantize import luts
-from engine.quantize.lower.builder import MS, Builder, QTensor, planner_bug
+from engine.quantize.lower.builder import MS, Builder, QTensor, attr, planner_bug
 from engine.quantize.lower.emulate import float_kernels
 from engine.quantize.lower.encoding import Encoding
 
@@ -81,18 +81,23 @@ def tabulate(b: Builder, nodes: Sequence[onnx.NodeProto], name: str) -> str | No
         with b.lowering(nodes[0].name):
             hardswish_product(b, b.int_of(source), b.define_int(output, enc_out), name)
         return None
+
+    def table() -> np.ndarray:
+        fn = luts.elementwise_function(nodes, source, output, list({c.name: c for c in constants}.values()),
+                                       b.opsets)
+        return luts.build_table(fn, enc_in, enc_out)
+
+    if [n.op_type for n in nodes] == ["HardSigmoid"] and enc_in.dtype == enc_out.dtype == "uint8":
+        alpha, beta = float(attr(nodes[0], "alpha", 0.2)), float(attr(nodes[0], "beta", 0.5))
+        if affine_lookup(b, b.int_of(source), output, enc_out, alpha, beta, table(), name, nodes[0].name):
+            return None
     if len(nodes) <= FLOAT_CHAIN and all(n.op_type in FAST_FLOAT for n in nodes):
         float_kernels(b, nodes, {output: enc_out}, name=name)
         return None
-    fn = luts.elementwise_function(nodes, source, output, list({c.name: c for c in constants}.values()),
-                                   b.opsets)
-    table = luts.build_table(fn, enc_in, enc_out)
     x = b.int_of(source)
     with b.lowering(*(n.name for n in nodes)):
-        b.lookup(x, table, b.define_int(output, enc_out), name=name)
+        b.lookup(x, table(), b.define_int(output, enc_out), name=name)
     return None
-
-
 
 
 GATE_SCALE = float(np.float32(6.0 / 255.0))  # the gate's codes: HardSigmoid(x) · 255 = x · 42.5 + 127.5
@@ -138,3 +143,51 @@ def _gate_offsets(enc: Encoding) -> tuple[int, int]:
         if 0 <= gate_zero_point <= 255 and miss < best[0]:
             best = (miss, enc.zero_point + d, gate_zero_point)
     return best[1], best[2]
+
+
+def affine_lookup(b: Builder, x: QTensor, output: str, enc_out: Encoding, slope: float, offset: float,
+                  table: np.ndarray, name: str, owner: str) -> bool:
+    """A table of clip(slope·x + offset, …) as one QLinearLeakyRelu (alpha 1), where that kernel's own
+    table is this one at every code; False (nothing emitted) where none is.
+
+    QLinearLeakyRelu with alpha 1 is a requantization through onnxruntime's 256-entry table:
+    sat(rne(s_in·(code − z_in) / s_out) + z_out). With s_in = s_x, s_out = s_y / slope it has the
+    function's slope; its offset z_out − slope·s_x·(z_in − z_x)/s_y is the function's offset / s_y + z_y
+    only up to the fractional part, which the shift of the input zero point z_in moves (`_shifts`, the
+    closest first). Its saturation at codes 0 and 255 is the function's clip where the output encoding
+    puts 0 at code 0 (HardSigmoid's [0, 1] range gets such an offset encoding) or the input never
+    reaches the clip. Kept only when onnxruntime's table equals `table` on all 256 codes, so the `.bc`'s
+    values do not change: one kernel where DequantizeLinear → HardSigmoid → QuantizeLinear were three
+    (PP-OCR cls: the nine squeeze-excitation gates, 8 of 9 exact).
+    """
+    if enc_out.per_channel or x.enc.per_channel or slope <= 0:
+        return False
+    per_code = float(np.float32(x.enc.scale) * np.float32(slope) / np.float32(enc_out.scale))
+    target = offset / float(np.float32(enc_out.scale)) + enc_out.zero_point
+    out_scale = float(np.float32(enc_out.scale) / np.float32(slope))
+    for input_zero_point, out_zero_point in _shifts(x.enc.zero_point, per_code, target)[:LOOKUP_TRIES]:
+        theirs = luts.onnxruntime_table("QLinearLeakyRelu", Encoding("uint8", x.enc.scale, input_zero_point),
+                                        Encoding("uint8", out_scale, out_zero_point), alpha=1.0)
+        if theirs is not None and np.array_equal(theirs, table):
+            with b.lowering(owner):
+                y = b.define_int(output, enc_out)
+                b.emit("QLinearLeakyRelu", [x.name, x.scale, b.const(f"{y.name}_input_zero_point",
+                                                                     np.array(input_zero_point, np.uint8)),
+                                            b.const(f"{y.name}_table_scale", np.array(out_scale, np.float32)),
+                                            b.const(f"{y.name}_table_zero_point", np.array(out_zero_point, np.uint8))],
+                       [y.name], name, domain=MS, alpha=1.0)
+            return True
+    return False
+
+
+LOOKUP_TRIES = 8  # input zero point shifts tried per table, closest offset first
+
+
+def _shifts(zero_point: int, per_code: float, target: float) -> list[tuple[int, int]]:
+    """(z_in, z_out) pairs with z_out − per_code·(z_in − zero_point) near `target`, closest first."""
+    found = []
+    for d in range(-zero_point, 256 - zero_point):
+        out_zero_point = int(np.rint(target + per_code * d))
+        if 0 <= out_zero_point <= 255:
+            found.append((abs(out_zero_point - per_code * d - target), zero_point + d, out_zero_point))
+    return [(z_in, z_out) for _, z_in, z_out in sorted(found)]

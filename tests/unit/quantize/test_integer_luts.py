@@ -286,6 +286,32 @@ def test_hardswish_gate_is_unbiased(scale):
     assert abs(error[inside].mean()) < 0.15 / 255
 
 
+@pytest.mark.parametrize("in_t", [1.9, 3.0, 6.0, 12.5])
+def test_hardsigmoid_on_an_offset_range_is_one_lookup_kernel_equal_to_the_table(in_t):
+    """A HardSigmoid whose output range [0, 1] has its own zero point (code 0 = value 0, as the planner
+    gives a gate: squeeze-excitation) runs as one QLinearLeakyRelu whose table is ours at every code."""
+    from engine.quantize.planner import OffsetAct
+
+    model, plan = activation_plan("HardSigmoid", {"alpha": 0.2, "beta": 0.5}, in_t, 1.0)
+    plan.acts["y"] = OffsetAct("y", 1.0, zero_point=-128, step=float(np.float32(1 / 255)))
+    bc = lower_to_integer(model, plan)
+    assert [n.op_type for n in bc.graph.node] == ["QuantizeLinear", "QLinearLeakyRelu", "DequantizeLinear"]
+    tmap = read_tensor_map(bc)
+    enc_in, enc_out = Encoding("uint8", tmap["x"]["scale"], 128), Encoding("uint8", tmap["y"]["scale"], 0)
+    x = enc_in.dequantize(luts.input_codes(enc_in)).astype(np.float64)
+    np.testing.assert_array_equal(every_code_through(bc, enc_in),
+                                  np.clip(np.rint(np.clip(0.2 * x + 0.5, 0, 1) / enc_out.scale), 0, 255))
+
+
+def test_hardsigmoid_that_clips_inside_the_codes_stays_float():
+    """With the usual zero point 128 the gate's 0 is code 128: onnxruntime's table saturates at code 0,
+    not there, so no lookup kernel equals the table and the float kernels stay."""
+    model, plan = activation_plan("HardSigmoid", {"alpha": 0.2, "beta": 0.5}, 6.0, 1.0)
+    bc = lower_to_integer(model, plan)
+    assert "HardSigmoid" in {n.op_type for n in bc.graph.node}
+    assert "QLinearLeakyRelu" not in {n.op_type for n in bc.graph.node}
+
+
 def test_int16_table_has_every_int16_code():
     fn, attrs, _ = FUNCTIONS["Gelu"]
     model, plan = activation_plan("Gelu", attrs, 8.0, 8.0, bits=(16, 16), n=65536)
