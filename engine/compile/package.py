@@ -51,7 +51,7 @@ from engine.compile.program import (
 )
 from engine.pipeline.recent import Recent
 from engine.quantize.types import QuantPlan
-from engine.runtime.threads import ThreadMemo, measure_plan
+from engine.runtime.threads import ThreadMemo, plan_for
 
 log = logging.getLogger("hbcompile")
 # what optimize_program's result depends on besides its input: these modules' source and versions
@@ -198,10 +198,10 @@ def build_hbm(bc: onnx.ModelProto, options: CompileOptions, *, plan: QuantPlan |
     (``hbcompile.placement``, metadata only) so tools partition the `.hbm` as the plan did.
     `memo`: optimized programs kept across runs (the compile stage's). `source_sha256`: the sha256
     of `bc`'s bytes when the caller read them from its file (else `bc` is serialized to take it).
-    `threads`: measure the program's `ThreadPlan` at up to `options.jobs` threads (through the
-    `ThreadMemo` given, the compile stage's) and record it in the manifest (``build.threads``), so
-    the runtime opens the `.hbm` with the threads that make it fastest; False: no plan (the runtime
-    uses the whole thread budget).
+    `threads`: decide the program's `ThreadPlan` for up to `options.jobs` threads (`plan_for`:
+    measured through the `ThreadMemo` given, the compile stage's, unless its kernels are small) and
+    record it in the manifest (``build.threads``), so the runtime opens the `.hbm` with the threads
+    that make it fastest; False: no plan (the runtime uses the whole thread budget).
     """
     meta = metadata(bc)
     source_sha256 = source_sha256 or _sha256(bc.SerializeToString())
@@ -246,9 +246,9 @@ def build_hbm(bc: onnx.ModelProto, options: CompileOptions, *, plan: QuantPlan |
         "program": {"format": "onnx", "ir_version": result.program.ir_version, "opsets": opsets,
                     "nodes": len(result.program.graph.node), "sha256": _sha256(program_bytes)},
     }
-    if threads is not False:
-        digest = manifest["program"]["sha256"]
-        thread_plan = threads.plan(result.program, options.jobs, digest) if isinstance(threads, ThreadMemo) \
-            else measure_plan(program_bytes, options.jobs)
+    build = HbmBuild(result.program, manifest, result, program_bytes)
+    if threads is not False:  # the types are the perf estimate's too (kept by the program's digest)
+        thread_plan = plan_for(result.program, options.jobs, build.tensor_types(), digest=build.program_sha256,
+                               memo=threads if isinstance(threads, ThreadMemo) else None)
         manifest["build"]["threads"] = thread_plan.to_json()
-    return HbmBuild(result.program, manifest, result, program_bytes)
+    return build

@@ -20,6 +20,10 @@ median block was 1.7x slower in all 3). So a budget of N threads is never slower
 a smaller budget, and a tie keeps the cheaper count. A budget beyond the largest count measured gets
 the whole budget only when that largest count was the one taken (the program was still gaining).
 
+Measuring is skipped when the answer is known: a program whose kernels are small (`kernel_work` per
+node below `SMALL_KERNEL_WORK`: digits, cls, every test-sized model) runs on 1 thread — a second
+thread only adds wake-ups there, and the plan of such a program is the same on every build.
+
 Scheduling only: every count computes the same values (`use_deterministic_compute`, integer
 kernels); a count that does not is left out of the plan (`ThreadPlan.limit`).
 """
@@ -45,6 +49,10 @@ BLOCK_SECONDS = 0.01  # a block: runs of one count timed together (mean per run)
 MIN_ROUNDS = 7
 MAX_ROUNDS = 100
 MEMO_KEEP = 64
+# ops per node (`kernel_work`) below which a program runs on 1 thread unmeasured: digits (84 K, 0.054 →
+# 0.077 ms with a 2nd thread) and PP-OCR cls (81 K, 0.99 → 1.38 ms) are below, PP-OCRv4 rec (1.5 M,
+# 15.7 → 13.0 ms) and det (7 M, 43.4 → 36.4 ms) above (bench_compile, session 6)
+SMALL_KERNEL_WORK = 150_000
 
 
 @dataclass(frozen=True)
@@ -53,18 +61,20 @@ class ThreadPlan:
     that turns a thread budget into the threads a session uses."""
 
     measured: dict[int, float]
-    limit: int | None = None  # the most threads giving the 1-thread values (None: every count measured did)
+    limit: int | None = None  # the most threads worth opening (None: no ceiling); `why` says why
     median: dict[int, float] = field(default_factory=dict, compare=False)
     rounds: int = 0
     machine: str = ""
     onnxruntime: str = ""
+    work_per_kernel: float | None = None  # `kernel_work`'s ops per node, what decides whether to measure
+    why: str = ""
 
     def threads_for(self, budget: int) -> int:
         """The threads a session of this program uses when given `budget` threads (module docstring)."""
         budget = max(1, int(budget))
         counts = sorted(c for c in self.measured if c <= budget)
-        if not counts:
-            return 1 if self.limit is not None else budget
+        if not counts:  # nothing measured (small kernels, or built with one thread)
+            return min(budget, self.limit) if self.limit is not None else budget
         chosen = counts[0]
         for c in counts[1:]:
             if self.measured[c] < self.measured[chosen] * (1 - MARGIN) and \
@@ -78,8 +88,10 @@ class ThreadPlan:
         return {"rule": f"fewest threads unless more are > {MARGIN:.0%} faster (best block) and not slower (median block)",
                 "best ms": {str(c): round(v, 4) for c, v in sorted(self.measured.items())},
                 "median ms": {str(c): round(v, 4) for c, v in sorted(self.median.items())},
-                "rounds": self.rounds, "limit": self.limit, "machine": self.machine, "onnxruntime": self.onnxruntime,
-                "uses": {str(c): self.threads_for(c) for c in sorted(self.measured)}}
+                "rounds": self.rounds, "limit": self.limit, "why": self.why, "machine": self.machine,
+                "onnxruntime": self.onnxruntime,
+                "work per kernel": round(self.work_per_kernel) if self.work_per_kernel is not None else None,
+                "uses": {str(c): self.threads_for(c) for c in sorted({1, 2, *self.measured})}}
 
     @classmethod
     def from_json(cls, data: Any) -> ThreadPlan | None:
@@ -91,22 +103,28 @@ class ThreadPlan:
             median = {int(c): float(v) for c, v in (data.get("median ms") or {}).items()}
             limit = data.get("limit")
             limit = int(limit) if limit is not None else None
+            work = data.get("work per kernel")
+            work = float(work) if work is not None else None
+            rounds = int(data.get("rounds") or 0)
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
-        if not measured or min(measured) < 1 or (limit is not None and limit < 1):
+        if (measured and min(measured) < 1) or (limit is not None and limit < 1):
             return None
-        return cls(measured, limit, median, int(data.get("rounds") or 0), str(data.get("machine", "")),
-                   str(data.get("onnxruntime", "")))
+        return cls(measured, limit, median, rounds, str(data.get("machine", "")), str(data.get("onnxruntime", "")),
+                   work, str(data.get("why") or ""))
 
     def describe(self, budget: int | None = None) -> str:
-        """One line for hb_model_info: what each budget measured gets, and the times behind it."""
-        uses = ", ".join(f"{c} → {self.threads_for(c)}" for c in sorted(self.measured))
-        times = ", ".join(f"{c} thread{'s' if c > 1 else ''} {v:.3f}"
-                          + (f" / {self.median[c]:.3f}" if c in self.median else "") + " ms"
-                          for c, v in sorted(self.measured.items()))
-        line = f"threads (budget → used): {uses}; measured when built (best / median block): {times}"
-        if self.limit is not None:
-            line += f"; more than {self.limit} gave other values"
+        """One line for hb_model_info: what each budget gets, and the measurement or reason behind it."""
+        uses = ", ".join(f"{c} → {self.threads_for(c)}" for c in sorted({1, 2, *self.measured}))
+        if self.measured:
+            basis = "measured when built (best / median block): " + ", ".join(
+                f"{c} thread{'s' if c > 1 else ''} {v:.3f}" + (f" / {self.median[c]:.3f}" if c in self.median else "")
+                + " ms" for c, v in sorted(self.measured.items()))
+            if self.limit is not None:
+                basis += f"; at most {self.limit}: {self.why}"
+        else:
+            basis = self.why or "not measured"
+        line = f"threads (budget → used): {uses}; {basis}"
         if budget is not None:
             line += f"; a budget of {budget} uses {self.threads_for(budget)}"
         return line
@@ -142,12 +160,13 @@ def measure_plan(program: bytes | onnx.ModelProto, budget: int, *, seconds: floa
     sessions = {c: open_session(program, c, "the program") for c in counts}
     feeds = random_feeds(sessions[1].get_inputs(), seed)
     reference = sessions[1].run(None, feeds)  # also each session's warm-up run
-    limit = None
+    limit, why = None, "measured"
     for c in counts[1:]:
         values = sessions[c].run(None, feeds)
         if not all(np.asarray(a).tobytes() == np.asarray(b).tobytes() for a, b in zip(values, reference)):
             limit = counts[counts.index(c) - 1]
             counts = counts[:counts.index(c)]
+            why = f"{c} threads gave other values than 1 thread"
             break
     per_block = {}
     for c in counts:  # a block is one run or BLOCK_SECONDS of runs: a tiny program's run is a few µs
@@ -166,7 +185,60 @@ def measure_plan(program: bytes | onnx.ModelProto, budget: int, *, seconds: floa
         rounds += 1
     return ThreadPlan({c: min(t) * 1e3 for c, t in times.items()}, limit,
                       {c: statistics.median(t) * 1e3 for c, t in times.items()}, rounds,
-                      platform.processor() or platform.machine(), ort.__version__)
+                      platform.processor() or platform.machine(), ort.__version__, why=why)
+
+
+_WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "ConvTranspose": 1, "QLinearConv": 3}
+_MATMUL_OPS = {"MatMul", "MatMulInteger", "QLinearMatMul", "Gemm", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
+
+
+def kernel_work(program: onnx.ModelProto, types: Mapping[str, Any]) -> tuple[int, int]:
+    """(ops, nodes) of the program: a conv counts its multiply-accumulates (output elements × weight
+    elements per output channel), a matmul output elements × its inner dimension, any other node its
+    largest output's elements. `types`: name → `engine.compile.program.TensorType` (the program's
+    `tensor_types`); a value of unknown size counts 0."""
+    import math
+
+    weights = {t.name: list(t.dims) for t in program.graph.initializer}
+
+    def elements(name: str) -> int:
+        t = types.get(name)
+        return int(t.elements or 0) if t is not None else 0
+
+    total = 0
+    for node in program.graph.node:
+        out = max((elements(o) for o in node.output if o), default=0)
+        if node.op_type in _WEIGHT_INPUT and len(node.input) > _WEIGHT_INPUT[node.op_type]:
+            w = node.input[_WEIGHT_INPUT[node.op_type]]
+            dims = weights.get(w) or list((types.get(w).shape or ()) if types.get(w) is not None else ())
+            out *= math.prod(d for d in dims[1:] if isinstance(d, int)) if dims else 1
+        elif node.op_type in _MATMUL_OPS:
+            a = types.get(node.input[0])
+            if a is not None and a.static and a.shape:
+                out *= int(a.shape[-1])
+        total += out
+    return total, len(program.graph.node)
+
+
+def plan_for(program: onnx.ModelProto, budget: int, types: Mapping[str, Any], *, digest: str | None = None,
+             memo: ThreadMemo | None = None) -> ThreadPlan:
+    """The program's thread plan for a build with `budget` threads (compile's `jobs`, capped at the
+    cores): 1 thread without measuring when its kernels are small (`SMALL_KERNEL_WORK`), nothing to
+    decide with one thread, else `measure_plan` (through `memo` when given)."""
+    from dataclasses import replace
+
+    from engine.runtime.session import available_threads
+
+    work, nodes = kernel_work(program, types)
+    per_kernel = work / max(nodes, 1)
+    if per_kernel < SMALL_KERNEL_WORK:
+        return ThreadPlan({}, 1, work_per_kernel=per_kernel,
+                          why=f"small kernels ({per_kernel:,.0f} ops per node < {SMALL_KERNEL_WORK:,}): "
+                              "a second thread only adds wake-ups")
+    if available_threads(budget) < 2:
+        return ThreadPlan({}, None, work_per_kernel=per_kernel, why="built with one thread: not measured")
+    plan = memo.plan(program, budget, digest) if memo is not None else measure_plan(program, budget)
+    return replace(plan, work_per_kernel=per_kernel)
 
 
 @dataclass(frozen=True)

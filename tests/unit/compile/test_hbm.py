@@ -142,27 +142,31 @@ def test_manifest_holds_specs_and_build_info(programs):
     assert b["source"]["sha256"] == hashlib.sha256(programs["nv12"].SerializeToString()).hexdigest()
 
 
-def test_the_build_records_a_thread_plan_that_load_honours(programs, tmp_path):
-    """The compile stage measures the program at 1 and 2 threads (budget `jobs`, capped at the cores)
-    and the runtime opens the .hbm with the threads the plan gives for its budget."""
-    memo = ThreadMemo(tmp_path / "threads")
-    build = build_hbm(programs["island_lut"], options("O2"), threads=memo)
-    plan = ThreadPlan.from_json(build.manifest["build"]["threads"])
-    assert plan is not None and sorted(plan.measured) == candidate_counts(available_threads(16))
-    assert plan.limit is None  # every count computed the 1-thread bits
-    path = build.write(tmp_path / "m.hbm")
-    for budget in (1, 2):
-        deployed = load(path, threads=budget)
-        assert deployed.threads == plan.threads_for(budget) <= budget
-        assert deployed.session.get_session_options().intra_op_num_threads == deployed.threads
-    assert "threads" not in build_hbm(programs["island_lut"], options("O2")).manifest["build"]  # not asked: no plan
-    again = build_hbm(programs["island_lut"], options("O2"), threads=memo)  # kept by the program's structure
-    assert again.manifest["build"]["threads"] == build.manifest["build"]["threads"]
-
-
 @pytest.fixture(scope="module")
 def mid_program():
     return integer_program(mid_conv_net(64), samples=2)
+
+
+def test_the_build_records_a_thread_plan_that_load_honours(programs, mid_program, tmp_path):
+    """The compile stage's build measures a program of large kernels at 1 and 2 threads (budget `jobs`,
+    capped at the cores), gives a program of small kernels 1 thread unmeasured, and the runtime opens
+    each .hbm with the threads its plan gives for the budget."""
+    memo = ThreadMemo(tmp_path / "threads")
+    small = build_hbm(programs["island_lut"], options("O2"), threads=memo)
+    large = build_hbm(mid_program, options("O2"), threads=memo)
+    small_plan, large_plan = (ThreadPlan.from_json(b.manifest["build"]["threads"]) for b in (small, large))
+    assert small_plan.measured == {} and small_plan.limit == 1
+    assert sorted(large_plan.measured) == candidate_counts(available_threads(16)) and large_plan.limit is None
+    for build, plan in ((small, small_plan), (large, large_plan)):
+        path = build.write(tmp_path / f"{id(build)}.hbm")
+        for budget in (1, 2):
+            deployed = load(path, threads=budget)
+            assert deployed.threads == plan.threads_for(budget) <= budget
+            assert deployed.session.get_session_options().intra_op_num_threads == deployed.threads
+    assert load(small.write(tmp_path / "small.hbm"), threads=2).threads == 1
+    assert "threads" not in build_hbm(programs["island_lut"], options("O2")).manifest["build"]  # not asked: no plan
+    again = build_hbm(mid_program, options("O2"), threads=memo)  # kept by the program's structure
+    assert again.manifest["build"]["threads"] == large.manifest["build"]["threads"]
 
 
 def test_bc_and_hbm_give_the_same_bits_at_every_thread_count(mid_program, tmp_path):

@@ -10,15 +10,19 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from engine.compile.hbm import write_hbm
+from engine.compile.program import tensor_types
 from engine.runtime.model import load
 from engine.runtime.session import available_threads, open_session
 from engine.runtime.threads import (
     MARGIN,
     MIN_ROUNDS,
+    SMALL_KERNEL_WORK,
     ThreadMemo,
     ThreadPlan,
     candidate_counts,
+    kernel_work,
     measure_plan,
+    plan_for,
     plan_of,
 )
 
@@ -76,12 +80,15 @@ def test_json_round_trip_and_what_is_not_a_plan():
     data = json.loads(json.dumps(p.to_json()))
     assert data["uses"] == {"1": 1, "2": 1}
     assert ThreadPlan.from_json(data) == p and ThreadPlan.from_json(data).median == p.median
-    for bad in (None, [], {"best ms": {}}, {"best ms": {"two": 1.0}}, {"best ms": {"0": 1.0}},
-                {"best ms": {"1": 1.0}, "limit": 0}, {"best ms": "fast"}):
+    for bad in (None, [], {}, {"best ms": {"two": 1.0}}, {"best ms": {"0": 1.0}},
+                {"best ms": {"1": 1.0}, "limit": 0}, {"best ms": "fast"}, {"best ms": {}, "limit": "one"}):
         assert ThreadPlan.from_json(bad) is None, bad
     assert plan_of({"build": {"threads": data}}) == p
     assert plan_of({"build": {}}) is None and plan_of({}) is None and plan_of(None) is None
-    assert "a budget of 2 uses 1" in p.describe(2)
+    assert "a budget of 2 uses 1" in p.describe(2) and "2 threads 0.057 / 0.101 ms" in p.describe()
+    unmeasured = ThreadPlan({}, 1, work_per_kernel=1234.0, why="small kernels")
+    assert ThreadPlan.from_json(json.loads(json.dumps(unmeasured.to_json()))) == unmeasured
+    assert unmeasured.describe() == "threads (budget → used): 1 → 1, 2 → 1; small kernels"
 
 
 def wide_program(channels: int = 64, hw: int = 56) -> onnx.ModelProto:
@@ -154,3 +161,30 @@ def test_thread_memo_keeps_a_plan_by_program_structure(tmp_path):
     assert memo.plan(other, 2) == plan({1: 5.0, 2: 1.0})  # other weights, same work
     entry.write_text("not json")
     assert sorted(memo.plan(model, 2).measured) == sorted(first.measured)  # unreadable: measured again
+
+
+def test_kernel_work_counts_multiply_accumulates_and_elements():
+    model = wide_program(16, 10)  # three 3x3 convs: 3→16, 16→16, 16→16 channels on 10x10
+    ops, nodes = kernel_work(model, tensor_types(model))
+    assert nodes == 3 and ops == 16 * 100 * (3 * 9) + 2 * 16 * 100 * (16 * 9)
+    relu = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "relu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 5])]), opset_imports=[helper.make_opsetid("", 17)])
+    assert kernel_work(relu, tensor_types(relu)) == (20, 1)
+
+
+def test_a_program_of_small_kernels_gets_one_thread_without_measuring(monkeypatch):
+    import engine.runtime.threads as threads
+
+    monkeypatch.setattr(threads, "measure_plan", lambda *a, **k: pytest.fail("measured"))
+    small = wide_program(8, 8)
+    p = plan_for(small, 16, tensor_types(small))
+    assert p.measured == {} and p.limit == 1 and p.work_per_kernel < SMALL_KERNEL_WORK
+    assert [p.threads_for(b) for b in (1, 2, 8)] == [1, 1, 1] and "small kernels" in p.why
+
+
+@two_cores
+def test_a_program_of_large_kernels_is_measured():
+    large = wide_program()
+    p = plan_for(large, 2, tensor_types(large))
+    assert sorted(p.measured) == [1, 2] and p.work_per_kernel >= SMALL_KERNEL_WORK and p.why == "measured"
