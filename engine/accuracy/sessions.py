@@ -71,7 +71,9 @@ class KeptSessions:
     for it (digits: ~3.5 of the accuracy steps' ~10 CPU ms). Here the first model of a layout gets a
     plain session; a later one whose values differ gets a session taking the initializers that differ
     as graph inputs (`lifted`), fed this model's values (`FedSession`); the models after it reuse that
-    session while their differences stay among its lifted names. Fed or constant, the values give the
+    session while their differences stay among its lifted names. Only what Q/DQ nodes read is lifted
+    (scales, zero points, int8 / int32 codes): a model differing elsewhere (a corrected float bias of a
+    CPU conv) gets a plain session of its own, kept in place of the layout's. Fed or constant, the values give the
     same outputs bit for bit (onnxruntime runs the same kernels on them; the threshold search's scoring
     session relies on the same, `search.CandidateScorer`): tests compare them.
     """
@@ -95,8 +97,10 @@ class KeptSessions:
         changed = {name for name, value in values.items() if kept.values.get(name) != value}
         if changed <= kept.lifted:
             return kept.fed(model)
-        lifted = frozenset(changed | kept.lifted)
         self.built += 1
+        if not changed <= _quantization_operands(model):  # e.g. a float weight: it stays a constant
+            return self._kept.put(key, _Layout(qdq_session(data, threads), frozenset(), values)).fed(model)
+        lifted = frozenset(changed | kept.lifted)
         return self._kept.put(key, _Layout(qdq_session(_lifted(model, lifted), threads), lifted, values)).fed(model)
 
 
@@ -123,6 +127,13 @@ def layout_key(model: onnx.ModelProto) -> str:
     for node in skeleton.graph.node:
         node.ClearField("doc_string")
     return hashlib.sha256(skeleton.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _quantization_operands(model: onnx.ModelProto) -> set[str]:
+    """What QuantizeLinear / DequantizeLinear nodes read (codes, scales, zero points): the only initializers
+    taken as inputs, so that whatever onnxruntime does with a constant float weight it still does."""
+    return {name for node in model.graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")
+            for name in node.input}
 
 
 def _lifted(model: onnx.ModelProto, names: frozenset[str]) -> bytes:

@@ -78,3 +78,35 @@ def test_quiet_session_keeps_small_models_given_as_bytes(monkeypatch):
     fed = sessions.FedSession(qdq_session(ptq_bytes(model, merged, "max")), {})
     assert [i.name for i in fed.get_inputs()] == [i.name for i in model.graph.input]
     assert np.isfinite(run_outputs(fed, samples(model, 1)[0])[model.graph.output[0].name]).all()
+
+
+def test_only_what_quantization_nodes_read_is_fed():
+    """A model that differs in a constant no Q/DQ node reads (a float weight) gets a plain session."""
+    from onnx import numpy_helper
+
+    model = outlier_chain()
+    merged, _, _ = calibrate(model, samples(model, 2))
+    first = onnx.load_from_string(ptq_bytes(model, merged, "max"))
+    operands = {n for node in first.graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")
+                for n in node.input}
+    plain = [t for t in first.graph.initializer if t.name not in operands and t.data_type == onnx.TensorProto.FLOAT]
+    if not plain:  # the ptq model has no such constant: add one in front of the output
+        extra = numpy_helper.from_array(np.ones(1, np.float32), "one")
+        first.graph.initializer.append(extra)
+        out = first.graph.output[0].name
+        for node in first.graph.node:
+            node.output[:] = [f"{o}_pre" if o == out else o for o in node.output]
+        first.graph.node.append(onnx.helper.make_node("Mul", [f"{out}_pre", "one"], [out], name="times_one"))
+        plain = [extra]
+    second = onnx.ModelProto()
+    second.CopyFrom(first)
+    t = next(x for x in second.graph.initializer if x.name == plain[0].name)
+    t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(1.5), t.name))
+    kept = KeptSessions()
+    kept.session(first.SerializeToString())
+    fed = kept.session(second.SerializeToString())
+    assert kept.built == 2 and not fed.feeds  # its own plain session: nothing fed
+    sample = samples(model, 1)[0]
+    want = run_outputs(qdq_session(second.SerializeToString()), sample)
+    got = run_outputs(fed, sample)
+    assert all(got[k].tobytes() == want[k].tobytes() for k in want)
