@@ -79,16 +79,19 @@ def test_a_missing_folder_is_an_empty_memo(tmp_path):
     assert memo.save(["d0"]).parent == tmp_path / "not-yet"
 
 
-def test_new_entries_are_not_held_in_memory(tmp_path):
+def test_new_entries_are_not_held_in_memory(tmp_path, monkeypatch):
     """A run's statistics memo must not grow with the number of samples (issue #3's RSS target): put()
-    spools each archive to disk, save() streams them into the pack."""
+    spools each archive to disk once a run's new archives take `MEMORY_BYTES` (here two archives),
+    save() streams them into the pack."""
     import tracemalloc
 
     import engine.pipeline.cache  # noqa: F401 - `save` imports it on first use: 4 MB of modules, not the memo's memory
+    from engine.calibration import memo as memo_module
 
     big = SampleStats({f"t{k}": tensor_stats(np.random.default_rng(k).laplace(size=(1, 16, 32, 32))
                                              .astype(np.float32)) for k in range(8)})
     one = len(big.to_bytes())
+    monkeypatch.setattr(memo_module, "MEMORY_BYTES", 2 * one)
     memo = StatsMemo(tmp_path)
     tracemalloc.start()
     try:
@@ -103,6 +106,27 @@ def test_new_entries_are_not_held_in_memory(tmp_path):
     assert held < 4 * one and peak < 8 * one, (held, peak, one)  # 40 archives held would be 40 × one
     assert list(read_pack(path.read_bytes())) == [f"d{k}" for k in range(40)]
     assert StatsMemo(tmp_path).get("d39").tensors == big.tensors
+
+
+def test_a_small_run_keeps_its_archives_in_memory_and_saves_the_same_pack(tmp_path):
+    """Below `MEMORY_BYTES` no spool file is made (digits' 32 samples: 1.5 MB); the pack and what reads
+    back are those of spooled archives."""
+    from engine.calibration import memo as memo_module
+
+    entries = {f"d{k}": sample(k) for k in range(6)}
+    memo = StatsMemo(tmp_path / "kept")
+    for digest, stats in entries.items():
+        memo.put(digest, stats)
+    assert memo._spool is None and sum(len(s.to_bytes()) for s in entries.values()) <= memo_module.MEMORY_BYTES
+    assert memo.get("d3").tensors == entries["d3"].tensors
+    kept = memo.save(list(entries)).read_bytes()
+    spooled = StatsMemo(tmp_path / "spooled")
+    spooled._in_memory = memo_module.MEMORY_BYTES  # as if the run's budget were taken: every archive spooled
+    for digest, stats in entries.items():
+        spooled.put(digest, stats)
+    assert spooled._spool is not None
+    assert read_pack(spooled.save(list(entries)).read_bytes()) == read_pack(kept)
+    assert StatsMemo(tmp_path / "kept").get("d5").tensors == entries["d5"].tensors
 
 
 def test_a_warm_memo_serves_what_it_decoded_while_the_pack_holds_the_same_archive(tmp_path, monkeypatch):
