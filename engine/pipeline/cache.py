@@ -81,8 +81,11 @@ class StageCache:
         return None
 
     def new_temp(self, stage: str) -> Path:
-        (self.root / stage).mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root / stage))
+        try:  # the stage folder is there but on a stage's first run: no mkdir of it each time
+            return Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root / stage))
+        except FileNotFoundError:
+            (self.root / stage).mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root / stage))
 
     def commit(self, stage: str, key: str, tmp: Path, result: dict[str, Any] | None, digest: bool = True,
                said: list[tuple[int, str]] | None = None) -> Path:

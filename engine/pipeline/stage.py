@@ -119,5 +119,6 @@ class StageContext:
     def memo_dir(self, name: str) -> Path:
         """A folder shared across runs for finer-grained caches (e.g. per-sample statistics)."""
         d = self.engine.cache_root(self.config) / "memo" / name
-        d.mkdir(parents=True, exist_ok=True)
+        if not d.is_dir():  # one stat when it is there (mkdir with exist_ok: a failed mkdir and a stat)
+            d.mkdir(parents=True, exist_ok=True)
         return d

@@ -37,3 +37,23 @@ def test_memos_are_listed_once_per_cache_and_after_each_prune(tmp_path, monkeypa
     commit(cache, keys[KEEP_PER_STAGE + 1], KEEP_PER_STAGE + 1)
     assert len(listed) == 3
     assert _deleter.drain()
+
+
+def test_a_temporary_entry_is_made_also_after_its_stage_folder_went(tmp_path):
+    import shutil
+
+    cache = StageCache(tmp_path)
+    first = cache.new_temp("ptq")
+    assert first.parent == tmp_path / "ptq" and first.is_dir()
+    shutil.rmtree(tmp_path / "ptq")  # a user cleaning up .hb_cache while a warm engine lives
+    again = cache.new_temp("ptq")
+    assert again.parent == tmp_path / "ptq" and again.is_dir() and again.name.startswith(".tmp-")
+
+
+def test_peak_rss_is_the_status_files_vmhwm():
+    from engine.pipeline.engine import peak_rss_mb
+
+    before = peak_rss_mb()
+    line = next(x for x in open("/proc/self/status", encoding="ascii") if x.startswith("VmHWM:"))
+    assert before <= int(line.split()[1]) / 1024.0 <= peak_rss_mb()
+    assert peak_rss_mb() > 1.0
