@@ -626,6 +626,23 @@ def plan_tensors(model: onnx.ModelProto, options: QuantOptions | None = None) ->
     return [t for t in dict.fromkeys(order) if t in observed]
 
 
+def width_sets(model: onnx.ModelProto, options: QuantOptions | None = None) -> list[tuple[str, ...]]:
+    """The quantized tensors of `model` that share one scale, and so one width, in sets of two or more:
+    an int16 request on one member makes every member int16 (`make_plan` takes the widest). Ties
+    (Concat / Add / Sub inputs and output) and same-scale outputs (Resize, MaxPool, Reshape … and
+    their input). What a move to int16 really raises, for pricing it (`engine.accuracy.mixed`):
+    on PP-OCRv4 det one neck Add at 24×40×40 raises the whole FPN concat to 96×160×160."""
+    s = _prepared(model, options or QuantOptions()).scales
+    sets = _Sets()
+    for t in s.quantized:
+        sets.find(t)
+    for out, src in s.derived.items():
+        sets.union(out, src)
+    for tie in s.ties:
+        sets.union(*tie)
+    return [tuple(m) for m in sets.members(s.quantized).values() if len(m) > 1]
+
+
 # ---------------------------------------------------------------------------------- union-find
 class _Sets:
     def __init__(self) -> None:
@@ -1082,4 +1099,4 @@ def weight_scale_array(wq: WeightQuant, shape: tuple[int, ...]) -> np.ndarray:
 __all__ = ["CONCAT_RANGE_RATIO", "Calibration", "CorrectedBias", "bias_value", "MIN_THRESHOLD", "MissingThresholdError", "NodeInfo",
            "OffsetAct", "QuantOptions", "zero_point_of",
            "bias_scale", "make_plan", "plan_tensors", "quantize_bias", "quantize_weight", "weight_scale_array",
-           "weight_scales"]
+           "weight_scales", "width_sets"]

@@ -98,39 +98,55 @@ def test_prefix_scan_finds_the_first_prefix_that_meets_the_target_in_few_judgeme
     assert k == 16 and loss == pytest.approx(1 - 0.997)  # the best judged prefix
 
 
-def test_int16_on_a_convolution_input_costs_more_than_on_an_elementwise_input():
-    """onnxruntime has no int16 Conv: an int16 tensor a Conv reads makes that Conv a float kernel."""
+def test_int16_priced_in_milliseconds_linear_in_size_with_every_tensor_it_raises():
+    """onnxruntime has no int16 Conv: an int16 tensor a Conv reads makes that Conv a float kernel; a
+    tensor at 16 bits costs its requantization per element (linear, not a square root of its size);
+    and raising one member of a shared-scale set raises the whole set (`width_sets`)."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    from engine.accuracy.mixed import FLOAT_KERNEL_COST, _costs, kernel_cost
+    from engine.accuracy.mixed import ELEMENT_NS, _costs, int16_milliseconds, kernel_cost
     from engine.accuracy.switchable import build_switchable
+    from engine.quantize.planner import width_sets
     from tests.support.models import finish
     from tests.unit.accuracy.acc_models import calibrate, samples
     from tests.unit.quantize.quant_support import optimized
 
     rng = np.random.default_rng(0)
     w = rng.normal(size=(4, 4, 3, 3)).astype(np.float32)
-    nodes = [helper.make_node("Sigmoid", ["x"], ["s1"], name="to_conv"),  # read by a Conv
+    w16 = rng.normal(size=(16, 4, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s1"], name="to_conv"),  # read by a dense 3x3 Conv
              helper.make_node("Conv", ["s1", "w"], ["y1"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("Tanh", ["x"], ["s2"], name="to_add"),  # same size, read by an elementwise Add
-             helper.make_node("Add", ["s2", "x"], ["y2"], name="add")]
-    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4, 8, 8]) for n in ("x", "y1", "y2")]
-    g = helper.make_graph(nodes, "costs", vi[:1], vi[1:], [numpy_helper.from_array(w, "w")])
+             helper.make_node("Tanh", ["x"], ["s2"], name="to_add"),  # shares its scale with x at the Add
+             helper.make_node("Add", ["s2", "x"], ["y2"], name="add"),
+             helper.make_node("Sigmoid", ["x"], ["y3"], name="small"),  # 4x8x8, read by nothing
+             helper.make_node("Conv", ["x", "w16"], ["c16"], name="widen"),  # 1x1, reads x
+             helper.make_node("Sigmoid", ["c16"], ["y4"], name="big")]  # 16x8x8: four times small
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4, 8, 8]) for n in ("x", "y1", "y2", "y3")]
+    big = helper.make_tensor_value_info("y4", TensorProto.FLOAT, [1, 16, 8, 8])
+    g = helper.make_graph(nodes, "costs", vi[:1], [*vi[1:], big],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(w16, "w16")])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     model = optimized(finish(model))
     _, calibration, _ = calibrate(model, samples(model, 2))
     plan = make_plan(model, calibration)
     rows = {r.name: r for r in build_switchable(model, plan).rows}
-    costs = _costs(model, list(rows.values()), plan)
-    assert {"to_conv", "conv", "to_add", "add"} <= set(rows), sorted(rows)
-    # one median-size dense conv: a float kernel for its int16 input, and for its own int16 output
-    assert costs["to_conv"] == pytest.approx(costs["to_add"] + kernel_cost("pointwise", "input"))
-    assert costs["conv"] == pytest.approx(costs["add"] + kernel_cost("pointwise", "output"))
-    assert kernel_cost("pointwise", "input") == pytest.approx(FLOAT_KERNEL_COST * 3.0)  # 4x the int8 conv
-    plain = _costs(model, list(rows.values()))  # without a plan: bytes only, as before
-    assert plain["to_conv"] == pytest.approx(plain["to_add"])
+    assert {"to_conv", "conv", "to_add", "small", "big", "widen"} <= set(rows), sorted(rows)
+    assert ("x", "s2") in width_sets(model)  # the Add's inputs share one scale
+    ms = int16_milliseconds(model, list(rows.values()), plan)
+    element = 4 * 8 * 8 * ELEMENT_NS * 1e-6
+    assert ms["small"] == pytest.approx(element)
+    assert ms["big"] == pytest.approx(4 * ms["small"])  # linear in elements
+    # the dense 3x3 conv (4x8x8 outputs x 36 products) leaves its int8 kernel
+    assert ms["to_conv"] == pytest.approx(element + kernel_cost("pointwise", "input", 4 * 8 * 8 * 36))
+    # raising s2 raises x too: both requantized, and x's 1x1 reader (16x8x8 outputs x 4) leaves int8
+    assert ms["to_add"] == pytest.approx(2 * element + kernel_cost("pointwise", "input", 16 * 8 * 8 * 4))
+    costs = _costs(model, list(rows.values()), plan)  # in units of the typical move: 1 + ms / median
+    median = float(np.median(list(ms.values())))
+    assert costs["big"] == pytest.approx(1 + ms["big"] / median) and costs["big"] > costs["small"]
+    plain = int16_milliseconds(model, list(rows.values()))  # without a plan: the row's own bytes only
+    assert plain["to_conv"] == pytest.approx(plain["to_add"]) == pytest.approx(element)
 
 
 def test_prefix_scan_asks_for_the_standard_error_as_margin():
@@ -291,13 +307,15 @@ def test_int16_priced_by_what_each_kernel_really_costs():
     shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
     assert kernel_kind(by_name["dw_conv"], shapes[by_name["dw_conv"].input[1]]) == "depthwise"
     assert kernel_kind(by_name["pw_conv"], shapes[by_name["pw_conv"].input[1]]) == "pointwise"
-    assert kernel_cost("depthwise", "input") < kernel_cost("pointwise", "output") < kernel_cost("pointwise", "input")
+    # per output element: a 3x3 depthwise conv sums 9 products, a 1x1 conv over 32 channels 32
+    assert kernel_cost("depthwise", "input", 9e6) < kernel_cost("pointwise", "output", 32e6) \
+        < kernel_cost("pointwise", "input", 32e6)
     _, calibration, _ = calibrate(model, samples(model, 2))
     plan = make_plan(model, calibration)
     rows = {r.name: r for r in build_switchable(model, plan).rows}
     costs = _costs(model, list(rows.values()), plan)
     assert {"to_pw", "to_dw", "pw_conv", "dw_conv"} <= set(rows), sorted(rows)
-    assert costs["to_pw"] > costs["to_dw"] + 0.5  # same size, read by a 1x1 conv against a depthwise one
+    assert costs["to_pw"] > costs["to_dw"]  # same size, read by a 1x1 conv against a depthwise one
     assert costs["pw_conv"] < costs["to_pw"]  # a 1x1 conv's int16 output is cheaper than its int16 input
 
 
@@ -437,3 +455,46 @@ def test_the_searchs_cosine_stands_in_for_the_ptq_run_only_when_it_clears_the_ta
     assert plan.acts["a"].threshold != plan.calibrated_acts["a"].threshold
     assert not searched_meets(Searched(1.0, 4), plan, 0.99)
     assert searched_meets(Searched(1.0, 4), make_plan(model, calibrate(model, data)[1]), 0.99)
+
+
+def test_int16_moves_in_a_chain_are_offered_as_one_float_island():
+    """Two moved rows with one unmoved row between them make one island (the row between joins it);
+    rows further apart, or alone, make none. Its estimate: float kernels inside, requantization only
+    at its borders (the tensors entering it and those leaving it)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from engine.accuracy.mixed import ELEMENT_NS, Pricing, _islands, kernel_cost
+    from engine.accuracy.switchable import build_switchable
+    from tests.support.models import finish
+    from tests.unit.accuracy.acc_models import calibrate, samples
+    from tests.unit.quantize.quant_support import optimized
+
+    rng = np.random.default_rng(1)
+    wa, wc = (rng.normal(size=(4, 4, 1, 1)).astype(np.float32) for _ in range(2))
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="a"),
+             helper.make_node("Sigmoid", ["a"], ["b"], name="b"),
+             helper.make_node("Conv", ["b", "wc"], ["c"], name="c"),
+             helper.make_node("Tanh", ["c"], ["d"], name="d")]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4, 8, 8]) for n in ("x", "d")]
+    g = helper.make_graph(nodes, "chain", vi[:1], vi[1:], [numpy_helper.from_array(wa, "wa"),
+                                                           numpy_helper.from_array(wc, "wc")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model = optimized(finish(model))
+    _, calibration, _ = calibrate(model, samples(model, 2))
+    plan = make_plan(model, calibration)
+    probe = build_switchable(model, plan)
+    rows = {r.name: r for r in probe.rows}
+    assert {"a", "b", "c", "d"} <= set(rows), sorted(rows)
+    pricing = Pricing(model, plan)
+    movable = set(rows)
+    islands = _islands(probe, pricing, {"a": "int16", "c": "int16"}, movable)
+    assert [[r.name for r in i] for i in islands] == [["a", "b", "c"]]
+    assert _islands(probe, pricing, {"a": "int16", "d": "int16"}, movable) == []  # two rows apart
+    assert _islands(probe, pricing, {"b": "int16"}, movable) == []  # alone
+    assert _islands(probe, pricing, {"a": "int16", "c": "int16"}, movable - {"b"}) == []  # b is the user's
+    # inside: the two 1x1 convs as float kernels; borders: x entering, c leaving for d
+    macs = 4 * 8 * 8 * 4
+    assert pricing.float_island(islands[0]) == pytest.approx(
+        2 * kernel_cost("pointwise", "input", macs) + 2 * 4 * 8 * 8 * ELEMENT_NS * 1e-6)
