@@ -157,13 +157,13 @@ def test_the_build_records_a_thread_plan_that_load_honours(programs, mid_program
     small_plan, large_plan = (ThreadPlan.from_json(b.manifest["build"]["threads"]) for b in (small, large))
     assert small_plan.measured == {} and small_plan.limit == 1
     assert sorted(large_plan.measured) == candidate_counts(available_threads(16)) and large_plan.limit is None
-    for build, plan in ((small, small_plan), (large, large_plan)):
-        path = build.write(tmp_path / f"{id(build)}.hbm")
+    for name, build, plan in (("small", small, small_plan), ("large", large, large_plan)):
+        path = build.write(tmp_path / f"{name}.hbm")
         for budget in (1, 2):
             deployed = load(path, threads=budget)
             assert deployed.threads == plan.threads_for(budget) <= budget
             assert deployed.session.get_session_options().intra_op_num_threads == deployed.threads
-    assert load(small.write(tmp_path / "small.hbm"), threads=2).threads == 1
+    assert load(tmp_path / "small.hbm", threads=2).threads == 1
     assert "threads" not in build_hbm(programs["island_lut"], options("O2")).manifest["build"]  # not asked: no plan
     again = build_hbm(mid_program, options("O2"), threads=memo)  # kept by the program's structure
     assert again.manifest["build"]["threads"] == large.manifest["build"]["threads"]

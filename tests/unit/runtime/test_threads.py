@@ -125,16 +125,16 @@ def test_measure_plan_with_a_budget_of_one_measures_one_count():
     assert list(p.measured) == [1] and p.threads_for(1) == 1
 
 
-def _hbm_with(tmp_path, model: onnx.ModelProto, threads: ThreadPlan | None):
+def _hbm_with(path, model: onnx.ModelProto, threads: ThreadPlan | None):
     manifest = {"format": "hbcompile.hbm", "build": {"threads": threads.to_json()} if threads else {}}
-    return write_hbm(tmp_path / f"m{id(threads)}.hbm", model, manifest)
+    return write_hbm(path, model, manifest)
 
 
 def test_load_opens_the_threads_the_plan_gives_for_the_budget(tmp_path):
     model = wide_program(8, 8)
-    slower = _hbm_with(tmp_path, model, plan({1: 0.054, 2: 0.077}))
-    faster = _hbm_with(tmp_path, model, plan({1: 43.4, 2: 36.4}))
-    none = _hbm_with(tmp_path, model, None)
+    slower = _hbm_with(tmp_path / "slower.hbm", model, plan({1: 0.054, 2: 0.077}))
+    faster = _hbm_with(tmp_path / "faster.hbm", model, plan({1: 43.4, 2: 36.4}))
+    none = _hbm_with(tmp_path / "none.hbm", model, None)
     for path, budget, used in ((slower, 2, 1), (slower, 1, 1), (faster, 2, 2), (faster, 1, 1), (none, 2, 2)):
         loaded = load(path, threads=budget)
         assert (loaded.thread_budget, loaded.threads) == (budget, used), (path, budget)
