@@ -21,7 +21,7 @@ import asyncio
 import functools
 import logging
 import re
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -179,7 +179,7 @@ class Live:
         if token is not None:
             self.ls.work_done_progress.end(token, types.WorkDoneProgressEnd(message=self._end_message(job, payload)))
             self.ls.work_done_progress.tokens.pop(token, None)
-        if fin.inputs is not None:
+        if fin.inputs is not None and self.ls.documents.get(uri) is not None:  # closed meanwhile: read at reopen
             self.inputs[uri] = fin.inputs
             self._watch(uri)
         if job.superseded:  # the waiting run shows its own outcome
@@ -242,7 +242,7 @@ class Live:
         path = config_path(uri)
         if path is not None and self.runner.preloaded is None and (self.ls.settings.compile_on_save
                                                                   or self.ls.settings.watch_files):
-            self._spawn(self._preload(), "preload")
+            self._spawn(self._preloaded(self.runner.preload()), "preload")  # started now: `_read` waits for it
         if path is None or not self.ls.settings.watch_files or uri in self.inputs:
             return
         loop = asyncio.get_running_loop()
@@ -256,8 +256,8 @@ class Live:
             self.say(f"{path.name}: watching {len(now.files)} input files in "
                      f"{describe_files(sorted(map(str, self.watcher.watched(uri))), path.parent)} for changes")
 
-    async def _preload(self) -> None:
-        seconds = await asyncio.wrap_future(self.runner.preload())
+    async def _preloaded(self, loading: Future[float]) -> None:
+        seconds = await asyncio.wrap_future(loading)
         self.say(f"engine loaded in {seconds:.2f} s")
 
     def _watch(self, uri: str) -> None:
@@ -304,7 +304,13 @@ class Live:
         self.runner.submit(RunRequest(uri, path, text, version, "watch", thresholds_of(self.ls)))
 
     def _read(self, path: Path) -> tuple[str | None, RunInputs]:
-        """On the watch thread: the config file's text and what a run of it would read."""
+        """On the watch thread: the config file's text and what a run of it would read. While the compile
+        worker preloads the engine this waits for it: two threads importing the engine's packages at once
+        can deadlock on their module locks (Python then hands one a partly initialised module: 3 of 30
+        fresh processes failed so)."""
+        loading = self.runner.preloaded
+        if loading is not None:
+            loading.result()
         try:
             text: str | None = path.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError):
@@ -313,8 +319,13 @@ class Live:
 
     # ---- lifecycle
     def closed(self, uri: str) -> None:
+        """Forget what the editor showed and what the watcher compared for `uri` (the last compileResult stays for
+        `showTable`): reopened, the config is read and watched again, and no old run's cosines land on a file
+        that may have changed while it was closed."""
         self.runner.cancel(uri)
         self.dirty.discard(uri)
+        self.inputs.pop(uri, None)
+        self.shown.pop(uri, None)
         if self.watcher is not None:
             self.watcher.unwatch(uri)
 

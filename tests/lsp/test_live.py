@@ -448,3 +448,23 @@ async def test_inlay_hints_beside_node_names_and_the_threshold_warning(client: L
     finally:
         client.set_configuration(SETTINGS, section="hblsp")
         client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+
+
+async def test_a_reopened_config_is_watched_again_and_shows_no_old_run(client: LiveClient, tmp_path: Path):
+    """Closed and reopened (`:bd` then `:e`), a config was no longer watched (its old inputs made `opened`
+    return early) and the last run's cosines came back on it, though the file may have changed meanwhile."""
+    path = digits(tmp_path)
+    uri = await compiled(client, path)
+    await client.wait_diagnostics(uri, where=lambda ds: any(d.code == "output-cosine" for d in ds))
+    client.close(uri)
+    path.write_text(path.read_text().replace("onnx_model: digits.onnx", "onnx_model: ./digits.onnx"))
+    client.published.pop(uri, None)
+    logs = len(client.logs)
+    uri = await open_config(client, path)
+    await client.until("the reopen's watch", lambda: any("digits.hb.yaml: watching" in m for m in client.logs[logs:]))
+    assert not any(d.code == "output-cosine" for p in client.published[uri] for d in p.diagnostics)
+    runs = len(client.results_for(uri))
+    sample = path.parent / "calibration_data" / "digit_005.gray"
+    sample.write_bytes(bytes(255 - b for b in sample.read_bytes()))
+    result = await client.next_result(uri, runs)
+    assert result["ok"] and stage_map(result)["calibrate"] == ("ran", "1 of 32 calibration files changed")
