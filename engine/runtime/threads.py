@@ -8,17 +8,28 @@ PP-OCR cls 0.99 → 1.38 with a second thread, while PP-OCRv4 rec (15.7 → 13.0
 36.4) gain. Whether a program gains is a property of its kernels on this CPU, so it is measured.
 
 `measure_plan` runs the program at 1, 2, 4 … threads up to the budget (one session each; blocks of
-~10 ms of runs alternating between the sessions so that they share the machine's load; the best
-block of each count counts, as in bench_compile) and checks that every count gives the 1-thread bits. The `ThreadPlan` it returns is stored
-in the `.hbm`'s manifest (``build.threads``) and applied by `engine.runtime.load(path, threads=N)` /
-`open_session(..., plan=)`: `ThreadPlan.threads_for(N)` takes, among the measured counts within the
-budget, the fewest threads, and moves to a larger count only when that count's best block was more
-than `MARGIN` faster than the count taken so far and its median block not slower: the best block is
-the program's speed when it has the cores, the median guards against a lucky block on a loaded
-machine (measured there: cls's best 2-thread block beat the 1-thread one in 1 of 3 plans, its
-median block was 1.7x slower in all 3). So a budget of N threads is never slower (as measured) than
-a smaller budget, and a tie keeps the cheaper count. A budget beyond the largest count measured gets
-the whole budget only when that largest count was the one taken (the program was still gaining).
+~10 ms of runs alternating between the sessions so that they share the machine's load, as in
+bench_compile) and checks that every count gives the 1-thread bits. Per count it keeps the best and
+the median block's wall time and the best block's CPU time of the calling thread (onnxruntime's
+main thread runs its share of every kernel there; a pool worker that does not spin costs it no CPU
+while it waits). The `ThreadPlan` it returns is stored in the `.hbm`'s manifest (``build.threads``)
+and applied by `engine.runtime.load(path, threads=N)` / `open_session(..., plan=)`:
+`ThreadPlan.threads_for(N)` takes, among the measured counts within the budget, the fewest threads,
+and moves to a larger count only when that count gained over the count taken so far:
+
+- by wall time: its best block more than `MARGIN` faster and its median block not slower (the best
+  block is the program's speed when it has the cores; the median guards against one lucky block), or
+- by the calling thread's CPU time: more than `CPU_MARGIN` less. This is what the program gains
+  when the cores are free, measured even while they are not: on the loaded 2-core machine (load
+  7-11) PP-OCRv4 rec's main thread took 17.9 → 11.9 CPU ms per run with a second thread and det's
+  48.3 → 33.5, while their wall times (48.7 → 45.5, 129 → 155 ms) said only how busy the machine
+  was; cls's took 1.31 → 1.33 (no gain). Its blind spot is the time the main thread sleeps waiting
+  for a worker: on a quiet machine rec and det spent ~9 % of their 2-thread wall time so
+  (13.0 ms wall for 11.9 CPU ms), so `CPU_MARGIN` is twice that.
+
+A tie keeps the cheaper count, so a budget of N threads is never slower (as measured) than a smaller
+budget. A budget beyond the largest count measured gets the whole budget only when that largest
+count was the one taken (the program was still gaining).
 
 Measuring is skipped when the answer is known: a program whose kernels are small (`kernel_work` per
 node below `SMALL_KERNEL_WORK`: digits, cls, every test-sized model) runs on 1 thread — a second
@@ -42,8 +53,9 @@ from typing import Any
 
 import onnx
 
-PLAN_VERSION = 1  # of the measurement method and of ThreadMemo's key
+PLAN_VERSION = 2  # of the measurement method and of ThreadMemo's key (2: the calling thread's CPU time)
 MARGIN = 0.05  # a larger thread count must be this much faster (best block) to be taken
+CPU_MARGIN = 0.2  # … or take this much less CPU time of the calling thread (best block)
 MEASURE_SECONDS = 0.15  # alternating blocks stop once this is spent (after MIN_ROUNDS blocks of each count)
 BLOCK_SECONDS = 0.01  # a block: runs of one count timed together (mean per run), the best block counts
 MIN_ROUNDS = 7
@@ -68,6 +80,15 @@ class ThreadPlan:
     onnxruntime: str = ""
     work_per_kernel: float | None = None  # `kernel_work`'s ops per node, what decides whether to measure
     why: str = ""
+    main_cpu: dict[int, float] = field(default_factory=dict, compare=False)  # CPU ms of the calling thread
+
+    def gains(self, more: int, fewer: int) -> bool:
+        """Whether `more` threads were measured to gain over `fewer` (module docstring)."""
+        by_wall = self.measured[more] < self.measured[fewer] * (1 - MARGIN) and \
+            self.median.get(more, 0.0) <= self.median.get(fewer, 0.0)
+        by_cpu = more in self.main_cpu and fewer in self.main_cpu and \
+            self.main_cpu[more] < self.main_cpu[fewer] * (1 - CPU_MARGIN)
+        return by_wall or by_cpu
 
     def threads_for(self, budget: int) -> int:
         """The threads a session of this program uses when given `budget` threads (module docstring)."""
@@ -77,17 +98,18 @@ class ThreadPlan:
             return min(budget, self.limit) if self.limit is not None else budget
         chosen = counts[0]
         for c in counts[1:]:
-            if self.measured[c] < self.measured[chosen] * (1 - MARGIN) and \
-                    self.median.get(c, 0.0) <= self.median.get(chosen, 0.0):
+            if self.gains(c, chosen):
                 chosen = c
         if chosen == max(self.measured) and budget > chosen:
             chosen = budget  # still gaining at the largest count measured: the budget is the user's to give
         return min(chosen, self.limit) if self.limit is not None else chosen
 
     def to_json(self) -> dict[str, Any]:
-        return {"rule": f"fewest threads unless more are > {MARGIN:.0%} faster (best block) and not slower (median block)",
+        return {"rule": f"fewest threads unless more are > {MARGIN:.0%} faster (best block) and not slower (median "
+                        f"block), or take > {CPU_MARGIN:.0%} less CPU on the calling thread (best block)",
                 "best ms": {str(c): round(v, 4) for c, v in sorted(self.measured.items())},
                 "median ms": {str(c): round(v, 4) for c, v in sorted(self.median.items())},
+                "main thread cpu ms": {str(c): round(v, 4) for c, v in sorted(self.main_cpu.items())},
                 "rounds": self.rounds, "limit": self.limit, "why": self.why, "machine": self.machine,
                 "onnxruntime": self.onnxruntime,
                 "work per kernel": round(self.work_per_kernel) if self.work_per_kernel is not None else None,
@@ -101,6 +123,7 @@ class ThreadPlan:
         try:
             measured = {int(c): float(v) for c, v in data["best ms"].items()}
             median = {int(c): float(v) for c, v in (data.get("median ms") or {}).items()}
+            main_cpu = {int(c): float(v) for c, v in (data.get("main thread cpu ms") or {}).items()}
             limit = data.get("limit")
             limit = int(limit) if limit is not None else None
             work = data.get("work per kernel")
@@ -111,15 +134,16 @@ class ThreadPlan:
         if (measured and min(measured) < 1) or (limit is not None and limit < 1):
             return None
         return cls(measured, limit, median, rounds, str(data.get("machine", "")), str(data.get("onnxruntime", "")),
-                   work, str(data.get("why") or ""))
+                   work, str(data.get("why") or ""), main_cpu)
 
     def describe(self, budget: int | None = None) -> str:
         """One line for hb_model_info: what each budget gets, and the measurement or reason behind it."""
         uses = ", ".join(f"{c} → {self.threads_for(c)}" for c in sorted({1, 2, *self.measured}))
         if self.measured:
-            basis = "measured when built (best / median block): " + ", ".join(
+            basis = "measured when built (best / median block wall, main-thread CPU): " + ", ".join(
                 f"{c} thread{'s' if c > 1 else ''} {v:.3f}" + (f" / {self.median[c]:.3f}" if c in self.median else "")
-                + " ms" for c, v in sorted(self.measured.items()))
+                + (f", {self.main_cpu[c]:.3f}" if c in self.main_cpu else "") + " ms"
+                for c, v in sorted(self.measured.items()))
             if self.limit is not None:
                 basis += f"; at most {self.limit}: {self.why}"
         else:
@@ -174,18 +198,21 @@ def measure_plan(program: bytes | onnx.ModelProto, budget: int, *, seconds: floa
         sessions[c].run(None, feeds)
         per_block[c] = max(1, min(1000, int(BLOCK_SECONDS / max(time.perf_counter() - t0, 1e-6))))
     times: dict[int, list[float]] = {c: [] for c in counts}
+    cpu: dict[int, list[float]] = {c: [] for c in counts}
     start = time.perf_counter()
     rounds = 0
     while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - start < seconds):
         for c in (counts if rounds % 2 == 0 else counts[::-1]):  # alternating: both see the same load
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             for _ in range(per_block[c]):
                 sessions[c].run(None, feeds)
             times[c].append((time.perf_counter() - t0) / per_block[c])
+            cpu[c].append((time.thread_time() - c0) / per_block[c])
         rounds += 1
     return ThreadPlan({c: min(t) * 1e3 for c, t in times.items()}, limit,
                       {c: statistics.median(t) * 1e3 for c, t in times.items()}, rounds,
-                      platform.processor() or platform.machine(), ort.__version__, why=why)
+                      platform.processor() or platform.machine(), ort.__version__, why=why,
+                      main_cpu={c: min(t) * 1e3 for c, t in cpu.items()})
 
 
 _WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "ConvTranspose": 1, "QLinearConv": 3}
