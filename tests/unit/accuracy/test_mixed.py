@@ -498,3 +498,54 @@ def test_int16_moves_in_a_chain_are_offered_as_one_float_island():
     macs = 4 * 8 * 8 * 4
     assert pricing.float_island(islands[0]) == pytest.approx(
         2 * kernel_cost("pointwise", "input", macs) + 2 * 4 * 8 * 8 * ELEMENT_NS * 1e-6)
+
+
+def test_a_met_target_drops_the_costliest_moves_it_does_without():
+    """After the scan (whose curve is not monotone) and the islands, each of the costliest moves is
+    dropped when the others still meet the target on the (here: judged) real plan."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from engine.accuracy.mixed import Pricing, _prune
+    from engine.accuracy.switchable import build_switchable
+    from tests.support.models import finish
+    from tests.unit.accuracy.acc_models import calibrate, samples
+    from tests.unit.quantize.quant_support import optimized
+
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=(4, 4, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Sigmoid", ["x"], ["a"], name="a"),
+             helper.make_node("Conv", ["a", "w"], ["b"], name="b"),
+             helper.make_node("Tanh", ["b"], ["c"], name="c")]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4, 8, 8]) for n in ("x", "c")]
+    g = helper.make_graph(nodes, "three", vi[:1], vi[1:], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model = optimized(finish(model))
+    _, calibration, _ = calibrate(model, samples(model, 2))
+    plan = make_plan(model, calibration)
+    probe = build_switchable(model, plan)
+    pricing = Pricing(model, plan)
+    assert pricing.int16(probe.row("a")) > pricing.int16(probe.row("c"))  # a is read by the conv
+
+    class Needs:
+        """Meets 0.99 exactly when `needed` are among the moves."""
+
+        def __init__(self, needed: set[str]):
+            self.needed, self.asked = needed, []
+
+        def loss(self, moves, samples=None):
+            self.asked.append(set(moves))
+            return 0.005 if self.needed <= set(moves) else 0.02
+
+        def margin(self, moves, samples=None):
+            return 0.0
+
+    both = {"a": "int16", "c": "int16"}
+    ev = Needs({"c"})
+    loss, kept = _prune(ev, probe, pricing, dict(both), {}, 0.005, 0.99, notes := [])
+    assert kept == {"c": "int16"} and loss == 0.005
+    assert ev.asked[0] == {"c"}  # the costlier move is tried first
+    assert any("a dropped" in n for n in notes)
+    loss, kept = _prune(Needs({"a", "c"}), probe, pricing, dict(both), {}, 0.005, 0.99, [])
+    assert kept == both  # each is needed: nothing dropped
