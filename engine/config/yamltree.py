@@ -8,6 +8,7 @@ are derived from that tree. Anchors/aliases are refused (no config needs them an
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,20 +241,58 @@ def _find_alias(root: yaml.Node) -> Span | None:
     return None
 
 
+_QUOTED_VALUE = re.compile(r"""^\s*(?:-\s+)?[^#'"\s][^#'"]*?:\s+(['"])""")  # key: 'value… / - key: "value…
+_FLOW = {"while parsing a flow sequence": "[", "while parsing a flow mapping": "{"}
+
+
 def _syntax_problem(text: str, exc: yaml.MarkedYAMLError) -> Problem:
+    """One line on the token being typed: PyYAML's problem mark is often the line after it (a key without
+    its ':' is found out at the next line; an unclosed bracket or quote at the end of the file or at a
+    later apostrophe), its context mark is where the token began."""
     mark = exc.problem_mark or exc.context_mark
     lines = text.splitlines()
-    if mark is not None and mark.line < len(lines) and "\t" in lines[mark.line]:
-        col = lines[mark.line].index("\t")
+    line = lines[mark.line] if mark is not None and mark.line < len(lines) else ""
+    indent = line[:len(line) - len(line.lstrip(" \t"))]
+    if mark is not None and ("'\\t'" in (exc.problem or "") or "\t" in indent):
+        col = line.index("\t")
         msg = (f"yaml file parse failed: tab character used for indentation on line {mark.line + 1}; "
                "use spaces. Please double check your input")
         return error("yaml-tab", msg, span=Span(mark.line, col, mark.line, col + 1))
-    if exc.context and "quoted scalar" in exc.context and exc.context_mark is not None:
-        mark = exc.context_mark  # point at the opening quote, not at the end of the file
-        line = lines[mark.line] if mark.line < len(lines) else ""
-        msg = (f"yaml file parse failed: unclosed quote starting on line {mark.line + 1}. "
+    quote = _unclosed_quote(lines, mark.line if mark is not None else len(lines))
+    if quote is None and exc.context and "quoted scalar" in exc.context and exc.context_mark is not None:
+        quote = (exc.context_mark.line, exc.context_mark.column)
+    if quote is not None:
+        row, col = quote
+        msg = (f"yaml file parse failed: unclosed quote starting on line {row + 1}. "
                "Please double check your input")
-        return error("yaml-syntax", msg, span=Span(mark.line, mark.column, mark.line, max(len(line), mark.column + 1)))
+        return error("yaml-syntax", msg, span=Span(row, col, row, max(len(lines[row]) if row < len(lines) else 0,
+                                                                        col + 1)))
+    start = exc.context_mark
+    if exc.context == "while scanning a simple key" and start is not None and start.line < len(lines):
+        word = lines[start.line][start.column:].split("#")[0].rstrip()
+        msg = (f"yaml file parse failed: '{word}' on line {start.line + 1} is not a 'key: value' (could not find "
+               "expected ':'). Please double check your input")
+        return error("yaml-syntax", msg, span=Span(start.line, start.column, start.line,
+                                                   start.column + max(len(word), 1)))
+    if exc.context in _FLOW and start is not None:
+        msg = (f"yaml file parse failed: unclosed '{_FLOW[exc.context]}' starting on line {start.line + 1} "
+               f"({exc.problem}). Please double check your input")
+        return error("yaml-syntax", msg, span=Span(start.line, start.column, start.line, start.column + 1))
     detail = f"{exc.context}, {exc.problem}" if exc.context else (exc.problem or str(exc))
     msg = f"yaml file parse failed: {detail}. Please double check your input"
     return error("yaml-syntax", msg, span=_mark_span(mark))
+
+
+def _unclosed_quote(lines: list[str], upto: int) -> tuple[int, int] | None:
+    """(line, column) of the first quoted value before line `upto` that does not close on its own line. Config
+    values are one-line: a quote left open swallows the text up to the next quote character, often an
+    apostrophe in a later comment, and PyYAML complains there."""
+    for row in range(min(upto, len(lines))):
+        m = _QUOTED_VALUE.match(lines[row])
+        if m is None:
+            continue
+        q, rest = m.group(1), lines[row][m.end():]
+        rest = rest.replace("''", "") if q == "'" else re.sub(r"\\.", "", rest)
+        if q not in rest:
+            return row, m.end() - 1
+    return None
