@@ -13,8 +13,9 @@ bench_compile) and checks that every count gives the 1-thread bits. Per count it
 the median block's wall time and the best block's CPU time of the busiest thread: the calling
 thread (onnxruntime's main thread, `time.thread_time`) or a pool worker (the process's other CPU
 time shared among them); a worker that does not spin costs no CPU while it waits, so with the
-threads running side by side a run takes at least the busiest thread's CPU time. The `ThreadPlan` it returns is stored in the `.hbm`'s manifest (``build.threads``)
-and applied by `engine.runtime.load(path, threads=N)` / `open_session(..., plan=)`:
+threads running side by side a run takes at least the busiest thread's CPU time. The `ThreadPlan`
+it returns is stored in the `.hbm`'s manifest (``build.threads``) and applied by
+`engine.runtime.load(path, threads=N)` / `open_session(..., plan=)`:
 `ThreadPlan.threads_for(N)` takes, among the measured counts within the budget, the fewest threads,
 and moves to a larger count only when that count gained over the count taken so far:
 
@@ -55,7 +56,7 @@ from typing import Any
 
 import onnx
 
-PLAN_VERSION = 2  # of the measurement method and of ThreadMemo's key (2: the calling thread's CPU time)
+PLAN_VERSION = 2  # of the measurement method and of ThreadMemo's key (2: the busiest thread's CPU time)
 MARGIN = 0.05  # a larger thread count must be this much faster (best block) to be taken
 CPU_MARGIN = 0.2  # … or its busiest thread take this much less CPU time (best block)
 MEASURE_SECONDS = 0.15  # alternating blocks stop once this is spent (after MIN_ROUNDS blocks of each count)
