@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import schema
+from engine.config import values as V
 from engine.config.model import STRING_FORM_FIELD
-from engine.config.rules import rt_by_input, sources_of
+from engine.config.rules import legal_pairs, rt_by_input, sources_of
 
 SEPARATORS = {"per-input": ";", "names": ";", "comma": ","}
 
@@ -126,13 +127,19 @@ def string_form(path: tuple[str, ...]) -> tuple[str, dict[str, Any]] | None:
     return (STRING_FORM_FIELD, sub) if isinstance(sub, dict) else None
 
 
-def accepted(path: tuple[str, ...], data: dict[str, Any] | None, model_inputs: list[str] | None = None
-             ) -> set[str] | None:
+def accepted(path: tuple[str, ...], data: dict[str, Any] | None, model_inputs: list[str] | None = None,
+             item: int | None = None) -> set[str] | None:
     """The values the config checks accept at `path` given the rest of the config, or None when every
     schema value is: the march's own list in `x-hb-marches` (optimize_level: O0–O2 on nash-*, where
-    O3 is warned about and replaced), or an input_source entry's sources for that input's
-    input_type_rt (`x-hb-rt-types`: a featuremap input is fed from ddr only)."""
+    O3 is warned about and replaced), an input_source entry's sources for that input's
+    input_type_rt (`x-hb-rt-types`: a featuremap input is fed from ddr only), or the input_type_rt an
+    input's input_type_train converts to (`item`: the input's place in the `;` list; reference §9)."""
     data = data if isinstance(data, dict) else {}
+    if path == ("input_parameters", "input_type_rt"):
+        trains = V.split_list((data.get("input_parameters") or {}).get("input_type_train"))
+        train = trains[item or 0] if (item or 0) < len(trains) else None
+        pairs = legal_pairs()
+        return {train, *pairs[train]} if train in pairs else None
     if len(path) == 2:
         spec = march(str((data.get("model_parameters") or {}).get("march")))
         allowed = (spec or {}).get(path[-1])

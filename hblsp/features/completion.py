@@ -64,7 +64,7 @@ def _escape(value: str) -> str:
     return "".join("\\" + c if c in "$}\\" else c for c in value)
 
 
-Accepted = Callable[[tuple[str, ...]], "set[str] | None"]  # the values the checks accept at a path, None: all
+Accepted = Callable[..., "set[str] | None"]  # (path, item index=None) → the values the checks accept there, None: all
 
 
 def _no_limit(path: tuple[str, ...]) -> set[str] | None:
@@ -126,10 +126,10 @@ def _accepted_in(doc: ConfigDoc, env: Env, line: int) -> Accepted:
     inputs = [t.name for t in env.model.inputs] if env.model is not None else None
     read: list[dict[str, Any] | None] = []
 
-    def accepted(path: tuple[str, ...]) -> set[str] | None:
+    def accepted(path: tuple[str, ...], item: int | None = None) -> set[str] | None:
         if not read:
             read.append(doc.data if doc.data is not None else _data_without(doc.positions.lines, line))
-        return sv.accepted(path, read[0], inputs)
+        return sv.accepted(path, read[0], inputs, item)
 
     return accepted
 
@@ -258,7 +258,7 @@ def value_items(doc: ConfigDoc, cur: Cursor, env: Env) -> tuple[list[types.Compl
             documentation=_doc(documentation) if documentation else None,
             text_edit=types.TextEdit(range=rng, new_text=lead + new)))
 
-    allowed = _accepted_in(doc, env, cur.line)(cur.path)
+    allowed = _accepted_in(doc, env, cur.line)(cur.path, item.index)
     for order, choice in enumerate(c for c in sv.value_choices(s) if allowed is None or c.value in allowed):
         add(choice.value, types.CompletionItemKind.EnumMember, order, documentation=value_doc(cur.path, choice.value))
     kind = sv.model_values(s)

@@ -139,6 +139,16 @@ async def test_list_item_after_the_last_semicolon(client: HbClient, workspace: P
                                                                       end=types.Position(1, 26)), new_text="rgb")
 
 
+async def test_input_type_rt_offers_what_each_inputs_train_type_converts_to(client: HbClient, workspace: Path):
+    """Review s7 R-L 7: with input_type_train gray, five of the six offered values were then refused as an
+    illegal conversion. Each item of the `;` list is narrowed by its own input's input_type_train."""
+    text = "input_parameters:\n  input_type_train: 'gray; rgb; featuremap'\n  input_type_rt: 'x; y; z'\n"
+    uri = client.open(workspace / "rt_by_train.hb.yaml", text)
+    assert labels(await complete(client, uri, 2, 18)) == ["gray"]
+    assert labels(await complete(client, uri, 2, 21)) == ["nv12", "yuv444", "rgb", "bgr"]
+    assert labels(await complete(client, uri, 2, 24)) == ["featuremap"]
+
+
 async def test_value_right_after_the_colon_gets_a_space(client: HbClient, workspace: Path):
     uri = client.open(workspace / "colon.hb.yaml", "compiler_parameters:\n  compile_mode:\n")
     result = await complete(client, uri, 1, 15)
