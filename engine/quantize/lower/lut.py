@@ -119,8 +119,8 @@ def hardswish_product(b: Builder, x: QTensor, y: QTensor, name: str) -> None:
     codes of PP-OCR cls's and digits' HardSwish. Two kernels where DequantizeLinear → HardSigmoid → Mul
     → QuantizeLinear were five (onnxruntime copies the DequantizeLinear for its two readers), and
     onnxruntime's 256-entry table and vectorised multiply instead of float passes. Measured (1 thread,
-    interleaved, per-inference CPU time, the whole `.hbm`): PP-OCR cls (18 HardSwish) 988 → 893 µs,
-    digits 55.0 → 53.0 µs. Accuracy (bench_accuracy, held-out): cls cosine 0.9982 → 0.9984, digits
+    interleaved, per-inference CPU time, the whole `.hbm`): PP-OCR cls (18 HardSwish) 1032 → 916 µs
+    and 1065 → 945 µs in two runs, digits 55.0 → 53.8 µs. Accuracy (bench_accuracy, held-out): cls cosine 0.9982 → 0.9984, digits
     top-1 still equal to float; det and rec have no plain uint8 HardSwish (theirs are affine groups).
     """
     input_zero_point, gate_zero_point = _gate_offsets(x.enc)
