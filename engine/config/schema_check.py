@@ -70,6 +70,28 @@ def _name(path: tuple) -> str:
     return name
 
 
+def _home_sections(key: str, path: tuple) -> list[str]:
+    """The sections other than `path`'s whose keys include `key` (a key written in the wrong section, or at the
+    top level); none for keys deeper down (node_info entries, custom_op fields)."""
+    if len(path) > 1:
+        return []
+    return [section for section in schema.sections() if (not path or section != path[0])
+            and key in schema.keys(section)]
+
+
+def _closest_elsewhere(key: str, path: tuple, here: str | None) -> tuple[str, str] | None:
+    """(section, key) of another section's key closer to `key` than `here`, this section's closest (if any)."""
+    if len(path) > 1:
+        return None
+    def ratio(other: str) -> float:
+        return difflib.SequenceMatcher(None, key, other).ratio()
+    best = max(((ratio(k), section, k) for section in schema.sections() if not path or section != path[0]
+                for k in schema.keys(section)), default=None)
+    if best is None or best[0] < 0.6 or (here is not None and ratio(here) >= best[0]):
+        return None
+    return best[1], best[2]
+
+
 def _translate(err: ValidationError, data: dict) -> Iterator[Problem]:
     if {"then", "else", "not", "dependentRequired"} & set(map(str, err.schema_path)):
         # Cross-key rules: engine.config.rules says these in hb_compile's words (the schema keeps
@@ -85,11 +107,21 @@ def _translate(err: ValidationError, data: dict) -> Iterator[Problem]:
         extras = [k for k in err.instance if k not in props and not any(re.search(p, k) for p in pattern_props)]
         where = ".".join(str(p) for p in path) or "the config"
         for key in extras:
+            home = _home_sections(str(key), path)
+            if home:  # a real key in the wrong place: a look-alike here would be a harmful rename
+                yield error("unknown-key", f"Wrong key '{key}' in {where}: it belongs in {' or '.join(home)}",
+                            path + (key,), data={"on_key": True, "did_you_mean": None, "belongs_in": home})
+                continue
             close = difflib.get_close_matches(str(key), sorted(props), n=1, cutoff=0.6)
+            elsewhere = _closest_elsewhere(str(key), path, close[0] if close else None)
+            if elsewhere is not None:  # optimise_level in model_parameters: optimize_level, not log_level
+                yield error("unknown-key", f"Wrong key '{key}' in {where}, did you mean '{elsewhere[1]}' (a key of "
+                            f"{elsewhere[0]})?", path + (key,), data={"on_key": True, "did_you_mean": None,
+                                                                      "belongs_in": [elsewhere[0]]})
+                continue
             hint = f", did you mean '{close[0]}'?" if close else f"; allowed keys: {', '.join(sorted(props))}"
-            fixes = ()
             yield error("unknown-key", f"Wrong key '{key}' in {where}{hint}", path + (key,),
-                        data={"on_key": True, "did_you_mean": close[0] if close else None}, fixes=fixes)
+                        data={"on_key": True, "did_you_mean": close[0] if close else None})
     elif v == "required":
         present = set(err.instance) if isinstance(err.instance, dict) else set()
         missing = [k for k in err.validator_value if k not in present]
