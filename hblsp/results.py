@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from lsprotocol import types
 
+from engine.config.inputs import MODEL_CHECK
 from engine.config.loader import locate
 from engine.config.yamltree import YamlDoc, YNode
 from engine.problems import Problem, Span
@@ -112,11 +113,13 @@ def compile_result(uri: str, version: int | None, report: RunReport, thresholds:
 
 
 def outcome_of(payload: dict[str, Any], report: RunReport, config_problems: int) -> Outcome:
-    """`config_problems`: how many of `report.problems` came from loading the config (shown live)."""
+    """`config_problems`: how many of `report.problems` came from loading the config (shown live). The model
+    checks' problems are left out too: the live analysis shows them for every version (placed again on a later
+    version, the run's copy doubled them, then stayed after the fix until the next run)."""
     failed = next((s.name for s in report.stages if s.status == "failed"), None)
     if failed == "config":
         return Outcome(payload, (), failed)
-    return Outcome(payload, tuple(report.problems[config_problems:]), failed)
+    return Outcome(payload, tuple(p for p in report.problems[config_problems:] if not p.data.get(MODEL_CHECK)), failed)
 
 
 # ---- diagnostics ----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -202,11 +202,14 @@ def _named_nodes(data: dict[str, dict[str, Any]]) -> Iterator[tuple[str, str, tu
             yield item.rpartition(":")[0].strip(), "node_info", (MP, "node_info"), {"on_key": True}
 
 
+MODEL_CHECK = "model_check"  # Problem.data key: raised by `check_with_model`, which editors run on every version
+
+
 def resolve_inputs(config: Config, info: ModelInfo) -> list[InputSpec]:
     """One InputSpec per model input; raises ConfigError when the config does not fit the model."""
     problems = check_with_model(config.data, info)
-    if errors(problems):
-        raise ConfigError(errors(problems))
+    if errors(problems):  # marked: a language server shows its own live copy of these (`MODEL_CHECK`)
+        raise ConfigError([replace(p, data={**p.data, MODEL_CHECK: True}) for p in errors(problems)])
     ip, cal = config.inputs, config.calibration
     by_name = {t.name: t for t in info.inputs}
     names = [n for n in ip.input_name if n] or info.input_names
@@ -226,4 +229,4 @@ def resolve_inputs(config: Config, info: ModelInfo) -> list[InputSpec]:
     return specs
 
 
-__all__ = ["InputSpec", "check_with_model", "resolve_inputs"]
+__all__ = ["MODEL_CHECK", "InputSpec", "check_with_model", "resolve_inputs"]

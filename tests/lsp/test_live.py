@@ -468,3 +468,22 @@ async def test_a_reopened_config_is_watched_again_and_shows_no_old_run(client: L
     sample.write_bytes(bytes(255 - b for b in sample.read_bytes()))
     result = await client.next_result(uri, runs)
     assert result["ok"] and stage_map(result)["calibrate"] == ("ran", "1 of 32 calibration files changed")
+
+
+async def test_a_failed_runs_model_check_is_shown_once_and_goes_with_the_fix(client: LiveClient, tmp_path: Path):
+    """Review s7 R-L 4: a run failing on a model check (input_name not a model input) placed its copy of the
+    problem beside the live check's (the same error twice), and the copy stayed after the fix until the next run."""
+    path = digits(tmp_path)
+    good = path.read_text()
+    path.write_text(good.replace("input_name: input", "input_name: image"))
+    uri = await open_config(client, path)
+    await client.wait_diagnostics(uri, 1, where=lambda ds: any(d.code == "input-name-unknown" for d in ds))
+    assert as_dict(await client.execute("hblsp.compile", uri)) == {"started": True}
+    result = await client.next_result(uri, 0)
+    assert not result["ok"] and stage_map(result)["parse"][0] == "failed"
+    await asyncio.sleep(0.5)  # the run's diagnostics are published after its result
+    shown = client.published[uri][-1].diagnostics
+    assert [d.code for d in shown if d.severity == types.DiagnosticSeverity.Error] == ["input-name-unknown"]
+    version = client.replace(uri, good)  # fixed, not saved
+    fixed = await client.wait_diagnostics(uri, version)
+    assert not [d for d in fixed if d.severity == types.DiagnosticSeverity.Error], [d.message for d in fixed]
