@@ -179,8 +179,22 @@ def stacked_stats(x: np.ndarray, count: int, bins: int = DEFAULT_BINS, channel_a
     n = per[0].size
     # already in the narrow dtype the stage keeps (`SampleStats.compact`): rows of one small matrix
     hist = _stacked_histogram(per.reshape(count, n), scale, bins, _count_dtype(n))
-    return [TensorStats(float(lo[k]), float(hi[k]), float(absmax[k]), n, hist[k],
-                        channels[k] if channels is not None else None, axis) for k in range(count)]
+    lows, highs, tops = lo.tolist(), hi.tolist(), absmax.tolist()  # Python floats, as float(lo[k]): exact
+    return [_tensor_stats_of(lows[k], highs[k], tops[k], n, hist[k], channels[k] if channels is not None else None, axis)
+            for k in range(count)]
+
+
+def _tensor_stats_of(lo: float, hi: float, absmax: float, count: int, hist: np.ndarray,
+                     channels: np.ndarray | None, axis: int | None, nonfinite: int = 0) -> TensorStats:
+    """`TensorStats(...)` without the frozen dataclass's field-by-field `object.__setattr__` (4.2 → 2.1 µs:
+    digits' stacked statistics build 352 of them per pass, its archives read back 11 per sample)."""
+    made = _new(TensorStats)
+    made.__dict__.update(min=lo, max=hi, absmax=absmax, count=count, hist=hist, channel_absmax=channels, axis=axis,
+                         nonfinite=nonfinite)
+    return made
+
+
+_new = object.__new__
 
 
 def _stacked_histogram(rows: np.ndarray, scale: np.ndarray, bins: int, dtype: np.dtype | None = None) -> np.ndarray:
@@ -712,12 +726,12 @@ class SampleStats(Mapping[str, TensorStats]):
                 positions.append(over + offset)
                 values.append(hist[over])
                 hist = np.minimum(hist, NARROW)
-            parts.append(np.ascontiguousarray(hist, "<u2").tobytes())
+            parts.append(hist.tobytes() if hist.dtype == _LE_U2 else hist.astype("<u2").tobytes())  # C order either way
             offset += hist.shape[0]
         wide = np.concatenate(positions) if positions else np.zeros(0, np.intp)
         parts += [wide.astype("<u4").tobytes(), (np.concatenate(values) if values else wide).astype("<u8").tobytes()]
-        parts += [np.ascontiguousarray(s.channel_absmax, "<f4").tobytes() for s in stats
-                  if s.channel_absmax is not None]
+        parts += [s.channel_absmax.tobytes() if s.channel_absmax.dtype == _LE_F4 else s.channel_absmax.astype("<f4").tobytes()
+                  for s in stats if s.channel_absmax is not None]
         payload = b"".join(parts)
         deflate = len(payload) >= DEFLATE_BYTES
         if deflate:
@@ -858,6 +872,7 @@ def _counts(hist: np.ndarray, count: int | None = None) -> np.ndarray:
 
 
 _UINT16, _UINT32, _INT64 = np.dtype(np.uint16), np.dtype(np.uint32), np.dtype(np.int64)
+_LE_U2, _LE_F4 = np.dtype("<u2"), np.dtype("<f4")  # the archive's byte layouts
 
 
 def _count_dtype(count: int) -> np.dtype:
