@@ -18,6 +18,7 @@ from engine.runtime.threads import (
     MARGIN,
     MIN_ROUNDS,
     SMALL_KERNEL_WORK,
+    WALL_TOLERANCE,
     ThreadMemo,
     ThreadPlan,
     candidate_counts,
@@ -62,6 +63,9 @@ def test_the_busiest_threads_cpu_time_shows_a_gain_a_loaded_machine_hides():
     assert rec.threads_for(2) == 2 and rec.gains(2, 1)
     cls = ThreadPlan({1: 3.4, 2: 4.7}, None, {1: 3.9, 2: 5.2}, busiest_cpu={1: 1.31, 2: 1.33})
     assert cls.threads_for(2) == 1 and not cls.gains(2, 1)
+    # digits at batch 16 on the loaded machine: the CPU promise contradicted by a 1.8x slower best block
+    digits16 = ThreadPlan({1: 1.684, 2: 2.957}, None, {1: 2.26, 2: 4.11}, busiest_cpu={1: 0.593, 2: 0.436})
+    assert digits16.threads_for(2) == 1 and not digits16.gains(2, 1)
     # 10 % less CPU is within the margin: the time a thread sleeps waiting for the other is not in it
     assert ThreadPlan({1: 10.0, 2: 10.0}, None, {1: 10.0, 2: 10.0}, busiest_cpu={1: 10.0, 2: 9.0}).threads_for(2) == 1
 
@@ -134,9 +138,11 @@ def test_measure_plan_times_every_count_within_the_budget_on_the_same_values():
     assert p.rounds >= MIN_ROUNDS
     assert all(0 < p.measured[c] <= p.median[c] for c in (1, 2)) and sorted(p.busiest_cpu) == [1, 2]
     # its convs are split between the threads: each does about half of the work, however busy the
-    # machine is, so the plan takes 2 threads
+    # machine is, so the plan takes 2 threads — unless the machine was so busy that even the best
+    # 2-thread block was slower than the tolerance
     assert p.busiest_cpu[2] < p.busiest_cpu[1] * (1 - CPU_MARGIN)
-    assert p.threads_for(2) == 2 and p.threads_for(1) == 1
+    assert p.threads_for(2) == 2 or p.measured[2] > p.measured[1] * (1 + WALL_TOLERANCE)
+    assert p.threads_for(1) == 1
 
 
 def test_measure_plan_with_a_budget_of_one_measures_one_count():
