@@ -43,6 +43,9 @@ def quiet_session(model: onnx.ModelProto | bytes, threads: int | None = None):
 
 KEPT_MODEL_BYTES = 1 << 20  # models up to this size keep their session (a large one's arena would stay)
 KEPT_LAYOUTS = 4  # layouts whose session is kept (the ptq model of mixed precision, the search's model, …)
+# a layout's first session takes the Q/DQ operands up to this many values as inputs (scales, zero points,
+# int32 biases: what moves with a threshold); larger ones (int8 weights) when they are seen to change
+FIRST_LIFTED_VALUES = 4096
 
 
 class FedSession:
@@ -69,11 +72,12 @@ class KeptSessions:
     one calibration file changed, the thresholds move a little and that model differs from the last one
     only in the values of a few initializers (activation scales, int32 biases), yet a session was built
     for it (digits: ~3.5 of the accuracy steps' ~10 CPU ms). Here the first model of a layout gets a
-    plain session; a later one whose values differ gets a session taking the initializers that differ
-    as graph inputs (`lifted`), fed this model's values (`FedSession`); the models after it reuse that
-    session while their differences stay among its lifted names. Only what Q/DQ nodes read is lifted
-    (scales, zero points, int8 / int32 codes): a model differing elsewhere (a corrected float bias of a
-    CPU conv) gets a plain session of its own, kept in place of the layout's. Fed or constant, the values give the
+    session taking its small Q/DQ operands as graph inputs (`lifted`: scales, zero points, int32 biases,
+    `FIRST_LIFTED_VALUES`), fed this model's values (`FedSession`); the models after it reuse that session
+    while their differences stay among its lifted names, and one whose other Q/DQ operands differ (a
+    coarsened int8 weight) gets a session lifting those too. Only what Q/DQ nodes read is lifted: a model
+    differing elsewhere (a corrected float bias of a CPU conv) gets a plain session of its own, kept in
+    place of the layout's. Fed or constant, the values give the
     same outputs bit for bit (onnxruntime runs the same kernels on them; the threshold search's scoring
     session relies on the same, `search.CandidateScorer`): tests compare them.
     """
@@ -91,9 +95,11 @@ class KeptSessions:
         values = {t.name: t.SerializeToString() for t in model.graph.initializer}
         key = f"{layout_key(model)}|{threads}"
         kept = self._kept.get(key)
-        if kept is None:
+        if kept is None:  # what a threshold move changes is taken as inputs from the start
             self.built += 1
-            return self._kept.put(key, _Layout(qdq_session(data, threads), frozenset(), values)).fed(model)
+            lifted = frozenset(_quantization_operands(model, FIRST_LIFTED_VALUES))
+            return self._kept.put(key, _Layout(qdq_session(_lifted(model, lifted) if lifted else data, threads),
+                                               lifted, values)).fed(model)
         changed = {name for name, value in values.items() if kept.values.get(name) != value}
         if changed <= kept.lifted:
             return kept.fed(model)
@@ -129,11 +135,14 @@ def layout_key(model: onnx.ModelProto) -> str:
     return hashlib.sha256(skeleton.SerializeToString(deterministic=True)).hexdigest()
 
 
-def _quantization_operands(model: onnx.ModelProto) -> set[str]:
-    """What QuantizeLinear / DequantizeLinear nodes read (codes, scales, zero points): the only initializers
-    taken as inputs, so that whatever onnxruntime does with a constant float weight it still does."""
-    return {name for node in model.graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")
+def _quantization_operands(model: onnx.ModelProto, at_most: int | None = None) -> set[str]:
+    """The initializers QuantizeLinear / DequantizeLinear nodes read (codes, scales, zero points), with
+    `at_most` values each when given: the only initializers taken as inputs, so that whatever onnxruntime
+    does with a constant float weight it still does."""
+    read = {name for node in model.graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")
             for name in node.input}
+    sizes = {t.name: int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer if t.name in read}
+    return {name for name, size in sizes.items() if at_most is None or size <= at_most}
 
 
 def _lifted(model: onnx.ModelProto, names: frozenset[str]) -> bytes:
