@@ -266,6 +266,20 @@ def test_hardswish_is_a_gate_and_a_product_within_one_step_of_the_table(in_t, ou
     assert np.all(np.abs(x[off]) < 3)  # the gate is exact where it saturates
 
 
+def test_hardswish_with_thresholds_loaded_from_a_qdq_model_keeps_the_table():
+    """calibration_type load: the QDQ model's own HardSwish (DQ → HardSigmoid → Mul → Q) at every code."""
+    import dataclasses
+
+    model, plan = activation_plan("HardSwish", {}, 6.0, 6.0)
+    plan = dataclasses.replace(plan, acts={t: dataclasses.replace(a, method="load") for t, a in plan.acts.items()})
+    bc = lower_to_integer(model, plan)
+    kinds = {n.op_type for n in bc.graph.node}
+    assert "HardSwish" in kinds and not {"QLinearLeakyRelu", "QLinearMul"} & kinds
+    enc = Encoding("uint8", read_tensor_map(bc)["x"]["scale"], 128)
+    assert_table_is_function(every_code_through(bc, enc), hardswish, enc,
+                             Encoding("uint8", read_tensor_map(bc)["y"]["scale"], 128))
+
+
 @pytest.mark.parametrize("scale", [6.0 / 127, 8.06 / 127, 18.2 / 127, 0.0598, 0.1435])
 def test_hardswish_gate_is_unbiased(scale):
     """The gate's zero points put its codes at x·42.5 + 127.5 (+ a small ε), not + 128: a gate rounded
