@@ -291,6 +291,7 @@ class Fixer:
         default = s.get("default")
         if default not in (None, "", {}, []):
             out.append(str(default).lower() if isinstance(default, bool) else str(default))
+        out += [str(e) for e in s.get("examples") or [] if isinstance(e, (str, int, float))]  # march: nash-e first
         for c in sv.value_choices(s):
             out.append(";".join([c.value] * n))
         return list(dict.fromkeys(out))

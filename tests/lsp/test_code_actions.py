@@ -21,7 +21,7 @@ MARCHES_CLOSEST_FIRST = ["nash-p", "nash-m", "nash-h", "nash-e", "nash-b", "nash
 
 # corpus file, code of the problem, titles offered (in order)
 CASES = [
-    ("missing_march", "missing-key", ["Add missing key: march: bernoulli2"]),
+    ("missing_march", "missing-key", ["Add missing key: march: nash-e"]),
     ("missing_required_key", "missing-key", ["Add missing key: input_type_rt: nv12"]),
     ("two_inputs_no_names", "input-names-required", ["Add missing key: input_name: img; feat"]),
     ("missing_section", "missing-key", ["Add missing key: input_parameters"]),
@@ -98,7 +98,7 @@ async def test_edits_are_exact(client: HbClient, workspace: Path, warm):
     [add] = await actions_for(client, uri, missing)
     assert list(add.edit.changes[uri]) == [types.TextEdit(range=types.Range(start=types.Position(5, 0),
                                                                       end=types.Position(5, 0)),
-                                                    new_text="  march: bernoulli2\n")]
+                                                    new_text="  march: nash-e\n")]
     dep = (CORPUS / "deprecated_norm_type.hb.yaml").read_text()
     uri2 = client.open(workspace / "exact2.hb.yaml", dep)
     [d] = await client.wait_diagnostics(uri2, 1)
