@@ -106,10 +106,14 @@ class Analysis:
 def merge(result: LoadResult, extra: list[Problem]) -> tuple[Problem, ...]:
     """The config's problems and the model's, each once. When the model rules counted the per-input lists
     against the model's inputs, the count errors the config rules derived from the other lists (a model
-    they could not read: check_files off, a Caffe model) give way: the model's count decides."""
+    they could not read: check_files off, a Caffe model) give way: the model's count decides. Likewise a shape
+    that is not 4-D on an input the model has as 4-D is told by the model's rank, not by the config rule's advice
+    to make the input a featuremap."""
     seen, out = set(), []
     model_counted = any(_counted_by(p, "model") for p in extra)
-    own = [p for p in result.problems if not (model_counted and _counted_by(p, "lists"))]
+    wrong_rank = {p.data.get("item") for p in extra if p.code == "input-shape-rank"}
+    own = [p for p in result.problems if not (model_counted and _counted_by(p, "lists"))
+           and not (p.code == "input-not-4d" and p.data.get("item") in wrong_rank)]  # the model's rank says more
     for p in own + extra:
         key = (p.code, p.message, p.span)
         if key not in seen:

@@ -94,6 +94,9 @@ def compile_result(uri: str, version: int | None, report: RunReport, thresholds:
     calibrate = report.results.get("calibrate")
     calibration = ({k: calibrate[k] for k in ("samples", "computed", "reused", "method") if k in calibrate}
                    if calibrate else None)
+    calibrate_stage = report.stage("calibrate")
+    if calibration and calibrate_stage is not None and calibrate_stage.status == "reused" and "samples" in calibration:
+        calibration.update(computed=0, reused=calibration["samples"])  # the stage's result is from its earlier run
     config = report.config
     return _finite({
         "uri": uri,

@@ -341,6 +341,8 @@ class Live:
             for doc in self.ls.documents.configs():
                 if doc.uri not in self.inputs:
                     self._spawn(self.opened(doc.uri), "watch")
+        if self.shown:  # the cosine thresholds may have changed: the hints' "< 0.99" marks with them
+            self._refresh_hints()
 
     def close(self) -> None:
         self.runner.close()

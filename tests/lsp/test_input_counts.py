@@ -129,3 +129,16 @@ def test_the_editor_load_never_parses_the_model(tmp_path, monkeypatch):
     rules._onnx_input_names.cache_clear()  # the CLI load above memoised this file's names
     editor = load_text(text, tmp_path)
     assert [(p.code, p.path) for p in editor.problems if p.code == "list-count"] == [("list-count", (IP, "input_name"))]
+
+
+def test_a_3d_shape_on_a_4d_model_input_is_told_once_by_the_models_rank(tmp_path):
+    """Review s7 R-L: `input_shape: 1x3x8` on a 4-D model showed the config rule's advice to make the input a
+    featuremap beside the model's rank error on the same token; the model's rank says what is wrong."""
+    from tests.conftest import GOOD_CONFIG, conv_relu_model
+
+    text = GOOD_CONFIG.replace("input_shape: 1x3x8x8", "input_shape: 1x3x8")
+    result = load_text(text, tmp_path, check_files=False)
+    assert [p.code for p in result.problems if p.is_error] == ["input-not-4d"]  # no model known: the rule's word
+    state = ModelState("ready", model_info(conv_relu_model()))
+    after = [p.code for p in analyse(result, result.data, state).problems if p.is_error]
+    assert after == ["input-shape-rank"]

@@ -297,6 +297,7 @@ async def test_a_compiler_parameters_change_reuses_calibration(client: LiveClien
     stages = stage_map(result)
     assert [stages[s][0] for s in ("parse", "optimize", "calibrate", "ptq", "quantize", "report")] == ["reused"] * 6
     assert stages["compile"] == ("ran", "config changed: compiler_parameters")
+    assert (result["calibration"]["computed"], result["calibration"]["reused"]) == (0, 32)  # not the earlier run's
     assert result["table"]["outputs"] == client.results_for(uri)[0]["table"]["outputs"]
 
 
@@ -435,10 +436,12 @@ async def test_inlay_hints_beside_node_names_and_the_threshold_warning(client: L
 
     # a stricter node threshold (a setting): the warning names every node under it, with its cosine
     strict = min(n["quantized_cosine"] for n in table["nodes"]) + 1e-6
+    refreshes = client.hint_refreshes
     client.set_configuration({**SETTINGS, "nodeCosineThreshold": strict}, section="hblsp")
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
     try:
         diagnostics = await client.wait_diagnostics(uri, where=lambda ds: any(d.code == "low-cosine" for d in ds))
+        await client.until("an inlay hint refresh", lambda: client.hint_refreshes > refreshes)  # "< 0.99" marks
         [warning] = [d for d in diagnostics if d.code == "low-cosine"]
         worst = min(table["nodes"], key=lambda n: n["quantized_cosine"])
         assert warning.message == (f"1 node under Quantized Cosine {strict:g}: {worst['node']} "
