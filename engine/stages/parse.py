@@ -70,6 +70,7 @@ def parse_model(config: Config) -> tuple[onnx.ModelProto, list[InputSpec], dict[
         model = fe.infer_shapes(model, shown, key)
     if config.model.output_nodes:
         fe.add_outputs(model, list(config.model.output_nodes))
+    _shapes_through_constant_chains(model, shown, key)
     _check_static(model, shown, key)
     return model, specs, {"opset_from": opset_from, "opset": fe.default_opset(model), "renamed_nodes": renamed,
                           "normalized_inputs": normalized, "nodes": len(model.graph.node),
@@ -118,6 +119,46 @@ def insert_normalizations(model: onnx.ModelProto, specs: list[InputSpec]) -> lis
         insert_normalization(model, spec.name, norm, spec.layout_train or "NCHW")
         done.append(spec.name)
     return done
+
+
+FOLD_ROUNDS = 4  # fold + infer rounds: a folded chain can make a Shape of a later tensor constant
+
+
+def _dynamic_outputs(model: onnx.ModelProto) -> list[str]:
+    return [o.name for o in model.graph.output if o.type.tensor_type.HasField("shape")
+            and any(not d.HasField("dim_value") for d in o.type.tensor_type.shape.dim)]
+
+
+def _shapes_through_constant_chains(model: onnx.ModelProto, shown: str, key: str) -> None:
+    """Static shapes where onnx's inference stops at a shape computed by ops on constants: torch's legacy
+    exporter writes every F.pad's pads as ConstantOfShape → Concat → Reshape → Slice → Transpose → Reshape →
+    Cast, which data propagation does not evaluate, and the model was refused as dynamic. A copy is folded
+    (the passes' constant folding: ONNX's reference evaluator) and inferred again; the shapes it finds are
+    written onto the model, which otherwise stays as given (the optimize stage folds it)."""
+    if not _dynamic_outputs(model):
+        return
+    from engine.passes import fold_constants
+
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    for _ in range(FOLD_ROUNDS):
+        if not fold_constants.run(work).changed:
+            break
+        fe.clear_inferred_shapes(work)
+        try:
+            work = fe.infer_shapes(work, shown, key)
+        except ModelError:
+            return  # the model's own inference result stands; _check_static says what is dynamic
+        if not _dynamic_outputs(work):
+            break
+    produced = {o for n in model.graph.node for o in n.output if o}
+    inferred = {vi.name: vi for vi in work.graph.value_info if vi.name in produced}
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.values())
+    found = {o.name: o for o in work.graph.output}
+    for out in model.graph.output:
+        if out.name in found and found[out.name].type.tensor_type.HasField("shape"):
+            out.type.CopyFrom(found[out.name].type)
 
 
 def _check_static(model: onnx.ModelProto, shown: str, key: str) -> None:

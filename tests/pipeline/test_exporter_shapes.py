@@ -58,6 +58,18 @@ def gather_scalar_index():
                   helper.make_node("Gather", ["a", "i"], ["y"], axis=1)], [1, 6, 6])
 
 
+def pad_from_a_constant_chain():
+    """torch's legacy exporter writes F.pad's pads as ops on constants (ConstantOfShape → Concat → Reshape → Slice →
+    Transpose → Reshape → Cast): onnx's data propagation leaves the output dynamic, and parse refused the model."""
+    pads = numpy_helper.from_array(np.array([[0, 0], [0, 0], [1, 1], [1, 1]], np.int32), "pads_rows")
+    return model([helper.make_node("Conv", ["x", "W"], ["a"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Transpose", ["pads_rows"], ["pads_cols"], perm=[1, 0]),
+                  helper.make_node("Reshape", ["pads_cols", "flat"], ["pads_i32"]),
+                  helper.make_node("Cast", ["pads_i32"], ["pads"], to=TensorProto.INT64),
+                  helper.make_node("Pad", ["a", "pads"], ["y"], mode="reflect")], ["n", "c", "h", "w"],
+                 opset=13, inits=(W, pads, numpy_helper.from_array(np.array([-1], np.int64), "flat")))
+
+
 def conv_plus_itself():
     return model([helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
                   helper.make_node("Add", ["c", "c"], ["y"])], [1, 4, 6, 6])
@@ -95,7 +107,8 @@ def run(tmp_path: Path, m: onnx.ModelProto):
     return report
 
 
-@pytest.mark.parametrize("build", [relu6_constant_nodes, relu6_opset9, pad_opset10, gather_scalar_index,
+@pytest.mark.parametrize("build", [relu6_constant_nodes, relu6_opset9, pad_opset10, pad_from_a_constant_chain,
+                                   gather_scalar_index,
                                    conv_plus_itself, average_pool, ir3_initializer_inputs])
 def test_exported_model_runs_with_its_shapes(tmp_path, build):
     m = build()
