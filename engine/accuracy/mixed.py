@@ -311,15 +311,19 @@ class Pricing:
 
     def float_island(self, rows: Sequence[Row]) -> float:
         """ms a float island of `rows` (every node on the CPU) adds: its convs as float kernels (their
-        int16-input slowdown: the same float kernel), and the tensors crossing its border requantized
-        (ELEMENT_NS per element); the tensors inside it are never quantized at all. On PP-OCRv4 det's
+        int16-input slowdown: the same float kernel), the tensors crossing its border requantized
+        (ELEMENT_NS per element) and the integer convs reading its int16 outputs as float kernels; the
+        tensors inside it are never quantized at all. On PP-OCRv4 det's
         first stage (Conv.0 … HardSwish at 32x320x320) measured +1.7 ms over int8, where its four
         int16 moves cost +4.2: four requantized 320x320 tensors against two at the borders."""
         inside = {n for r in rows for n in r.nodes}
-        made = {o for n in inside for o in self.nodes[n].output} if self.nodes else set()
+        made = {o for n in inside for o in self.nodes[n].output}
         ms = sum(self.kernel(n, "input") for n in inside if self.integer_kernel(n))
         entering = {t for n in inside for t in self.nodes[n].input if t not in made and t in self.sizes}
         leaving = {t for t in made if any(r not in inside for r in self.readers.get(t, ()))}
+        # the island hands its outputs on at int16: the integer kernels reading them leave their int8 path
+        ms += sum(self.kernel(n, "input") for t in leaving for n in self.readers.get(t, ())
+                  if n not in inside and self.integer_kernel(n))
         return ms + sum(self.size(t) for t in entering | leaving) * ELEMENT_NS * 1e-6
 
 

@@ -494,9 +494,12 @@ def test_int16_moves_in_a_chain_are_offered_as_one_float_island():
     assert _islands(probe, pricing, {"a": "int16", "d": "int16"}, movable) == []  # two rows apart
     assert _islands(probe, pricing, {"b": "int16"}, movable) == []  # alone
     assert _islands(probe, pricing, {"a": "int16", "c": "int16"}, movable - {"b"}) == []  # b is the user's
-    # inside: the two 1x1 convs as float kernels; borders: x entering, c leaving for d
+    # inside: the two 1x1 convs as float kernels; borders: x entering, c leaving for d (a table: no kernel)
     macs = 4 * 8 * 8 * 4
     assert pricing.float_island(islands[0]) == pytest.approx(
+        2 * kernel_cost("pointwise", "input", macs) + 2 * 4 * 8 * 8 * ELEMENT_NS * 1e-6)
+    # an island whose int16 output a 1x1 conv reads takes that conv off its int8 kernel too
+    assert pricing.float_island([rows["a"], rows["b"]]) == pytest.approx(
         2 * kernel_cost("pointwise", "input", macs) + 2 * 4 * 8 * 8 * ELEMENT_NS * 1e-6)
 
 
