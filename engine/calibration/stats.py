@@ -214,7 +214,7 @@ def _stacked_histogram(rows: np.ndarray, scale: np.ndarray, bins: int, dtype: np
         for k in range(count):
             hist[k] = _abs_histogram_numpy(rows[k], scale[k], bins)
         return hist
-    values, index = _step_buffers()
+    values, index, wide = _step_buffers()
     step = CHUNK // max(n, 1)
     width = bins + 1
     for start in range(0, count, step):
@@ -225,7 +225,9 @@ def _stacked_histogram(rows: np.ndarray, scale: np.ndarray, bins: int, dtype: np
         np.abs(v, out=v)
         np.copyto(i, v, casting="unsafe")  # truncation, as astype; |x|·scale ≤ bins + 1 ulp: index ≤ bins
         i += _offsets(stop - start, width)[:, None]
-        counts = np.bincount(i.reshape(-1), minlength=(stop - start) * width).reshape(stop - start, width)
+        w = wide[:(stop - start) * n]
+        np.copyto(w, i.reshape(-1))
+        counts = np.bincount(w, minlength=(stop - start) * width).reshape(stop - start, width)
         counts[:, bins - 1] += counts[:, bins]  # |x| = absmax (index bins) belongs to the last bin
         hist[start:stop] = counts[:, :bins]
     return hist
@@ -235,12 +237,16 @@ def _offsets(count: int, bins: int) -> np.ndarray:
     return np.arange(0, count * bins, bins, dtype=np.int32)
 
 
-def _step_buffers() -> tuple[np.ndarray, np.ndarray]:
-    """This thread's float32 values and int32 bin indices of one `CHUNK` (int32 indices: bincount widens
-    them faster than a cast to intp)."""
+def _step_buffers() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """This thread's float32 values, int32 bin indices and intp (bincount's own index type) bin indices
+    of one `CHUNK`. Truncating float32 to int32 is one SIMD pass, widening to intp another (0.08 + 0.15
+    ns per value, against 0.5 for float32 → int64 at once); handed int32, bincount made its own intp copy,
+    a fresh 512 KB whose page faults made counting a step of digits' 32 stacked samples 7.6 ns per
+    value instead of 1.6."""
     if getattr(_buffers, "values", None) is None:
         _buffers.values, _buffers.index = np.empty(CHUNK, np.float32), np.empty(CHUNK, np.int32)
-    return _buffers.values, _buffers.index
+        _buffers.wide = np.empty(CHUNK, np.intp)
+    return _buffers.values, _buffers.index, _buffers.wide
 
 
 _buffers = threading.local()
@@ -281,15 +287,16 @@ def _abs_histogram_float64(flat: np.ndarray, scale: float, bins: int) -> np.ndar
 
 def _abs_histogram_numpy(flat: np.ndarray, scale: np.float32, bins: int) -> np.ndarray:
     """`_abs_histogram` in numpy: the one-shot ``bincount((|x·scale|).astype(intp))`` in steps."""
-    values, index = _step_buffers()
+    values, index, wide = _step_buffers()
     hist = np.zeros(bins + 1, np.int64)
     for start in range(0, flat.size, CHUNK):
         part = flat[start:start + CHUNK]
-        v, i = values[:part.size], index[:part.size]
+        v, i, w = values[:part.size], index[:part.size], wide[:part.size]
         np.multiply(part, scale, out=v)  # |x|·bins/absmax ∈ [0, bins]
         np.abs(v, out=v)
         np.copyto(i, v, casting="unsafe")  # truncation, as astype (|x|·scale ≤ bins + 1 ulp fits int32)
-        counts = np.bincount(i, minlength=bins + 1)
+        np.copyto(w, i)
+        counts = np.bincount(w, minlength=bins + 1)
         hist += counts[:bins + 1]
         hist[bins] += counts[bins + 1:].sum()
     hist[bins - 1] += hist[bins]  # |x| = absmax belongs to the last bin
