@@ -43,9 +43,6 @@ def quiet_session(model: onnx.ModelProto | bytes, threads: int | None = None):
 
 KEPT_MODEL_BYTES = 1 << 20  # models up to this size keep their session (a large one's arena would stay)
 KEPT_LAYOUTS = 4  # layouts whose session is kept (the ptq model of mixed precision, the search's model, …)
-# a layout's first session takes the Q/DQ operands up to this many values as inputs (scales, zero points,
-# int32 biases: what moves with a threshold); larger ones (int8 weights) when they are seen to change
-FIRST_LIFTED_VALUES = 4096
 
 
 class FedSession:
@@ -72,14 +69,14 @@ class KeptSessions:
     one calibration file changed, the thresholds move a little and that model differs from the last one
     only in the values of a few initializers (activation scales, int32 biases), yet a session was built
     for it (digits: ~3.5 of the accuracy steps' ~10 CPU ms). Here the first model of a layout gets a
-    session taking its small Q/DQ operands as graph inputs (`lifted`: scales, zero points, int32 biases,
-    `FIRST_LIFTED_VALUES`), fed this model's values (`FedSession`); the models after it reuse that session
-    while their differences stay among its lifted names, and one whose other Q/DQ operands differ (a
-    coarsened int8 weight) gets a session lifting those too. Only what Q/DQ nodes read is lifted: a model
-    differing elsewhere (a corrected float bias of a CPU conv) gets a plain session of its own, kept in
-    place of the layout's. Fed or constant, the values give the
-    same outputs bit for bit (onnxruntime runs the same kernels on them; the threshold search's scoring
-    session relies on the same, `search.CandidateScorer`): tests compare them.
+    session taking what a threshold move changes as graph inputs (`lifted`: activation scales and zero
+    points, int32 biases: `_threshold_operands`), fed this model's values (`FedSession`); the models after
+    it reuse that session while their differences stay among its lifted names, and one whose other Q/DQ
+    operands differ (a coarsened weight scale) gets a session lifting those too. Only what Q/DQ nodes read
+    is lifted: a model differing elsewhere (a corrected float bias of a CPU conv) gets a plain session of
+    its own, kept in place of the layout's. Fed or constant, the values give the same outputs bit for bit
+    (onnxruntime runs the same kernels on them; the threshold search's scoring session relies on the same,
+    `search.CandidateScorer`): tests compare them.
     """
 
     def __init__(self, size: int = KEPT_LAYOUTS) -> None:
@@ -97,7 +94,7 @@ class KeptSessions:
         kept = self._kept.get(key)
         if kept is None:  # what a threshold move changes is taken as inputs from the start
             self.built += 1
-            lifted = frozenset(_quantization_operands(model, FIRST_LIFTED_VALUES))
+            lifted = frozenset(_threshold_operands(model))
             return self._kept.put(key, _Layout(qdq_session(_lifted(model, lifted) if lifted else data, threads),
                                                lifted, values)).fed(model)
         changed = {name for name, value in values.items() if kept.values.get(name) != value}
@@ -135,14 +132,31 @@ def layout_key(model: onnx.ModelProto) -> str:
     return hashlib.sha256(skeleton.SerializeToString(deterministic=True)).hexdigest()
 
 
-def _quantization_operands(model: onnx.ModelProto, at_most: int | None = None) -> set[str]:
-    """The initializers QuantizeLinear / DequantizeLinear nodes read (codes, scales, zero points), with
-    `at_most` values each when given: the only initializers taken as inputs, so that whatever onnxruntime
-    does with a constant float weight it still does."""
-    read = {name for node in model.graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")
-            for name in node.input}
-    sizes = {t.name: int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer if t.name in read}
-    return {name for name, size in sizes.items() if at_most is None or size <= at_most}
+QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+def _quantization_operands(model: onnx.ModelProto) -> set[str]:
+    """The initializers QuantizeLinear / DequantizeLinear nodes read (codes, scales, zero points): the only
+    ones taken as inputs, so that whatever onnxruntime does with a constant float weight it still does."""
+    inits = {t.name for t in model.graph.initializer}
+    return {name for node in model.graph.node if node.op_type in QDQ for name in node.input if name in inits}
+
+
+def _threshold_operands(model: onnx.ModelProto) -> set[str]:
+    """What a threshold move changes: the scale and zero point of every activation's Q/DQ pair, and the
+    int32 codes, scale and zero point of every bias (at s_in · s_w). A weight's pair stays constant (its
+    scale moves only where a bias would overflow): onnxruntime folds it once instead of every run."""
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    out: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type not in QDQ or not node.input:
+            continue
+        source = node.input[0]
+        if source not in types:  # an activation's pair
+            out.update(n for n in node.input[1:] if n in types)
+        elif types[source] == onnx.TensorProto.INT32 and node.op_type == "DequantizeLinear":  # a bias
+            out.update(n for n in node.input if n in types)
+    return out
 
 
 def _lifted(model: onnx.ModelProto, names: frozenset[str]) -> bytes:
