@@ -161,9 +161,34 @@ def _shapes_through_constant_chains(model: onnx.ModelProto, shown: str, key: str
             out.type.CopyFrom(found[out.name].type)
 
 
+DATA_SIZED = frozenset({"NonMaxSuppression", "NonZero", "Unique", "Compress"})  # output sizes the data decides
+
+
+def _data_sized_source(model: onnx.ModelProto, output: str) -> onnx.NodeProto | None:
+    """The first node upstream of `output` whose output size depends on the values (NMS, NonZero, …)."""
+    producer = {o: n for n in model.graph.node for o in n.output if o}
+    stack, seen = [output], set()
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.op_type in DATA_SIZED and node.domain in ("", "ai.onnx"):
+            return node
+        stack.extend(i for i in node.input if i)
+    return None
+
+
 def _check_static(model: onnx.ModelProto, shown: str, key: str) -> None:
     for out in model.graph.output:
         t = out.type.tensor_type
+        if not t.HasField("shape") or any(not d.HasField("dim_value") for d in t.shape.dim):
+            source = _data_sized_source(model, out.name)
+            if source is not None:  # hb_mapper: no NMS / post-processing ops (reference §17)
+                raise ModelError(error("model-data-sized-output", f"Output '{out.name}' of {shown} has a size the "
+                                       f"data decides (node '{source.name}', {source.op_type}); the model needs "
+                                       "static shapes: export it without post-processing and run that after the "
+                                       "deployed model", ("model_parameters", key)))
         if t.HasField("shape") and any(not d.HasField("dim_value") for d in t.shape.dim):
             dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
             raise ModelError(error("model-dynamic-output", f"Output '{out.name}' of {shown} still has a dynamic shape "
@@ -198,6 +223,7 @@ def model_files(config: Config) -> list[Path]:
 # version 3: initializers listed as graph inputs are weights (dropped from the inputs, IR ≥ 4)
 # version 4: the result keeps the model's names and input types (`model_check`) for the run's config warnings
 # version 5: a model with non-finite weights is refused (`check_finite_weights`): an old entry of one is not reused
-STAGE = Stage("parse", 5, run, reads=READS, files=model_files,
+# version 6: shapes behind ops on constants found by folding a copy (torch's F.pad); outputs sized by the data refused
+STAGE = Stage("parse", 6, run, reads=READS, files=model_files,
               artefacts={"model.onnx": "{prefix}_original_float_model.onnx"},
               describe="load, check and normalize the float model")

@@ -132,3 +132,25 @@ def test_initializers_listed_as_inputs_are_weights(tmp_path):
     assert [i.name for i in optimized.graph.input] == ["x"]
     table = (tmp_path / "out" / "m_node_info.csv").read_text()
     assert ",Conv+Relu,BPU," in table
+
+
+def test_an_output_sized_by_the_data_is_refused_at_parse_naming_the_node(tmp_path):
+    """NonMaxSuppression's output length depends on the scores: the run failed in calibrate with
+    'cosine of tensors of different sizes'. hb_mapper refuses post-processing ops; so does parse, in one line."""
+    w1 = numpy_helper.from_array((RNG.standard_normal((1, 3, 3, 3)) * 0.3).astype(np.float32), "W1")
+    consts = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+              (("box_shape", [1, 9, 4]), ("score_shape", [1, 1, 36]), ("keep", [5]))]
+    consts.append(numpy_helper.from_array(np.array([0.3], np.float32), "iou"))
+    m = model([helper.make_node("Conv", ["x", "W"], ["a"], pads=[1, 1, 1, 1]),
+               helper.make_node("Reshape", ["a", "box_shape"], ["boxes"]),
+               helper.make_node("Conv", ["x", "W1"], ["s"], pads=[1, 1, 1, 1]),
+               helper.make_node("Reshape", ["s", "score_shape"], ["scores"]),
+               helper.make_node("NonMaxSuppression", ["boxes", "scores", "keep", "iou"], ["picked"], name="nms"),
+               helper.make_node("Cast", ["picked"], ["y"], to=TensorProto.FLOAT)], ["k", 3],
+              inits=(W, w1, *consts))
+    with pytest.raises(AssertionError):  # the run is not ok; its problem below
+        run(tmp_path, m)
+    report = Engine().run(tmp_path / "c.yaml")
+    [problem] = [p for p in report.problems if p.is_error]
+    assert problem.code == "model-data-sized-output" and "node 'nms', NonMaxSuppression" in problem.message
+    assert not (tmp_path / "out" / "m.hbm").exists()
