@@ -33,6 +33,21 @@ def _shape(shape: Any) -> str:
     return "x".join(str(d) for d in shape) if shape else "None"
 
 
+BRIEF_ITEMS = 4  # values of a long per-channel list shown without -v
+
+
+def _brief(value, verbose: bool):
+    """A removed node's per-channel scales / zero points shortened (1000 of them made a 30 kB line):
+    the first few, then how many and their range; all of them with -v."""
+    if verbose:
+        return value
+    if isinstance(value, dict):
+        return {k: _brief(v, verbose) for k, v in value.items()}
+    if isinstance(value, list) and len(value) > 2 * BRIEF_ITEMS and all(isinstance(v, (int, float)) for v in value):
+        return [*value[:BRIEF_ITEMS], f"… {len(value)} values in [{min(value):g}, {max(value):g}] (-v: all)"]
+    return value
+
+
 def describe(path: str | Path, verbose: bool = False) -> list[str]:
     """The lines `hb_model_info` prints for `path`."""
     import onnxruntime as ort
@@ -73,11 +88,11 @@ def describe(path: str | Path, verbose: bool = False) -> list[str]:
         if "input_source" in info:
             lines.append(f"input_source: {info['input_source']}")
         if spec.quantization:
-            lines.append(f"quantization: {json.dumps(spec.quantization)}")
+            lines.append(f"quantization: {json.dumps(_brief(spec.quantization, verbose))}")
     for spec in model.outputs:
         lines += [f"---------output info : {spec.name} ---------", f"tensor: {spec.dtype} {_shape(spec.shape)}"]
         if spec.quantization:
-            lines.append(f"quantization: {json.dumps(spec.quantization)}")
+            lines.append(f"quantization: {json.dumps(_brief(spec.quantization, verbose))}")
     params = build.get("compiler_parameters")
     if params:
         lines.append(f"{RULE} compiler_parameters info {RULE}")

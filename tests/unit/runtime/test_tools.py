@@ -153,3 +153,16 @@ def test_verifier_runs_as_a_command(files):
     proc = subprocess.run([sys.executable, "-m", "engine.tools.verifier", "-m", f"{files / 'm.bc'},{files / 'other.hbm'}"],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 1 and "consistency check FAILED" in proc.stdout and proc.stderr == ""
+
+
+def test_model_info_shortens_long_per_channel_lists_unless_verbose():
+    """R-M review s7: an output whose per-channel Dequantize was removed printed its 1000 scales and 1000 zero
+    points on one ~30 kB line; without -v the first few, the count and the range are shown."""
+    from engine.tools.model_info import BRIEF_ITEMS, _brief
+
+    q = {"axis": 1, "scale": [0.5 + i / 1000 for i in range(1000)], "zero_point": [0] * 1000, "dtype": "int8"}
+    short = _brief(q, verbose=False)
+    assert short["axis"] == 1 and short["dtype"] == "int8"
+    assert short["scale"][:BRIEF_ITEMS] == q["scale"][:BRIEF_ITEMS] and len(short["scale"]) == BRIEF_ITEMS + 1
+    assert short["scale"][-1] == "… 1000 values in [0.5, 1.499] (-v: all)"
+    assert _brief(q, verbose=True) == q and _brief({"scale": [1.0, 2.0]}, False) == {"scale": [1.0, 2.0]}
