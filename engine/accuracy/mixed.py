@@ -59,7 +59,14 @@ from engine.accuracy.sensitivity import Sensitivity, analyse, row_noise
 from engine.accuracy.sessions import References, quiet_session, run_outputs
 from engine.accuracy.switchable import INPUT_ROW, Row, SwitchableModel, build_switchable
 from engine.calibration.stats import MergedStats
-from engine.quantize.planner import PER_CHANNEL_WRITERS, Calibration, QuantOptions, make_plan, width_sets
+from engine.quantize.planner import (
+    PER_CHANNEL_WRITERS,
+    Calibration,
+    MissingThresholdError,
+    QuantOptions,
+    make_plan,
+    width_sets,
+)
 from engine.quantize.types import ActQuant, QuantPlan
 
 log = logging.getLogger("hbcompile")
@@ -630,7 +637,12 @@ def _float_islands(ev: PlanEvaluator, probe: SwitchableModel, pricing: Pricing, 
         as_float = pricing.float_island(island)
         if as_float >= as16 or size(alt) > budget:
             continue
-        loss2 = ev.loss(alt)
+        try:
+            loss2 = ev.loss(alt)
+        except MissingThresholdError as exc:  # the island's border reads a tensor calibrate did not observe
+            notes.append(f"mixed precision: float island {names[0]} … {names[-1]} not tried: "
+                         f"{str(exc).split(': the calibrate')[0]}")
+            continue
         if not meets_target(1.0 - loss2, ev.margin(alt), target):
             continue
         why = (f"float island of {len(island)} rows ({names[0]} … {names[-1]}): estimated +{as_float:.2f} ms "
@@ -662,7 +674,11 @@ def _prune(ev: PlanEvaluator, probe: SwitchableModel, pricing: Pricing, chosen: 
         if len(group) == len(chosen):
             break  # the int8 plan missed the target
         alt = {k: v for k, v in chosen.items() if k not in group}
-        loss2 = ev.loss(alt)
+        try:
+            loss2 = ev.loss(alt)
+        except MissingThresholdError as exc:  # a new border at a tensor calibrate did not observe
+            notes.append(f"mixed precision: dropping {', '.join(group)} not tried: {str(exc).split(': the calibrate')[0]}")
+            continue
         if meets_target(1.0 - loss2, ev.margin(alt), target):
             notes.append(f"mixed precision: {', '.join(group)} dropped (estimated {ms(group):.2f} ms): the other moves "
                          f"meet the target without it, output cosine {1 - loss:.5f} -> {1 - loss2:.5f}")

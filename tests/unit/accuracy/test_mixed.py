@@ -552,3 +552,53 @@ def test_a_met_target_drops_the_costliest_moves_it_does_without():
     assert any("a dropped" in n for n in notes)
     loss, kept = _prune(Needs({"a", "c"}), probe, pricing, dict(both), {}, 0.005, 0.99, [])
     assert kept == both  # each is needed: nothing dropped
+
+
+def test_an_island_whose_border_has_no_threshold_is_skipped_with_a_note():
+    """R-M review s7: PP-OCRv4 rec with photos as calibration data crashed in calibrate with
+    MissingThresholdError: an island's border was a tensor (a Transpose's output) no plan had quantized, so
+    calibrate never observed it. Such an island (and such a pruning) is not tried; the run goes on."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from engine.accuracy.mixed import Pricing, _float_islands, _prune
+    from engine.accuracy.switchable import build_switchable
+    from engine.quantize.planner import MissingThresholdError
+    from tests.support.models import finish
+    from tests.unit.accuracy.acc_models import calibrate, samples
+    from tests.unit.quantize.quant_support import optimized
+
+    rng = np.random.default_rng(1)
+    wa, wc = (rng.normal(size=(4, 4, 1, 1)).astype(np.float32) for _ in range(2))
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="a"),
+             helper.make_node("Sigmoid", ["a"], ["b"], name="b"),
+             helper.make_node("Conv", ["b", "wc"], ["c"], name="c"),
+             helper.make_node("Tanh", ["c"], ["d"], name="d")]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4, 8, 8]) for n in ("x", "d")]
+    g = helper.make_graph(nodes, "chain", vi[:1], vi[1:], [numpy_helper.from_array(wa, "wa"),
+                                                           numpy_helper.from_array(wc, "wc")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model = optimized(finish(model))
+    _, calibration, _ = calibrate(model, samples(model, 2))
+    plan = make_plan(model, calibration)
+    probe = build_switchable(model, plan)
+    pricing = Pricing(model, plan)
+    pricing.float_island = lambda rows: 0.0  # the island is estimated cheaper: it is tried
+
+    class Unobserved:
+        def loss(self, moves, samples=None):
+            if "CPU" in moves.values() or len(moves) < 2:
+                raise MissingThresholdError("no calibration threshold for tensor 't' (from n): the calibrate stage …")
+            return 0.001
+
+        def margin(self, moves, samples=None):
+            return 0.0
+
+    chosen = {"a": "int16", "c": "int16"}
+    loss, kept, taken = _float_islands(Unobserved(), probe, pricing, dict(chosen), set(chosen) | {"b"}, 0.001, 0.99,
+                                       lambda m: len(m), 10, notes := [])
+    assert kept == chosen and taken == {} and loss == 0.001
+    assert any("not tried: no calibration threshold for tensor 't' (from n)" in n for n in notes), notes
+    loss, kept = _prune(Unobserved(), probe, pricing, dict(chosen), {}, 0.001, 0.99, notes := [])
+    assert kept == chosen and any("not tried" in n for n in notes), notes
