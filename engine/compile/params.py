@@ -10,7 +10,7 @@ ones (input_source names). Where each key acts here:
 | compile_mode, balance_factor | the static perf plan: how many activations stay on chip (`engine.compile.perf`) |
 | core_num | the BPU cores the perf estimate divides the march's peak by |
 | max_time_per_fc | perf: the number of BPU function calls a frame is cut into |
-| jobs | onnxruntime threads for the measured latency (capped at the machine's cores) |
+| jobs | the thread budget the `.hbm`'s thread plan is decided for, and the measured latency's budget (capped at the machine's cores) |
 | advice | perf: layers whose estimated time exceeds their compute-bound time by more than N µs |
 | debug | perf: per-layer details in `{prefix}.json` / `.html` |
 | input_source | recorded per input in the `.hbm` manifest (pyramid / resizer / ddr) |

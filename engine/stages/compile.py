@@ -168,7 +168,8 @@ def _quality_html(ctx: StageContext) -> str:
 # version 14: the removed-node .bc keeps no initializer nothing reads
 # version 15: O2 full_size_se_scale (squeeze-excitation scales multiplied at full size)
 # version 16: full_size_se_scale withdrawn (it hid tensor sizes from the static estimate)
-STAGE = Stage("compile", 16, run, after=("optimize", "calibrate", "quantize", "report"), reads=READS,
+# version 17: the .hbm records its thread plan (.hbm format 1.1, `build.threads`)
+STAGE = Stage("compile", 17, run, after=("optimize", "calibrate", "quantize", "report"), reads=READS,
               artefacts={"model.hbm": "{prefix}.hbm", "removed.bc": "{prefix}_quantized_removed_model.bc",
                          "advice.json": "{prefix}_advice.json", "perf.json": "{prefix}.json",
                          "perf.html": "{prefix}.html"},

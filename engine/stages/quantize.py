@@ -81,6 +81,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 # version 5: an image input with N > 1 in input_shape takes N frames (it took one)
 # version 6: lookup-table outputs with offset ranges (zero point 128 + z)
 # version 8: no initializer nothing reads (onnxruntime warned "Removing initializer ... not used" on opening the .bc)
-STAGE = Stage("quantize", 8, run, after=("optimize", "calibrate"), reads=READS,
+# version 9: uint8 HardSwish as a gate + product (QLinearLeakyRelu, QLinearMul), HardSigmoid as one QLinearLeakyRelu
+STAGE = Stage("quantize", 9, run, after=("optimize", "calibrate"), reads=READS,
               artefacts={"model.bc": "{prefix}_quantized_model.bc"},
               describe="integer program (.bc) taking the runtime input format")

@@ -55,6 +55,7 @@ def describe(path: str | Path, verbose: bool = False) -> list[str]:
     from engine.compile.partition import NODE_TABLE_HEADER, format_table, node_table, partition
     from engine.compile.program import CONFIG_SHA256, MARCH, STAGE, VERSION, metadata
     from engine.runtime.model import load
+    from engine.runtime.threads import plan_of
 
     model = load(path)
     meta = metadata(model.program)
@@ -101,6 +102,9 @@ def describe(path: str | Path, verbose: bool = False) -> list[str]:
         if opt:
             lines.append(f"optimize: {opt.get('level')} {json.dumps(opt.get('rewrites', {}))}"
                          + (f" (fell back: {opt['fallback']})" if opt.get("fallback") else ""))
+    plan = plan_of(model.manifest)
+    if plan is not None:
+        lines.append(plan.describe())
     removed = model.manifest.get("removed_nodes") or [r for s in (*model.inputs, *model.outputs)
                                                        for r in s.info.get("removed_nodes", [])]
     lines += [f"deleted nodes: {r.get('name')}" for r in removed]
