@@ -98,7 +98,7 @@ class LoadedModel:
         self.thread_plan: ThreadPlan | None = plan_of(self.manifest)  # an .hbm's: the threads it uses of a budget
         self.threads = self.thread_plan.threads_for(self.thread_budget) if self.thread_plan else self.thread_budget
         self._session = open_session(program_bytes or program.SerializeToString(), self.threads,
-                                     f"'{path}'" if path else "the model")
+                                     f"'{path}'" if path else "the model", as_written=fmt == "onnx")
 
     @property
     def session(self) -> Any:
