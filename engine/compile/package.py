@@ -51,7 +51,7 @@ from engine.compile.program import (
 )
 from engine.pipeline.recent import Recent
 from engine.quantize.types import QuantPlan
-from engine.runtime.threads import ThreadMemo, plan_for
+from engine.runtime.threads import plan_for
 
 log = logging.getLogger("hbcompile")
 # what optimize_program's result depends on besides its input: these modules' source and versions
@@ -191,17 +191,16 @@ class ProgramMemo:
 def build_hbm(bc: onnx.ModelProto, options: CompileOptions, *, plan: QuantPlan | None = None,
               config_sha256: str | None = None, timestamp: str | None = None, source_name: str = "",
               memo: ProgramMemo | None = None, source_sha256: str | None = None,
-              threads: ThreadMemo | bool = False) -> HbmBuild:
+              threads: bool = False) -> HbmBuild:
     """The `.hbm` contents for `bc` (a `.bc` or `*_quantized_removed_model.bc`).
 
     With the `plan` the `.bc` was lowered from, the program also records the plan's placement
     (``hbcompile.placement``, metadata only) so tools partition the `.hbm` as the plan did.
     `memo`: optimized programs kept across runs (the compile stage's). `source_sha256`: the sha256
     of `bc`'s bytes when the caller read them from its file (else `bc` is serialized to take it).
-    `threads`: decide the program's `ThreadPlan` for up to `options.jobs` threads (`plan_for`:
-    measured through the `ThreadMemo` given, the compile stage's, unless its kernels are small) and
-    record it in the manifest (``build.threads``), so the runtime opens the `.hbm` with the threads
-    that make it fastest; False: no plan (the runtime uses the whole thread budget).
+    `threads`: decide the program's `ThreadPlan` (`plan_for`: one thread for small kernels, else the
+    whole budget) and record it in the manifest (``build.threads``), so the runtime opens the `.hbm`
+    with the threads that make it fastest; False: no plan (the runtime uses the whole thread budget).
     """
     meta = metadata(bc)
     source_sha256 = source_sha256 or _sha256(bc.SerializeToString())
@@ -247,8 +246,6 @@ def build_hbm(bc: onnx.ModelProto, options: CompileOptions, *, plan: QuantPlan |
                     "nodes": len(result.program.graph.node), "sha256": _sha256(program_bytes)},
     }
     build = HbmBuild(result.program, manifest, result, program_bytes)
-    if threads is not False:  # the types are the perf estimate's too (kept by the program's digest)
-        thread_plan = plan_for(result.program, options.jobs, build.tensor_types(), digest=build.program_sha256,
-                               memo=threads if isinstance(threads, ThreadMemo) else None)
-        manifest["build"]["threads"] = thread_plan.to_json()
+    if threads:  # the types are the perf estimate's too (kept by the program's digest)
+        manifest["build"]["threads"] = plan_for(result.program, build.tensor_types()).to_json()
     return build

@@ -29,23 +29,19 @@ interleaved rounds, wall: digits batch 16 2.38 → 0.88 ms, PP-OCR cls 2.69 → 
 61 → 29 ms (the float model with onnxruntime's defaults: 2.03, 1.47, 51 ms).
 
 How many threads an `.hbm` uses of the budget it is opened with is its thread plan's answer
-(`engine.runtime.threads`, measured when it is built; `open_session(..., plan=)`): a program of
-small kernels (digits, cls) is faster on one thread than on two even without spinning.
+(`engine.runtime.threads`, decided when it is built; `LoadedModel` applies it): a program of small
+kernels (digits, cls) is faster on one thread than on two even without spinning.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import onnx
 import onnxruntime as ort
 
 from engine.problems import ModelError, error
-
-if TYPE_CHECKING:
-    from engine.runtime.threads import ThreadPlan
 
 PROVIDERS = ["CPUExecutionProvider"]
 DISABLED_REWRITES: tuple[str, ...] = ("WeightBiasQuantization",)
@@ -100,19 +96,16 @@ def available_threads(requested: int) -> int:
 
 
 def open_session(program: bytes | str | Path | onnx.ModelProto, threads: int = 1,
-                 what: str = "the model", plan: ThreadPlan | None = None, as_written: bool = False
+                 what: str = "the model", as_written: bool = False
                  ) -> ort.InferenceSession:
     """An onnxruntime session on `program` (serialized bytes, a file path or a ModelProto) with
     `session_options(threads)`; a program onnxruntime refuses is a ModelError naming `what`.
-    `plan`: the program's `ThreadPlan` (an `.hbm`'s), which turns the budget of `threads` into the
-    threads the session uses (`ThreadPlan.threads_for`). `as_written`: a float or Q/DQ `.onnx`
+    `as_written`: a float or Q/DQ `.onnx`
     (original, optimized, calibrated, ptq), computed as the report computes it (`qdq_session`'s
     options: onnxruntime's extended level would fuse its Q/DQ pairs into integer kernels, and
     hb_verifier gave PP-OCRv4 rec's calibrated model 0.994058 where the table said 0.999506)."""
     source = program.SerializeToString() if isinstance(program, onnx.ModelProto) else \
         str(program) if isinstance(program, Path) else program
-    if plan is not None:
-        threads = plan.threads_for(threads)
     try:
         if as_written:
             return qdq_session(source if isinstance(source, bytes) else Path(source).read_bytes(), threads)

@@ -52,7 +52,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from engine.compile.perf import LatencyMemo, perf_log_lines, perf_report, write_perf_reports
     from engine.compile.remove_nodes import remove_nodes
     from engine.problems import StageError
-    from engine.runtime.threads import ThreadMemo, plan_of
+    from engine.runtime.threads import plan_of
 
     config, out = ctx.config, ctx.out_dir
     inputs = upstream_inputs(ctx)
@@ -73,7 +73,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     build = build_hbm(bc, options, plan=plan, config_sha256=sha256_json(config.slice(*READS)),
                       source_name=config.prefix, source_sha256=bc_sha256,
                       memo=ProgramMemo(ctx.memo_dir("optimized_program"), ctx.upstream["quantize"].name),
-                      threads=ThreadMemo(ctx.memo_dir("threads")))
+                      threads=True)
     build.write(out / "model.hbm", atomic=False)  # out is a temporary entry folder, committed whole
     log.info("Successfully compile the hbm model")
     (out / "advice.json").write_text(_advice_text(ctx, plan, lambda: advice_json(partition(optimized, plan))))
@@ -168,7 +168,7 @@ def _quality_html(ctx: StageContext) -> str:
 # version 14: the removed-node .bc keeps no initializer nothing reads
 # version 15: O2 full_size_se_scale (squeeze-excitation scales multiplied at full size)
 # version 16: full_size_se_scale withdrawn (it hid tensor sizes from the static estimate)
-# version 17: the .hbm records its thread plan (.hbm format 1.1, `build.threads`)
+# version 17: the .hbm records its thread plan (.hbm format 1.1, `build.threads`; a static rule, not measured)
 STAGE = Stage("compile", 17, run, after=("optimize", "calibrate", "quantize", "report"), reads=READS,
               artefacts={"model.hbm": "{prefix}.hbm", "removed.bc": "{prefix}_quantized_removed_model.bc",
                          "advice.json": "{prefix}_advice.json", "perf.json": "{prefix}.json",

@@ -19,8 +19,8 @@ from engine.compile.params import resolve
 from engine.config.model import CompilerParameters
 from engine.problems import ModelError
 from engine.runtime.model import load
-from engine.runtime.session import available_threads, open_session
-from engine.runtime.threads import ThreadMemo, ThreadPlan, candidate_counts
+from engine.runtime.session import open_session
+from engine.runtime.threads import ThreadPlan
 from tests.unit.compile.compile_support import conv_net, integer_program, mid_conv_net, nv12_program
 
 
@@ -148,15 +148,13 @@ def mid_program():
 
 
 def test_the_build_records_a_thread_plan_that_load_honours(programs, mid_program, tmp_path):
-    """The compile stage's build measures a program of large kernels at 1 and 2 threads (budget `jobs`,
-    capped at the cores), gives a program of small kernels 1 thread unmeasured, and the runtime opens
-    each .hbm with the threads its plan gives for the budget."""
-    memo = ThreadMemo(tmp_path / "threads")
-    small = build_hbm(programs["island_lut"], options("O2"), threads=memo)
-    large = build_hbm(mid_program, options("O2"), threads=memo)
+    """The compile stage's build gives a program of small kernels 1 thread and one of large kernels the
+    whole budget (a static rule: the same plan on every build), and the runtime opens each .hbm with the
+    threads its plan gives for the budget."""
+    small = build_hbm(programs["island_lut"], options("O2"), threads=True)
+    large = build_hbm(mid_program, options("O2"), threads=True)
     small_plan, large_plan = (ThreadPlan.from_json(b.manifest["build"]["threads"]) for b in (small, large))
-    assert small_plan.measured == {} and small_plan.limit == 1
-    assert sorted(large_plan.measured) == candidate_counts(available_threads(16)) and large_plan.limit is None
+    assert small_plan.limit == 1 and large_plan.limit is None
     for name, build, plan in (("small", small, small_plan), ("large", large, large_plan)):
         path = build.write(tmp_path / f"{name}.hbm")
         for budget in (1, 2):
@@ -165,7 +163,7 @@ def test_the_build_records_a_thread_plan_that_load_honours(programs, mid_program
             assert deployed.session.get_session_options().intra_op_num_threads == deployed.threads
     assert load(tmp_path / "small.hbm", threads=2).threads == 1
     assert "threads" not in build_hbm(programs["island_lut"], options("O2")).manifest["build"]  # not asked: no plan
-    again = build_hbm(mid_program, options("O2"), threads=memo)  # kept by the program's structure
+    again = build_hbm(mid_program, options("O2"), threads=True)
     assert again.manifest["build"]["threads"] == large.manifest["build"]["threads"]
 
 
@@ -177,9 +175,9 @@ def test_bc_and_hbm_give_the_same_bits_at_every_thread_count(mid_program, tmp_pa
     onnx.save(mid_program, str(bc_path))
     build = build_hbm(mid_program, options("O2"))
     hbms = {}
-    for used, times in ((1, {1: 1.0, 2: 2.0}), (2, {1: 2.0, 2: 1.0})):
+    for used, limit in ((1, 1), (2, None)):
         manifest = {**build.manifest, "build": {**build.manifest["build"],
-                                                "threads": ThreadPlan(times, None, times).to_json()}}
+                                                "threads": ThreadPlan(limit).to_json()}}
         hbms[used] = write_hbm(tmp_path / f"m{used}.hbm", build.program_bytes, manifest)
     runs = [load(bc_path, threads=1), load(bc_path, threads=2), load(hbms[1], threads=2), load(hbms[2], threads=2)]
     assert [r.threads for r in runs] == [1, 2, 1, 2]
