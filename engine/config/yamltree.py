@@ -283,16 +283,29 @@ def _syntax_problem(text: str, exc: yaml.MarkedYAMLError) -> Problem:
     return error("yaml-syntax", msg, span=_mark_span(mark))
 
 
+_STRUCTURE_LINE = re.compile(r"^\s*(#|-\s|[\w.-]+\s*:(\s|$))")  # a comment, a list item or a `key:` line
+
+
 def _unclosed_quote(lines: list[str], upto: int) -> tuple[int, int] | None:
-    """(line, column) of the first quoted value before line `upto` that does not close on its own line. Config
-    values are one-line: a quote left open swallows the text up to the next quote character, often an
-    apostrophe in a later comment, and PyYAML complains there."""
+    """(line, column) of the first quoted value before line `upto` that is left open: it does not close on
+    its own line and the lines it then swallows look like the config's structure (a `key:`, a comment,
+    a list item), not like the continuation of a multi-line quoted value (which YAML allows). A quote left
+    open swallows the text up to the next quote character, often an apostrophe in a later comment, and
+    PyYAML complains there."""
     for row in range(min(upto, len(lines))):
         m = _QUOTED_VALUE.match(lines[row])
         if m is None:
             continue
-        q, rest = m.group(1), lines[row][m.end():]
-        rest = rest.replace("''", "") if q == "'" else re.sub(r"\\.", "", rest)
-        if q not in rest:
-            return row, m.end() - 1
+        q = m.group(1)
+        if q in _unescaped(q, lines[row][m.end():]):
+            continue
+        for later in lines[row + 1:upto + 1]:
+            if _STRUCTURE_LINE.match(later):
+                return row, m.end() - 1
+            if q in _unescaped(q, later):
+                break  # closed on a continuation line: a multi-line value
     return None
+
+
+def _unescaped(q: str, text: str) -> str:
+    return text.replace("\'\'", "") if q == "\'" else re.sub(r"\\.", "", text)

@@ -46,3 +46,11 @@ def test_a_tab_in_the_indentation_is_told():
     text = DIGITS.replace("  march: nash-e", "\tmarch: nash-e")
     [p] = parse_yaml(text).problems
     assert p.code == "yaml-tab" and text.splitlines()[p.span.line] == "\tmarch: nash-e"
+
+
+def test_a_quoted_value_continued_on_the_next_line_is_not_called_unclosed():
+    """YAML lets a quoted value go on over lines; the error below it (a key without its ':') is the one told."""
+    text = ('model_parameters:\n  remove_node_type: "Quantize;\n    Dequantize"\n  march bayes-e\n'
+            '  onnx_model: m.onnx\n')
+    [p] = parse_yaml(text).problems
+    assert "'march bayes-e'" in p.message and p.span.line == 3, (p.span, p.message)
