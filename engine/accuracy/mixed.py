@@ -562,7 +562,8 @@ def mixed_precision(model: onnx.ModelProto, calibration: Calibration, samples: S
             f"isolated {'weight' if to == 'CPU' else 'activation'} loss "
             f"{((s.weight if to == 'CPU' else s.activation) or 0.0) if s is not None else 0.0:.5f} ({rank}), "
             f"cost {cost:.1f}; output cosine {was:.5f} -> {now:.5f} when added with the moves ranked beside it")
-        moves_out.append(Move(name, row.nodes, to, now - was, cost, why))
+        gain = now - was if name in curve else 0.0  # a row an island took in has no step of its own (NaN is no JSON)
+        moves_out.append(Move(name, row.nodes, to, gain, cost, why))
     after = 1.0 - loss
     info, thresholds = decisions(model, plan, probe, chosen, ev.wide)
     return MixedPrecision(target, before, after, moves_out, info, thresholds, budget, after >= target,

@@ -200,12 +200,13 @@ def loaded_samples(ctx: StageContext, cs: CalibrationSet, n: int) -> list[dict[s
     how = repr(cs.sources)
     out = []
     for i in range(n):
-        key = f"{cs.content_hash(i)}|{how}"
+        suffixes = ",".join(Path(f).suffix.lower() for f in cs.files[i])  # .npy / image / raw decode differently
+        key = f"{cs.content_hash(i)}|{suffixes}|{how}"
         found = kept.get(key)
         if found is None:
             found = cs.load(i)
-            found = kept.put(f"{cs.content_hash(i)}|{how}", found)  # the hash of the bytes just read
-        out.append(found)
+            found = kept.put(f"{cs.content_hash(i)}|{suffixes}|{how}", found)  # the hash of the bytes just read
+        out.append(dict(found))  # the arrays are read-only; the mapping is the caller's
     return out
 
 

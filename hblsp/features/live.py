@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import re
@@ -310,7 +311,8 @@ class Live:
         fresh processes failed so)."""
         loading = self.runner.preloaded
         if loading is not None:
-            loading.result()
+            with contextlib.suppress(Exception):  # a failed preload: read_inputs imports what it needs itself
+                loading.result()
         try:
             text: str | None = path.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError):

@@ -287,9 +287,9 @@ def test_hardswish_gate_is_unbiased(scale):
     from engine.quantize.lower.lut import GATE_SCALE, _gate_offsets
 
     enc = Encoding("uint8", float(np.float32(scale)), 128)
-    input_zero_point, gate_zero_point = _gate_offsets(enc)
+    input_zero_point, gate_zero_point, miss = _gate_offsets(enc)
     offset = gate_zero_point - np.float32(scale) / np.float32(GATE_SCALE) * (input_zero_point - 128)
-    assert abs(offset - 127.5) < 0.05  # the best of the 256 shifts; a fixed 128 is 0.5 off
+    assert abs(offset - 127.5) < 0.05 and miss == pytest.approx(abs(offset - 127.5), abs=1e-5)  # 128: 0.5 off
     codes = luts.onnxruntime_table("QLinearLeakyRelu", Encoding("uint8", enc.scale, input_zero_point),
                                    Encoding("uint8", GATE_SCALE, gate_zero_point), alpha=1.0).astype(np.float64)
     x = enc.dequantize(luts.input_codes(enc)).astype(np.float64)
@@ -397,3 +397,13 @@ def test_a_table_between_convs_leaves_onnxruntime_no_layout_change():
     convs = [n for n in executed.graph.node if n.op_type == "QLinearConv"]
     assert len(convs) == 2 and all(n.domain == "com.microsoft" for n in convs)  # NHWC kernels
     assert sum(n.op_type == "Transpose" for n in executed.graph.node) == 2
+
+
+def test_hardswish_with_a_tiny_input_scale_keeps_the_exact_table():
+    """Review RV s7: where no shift of the input zero point brings the gate within GATE_EPSILON of its
+    half-code offset (an input scale so small that 42.5·s_x·255 < 1), the gate would be biased by up to ½
+    code: the exact table is kept."""
+    from engine.quantize.lower.lut import GATE_EPSILON, _gate_offsets
+
+    assert _gate_offsets(Encoding("uint8", float(np.float32(1e-5)), 128))[2] > GATE_EPSILON
+    assert _gate_offsets(Encoding("uint8", float(np.float32(6.0 / 127)), 128))[2] <= GATE_EPSILON
