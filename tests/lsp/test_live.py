@@ -53,6 +53,7 @@ class LiveClient(HbClient):
                 return value
             await asyncio.sleep(0.01)
         raise TimeoutError(f"waited {timeout:.0f} s for {what}; results {[summary(r) for r in self.results]}, "
+                           f"all logs {self.logs}, "
                            f"logs {self.logs[-5:]}")
 
     def results_for(self, uri: str) -> list[dict[str, Any]]:
