@@ -555,7 +555,10 @@ def calibration_dirs(ctx: RuleContext) -> Iterator[Problem]:
         if d is None:
             continue
         p = V.resolve_path(d, ctx.base_dir)
-        if not p.is_dir():
+        if p.is_file():  # a sample file given for its folder
+            yield error("cal-dir-missing", f"Cal_data_dir {d} is a file, expected the folder of calibration samples "
+                        f"(e.g. {p.parent.name or '.'})", (CP, "cal_data_dir"), data={"item": i, "resolved": str(p)})
+        elif not p.is_dir():
             yield error("cal-dir-missing", f"Cal_data_dir does not exist: {d}", (CP, "cal_data_dir"),
                         data={"item": i, "resolved": str(p)})
 
@@ -565,6 +568,10 @@ def working_dir_outside_calibration(ctx: RuleContext) -> Iterator[Problem]:
     """Artefacts written into a calibration folder would be read as samples by the next run (a `.hbm`
     as a raw uint8 sample: 'cannot reshape array of size ...'); a sub-folder is not read."""
     working_dir = ctx.path(MP, "working_dir") or ctx.base_dir / "model_output"
+    if ctx.check_files and working_dir.is_file():  # told now, not when the run has calibrated and wants to write
+        yield error("working-dir-file", f"working_dir {ctx.get(MP, 'working_dir', './model_output')} is a file, "
+                    "expected a folder (made when missing) for the outputs", (MP, "working_dir"))
+        return
     for d in V.split_list(ctx.get(CP, "cal_data_dir")):
         if d is not None and _same_folder(working_dir, V.resolve_path(d, ctx.base_dir)):
             yield error("working-dir-is-calibration", f"working_dir {ctx.get(MP, 'working_dir', './model_output')} "

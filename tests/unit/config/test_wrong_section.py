@@ -34,3 +34,19 @@ def test_a_typo_of_this_sections_key_still_gets_its_rename():
     result = load_config_text(TEXT.replace("  march: nash-e\n", "  marhc: nash-e\n", 1), DIGITS)
     [p] = [p for p in result.problems if p.code == "unknown-key"]
     assert p.data["did_you_mean"] == "march" and "did you mean 'march'?" in p.message
+
+
+def test_a_file_given_for_a_folder_is_told_as_a_file(tmp_path):
+    """R-L review s7: cal_data_dir naming a sample file said 'does not exist'; working_dir naming a file was
+    only found out when the run wanted to write, after calibrating."""
+    import shutil
+
+    shutil.copytree(DIGITS, tmp_path / "d", ignore=shutil.ignore_patterns("model_output", "*.py", "*.npz"))
+    (tmp_path / "d" / "out.txt").write_text("not a folder")
+    text = TEXT.replace("cal_data_dir: ./calibration_data", "cal_data_dir: ./calibration_data/digit_000.gray")
+    text = text.replace("working_dir: model_output", "working_dir: out.txt")
+    problems = {p.code: p.message for p in load_config_text(text, tmp_path / "d").problems if p.is_error}
+    assert problems["cal-dir-missing"].startswith("Cal_data_dir ./calibration_data/digit_000.gray is a file, expected "
+                                                  "the folder of calibration samples")
+    assert problems["working-dir-file"] == "working_dir out.txt is a file, expected a folder (made when missing) " \
+                                           "for the outputs"
