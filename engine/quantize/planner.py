@@ -633,6 +633,12 @@ def width_sets(model: onnx.ModelProto, options: QuantOptions | None = None) -> l
     their input). What a move to int16 really raises, for pricing it (`engine.accuracy.mixed`):
     on PP-OCRv4 det one neck Add at 24×40×40 raises the whole FPN concat to 96×160×160."""
     s = _prepared(model, options or QuantOptions()).scales
+    sets = _scale_sets(s)
+    return [tuple(m) for m in sets.members(s.quantized).values() if len(m) > 1]
+
+
+def _scale_sets(s: _Scales) -> _Sets:
+    """The quantized tensors joined where they share one scale: same-scale outputs with their source, and ties."""
     sets = _Sets()
     for t in s.quantized:
         sets.find(t)
@@ -640,7 +646,7 @@ def width_sets(model: onnx.ModelProto, options: QuantOptions | None = None) -> l
         sets.union(out, src)
     for tie in s.ties:
         sets.union(*tie)
-    return [tuple(m) for m in sets.members(s.quantized).values() if len(m) > 1]
+    return sets
 
 
 # ---------------------------------------------------------------------------------- union-find
@@ -752,13 +758,7 @@ def make_plan(model: onnx.ModelProto, thresholds: Mapping[str, Any], options: Qu
         for out, src in s.derived.items():
             raw[out], methods[out] = raw[src], methods.get(src, "")
 
-    sets = _Sets()
-    for t in s.quantized:
-        sets.find(t)
-    for out, src in s.derived.items():
-        sets.union(out, src)
-    for tie in s.ties:
-        sets.union(*tie)
+    sets = _scale_sets(s)
     bits = _bits(a, s, options)
     bits.update((t, 16) for t in wide if t in bits)
 
