@@ -457,14 +457,11 @@ def test_the_searchs_cosine_stands_in_for_the_ptq_run_only_when_it_clears_the_ta
     assert searched_meets(Searched(1.0, 4), make_plan(model, calibrate(model, data)[1]), 0.99)
 
 
-def test_int16_moves_in_a_chain_are_offered_as_one_float_island():
-    """Two moved rows with one unmoved row between them make one island (the row between joins it);
-    rows further apart, or alone, make none. Its estimate: float kernels inside, requantization only
-    at its borders (the tensors entering it and those leaving it)."""
+def _chain():
+    """Conv a → Sigmoid b → Conv c → Tanh d on 1x4x8x8, optimized, calibrated on 2 samples: (model, plan, probe)."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    from engine.accuracy.mixed import ELEMENT_NS, Pricing, _islands, kernel_cost
     from engine.accuracy.switchable import build_switchable
     from tests.support.models import finish
     from tests.unit.accuracy.acc_models import calibrate, samples
@@ -485,6 +482,17 @@ def test_int16_moves_in_a_chain_are_offered_as_one_float_island():
     _, calibration, _ = calibrate(model, samples(model, 2))
     plan = make_plan(model, calibration)
     probe = build_switchable(model, plan)
+    return model, plan, probe
+
+
+def test_int16_moves_in_a_chain_are_offered_as_one_float_island():
+    """Two moved rows with one unmoved row between them make one island (the row between joins it);
+    rows further apart, or alone, make none. Its estimate: float kernels inside, requantization only
+    at its borders (the tensors entering it and those leaving it)."""
+
+    from engine.accuracy.mixed import ELEMENT_NS, Pricing, _islands, kernel_cost
+
+    model, plan, probe = _chain()
     rows = {r.name: r for r in probe.rows}
     assert {"a", "b", "c", "d"} <= set(rows), sorted(rows)
     pricing = Pricing(model, plan)
@@ -558,31 +566,11 @@ def test_an_island_whose_border_has_no_threshold_is_skipped_with_a_note():
     """R-M review s7: PP-OCRv4 rec with photos as calibration data crashed in calibrate with
     MissingThresholdError: an island's border was a tensor (a Transpose's output) no plan had quantized, so
     calibrate never observed it. Such an island (and such a pruning) is not tried; the run goes on."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
 
     from engine.accuracy.mixed import Pricing, _float_islands, _prune
-    from engine.accuracy.switchable import build_switchable
     from engine.quantize.planner import MissingThresholdError
-    from tests.support.models import finish
-    from tests.unit.accuracy.acc_models import calibrate, samples
-    from tests.unit.quantize.quant_support import optimized
 
-    rng = np.random.default_rng(1)
-    wa, wc = (rng.normal(size=(4, 4, 1, 1)).astype(np.float32) for _ in range(2))
-    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="a"),
-             helper.make_node("Sigmoid", ["a"], ["b"], name="b"),
-             helper.make_node("Conv", ["b", "wc"], ["c"], name="c"),
-             helper.make_node("Tanh", ["c"], ["d"], name="d")]
-    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4, 8, 8]) for n in ("x", "d")]
-    g = helper.make_graph(nodes, "chain", vi[:1], vi[1:], [numpy_helper.from_array(wa, "wa"),
-                                                           numpy_helper.from_array(wc, "wc")])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    model = optimized(finish(model))
-    _, calibration, _ = calibrate(model, samples(model, 2))
-    plan = make_plan(model, calibration)
-    probe = build_switchable(model, plan)
+    model, plan, probe = _chain()
     pricing = Pricing(model, plan)
     pricing.float_island = lambda rows: 0.0  # the island is estimated cheaper: it is tried
 
