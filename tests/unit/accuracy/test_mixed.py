@@ -462,10 +462,6 @@ def _chain():
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    from engine.accuracy.switchable import build_switchable
-    from tests.support.models import finish
-    from tests.unit.accuracy.acc_models import calibrate, samples
-    from tests.unit.quantize.quant_support import optimized
 
     rng = np.random.default_rng(1)
     wa, wc = (rng.normal(size=(4, 4, 1, 1)).astype(np.float32) for _ in range(2))
@@ -474,15 +470,25 @@ def _chain():
              helper.make_node("Conv", ["b", "wc"], ["c"], name="c"),
              helper.make_node("Tanh", ["c"], ["d"], name="d")]
     vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4, 8, 8]) for n in ("x", "d")]
-    g = helper.make_graph(nodes, "chain", vi[:1], vi[1:], [numpy_helper.from_array(wa, "wa"),
-                                                           numpy_helper.from_array(wc, "wc")])
+    return _planned(helper.make_graph(nodes, "chain", vi[:1], vi[1:], [numpy_helper.from_array(wa, "wa"),
+                                                                       numpy_helper.from_array(wc, "wc")]))
+
+
+def _planned(g):
+    """`g` as a model, optimized, calibrated on 2 samples: (model, plan, switchable probe)."""
+    from onnx import helper
+
+    from engine.accuracy.switchable import build_switchable
+    from tests.support.models import finish
+    from tests.unit.accuracy.acc_models import calibrate, samples
+    from tests.unit.quantize.quant_support import optimized
+
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     model = optimized(finish(model))
     _, calibration, _ = calibrate(model, samples(model, 2))
     plan = make_plan(model, calibration)
-    probe = build_switchable(model, plan)
-    return model, plan, probe
+    return model, plan, build_switchable(model, plan)
 
 
 def test_int16_moves_in_a_chain_are_offered_as_one_float_island():
@@ -518,10 +524,6 @@ def test_a_met_target_drops_the_costliest_moves_it_does_without():
     from onnx import TensorProto, helper, numpy_helper
 
     from engine.accuracy.mixed import Pricing, _prune
-    from engine.accuracy.switchable import build_switchable
-    from tests.support.models import finish
-    from tests.unit.accuracy.acc_models import calibrate, samples
-    from tests.unit.quantize.quant_support import optimized
 
     rng = np.random.default_rng(2)
     w = rng.normal(size=(4, 4, 1, 1)).astype(np.float32)
@@ -529,13 +531,7 @@ def test_a_met_target_drops_the_costliest_moves_it_does_without():
              helper.make_node("Conv", ["a", "w"], ["b"], name="b"),
              helper.make_node("Tanh", ["b"], ["c"], name="c")]
     vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4, 8, 8]) for n in ("x", "c")]
-    g = helper.make_graph(nodes, "three", vi[:1], vi[1:], [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    model = optimized(finish(model))
-    _, calibration, _ = calibrate(model, samples(model, 2))
-    plan = make_plan(model, calibration)
-    probe = build_switchable(model, plan)
+    model, plan, probe = _planned(helper.make_graph(nodes, "three", vi[:1], vi[1:], [numpy_helper.from_array(w, "w")]))
     pricing = Pricing(model, plan)
     assert pricing.int16(probe.row("a")) > pricing.int16(probe.row("c"))  # a is read by the conv
 
