@@ -569,8 +569,8 @@ def working_dir_outside_calibration(ctx: RuleContext) -> Iterator[Problem]:
     as a raw uint8 sample: 'cannot reshape array of size ...'); a sub-folder is not read."""
     working_dir = ctx.path(MP, "working_dir") or ctx.base_dir / "model_output"
     if ctx.check_files and working_dir.is_file():  # told now, not when the run has calibrated and wants to write
-        yield error("working-dir-file", f"working_dir {ctx.get(MP, 'working_dir', './model_output')} is a file, "
-                    "expected a folder (made when missing) for the outputs", (MP, "working_dir"))
+        yield error("working-dir-file", f"Cannot write into working_dir {ctx.get(MP, 'working_dir', './model_output')}: "
+                    "it is a file, expected a folder (made when missing) for the outputs", (MP, "working_dir"))
         return
     for d in V.split_list(ctx.get(CP, "cal_data_dir")):
         if d is not None and _same_folder(working_dir, V.resolve_path(d, ctx.base_dir)):

@@ -48,5 +48,5 @@ def test_a_file_given_for_a_folder_is_told_as_a_file(tmp_path):
     problems = {p.code: p.message for p in load_config_text(text, tmp_path / "d").problems if p.is_error}
     assert problems["cal-dir-missing"].startswith("Cal_data_dir ./calibration_data/digit_000.gray is a file, expected "
                                                   "the folder of calibration samples")
-    assert problems["working-dir-file"] == "working_dir out.txt is a file, expected a folder (made when missing) " \
-                                           "for the outputs"
+    assert problems["working-dir-file"] == "Cannot write into working_dir out.txt: it is a file, expected a folder " \
+                                           "(made when missing) for the outputs"
