@@ -266,7 +266,8 @@ def print_sensitivity(report, engine, n: int) -> None:
 
 
 class ConsoleProgress:
-    """Stage start lines always; a live bar (rate, ETA) for long stages on a terminal only."""
+    """Stage start and end lines always (each as it happens); a live bar (rate, ETA) for long stages on a
+    terminal only."""
 
     def __init__(self) -> None:
         self.tty = sys.stdout.isatty()
@@ -274,7 +275,8 @@ class ConsoleProgress:
         self.task = None
 
     def __call__(self, stage: str, message: str, fraction: float | None) -> None:
-        if fraction == 0.0 and message.startswith("Start to"):
+        if (fraction == 0.0 and message.startswith("Start to")) or \
+                (fraction == 1.0 and message.startswith(("Successfully ", "Reuse "))):
             self.close()
             _log().info(message)
             return

@@ -121,6 +121,8 @@ class Engine:
             if entry is not None:
                 report.stages.append(StageRun(stage.name, "reused", "unchanged", time.perf_counter() - t, key))
                 report.results[stage.name] = cache.result(entry)
+                if progress:
+                    progress(stage.name, f"Reuse {stage.name} result (unchanged inputs).", 1.0)
                 for level, message in cache.said(entry):
                     log.log(level, message)
                 if stage.name in read_by_later:
@@ -165,6 +167,8 @@ class Engine:
                     run.cpu_seconds = time.process_time() - cpu
                     run.peak_rss_mb = peak_rss_mb()
                 report.results[stage.name] = out or {}
+                if progress:  # the console says it as the stage ends, as hb_compile does
+                    progress(stage.name, f"Successfully {stage.name} model ({run.seconds:.2f}s).", 1.0)
                 if stage.name in read_by_later:
                     outputs[stage.name] = cache.outputs(entry)
                 entries[stage.name] = entry

@@ -25,14 +25,11 @@ def print_problems(problems: list[Problem]) -> None:
 
 
 def print_run(report: RunReport) -> None:
-    """Stage outcomes and summary blocks (problems are printed by the caller as they arise)."""
+    """Summary blocks (problems are printed by the caller as they arise; each stage's "Successfully …" /
+    "Reuse …" line as the stage ends, through the run's progress callback)."""
     for s in report.stages[1:]:
         log.debug(s.line())
-        if s.status == "reused":
-            log.info(f"Reuse {s.name} result (unchanged inputs).")
-        elif s.status == "ran":
-            log.info(f"Successfully {s.name} model ({s.seconds:.2f}s).")
-        elif s.status == "cancelled":
+        if s.status == "cancelled":
             log.warning(f"{s.name}: cancelled")
     if report.config is None or not report.ok:
         return

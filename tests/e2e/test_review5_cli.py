@@ -142,3 +142,25 @@ def test_a_broken_link_in_the_calibration_folder_is_named_not_skipped(tmp_path, 
     errors = [line for line in (out.out + out.err).splitlines() if "error:" in line]
     assert len(errors) == 1 and "digit_999.gray" in errors[0], errors
     assert not (work / "model_output" / "digits.hbm").exists()
+
+
+def test_each_stage_says_it_is_done_as_it_ends(tmp_path, capsys):
+    """R-M review s7: every `Successfully <stage> model` line was printed after the compile stage's output (a
+    summary at the end); hb_compile says it as the stage ends, before the next one starts."""
+    import shutil
+
+    from tests.conftest import REPO
+
+    work = tmp_path / "digits"
+    shutil.copytree(REPO / "examples" / "digits", work, ignore=shutil.ignore_patterns("model_output", "*.py", "*.npz"))
+    for run, done in enumerate(("Successfully", "Reuse")):
+        assert main(["--no-daemon", "-c", str(work / "digits.hb.yaml")]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        ends = [i for i, line in enumerate(lines) if line.startswith(done) and "result" in line or
+                line.startswith(done) and line.endswith("s).")]
+        assert len(ends) == 7, (run, ends)
+        if run == 0:
+            starts = [i for i, line in enumerate(lines) if line.startswith("Start to ")]
+            assert all(s < e < n for s, e, n in zip(starts, ends, starts[1:] + [len(lines)])), (starts, ends)
+            fps = next(i for i, line in enumerate(lines) if "FPS=" in line)
+            assert ends[-2] < fps < ends[-1]  # report done before compile's lines, compile done after them
