@@ -125,8 +125,9 @@ FOLD_ROUNDS = 4  # fold + infer rounds: a folded chain can make a Shape of a lat
 
 
 def _dynamic_outputs(model: onnx.ModelProto) -> list[str]:
-    return [o.name for o in model.graph.output if o.type.tensor_type.HasField("shape")
-            and any(not d.HasField("dim_value") for d in o.type.tensor_type.shape.dim)]
+    """Outputs without a static shape: a dim left symbolic, or no shape at all (inference gave up on the rank)."""
+    return [o.name for o in model.graph.output if not o.type.tensor_type.HasField("shape")
+            or any(not d.HasField("dim_value") for d in o.type.tensor_type.shape.dim)]
 
 
 def _shapes_through_constant_chains(model: onnx.ModelProto, shown: str, key: str) -> None:

@@ -154,3 +154,20 @@ def test_an_output_sized_by_the_data_is_refused_at_parse_naming_the_node(tmp_pat
     [problem] = [p for p in report.problems if p.is_error]
     assert problem.code == "model-data-sized-output" and "node 'nms', NonMaxSuppression" in problem.message
     assert not (tmp_path / "out" / "m.hbm").exists()
+
+
+def test_an_output_whose_rank_inference_lost_gets_its_shape_through_folding(tmp_path):
+    """Review RV s7: a Reshape to a shape computed from constants leaves the output without even a rank after
+    onnx's inference; parse folds a copy for it too, so the original float model states the output's shape."""
+    rows = numpy_helper.from_array(np.array([[1, 4], [6, 6]], np.int32), "rows")
+    m = model([helper.make_node("Conv", ["x", "W"], ["a"], pads=[1, 1, 1, 1]),
+               helper.make_node("Transpose", ["rows"], ["cols"], perm=[1, 0]),
+               helper.make_node("Transpose", ["cols"], ["rows2"], perm=[1, 0]),
+               helper.make_node("Reshape", ["rows2", "flat"], ["s32"]),
+               helper.make_node("Cast", ["s32"], ["s"], to=TensorProto.INT64),
+               helper.make_node("Reshape", ["a", "s"], ["y"])], ["n", "c", "h", "w"], opset=13,
+              inits=(W, rows, numpy_helper.from_array(np.array([-1], np.int64), "flat")))
+    run(tmp_path, m)
+    original = onnx.load(str(tmp_path / "out" / "m_original_float_model.onnx"))
+    dims = original.graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 4, 6, 6]
