@@ -225,6 +225,7 @@ def model_files(config: Config) -> list[Path]:
 # version 4: the result keeps the model's names and input types (`model_check`) for the run's config warnings
 # version 5: a model with non-finite weights is refused (`check_finite_weights`): an old entry of one is not reused
 # version 6: shapes behind ops on constants found by folding a copy (torch's F.pad); outputs sized by the data refused
-STAGE = Stage("parse", 6, run, reads=READS, files=model_files,
+# version 7: also for an output whose rank inference lost
+STAGE = Stage("parse", 7, run, reads=READS, files=model_files,
               artefacts={"model.onnx": "{prefix}_original_float_model.onnx"},
               describe="load, check and normalize the float model")
