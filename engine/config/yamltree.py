@@ -189,10 +189,6 @@ class _TooBig(Exception):
     pass
 
 
-class _NoAliasLoader(_Loader):  # type: ignore[misc,valid-type]
-    pass
-
-
 def parse_yaml(text: str) -> YamlDoc:
     """Parse config text. Never raises for bad input: problems come back in `YamlDoc.problems`."""
     if "\x00" in text:
