@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -160,18 +160,24 @@ def _threshold_operands(model: onnx.ModelProto) -> set[str]:
     return out
 
 
-def _lifted(model: onnx.ModelProto, names: frozenset[str]) -> bytes:
-    """`model`'s bytes with the initializers `names` turned into graph inputs."""
+def lift_initializers(model: onnx.ModelProto, names: Collection[str]) -> onnx.ModelProto:
+    """`model` (in place) with the initializers `names` turned into graph inputs the caller feeds: an
+    overridden initializer would keep its value in the model's bytes, a fed input does not."""
     from onnx import helper
 
+    kept = [t for t in model.graph.initializer if t.name not in names]
+    moved = [t for t in model.graph.initializer if t.name in names]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    model.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in moved)
+    return model
+
+
+def _lifted(model: onnx.ModelProto, names: frozenset[str]) -> bytes:
+    """`model`'s bytes with the initializers `names` turned into graph inputs (`model` is left as it is)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    kept = [t for t in out.graph.initializer if t.name not in names]
-    moved = [t for t in out.graph.initializer if t.name in names]
-    del out.graph.initializer[:]
-    out.graph.initializer.extend(kept)
-    out.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in moved)
-    return out.SerializeToString()
+    return lift_initializers(out, names).SerializeToString()
 
 
 KEPT = KeptSessions()

@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from engine.calibration.methods import Threshold, kl_threshold, max_threshold, percentile_threshold, threshold
 from engine.calibration.stats import MergedStats
@@ -276,18 +276,13 @@ class CandidateScorer:
 
 
 def _with_fed(model: onnx.ModelProto, fed: Sequence[str]) -> onnx.ModelProto:
-    """`model` (in place) with the initializers `fed` turned into graph inputs the caller feeds: an
-    overridable initializer would keep its value in the model's bytes, a fed input does not. The
-    nodes' doc strings go too (a Q/DQ pair's names its threshold), so the bytes hold no threshold."""
+    """`model` (in place) with the initializers `fed` as graph inputs (`lift_initializers`) and without the
+    nodes' doc strings (a Q/DQ pair's names its threshold), so its bytes hold no threshold."""
+    from engine.accuracy.sessions import lift_initializers
+
     for node in model.graph.node:
         node.ClearField("doc_string")
-    names = set(fed)
-    kept = [t for t in model.graph.initializer if t.name not in names]
-    moved = {t.name: (t.data_type, list(t.dims)) for t in model.graph.initializer if t.name in names}
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    model.graph.input.extend(helper.make_tensor_value_info(n, *moved[n]) for n in fed)
-    return model
+    return lift_initializers(model, set(fed))
 
 
 @dataclass(frozen=True)
