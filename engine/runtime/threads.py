@@ -81,35 +81,16 @@ def plan_of(manifest: Mapping[str, Any] | None) -> ThreadPlan | None:
     return ThreadPlan.from_json(build.get("threads")) if isinstance(build, Mapping) else None
 
 
-_WEIGHT_INPUT = {"Conv": 1, "ConvInteger": 1, "ConvTranspose": 1, "QLinearConv": 3}
-_MATMUL_OPS = {"MatMul", "MatMulInteger", "QLinearMatMul", "Gemm", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
-
-
 def kernel_work(program: onnx.ModelProto, types: Mapping[str, Any]) -> tuple[int, int]:
-    """(ops, nodes) of the program: a conv counts its multiply-accumulates (output elements × weight
-    elements per output channel), a matmul output elements × its inner dimension, any other node its
-    largest output's elements. `types`: name → `engine.compile.program.TensorType` (the program's
-    `tensor_types`); a value of unknown size counts 0."""
-    import math
-
-    weights = {t.name: list(t.dims) for t in program.graph.initializer}
-
-    def elements(name: str) -> int:
-        t = types.get(name)
-        return int(t.elements or 0) if t is not None else 0
+    """(ops, nodes) of the program: a conv or matmul counts its multiply-accumulates, any other node its
+    work as the static estimate counts it (`engine.compile.perf.node_work`: output elements, a pool's
+    window). `types`: the program's `tensor_types`; a value of unknown size counts 0."""
+    from engine.compile.perf import node_work
 
     total = 0
     for node in program.graph.node:
-        out = max((elements(o) for o in node.output if o), default=0)
-        if node.op_type in _WEIGHT_INPUT and len(node.input) > _WEIGHT_INPUT[node.op_type]:
-            w = node.input[_WEIGHT_INPUT[node.op_type]]
-            dims = weights.get(w) or list((types.get(w).shape or ()) if types.get(w) is not None else ())
-            out *= math.prod(d for d in dims[1:] if isinstance(d, int)) if dims else 1
-        elif node.op_type in _MATMUL_OPS:
-            a = types.get(node.input[0])
-            if a is not None and a.static and a.shape:
-                out *= int(a.shape[-1])
-        total += out
+        macs, ops, _ = node_work(node, types)
+        total += macs or int(ops)
     return total, len(program.graph.node)
 
 
