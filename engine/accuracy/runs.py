@@ -77,7 +77,7 @@ def run_key(model: str, sample: str, outputs: Sequence[str], reference: str, set
     the `outputs` compared, `reference` (digest of the float model they are compared with), `setting`
     (the switchable model's switch feeds, `SwitchableModel.setting_key`), `kind` (what the value holds),
     and the session configuration (onnxruntime's thread count: `quiet_session` runs at this process's)."""
-    from engine.calibration.observer import cpu_count
+    from engine.runtime.session import cpu_count
 
     return digest(json.dumps([kind, model, setting, sample, list(outputs), reference, cpu_count()]).encode())
 

@@ -196,7 +196,7 @@ def float_session(model: onnx.ModelProto, key: str):
         from engine.pipeline.recent import Recent
 
         _float_sessions = Recent(FLOAT_SESSIONS_KEPT)
-    from engine.calibration.observer import cpu_count
+    from engine.runtime.session import cpu_count
 
     full = f"{key}|{cpu_count()}"  # quiet_session's threads: this process's cores
     return _float_sessions.get(full) or _float_sessions.put(full, quiet_session(model))

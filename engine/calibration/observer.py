@@ -34,7 +34,6 @@ When the histogram work is large (`KERNEL_WORK`) the compiled kernel is loaded i
 from __future__ import annotations
 
 import copy
-import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +55,7 @@ from engine.calibration.stats import (
     tensor_stats,
 )
 from engine.problems import ModelError, error
+from engine.runtime.session import cpu_count
 
 MAX_BATCH = 32
 MEMORY_BUDGET = 32 << 20  # observed bytes per batch: batching pays on small models only (measured)
@@ -73,14 +73,6 @@ _ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(double)": np.float64, "ten
                  "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int16)": np.int16,
                  "tensor(uint16)": np.uint16, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
                  "tensor(bool)": np.bool_}
-
-
-def cpu_count() -> int:
-    """Cores this process may use (the affinity mask, not the machine's count)."""
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def with_outputs(model: onnx.ModelProto, tensors: Sequence[str]) -> onnx.ModelProto:
