@@ -82,18 +82,17 @@ class RuleContext:
 
 def model_input_names(path: Path) -> list[str] | None:
     """An ONNX file's graph inputs (initializers excluded; external weight files not read), memoised per file version
-    (size, mtime, ctime and inode: a model replaced by a same-size file with its mtime put back, as `cp -p`
-    or a rename does, is another version); None when it cannot be read (the parse stage says why)."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    names = _onnx_input_names(str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    (`path_stamp`: a model replaced by a same-size file with its mtime put back, as `cp -p` or a rename does, is
+    another version); None when it cannot be read (the parse stage says why)."""
+    from engine.pipeline.hashing import path_stamp  # here: engine.pipeline's package imports engine.config
+
+    stamp = path_stamp(path)
+    names = None if stamp is None else _onnx_input_names(*stamp)
     return None if names is None else list(names)
 
 
 @lru_cache(maxsize=8)
-def _onnx_input_names(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> tuple[str, ...] | None:
+def _onnx_input_names(path: str, *version: int) -> tuple[str, ...] | None:
     from engine.frontend.model_info import read_model_info
 
     try:

@@ -36,6 +36,15 @@ def stat_stamp(st: os.stat_result) -> tuple[int, int, int, int]:
     with the mtime put back moves it) and inode (a file renamed over it)."""
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
+
+def path_stamp(path: os.PathLike | str) -> tuple | None:
+    """(path, *`stat_stamp`) of a file, None when it cannot be stat'ed: a memo key for what was read from it."""
+    try:
+        return (str(path), *stat_stamp(os.stat(path)))
+    except OSError:
+        return None
+
+
 class HashMemo:
     def __init__(self) -> None:
         self._memo: dict[str, tuple[tuple[int, int, int, int], str]] = {}

@@ -20,15 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from engine.pipeline.hashing import sha256_json
+from engine.pipeline.hashing import path_stamp, sha256_json
 from engine.pipeline.stage import Stage, StageContext
 from engine.stages.ptq import stage_plan
 from engine.stages.quantize import READS as QUANTIZE_READS
@@ -102,12 +100,6 @@ class UpstreamInputs:
     specs: Any
 
 
-def _stamp(path: Path) -> tuple:
-    from engine.pipeline.hashing import stat_stamp
-
-    return str(path), *stat_stamp(os.stat(path))
-
-
 def upstream_inputs(ctx: StageContext) -> UpstreamInputs:
     """The stage's `UpstreamInputs`, kept in the warm engine by the files' stat stamps (path, size, mtime,
     ctime, inode): cache entries never change once committed, so a compiler_parameters edit reads the
@@ -115,7 +107,7 @@ def upstream_inputs(ctx: StageContext) -> UpstreamInputs:
     0.5 ms of a ~5 ms stage; PP-OCRv4 det: the 1.4 MB `.bc` read, parsed and hashed, ~5 ms)."""
     files = (ctx.input("optimize", "model.onnx"), ctx.input("quantize", "model.bc"),
              ctx.input("calibrate", "inputs.json"))
-    key = tuple(_stamp(f) for f in files)
+    key = tuple(path_stamp(f) for f in files)
     kept = ctx.engine.warm.get("compile_inputs")
     if kept is not None and kept[0] == key:
         return kept[1]

@@ -46,11 +46,10 @@ def _entry_digest(ctx: StageContext, path: Path) -> str:
     """sha256 of a cache entry file ("" when absent), kept in the warm engine by its stat stamp: entry files
     never change once committed, and ptq, quantize, report and compile each read calibrate's two files
     to key the plan (digits, one calibration file changed: 8 reads, ~0.5 ms)."""
-    from engine.pipeline.hashing import stat_stamp
+    from engine.pipeline.hashing import path_stamp
 
-    try:
-        stamp = (str(path), *stat_stamp(os.stat(path)))
-    except FileNotFoundError:
+    stamp = path_stamp(path)
+    if stamp is None:
         return ""
     digests: Recent = ctx.engine.warm.setdefault("entry_digests", Recent(DIGESTS_KEPT))
     found = digests.get(stamp)
