@@ -14,7 +14,7 @@ from typing import Any
 from engine import schema
 from engine.config import values as V
 from engine.config.model import STRING_FORM_FIELD
-from engine.config.rules import legal_pairs, rt_by_input, sources_of
+from engine.config.rules import accepted_rts, rt_by_input, sources_of
 
 SEPARATORS = {"per-input": ";", "names": ";", "comma": ","}
 
@@ -138,8 +138,7 @@ def accepted(path: tuple[str, ...], data: dict[str, Any] | None, model_inputs: l
     if path == ("input_parameters", "input_type_rt"):
         trains = V.split_list((data.get("input_parameters") or {}).get("input_type_train"))
         train = trains[item or 0] if (item or 0) < len(trains) else None
-        pairs = legal_pairs()
-        return {train, *pairs[train]} if train in pairs else None
+        return accepted_rts(train)
     if len(path) == 2:
         spec = march(str((data.get("model_parameters") or {}).get("march")))
         allowed = (spec or {}).get(path[-1])

@@ -72,12 +72,11 @@ class HbmBuild:
     program: onnx.ModelProto
     manifest: dict[str, Any]
     optimize: OptimizeResult
-    program_bytes: bytes = field(repr=False, default=b"")
+    program_bytes: bytes = field(repr=False)
 
     def write(self, path: str | Path, atomic: bool = True) -> Path:
-        if self.program_bytes:  # the manifest's program sha256 is of these bytes: not hashed again
-            return write_hbm(path, self.program_bytes, self.manifest, atomic=atomic, program_sha256=self.program_sha256)
-        return write_hbm(path, self.program.SerializeToString(), self.manifest, atomic=atomic)
+        """The `.hbm` file; the manifest's program sha256 is of `program_bytes`: not hashed again."""
+        return write_hbm(path, self.program_bytes, self.manifest, atomic=atomic, program_sha256=self.program_sha256)
 
     @property
     def program_sha256(self) -> str:

@@ -26,6 +26,7 @@ from engine.config.rules import (
     input_name_problems,
     input_source_problems,
     list_count_problems,
+    rt_by_input,
     shape_problems,
 )
 from engine.frontend.model_info import ModelInfo
@@ -136,9 +137,7 @@ def _model_rules(data: dict[str, dict[str, Any]], info: ModelInfo) -> Iterator[P
                               f"from the model's {list(t.shape)}; the given shape is used", (IP, "input_shape"),
                               data={"item": i})
     if not given:  # with input_name given, the config rules checked input_source by those names already
-        rts = V.split_list(ip.get("input_type_rt"))
-        yield from input_source_problems(data.get(XP, {}).get("input_source"),
-                                         {n: _at(rts, i) for i, n in enumerate(model_names)}, True)
+        yield from input_source_problems(data.get(XP, {}).get("input_source"), rt_by_input(ip, model_names), True)
     yield from _optimization_op_types(data.get(CP, {}).get("optimization"), info)
     known = set(info.node_names)
     for name, where, path, place in _named_nodes(data):

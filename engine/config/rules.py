@@ -121,6 +121,13 @@ def legal_pairs() -> dict[str, list[str]]:
     return schema.train_rt_pairs() or _DEFAULT_PAIRS
 
 
+def accepted_rts(train: str | None) -> set[str] | None:
+    """The input_type_rt values an input of input_type_train `train` converts to (itself among them; reference
+    §9), None for a train type the pairs do not list: what the check accepts and completion offers."""
+    pairs = legal_pairs()
+    return {train, *pairs[train]} if train in pairs else None
+
+
 # ---------------------------------------------------------------- model_parameters
 
 @rule
@@ -322,7 +329,8 @@ def input_shapes_and_types(ctx: RuleContext) -> Iterator[Problem]:
         rt, train, shape, layout = _at(rts, i), _at(trains, i), _at(shapes, i), _at(layouts, i)
         name = _at(ctx.per_input("input_name"), i) or i
         # a value that is no input_type_rt at all is told once, by per_input_enums, not also as a conversion
-        if rt and train and train in pairs and rt not in pairs[train] and rt != train and rt in known_rts:
+        accepted = accepted_rts(train)
+        if rt and accepted is not None and rt not in accepted and rt in known_rts:
             yield error("input-illegal-conversion", f"The input_type_train '{train}' of the input {name} is not "
                         f"supported to be transformed to input_type_rt '{rt}' now", (IP, "input_type_rt"),
                         data={"item": i, "allowed": pairs[train]})

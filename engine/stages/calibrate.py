@@ -205,7 +205,8 @@ def loaded_samples(ctx: StageContext, cs: CalibrationSet, n: int) -> list[dict[s
         found = kept.get(key)
         if found is None:
             found = cs.load(i)
-            found = kept.put(f"{cs.content_hash(i)}|{suffixes}|{how}", found)  # the hash of the bytes just read
+            # keyed again: load() records the hash of the bytes it read, which a file rewritten meanwhile changes
+            found = kept.put(f"{cs.content_hash(i)}|{suffixes}|{how}", found)
         out.append(dict(found))  # the arrays are read-only; the mapping is the caller's
     return out
 
