@@ -64,6 +64,7 @@ from engine.quantize.planner import (
     Calibration,
     MissingThresholdError,
     QuantOptions,
+    Sets,
     make_plan,
     width_sets,
 )
@@ -578,19 +579,9 @@ def _islands(probe: SwitchableModel, pricing: Pricing, chosen: Mapping[str, Targ
     row_of = {n: r for r in probe.rows for n in r.nodes}
     moved = [r for r in probe.rows if chosen.get(r.name) == "int16" and r.op_type != INPUT_ROW]
     names = {r.name for r in moved}
-    parent = {r.name: r.name for r in moved}
-
-    def find(x: str) -> str:
-        while parent[x] != x:
-            x = parent[x]
-        return x
-
-    def join(*xs: str) -> None:
-        for x in xs:
-            parent.setdefault(x, x)
-        roots = [find(x) for x in xs]
-        for r in roots[1:]:
-            parent[r] = roots[0]
+    sets = Sets()
+    for r in moved:
+        sets.find(r.name)
 
     def next_rows(r: Row) -> list[Row]:
         found = (row_of[n] for n in pricing.readers.get(r.tensor, ()) if n in row_of)
@@ -606,13 +597,11 @@ def _islands(probe: SwitchableModel, pricing: Pricing, chosen: Mapping[str, Targ
             for r, path in frontier:
                 for b in next_rows(r):
                     if b.name in names:
-                        join(a.name, *path, b.name)
+                        sets.union(a.name, *path, b.name)
                     elif free(b):
                         step.append((b, [*path, b.name]))
             frontier = step
-    groups: dict[str, list[str]] = {}
-    for x in parent:
-        groups.setdefault(find(x), []).append(x)
+    groups = sets.members(list(sets.parent))
     order = {r.name: i for i, r in enumerate(probe.rows)}
     return [[probe.row(x) for x in sorted(g, key=order.__getitem__)] for g in groups.values()
             if sum(1 for x in g if x in names) >= 2]

@@ -637,9 +637,9 @@ def width_sets(model: onnx.ModelProto, options: QuantOptions | None = None) -> l
     return [tuple(m) for m in sets.members(s.quantized).values() if len(m) > 1]
 
 
-def _scale_sets(s: _Scales) -> _Sets:
+def _scale_sets(s: _Scales) -> Sets:
     """The quantized tensors joined where they share one scale: same-scale outputs with their source, and ties."""
-    sets = _Sets()
+    sets = Sets()
     for t in s.quantized:
         sets.find(t)
     for out, src in s.derived.items():
@@ -650,7 +650,9 @@ def _scale_sets(s: _Scales) -> _Sets:
 
 
 # ---------------------------------------------------------------------------------- union-find
-class _Sets:
+class Sets:
+    """Union-find over tensor (or row) names: which share one scale (the plan), which run as one island (mixed)."""
+
     def __init__(self) -> None:
         self.parent: dict[str, str] = {}
 
@@ -1097,6 +1099,6 @@ def weight_scale_array(wq: WeightQuant, shape: tuple[int, ...]) -> np.ndarray:
 
 
 __all__ = ["CONCAT_RANGE_RATIO", "Calibration", "CorrectedBias", "bias_value", "MIN_THRESHOLD", "MissingThresholdError", "NodeInfo",
-           "OffsetAct", "QuantOptions", "zero_point_of",
+           "OffsetAct", "QuantOptions", "Sets", "zero_point_of",
            "bias_scale", "make_plan", "plan_tensors", "quantize_bias", "quantize_weight", "weight_scale_array",
            "weight_scales", "width_sets"]
