@@ -146,16 +146,11 @@ def _loaded(b: Builder, *tensors: str) -> bool:
 
 
 def _gate_offsets(enc: Encoding) -> tuple[int, int, float]:
-    """(z′, z_h, |ε|) with z_h − 42.5·s_x·(z′ − z_x) closest to 127.5: the gate's half-code offset, and how far
-    from 127.5 the best pair still is."""
+    """(z′, z_h, |ε|) with z_h − 42.5·s_x·(z′ − z_x) closest to 127.5 (`_shifts`): the gate's half-code offset, and
+    how far from 127.5 the best pair still is."""
     per_code = float(np.float32(enc.scale) / np.float32(GATE_SCALE))
-    best = (1.0, enc.zero_point, 128)
-    for d in range(-enc.zero_point, 256 - enc.zero_point):
-        gate_zero_point = int(np.rint(127.5 + per_code * d))
-        miss = abs(gate_zero_point - per_code * d - 127.5)
-        if 0 <= gate_zero_point <= 255 and miss < best[0]:
-            best = (miss, enc.zero_point + d, gate_zero_point)
-    return best[1], best[2], best[0]
+    miss, input_zero_point, gate_zero_point = (_shifts(enc.zero_point, per_code, 127.5) or [(1.0, enc.zero_point, 128)])[0]
+    return input_zero_point, gate_zero_point, miss
 
 
 def affine_lookup(b: Builder, x: QTensor, output: str, enc_out: Encoding, slope: float, offset: float,
@@ -178,7 +173,7 @@ def affine_lookup(b: Builder, x: QTensor, output: str, enc_out: Encoding, slope:
     per_code = float(np.float32(x.enc.scale) * np.float32(slope) / np.float32(enc_out.scale))
     target = offset / float(np.float32(enc_out.scale)) + enc_out.zero_point
     out_scale = float(np.float32(enc_out.scale) / np.float32(slope))
-    for input_zero_point, out_zero_point in _shifts(x.enc.zero_point, per_code, target)[:LOOKUP_TRIES]:
+    for _, input_zero_point, out_zero_point in _shifts(x.enc.zero_point, per_code, target)[:LOOKUP_TRIES]:
         theirs = luts.onnxruntime_table("QLinearLeakyRelu", Encoding("uint8", x.enc.scale, input_zero_point),
                                         Encoding("uint8", out_scale, out_zero_point), alpha=1.0)
         if theirs is not None and np.array_equal(theirs, table):
@@ -196,11 +191,11 @@ def affine_lookup(b: Builder, x: QTensor, output: str, enc_out: Encoding, slope:
 LOOKUP_TRIES = 8  # input zero point shifts tried per table, closest offset first
 
 
-def _shifts(zero_point: int, per_code: float, target: float) -> list[tuple[int, int]]:
-    """(z_in, z_out) pairs with z_out − per_code·(z_in − zero_point) near `target`, closest first."""
+def _shifts(zero_point: int, per_code: float, target: float) -> list[tuple[float, int, int]]:
+    """(miss, z_in, z_out) with z_out − per_code·(z_in − zero_point) near `target` (miss: how far), closest first."""
     found = []
     for d in range(-zero_point, 256 - zero_point):
         out_zero_point = int(np.rint(target + per_code * d))
         if 0 <= out_zero_point <= 255:
             found.append((abs(out_zero_point - per_code * d - target), zero_point + d, out_zero_point))
-    return [(z_in, z_out) for _, z_in, z_out in sorted(found)]
+    return sorted(found)
