@@ -28,6 +28,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 
+from engine.pipeline.recent import Recent
+
 Sample = Mapping[str, np.ndarray]
 
 
@@ -80,8 +82,6 @@ class KeptSessions:
     """
 
     def __init__(self, size: int = KEPT_LAYOUTS) -> None:
-        from engine.pipeline.recent import Recent
-
         self._kept: Recent[str, _Layout] = Recent(size)
         self.built = 0  # sessions built (tests)
 
@@ -182,20 +182,15 @@ def _lifted(model: onnx.ModelProto, names: frozenset[str]) -> bytes:
 
 KEPT = KeptSessions()
 FLOAT_SESSIONS_KEPT = 2
-_float_sessions = None  # model_key → session of a small float model (`float_session`)
+_float_sessions: Recent = Recent(FLOAT_SESSIONS_KEPT)  # model_key → session of a small float model
 
 
 def float_session(model: onnx.ModelProto, key: str):
     """A session of the float model `model` (`key`: its `model_key`), kept for a small model: after one of
     the first calibration samples changed, its float outputs are computed again for that sample only,
     and each time that built a session of the same model (digits: ~2 CPU ms of such a run)."""
-    global _float_sessions
     if model.ByteSize() > KEPT_MODEL_BYTES:
         return quiet_session(model)
-    if _float_sessions is None:
-        from engine.pipeline.recent import Recent
-
-        _float_sessions = Recent(FLOAT_SESSIONS_KEPT)
     from engine.runtime.session import cpu_count
 
     full = f"{key}|{cpu_count()}"  # quiet_session's threads: this process's cores

@@ -193,8 +193,7 @@ class StatsMemo:
             self._put_keys[digest] = archive_key(blob)
         if self._spool is None and self._in_memory + len(blob) <= MEMORY_BYTES:
             self._in_memory += len(blob)
-            self._blobs[digest] = blob
-            self._spooled.pop(digest, None)
+            self._blobs[digest] = blob  # nothing is spooled before the spool exists
             self._added = True
             return
         try:

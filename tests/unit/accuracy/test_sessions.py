@@ -26,7 +26,8 @@ def counted(monkeypatch):
 
     monkeypatch.setattr(sessions, "quiet_session", counting)
     monkeypatch.setattr(sessions, "FLOAT_OUTPUTS", FloatOutputs())
-    monkeypatch.setattr(sessions, "_float_sessions", None)  # no float model's session kept from another test
+    # no float model's session kept from another test
+    monkeypatch.setattr(sessions, "_float_sessions", sessions.Recent(sessions.FLOAT_SESSIONS_KEPT))
     return opened
 
 
