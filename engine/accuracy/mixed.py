@@ -627,13 +627,8 @@ def _float_islands(ev: PlanEvaluator, probe: SwitchableModel, pricing: Pricing, 
         as_float = pricing.float_island(island)
         if as_float >= as16 or size(alt) > budget:
             continue
-        try:
-            loss2 = ev.loss(alt)
-        except MissingThresholdError as exc:  # the island's border reads a tensor calibrate did not observe
-            notes.append(f"mixed precision: float island {names[0]} … {names[-1]} not tried: "
-                         f"{str(exc).split(': the calibrate')[0]}")
-            continue
-        if not meets_target(1.0 - loss2, ev.margin(alt), target):
+        loss2 = _meeting(ev, alt, target, notes, f"float island {names[0]} … {names[-1]}")
+        if loss2 is None:
             continue
         why = (f"float island of {len(island)} rows ({names[0]} … {names[-1]}): estimated +{as_float:.2f} ms "
                f"against +{as16:.2f} ms as int16 moves; output cosine {1 - loss:.5f} -> {1 - loss2:.5f}")
@@ -641,6 +636,18 @@ def _float_islands(ev: PlanEvaluator, probe: SwitchableModel, pricing: Pricing, 
         taken.update(dict.fromkeys(names, why))
         chosen, loss = alt, loss2
     return loss, chosen, taken
+
+
+def _meeting(ev: PlanEvaluator, alt: Mapping[str, Target], target: float, notes: list[str], what: str
+             ) -> float | None:
+    """`alt`'s loss on the real plan when it meets the target, else None; an alternative whose new border is a
+    tensor calibrate did not observe (MissingThresholdError) is not tried, with a note naming `what`."""
+    try:
+        loss = ev.loss(alt)
+    except MissingThresholdError as exc:
+        notes.append(f"mixed precision: {what} not tried: {str(exc).split(': the calibrate')[0]}")
+        return None
+    return loss if meets_target(1.0 - loss, ev.margin(alt), target) else None
 
 
 def _prune(ev: PlanEvaluator, probe: SwitchableModel, pricing: Pricing, chosen: dict[str, Target],
@@ -664,12 +671,8 @@ def _prune(ev: PlanEvaluator, probe: SwitchableModel, pricing: Pricing, chosen: 
         if len(group) == len(chosen):
             break  # the int8 plan missed the target
         alt = {k: v for k, v in chosen.items() if k not in group}
-        try:
-            loss2 = ev.loss(alt)
-        except MissingThresholdError as exc:  # a new border at a tensor calibrate did not observe
-            notes.append(f"mixed precision: dropping {', '.join(group)} not tried: {str(exc).split(': the calibrate')[0]}")
-            continue
-        if meets_target(1.0 - loss2, ev.margin(alt), target):
+        loss2 = _meeting(ev, alt, target, notes, f"dropping {', '.join(group)}")
+        if loss2 is not None:
             notes.append(f"mixed precision: {', '.join(group)} dropped (estimated {ms(group):.2f} ms): the other moves "
                          f"meet the target without it, output cosine {1 - loss:.5f} -> {1 - loss2:.5f}")
             chosen, loss = alt, loss2
