@@ -335,20 +335,11 @@ class Pricing:
         return ms + sum(self.size(t) for t in entering | leaving) * ELEMENT_NS * 1e-6
 
 
-def int16_milliseconds(model: onnx.ModelProto, rows: Sequence[Row], plan: QuantPlan | None = None,
-                       options: QuantOptions | None = None) -> dict[str, float]:
-    """{row: ms its int16 move adds} (`Pricing.int16`)."""
-    pricing = Pricing(model, plan, options)
-    return {r.name: pricing.int16(r) for r in rows}
-
-
-def _costs(model: onnx.ModelProto, rows: Sequence[Row], plan: QuantPlan | None = None,
-           options: QuantOptions | None = None, pricing: Pricing | None = None) -> dict[str, float]:
+def _costs(rows: Sequence[Row], pricing: Pricing) -> dict[str, float]:
     """int16 cost of a row in units of the model's typical move: 1 + its estimated milliseconds
     (`Pricing.int16`) / the median row's. The 1 is what every move spends of the node budget; the
     rest is linear in the time it adds, so of two equally sensitive tensors the one that costs a
     tenth of the time is raised first, on a model of any size."""
-    pricing = pricing or Pricing(model, plan, options)
     ms = {r.name: pricing.int16(r) for r in rows}
     typical = float(np.median(list(ms.values()))) if ms else 0.0
     return {k: 1.0 + v / typical if typical > 0 else 1.0 for k, v in ms.items()}
@@ -498,7 +489,7 @@ def mixed_precision(model: onnx.ModelProto, calibration: Calibration, samples: S
     movable = [r for r in probe.rows if r.switches and not (set(r.nodes) & fixed)
                and (r.op_type == INPUT_ROW or all(plan.nodes[n].on == "BPU" for n in r.nodes if n in plan.nodes))]
     pricing = Pricing(model, plan, options)
-    cost16 = _costs(model, movable, plan, options, pricing)
+    cost16 = _costs(movable, pricing)
     ranked = _candidates(movable, sens, cost16)
 
     def size(moves: Mapping[str, Target]) -> int:
@@ -878,6 +869,6 @@ def decisions(model: onnx.ModelProto, plan: QuantPlan, sw: SwitchableModel, move
     return info, thresholds
 
 
-__all__ = ["CPU_COST", "ELEMENT_NS", "INT8_PS_PER_MAC", "KERNEL_SLOWDOWN", "Pricing", "int16_milliseconds", "kernel_cost", "kernel_kind", "RANK_SAMPLES", "Move", "MixedPrecision", "PlanEvaluator", "Searched", "decisions", "mixed_precision",
+__all__ = ["CPU_COST", "ELEMENT_NS", "INT8_PS_PER_MAC", "KERNEL_SLOWDOWN", "Pricing", "kernel_cost", "kernel_kind", "RANK_SAMPLES", "Move", "MixedPrecision", "PlanEvaluator", "Searched", "decisions", "mixed_precision",
            "searched_meets", "user_placed",
            "widen_int16", "widened_plan"]

@@ -105,7 +105,7 @@ def test_int16_priced_in_milliseconds_linear_in_size_with_every_tensor_it_raises
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    from engine.accuracy.mixed import ELEMENT_NS, _costs, int16_milliseconds, kernel_cost
+    from engine.accuracy.mixed import ELEMENT_NS, Pricing, _costs, kernel_cost
     from engine.accuracy.switchable import build_switchable
     from engine.quantize.planner import width_sets
     from tests.support.models import finish
@@ -134,7 +134,7 @@ def test_int16_priced_in_milliseconds_linear_in_size_with_every_tensor_it_raises
     rows = {r.name: r for r in build_switchable(model, plan).rows}
     assert {"to_conv", "conv", "to_add", "small", "big", "widen"} <= set(rows), sorted(rows)
     assert ("x", "s2") in width_sets(model)  # the Add's inputs share one scale
-    ms = int16_milliseconds(model, list(rows.values()), plan)
+    ms = {r.name: Pricing(model, plan).int16(r) for r in rows.values()}
     element = 4 * 8 * 8 * ELEMENT_NS * 1e-6
     assert ms["small"] == pytest.approx(element)
     assert ms["big"] == pytest.approx(4 * ms["small"])  # linear in elements
@@ -142,10 +142,10 @@ def test_int16_priced_in_milliseconds_linear_in_size_with_every_tensor_it_raises
     assert ms["to_conv"] == pytest.approx(element + kernel_cost("pointwise", "input", 4 * 8 * 8 * 36))
     # raising s2 raises x too: both requantized, and x's 1x1 reader (16x8x8 outputs x 4) leaves int8
     assert ms["to_add"] == pytest.approx(2 * element + kernel_cost("pointwise", "input", 16 * 8 * 8 * 4))
-    costs = _costs(model, list(rows.values()), plan)  # in units of the typical move: 1 + ms / median
+    costs = _costs(list(rows.values()), Pricing(model, plan))  # in units of the typical move: 1 + ms / median
     median = float(np.median(list(ms.values())))
     assert costs["big"] == pytest.approx(1 + ms["big"] / median) and costs["big"] > costs["small"]
-    plain = int16_milliseconds(model, list(rows.values()))  # without a plan: the row's own bytes only
+    plain = {r.name: Pricing(model).int16(r) for r in rows.values()}  # without a plan: the row's own bytes only
     assert plain["to_conv"] == pytest.approx(plain["to_add"]) == pytest.approx(element)
 
 
@@ -284,7 +284,7 @@ def test_int16_priced_by_what_each_kernel_really_costs():
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    from engine.accuracy.mixed import _costs, kernel_cost, kernel_kind
+    from engine.accuracy.mixed import Pricing, _costs, kernel_cost, kernel_kind
     from engine.accuracy.switchable import build_switchable
     from tests.support.models import finish
     from tests.unit.accuracy.acc_models import calibrate, samples
@@ -313,7 +313,7 @@ def test_int16_priced_by_what_each_kernel_really_costs():
     _, calibration, _ = calibrate(model, samples(model, 2))
     plan = make_plan(model, calibration)
     rows = {r.name: r for r in build_switchable(model, plan).rows}
-    costs = _costs(model, list(rows.values()), plan)
+    costs = _costs(list(rows.values()), Pricing(model, plan))
     assert {"to_pw", "to_dw", "pw_conv", "dw_conv"} <= set(rows), sorted(rows)
     assert costs["to_pw"] > costs["to_dw"]  # same size, read by a 1x1 conv against a depthwise one
     assert costs["pw_conv"] < costs["to_pw"]  # a 1x1 conv's int16 output is cheaper than its int16 input
