@@ -112,7 +112,7 @@ def check_pair(g: Graph, q: onnx.NodeProto) -> Skip | None:
         return Skip(q.name, f"'{t}' is another pair's DequantizeLinear output (a requantization chain)")
     if len(to_outputs) > 1:
         return Skip(q.name, f"'{t}' reaches {len(to_outputs)} graph outputs through DequantizeLinear")
-    if to_outputs and (g.producer(t) is None or t in g.inputs or t in g.outputs or g.is_initializer(t)):
+    if to_outputs and (source is None or t in g.outputs):  # no producer: a graph input or an initializer
         return Skip(to_outputs[0].name, f"its output '{to_outputs[0].output[0]}' is a graph output and '{t}' is a "
                                         "graph input, initializer or graph output")
     return None
@@ -126,14 +126,19 @@ def clamp(g: Graph, q: onnx.NodeProto) -> tuple[str, float | None] | None:
     other upper end is only where calibration stopped (onnxruntime gives the removed activation's input
     its output's range)."""
     scale, zp = _params(g, q)
-    if scale is None or zp is None or zp.dtype.kind not in "iu" or np.any(zp != np.iinfo(zp.dtype).min):
+    if scale is None or not _starts_at_zero(zp):
         return None
     t = q.input[0]
-    if g.producer(t) is None or t in g.inputs or t in g.outputs or _non_negative(g, t):
+    if g.producer(t) is None or t in g.outputs or _non_negative(g, t):
         return None
     top = (float(np.iinfo(zp.dtype).max) - float(np.max(zp))) * float(np.max(scale))
     relu6 = scale.size == 1 and abs(top - RELU6) <= float(scale) / 2
     return ("Clip", RELU6) if relu6 or _plus_three(g, g.producer(t)) else ("Relu", None)
+
+
+def _starts_at_zero(zp: np.ndarray | None) -> bool:
+    """An integer zero point at its type's minimum: the pair's range starts at 0."""
+    return zp is not None and zp.dtype.kind in "iu" and bool(np.all(zp == np.iinfo(zp.dtype).min))
 
 
 def _plus_three(g: Graph, node: onnx.NodeProto) -> bool:
@@ -150,8 +155,7 @@ def _non_negative(g: Graph, t: str, depth: int = 8) -> bool:
     if node.op_type in NON_NEGATIVE:
         return True
     if node.op_type == "DequantizeLinear":
-        _, zp = _params(g, node)
-        return zp is not None and zp.dtype.kind in "iu" and bool(np.all(zp == np.iinfo(zp.dtype).min))
+        return _starts_at_zero(_params(g, node)[1])
     if node.op_type == "Clip":
         low = g.constant(node.input[1]) if len(node.input) > 1 and node.input[1] else None
         return low is not None and float(np.min(low)) >= 0
