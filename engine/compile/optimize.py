@@ -85,6 +85,7 @@ import onnx
 from onnx import numpy_helper
 
 from engine.compile.program import NODE_MAP, json_metadata, set_metadata
+from engine.passes.graph import used_names
 from engine.pipeline.recent import Recent
 
 LEVELS = ("O0", "O1", "O2", "O3")
@@ -262,8 +263,7 @@ def remove_dead(model: onnx.ModelProto) -> int:
     for node in reversed(list(g.node)):
         if any(o in needed for o in node.output if o):
             alive.append(node)
-            needed.update(i for i in node.input if i)
-            needed.update(_subgraph_reads(node))
+            needed.update(used_names(node))
     removed = len(g.node) - len(alive)
     if removed:
         del g.node[:]
@@ -274,16 +274,6 @@ def remove_dead(model: onnx.ModelProto) -> int:
         del g.initializer[:]
         g.initializer.extend(inits)
     return removed + removed_inits
-
-
-def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
-    names: set[str] = set()
-    for a in node.attribute:
-        for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-            for n in sub.node:
-                names.update(i for i in n.input if i)
-                names.update(_subgraph_reads(n))
-    return names
 
 
 # ------------------------------------------------------------------ verified kernel rewrites (O2)

@@ -78,15 +78,11 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def read_names(graph: onnx.GraphProto) -> set[str]:
-    """Every value a node of `graph` (or of a subgraph of one: If / Loop bodies read outer values) reads,
-    and the graph's outputs."""
-    names = {o.name for o in graph.output}
-    for node in graph.node:
-        names.update(i for i in node.input if i)
-        for a in node.attribute:
-            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                names |= read_names(sub)
-    return names
+    """Every value a node of `graph` reads (with what its subgraphs read from outside: If / Loop bodies read
+    outer values, `passes.graph.used_names`), and the graph's outputs."""
+    from engine.passes.graph import used_names
+
+    return {o.name for o in graph.output} | {name for node in graph.node for name in used_names(node)}
 
 
 def drop_unused_initializers(model: onnx.ModelProto) -> list[str]:
