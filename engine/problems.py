@@ -95,6 +95,12 @@ def info(code: str, message: str, path: KeyPath = (), **kw) -> Problem:
     return Problem(code, Severity.INFO, message, tuple(path), **kw)
 
 
+def name_list(names: Sequence[str], limit: int, quote: bool = False) -> str:
+    """The first `limit` names for a one-line message, then how many more: "a, b, c and 7 more"."""
+    shown = ", ".join(f"'{n}'" if quote else str(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def errors(problems: Iterable[Problem]) -> list[Problem]:
     return [p for p in problems if p.is_error]
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.problems import CalibrationDataError, error
+from engine.problems import CalibrationDataError, error, name_list
 
 if TYPE_CHECKING:
     from engine.config.inputs import InputSpec
@@ -116,7 +116,7 @@ def _list_files(source: CalibrationSource, item: int) -> list[Path]:
     except OSError as e:
         raise _fail("cal-dir-unreadable", f"Cal_data_dir {d} cannot be read: {e.strerror or e}", item) from e
     if others:
-        shown = ", ".join(f.name for f in others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        shown = name_list([f.name for f in others], 3)
         log.warning(f"Cal_data_dir {d}: {shown} {'is' if len(others) == 1 else 'are'} not calibration data "
                     f"(a text or document file), left out")
     if not files:

@@ -62,7 +62,7 @@ from engine.calibration.stats import MergedStats
 from engine.passes.graph import Graph, constant_node_value
 from engine.pipeline.recent import Recent
 from engine.preprocess.normalization import normalized_name, preprocess_prefix
-from engine.problems import CalibrationDataError, error
+from engine.problems import CalibrationDataError, error, name_list
 from engine.quantize.calibrated import (
     SUFFIX,
     CalibratedModel,
@@ -664,10 +664,6 @@ def find_loaded(found: Mapping[str, Any], tensors: Sequence[str], model: onnx.Mo
     return loaded
 
 
-def _shown(names: Sequence[str]) -> str:
-    return ", ".join(f"'{m}'" for m in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-
-
 def search_load(source: onnx.ModelProto | str | Path | Mapping[str, Any], tensors: Sequence[str],
                 model: onnx.ModelProto | None = None, observe: Observe | None = None) -> SearchResult:
     """`load`: the thresholds of `tensors` from `source` (`find_loaded`: directly, or implied through the
@@ -680,7 +676,7 @@ def search_load(source: onnx.ModelProto | str | Path | Mapping[str, Any], tensor
     if missing and observe is None:
         where = f" ({source})" if isinstance(source, (str, Path)) else ""
         raise CalibrationDataError(error("load-missing-threshold", f"calibration_type load: no threshold for "
-                                         f"{_shown(missing)} in the loaded quantization parameters{where}; give "
+                                         f"{name_list(missing, 5, quote=True)} in the loaded quantization parameters{where}; give "
                                          "calibration_parameters.cal_data_dir, and the tensors the source leaves "
                                          "unquantized take max on the calibration data",
                                          ("calibration_parameters", "calibration_type")))
@@ -690,7 +686,7 @@ def search_load(source: onnx.ModelProto | str | Path | Mapping[str, Any], tensor
             acts[t] = ActQuant(t, max_threshold(merged[t]).value, method="max")
             loaded.how[t] = "max"
         log.warning(f"calibration_type load: the loaded quantization parameters have no threshold for "
-                    f"{len(missing)} tensor{'s' if len(missing) > 1 else ''} ({_shown(missing)}): they take max on "
+                    f"{len(missing)} tensor{'s' if len(missing) > 1 else ''} ({name_list(missing, 5, quote=True)}): they take max on "
                     "the calibration data")
     counts: dict[str, int] = {}
     for how in loaded.how.values():
