@@ -20,12 +20,12 @@ from engine.config.rules import (
     CP,
     IP,
     MP,
-    PER_INPUT_KEYS,
     XP,
     derived_norm_type,
     input_name_problems,
     input_source_problems,
     list_count_problems,
+    list_lengths,
     rt_by_input,
     shape_problems,
 )
@@ -86,9 +86,7 @@ def _model_rules(data: dict[str, dict[str, Any]], info: ModelInfo) -> Iterator[P
                                                                                            "inputs": model_names})
         return
     yield from input_name_problems(given, model_names)
-    counts = {key: len(V.split_list(ip[key])) for key in PER_INPUT_KEYS if key in ip}
-    if "cal_data_dir" in data.get(CP, {}):
-        counts["cal_data_dir"] = len(V.split_list(data[CP]["cal_data_dir"]))
+    counts = list_lengths(data)
     counts.pop("input_name", None)
     if given:
         counts["input_name"] = len(given)

@@ -254,9 +254,7 @@ def per_input_counts(ctx: RuleContext) -> Iterator[Problem]:
     """Per-input lists that disagree in length: the model's input count decides when the model can be
     read (and a name of input_name that is no model input is named); else the length most lists have,
     input_name's on a tie. Lists that agree are compared with the model by the model rules."""
-    counts = {k: n for k in PER_INPUT_KEYS if ctx.has(IP, k) and (n := len(ctx.per_input(k)))}
-    if ctx.has(CP, "cal_data_dir") and (n := len(V.split_list(ctx.get(CP, "cal_data_dir")))):
-        counts["cal_data_dir"] = n
+    counts = {k: n for k, n in list_lengths(ctx.data).items() if n}
     if len(set(counts.values())) <= 1:
         return
     model_names = ctx.model_inputs
@@ -268,6 +266,15 @@ def per_input_counts(ctx: RuleContext) -> Iterator[Problem]:
     most = [n for n, c in tally.items() if c == max(tally.values())]
     yield from list_count_problems(counts, counts["input_name"] if counts.get("input_name") in most else max(most),
                                    "lists")
+
+
+def list_lengths(data: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """The length of every per-input list the config gives (and of cal_data_dir's `;` list), empty ones too."""
+    ip, cp = data.get(IP) or {}, data.get(CP) or {}
+    counts = {key: len(V.split_list(ip[key])) for key in PER_INPUT_KEYS if key in ip}
+    if "cal_data_dir" in cp:
+        counts["cal_data_dir"] = len(V.split_list(cp["cal_data_dir"]))
+    return counts
 
 
 def list_count_problems(counts: dict[str, int], expect: int, by: str) -> Iterator[Problem]:
